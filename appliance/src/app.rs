@@ -1,0 +1,193 @@
+//! Wires the service together and shuts it down in order, within a deadline.
+//!
+//! ```text
+//! camera threads ──hub (1 slot/camera, newest wins)──▶ scheduler thread ──mpsc(64 batches, waits)──▶
+//! store writer (sled, flush) ──Notify──▶ uplink (outbox → MQTT, window max_inflight)
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::{self, CameraStats, FrameHub, SourceUri};
+use crate::config::Config;
+use crate::events::{Event, ModelRef};
+use crate::infer::{find_ort_library, Bundle, Detector, OrtBackend};
+use crate::scheduler::{Scheduler, SchedulerStats};
+use crate::store::Store;
+use crate::uplink::{self, StatusModel, Uplink};
+
+/// Batches of events between the scheduler and the store writer.
+const EVENT_QUEUE: usize = 64;
+/// Whole-service shutdown deadline after the first signal.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+const STATS_EVERY: Duration = Duration::from_secs(10);
+
+/// Loads the bundle and its backend: the model the whole service runs.
+pub fn load_detector(config: &Config) -> anyhow::Result<(Bundle, Detector)> {
+    let bundle = Bundle::load(&config.model.bundle)?;
+    let library = find_ort_library(config.inference.ort_library.as_deref())?;
+    let backend = OrtBackend::new(&bundle, &library, config.inference.threads)?;
+    let detector = Detector::new(&bundle, Box::new(backend));
+    Ok((bundle, detector))
+}
+
+/// Runs the service until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    capture::init_gstreamer()?;
+    let (bundle, detector) = load_detector(&config)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let store = Store::open(&config.data_dir)?;
+    let model = ModelRef {
+        name: bundle.manifest.model.name.clone(),
+        version: bundle.manifest.model.version.clone(),
+        backend: detector.backend_name().to_owned(),
+    };
+    tracing::info!(model = %model.name, version = %model.version, backend = %model.backend,
+        events = store.event_count(), outbox = store.outbox_len(), "vigil starting");
+
+    let cameras: Vec<(String, SourceUri, Duration)> = config
+        .cameras
+        .iter()
+        .map(|c| {
+            let budget =
+                c.latency_budget_ms.or(config.model.latency_budget_ms).unwrap_or(bundle.manifest.budget.latency_ms);
+            let uri = SourceUri::parse(&c.uri).expect("validated with the config");
+            (c.id.clone(), uri, Duration::from_millis(budget))
+        })
+        .collect();
+    let stats: Vec<Arc<CameraStats>> = cameras.iter().map(|(id, ..)| Arc::new(CameraStats::new(id))).collect();
+    let hub = Arc::new(FrameHub::new(stats.clone()));
+
+    // Capture and inference stop first; the writer drains what they made; the uplink goes last.
+    let capture_cancel = shutdown.child_token();
+    let uplink_cancel = CancellationToken::new();
+    let mut camera_threads = Vec::new();
+    for (i, (id, uri, _)) in cameras.iter().enumerate() {
+        tracing::info!(camera = %id, uri = %SourceUri::redacted(&config.cameras[i].uri), "camera configured");
+        camera_threads.push(capture::spawn_camera(
+            i,
+            uri.clone(),
+            bundle.input_size(),
+            hub.clone(),
+            capture_cancel.clone(),
+        )?);
+    }
+
+    let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(EVENT_QUEUE);
+    let sched_stats = Arc::new(SchedulerStats::default());
+    let scheduler = Scheduler {
+        hub: hub.clone(),
+        detector,
+        device_id: config.device_id.clone(),
+        model: model.clone(),
+        budgets: cameras.iter().map(|c| c.2).collect(),
+        stats: sched_stats.clone(),
+        events: events_tx,
+    };
+    let sched_cancel = capture_cancel.clone();
+    let scheduler_thread =
+        std::thread::Builder::new().name("scheduler".into()).spawn(move || scheduler.run(&sched_cancel))?;
+
+    let wake = Arc::new(Notify::new());
+    let writer =
+        tokio::spawn(write_events(store.clone(), events_rx, uplink::events_topic(&config.device_id), wake.clone()));
+    let status = uplink::new_status(
+        &config,
+        Some(StatusModel { name: model.name.clone(), version: model.version.clone(), backend: model.backend.clone() }),
+    );
+    let uplink = tokio::spawn(Uplink::new(&config, status, store.clone(), wake)?.run(uplink_cancel.clone()));
+
+    let reporter = {
+        let (stats, sched, store, cancel) = (stats.clone(), sched_stats.clone(), store.clone(), capture_cancel.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STATS_EVERY);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => log_stats(&stats, &sched, &store),
+                }
+            }
+        })
+    };
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
+    hub.close();
+    let mut stuck: Vec<String> = Vec::new();
+    let sched_join = tokio::task::spawn_blocking(move || scheduler_thread.join());
+    if tokio::time::timeout_at(deadline, sched_join).await.is_err() {
+        stuck.push("scheduler".into());
+    }
+    if tokio::time::timeout_at(deadline, writer).await.is_err() {
+        stuck.push("store writer".into());
+    }
+    uplink_cancel.cancel();
+    if tokio::time::timeout_at(deadline, uplink).await.is_err() {
+        stuck.push("uplink".into());
+    }
+    reporter.abort();
+    for (i, t) in camera_threads.into_iter().enumerate() {
+        let join = tokio::task::spawn_blocking(move || t.join());
+        if tokio::time::timeout_at(deadline, join).await.is_err() {
+            stuck.push(format!("camera {}", cameras[i].0));
+        }
+    }
+    if let Err(e) = store.flush().await {
+        tracing::error!(error = %e, "final store flush failed");
+    }
+    log_stats(&stats, &sched_stats, &store);
+    if stuck.is_empty() {
+        tracing::info!("stopped cleanly");
+        Ok(())
+    } else {
+        anyhow::bail!("shutdown deadline passed; still running: {}", stuck.join(", "))
+    }
+}
+
+/// Makes batches durable, then wakes the uplink. Drains what is already queued into one flush so
+/// that durability costs one fsync per burst, not per event.
+async fn write_events(store: Store, mut rx: mpsc::Receiver<Vec<Event>>, topic: String, wake: Arc<Notify>) {
+    while let Some(batch) = rx.recv().await {
+        let mut written = 0usize;
+        let mut next = Some(batch);
+        while let Some(b) = next.take() {
+            match store.append(&b, &topic) {
+                Ok(()) => written += b.len(),
+                Err(e) => tracing::error!(error = %e, events = b.len(), "cannot store events"),
+            }
+            if written < 1024 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if let Err(e) = store.flush().await {
+            tracing::error!(error = %e, "cannot flush the store; events are not yet durable");
+            continue;
+        }
+        wake.notify_one();
+    }
+}
+
+fn log_stats(cameras: &[Arc<CameraStats>], sched: &SchedulerStats, store: &Store) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for c in cameras {
+        let s = c.snapshot();
+        tracing::info!(camera = %s.id, state = ?s.state, frames_in = s.frames_in,
+            dropped_overwritten = s.dropped_overwritten, reconnects = s.reconnects,
+            last_error = s.last_error.as_deref().unwrap_or(""), "camera stats");
+    }
+    tracing::info!(
+        processed = sched.processed.load(Relaxed),
+        dropped_stale = sched.dropped_stale.load(Relaxed),
+        deadline_misses = sched.deadline_misses.load(Relaxed),
+        events = sched.events.load(Relaxed),
+        outbox = store.outbox_len(),
+        "inference stats"
+    );
+}

@@ -1,0 +1,259 @@
+//! `vigil bench`: throughput measured against a baseline run side by side, in the same process
+//! run, alternating rounds, because timings on shared machines are noisy. Prints ratios.
+//!
+//! 1. Capture: vigil's camera path (pipeline → puller thread → latest-frame slot → consumer),
+//!    inference off, against `gst-launch-1.0` running the same decode + letterbox into fakesink.
+//! 2. Inference: ONNX Runtime time per frame of the bundle's INT8 model, alone and with vigil's
+//!    pre- and post-processing around it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::{self, pipeline, CameraState, CameraStats, FrameHub, SourceUri};
+use crate::config::Config;
+use crate::infer::Letterbox;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Clip to decode. Default: a 1280×720 30 fps H.264 clip generated into a temporary directory.
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// Configuration naming the model bundle (default: the embedded demo configuration).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Alternating rounds of each capture measurement.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Timed inference runs.
+    #[arg(long, default_value_t = 300)]
+    pub iterations: usize,
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    capture::init_gstreamer()?;
+    let cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::embedded_default()?,
+    };
+    let (bundle, mut detector) = crate::app::load_detector(&cfg)?;
+    let size = bundle.input_size();
+
+    let tmp = std::env::temp_dir().join(format!("vigil-bench-{}", std::process::id()));
+    let clip = match &args.clip {
+        Some(c) => c.clone(),
+        None => {
+            std::fs::create_dir_all(&tmp)?;
+            let c = tmp.join("bench-720p30.mp4");
+            println!("generating {} (600 frames, 1280x720 H.264)...", c.display());
+            generate_clip(&c)?;
+            c
+        }
+    };
+    println!("== capture: decode + letterbox to {}x{} RGB + hand-off (inference off)", size.0, size.1);
+    println!("clip: {}", clip.display());
+    let mut gst_fps = Vec::new();
+    let mut vigil_fps = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        let g = gst_launch_seconds(&clip, size)?;
+        let v = vigil_capture_fps(&clip, size)?;
+        // Both decode every frame of the clip; vigil counts them.
+        let g_fps = v.frames as f64 / g;
+        println!(
+            "round {round}: gst-launch {g_fps:.1} fps  vigil {:.1} fps ({} frames, {} taken, {} overwritten in slot)",
+            v.fps, v.frames, v.taken, v.overwritten
+        );
+        gst_fps.push(g_fps);
+        vigil_fps.push(v.fps);
+    }
+    let (g, v) = (median(&mut gst_fps), median(&mut vigil_fps));
+    println!("capture: vigil {v:.1} fps / gst-launch {g:.1} fps = ratio {:.3} (goal >= 0.95)", v / g);
+
+    println!(
+        "== inference: {} {} on {}",
+        bundle.manifest.model.name,
+        bundle.manifest.model.version,
+        detector.backend_name()
+    );
+    let input = match &bundle.manifest.reference {
+        Some(r) => bundle.read_f32(&r.input)?,
+        None => vec![0.5; bundle.input_len()],
+    };
+    for _ in 0..20 {
+        detector.infer_raw(&input)?;
+    }
+    let mut bare = Vec::with_capacity(args.iterations);
+    for _ in 0..args.iterations {
+        let t = Instant::now();
+        detector.infer_raw(&input)?;
+        bare.push(t.elapsed());
+    }
+    // The same model with vigil's pre/post-processing around it, on a letterboxed RGB image.
+    let (w, h) = (size.0 as usize, size.1 as usize);
+    let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
+    let letterbox = Letterbox::new(size.0, size.1, size.0, size.1);
+    let mut full = Vec::with_capacity(args.iterations);
+    for _ in 0..args.iterations {
+        let t = Instant::now();
+        detector.detect(&rgb, w * 3, &letterbox)?;
+        full.push(t.elapsed());
+    }
+    let (b50, b95, bmean) = summary(&mut bare);
+    let (f50, f95, fmean) = summary(&mut full);
+    println!(
+        "ORT inference alone:      p50 {b50:.2} ms  p95 {b95:.2} ms  mean {bmean:.2} ms  ({} runs)",
+        args.iterations
+    );
+    println!("pre + inference + post:   p50 {f50:.2} ms  p95 {f95:.2} ms  mean {fmean:.2} ms");
+    println!("pre/post overhead ratio:  {:.3}", fmean / bmean);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+fn generate_clip(path: &Path) -> anyhow::Result<()> {
+    let out = Command::new("gst-launch-1.0")
+        .args(["-q", "videotestsrc", "num-buffers=600", "pattern=ball", "motion=sweep", "!"])
+        .args(["video/x-raw,width=1280,height=720,framerate=30/1", "!", "videoconvert", "!"])
+        .args(["x264enc", "speed-preset=superfast", "bitrate=6000", "key-int-max=60", "!"])
+        .args(["h264parse", "!", "mp4mux", "!", "filesink"])
+        .arg(format!("location={}", path.display()))
+        .output()
+        .context("cannot run gst-launch-1.0; install gstreamer1.0-tools")?;
+    if !out.status.success() {
+        bail!("clip generation failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+struct Throughput {
+    fps: f64,
+    /// Frames pulled from the pipeline.
+    frames: u64,
+    /// Frames the consumer took from the slot.
+    taken: u64,
+    overwritten: u64,
+}
+
+/// Seconds `gst-launch-1.0` takes for the same pipeline into fakesink, by its own "Execution
+/// ended after" (PLAYING to EOS), so process start-up is not counted against it.
+fn gst_launch_seconds(clip: &Path, (w, h): (u32, u32)) -> anyhow::Result<f64> {
+    let source = SourceUri::File { path: clip.to_path_buf(), looped: false, pace: capture::Pace::Fast };
+    let desc =
+        format!("{} ! {}", pipeline::source_head(&source), pipeline::letterbox_tail(w, h, "fakesink sync=false"));
+    let out = Command::new("gst-launch-1.0")
+        .args(shell_split(&desc))
+        .output()
+        .context("cannot run gst-launch-1.0; install gstreamer1.0-tools")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("gst-launch-1.0 failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let elapsed = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Execution ended after "))
+        .and_then(parse_gst_time)
+        .context("gst-launch-1.0 printed no execution time")?;
+    Ok(elapsed.as_secs_f64())
+}
+
+/// Splits a pipeline description into arguments, keeping double-quoted values whole.
+fn shell_split(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in s.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Parses `H:MM:SS.nnnnnnnnn`.
+fn parse_gst_time(s: &str) -> Option<Duration> {
+    let mut parts = s.trim().split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let sec: f64 = parts.next()?.parse().ok()?;
+    Some(Duration::from_secs_f64(h * 3600.0 + m * 60.0 + sec))
+}
+
+/// vigil's real camera path with a consumer that takes every frame it can from the slot.
+fn vigil_capture_fps(clip: &Path, size: (u32, u32)) -> anyhow::Result<Throughput> {
+    let source = SourceUri::File { path: clip.to_path_buf(), looped: false, pace: capture::Pace::Fast };
+    let stats = Arc::new(CameraStats::new("bench"));
+    let hub = Arc::new(FrameHub::new(vec![stats.clone()]));
+    let cancel = CancellationToken::new();
+    let started = Instant::now();
+    let cam = capture::spawn_camera(0, source, size, hub.clone(), cancel.clone())?;
+    let mut taken = 0u64;
+    let mut last = started;
+    loop {
+        if let Some(frame) = hub.take(Duration::from_millis(20)) {
+            taken += 1;
+            last = Instant::now();
+            drop(frame);
+            continue;
+        }
+        match stats.state() {
+            CameraState::Finished => break,
+            CameraState::Backoff => {
+                cancel.cancel();
+                bail!("capture failed: {:?}", stats.snapshot().last_error);
+            }
+            _ if started.elapsed() > Duration::from_secs(300) => {
+                cancel.cancel();
+                bail!("capture did not finish within 300 s");
+            }
+            _ => {}
+        }
+    }
+    cancel.cancel();
+    let _ = cam.join();
+    let s = stats.snapshot();
+    Ok(Throughput {
+        fps: s.frames_in as f64 / (last - started).as_secs_f64(),
+        frames: s.frames_in,
+        taken,
+        overwritten: s.dropped_overwritten,
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// (p50, p95, mean) in milliseconds.
+fn summary(v: &mut [Duration]) -> (f64, f64, f64) {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mean = v.iter().map(|d| ms(*d)).sum::<f64>() / v.len() as f64;
+    (ms(v[v.len() / 2]), ms(v[(v.len() * 95 / 100).min(v.len() - 1)]), mean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gst_times_and_descriptions_parse() {
+        assert_eq!(parse_gst_time("0:00:03.500000000"), Some(Duration::from_millis(3500)));
+        assert_eq!(parse_gst_time("1:02:03.0"), Some(Duration::from_secs(3723)));
+        assert_eq!(parse_gst_time("soon"), None);
+        assert_eq!(shell_split("filesrc location=\"/a b.mp4\" ! x"), ["filesrc", "location=/a b.mp4", "!", "x"]);
+    }
+}

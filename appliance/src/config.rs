@@ -1,0 +1,459 @@
+//! The one configuration file, `vigil.toml`: schema, defaults and validation.
+//!
+//! Parsing is strict (`deny_unknown_fields`): a misspelt key is an error, never silently ignored.
+//! Validation collects *every* problem with its field path, so an operator fixes a file in one pass.
+//! Relative paths are resolved against the directory of the config file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::capture::SourceUri;
+
+/// The demo configuration compiled into the binary; `vigil run` uses it when no `--config` is given.
+/// Its relative paths resolve against the directory the file had at build time.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/demo.toml");
+const EMBEDDED_DEFAULT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Unique name of this device in the fleet; becomes part of every MQTT topic.
+    pub device_id: String,
+    /// Where the sled store lives.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub inference: InferenceConfig,
+    #[serde(default, rename = "camera")]
+    pub cameras: Vec<CameraConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host[:port]` (plain TCP, demos only) or `mqtts://host[:port]` (TLS).
+    #[serde(default = "default_mqtt_url")]
+    pub url: String,
+    /// Defaults to `vigil-<device_id>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+    /// Unacknowledged QoS 1 publishes allowed at once (the outbox drain window).
+    #[serde(default = "default_inflight")]
+    pub max_inflight: u16,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: default_mqtt_url(),
+            client_id: None,
+            keep_alive_s: default_keep_alive_s(),
+            max_inflight: default_inflight(),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM bundle of the CA(s) that sign the broker's certificate.
+    pub ca: PathBuf,
+    /// PEM client certificate (mutual TLS). Give `cert` and `key` together.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the client certificate (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Directory holding a model bundle (`manifest.toml` + ONNX files).
+    pub bundle: PathBuf,
+    /// Capture → detections budget in milliseconds; defaults to the bundle's `budget.latency_ms`.
+    #[serde(default)]
+    pub latency_budget_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Onnxruntime,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceConfig {
+    #[serde(default = "default_backend")]
+    pub backend: BackendKind,
+    /// Path to `libonnxruntime.so*`. Defaults to `$ORT_DYLIB_PATH`, then well-known locations.
+    #[serde(default)]
+    pub ort_library: Option<PathBuf>,
+    /// Threads ONNX Runtime may use inside one inference.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self { backend: default_backend(), ort_library: None, threads: default_threads() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Short unique name: letters, digits, `-` and `_`.
+    pub id: String,
+    /// `file:///path.mp4[?loop=true&pace=fast]`, `rtsp://…`, `v4l2:///dev/videoN`, `csi://N`,
+    /// `test://<videotestsrc pattern>`.
+    pub uri: String,
+    /// Overrides the model's budget for this camera.
+    #[serde(default)]
+    pub latency_budget_ms: Option<u64>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/vigil")
+}
+fn default_mqtt_url() -> String {
+    "mqtt://127.0.0.1:1883".to_owned()
+}
+fn default_keep_alive_s() -> u64 {
+    30
+}
+fn default_inflight() -> u16 {
+    32
+}
+fn default_backend() -> BackendKind {
+    BackendKind::Onnxruntime
+}
+fn default_threads() -> usize {
+    1
+}
+
+/// One thing wrong with a configuration, located by its field path (`camera[1].uri`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid vigil config: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path} has {} problem(s):\n{}", problems.len(), list(problems))]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+}
+
+/// Broker address parsed from `mqtt.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("`{url}` is not a URL; write mqtt://host:port or mqtts://host:port"))?;
+        let tls = match scheme {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            other => return Err(format!("unknown scheme `{other}`; use mqtt:// (plain) or mqtts:// (TLS)")),
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') || rest.contains('?') {
+            return Err(format!("`{url}` must be only scheme://host[:port], without a path or query"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                let port = p.parse::<u16>().map_err(|_| format!("port `{p}` is not a number from 1 to 65535"))?;
+                if port == 0 {
+                    return Err("port 0 is not a broker port".to_owned());
+                }
+                (h.to_owned(), port)
+            }
+            _ => (rest.to_owned(), if tls { 8883 } else { 1883 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        if host.is_empty() {
+            return Err(format!("`{url}` names no host"));
+        }
+        Ok(Self { tls, host, port })
+    }
+}
+
+/// Letters, digits, `-` and `_`: safe inside MQTT topics, file names and log lines.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Config {
+    /// Reads, parses, resolves relative paths and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_str_at(&text, path, &base)
+    }
+
+    /// The embedded demo configuration, with paths relative to its source directory.
+    pub fn embedded_default() -> Result<Self, ConfigError> {
+        Self::from_str_at(EMBEDDED_DEFAULT, Path::new("<embedded default>"), Path::new(EMBEDDED_DEFAULT_DIR))
+    }
+
+    /// Parses `text` (named `origin` in errors) and resolves relative paths against `base`.
+    pub fn from_str_at(text: &str, origin: &Path, base: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string().trim_end().to_owned() })?;
+        cfg.resolve_paths(base);
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid { path: origin.into(), problems })
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        fix(&mut self.model.bundle);
+        if let Some(lib) = &mut self.inference.ort_library {
+            fix(lib);
+        }
+        if let Some(tls) = &mut self.mqtt.tls {
+            fix(&mut tls.ca);
+            tls.cert.as_mut().map(fix);
+            tls.key.as_mut().map(fix);
+        }
+        for cam in &mut self.cameras {
+            if let Some(rest) = cam.uri.strip_prefix("file://") {
+                if !rest.starts_with('/') {
+                    cam.uri = format!("file://{}", base.join(rest).display());
+                }
+            }
+        }
+    }
+
+    /// Every problem in the configuration, with its field path. Empty when the config is usable.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |path: &str, message: String| out.push(Problem { path: path.to_owned(), message });
+
+        if !is_valid_id(&self.device_id) {
+            bad("device_id", format!("`{}` must be 1-64 letters, digits, '-' or '_'", self.device_id));
+        }
+        match BrokerUrl::parse(&self.mqtt.url) {
+            Ok(url) if url.tls && self.mqtt.tls.is_none() => {
+                bad("mqtt.tls", "mqtts:// needs [mqtt.tls] with at least `ca`".to_owned())
+            }
+            Ok(url) if !url.tls && self.mqtt.tls.is_some() => {
+                bad("mqtt.url", "[mqtt.tls] is set but the URL is plain mqtt://; use mqtts://".to_owned())
+            }
+            Ok(_) => {}
+            Err(e) => bad("mqtt.url", e),
+        }
+        if let Some(id) = &self.mqtt.client_id {
+            if id.is_empty() || id.len() > 128 {
+                bad("mqtt.client_id", "must be 1-128 characters".to_owned());
+            }
+        }
+        if !(5..=3600).contains(&self.mqtt.keep_alive_s) {
+            bad("mqtt.keep_alive_s", format!("{} is outside 5..=3600 seconds", self.mqtt.keep_alive_s));
+        }
+        if !(1..=1024).contains(&self.mqtt.max_inflight) {
+            bad("mqtt.max_inflight", format!("{} is outside 1..=1024", self.mqtt.max_inflight));
+        }
+        if let Some(tls) = &self.mqtt.tls {
+            for (field, path) in [("ca", Some(&tls.ca)), ("cert", tls.cert.as_ref()), ("key", tls.key.as_ref())] {
+                if let Some(p) = path {
+                    if !p.is_file() {
+                        bad(&format!("mqtt.tls.{field}"), format!("{} does not exist or is not a file", p.display()));
+                    }
+                }
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                bad("mqtt.tls", "give `cert` and `key` together for mutual TLS, or neither".to_owned());
+            }
+        }
+        if !self.model.bundle.join("manifest.toml").is_file() {
+            bad(
+                "model.bundle",
+                format!("{} holds no manifest.toml; point it at a model bundle directory", self.model.bundle.display()),
+            );
+        }
+        check_budget(&mut bad, "model.latency_budget_ms", self.model.latency_budget_ms);
+        if self.inference.threads == 0 || self.inference.threads > 64 {
+            bad("inference.threads", format!("{} is outside 1..=64", self.inference.threads));
+        }
+        if let Some(lib) = &self.inference.ort_library {
+            if !lib.is_file() {
+                bad("inference.ort_library", format!("{} does not exist", lib.display()));
+            }
+        }
+        if self.cameras.is_empty() {
+            bad("camera", "no cameras configured; add at least one [[camera]] with `id` and `uri`".to_owned());
+        }
+        for (i, cam) in self.cameras.iter().enumerate() {
+            if !is_valid_id(&cam.id) {
+                bad(&format!("camera[{i}].id"), format!("`{}` must be 1-64 letters, digits, '-' or '_'", cam.id));
+            }
+            if self.cameras[..i].iter().any(|c| c.id == cam.id) {
+                bad(&format!("camera[{i}].id"), format!("`{}` is used by an earlier camera", cam.id));
+            }
+            if let Err(e) = SourceUri::parse(&cam.uri) {
+                bad(&format!("camera[{i}].uri"), e.to_string());
+            }
+            check_budget(&mut bad, &format!("camera[{i}].latency_budget_ms"), cam.latency_budget_ms);
+        }
+        out
+    }
+
+    pub fn client_id(&self) -> String {
+        self.mqtt.client_id.clone().unwrap_or_else(|| format!("vigil-{}", self.device_id))
+    }
+}
+
+fn check_budget(bad: &mut impl FnMut(&str, String), path: &str, value: Option<u64>) {
+    if let Some(ms) = value {
+        if !(1..=60_000).contains(&ms) {
+            bad(path, format!("{ms} ms is outside 1..=60000"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bundles/shapes-v1")
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str_at(text, Path::new("test.toml"), Path::new("/"))
+    }
+
+    fn valid() -> String {
+        format!(
+            "device_id = \"dev-1\"\n[model]\nbundle = \"{}\"\n[[camera]]\nid = \"a\"\nuri = \"test://ball\"\n",
+            bundle_dir().display()
+        )
+    }
+
+    #[test]
+    fn a_minimal_config_gets_documented_defaults() {
+        let cfg = parse(&valid()).expect("valid config");
+        assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/vigil"));
+        assert_eq!(cfg.mqtt.url, "mqtt://127.0.0.1:1883");
+        assert_eq!(cfg.mqtt.max_inflight, 32);
+        assert_eq!(cfg.inference.threads, 1);
+        assert_eq!(cfg.client_id(), "vigil-dev-1");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = parse(&format!("{}\ncolour = 3\n", valid())).unwrap_err().to_string();
+        assert!(err.contains("unknown field") && err.contains("colour"), "{err}");
+        let err = parse(&valid().replace("uri =", "url =")).unwrap_err().to_string();
+        assert!(err.contains("url"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_are_rejected_with_location() {
+        let err = parse(&valid().replace("[model]", "[model]\nlatency_budget_ms = \"fast\"")).unwrap_err().to_string();
+        assert!(err.contains("latency_budget_ms") && err.contains("line 3") && err.contains("expected u64"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_by_field_path() {
+        let text = "device_id = \"bad id/with+wildcards\"\n[mqtt]\nurl = \"http://x\"\nmax_inflight = 0\n\
+                    [model]\nbundle = \"/nonexistent/bundle\"\n\
+                    [[camera]]\nid = \"a\"\nuri = \"gopher://x\"\n[[camera]]\nid = \"a\"\nuri = \"test://ball\"\n";
+        let Err(ConfigError::Invalid { problems, .. }) = parse(text) else { panic!("expected Invalid") };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["device_id", "mqtt.url", "mqtt.max_inflight", "model.bundle", "camera[0].uri", "camera[1].id"],
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn tls_urls_require_tls_files() {
+        let text = valid().replace("[model]", "[mqtt]\nurl = \"mqtts://broker.example\"\n[model]");
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("expected Invalid") };
+        assert_eq!(problems[0].path, "mqtt.tls");
+        let text = valid().replace(
+            "[model]",
+            "[mqtt]\nurl = \"mqtts://b\"\n[mqtt.tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"/nonexistent/c.pem\"\n[model]",
+        );
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("expected Invalid") };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["mqtt.tls.ca", "mqtt.tls.cert", "mqtt.tls"]);
+    }
+
+    #[test]
+    fn broker_urls_parse_with_default_ports() {
+        assert_eq!(
+            BrokerUrl::parse("mqtt://localhost").unwrap(),
+            BrokerUrl { tls: false, host: "localhost".into(), port: 1883 }
+        );
+        assert_eq!(
+            BrokerUrl::parse("mqtts://10.0.0.1:9000").unwrap(),
+            BrokerUrl { tls: true, host: "10.0.0.1".into(), port: 9000 }
+        );
+        assert_eq!(BrokerUrl::parse("mqtt://[::1]:1884").unwrap().host, "::1");
+        assert!(BrokerUrl::parse("mqtt://host:99999").is_err());
+        assert!(BrokerUrl::parse("mqtt://host/path").is_err());
+        assert!(BrokerUrl::parse("localhost:1883").is_err());
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let text = "device_id = \"d\"\ndata_dir = \"data\"\n[model]\nbundle = \"b\"\n\
+                    [[camera]]\nid = \"c\"\nuri = \"file://clips/x.mp4?loop=true\"\n";
+        let mut cfg: Config = toml::from_str(text).unwrap();
+        cfg.resolve_paths(Path::new("/etc/vigil"));
+        assert_eq!(cfg.data_dir, PathBuf::from("/etc/vigil/data"));
+        assert_eq!(cfg.model.bundle, PathBuf::from("/etc/vigil/b"));
+        assert_eq!(cfg.cameras[0].uri, "file:///etc/vigil/clips/x.mp4?loop=true");
+    }
+
+    #[test]
+    fn the_embedded_default_parses() {
+        let cfg: Config = toml::from_str(EMBEDDED_DEFAULT).expect("embedded default parses");
+        assert!(!cfg.cameras.is_empty());
+    }
+}

@@ -1,0 +1,234 @@
+//! Model bundles: a directory with `manifest.toml`, the INT8 QDQ ONNX model (what ONNX Runtime
+//! runs here and TensorRT builds its engine from on a Jetson) and reference tensors.
+//!
+//! A bundle is checked completely before use: schema, shapes against labels, the model file's
+//! SHA-256. A bad bundle is refused with every problem named, never half-loaded.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub schema: u32,
+    pub model: ModelSection,
+    pub input: InputSection,
+    pub output: OutputSection,
+    pub postprocess: PostprocessSection,
+    pub budget: BudgetSection,
+    #[serde(default)]
+    pub reference: Option<ReferenceSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    /// The INT8 QDQ model.
+    pub onnx: PathBuf,
+    #[serde(default)]
+    pub onnx_fp32: Option<PathBuf>,
+    /// Hex SHA-256 of `onnx`.
+    pub sha256: String,
+    /// Backends this model is known to work on.
+    pub backends: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSection {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub layout: String,
+    pub color: String,
+    pub dtype: String,
+    pub scale: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub letterbox: String,
+    pub pad_value: u8,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    pub name: String,
+    pub format: String,
+    pub shape: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostprocessSection {
+    pub labels: Vec<String>,
+    pub score_threshold: f32,
+    pub nms_iou: f32,
+    pub max_detections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSection {
+    pub latency_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceSection {
+    pub input: PathBuf,
+    pub output_int8: PathBuf,
+    #[serde(default)]
+    pub output_fp32: Option<PathBuf>,
+    pub detections: PathBuf,
+    /// Largest absolute difference allowed between a backend's output and `output_int8`.
+    pub tolerance: f32,
+}
+
+/// A loaded, checked bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("model bundle {dir}: cannot read {file}: {source}")]
+    Read { dir: PathBuf, file: PathBuf, source: std::io::Error },
+    #[error("model bundle {dir}: manifest.toml is invalid: {message}")]
+    Parse { dir: PathBuf, message: String },
+    #[error("model bundle {dir} is unusable:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { dir: PathBuf, problems: Vec<String> },
+}
+
+impl Bundle {
+    pub fn load(dir: &Path) -> Result<Self, BundleError> {
+        let manifest_path = dir.join("manifest.toml");
+        let text = std::fs::read_to_string(&manifest_path).map_err(|source| BundleError::Read {
+            dir: dir.into(),
+            file: manifest_path.clone(),
+            source,
+        })?;
+        let manifest: Manifest =
+            toml::from_str(&text).map_err(|e| BundleError::Parse { dir: dir.into(), message: e.to_string() })?;
+        let bundle = Self { dir: dir.to_path_buf(), manifest };
+        let problems = bundle.check();
+        if problems.is_empty() {
+            Ok(bundle)
+        } else {
+            Err(BundleError::Invalid { dir: dir.into(), problems })
+        }
+    }
+
+    fn check(&self) -> Vec<String> {
+        let m = &self.manifest;
+        let mut problems = Vec::new();
+        if m.schema != SCHEMA {
+            problems.push(format!("schema {} is not supported (this vigil reads schema {SCHEMA})", m.schema));
+        }
+        let model = self.model_path();
+        match std::fs::read(&model) {
+            Ok(bytes) => {
+                let digest = hex::encode(Sha256::digest(&bytes));
+                if !digest.eq_ignore_ascii_case(&m.model.sha256) {
+                    problems.push(format!(
+                        "model.onnx {} has SHA-256 {digest}, the manifest says {}; the bundle is corrupt or was \
+                         edited: re-install it",
+                        model.display(),
+                        m.model.sha256
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("model.onnx {}: {e}", model.display())),
+        }
+        let i = &m.input;
+        if i.shape.len() != 4 || i.shape[0] != 1 || i.shape[1] != 3 || i.shape[2] <= 0 || i.shape[3] <= 0 {
+            problems.push(format!("input.shape {:?} must be [1, 3, H, W]", i.shape));
+        }
+        for (field, value, allowed) in [
+            ("input.layout", &i.layout, "NCHW"),
+            ("input.color", &i.color, "RGB"),
+            ("input.dtype", &i.dtype, "f32"),
+            ("input.letterbox", &i.letterbox, "center"),
+            ("output.format", &m.output.format, "vigil-grid-v1"),
+        ] {
+            if value != allowed {
+                problems.push(format!("{field} `{value}` is not supported (only `{allowed}`)"));
+            }
+        }
+        if i.pad_value != 0 {
+            problems.push("input.pad_value must be 0: GStreamer's letterbox pads with black".to_owned());
+        }
+        if !(i.scale > 0.0) || i.std.iter().any(|s| !(*s > 0.0)) {
+            problems.push("input.scale and input.std must be positive".to_owned());
+        }
+        let classes = m.postprocess.labels.len() as i64;
+        if classes == 0 {
+            problems.push("postprocess.labels is empty".to_owned());
+        }
+        let o = &m.output.shape;
+        if o.len() != 4 || o[0] != 1 || o[1] != 5 + classes || o[2] <= 0 || o[3] <= 0 {
+            problems.push(format!("output.shape {o:?} must be [1, 5 + {classes} labels, G, G]"));
+        } else if i.shape.len() == 4
+            && (i.shape[2] % o[2] != 0 || i.shape[3] % o[3] != 0 || i.shape[2] / o[2] != i.shape[3] / o[3])
+        {
+            problems.push(format!(
+                "output grid {}x{} does not divide input {}x{} evenly",
+                o[2], o[3], i.shape[2], i.shape[3]
+            ));
+        }
+        let pp = &m.postprocess;
+        if !(0.0..=1.0).contains(&pp.score_threshold) || !(0.0..=1.0).contains(&pp.nms_iou) {
+            problems.push("postprocess.score_threshold and nms_iou must be within 0..=1".to_owned());
+        }
+        if pp.max_detections == 0 {
+            problems.push("postprocess.max_detections must be at least 1".to_owned());
+        }
+        if m.budget.latency_ms == 0 {
+            problems.push("budget.latency_ms must be at least 1".to_owned());
+        }
+        problems
+    }
+
+    pub fn model_path(&self) -> PathBuf {
+        self.dir.join(&self.manifest.model.onnx)
+    }
+
+    /// Model input (width, height) in pixels.
+    pub fn input_size(&self) -> (u32, u32) {
+        let s = &self.manifest.input.shape;
+        (s[3] as u32, s[2] as u32)
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.manifest.input.shape.iter().product::<i64>() as usize
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.manifest.output.shape.iter().product::<i64>() as usize
+    }
+
+    /// Reads a raw little-endian f32 file named by the reference section.
+    pub fn read_f32(&self, rel: &Path) -> Result<Vec<f32>, BundleError> {
+        let path = self.dir.join(rel);
+        let bytes = std::fs::read(&path).map_err(|source| BundleError::Read {
+            dir: self.dir.clone(),
+            file: path.clone(),
+            source,
+        })?;
+        if bytes.len() % 4 != 0 {
+            return Err(BundleError::Invalid {
+                dir: self.dir.clone(),
+                problems: vec![format!("{} is not a whole number of f32 values", path.display())],
+            });
+        }
+        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+}

@@ -1,0 +1,207 @@
+//! The ONNX Runtime backend (CPU). The shared library is loaded at run time (`ort`'s
+//! `load-dynamic`), so vigil links no ONNX Runtime and cross-builds freely; the library comes from
+//! the `onnxruntime` PyPI wheel that the set-up command installs.
+//!
+//! `ort` panics if used without a library, so the path is found and checked before any `ort` call.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::value::TensorRef;
+
+use super::{Backend, Bundle, InferError};
+
+/// Where the set-up command and common installs put the library, tried in order after the
+/// configured path and `$ORT_DYLIB_PATH`.
+const SEARCH_GLOBS: &[&str] = &[
+    ".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*",
+    "/usr/lib/vigil/libonnxruntime.so*",
+    "/usr/local/lib/libonnxruntime.so*",
+    "/usr/lib/aarch64-linux-gnu/libonnxruntime.so*",
+    "/usr/lib/x86_64-linux-gnu/libonnxruntime.so*",
+];
+
+/// Finds `libonnxruntime.so`: `configured`, else `$ORT_DYLIB_PATH`, else the well-known places.
+pub fn find_ort_library(configured: Option<&Path>) -> Result<PathBuf, InferError> {
+    let hint = "install it with `make setup` (pip wheel `onnxruntime`), or set inference.ort_library / \
+                ORT_DYLIB_PATH to libonnxruntime.so";
+    if let Some(p) = configured {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(InferError::Library(format!("ONNX Runtime library {} does not exist; {hint}", p.display())))
+        };
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(InferError::Library(format!("ORT_DYLIB_PATH={} does not exist; {hint}", p.display())))
+        };
+    }
+    SEARCH_GLOBS
+        .iter()
+        .find_map(|g| glob_first(g))
+        .ok_or_else(|| InferError::Library(format!("ONNX Runtime library not found; {hint}")))
+}
+
+/// The first existing file matching a pattern whose `*`s stand for any run of characters
+/// inside one path component (enough for the fixed patterns above).
+fn glob_first(pattern: &str) -> Option<PathBuf> {
+    let mut candidates = vec![if pattern.starts_with('/') { PathBuf::from("/") } else { PathBuf::from(".") }];
+    for part in pattern.split('/').filter(|p| !p.is_empty()) {
+        let mut next = Vec::new();
+        for dir in candidates {
+            if !part.contains('*') {
+                let p = dir.join(part);
+                if p.exists() {
+                    next.push(p);
+                }
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let mut names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+            names.sort();
+            next.extend(names.into_iter().filter(|n| wildcard_match(part, n)).map(|n| dir.join(n)));
+        }
+        candidates = next;
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+fn wildcard_match(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else { return false };
+    let tail: Vec<&str> = parts.collect();
+    for (i, part) in tail.iter().enumerate() {
+        if i == tail.len() - 1 {
+            return rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(pos) => rest = &rest[pos + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// One ONNX Runtime environment per process (an `ort` rule); the first library loaded wins.
+static ENVIRONMENT: OnceLock<Mutex<Option<(PathBuf, ort::environment::Environment)>>> = OnceLock::new();
+
+fn environment(library: &Path) -> Result<ort::environment::Environment, InferError> {
+    let mut slot = ENVIRONMENT.get_or_init(|| Mutex::new(None)).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((loaded, env)) = slot.as_ref() {
+        if loaded != library {
+            tracing::warn!(loaded = %loaded.display(), requested = %library.display(),
+                "ONNX Runtime is already loaded from another path; using the loaded one");
+        }
+        return Ok(env.clone());
+    }
+    let env = ort::init_from(library)
+        .map_err(|e| InferError::Library(format!("cannot load ONNX Runtime from {}: {e}", library.display())))?
+        .with_name("vigil")
+        .build()
+        .map_err(|e| InferError::Library(format!("cannot start ONNX Runtime: {e}")))?;
+    *slot = Some((library.to_path_buf(), env.clone()));
+    Ok(env)
+}
+
+pub struct OrtBackend {
+    session: Session,
+    input_name: String,
+    input_shape: Vec<i64>,
+    output_name: String,
+    output_len: usize,
+}
+
+impl OrtBackend {
+    /// Loads the bundle's INT8 model on the CPU with `threads` intra-op threads.
+    pub fn new(bundle: &Bundle, library: &Path, threads: usize) -> Result<Self, InferError> {
+        let env = environment(library)?;
+        let model_err = |message: String| InferError::Model { model: bundle.manifest.model.name.clone(), message };
+        let path = bundle.model_path();
+        let session = build_session(&env, &path, threads)
+            .map_err(|e| model_err(format!("ONNX Runtime cannot load {}: {e}", path.display())))?;
+        let m = &bundle.manifest;
+        if !session.inputs().iter().any(|i| i.name() == m.input.name) {
+            return Err(model_err(format!("the ONNX file has no input named `{}`", m.input.name)));
+        }
+        if !session.outputs().iter().any(|o| o.name() == m.output.name) {
+            return Err(model_err(format!("the ONNX file has no output named `{}`", m.output.name)));
+        }
+        Ok(Self {
+            session,
+            input_name: m.input.name.clone(),
+            input_shape: m.input.shape.clone(),
+            output_name: m.output.name.clone(),
+            output_len: bundle.output_len(),
+        })
+    }
+}
+
+fn build_session(env: &ort::environment::Environment, path: &Path, threads: usize) -> Result<Session, String> {
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    Session::builder(env)
+        .map_err(|e| text(&e))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| text(&e))?
+        .with_intra_threads(threads)
+        .map_err(|e| text(&e))?
+        .with_inter_threads(1)
+        .map_err(|e| text(&e))?
+        .commit_from_file(path)
+        .map_err(|e| text(&e))
+}
+
+impl Backend for OrtBackend {
+    fn name(&self) -> &'static str {
+        "onnxruntime-cpu"
+    }
+
+    fn infer(&mut self, input: &[f32], output: &mut Vec<f32>) -> Result<(), InferError> {
+        let tensor = TensorRef::from_array_view((self.input_shape.clone(), input))
+            .map_err(|e| InferError::Run(format!("input tensor: {e}")))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => tensor])
+            .map_err(|e| InferError::Run(e.to_string()))?;
+        let value = outputs
+            .get(self.output_name.as_str())
+            .ok_or_else(|| InferError::Run(format!("no output `{}`", self.output_name)))?;
+        let (_, data) =
+            value.try_extract_tensor::<f32>().map_err(|e| InferError::Run(format!("output tensor: {e}")))?;
+        if data.len() != self.output_len {
+            return Err(InferError::Run(format!(
+                "output has {} values, the manifest's shape says {}",
+                data.len(),
+                self.output_len
+            )));
+        }
+        output.clear();
+        output.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_like_a_shell() {
+        assert!(wildcard_match("libonnxruntime.so*", "libonnxruntime.so.1.31.1"));
+        assert!(wildcard_match("python3*", "python3.11"));
+        assert!(!wildcard_match("python3*", "python2.7"));
+        assert!(wildcard_match("a*b*c", "axxbyyc"));
+        assert!(!wildcard_match("a*b*c", "axxbyy"));
+    }
+
+    #[test]
+    fn a_configured_library_that_is_missing_is_a_clear_error() {
+        let err = find_ort_library(Some(Path::new("/nonexistent/libonnxruntime.so"))).unwrap_err().to_string();
+        assert!(err.contains("does not exist") && err.contains("make setup"), "{err}");
+    }
+}

@@ -1,0 +1,14 @@
+//! vigil: an edge video appliance. Cameras → INT8 detector under per-frame latency budgets →
+//! events → sled (durable) → MQTT (store-and-forward).
+//!
+//! See `docs/architecture.md` for the frame path, the event path and every queue.
+
+pub mod app;
+pub mod bench;
+pub mod capture;
+pub mod config;
+pub mod events;
+pub mod infer;
+pub mod scheduler;
+pub mod store;
+pub mod uplink;

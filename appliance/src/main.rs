@@ -1,0 +1,213 @@
+//! The `vigil` command line. Errors are turned into messages and exit codes here, and only here.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use vigil::config::{Config, ConfigError};
+use vigil::store::Store;
+
+/// Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or input.
+const EXIT_FAILURE: u8 = 1;
+const EXIT_BAD_INPUT: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "vigil", version, about = "Edge video appliance: cameras → models → events → MQTT")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (without --config: the embedded demo configuration).
+    Run {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override mqtt.url.
+        #[arg(long)]
+        mqtt_url: Option<String>,
+        /// Override data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Check a configuration file; print every problem and exit 2 if there is any.
+    CheckConfig { file: PathBuf },
+    /// Print the embedded default configuration.
+    DefaultConfig,
+    /// Read stored events (the service must be stopped: one process owns the store).
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Measure capture and inference throughput against baselines run side by side.
+    Bench(vigil::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// List events, oldest first.
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Read this data directory instead of the config's.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Only the newest N events.
+        #[arg(long)]
+        last: Option<usize>,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("VIGIL_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Config::embedded_default(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_BAD_INPUT)
+            }
+        },
+        Command::DefaultConfig => {
+            print!("{}", vigil::config::EMBEDDED_DEFAULT);
+            ExitCode::SUCCESS
+        }
+        Command::Run { config, mqtt_url, data_dir } => {
+            let mut cfg = match load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_BAD_INPUT);
+                }
+            };
+            if let Some(url) = mqtt_url {
+                cfg.mqtt.url = url;
+            }
+            if let Some(dir) = data_dir {
+                cfg.data_dir = dir;
+            }
+            let problems = cfg.validate();
+            if !problems.is_empty() {
+                problems.iter().for_each(|p| eprintln!("{p}"));
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            report(run_service(cfg))
+        }
+        Command::Events { command: EventsCommand::List { config, data_dir, json, last } } => {
+            report(list_events(config.as_deref(), data_dir, json, last))
+        }
+        Command::Bench(args) => report(vigil::bench::run(&args)),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn run_service(cfg: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        vigil::app::run(cfg, shutdown).await
+    })
+}
+
+/// First SIGTERM/SIGINT: orderly shutdown within the deadline. Second: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop vigil with SIGKILL");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("signal received; stopping (send it again to exit at once)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    eprintln!("second signal: exiting now");
+    std::process::exit(130);
+}
+
+fn list_events(
+    config: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    json: bool,
+    last: Option<usize>,
+) -> anyhow::Result<()> {
+    let dir = match data_dir {
+        Some(d) => d,
+        None => load_config(config)?.data_dir,
+    };
+    if !dir.join("store").exists() {
+        anyhow::bail!("no store under {}; check data_dir (has vigil run there yet?)", dir.display());
+    }
+    let store = Store::open(&dir)?;
+    let skip = last.map_or(0, |n| store.event_count().saturating_sub(n));
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    use std::io::Write;
+    for event in store.events().skip(skip) {
+        let e = event?;
+        let line = if json {
+            serde_json::to_string(&e)?
+        } else {
+            format!(
+                "{}  {}  {:<10} {:<10} {:.2}  [{:.0},{:.0},{:.0},{:.0}]",
+                e.frame.captured_at, e.id, e.camera_id, e.label, e.score, e.bbox.x1, e.bbox.y1, e.bbox.x2, e.bbox.y2
+            )
+        };
+        if writeln!(out, "{line}").is_err() {
+            break; // stdout closed (e.g. piped into head)
+        }
+    }
+    Ok(())
+}

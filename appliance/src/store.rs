@@ -1,0 +1,260 @@
+//! The durable store (sled): events, the MQTT outbox, and metadata.
+//!
+//! An event and its outbox entry are written in one transaction, and the store is flushed before
+//! anything is offered to MQTT: an event that reached the broker is always on disk. The outbox is
+//! drained oldest first; an entry leaves it only when the broker acknowledged it (PUBACK).
+
+use std::path::{Path, PathBuf};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use crate::events::Event;
+
+pub const SCHEMA_VERSION: u64 = 1;
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store at {0} is in use by another vigil process; stop it first (one process owns a store)")]
+    Locked(PathBuf),
+    #[error("cannot open the store at {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error(
+        "the store at {path} has schema {found}, newer than this vigil understands ({SCHEMA_VERSION}); \
+             run the newer vigil or move the data directory aside"
+    )]
+    TooNew { path: PathBuf, found: u64 },
+    #[error("store I/O failed: {0}")]
+    Io(#[from] sled::Error),
+    #[error("store holds a malformed record under {key}: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+/// One message waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+impl OutboxEntry {
+    fn encode(&self) -> Vec<u8> {
+        let topic = self.topic.as_bytes();
+        let len = u16::try_from(topic.len()).expect("MQTT topics are at most 65535 bytes");
+        let mut out = Vec::with_capacity(2 + topic.len() + self.payload.len());
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(topic);
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    fn decode(key: u64, bytes: &[u8]) -> Result<Self, StoreError> {
+        let bad = |m: &str| StoreError::Corrupt { key: format!("outbox/{key}"), message: m.to_owned() };
+        let len = bytes.get(..2).ok_or_else(|| bad("shorter than its header"))?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        let topic = bytes.get(2..2 + len).ok_or_else(|| bad("topic runs past the end"))?;
+        let topic = String::from_utf8(topic.to_vec()).map_err(|_| bad("topic is not UTF-8"))?;
+        Ok(Self { topic, payload: bytes[2 + len..].to_vec() })
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    events: sled::Tree,
+    outbox: sled::Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the store under `data_dir/store`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join("store");
+        let db = sled::Config::new().path(&path).mode(sled::Mode::HighThroughput).open().map_err(
+            |source| match &source {
+                sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(11) => {
+                    StoreError::Locked(path.clone())
+                }
+                _ => StoreError::Open { path: path.clone(), source },
+            },
+        )?;
+        let meta = db.open_tree("meta")?;
+        match meta.get(SCHEMA_KEY)? {
+            None => {
+                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+            Some(v) => {
+                let found = v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt {
+                    key: "meta/schema_version".into(),
+                    message: "not an 8-byte integer".into(),
+                })?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::TooNew { path, found });
+                }
+            }
+        }
+        Ok(Self { events: db.open_tree("events")?, outbox: db.open_tree("outbox")?, db })
+    }
+
+    /// Writes events and their outbox entries atomically (not yet durable: call [`Store::flush`]).
+    pub fn append(&self, events: &[Event], topic: &str) -> Result<(), StoreError> {
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> = events
+            .iter()
+            .map(|e| {
+                let json = serde_json::to_vec(e).expect("events always serialise");
+                (e.id.as_bytes().to_vec(), json)
+            })
+            .collect();
+        (&self.events, &self.outbox)
+            .transaction(|(ev, ob)| {
+                for (id, json) in &encoded {
+                    ev.insert(id.as_slice(), json.as_slice())?;
+                    let key = ob.generate_id()?;
+                    let entry = OutboxEntry { topic: topic.to_owned(), payload: json.clone() };
+                    ob.insert(&key.to_be_bytes(), entry.encode())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(s) => StoreError::Io(s),
+                TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
+            })
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Up to `limit` outbox entries with keys greater than `after`, oldest first.
+    pub fn outbox_after(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        let start = after.map_or(0, |k| k.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.outbox.range(start.to_be_bytes()..).take(limit) {
+            let (k, v) = item?;
+            let key = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt { key: "outbox".into(), message: "key is not 8 bytes".into() })?,
+            );
+            out.push((key, OutboxEntry::decode(key, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Removes an acknowledged outbox entry. Not flushed: losing a removal in a crash only means
+    /// the message is sent again (at-least-once), never lost.
+    pub fn outbox_remove(&self, key: u64) -> Result<(), StoreError> {
+        self.outbox.remove(key.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    pub fn event_count(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn event(&self, id: &str) -> Result<Option<Event>, StoreError> {
+        self.events.get(id.as_bytes())?.map(|v| decode_event(id.as_bytes(), &v)).transpose()
+    }
+
+    /// All events, oldest first (UUIDv7 ids sort by creation time).
+    pub fn events(&self) -> impl DoubleEndedIterator<Item = Result<Event, StoreError>> + '_ {
+        self.events.iter().map(|item| {
+            let (k, v) = item?;
+            decode_event(&k, &v)
+        })
+    }
+}
+
+fn decode_event(key: &[u8], value: &[u8]) -> Result<Event, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+        key: format!("events/{}", String::from_utf8_lossy(key)),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{EventKind, FrameRef, Latency, ModelRef, PixelBox};
+
+    pub(crate) fn event(n: u32) -> Event {
+        Event {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: EventKind::Detection,
+            device_id: "d".into(),
+            camera_id: "c".into(),
+            label: "circle".into(),
+            class_id: 0,
+            score: 0.9,
+            bbox: PixelBox { x1: 0.0, y1: 0.0, x2: n as f32, y2: 1.0 },
+            box_norm: [0.0; 4],
+            frame: FrameRef {
+                seq: u64::from(n),
+                pts_ns: None,
+                captured_at: String::new(),
+                captured_at_ns: 0,
+                width: 1,
+                height: 1,
+            },
+            model: ModelRef { name: "m".into(), version: "1".into(), backend: "b".into() },
+            latency: Latency {
+                total_ms: 0.0,
+                queue_ms: 0.0,
+                preprocess_ms: 0.0,
+                inference_ms: 0.0,
+                postprocess_ms: 0.0,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn events_and_outbox_survive_reopen_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let evs: Vec<Event> = (0..5).map(event).collect();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.append(&evs[..3], "t/a").unwrap();
+            store.append(&evs[3..], "t/a").unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let stored: Vec<Event> = store.events().collect::<Result<_, _>>().unwrap();
+        assert_eq!(stored, evs);
+        let out = store.outbox_after(None, 100).unwrap();
+        let payloads: Vec<Event> = out.iter().map(|(_, e)| serde_json::from_slice(&e.payload).unwrap()).collect();
+        assert_eq!(payloads, evs, "outbox keeps append order");
+        assert!(out.iter().all(|(_, e)| e.topic == "t/a"));
+        let second = store.outbox_after(Some(out[1].0), 2).unwrap();
+        assert_eq!(second.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [out[2].0, out[3].0]);
+        store.outbox_remove(out[0].0).unwrap();
+        assert_eq!(store.outbox_len(), 4);
+        assert_eq!(store.event(&evs[2].id).unwrap().as_ref(), Some(&evs[2]));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path().join("store")).unwrap();
+            db.open_tree("meta").unwrap().insert(SCHEMA_KEY, &99u64.to_be_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(dir.path()).err().expect("refused").to_string();
+        assert!(err.contains("schema 99"), "{err}");
+    }
+
+    #[test]
+    fn outbox_entries_round_trip_and_reject_garbage() {
+        let e = OutboxEntry { topic: "vigil/d/events".into(), payload: b"{}".to_vec() };
+        assert_eq!(OutboxEntry::decode(1, &e.encode()).unwrap(), e);
+        assert!(OutboxEntry::decode(1, &[0]).is_err());
+        assert!(OutboxEntry::decode(1, &[0, 9, b'a']).is_err());
+    }
+}

@@ -1,0 +1,268 @@
+//! The MQTT uplink: drains the sled outbox to the broker (QoS 1, oldest first, a bounded window
+//! of unacknowledged messages), keeps a retained `status` with an `offline` last will, and
+//! reconnects with backoff.
+//!
+//! rumqttc keeps its own queue in memory only; vigil therefore never relies on it. Each
+//! connection gets a fresh client, and after every (re)connect the outbox is replayed from its
+//! oldest entry: a message the broker may already have is sent again with the same event id
+//! (at-least-once), and nothing is lost across disconnects or restarts.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BrokerUrl, Config, TlsConfig};
+use crate::store::Store;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a clean shutdown waits for the broker to acknowledge the `offline` status.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn events_topic(device_id: &str) -> String {
+    format!("vigil/{device_id}/events")
+}
+
+pub fn status_topic(device_id: &str) -> String {
+    format!("vigil/{device_id}/status")
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub state: &'static str,
+    pub device_id: String,
+    pub version: &'static str,
+    pub started_at: String,
+    pub model: Option<StatusModel>,
+    pub cameras: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusModel {
+    pub name: String,
+    pub version: String,
+    pub backend: String,
+}
+
+impl Status {
+    fn with_state(&self, state: &'static str) -> Vec<u8> {
+        let mut s = self.clone();
+        s.state = state;
+        serde_json::to_vec(&s).expect("status always serialises")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("mqtt.url: {0}")]
+    Url(String),
+    #[error("TLS set-up failed: {0}")]
+    Tls(String),
+}
+
+/// What a published packet id stands for, until its PUBACK arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Outbox(u64),
+    Status,
+}
+
+pub struct Uplink {
+    options: MqttOptions,
+    device_id: String,
+    window: usize,
+    status: Status,
+    store: Store,
+    /// Rung by the store writer after each durable batch.
+    wake: Arc<Notify>,
+}
+
+impl Uplink {
+    pub fn new(config: &Config, status: Status, store: Store, wake: Arc<Notify>) -> Result<Self, UplinkError> {
+        let url = BrokerUrl::parse(&config.mqtt.url).map_err(UplinkError::Url)?;
+        let mut options = MqttOptions::new(config.client_id(), url.host.clone(), url.port);
+        let window = usize::from(config.mqtt.max_inflight);
+        options
+            .set_keep_alive(Duration::from_secs(config.mqtt.keep_alive_s))
+            .set_clean_session(true)
+            .set_inflight(config.mqtt.max_inflight.saturating_add(2))
+            .set_max_packet_size(1 << 20, 1 << 20)
+            .set_last_will(LastWill::new(
+                status_topic(&config.device_id),
+                status.with_state("offline"),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        if url.tls {
+            let tls = config.mqtt.tls.as_ref().ok_or_else(|| UplinkError::Tls("mqtts:// needs [mqtt.tls]".into()))?;
+            options.set_transport(Transport::tls_with_config(rustls_config(tls)?.into()));
+        }
+        Ok(Self { options, device_id: config.device_id.clone(), window, status, store, wake })
+    }
+
+    /// Runs until `cancel`; then publishes `offline` and disconnects.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut backoff = BACKOFF_MIN;
+        while !cancel.is_cancelled() {
+            let (client, eventloop) = AsyncClient::new(self.options.clone(), self.window + 8);
+            match self.session(&client, eventloop, &cancel, &mut backoff).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// One connection's life. `Ok` means a clean shutdown; `Err` a lost connection.
+    async fn session(
+        &self,
+        client: &AsyncClient,
+        mut eventloop: EventLoop,
+        cancel: &CancellationToken,
+        backoff: &mut Duration,
+    ) -> Result<(), rumqttc::ConnectionError> {
+        let status_topic = status_topic(&self.device_id);
+        // Publishes handed to rumqttc, waiting for their packet id (rumqttc reports them in order).
+        let mut pending: VecDeque<Tag> = VecDeque::new();
+        // Packet id → what it carries, until PUBACK.
+        let mut inflight: HashMap<u16, Tag> = HashMap::new();
+        let mut cursor: Option<u64> = None;
+        let mut connected = false;
+        loop {
+            if connected {
+                self.fill_window(client, &mut pending, &inflight, &mut cursor);
+            }
+            tokio::select! {
+                event = eventloop.poll() => match event? {
+                    Event::Incoming(Packet::ConnAck(_)) => {
+                        tracing::info!(outbox = self.store.outbox_len(), "MQTT connected");
+                        connected = true;
+                        *backoff = BACKOFF_MIN;
+                        if client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status.with_state("online")).is_ok() {
+                            pending.push_back(Tag::Status);
+                        }
+                    }
+                    Event::Outgoing(Outgoing::Publish(pkid)) => {
+                        if let Some(tag) = pending.pop_front() {
+                            inflight.insert(pkid, tag);
+                        }
+                    }
+                    Event::Incoming(Packet::PubAck(ack)) => {
+                        if let Some(Tag::Outbox(key)) = inflight.remove(&ack.pkid) {
+                            if let Err(e) = self.store.outbox_remove(key) {
+                                tracing::error!(error = %e, "cannot remove an acknowledged message from the outbox");
+                            }
+                        }
+                    }
+                    _ => {}
+                },
+                _ = self.wake.notified(), if connected => {}
+                _ = cancel.cancelled() => {
+                    self.goodbye(client, &mut eventloop, &status_topic).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Hands outbox entries to rumqttc until the window of unacknowledged messages is full.
+    fn fill_window(
+        &self,
+        client: &AsyncClient,
+        pending: &mut VecDeque<Tag>,
+        inflight: &HashMap<u16, Tag>,
+        cursor: &mut Option<u64>,
+    ) {
+        let room = self.window.saturating_sub(pending.len() + inflight.len());
+        if room == 0 {
+            return;
+        }
+        let entries = match self.store.outbox_after(*cursor, room) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                return;
+            }
+        };
+        for (key, entry) in entries {
+            if client.try_publish(entry.topic, QoS::AtLeastOnce, false, entry.payload).is_err() {
+                // rumqttc's request queue is sized above the window, so this means it is closing.
+                return;
+            }
+            pending.push_back(Tag::Outbox(key));
+            *cursor = Some(key);
+        }
+    }
+
+    /// Publishes the retained `offline` status (a clean disconnect sends no last will) and
+    /// disconnects, waiting briefly for the broker.
+    async fn goodbye(&self, client: &AsyncClient, eventloop: &mut EventLoop, topic: &str) {
+        if client.try_publish(topic, QoS::AtLeastOnce, true, self.status.with_state("offline")).is_err() {
+            return;
+        }
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            while let Ok(ev) = eventloop.poll().await {
+                if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+pub fn new_status(config: &Config, model: Option<StatusModel>) -> Status {
+    Status {
+        state: "online",
+        device_id: config.device_id.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        model,
+        cameras: config.cameras.iter().map(|c| c.id.clone()).collect(),
+    }
+}
+
+fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, UplinkError> {
+    std::fs::read(path).map_err(|e| UplinkError::Tls(format!("cannot read {}: {e}", path.display())))
+}
+
+/// A rustls client configuration on the ring provider: the CA bundle verifies the broker, and a
+/// client certificate, when configured, proves the device (mutual TLS).
+fn rustls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, UplinkError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut read_pem(&tls.ca)?.as_slice()) {
+        let cert = cert.map_err(|e| UplinkError::Tls(format!("{}: {e}", tls.ca.display())))?;
+        roots.add(cert).map_err(|e| UplinkError::Tls(format!("{}: {e}", tls.ca.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(UplinkError::Tls(format!("{} holds no PEM certificate", tls.ca.display())));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UplinkError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let chain = rustls_pemfile::certs(&mut read_pem(cert)?.as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| UplinkError::Tls(format!("{}: {e}", cert.display())))?;
+            let key_der = rustls_pemfile::private_key(&mut read_pem(key)?.as_slice())
+                .map_err(|e| UplinkError::Tls(format!("{}: {e}", key.display())))?
+                .ok_or_else(|| UplinkError::Tls(format!("{} holds no private key", key.display())))?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| UplinkError::Tls(e.to_string()))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
