@@ -196,7 +196,7 @@ impl FrameSource {
     /// or cancelled: check the token), `Err` is a fault that needs a rebuild.
     pub fn next_frame(&mut self, seq: u64) -> Result<Option<Frame>, CaptureError> {
         if let Some(sample) = self.sink.try_pull_sample(gst::ClockTime::from_mseconds(PULL_TIMEOUT_MS)) {
-            return self.to_frame(sample, seq).map(Some);
+            return self.make_frame(sample, seq).map(Some);
         }
         if let Some(e) = self.bus_error() {
             return Err(self.stream_err(e));
@@ -236,7 +236,7 @@ impl FrameSource {
         Ok(())
     }
 
-    fn to_frame(&mut self, sample: gst::Sample, seq: u64) -> Result<Frame, CaptureError> {
+    fn make_frame(&mut self, sample: gst::Sample, seq: u64) -> Result<Frame, CaptureError> {
         let now_mono = Instant::now();
         self.last_frame = Some(now_mono);
         // Wall-clock time of capture, kept monotone per camera so that a clock step backwards

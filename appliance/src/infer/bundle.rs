@@ -166,7 +166,8 @@ impl Bundle {
         if i.pad_value != 0 {
             problems.push("input.pad_value must be 0: GStreamer's letterbox pads with black".to_owned());
         }
-        if !(i.scale > 0.0) || i.std.iter().any(|s| !(*s > 0.0)) {
+        let positive = |v: f32| v.is_finite() && v > 0.0;
+        if !positive(i.scale) || !i.std.iter().all(|s| positive(*s)) {
             problems.push("input.scale and input.std must be positive".to_owned());
         }
         let classes = m.postprocess.labels.len() as i64;

@@ -12,10 +12,10 @@ use ort::value::TensorRef;
 
 use super::{Backend, Bundle, InferError};
 
-/// Where the set-up command and common installs put the library, tried in order after the
-/// configured path and `$ORT_DYLIB_PATH`.
-const SEARCH_GLOBS: &[&str] = &[
-    ".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*",
+/// The set-up command's virtual environment, relative to the repository root.
+const VENV_GLOB: &str = ".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*";
+/// System locations (packages, manual installs).
+const SYSTEM_GLOBS: &[&str] = &[
     "/usr/lib/vigil/libonnxruntime.so*",
     "/usr/local/lib/libonnxruntime.so*",
     "/usr/lib/aarch64-linux-gnu/libonnxruntime.so*",
@@ -41,9 +41,18 @@ pub fn find_ort_library(configured: Option<&Path>) -> Result<PathBuf, InferError
             Err(InferError::Library(format!("ORT_DYLIB_PATH={} does not exist; {hint}", p.display())))
         };
     }
-    SEARCH_GLOBS
+    // The repository's .venv: from the current directory, or from a binary in target/<profile>/
+    // or target/<triple>/<profile>/.
+    let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
+    let mut roots = vec![PathBuf::from(".")];
+    if let Some(dir) = exe_dir {
+        roots.extend([dir.join("../.."), dir.join("../../..")]);
+    }
+    roots
         .iter()
-        .find_map(|g| glob_first(g))
+        .map(|r| format!("{}/{VENV_GLOB}", r.display()))
+        .chain(SYSTEM_GLOBS.iter().map(|g| (*g).to_owned()))
+        .find_map(|g| glob_first(&g))
         .ok_or_else(|| InferError::Library(format!("ONNX Runtime library not found; {hint}")))
 }
 

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing vigil needs on Debian 12 / Ubuntu 22.04 (as root):
+# GStreamer with its software decoders, mosquitto, and ONNX Runtime (from the PyPI wheel, in
+# ./.venv). Idempotent: each step is skipped when its result is already there.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+ORT_VERSION=1.32.0
+APT_PACKAGES=(
+  pkg-config gcc
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
+  mosquitto mosquitto-clients
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" -eq 0 ] || { echo "setup: run as root to install: ${missing[*]}" >&2; exit 1; }
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  echo "setup: no cargo on PATH; install Rust >= 1.92 (rustup) and run again" >&2
+  exit 1
+fi
+
+if ! ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* >/dev/null 2>&1 \
+   || ! .venv/bin/python -c "import onnxruntime as o; assert o.__version__ == '$ORT_VERSION'" 2>/dev/null; then
+  echo "setup: installing onnxruntime $ORT_VERSION into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check "onnxruntime==$ORT_VERSION"
+fi
+ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n1

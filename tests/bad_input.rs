@@ -1,0 +1,150 @@
+//! Bad input gets a clear error that says what to do, or a logged, retried condition — never a
+//! panic, never lost data.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// Rust's exit code for a panic; no bad input may produce it.
+const PANIC_EXIT: i32 = 101;
+
+fn config_with(dir: &std::path::Path, text: &str) -> String {
+    let path = dir.join("vigil.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn base_config() -> String {
+    format!(
+        "device_id = \"d1\"\n[model]\nbundle = \"{}\"\n[[camera]]\nid = \"a\"\nuri = \"test://ball\"\n",
+        bundle_dir().display()
+    )
+}
+
+#[test]
+fn check_config_accepts_the_shipped_demo_config() {
+    let demo = repo_root().join("appliance/config/demo.toml");
+    let (code, out, err) = vigil_cmd(&["check-config", demo.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": ok"), "{out}");
+}
+
+#[test]
+fn check_config_names_unknown_keys_and_wrong_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_with(dir.path(), &format!("{}\n[mqtt]\nurl = \"mqtt://x\"\nqos = 2\n", base_config()));
+    let (code, _, err) = vigil_cmd(&["check-config", &path], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown field `qos`"), "{err}");
+
+    let path = config_with(dir.path(), &base_config().replace("device_id = \"d1\"", "device_id = 7"));
+    let (code, _, err) = vigil_cmd(&["check-config", &path], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("device_id") && err.contains("line 1"), "{err}");
+}
+
+#[test]
+fn check_config_reports_every_semantic_problem_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "device_id = \"d/1\"\n[model]\nbundle = \"/nonexistent/bundle\"\n\
+                [[camera]]\nid = \"a\"\nuri = \"ftp://cam\"\n";
+    let path = config_with(dir.path(), text);
+    let (code, _, err) = vigil_cmd(&["check-config", &path], &[]);
+    assert_eq!(code, 2, "{err}");
+    for expected in ["device_id:", "model.bundle:", "camera[0].uri:", "3 problem(s)"] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+}
+
+#[test]
+fn run_refuses_an_invalid_config_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_with(dir.path(), &base_config().replace("test://ball", "rtsp://"));
+    let (code, _, err) = vigil_cmd(&["run", "--config", &path], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("camera[0].uri"), "{err}");
+}
+
+#[test]
+fn a_bundle_without_its_model_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    std::fs::copy(bundle_dir().join("manifest.toml"), bundle.join("manifest.toml")).unwrap();
+    let text = base_config().replace(&bundle_dir().display().to_string(), &bundle.display().to_string());
+    let path = config_with(dir.path(), &format!("data_dir = \"{}\"\n{text}", dir.path().join("data").display()));
+    let (code, _, err) = vigil_cmd(&["run", "--config", &path], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("model.int8.onnx") && err.contains("No such file"), "{err}");
+}
+
+#[test]
+fn a_missing_onnxruntime_library_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path =
+        config_with(dir.path(), &format!("data_dir = \"{}\"\n{}", dir.path().join("data").display(), base_config()));
+    let (code, _, err) =
+        vigil_cmd(&["run", "--config", &path], &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")]);
+    assert_ne!(code, PANIC_EXIT, "{err}");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("ORT_DYLIB_PATH=/nonexistent/libonnxruntime.so does not exist") && err.contains("make setup"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unreachable_broker_is_retried_while_events_are_kept_in_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = format!("mqtt://127.0.0.1:{}", free_port());
+    let clip = format!("file://{}", eval_clip().display());
+    let config = write_config(dir.path(), "offline", &nobody, &[("clip", clip)]);
+    let vigil = Vigil::start(&config, dir.path());
+    let retried = wait_until(Duration::from_secs(30), || vigil.log().matches("MQTT connection lost").count() >= 3);
+    assert!(retried, "connection failures are logged and retried:\n{}", vigil.log());
+
+    // While vigil runs it owns the store; a second reader is told so, plainly.
+    let data = dir.path().join("data");
+    let (code, _, err) = vigil_cmd(&["events", "list", "--data-dir", data.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("in use by another vigil process"), "{err}");
+
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, log) = vigil.terminate();
+    assert!(status.success(), "{status:?}\n{log}");
+    let (code, out, err) = vigil_cmd(&["events", "list", "--json", "--data-dir", data.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    let stored = out.lines().count();
+    assert!(stored > 0, "events made while the broker was unreachable are stored:\n{log}");
+    let store = vigil::store::Store::open(&data).unwrap();
+    assert_eq!(store.outbox_len(), stored, "and all of them still wait in the outbox");
+}
+
+#[test]
+fn a_camera_that_does_not_exist_is_retried_and_the_others_keep_working() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start(broker.port, "vigil/two/events");
+    let clip = format!("file://{}", eval_clip().display());
+    let ghost = format!("file://{}", dir.path().join("no-such-clip.mp4").display());
+    let config = write_config(dir.path(), "two", &broker.url(), &[("ghost", ghost), ("clip", clip)]);
+    let mut vigil = Vigil::start(&config, dir.path());
+    let retried = wait_until(Duration::from_secs(30), || {
+        vigil.log().lines().filter(|l| l.contains("camera fault") && l.contains("ghost")).count() >= 3
+    });
+    assert!(retried, "the missing source is retried with backoff:\n{}", vigil.log());
+    assert!(wait_until(Duration::from_secs(20), || sub.count("vigil/two/events") > 20), "{}", vigil.log());
+    assert!(vigil.is_running());
+    let (status, log) = vigil.terminate();
+    assert!(status.success(), "{status:?}\n{log}");
+    let fault = log.lines().find(|l| l.contains("camera fault") && l.contains("ghost")).unwrap();
+    assert!(
+        fault.contains("no-such-clip.mp4") || fault.contains("not found") || fault.contains("No such file"),
+        "{fault}"
+    );
+    let events: Vec<vigil::events::Event> =
+        sub.on("vigil/two/events").iter().map(|p| serde_json::from_slice(p).unwrap()).collect();
+    assert!(events.iter().all(|e| e.camera_id == "clip"));
+}

@@ -1,0 +1,92 @@
+//! One frame's whole path, for real: the `vigil` binary decodes the generated clip with
+//! GStreamer, runs the INT8 model on ONNX Runtime, stores events in sled and publishes them to a
+//! real mosquitto; a subscriber checks them against the clip's ground truth and the store.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use support::*;
+use vigil::events::Event;
+use vigil::store::Store;
+
+#[test]
+fn events_over_mqtt_match_the_ground_truth_and_are_all_in_sled() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start(broker.port, "vigil/e2e/#");
+    let clip = format!("file://{}", eval_clip().display());
+    let config = write_config(dir.path(), "e2e", &broker.url(), &[("clip", clip)]);
+    let mut vigil = Vigil::start(&config, dir.path());
+
+    // The clip plays in real time (12 s); it is done when events stop arriving.
+    let finished = wait_until(Duration::from_secs(90), || {
+        sub.idle_for("vigil/e2e/events").is_some_and(|idle| idle > Duration::from_secs(3))
+    });
+    assert!(finished, "no events, or they never stopped; log:\n{}", vigil.log());
+    assert!(vigil.is_running(), "vigil stays up after a finite source ends");
+    let (status, log) = vigil.terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}\n{log}");
+    assert!(log.contains("source finished"), "{log}");
+
+    // Status: retained `online` first, `offline` on the way out.
+    let statuses: Vec<serde_json::Value> =
+        sub.on("vigil/e2e/status").iter().map(|p| serde_json::from_slice(p).unwrap()).collect();
+    assert!(wait_until(Duration::from_secs(3), || sub.on("vigil/e2e/status").len() >= 2), "{statuses:?}");
+    let statuses: Vec<serde_json::Value> =
+        sub.on("vigil/e2e/status").iter().map(|p| serde_json::from_slice(p).unwrap()).collect();
+    assert_eq!(statuses.first().unwrap()["state"], "online");
+    assert_eq!(statuses.last().unwrap()["state"], "offline");
+    assert_eq!(statuses[0]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(statuses[0]["model"]["name"], "shapes");
+
+    let events: Vec<Event> =
+        sub.on("vigil/e2e/events").iter().map(|p| serde_json::from_slice(p).expect("event JSON")).collect();
+    assert!(events.len() > 100, "only {} events", events.len());
+
+    // Against the ground truth: label and box (IoU >= 0.5) at the frame the event names.
+    let gt = GroundTruth::load();
+    let dets: Vec<(usize, String, [f32; 4])> = events
+        .iter()
+        .map(|e| {
+            let pts = e.frame.pts_ns.expect("file frames carry a pts");
+            let frame = gt.frame_at(pts).expect("pts inside the clip").index;
+            (frame, e.label.clone(), [e.bbox.x1, e.bbox.y1, e.bbox.x2, e.bbox.y2])
+        })
+        .collect();
+    let mut frames: Vec<usize> = dets.iter().map(|d| d.0).collect();
+    frames.sort_unstable();
+    frames.dedup();
+    let (precision, recall_on_frames, _) = precision_recall(&gt, &dets, &frames);
+    let all: Vec<usize> = (0..gt.frames.len()).collect();
+    let (_, recall_all, _) = precision_recall(&gt, &dets, &all);
+    println!("e2e: {} events, precision {precision:.3}, recall {recall_on_frames:.3} on frames with events, {recall_all:.3} overall", events.len());
+    assert!(precision >= 0.9, "precision {precision:.3}");
+    assert!(recall_on_frames >= 0.9, "recall {recall_on_frames:.3}");
+    assert!(recall_all >= 0.8, "most frames were processed: recall {recall_all:.3} over the whole clip");
+
+    // Capture timestamps never go backwards for a camera.
+    let mut by_seq: Vec<&Event> = events.iter().collect();
+    by_seq.sort_by_key(|e| e.frame.seq);
+    for pair in by_seq.windows(2) {
+        assert!(
+            pair[0].frame.captured_at_ns <= pair[1].frame.captured_at_ns,
+            "{:?} then {:?}",
+            pair[0].frame,
+            pair[1].frame
+        );
+    }
+
+    // Every event received is in sled, identical; ids are unique.
+    let store = Store::open(&dir.path().join("data")).expect("store opens after exit");
+    let mut seen = HashMap::new();
+    for e in &events {
+        let stored = store.event(&e.id).unwrap().unwrap_or_else(|| panic!("event {} not in sled", e.id));
+        assert_eq!(&stored, e);
+        if let Some(prev) = seen.insert(e.id.clone(), e) {
+            assert_eq!(prev, e, "a re-sent event carries the same content");
+        }
+    }
+    assert_eq!(store.outbox_len(), 0, "every event was acknowledged and left the outbox");
+}

@@ -1,0 +1,183 @@
+//! The shipped model and its path through vigil: the INT8 model reaches the accuracy bar on the
+//! held-out clip through vigil's own capture and inference code, ONNX Runtime reproduces the
+//! bundle's reference outputs, and the decoder reproduces the reference detections.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+
+use support::*;
+use vigil::capture::{self, pipeline, FrameSource, Pace, SourceUri};
+use vigil::infer::{find_ort_library, Bundle, Detector, Letterbox, OrtBackend};
+
+fn detector() -> (Bundle, Detector) {
+    let bundle = Bundle::load(&bundle_dir()).expect("the shipped bundle loads");
+    let lib = find_ort_library(None).expect("ONNX Runtime is installed (make setup)");
+    let backend = OrtBackend::new(&bundle, &lib, 1).expect("ORT loads the INT8 model");
+    let det = Detector::new(&bundle, Box::new(backend));
+    (bundle, det)
+}
+
+#[test]
+fn int8_model_reaches_precision_and_recall_of_0_9_on_the_held_out_clip() {
+    capture::init_gstreamer().unwrap();
+    let gt = GroundTruth::load();
+    let (bundle, mut det) = detector();
+    let (w, h) = bundle.input_size();
+    let source = SourceUri::File { path: eval_clip(), looped: false, pace: Pace::Fast };
+    let mut src = FrameSource::start(0, Arc::from("eval"), &source, w, h).expect("pipeline starts");
+    let mut dets = Vec::new();
+    let mut frames = Vec::new();
+    let mut seq = 0;
+    let until = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < until {
+        match src.next_frame(seq) {
+            Ok(Some(frame)) => {
+                seq += 1;
+                let pts = frame.pts.expect("file frames have timestamps");
+                let index = gt.frame_at(pts.as_nanos() as u64).expect("a ground-truth frame for every pts").index;
+                assert_eq!((frame.source_width, frame.source_height), (gt.width, gt.height));
+                let lb = Letterbox::new(frame.source_width, frame.source_height, w, h);
+                let (found, _) = det.detect(frame.rgb(), frame.stride, &lb).expect("inference");
+                for d in found {
+                    let label = det.labels()[d.class_id].clone();
+                    dets.push((index, label, [d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2]));
+                }
+                frames.push(index);
+            }
+            Ok(None) => {}
+            Err(_) if src.at_end() => break,
+            Err(e) => panic!("capture failed: {e}"),
+        }
+    }
+    assert_eq!(frames.len(), gt.frames.len(), "every frame of the clip was decoded once");
+    let (p, r, matched) = precision_recall(&gt, &dets, &frames);
+    println!(
+        "INT8 on the held-out clip: precision {p:.3} recall {r:.3} ({matched} matched, {} detections)",
+        dets.len()
+    );
+    assert!(p >= 0.9, "precision {p:.3} < 0.9");
+    assert!(r >= 0.9, "recall {r:.3} < 0.9");
+}
+
+#[test]
+fn onnxruntime_reproduces_the_bundled_int8_reference_output() {
+    let (bundle, mut det) = detector();
+    let reference = bundle.manifest.reference.clone().expect("the shipped bundle has references");
+    let input = bundle.read_f32(&reference.input).unwrap();
+    let expected = bundle.read_f32(&reference.output_int8).unwrap();
+    let got = det.infer_raw(&input).unwrap();
+    assert_eq!(got.len(), expected.len());
+    let max_diff = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    println!("max |ORT - reference| = {max_diff} (tolerance {})", reference.tolerance);
+    assert!(max_diff <= reference.tolerance, "max abs diff {max_diff} > tolerance {}", reference.tolerance);
+}
+
+#[derive(serde::Deserialize)]
+struct RefDetection {
+    label: String,
+    class_id: usize,
+    score: f32,
+    #[serde(rename = "box")]
+    bbox: [f32; 4],
+}
+
+#[test]
+fn the_decoder_reproduces_the_reference_detections() {
+    let (bundle, det) = detector();
+    let reference = bundle.manifest.reference.clone().unwrap();
+    let output = bundle.read_f32(&reference.output_int8).unwrap();
+    let expected: Vec<RefDetection> =
+        serde_json::from_slice(&std::fs::read(bundle.dir.join(&reference.detections)).unwrap()).unwrap();
+    assert!(!expected.is_empty(), "the reference frame has objects");
+    let got = det.decode(&output);
+    assert_eq!(got.len(), expected.len(), "{got:?}");
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(g.class_id, e.class_id);
+        assert_eq!(det.labels()[g.class_id], e.label);
+        assert!((g.score - e.score).abs() < 1e-4, "score {} vs {}", g.score, e.score);
+        let gb = [g.bbox.x1, g.bbox.y1, g.bbox.x2, g.bbox.y2];
+        for (a, b) in gb.iter().zip(&e.bbox) {
+            assert!((a - b).abs() < 1e-2, "box {gb:?} vs {:?}", e.bbox);
+        }
+    }
+}
+
+/// Pushes one white `sw`×`sh` frame through vigil's letterbox tail and returns the RGB output.
+fn letterboxed_white(sw: u32, sh: u32, w: u32, h: u32) -> (Vec<u8>, usize) {
+    let desc = format!(
+        "videotestsrc pattern=white num-buffers=1 ! video/x-raw,width={sw},height={sh} ! {}",
+        pipeline::letterbox_tail(w, h, "appsink name=out sync=false")
+    );
+    let p = gst::parse::launch(&desc).unwrap().downcast::<gst::Pipeline>().unwrap();
+    let sink = p.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let sample = sink.try_pull_sample(gst::ClockTime::from_seconds(10)).expect("one frame");
+    let info = gstreamer_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
+    let data = sample.buffer().unwrap().map_readable().unwrap().to_vec();
+    p.set_state(gst::State::Null).unwrap();
+    (data, info.stride()[0] as usize)
+}
+
+#[test]
+fn gstreamer_letterboxes_exactly_where_boxes_are_mapped_back_from() {
+    capture::init_gstreamer().unwrap();
+    for (sw, sh) in [(640, 480), (1280, 720), (480, 640), (300, 300)] {
+        let (w, h) = (320u32, 320u32);
+        let (rgb, stride) = letterboxed_white(sw, sh, w, h);
+        let lb = Letterbox::new(sw, sh, w, h);
+        let white = |x: u32, y: u32| rgb[y as usize * stride + x as usize * 3] > 200;
+        let x0 = (0..w).find(|&x| white(x, h / 2)).unwrap();
+        let x1 = (0..w).rev().find(|&x| white(x, h / 2)).unwrap();
+        let y0 = (0..h).find(|&y| white(w / 2, y)).unwrap();
+        let y1 = (0..h).rev().find(|&y| white(w / 2, y)).unwrap();
+        assert_eq!((x0 as f32, y0 as f32), (lb.pad_x, lb.pad_y), "{sw}x{sh}: image origin");
+        let sx = lb.pad_x + sw as f32 * lb.scale;
+        let sy = lb.pad_y + sh as f32 * lb.scale;
+        assert!((x1 as f32 + 1.0 - sx).abs() <= 1.0 && (y1 as f32 + 1.0 - sy).abs() <= 1.0, "{sw}x{sh}: image end");
+    }
+}
+
+fn copy_bundle(to: &Path) {
+    std::fs::create_dir_all(to.join("reference")).unwrap();
+    for entry in std::fs::read_dir(bundle_dir()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_tampered_model_file_is_refused_by_its_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_bundle(dir.path());
+    let onnx = dir.path().join("model.int8.onnx");
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&onnx, bytes).unwrap();
+    let err = Bundle::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("SHA-256") && err.contains("re-install"), "{err}");
+}
+
+#[test]
+fn a_manifest_that_disagrees_with_itself_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_bundle(dir.path());
+    let manifest = dir.path().join("manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let text = text.replace("layout = \"NCHW\"", "layout = \"NHWC\"").replace("schema = 1", "schema = 7");
+    std::fs::write(&manifest, text).unwrap();
+    let err = Bundle::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("schema 7") && err.contains("input.layout `NHWC`"), "{err}");
+    std::fs::write(&manifest, "schema = 1\n[model]\nname = 3\n").unwrap();
+    let err = Bundle::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("manifest.toml is invalid"), "{err}");
+}

@@ -1,0 +1,323 @@
+//! Shared pieces of the end-to-end tests: a real mosquitto on a free port, the real `vigil`
+//! binary in a temporary directory, an MQTT subscriber, and the generated clip's ground truth.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("appliance/ has a parent").to_path_buf()
+}
+
+pub fn bundle_dir() -> PathBuf {
+    repo_root().join("models/bundles/shapes-v1")
+}
+
+pub fn eval_clip() -> PathBuf {
+    repo_root().join("models/clips/shapes-eval.mp4")
+}
+
+pub fn vigil_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vigil"))
+}
+
+/// A port nobody listens on right now (the OS picks it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind an ephemeral port").port()
+}
+
+/// Waits until `cond` holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+/// A real mosquitto broker on a free loopback port, stopped when dropped.
+pub struct Broker {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        // Another process may grab the port between our probe and mosquitto's bind: retry.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port = free_port();
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))
+                .expect("write mosquitto.conf");
+            let mut child = Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("mosquitto is installed (make setup)");
+            let up = wait_until(Duration::from_secs(5), || TcpStream::connect(("127.0.0.1", port)).is_ok());
+            if up && child.try_wait().ok().flatten().is_none() {
+                return Self { child, port, _dir: dir };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("mosquitto did not start on a free port in 5 tries");
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a vigil.toml in `dir` and returns its path. `cameras` are (id, uri) pairs.
+pub fn write_config(dir: &Path, device_id: &str, broker_url: &str, cameras: &[(&str, String)]) -> PathBuf {
+    let mut text = format!(
+        "device_id = \"{device_id}\"\ndata_dir = \"{}\"\n[mqtt]\nurl = \"{broker_url}\"\n[model]\nbundle = \"{}\"\n",
+        dir.join("data").display(),
+        bundle_dir().display()
+    );
+    for (id, uri) in cameras {
+        text.push_str(&format!("[[camera]]\nid = \"{id}\"\nuri = \"{uri}\"\n"));
+    }
+    let path = dir.join("vigil.toml");
+    std::fs::write(&path, text).expect("write vigil.toml");
+    path
+}
+
+/// The real vigil binary as a child process; its stderr (the log) goes to a file.
+pub struct Vigil {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Vigil {
+    pub fn start(config: &Path, log_dir: &Path) -> Self {
+        Self::start_with(config, log_dir, &[])
+    }
+
+    pub fn start_with(config: &Path, log_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let log = log_dir.join("vigil.log");
+        let file = std::fs::File::create(&log).expect("create log file");
+        let mut cmd = Command::new(vigil_bin());
+        cmd.args(["run", "--config"]).arg(config).stdout(Stdio::null()).stderr(file);
+        cmd.env("VIGIL_LOG", "info,ort=warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self { child: cmd.spawn().expect("spawn vigil"), log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Sends SIGTERM and waits up to 15 s for the exit.
+    pub fn terminate(mut self) -> (ExitStatus, String) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let done = wait_until(Duration::from_secs(15), || self.child.try_wait().ok().flatten().is_some());
+        if !done {
+            let _ = self.child.kill();
+            panic!("vigil did not exit within 15 s of SIGTERM; log:\n{}", self.log());
+        }
+        let status = self.child.wait().expect("wait");
+        let log = self.log();
+        (status, log)
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let done = wait_until(timeout, || self.child.try_wait().ok().flatten().is_some());
+        if !done {
+            let _ = self.child.kill();
+            panic!("vigil still running after {timeout:?}; log:\n{}", self.log());
+        }
+        let status = self.child.wait().expect("wait");
+        let log = self.log();
+        (status, log)
+    }
+}
+
+impl Drop for Vigil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `vigil ARGS` to completion: (exit code, stdout, stderr).
+pub fn vigil_cmd(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(vigil_bin());
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run vigil");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// (topic, payload, when received)
+type Received = Vec<(String, Vec<u8>, Instant)>;
+
+/// Collects every message on a topic filter, with receive times.
+pub struct Subscriber {
+    messages: Arc<Mutex<Received>>,
+    client: rumqttc::Client,
+}
+
+impl Subscriber {
+    pub fn start(port: u16, filter: &str) -> Self {
+        let mut opts = rumqttc::MqttOptions::new(format!("test-sub-{}", free_port()), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(10)).set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut connection) = rumqttc::Client::new(opts, 100);
+        client.subscribe(filter, rumqttc::QoS::AtLeastOnce).expect("subscribe");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for ev in connection.iter() {
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        sink.lock().unwrap().push((p.topic.clone(), p.payload.to_vec(), Instant::now()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        ready_rx.recv_timeout(Duration::from_secs(10)).expect("subscription acknowledged");
+        Self { messages, client }
+    }
+
+    pub fn on(&self, topic: &str) -> Vec<Vec<u8>> {
+        self.messages.lock().unwrap().iter().filter(|(t, ..)| t == topic).map(|(_, p, _)| p.clone()).collect()
+    }
+
+    pub fn count(&self, topic: &str) -> usize {
+        self.messages.lock().unwrap().iter().filter(|(t, ..)| t == topic).count()
+    }
+
+    /// Time since the last message on `topic` (None before the first).
+    pub fn idle_for(&self, topic: &str) -> Option<Duration> {
+        self.messages.lock().unwrap().iter().rev().find(|(t, ..)| t == topic).map(|(.., at)| at.elapsed())
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GroundTruth {
+    pub width: u32,
+    pub height: u32,
+    pub fps_n: u64,
+    pub fps_d: u64,
+    pub frames: Vec<GtFrame>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GtFrame {
+    pub index: usize,
+    pub pts_ns: u64,
+    pub objects: Vec<GtObject>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GtObject {
+    pub label: String,
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+}
+
+impl GroundTruth {
+    pub fn load() -> Self {
+        let mut text = String::new();
+        std::fs::File::open(repo_root().join("models/clips/shapes-eval.gt.json"))
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .expect("read ground truth");
+        serde_json::from_str(&text).expect("parse ground truth")
+    }
+
+    /// The frame shown at presentation time `pts_ns`.
+    pub fn frame_at(&self, pts_ns: u64) -> Option<&GtFrame> {
+        let index = (pts_ns as f64 * self.fps_n as f64 / (self.fps_d as f64 * 1e9)).round() as usize;
+        self.frames.get(index)
+    }
+}
+
+pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
+}
+
+/// Precision and recall of (frame index, label, box) detections against the ground truth at
+/// IoU ≥ 0.5 with matching labels; each ground-truth object matches at most one detection.
+pub fn precision_recall(gt: &GroundTruth, dets: &[(usize, String, [f32; 4])], frames: &[usize]) -> (f64, f64, usize) {
+    let mut matched = 0usize;
+    let mut gt_total = 0usize;
+    for &fi in frames {
+        let objects = &gt.frames[fi].objects;
+        gt_total += objects.len();
+        let mut used = vec![false; objects.len()];
+        for (_, label, bbox) in dets.iter().filter(|(f, ..)| *f == fi) {
+            let best = objects
+                .iter()
+                .enumerate()
+                .filter(|(i, o)| !used[*i] && &o.label == label)
+                .map(|(i, o)| (i, iou(o.bbox, *bbox)))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((i, v)) = best {
+                if v >= 0.5 {
+                    used[i] = true;
+                    matched += 1;
+                }
+            }
+        }
+    }
+    let det_total = dets.iter().filter(|(f, ..)| frames.contains(f)).count();
+    let precision = if det_total == 0 { 0.0 } else { matched as f64 / det_total as f64 };
+    let recall = if gt_total == 0 { 0.0 } else { matched as f64 / gt_total as f64 };
+    (precision, recall, matched)
+}
