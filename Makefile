@@ -38,6 +38,7 @@ aarch64: cross-setup
 	$(CROSS_ENV) cargo build --release --locked -p vigil --target $(AARCH64)
 	file target/cross/$(AARCH64)/release/vigil
 	GST_REGISTRY_FORK=no qemu-aarch64 -L / target/cross/$(AARCH64)/release/vigil --version
+	GST_REGISTRY_FORK=no qemu-aarch64 -L / target/cross/$(AARCH64)/release/vigil check-config appliance/config/demo.toml
 
 ## Throughput against side-by-side baselines; figures go to docs/performance.md.
 bench: setup

@@ -8,7 +8,7 @@ set -euo pipefail
 OVERLAY=${VIGIL_ARM64_OVERLAY:-/opt/vigil-arm64-overlay}
 
 PKGS=(rustc-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross pkgconf qemu-user
-      libgstreamer1.0-dev:arm64 libgstreamer-plugins-base1.0-0:arm64 gstreamer1.0-plugins-base:arm64 file)
+      libgstreamer1.0-dev:arm64 libgstreamer-plugins-base1.0-0:arm64 gstreamer1.0-plugins-base:arm64 liborc-0.4-dev:arm64 file)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
