@@ -27,7 +27,7 @@ pub struct BenchArgs {
     #[arg(long, short)]
     pub config: Option<PathBuf>,
     /// Alternating rounds of each capture measurement.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Timed inference runs.
     #[arg(long, default_value_t = 300)]
@@ -234,7 +234,12 @@ fn vigil_capture_fps(clip: &Path, size: (u32, u32)) -> anyhow::Result<Throughput
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// (p50, p95, mean) in milliseconds.
@@ -254,6 +259,8 @@ mod tests {
         assert_eq!(parse_gst_time("0:00:03.500000000"), Some(Duration::from_millis(3500)));
         assert_eq!(parse_gst_time("1:02:03.0"), Some(Duration::from_secs(3723)));
         assert_eq!(parse_gst_time("soon"), None);
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(shell_split("filesrc location=\"/a b.mp4\" ! x"), ["filesrc", "location=/a b.mp4", "!", "x"]);
     }
 }

@@ -72,7 +72,11 @@ impl Store {
         let path = data_dir.join("store");
         let db = sled::Config::new().path(&path).mode(sled::Mode::HighThroughput).open().map_err(
             |source| match &source {
-                sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(11) => {
+                // sled wraps the flock failure in an io::Error of its own making.
+                sled::Error::Io(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock") =>
+                {
                     StoreError::Locked(path.clone())
                 }
                 _ => StoreError::Open { path: path.clone(), source },

@@ -86,3 +86,74 @@ impl FrameHub {
         &self.stats
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Instant, SystemTime};
+
+    use gstreamer as gst;
+
+    use super::*;
+
+    fn frame(camera: usize, seq: u64) -> Frame {
+        gst::init().expect("gstreamer initialises");
+        let pixels = gst::Buffer::from_slice(vec![0u8; 12]).into_mapped_buffer_readable().expect("maps");
+        Frame {
+            camera,
+            camera_id: Arc::from(format!("c{camera}")),
+            seq,
+            pts: None,
+            captured_at: SystemTime::now(),
+            captured_mono: Instant::now(),
+            source_width: 2,
+            source_height: 2,
+            width: 2,
+            height: 2,
+            stride: 6,
+            pixels,
+        }
+    }
+
+    fn hub(n: usize) -> FrameHub {
+        FrameHub::new((0..n).map(|i| Arc::new(CameraStats::new(&format!("c{i}")))).collect())
+    }
+
+    #[test]
+    fn the_newest_frame_wins_and_the_replaced_one_is_counted() {
+        let hub = hub(1);
+        hub.put(frame(0, 1));
+        hub.put(frame(0, 2));
+        hub.put(frame(0, 3));
+        assert_eq!(hub.take(Duration::ZERO).map(|f| f.seq), Some(3));
+        assert!(hub.take(Duration::ZERO).is_none(), "capacity is one frame per camera");
+        assert_eq!(hub.stats()[0].dropped_overwritten.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_busy_camera_cannot_starve_the_others() {
+        let hub = hub(3);
+        for cam in 0..3 {
+            hub.put(frame(cam, 0));
+        }
+        let mut order = Vec::new();
+        for seq in 1..=4 {
+            let f = hub.take(Duration::ZERO).expect("a frame is waiting");
+            order.push(f.camera);
+            // Camera 0 always has a new frame ready, yet the others get their turn.
+            hub.put(frame(0, seq));
+        }
+        assert_eq!(order, [0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn close_wakes_a_waiting_consumer() {
+        let hub = Arc::new(hub(1));
+        let waiter = {
+            let hub = hub.clone();
+            std::thread::spawn(move || hub.take(Duration::from_secs(30)).is_none())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        hub.close();
+        assert!(waiter.join().expect("joins"), "take returns None once closed");
+    }
+}
