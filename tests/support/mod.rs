@@ -112,18 +112,11 @@ pub struct Vigil {
 
 impl Vigil {
     pub fn start(config: &Path, log_dir: &Path) -> Self {
-        Self::start_with(config, log_dir, &[])
-    }
-
-    pub fn start_with(config: &Path, log_dir: &Path, env: &[(&str, &str)]) -> Self {
         let log = log_dir.join("vigil.log");
         let file = std::fs::File::create(&log).expect("create log file");
         let mut cmd = Command::new(vigil_bin());
         cmd.args(["run", "--config"]).arg(config).stdout(Stdio::null()).stderr(file);
         cmd.env("VIGIL_LOG", "info,ort=warn");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
         Self { child: cmd.spawn().expect("spawn vigil"), log }
     }
 
@@ -144,18 +137,6 @@ impl Vigil {
         if !done {
             let _ = self.child.kill();
             panic!("vigil did not exit within 15 s of SIGTERM; log:\n{}", self.log());
-        }
-        let status = self.child.wait().expect("wait");
-        let log = self.log();
-        (status, log)
-    }
-
-    /// Waits for the process to exit by itself.
-    pub fn wait_exit(mut self, timeout: Duration) -> (ExitStatus, String) {
-        let done = wait_until(timeout, || self.child.try_wait().ok().flatten().is_some());
-        if !done {
-            let _ = self.child.kill();
-            panic!("vigil still running after {timeout:?}; log:\n{}", self.log());
         }
         let status = self.child.wait().expect("wait");
         let log = self.log();
