@@ -40,6 +40,9 @@ impl FrameHub {
         let camera = frame.camera;
         let replaced = {
             let mut state = self.lock();
+            if state.closed {
+                return; // shutting down: nobody will take it
+            }
             state.slots[camera].replace(frame).is_some()
         };
         if replaced {
