@@ -32,6 +32,14 @@ fn check_config_accepts_the_shipped_demo_config() {
 }
 
 #[test]
+fn a_config_named_by_a_relative_path_resolves_against_its_own_directory() {
+    // Tests run in appliance/; the demo config's paths are relative to appliance/config/.
+    assert!(std::path::Path::new("config/demo.toml").is_file(), "tests run in the package directory");
+    let (code, out, err) = vigil_cmd(&["check-config", "config/demo.toml"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
 fn check_config_names_unknown_keys_and_wrong_types() {
     let dir = tempfile::tempdir().unwrap();
     let path = config_with(dir.path(), &format!("{}\n[mqtt]\nurl = \"mqtt://x\"\nqos = 2\n", base_config()));

@@ -219,7 +219,9 @@ impl Config {
     /// Reads, parses, resolves relative paths and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Absolute, so that `file://` URIs made from relative paths stay absolute.
+        let absolute = std::path::absolute(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let base = absolute.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::from_str_at(&text, path, &base)
     }
 
