@@ -24,8 +24,9 @@ demo: setup
 	cargo build --release -p vigil
 	appliance/scripts/demo.sh target/release/vigil
 
-## Everything CI checks: formatting, lints, all tests, the aarch64 build run under qemu.
-test: setup cross-setup lint unit aarch64
+## Everything CI checks: formatting, lints, the aarch64 build run under qemu, all tests (last,
+## so their summary closes the output).
+test: setup cross-setup lint aarch64 unit
 
 lint:
 	cargo fmt --all -- --check
