@@ -56,11 +56,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     println!("== capture: decode + letterbox to {}x{} RGB + hand-off (inference off)", size.0, size.1);
     println!("clip: {}", clip.display());
+    let source = SourceUri::File { path: clip.clone(), looped: false, pace: capture::Pace::Fast };
     let mut gst_fps = Vec::new();
     let mut vigil_fps = Vec::new();
     for round in 1..=args.rounds.max(1) {
-        let g = gst_launch_seconds(&clip, size)?;
-        let v = vigil_capture_fps(&clip, size)?;
+        let g = gst_launch_seconds(&source, size)?;
+        let v = vigil_capture_fps(&source, size)?;
         // Both decode every frame of the clip; vigil counts them.
         let g_fps = v.frames as f64 / g;
         println!(
@@ -139,10 +140,8 @@ struct Throughput {
 
 /// Seconds `gst-launch-1.0` takes for the same pipeline into fakesink, by its own "Execution
 /// ended after" (PLAYING to EOS), so process start-up is not counted against it.
-fn gst_launch_seconds(clip: &Path, (w, h): (u32, u32)) -> anyhow::Result<f64> {
-    let source = SourceUri::File { path: clip.to_path_buf(), looped: false, pace: capture::Pace::Fast };
-    let desc =
-        format!("{} ! {}", pipeline::source_head(&source), pipeline::letterbox_tail(w, h, "fakesink sync=false"));
+fn gst_launch_seconds(source: &SourceUri, (w, h): (u32, u32)) -> anyhow::Result<f64> {
+    let desc = format!("{} ! {}", pipeline::source_head(source), pipeline::letterbox_tail(w, h, "fakesink sync=false"));
     let out = Command::new("gst-launch-1.0")
         .args(shell_split(&desc))
         .output()
@@ -191,13 +190,12 @@ fn parse_gst_time(s: &str) -> Option<Duration> {
 }
 
 /// vigil's real camera path with a consumer that takes every frame it can from the slot.
-fn vigil_capture_fps(clip: &Path, size: (u32, u32)) -> anyhow::Result<Throughput> {
-    let source = SourceUri::File { path: clip.to_path_buf(), looped: false, pace: capture::Pace::Fast };
+fn vigil_capture_fps(source: &SourceUri, size: (u32, u32)) -> anyhow::Result<Throughput> {
     let stats = Arc::new(CameraStats::new("bench"));
     let hub = Arc::new(FrameHub::new(vec![stats.clone()]));
     let cancel = CancellationToken::new();
     let started = Instant::now();
-    let cam = capture::spawn_camera(0, source, size, hub.clone(), cancel.clone())?;
+    let cam = capture::spawn_camera(0, source.clone(), size, hub.clone(), cancel.clone())?;
     let mut taken = 0u64;
     let mut last = started;
     loop {

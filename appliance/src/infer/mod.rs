@@ -144,7 +144,7 @@ impl Detector {
         let t1 = Instant::now();
         self.backend.infer(&self.input, &mut self.output)?;
         let t2 = Instant::now();
-        let mut dets = self.decode_output();
+        let mut dets = self.decode(&self.output);
         for d in &mut dets {
             d.bbox = letterbox.to_source(&d.bbox);
         }
@@ -152,11 +152,7 @@ impl Detector {
         Ok((dets, StageTimes { preprocess: t1 - t0, inference: t2 - t1, postprocess: t3 - t2 }))
     }
 
-    /// Decodes and suppresses the last output, in model-input pixels.
-    pub fn decode_output(&self) -> Vec<Detection> {
-        self.decode(&self.output)
-    }
-
+    /// Decodes and suppresses a raw output tensor; boxes in model-input pixels.
     pub fn decode(&self, output: &[f32]) -> Vec<Detection> {
         let cands =
             postprocess::decode_grid(output, self.classes, self.grid_h, self.grid_w, self.stride, self.threshold);

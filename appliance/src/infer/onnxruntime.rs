@@ -26,19 +26,18 @@ const SYSTEM_GLOBS: &[&str] = &[
 pub fn find_ort_library(configured: Option<&Path>) -> Result<PathBuf, InferError> {
     let hint = "install it with `make setup` (pip wheel `onnxruntime`), or set inference.ort_library / \
                 ORT_DYLIB_PATH to libonnxruntime.so";
-    if let Some(p) = configured {
-        return if p.is_file() {
-            Ok(p.to_path_buf())
+    // An explicitly named library must exist; the search below is only for when none is named.
+    let env = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()).map(PathBuf::from);
+    let named = match (configured, env) {
+        (Some(p), _) => Some((p.to_path_buf(), format!("ONNX Runtime library {}", p.display()))),
+        (None, Some(p)) => Some((p.clone(), format!("ORT_DYLIB_PATH={}", p.display()))),
+        (None, None) => None,
+    };
+    if let Some((path, what)) = named {
+        return if path.is_file() {
+            Ok(path)
         } else {
-            Err(InferError::Library(format!("ONNX Runtime library {} does not exist; {hint}", p.display())))
-        };
-    }
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(InferError::Library(format!("ORT_DYLIB_PATH={} does not exist; {hint}", p.display())))
+            Err(InferError::Library(format!("{what} does not exist; {hint}")))
         };
     }
     // The repository's .venv: from the current directory, or from a binary in target/<profile>/
