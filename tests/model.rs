@@ -5,7 +5,6 @@
 mod support;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gstreamer as gst;
@@ -13,7 +12,8 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use support::*;
-use vigil::capture::{self, pipeline, FrameSource, Pace, SourceUri};
+use vigil::capture::pipeline::{self, Plan};
+use vigil::capture::{self, CameraSpec, Codec, FrameSource, Pace, Platform, SourceUri, Timeline};
 use vigil::infer::{find_ort_library, Bundle, Detector, Letterbox, OrtBackend};
 
 fn detector() -> (Bundle, Detector) {
@@ -31,20 +31,20 @@ fn int8_model_reaches_precision_and_recall_of_0_9_on_the_held_out_clip() {
     let (bundle, mut det) = detector();
     let (w, h) = bundle.input_size();
     let source = SourceUri::File { path: eval_clip(), looped: false, pace: Pace::Fast };
-    let mut src = FrameSource::start(0, Arc::from("eval"), &source, w, h).expect("pipeline starts");
+    let spec = CameraSpec::new(0, "eval", source, (w, h));
+    let mut src = FrameSource::open(&spec, &Platform::detect()).expect("pipeline starts");
+    let mut timeline = Timeline::default();
     let mut dets = Vec::new();
     let mut frames = Vec::new();
-    let mut seq = 0;
     let until = Instant::now() + Duration::from_secs(120);
     while Instant::now() < until {
-        match src.next_frame(seq) {
+        match src.next_frame(&mut timeline) {
             Ok(Some(frame)) => {
-                seq += 1;
                 let pts = frame.pts.expect("file frames have timestamps");
                 let index = gt.frame_at(pts.as_nanos() as u64).expect("a ground-truth frame for every pts").index;
                 assert_eq!((frame.source_width, frame.source_height), (gt.width, gt.height));
                 let lb = Letterbox::new(frame.source_width, frame.source_height, w, h);
-                let (found, _) = det.detect(frame.rgb(), frame.stride, &lb).expect("inference");
+                let (found, _) = det.detect(frame.image(), &lb).expect("inference");
                 for d in found {
                     let label = det.labels()[d.class_id].clone();
                     dets.push((index, label, [d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2]));
@@ -132,7 +132,13 @@ fn the_decoder_reproduces_the_reference_detections() {
 fn letterboxed_white(sw: u32, sh: u32, w: u32, h: u32) -> (Vec<u8>, usize) {
     let desc = format!(
         "videotestsrc pattern=white num-buffers=1 ! video/x-raw,width={sw},height={sh} ! {}",
-        pipeline::letterbox_tail(w, h, "appsink name=out sync=false")
+        pipeline::letterbox_tail(
+            &Plan::new(&Platform::detect(), Codec::Raw, None, None),
+            w,
+            h,
+            "appsink name=out sync=false"
+        )
+        .0
     );
     let p = gst::parse::launch(&desc).unwrap().downcast::<gst::Pipeline>().unwrap();
     let sink = p.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();

@@ -12,7 +12,7 @@ use anyhow::Context;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::{self, CameraStats, FrameHub, SourceUri};
+use crate::capture::{self, CameraSpec, CameraStats, FrameHub, Platform, SourceUri};
 use crate::config::Config;
 use crate::events::{Event, ModelRef};
 use crate::infer::{find_ort_library, Bundle, Detector, OrtBackend};
@@ -50,29 +50,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(model = %model.name, version = %model.version, backend = %model.backend,
         events = store.event_count(), outbox = store.outbox_len(), "vigil starting");
 
-    let cameras: Vec<(String, SourceUri, Duration)> = config
+    let platform = Arc::new(Platform::detect());
+    tracing::info!(platform = %platform.name, gstreamer = ?platform.gst, "capture platform");
+    let cameras: Vec<(CameraSpec, Duration)> = config
         .cameras
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(i, c)| {
             let budget =
                 c.latency_budget_ms.or(config.model.latency_budget_ms).unwrap_or(bundle.manifest.budget.latency_ms);
-            let uri = SourceUri::parse(&c.uri).expect("validated with the config");
-            (c.id.clone(), uri, Duration::from_millis(budget))
+            (config.camera_spec(i, bundle.input_size()), Duration::from_millis(budget))
         })
         .collect();
-    let stats: Vec<Arc<CameraStats>> = cameras.iter().map(|(id, ..)| Arc::new(CameraStats::new(id))).collect();
+    let stats: Vec<Arc<CameraStats>> = cameras.iter().map(|(spec, _)| Arc::new(CameraStats::new(&spec.id))).collect();
     let hub = Arc::new(FrameHub::new(stats.clone()));
 
     // Capture and inference stop first; the writer drains what they made; the uplink goes last.
     let capture_cancel = shutdown.child_token();
     let uplink_cancel = CancellationToken::new();
     let mut camera_threads = Vec::new();
-    for (i, (id, uri, _)) in cameras.iter().enumerate() {
-        tracing::info!(camera = %id, uri = %SourceUri::redacted(&config.cameras[i].uri), "camera configured");
+    for (i, (spec, _)) in cameras.iter().enumerate() {
+        tracing::info!(camera = %spec.id, uri = %SourceUri::redacted(&config.cameras[i].uri), "camera configured");
         camera_threads.push(capture::spawn_camera(
-            i,
-            uri.clone(),
-            bundle.input_size(),
+            spec.clone(),
+            platform.clone(),
             hub.clone(),
             capture_cancel.clone(),
         )?);
@@ -85,7 +86,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         detector,
         device_id: config.device_id.clone(),
         model: model.clone(),
-        budgets: cameras.iter().map(|c| c.2).collect(),
+        budgets: cameras.iter().map(|c| c.1).collect(),
         stats: sched_stats.clone(),
         events: events_tx,
     };
@@ -136,7 +137,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for (i, t) in camera_threads.into_iter().enumerate() {
         let join = tokio::task::spawn_blocking(move || t.join());
         if tokio::time::timeout_at(deadline, join).await.is_err() {
-            stuck.push(format!("camera {}", cameras[i].0));
+            stuck.push(format!("camera {}", cameras[i].0.id));
         }
     }
     if let Err(e) = store.flush().await {
@@ -178,8 +179,12 @@ fn log_stats(cameras: &[Arc<CameraStats>], sched: &SchedulerStats, store: &Store
     use std::sync::atomic::Ordering::Relaxed;
     for c in cameras {
         let s = c.snapshot();
-        tracing::info!(camera = %s.id, state = ?s.state, frames_in = s.frames_in,
-            dropped_overwritten = s.dropped_overwritten, reconnects = s.reconnects,
+        tracing::info!(camera = %s.id, state = ?s.state, path = s.decode_path.as_deref().unwrap_or(""),
+            fps_in = format_args!("{:.1}", s.fps_in), fps_out = format_args!("{:.1}", s.fps_out),
+            frames_in = s.frames_in, missing = s.frames_missing, dropped_overwritten = s.dropped_overwritten,
+            dropped_before_keyframe = s.dropped_before_keyframe, dropped_decode_error = s.dropped_decode_error,
+            decode_errors = s.decode_errors, reconnects = s.reconnects, stalls = s.stalls,
+            since_last_frame_ms = s.since_last_frame_ms.unwrap_or(0),
             last_error = s.last_error.as_deref().unwrap_or(""), "camera stats");
     }
     tracing::info!(

@@ -2,8 +2,10 @@
 //! run, alternating rounds, because timings on shared machines are noisy. Prints ratios.
 //!
 //! 1. Capture: vigil's camera path (pipeline → puller thread → latest-frame slot → consumer),
-//!    inference off, against `gst-launch-1.0` running the same decode + letterbox into fakesink.
-//! 2. Inference: ONNX Runtime time per frame of the bundle's INT8 model, alone and with vigil's
+//!    inference off, for 1, 2 and 4 cameras, against `gst-launch-1.0` running the same decodes
+//!    side by side into fakesinks.
+//! 2. Reconnect: time from a killed RTSP camera's return to vigil's next frame (p50/p95).
+//! 3. Inference: ONNX Runtime time per frame of the bundle's INT8 model, alone and with vigil's
 //!    pre- and post-processing around it.
 
 use std::path::{Path, PathBuf};
@@ -14,9 +16,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::{self, pipeline, CameraState, CameraStats, FrameHub, SourceUri};
+use crate::capture::pipeline::{self, Plan};
+use crate::capture::{self, CameraSpec, CameraState, CameraStats, FrameHub, Platform, SourceUri};
 use crate::config::Config;
-use crate::infer::Letterbox;
+use crate::infer::{Image, Letterbox};
+use crate::testkit::RtspCam;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -32,6 +36,9 @@ pub struct BenchArgs {
     /// Timed inference runs.
     #[arg(long, default_value_t = 300)]
     pub iterations: usize,
+    /// RTSP server kills for the reconnect measurement (0: skip it).
+    #[arg(long, default_value_t = 20)]
+    pub kills: usize,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -54,25 +61,37 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             c
         }
     };
-    println!("== capture: decode + letterbox to {}x{} RGB + hand-off (inference off)", size.0, size.1);
-    println!("clip: {}", clip.display());
+    let platform = Arc::new(Platform::detect());
     let source = SourceUri::File { path: clip.clone(), looped: false, pace: capture::Pace::Fast };
-    let mut gst_fps = Vec::new();
-    let mut vigil_fps = Vec::new();
-    for round in 1..=args.rounds.max(1) {
-        let g = gst_launch_seconds(&source, size)?;
-        let v = vigil_capture_fps(&source, size)?;
-        // Both decode every frame of the clip; vigil counts them.
-        let g_fps = v.frames as f64 / g;
+    let info = capture::probe(&CameraSpec::new(0, "bench", source.clone(), size), Duration::from_secs(10))?;
+    let decoder = platform.decoders(info.codec, None).map_err(anyhow::Error::msg)?.into_iter().next();
+    let plan = Plan::new(&platform, info.codec, decoder, info.size);
+    println!("== capture ingest: decode + letterbox to {}x{} + hand-off (inference off)", size.0, size.1);
+    println!("clip: {} ({}, {})", clip.display(), info.codec, plan.path());
+    for cameras in [1usize, 2, 4] {
+        let baseline = baseline_description(&source, &plan, &platform, size, cameras)?;
+        let mut gst_fps = Vec::new();
+        let mut vigil_fps = Vec::new();
+        for round in 1..=args.rounds.max(1) {
+            let g = gst_launch_seconds(&baseline)?;
+            let v = vigil_capture_fps(&source, &platform, size, cameras)?;
+            // Both decode every frame of every copy of the clip; vigil counts them.
+            let g_fps = v.frames as f64 / g;
+            println!(
+                "{cameras} camera(s) round {round}: gst-launch {g_fps:.1} fps  vigil {:.1} fps \
+                 ({} frames, {} taken, {} overwritten in slot)",
+                v.fps, v.frames, v.taken, v.overwritten
+            );
+            gst_fps.push(g_fps);
+            vigil_fps.push(v.fps);
+        }
+        let (g, v) = (median(&mut gst_fps), median(&mut vigil_fps));
         println!(
-            "round {round}: gst-launch {g_fps:.1} fps  vigil {:.1} fps ({} frames, {} taken, {} overwritten in slot)",
-            v.fps, v.frames, v.taken, v.overwritten
+            "capture, {cameras} camera(s): vigil {v:.1} fps / gst-launch {g:.1} fps = ratio {:.3} (goal >= 0.95)",
+            v / g
         );
-        gst_fps.push(g_fps);
-        vigil_fps.push(v.fps);
     }
-    let (g, v) = (median(&mut gst_fps), median(&mut vigil_fps));
-    println!("capture: vigil {v:.1} fps / gst-launch {g:.1} fps = ratio {:.3} (goal >= 0.95)", v / g);
+    reconnects(&platform, size, args.kills)?;
 
     println!(
         "== inference: {} {} on {}",
@@ -99,7 +118,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         detector.infer_raw(&input)?;
         bare.push(t.elapsed());
         let t = Instant::now();
-        detector.detect(&rgb, w * 3, &letterbox)?;
+        detector.detect(Image::rgb(&rgb, w * 3), &letterbox)?;
         full.push(t.elapsed());
     }
     let (b50, b95, bmean) = summary(&mut bare);
@@ -138,12 +157,36 @@ struct Throughput {
     overwritten: u64,
 }
 
-/// Seconds `gst-launch-1.0` takes for the same pipeline into fakesink, by its own "Execution
-/// ended after" (PLAYING to EOS), so process start-up is not counted against it.
-fn gst_launch_seconds(source: &SourceUri, (w, h): (u32, u32)) -> anyhow::Result<f64> {
-    let desc = format!("{} ! {}", pipeline::source_head(source), pipeline::letterbox_tail(w, h, "fakesink sync=false"));
+/// vigil's own pipeline for `source` with a fakesink in place of the appsink, `copies` times side
+/// by side in one gst-launch pipeline (element names dropped so that the copies do not clash).
+fn baseline_description(
+    source: &SourceUri,
+    plan: &Plan,
+    platform: &Platform,
+    (w, h): (u32, u32),
+    copies: usize,
+) -> anyhow::Result<String> {
+    let spec = pipeline::describe(source, plan, platform, w, h).map_err(anyhow::Error::msg)?;
+    let one: String = spec
+        .description
+        .split(" ! ")
+        .map(|part| {
+            if part.starts_with("appsink ") {
+                "fakesink sync=false".to_owned()
+            } else {
+                part.split(' ').filter(|w| !w.starts_with("name=vigil_")).collect::<Vec<_>>().join(" ")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ! ");
+    Ok(vec![one; copies].join("  "))
+}
+
+/// Seconds `gst-launch-1.0` takes for `description`, by its own "Execution ended after"
+/// (PLAYING to EOS), so process start-up is not counted against it.
+fn gst_launch_seconds(description: &str) -> anyhow::Result<f64> {
     let out = Command::new("gst-launch-1.0")
-        .args(shell_split(&desc))
+        .args(shell_split(description))
         .output()
         .context("cannot run gst-launch-1.0; install gstreamer1.0-tools")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -189,44 +232,107 @@ fn parse_gst_time(s: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(h * 3600.0 + m * 60.0 + sec))
 }
 
-/// vigil's real camera path with a consumer that takes every frame it can from the slot.
-fn vigil_capture_fps(source: &SourceUri, size: (u32, u32)) -> anyhow::Result<Throughput> {
-    let stats = Arc::new(CameraStats::new("bench"));
-    let hub = Arc::new(FrameHub::new(vec![stats.clone()]));
+/// vigil's real camera path, `cameras` cameras on the same clip, with a consumer that takes every
+/// frame it can from the slots.
+fn vigil_capture_fps(
+    source: &SourceUri,
+    platform: &Arc<Platform>,
+    size: (u32, u32),
+    cameras: usize,
+) -> anyhow::Result<Throughput> {
+    let stats: Vec<Arc<CameraStats>> = (0..cameras).map(|i| Arc::new(CameraStats::new(&format!("bench{i}")))).collect();
+    let hub = Arc::new(FrameHub::new(stats.clone()));
     let cancel = CancellationToken::new();
     let started = Instant::now();
-    let cam = capture::spawn_camera(0, source.clone(), size, hub.clone(), cancel.clone())?;
+    let mut threads = Vec::new();
+    for i in 0..cameras {
+        let spec = CameraSpec::new(i, &format!("bench{i}"), source.clone(), size);
+        threads.push(capture::spawn_camera(spec, platform.clone(), hub.clone(), cancel.clone())?);
+    }
     let mut taken = 0u64;
     let mut last = started;
-    loop {
+    let result = loop {
         if let Some(frame) = hub.take(Duration::from_millis(20)) {
             taken += 1;
             last = Instant::now();
             drop(frame);
             continue;
         }
-        match stats.state() {
-            CameraState::Finished => break,
-            CameraState::Backoff => {
-                cancel.cancel();
-                bail!("capture failed: {:?}", stats.snapshot().last_error);
-            }
-            _ if started.elapsed() > Duration::from_secs(300) => {
-                cancel.cancel();
-                bail!("capture did not finish within 300 s");
-            }
-            _ => {}
+        if stats.iter().all(|s| s.state() == CameraState::Finished) {
+            break Ok(());
         }
-    }
+        if let Some(s) = stats.iter().find(|s| s.state() == CameraState::Backoff) {
+            break Err(anyhow::anyhow!("capture failed: {:?}", s.snapshot().last_error));
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            break Err(anyhow::anyhow!("capture did not finish within 300 s"));
+        }
+    };
     cancel.cancel();
-    let _ = cam.join();
-    let s = stats.snapshot();
+    for t in threads {
+        let _ = t.join();
+    }
+    result?;
+    let snaps: Vec<_> = stats.iter().map(|s| s.snapshot()).collect();
+    let frames: u64 = snaps.iter().map(|s| s.frames_in).sum();
     Ok(Throughput {
-        fps: s.frames_in as f64 / (last - started).as_secs_f64(),
-        frames: s.frames_in,
+        fps: frames as f64 / (last - started).as_secs_f64(),
+        frames,
         taken,
-        overwritten: s.dropped_overwritten,
+        overwritten: snaps.iter().map(|s| s.dropped_overwritten).sum(),
     })
+}
+
+/// Reconnect time: a synthetic RTSP camera is killed (-9) `kills` times, each time restarted
+/// after 1 s; measured from the restarted server being ready to vigil's next frame.
+fn reconnects(platform: &Arc<Platform>, size: (u32, u32), kills: usize) -> anyhow::Result<()> {
+    if kills == 0 {
+        return Ok(());
+    }
+    println!("== reconnect after the RTSP server returns ({kills} kills, default supervision)");
+    let mut server = match RtspCam::start(&["--width", "640", "--height", "480", "--fps", "15"]) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("reconnect: skipped: {e:#}");
+            return Ok(());
+        }
+    };
+    let stats = Arc::new(CameraStats::new("rtsp"));
+    let hub = Arc::new(FrameHub::new(vec![stats.clone()]));
+    let cancel = CancellationToken::new();
+    let spec = CameraSpec::new(0, "rtsp", SourceUri::parse(server.url()).map_err(anyhow::Error::msg)?, size);
+    let thread = capture::spawn_camera(spec, platform.clone(), hub.clone(), cancel.clone())?;
+    let frames = || stats.frames_in.load(std::sync::atomic::Ordering::Relaxed);
+    let wait_frame = |after: u64| -> Option<Instant> {
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            drop(hub.take(Duration::from_millis(2)));
+            if frames() > after {
+                return Some(Instant::now());
+            }
+        }
+        None
+    };
+    let mut times = Vec::new();
+    let outcome = (|| -> anyhow::Result<()> {
+        wait_frame(0).context("no first frame from the RTSP camera")?;
+        for _ in 0..kills {
+            server.kill9();
+            std::thread::sleep(Duration::from_secs(1));
+            let before = frames();
+            server.restart()?;
+            let ready = Instant::now();
+            let got = wait_frame(before).context("no frame within 30 s of the server's return")?;
+            times.push(got - ready);
+        }
+        Ok(())
+    })();
+    cancel.cancel();
+    let _ = thread.join();
+    outcome?;
+    let (p50, p95, mean) = summary(&mut times);
+    println!("reconnect: p50 {p50:.0} ms  p95 {p95:.0} ms  mean {mean:.0} ms  ({kills} kills)");
+    Ok(())
 }
 
 fn median(v: &mut [f64]) -> f64 {

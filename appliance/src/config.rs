@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::capture::SourceUri;
+use std::time::Duration;
+
+use crate::capture::{platform, CameraSpec, Codec, SourceUri, Supervision};
 
 /// The demo configuration compiled into the binary; `vigil run` uses it when no `--config` is given.
 /// Its relative paths resolve against the directory the file had at build time.
@@ -29,6 +31,8 @@ pub struct Config {
     pub model: ModelConfig,
     #[serde(default)]
     pub inference: InferenceConfig,
+    #[serde(default)]
+    pub capture: CaptureConfig,
     #[serde(default, rename = "camera")]
     pub cameras: Vec<CameraConfig>,
 }
@@ -122,6 +126,82 @@ pub struct CameraConfig {
     /// Overrides the model's budget for this camera.
     #[serde(default)]
     pub latency_budget_ms: Option<u64>,
+    /// `h264`, `h265`, `mjpeg` or `raw`; learnt from the stream when not given.
+    #[serde(default)]
+    pub codec: Option<Codec>,
+    /// A decoder element to use instead of the best one installed (`avdec_h264`, `nvv4l2decoder`...).
+    #[serde(default)]
+    pub decoder: Option<String>,
+    /// RTSP user name; kept out of the URI so that it never reaches logs or status.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// RTSP password (keep this file readable by vigil only).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Overrides `capture.watchdog_ms` for this camera.
+    #[serde(default)]
+    pub watchdog_ms: Option<u64>,
+}
+
+/// How cameras are supervised; defaults suit RTSP cameras on a LAN.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// A streaming camera silent this long is declared stalled and restarted.
+    #[serde(default = "default_watchdog_ms")]
+    pub watchdog_ms: u64,
+    /// Time a (re)started camera gets for its first frame.
+    #[serde(default = "default_first_frame_ms")]
+    pub first_frame_timeout_ms: u64,
+    /// Backoff between restarts: doubles from the minimum up to the maximum, with ±20 % jitter.
+    #[serde(default = "default_backoff_min_ms")]
+    pub backoff_min_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Streaming this long without a fault resets the backoff.
+    #[serde(default = "default_backoff_reset_s")]
+    pub backoff_reset_s: u64,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            watchdog_ms: default_watchdog_ms(),
+            first_frame_timeout_ms: default_first_frame_ms(),
+            backoff_min_ms: default_backoff_min_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            backoff_reset_s: default_backoff_reset_s(),
+        }
+    }
+}
+
+impl CaptureConfig {
+    /// The supervision timings for one camera.
+    pub fn supervision(&self, camera: &CameraConfig) -> Supervision {
+        Supervision {
+            watchdog: Duration::from_millis(camera.watchdog_ms.unwrap_or(self.watchdog_ms)),
+            first_frame_timeout: Duration::from_millis(self.first_frame_timeout_ms),
+            backoff_min: Duration::from_millis(self.backoff_min_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms),
+            backoff_reset: Duration::from_secs(self.backoff_reset_s),
+        }
+    }
+}
+
+fn default_watchdog_ms() -> u64 {
+    2_000
+}
+fn default_first_frame_ms() -> u64 {
+    10_000
+}
+fn default_backoff_min_ms() -> u64 {
+    250
+}
+fn default_backoff_max_ms() -> u64 {
+    10_000
+}
+fn default_backoff_reset_s() -> u64 {
+    30
 }
 
 fn default_data_dir() -> PathBuf {
@@ -338,12 +418,61 @@ impl Config {
                 bad(&format!("camera[{i}].uri"), e.to_string());
             }
             check_budget(&mut bad, &format!("camera[{i}].latency_budget_ms"), cam.latency_budget_ms);
+            if let Some(d) = &cam.decoder {
+                if !platform::known_decoders().contains(&d.as_str()) {
+                    bad(
+                        &format!("camera[{i}].decoder"),
+                        format!(
+                            "`{d}` is not a decoder vigil knows; use one of {}",
+                            platform::known_decoders().join(", ")
+                        ),
+                    );
+                }
+            }
+            let rtsp = matches!(SourceUri::parse(&cam.uri), Ok(SourceUri::Rtsp { .. }));
+            if (cam.user.is_some() || cam.password.is_some()) && !rtsp {
+                bad(&format!("camera[{i}].user"), "user and password apply to rtsp:// cameras only".to_owned());
+            }
+            if let Some(ms) = cam.watchdog_ms {
+                check_range(&mut bad, &format!("camera[{i}].watchdog_ms"), ms, 100..=600_000);
+            }
+        }
+        let c = &self.capture;
+        check_range(&mut bad, "capture.watchdog_ms", c.watchdog_ms, 100..=600_000);
+        check_range(&mut bad, "capture.first_frame_timeout_ms", c.first_frame_timeout_ms, 100..=600_000);
+        check_range(&mut bad, "capture.backoff_min_ms", c.backoff_min_ms, 10..=600_000);
+        check_range(&mut bad, "capture.backoff_max_ms", c.backoff_max_ms, 10..=3_600_000);
+        check_range(&mut bad, "capture.backoff_reset_s", c.backoff_reset_s, 1..=86_400);
+        if c.backoff_max_ms < c.backoff_min_ms {
+            bad(
+                "capture.backoff_max_ms",
+                format!("{} is below backoff_min_ms ({})", c.backoff_max_ms, c.backoff_min_ms),
+            );
         }
         out
     }
 
+    /// What capture needs to run camera `index`, letterboxing to `size` (the model's input).
+    pub fn camera_spec(&self, index: usize, size: (u32, u32)) -> CameraSpec {
+        let cam = &self.cameras[index];
+        let source = SourceUri::parse(&cam.uri).expect("validated with the config");
+        let mut spec = CameraSpec::new(index, &cam.id, source, size);
+        spec.codec = cam.codec;
+        spec.decoder = cam.decoder.clone();
+        spec.user = cam.user.clone().or(spec.user);
+        spec.password = cam.password.clone().or(spec.password);
+        spec.supervision = self.capture.supervision(cam);
+        spec
+    }
+
     pub fn client_id(&self) -> String {
         self.mqtt.client_id.clone().unwrap_or_else(|| format!("vigil-{}", self.device_id))
+    }
+}
+
+fn check_range(bad: &mut impl FnMut(&str, String), path: &str, value: u64, range: std::ops::RangeInclusive<u64>) {
+    if !range.contains(&value) {
+        bad(path, format!("{value} is outside {}..={}", range.start(), range.end()));
     }
 }
 

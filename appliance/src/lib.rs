@@ -11,4 +11,5 @@ pub mod events;
 pub mod infer;
 pub mod scheduler;
 pub mod store;
+pub mod testkit;
 pub mod uplink;

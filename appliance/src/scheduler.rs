@@ -87,7 +87,7 @@ impl Scheduler {
             }
             let letterbox = Letterbox::new(frame.source_width, frame.source_height, in_w, in_h);
             let started = Instant::now();
-            let result = self.detector.detect(frame.rgb(), frame.stride, &letterbox);
+            let result = self.detector.detect(frame.image(), &letterbox);
             cost.update(started.elapsed());
             let (detections, stages) = match result {
                 Ok(r) => r,

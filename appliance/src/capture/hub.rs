@@ -65,6 +65,8 @@ impl FrameHub {
                 let i = (state.next + k) % n;
                 if let Some(frame) = state.slots[i].take() {
                     state.next = (i + 1) % n;
+                    drop(state);
+                    self.stats[i].record_out();
                     return Some(frame);
                 }
             }
@@ -113,6 +115,7 @@ mod tests {
             width: 2,
             height: 2,
             stride: 6,
+            layout: crate::capture::PixelLayout::Rgb,
             pixels,
         }
     }

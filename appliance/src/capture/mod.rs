@@ -2,18 +2,27 @@
 //! latest-frame slot that the inference scheduler takes from.
 
 mod camera;
+mod gate;
 mod hub;
 pub mod pipeline;
+pub mod platform;
 mod source;
+mod stats;
+mod timing;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use gstreamer as gst;
 
-pub use camera::{spawn_camera, CameraState, CameraStats, CameraStatsSnapshot, FrameSource, SourceEnd};
+pub use camera::{
+    probe, spawn_camera, CameraSpec, FaultKind, FrameSource, SourceEnd, StreamInfo, Supervision, Timeline,
+};
 pub use hub::FrameHub;
-pub use source::{Pace, RtspTransport, SourceUri, UriError};
+pub use pipeline::PixelLayout;
+pub use platform::{Codec, Platform};
+pub use source::{Mode, Pace, RtspTransport, SourceUri, UriError};
+pub use stats::{CameraState, CameraStats, CameraStatsSnapshot};
 
 /// Initialises GStreamer once; every entry point calls this before building pipelines.
 pub fn init_gstreamer() -> Result<(), CaptureError> {
@@ -27,7 +36,7 @@ pub enum CaptureError {
     #[error("camera `{camera}`: cannot build pipeline: {message}")]
     Build { camera: String, message: String },
     #[error("camera `{camera}`: {message}")]
-    Stream { camera: String, message: String },
+    Stream { camera: String, message: String, kind: FaultKind },
 }
 
 /// One decoded, letterboxed RGB frame.
@@ -38,14 +47,17 @@ pub struct Frame {
     /// Index of the camera in the configuration (the hub's slot).
     pub camera: usize,
     pub camera_id: Arc<str>,
-    /// Per-camera counter of frames pulled from the pipeline; gaps mean frames were lost upstream
-    /// of the slot (never across a rebuild: it keeps counting).
+    /// Per-camera sequence number, kept across rebuilds. It counts the frames the source should
+    /// have produced (from stream timestamps, and real time across an outage), so a gap means
+    /// frames were lost: in an outage, before a keyframe, or in the latest-frame slot.
     pub seq: u64,
     /// Presentation timestamp from the stream, if it had one.
     pub pts: Option<Duration>,
-    /// Wall-clock capture time (UTC); never goes backwards for one camera.
+    /// Wall-clock capture time (UTC), derived from the pipeline clock; never goes backwards for
+    /// one camera, even when the system clock is stepped.
     pub captured_at: SystemTime,
-    /// Monotonic capture instant: budgets and ages are measured from here.
+    /// Monotonic capture instant (the frame's age on the pipeline clock taken off the time it was
+    /// pulled): budgets and ages are measured from here.
     pub captured_mono: Instant,
     /// Size of the frame before letterboxing.
     pub source_width: u32,
@@ -55,12 +67,19 @@ pub struct Frame {
     pub height: u32,
     /// Bytes per row in `pixels` (GStreamer pads rows to 4 bytes).
     pub stride: usize,
+    /// RGB, or RGBA where `nvvidconv` produced it.
+    pub layout: PixelLayout,
     pub pixels: gst::buffer::MappedBuffer<gst::buffer::Readable>,
 }
 
 impl Frame {
-    pub fn rgb(&self) -> &[u8] {
-        self.pixels.as_slice()
+    /// The pixels as the detector reads them.
+    pub fn image(&self) -> crate::infer::Image<'_> {
+        crate::infer::Image {
+            data: self.pixels.as_slice(),
+            stride: self.stride,
+            bytes_per_pixel: self.layout.bytes_per_pixel(),
+        }
     }
 }
 

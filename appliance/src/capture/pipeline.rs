@@ -1,25 +1,92 @@
-//! GStreamer pipeline descriptions, one per source kind, built as strings so that every
-//! platform's pipeline can be unit-tested without running it.
+//! GStreamer pipeline descriptions, built as strings from a source, a decode plan and a platform,
+//! so that every board's pipelines can be unit-tested on any machine.
 //!
-//! Every pipeline ends the same way: the decoded video is letterboxed to the model's input size
-//! (scale *before* colour conversion: ~1.6× faster than the other order, FIELD-NOTES) and
-//! handed to an appsink as packed RGB. Nothing here needs GStreamer newer than 1.16.
+//! Shape: `source ! [depay/demux] ! [parse] ! [decoder] ! identity(vigil_src_info) ! letterbox ! appsink`.
+//! The letterbox fits the decoded video into the model's input size, keeping its aspect:
+//! - on Jetson, `nvvidconv` (the VIC) scales out of NVMM into RGBA, and `videobox` adds the borders
+//!   (their size is computed from the source size, known from the probe or the camera mode);
+//! - elsewhere `videoscale add-borders=true` then `videoconvert` to RGB: scaling first is ~1.6× faster
+//!   than converting first (FIELD-NOTES).
+//!
+//! Nothing here needs GStreamer newer than 1.16 (checked per profile by the tests).
 
-use super::source::{Pace, RtspTransport, SourceUri};
+use super::platform::{Codec, Decoder, Platform};
+use super::source::{Mode, Pace, RtspTransport, SourceUri};
+use crate::infer::Letterbox;
 
 /// Element names the capture code looks up in a built pipeline.
 pub const SINK_NAME: &str = "vigil_sink";
-/// An `identity` in front of the scaler whose caps tell the source frame size.
+/// An `identity` after the decoder whose caps tell the decoded frame size.
 pub const SRC_INFO_NAME: &str = "vigil_src_info";
+/// The decoder: the keyframe gate and the decode accounting sit on its pads.
+pub const DECODER_NAME: &str = "vigil_dec";
+/// The source element (`rtspsrc` gets its credentials set on it, never in the description).
+pub const SOURCE_NAME: &str = "vigil_src";
+
+/// Default CSI sensor mode when the URI does not say.
+const CSI_DEFAULT: (u32, u32, u32) = (1920, 1080, 30);
+/// videotestsrc frames.
+const TEST_MODE: (u32, u32, u32) = (640, 480, 15);
+
+/// Bytes of each pixel handed to inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelLayout {
+    /// Packed 8-bit R, G, B (rows padded to 4 bytes).
+    Rgb,
+    /// Packed 8-bit R, G, B, A (what `nvvidconv` can produce).
+    Rgba,
+}
+
+impl PixelLayout {
+    pub fn bytes_per_pixel(self) -> usize {
+        match self {
+            Self::Rgb => 3,
+            Self::Rgba => 4,
+        }
+    }
+}
+
+/// How one camera's video is decoded and converted: chosen per start, shown in status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub codec: Codec,
+    /// `None` for raw video.
+    pub decoder: Option<Decoder>,
+    /// Scale and convert on the VIC (`nvvidconv`).
+    pub nvvidconv: bool,
+    /// The decoded frame size when known before starting (probe or camera mode).
+    pub source_size: Option<(u32, u32)>,
+}
+
+impl Plan {
+    /// The plan for `codec` with `decoder` (`None` for raw video) on `platform`.
+    pub fn new(platform: &Platform, codec: Codec, decoder: Option<Decoder>, source_size: Option<(u32, u32)>) -> Self {
+        Self { codec, decoder, nvvidconv: platform.has_nvvidconv(), source_size }
+    }
+
+    /// `avdec_h264 (software) → videoscale+videoconvert`: the decode path as people read it.
+    pub fn path(&self) -> String {
+        let decode = match &self.decoder {
+            Some(d) => format!("{} ({})", d.element, if d.hardware { "hardware" } else { "software" }),
+            None => "raw".to_owned(),
+        };
+        let convert = if self.nvvidconv { "nvvidconv" } else { "videoscale+videoconvert" };
+        format!("{decode} → {convert}")
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineSpec {
-    /// `gst-launch-1.0` syntax.
+    /// `gst-launch-1.0` syntax, free of credentials.
     pub description: String,
     /// A file played once: its end (EOS) means "finished", not "failed".
     pub finite: bool,
     /// A file played in a loop: EOS seeks back to the start.
     pub looped: bool,
+    /// A camera (frames happen in real time), as opposed to a file.
+    pub live: bool,
+    pub layout: PixelLayout,
 }
 
 /// Quotes a value for `gst_parse_launch` (double quotes; `"` and `\` escaped).
@@ -36,101 +103,191 @@ fn quote(value: &str) -> String {
     out
 }
 
-/// The decode-and-letterbox tail shared by every source, ending in the appsink.
-/// `sync=true` paces a file at its frame rate; live sources are never held back by the sink.
-pub fn letterbox_tail(width: u32, height: u32, sink: &str) -> String {
-    format!(
-        "identity name={SRC_INFO_NAME} silent=true \
-         ! videoscale add-borders=true ! video/x-raw,width={width},height={height},pixel-aspect-ratio=1/1 \
-         ! videoconvert ! video/x-raw,format=RGB ! {sink}"
-    )
+/// `video/x-raw,width=..,height=..,framerate=../1` with only the fields the mode sets.
+fn caps_with_mode(media: &str, mode: &Mode) -> String {
+    let mut caps = media.to_owned();
+    if let Some(w) = mode.width {
+        caps.push_str(&format!(",width={w}"));
+    }
+    if let Some(h) = mode.height {
+        caps.push_str(&format!(",height={h}"));
+    }
+    if let Some(f) = mode.fps {
+        caps.push_str(&format!(",framerate={f}/1"));
+    }
+    caps
 }
 
-/// The source half: everything up to raw decoded video.
-pub fn source_head(source: &SourceUri) -> String {
-    match source {
+fn parser(codec: Codec) -> Option<&'static str> {
+    match codec {
+        Codec::H264 => Some("h264parse"),
+        Codec::H265 => Some("h265parse"),
+        Codec::Mjpeg => Some("jpegparse"),
+        Codec::Raw => None,
+    }
+}
+
+/// Everything up to the decoder's input: source element, demux/depayload, parser.
+fn source_head(source: &SourceUri, codec: Codec, platform: &Platform) -> Result<String, String> {
+    let with_parser = |head: String| match parser(codec) {
+        Some(p) => format!("{head} ! {p}"),
+        None => head,
+    };
+    Ok(match source {
         SourceUri::File { path, .. } => {
-            format!("filesrc location={} ! decodebin", quote(&path.to_string_lossy()))
+            with_parser(format!("filesrc location={} ! parsebin", quote(&path.to_string_lossy())))
         }
-        SourceUri::Rtsp { url, transport } => {
+        SourceUri::Rtsp { url, transport, latency_ms, .. } => {
             let protocols = match transport {
                 RtspTransport::Tcp => "tcp",
                 RtspTransport::Udp => "udp",
             };
-            format!("rtspsrc location={} protocols={protocols} latency=200 ! decodebin", quote(url))
+            let depay = match codec {
+                Codec::H264 => "rtph264depay ! h264parse",
+                Codec::H265 => "rtph265depay ! h265parse",
+                Codec::Mjpeg => "rtpjpegdepay",
+                Codec::Raw => return Err("raw video over RTSP is not supported; use H.264, H.265 or MJPEG".into()),
+            };
+            format!(
+                "rtspsrc name={SOURCE_NAME} location={} protocols={protocols} latency={latency_ms} ! {depay}",
+                quote(url)
+            )
         }
-        SourceUri::V4l2 { device } => {
-            format!("v4l2src device={} ! decodebin", quote(&device.to_string_lossy()))
+        SourceUri::V4l2 { device, mode } => {
+            let media = match codec {
+                Codec::Raw => "video/x-raw",
+                Codec::Mjpeg => "image/jpeg",
+                Codec::H264 => "video/x-h264",
+                Codec::H265 => "video/x-h265",
+            };
+            let head = format!("v4l2src device={} ! {}", quote(&device.to_string_lossy()), caps_with_mode(media, mode));
+            with_parser(head)
         }
-        SourceUri::Csi { sensor_id } => {
-            format!("nvarguscamerasrc sensor-id={sensor_id} ! nvvidconv ! video/x-raw,format=I420")
+        SourceUri::Csi { sensor_id, mode } => {
+            if !platform.has("nvarguscamerasrc") {
+                return Err("csi:// cameras need nvarguscamerasrc, which only a Jetson (JetPack) has".into());
+            }
+            let (w, h, fps) = csi_mode(mode);
+            format!(
+                "nvarguscamerasrc sensor-id={sensor_id} \
+                 ! video/x-raw(memory:NVMM),width={w},height={h},framerate={fps}/1,format=NV12"
+            )
         }
         SourceUri::Test { pattern } => {
-            format!("videotestsrc pattern={pattern} is-live=true ! video/x-raw,width=640,height=480,framerate=15/1")
+            let (w, h, fps) = TEST_MODE;
+            format!("videotestsrc pattern={pattern} is-live=true ! video/x-raw,width={w},height={h},framerate={fps}/1")
         }
+    })
+}
+
+fn csi_mode(mode: &Mode) -> (u32, u32, u32) {
+    (mode.width.unwrap_or(CSI_DEFAULT.0), mode.height.unwrap_or(CSI_DEFAULT.1), mode.fps.unwrap_or(CSI_DEFAULT.2))
+}
+
+/// The frame size a source is known to produce before it starts, where the URI fixes it.
+pub fn known_size(source: &SourceUri) -> Option<(u32, u32)> {
+    match source {
+        SourceUri::Csi { mode, .. } => {
+            let (w, h, _) = csi_mode(mode);
+            Some((w, h))
+        }
+        SourceUri::V4l2 { mode: Mode { width: Some(w), height: Some(h), .. }, .. } => Some((*w, *h)),
+        SourceUri::Test { .. } => Some((TEST_MODE.0, TEST_MODE.1)),
+        _ => None,
     }
 }
 
-/// The whole capture pipeline for `source`, producing `width`×`height` RGB frames.
-pub fn describe(source: &SourceUri, width: u32, height: u32) -> PipelineSpec {
-    let (finite, looped, sync) = match source {
-        SourceUri::File { looped, pace, .. } => (!looped, *looped, *pace == Pace::Realtime),
-        _ => (false, false, false),
-    };
-    // Two buffers and no dropping at the sink: the puller never blocks (the latest-frame slot
-    // overwrites instead), so every drop happens in one place and is counted there.
-    let sink = format!("appsink name={SINK_NAME} max-buffers=2 drop=false sync={sync} emit-signals=false");
-    PipelineSpec {
-        description: format!("{} ! {}", source_head(source), letterbox_tail(width, height, &sink)),
-        finite,
-        looped,
+/// The codec a source has without probing it, if any.
+pub fn implied_codec(source: &SourceUri) -> Option<Codec> {
+    match source {
+        SourceUri::Csi { .. } | SourceUri::Test { .. } => Some(Codec::Raw),
+        _ => None,
     }
+}
+
+/// From decoded video to the appsink: the letterbox into `width`×`height`.
+pub fn letterbox_tail(plan: &Plan, width: u32, height: u32, sink: &str) -> (String, PixelLayout) {
+    let info = format!("identity name={SRC_INFO_NAME} silent=true");
+    let exact = format!("width={width},height={height},pixel-aspect-ratio=1/1");
+    if !plan.nvvidconv {
+        let tail = format!(
+            "{info} ! videoscale add-borders=true ! video/x-raw,{exact} ! videoconvert ! video/x-raw,format=RGB ! {sink}"
+        );
+        return (tail, PixelLayout::Rgb);
+    }
+    let tail = match plan.source_size {
+        Some((sw, sh)) => {
+            // The same geometry the detector maps boxes back with.
+            let lb = Letterbox::new(sw, sh, width, height);
+            let (fw, fh) = lb.scaled_size();
+            let (left, top) = (lb.pad_x as u32, lb.pad_y as u32);
+            let (right, bottom) = (width - fw - left, height - fh - top);
+            let margin = |n: u32| if n == 0 { "0".to_owned() } else { format!("-{n}") };
+            let scaled = format!("nvvidconv ! video/x-raw,format=RGBA,width={fw},height={fh},pixel-aspect-ratio=1/1");
+            if (left, right, top, bottom) == (0, 0, 0, 0) {
+                format!("{info} ! {scaled} ! {sink}")
+            } else {
+                // Negative videobox margins add borders.
+                format!(
+                    "{info} ! {scaled} ! videobox left={} right={} top={} bottom={} fill=black ! video/x-raw,{exact} ! {sink}",
+                    margin(left),
+                    margin(right),
+                    margin(top),
+                    margin(bottom)
+                )
+            }
+        }
+        // Size unknown: the VIC only converts out of NVMM; the CPU letterboxes.
+        None => format!(
+            "{info} ! nvvidconv ! video/x-raw,format=RGBA ! videoscale add-borders=true ! video/x-raw,{exact} ! {sink}"
+        ),
+    };
+    (tail, PixelLayout::Rgba)
+}
+
+/// The whole capture pipeline for `source` under `plan`, producing `width`×`height` frames.
+pub fn describe(
+    source: &SourceUri,
+    plan: &Plan,
+    platform: &Platform,
+    width: u32,
+    height: u32,
+) -> Result<PipelineSpec, String> {
+    let (finite, looped, live, sync) = match source {
+        SourceUri::File { looped, pace, .. } => (!looped, *looped, false, *pace == Pace::Realtime),
+        _ => (false, false, true, false),
+    };
+    let mut head = source_head(source, plan.codec, platform)?;
+    if let Some(d) = &plan.decoder {
+        head.push_str(&format!(" ! {} name={DECODER_NAME}", d.element));
+        if !d.properties.is_empty() {
+            head.push(' ');
+            head.push_str(d.properties);
+        }
+    } else if plan.codec != Codec::Raw {
+        return Err(format!("{} video needs a decoder", plan.codec));
+    }
+    // Two buffers and no dropping at the sink: the puller never blocks (the latest-frame slot
+    // overwrites instead), so every drop happens in one place and is counted there. `sync=true`
+    // paces a file at its frame rate; live sources are never held back by the sink.
+    let sink = format!("appsink name={SINK_NAME} max-buffers=2 drop=false sync={sync} emit-signals=false");
+    let (tail, layout) = letterbox_tail(plan, width, height, &sink);
+    Ok(PipelineSpec { description: format!("{head} ! {tail}"), finite, looped, live, layout })
+}
+
+/// The pipeline that finds a source's codec and size: its head, parsed, into a fakesink.
+pub fn probe_description(source: &SourceUri) -> Option<String> {
+    let head = match source {
+        SourceUri::File { path, .. } => format!("filesrc location={} ! parsebin", quote(&path.to_string_lossy())),
+        SourceUri::Rtsp { url, transport, .. } => {
+            let protocols = if *transport == RtspTransport::Udp { "udp" } else { "tcp" };
+            format!("rtspsrc name={SOURCE_NAME} location={} protocols={protocols} ! parsebin", quote(url))
+        }
+        SourceUri::V4l2 { device, .. } => format!("v4l2src device={} ! parsebin", quote(&device.to_string_lossy())),
+        SourceUri::Csi { .. } | SourceUri::Test { .. } => return None,
+    };
+    Some(format!("{head} ! fakesink name=vigil_probe_sink sync=false"))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_file_pipeline_letterboxes_before_converting() {
-        let spec = describe(&SourceUri::parse("file:///clips/a b.mp4").unwrap(), 320, 320);
-        assert_eq!(
-            spec.description,
-            "filesrc location=\"/clips/a b.mp4\" ! decodebin ! identity name=vigil_src_info silent=true \
-             ! videoscale add-borders=true ! video/x-raw,width=320,height=320,pixel-aspect-ratio=1/1 \
-             ! videoconvert ! video/x-raw,format=RGB \
-             ! appsink name=vigil_sink max-buffers=2 drop=false sync=true emit-signals=false"
-        );
-        assert!(spec.finite && !spec.looped);
-    }
-
-    #[test]
-    fn looped_and_fast_files_change_sync_and_finiteness() {
-        let spec = describe(&SourceUri::parse("file:///a.mp4?loop=true&pace=fast").unwrap(), 320, 320);
-        assert!(spec.description.contains("sync=false"));
-        assert!(!spec.finite && spec.looped);
-    }
-
-    #[test]
-    fn live_sources_are_never_synced_and_never_finite() {
-        for uri in ["rtsp://cam/s", "v4l2:///dev/video0", "csi://0", "test://ball"] {
-            let spec = describe(&SourceUri::parse(uri).unwrap(), 640, 640);
-            assert!(spec.description.contains("sync=false"), "{uri}");
-            assert!(!spec.finite && !spec.looped, "{uri}");
-        }
-    }
-
-    #[test]
-    fn heads_name_the_right_elements() {
-        let head = |u: &str| source_head(&SourceUri::parse(u).unwrap());
-        assert_eq!(head("rtsp://cam/s"), "rtspsrc location=\"rtsp://cam/s\" protocols=tcp latency=200 ! decodebin");
-        assert!(head("rtsp://cam/s?transport=udp").contains("protocols=udp"));
-        assert_eq!(head("csi://2"), "nvarguscamerasrc sensor-id=2 ! nvvidconv ! video/x-raw,format=I420");
-        assert_eq!(head("v4l2:///dev/video1"), "v4l2src device=\"/dev/video1\" ! decodebin");
-    }
-
-    #[test]
-    fn quoting_escapes_quotes_and_backslashes() {
-        assert_eq!(quote(r#"a"b\c"#), r#""a\"b\\c""#);
-    }
-}
+mod tests;

@@ -18,13 +18,41 @@ pub enum RtspTransport {
     Udp,
 }
 
+/// Capture size and rate asked of a camera (`?width=&height=&fps=`); unset fields are left to
+/// the device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mode {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<u32>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceUri {
-    File { path: PathBuf, looped: bool, pace: Pace },
-    Rtsp { url: String, transport: RtspTransport },
-    V4l2 { device: PathBuf },
-    Csi { sensor_id: u32 },
-    Test { pattern: String },
+    File {
+        path: PathBuf,
+        looped: bool,
+        pace: Pace,
+    },
+    /// `url` never carries credentials: `user:password@` in the URI is moved to `user`/`password`.
+    Rtsp {
+        url: String,
+        transport: RtspTransport,
+        latency_ms: u32,
+        user: Option<String>,
+        password: Option<String>,
+    },
+    V4l2 {
+        device: PathBuf,
+        mode: Mode,
+    },
+    Csi {
+        sensor_id: u32,
+        mode: Mode,
+    },
+    Test {
+        pattern: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,8 +64,10 @@ const SCHEMES: &str = "file://, rtsp://, v4l2://, csi:// or test://";
 impl SourceUri {
     pub fn parse(uri: &str) -> Result<Self, UriError> {
         let err = |m: String| Err(UriError(m));
+        // Error messages show the URI without its credentials.
+        let shown = Self::redacted(uri);
         let Some((scheme, rest)) = uri.split_once("://") else {
-            return err(format!("`{uri}` is not a URI; start it with {SCHEMES}"));
+            return err(format!("`{shown}` is not a URI; start it with {SCHEMES}"));
         };
         let (body, query) = match rest.split_once('?') {
             Some((b, q)) => (b, Some(q)),
@@ -48,7 +78,7 @@ impl SourceUri {
         let allow = |keys: &[&str]| -> Result<(), UriError> {
             match params.iter().find(|(k, _)| !keys.contains(&k.as_str())) {
                 Some((k, _)) => Err(UriError(format!(
-                    "unknown option `{k}` in `{uri}`; {scheme}:// accepts {}",
+                    "unknown option `{k}` in `{shown}`; {scheme}:// accepts {}",
                     if keys.is_empty() { "no options".to_owned() } else { keys.join(", ") }
                 ))),
                 None => Ok(()),
@@ -58,55 +88,57 @@ impl SourceUri {
             "file" => {
                 allow(&["loop", "pace"])?;
                 if !body.starts_with('/') {
-                    return err(format!("`{uri}`: file:// needs an absolute path (file:///path/clip.mp4)"));
+                    return err(format!("`{shown}`: file:// needs an absolute path (file:///path/clip.mp4)"));
                 }
                 let looped = match take("loop") {
                     None | Some("false") | Some("0") => false,
                     Some("true") | Some("1") => true,
-                    Some(v) => return err(format!("`loop={v}` in `{uri}`: use true or false")),
+                    Some(v) => return err(format!("`loop={v}` in `{shown}`: use true or false")),
                 };
                 let pace = match take("pace") {
                     None | Some("realtime") => Pace::Realtime,
                     Some("fast") => Pace::Fast,
-                    Some(v) => return err(format!("`pace={v}` in `{uri}`: use realtime or fast")),
+                    Some(v) => return err(format!("`pace={v}` in `{shown}`: use realtime or fast")),
                 };
                 Ok(Self::File { path: PathBuf::from(body), looped, pace })
             }
             "rtsp" | "rtsps" => {
-                allow(&["transport"])?;
-                if body.is_empty() {
-                    return err(format!("`{uri}` names no host"));
+                allow(&["transport", "latency"])?;
+                let (user, password, rest) = split_credentials(body);
+                if rest.is_empty() || rest.starts_with('/') {
+                    return err(format!("`{shown}` names no host"));
                 }
                 let transport = match take("transport") {
                     None | Some("tcp") => RtspTransport::Tcp,
                     Some("udp") => RtspTransport::Udp,
-                    Some(v) => return err(format!("`transport={v}` in `{uri}`: use tcp or udp")),
+                    Some(v) => return err(format!("`transport={v}` in `{shown}`: use tcp or udp")),
                 };
-                Ok(Self::Rtsp { url: format!("{scheme}://{body}"), transport })
+                let latency_ms = number(take("latency"), "latency", 0..=10_000)?.unwrap_or(200);
+                Ok(Self::Rtsp { url: format!("{scheme}://{rest}"), transport, latency_ms, user, password })
             }
             "v4l2" => {
-                allow(&[])?;
+                allow(&["width", "height", "fps"])?;
                 if !body.starts_with("/dev/") {
-                    return err(format!("`{uri}`: write v4l2:///dev/videoN"));
+                    return err(format!("`{shown}`: write v4l2:///dev/videoN"));
                 }
-                Ok(Self::V4l2 { device: PathBuf::from(body) })
+                Ok(Self::V4l2 { device: PathBuf::from(body), mode: mode(&take)? })
             }
             "csi" => {
-                allow(&[])?;
+                allow(&["width", "height", "fps"])?;
                 match body.parse::<u32>() {
-                    Ok(sensor_id) if sensor_id < 16 => Ok(Self::Csi { sensor_id }),
-                    _ => err(format!("`{uri}`: write csi://N with the sensor id N (0-15)")),
+                    Ok(sensor_id) if sensor_id < 16 => Ok(Self::Csi { sensor_id, mode: mode(&take)? }),
+                    _ => err(format!("`{shown}`: write csi://N with the sensor id N (0-15)")),
                 }
             }
             "test" => {
                 allow(&[])?;
                 let pattern = if body.is_empty() { "smpte" } else { body };
                 if !pattern.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                    return err(format!("`{uri}`: the pattern must be a videotestsrc pattern name such as ball"));
+                    return err(format!("`{shown}`: the pattern must be a videotestsrc pattern name such as ball"));
                 }
                 Ok(Self::Test { pattern: pattern.to_owned() })
             }
-            other => err(format!("unknown scheme `{other}://` in `{uri}`; use {SCHEMES}")),
+            other => err(format!("unknown scheme `{other}://` in `{shown}`; use {SCHEMES}")),
         }
     }
 
@@ -119,6 +151,37 @@ impl SourceUri {
             None => uri.to_owned(),
         }
     }
+}
+
+/// Splits `user:password@host/...` into its parts.
+fn split_credentials(body: &str) -> (Option<String>, Option<String>, &str) {
+    let authority_end = body.find('/').unwrap_or(body.len());
+    match body[..authority_end].rfind('@') {
+        Some(at) => {
+            let (user, password) = match body[..at].split_once(':') {
+                Some((u, p)) => (u.to_owned(), Some(p.to_owned())),
+                None => (body[..at].to_owned(), None),
+            };
+            (Some(user), password, &body[at + 1..])
+        }
+        None => (None, None, body),
+    }
+}
+
+fn number(value: Option<&str>, key: &str, range: std::ops::RangeInclusive<u32>) -> Result<Option<u32>, UriError> {
+    let Some(v) = value else { return Ok(None) };
+    match v.parse::<u32>() {
+        Ok(n) if range.contains(&n) => Ok(Some(n)),
+        _ => Err(UriError(format!("`{key}={v}`: use a whole number from {} to {}", range.start(), range.end()))),
+    }
+}
+
+fn mode<'a>(take: &impl Fn(&str) -> Option<&'a str>) -> Result<Mode, UriError> {
+    Ok(Mode {
+        width: number(take("width"), "width", 16..=8192)?,
+        height: number(take("height"), "height", 16..=8192)?,
+        fps: number(take("fps"), "fps", 1..=240)?,
+    })
 }
 
 fn parse_query(query: Option<&str>) -> Result<Vec<(String, String)>, UriError> {
@@ -163,17 +226,44 @@ mod tests {
     #[test]
     fn every_scheme_parses() {
         assert_eq!(
-            SourceUri::parse("rtsp://cam.local:554/stream?transport=udp").unwrap(),
-            SourceUri::Rtsp { url: "rtsp://cam.local:554/stream".into(), transport: RtspTransport::Udp }
+            SourceUri::parse("rtsp://cam.local:554/stream?transport=udp&latency=50").unwrap(),
+            SourceUri::Rtsp {
+                url: "rtsp://cam.local:554/stream".into(),
+                transport: RtspTransport::Udp,
+                latency_ms: 50,
+                user: None,
+                password: None
+            }
         );
-        assert_eq!(SourceUri::parse("v4l2:///dev/video0").unwrap(), SourceUri::V4l2 { device: "/dev/video0".into() });
-        assert_eq!(SourceUri::parse("csi://1").unwrap(), SourceUri::Csi { sensor_id: 1 });
+        assert_eq!(
+            SourceUri::parse("v4l2:///dev/video0").unwrap(),
+            SourceUri::V4l2 { device: "/dev/video0".into(), mode: Mode::default() }
+        );
+        assert_eq!(
+            SourceUri::parse("csi://1?width=1280&height=720&fps=60").unwrap(),
+            SourceUri::Csi { sensor_id: 1, mode: Mode { width: Some(1280), height: Some(720), fps: Some(60) } }
+        );
+        assert!(SourceUri::parse("csi://1?fps=0").unwrap_err().to_string().contains("fps=0"));
         assert_eq!(SourceUri::parse("test://ball").unwrap(), SourceUri::Test { pattern: "ball".into() });
         assert!(SourceUri::parse("csi://front").is_err());
         assert!(SourceUri::parse("v4l2://video0").is_err());
         assert!(SourceUri::parse("test://ball ! fakesink").is_err(), "no pipeline injection");
         let e = SourceUri::parse("http://x").unwrap_err().to_string();
         assert!(e.contains("unknown scheme `http://`"), "{e}");
+    }
+
+    #[test]
+    fn credentials_in_an_rtsp_uri_are_split_out_of_the_url() {
+        let SourceUri::Rtsp { url, user, password, .. } = SourceUri::parse("rtsp://admin:s3cr@t@cam:554/s").unwrap()
+        else {
+            panic!("not rtsp")
+        };
+        assert_eq!(
+            (url.as_str(), user.as_deref(), password.as_deref()),
+            ("rtsp://cam:554/s", Some("admin"), Some("s3cr@t"))
+        );
+        let e = SourceUri::parse("rtsp://admin:pw@/s").unwrap_err().to_string();
+        assert!(e.contains("names no host") && !e.contains("pw"), "{e}");
     }
 
     #[test]

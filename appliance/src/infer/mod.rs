@@ -34,7 +34,22 @@ pub trait Backend: Send {
     fn infer(&mut self, input: &[f32], output: &mut Vec<f32>) -> Result<(), InferError>;
 }
 
-/// Converts letterboxed packed RGB (rows `stride` bytes apart) into normalized NCHW f32:
+/// A packed 8-bit RGB or RGBA image, rows `stride` bytes apart (alpha, if any, is ignored).
+#[derive(Debug, Clone, Copy)]
+pub struct Image<'a> {
+    pub data: &'a [u8],
+    pub stride: usize,
+    /// 3 (RGB) or 4 (RGBA).
+    pub bytes_per_pixel: usize,
+}
+
+impl<'a> Image<'a> {
+    pub fn rgb(data: &'a [u8], stride: usize) -> Self {
+        Self { data, stride, bytes_per_pixel: 3 }
+    }
+}
+
+/// Converts a letterboxed packed RGB/RGBA image into normalized NCHW f32:
 /// `(pixel * scale - mean[c]) / std[c]`, through a per-channel lookup table.
 pub struct Preprocessor {
     lut: [[f32; 256]; 3],
@@ -55,15 +70,16 @@ impl Preprocessor {
         Self { lut, width: w as usize, height: h as usize }
     }
 
-    pub fn run(&self, rgb: &[u8], stride: usize, out: &mut Vec<f32>) {
+    pub fn run(&self, image: Image<'_>, out: &mut Vec<f32>) {
         let plane = self.width * self.height;
         out.resize(3 * plane, 0.0);
         let (r, rest) = out.split_at_mut(plane);
         let (g, b) = rest.split_at_mut(plane);
+        let bpp = image.bytes_per_pixel;
         for y in 0..self.height {
-            let row = &rgb[y * stride..y * stride + self.width * 3];
+            let row = &image.data[y * image.stride..y * image.stride + self.width * bpp];
             let o = y * self.width;
-            for (x, px) in row.chunks_exact(3).enumerate() {
+            for (x, px) in row.chunks_exact(bpp).enumerate() {
                 r[o + x] = self.lut[0][px[0] as usize];
                 g[o + x] = self.lut[1][px[1] as usize];
                 b[o + x] = self.lut[2][px[2] as usize];
@@ -132,15 +148,14 @@ impl Detector {
         self.input_size
     }
 
-    /// Runs the model on a letterboxed RGB image. Boxes come back in source pixels.
+    /// Runs the model on a letterboxed image. Boxes come back in source pixels.
     pub fn detect(
         &mut self,
-        rgb: &[u8],
-        stride: usize,
+        image: Image<'_>,
         letterbox: &Letterbox,
     ) -> Result<(Vec<Detection>, StageTimes), InferError> {
         let t0 = Instant::now();
-        self.pre.run(rgb, stride, &mut self.input);
+        self.pre.run(image, &mut self.input);
         let t1 = Instant::now();
         self.backend.infer(&self.input, &mut self.output)?;
         let t2 = Instant::now();

@@ -64,6 +64,14 @@ impl Letterbox {
         }
     }
 
+    /// Size of the scaled image inside the borders.
+    pub fn scaled_size(&self) -> (u32, u32) {
+        (
+            (self.source_width as f32 * self.scale).round() as u32,
+            (self.source_height as f32 * self.scale).round() as u32,
+        )
+    }
+
     /// Maps a box from model-input pixels to source pixels, clipped to the source frame.
     pub fn to_source(&self, b: &BBox) -> BBox {
         let w = self.source_width as f32;

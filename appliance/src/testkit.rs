@@ -1,0 +1,117 @@
+//! Helpers the benchmark and the test suites share: a handle on the synthetic RTSP camera
+//! (`vigil-rtsp-cam`, built from `hil/`), which they kill, freeze and restart.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Where `vigil-rtsp-cam` is: next to the running executable or one directory up (cargo puts
+/// test binaries in `target/<profile>/deps/`), or `$VIGIL_RTSP_CAM`.
+pub fn rtsp_cam_exe() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("VIGIL_RTSP_CAM") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable has no directory")?;
+    for candidate in [dir.join("vigil-rtsp-cam"), dir.join("../vigil-rtsp-cam")] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("vigil-rtsp-cam not found next to {}; build it with `cargo build -p vigil-hil`", exe.display())
+}
+
+/// A running `vigil-rtsp-cam`. Dropping it kills the process.
+pub struct RtspCam {
+    child: Child,
+    exe: PathBuf,
+    args: Vec<String>,
+    pub port: u16,
+    /// One URL per mount, in the order asked for.
+    pub urls: Vec<String>,
+}
+
+impl RtspCam {
+    /// Starts the camera with `args` (see `vigil-rtsp-cam --help`) on a free port.
+    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let exe = rtsp_cam_exe()?;
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        Self::spawn(&exe, args, 0)
+    }
+
+    fn spawn(exe: &Path, args: Vec<String>, port: u16) -> anyhow::Result<Self> {
+        let mut child = Command::new(exe)
+            .args(&args)
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mounts = args.iter().filter(|a| *a == "--mount").count().max(1);
+        let mut urls = Vec::new();
+        for line in BufReader::new(stdout).lines().take(mounts) {
+            let line = line?;
+            match line.strip_prefix("READY ") {
+                Some(url) => urls.push(url.to_owned()),
+                None => bail!("vigil-rtsp-cam said `{line}` instead of READY"),
+            }
+        }
+        if urls.len() < mounts {
+            let _ = child.kill();
+            bail!("vigil-rtsp-cam exited before it was ready (port {port} in use?)");
+        }
+        let port = urls[0].rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()?.parse().ok());
+        let port = port.context("READY line without a port")?;
+        Ok(Self { child, exe: exe.to_owned(), args, port, urls })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.urls[0]
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL: the server vanishes without closing anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same camera again on the same port (after [`Self::kill9`]). Retries for a
+    /// moment in case the port is still being released.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Self::spawn(&self.exe, self.args.clone(), self.port) {
+                Ok(new) => {
+                    *self = new;
+                    return Ok(());
+                }
+                Err(e) if Instant::now() >= until => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT) to the server.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we own and a plain signal number has no memory effects.
+        unsafe {
+            libc::kill(self.pid(), signal);
+        }
+    }
+}
+
+impl Drop for RtspCam {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
