@@ -315,6 +315,13 @@ impl FrameSource {
             match msg.view() {
                 gst::MessageView::Error(err) => {
                     let text = error_text(err);
+                    // A depayloader, parser or decoder refusing the data: the stream is damaged.
+                    if matches!(
+                        err.error().kind::<gst::StreamError>(),
+                        Some(gst::StreamError::Decode | gst::StreamError::Format | gst::StreamError::Demux)
+                    ) {
+                        self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    }
                     let kind = if text.contains("not-negotiated") || text.contains("not negotiated") {
                         FaultKind::Negotiation
                     } else if from_decoder {
