@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::pipeline::{self, Plan};
-use crate::capture::{self, CameraSpec, CameraState, CameraStats, FrameHub, Platform, SourceUri};
+use crate::capture::{self, CameraSpec, CameraState, CameraStats, Codec, FrameHub, Platform, SourceUri};
 use crate::config::Config;
 use crate::infer::{Image, Letterbox};
 use crate::testkit::RtspCam;
@@ -74,7 +74,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let mut vigil_fps = Vec::new();
         for round in 1..=args.rounds.max(1) {
             let g = gst_launch_seconds(&baseline)?;
-            let v = vigil_capture_fps(&source, &platform, size, cameras)?;
+            let v = vigil_capture_fps(&source, info.codec, &platform, size, cameras)?;
             // Both decode every frame of every copy of the clip; vigil counts them.
             let g_fps = v.frames as f64 / g;
             println!(
@@ -236,6 +236,7 @@ fn parse_gst_time(s: &str) -> Option<Duration> {
 /// frame it can from the slots.
 fn vigil_capture_fps(
     source: &SourceUri,
+    codec: Codec,
     platform: &Arc<Platform>,
     size: (u32, u32),
     cameras: usize,
@@ -246,7 +247,9 @@ fn vigil_capture_fps(
     let started = Instant::now();
     let mut threads = Vec::new();
     for i in 0..cameras {
-        let spec = CameraSpec::new(i, &format!("bench{i}"), source.clone(), size);
+        let mut spec = CameraSpec::new(i, &format!("bench{i}"), source.clone(), size);
+        // As configured cameras do: the one-time probe is not part of ingest throughput.
+        spec.codec = Some(codec);
         threads.push(capture::spawn_camera(spec, platform.clone(), hub.clone(), cancel.clone())?);
     }
     let mut taken = 0u64;

@@ -542,6 +542,35 @@ mod tests {
     }
 
     #[test]
+    fn capture_settings_and_camera_options_are_checked() {
+        let text = valid().replace(
+            "[[camera]]",
+            "[capture]\nbackoff_min_ms = 5000\nbackoff_max_ms = 1000\nwatchdog_ms = 50\n[[camera]]\n\
+             decoder = \"vaapih264dec\"\nuser = \"admin\"\ncodec = \"h264\"",
+        );
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("expected Invalid") };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["camera[0].decoder", "camera[0].user", "capture.watchdog_ms", "capture.backoff_max_ms"]);
+        assert!(problems[0].message.contains("avdec_h264"), "{problems:?}");
+        let err = parse(&valid().replace("uri =", "codec = \"vp9\"\nuri =")).unwrap_err().to_string();
+        assert!(err.contains("vp9") && err.contains("h264"), "{err}");
+    }
+
+    #[test]
+    fn camera_specs_take_credentials_and_timings_from_the_config() {
+        let text = valid().replace("test://ball", "rtsp://uri-user:uri-pw@cam/s").replace(
+            "[[camera]]",
+            "[capture]\nwatchdog_ms = 3000\n[[camera]]\npassword = \"cfg-pw\"\nwatchdog_ms = 500",
+        );
+        let cfg = parse(&text).expect("valid");
+        let spec = cfg.camera_spec(0, (320, 320));
+        assert_eq!(spec.user.as_deref(), Some("uri-user"));
+        assert_eq!(spec.password.as_deref(), Some("cfg-pw"));
+        assert_eq!(spec.supervision.watchdog, Duration::from_millis(500));
+        assert_eq!(spec.supervision.backoff_max, Duration::from_secs(10));
+    }
+
+    #[test]
     fn tls_urls_require_tls_files() {
         let text = valid().replace("[model]", "[mqtt]\nurl = \"mqtts://broker.example\"\n[model]");
         let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("expected Invalid") };

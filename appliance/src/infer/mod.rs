@@ -180,3 +180,35 @@ impl Detector {
         Ok(&self.output)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rgba_and_rgb_images_preprocess_alike() {
+        let bundle =
+            Bundle::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bundles/shapes-v1"))
+                .expect("the shipped bundle loads");
+        let pre = Preprocessor::new(&bundle);
+        let (w, h) = bundle.input_size();
+        let (w, h) = (w as usize, h as usize);
+        // RGB rows padded to 4 bytes, as GStreamer lays them out; RGBA rows are never padded.
+        let rgb_stride = (w * 3).div_ceil(4) * 4;
+        let mut rgb = vec![0u8; rgb_stride * h];
+        let mut rgba = vec![0u8; w * 4 * h];
+        for y in 0..h {
+            for x in 0..w {
+                let px = [(x * 7 % 256) as u8, (y * 3 % 256) as u8, ((x + y) % 256) as u8];
+                rgb[y * rgb_stride + x * 3..][..3].copy_from_slice(&px);
+                rgba[y * w * 4 + x * 4..][..4].copy_from_slice(&[px[0], px[1], px[2], 255]);
+            }
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        pre.run(Image::rgb(&rgb, rgb_stride), &mut a);
+        pre.run(Image { data: &rgba, stride: w * 4, bytes_per_pixel: 4 }, &mut b);
+        assert_eq!(a.len(), 3 * w * h);
+        assert_eq!(a, b);
+        assert_ne!(a[1], a[w * h + 1], "channels land in their own planes");
+    }
+}
