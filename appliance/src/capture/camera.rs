@@ -581,8 +581,8 @@ impl Supervisor {
             _ => self.stats.set_state(CameraState::Failed),
         }
         if kind == FaultKind::Decoder && !had_frames {
-            let count = self.info.and_then(|i| self.platform.decoders(i.codec, self.spec.decoder.as_deref()).ok());
-            if let Some(list) = count {
+            let candidates = self.info.and_then(|i| self.platform.decoders(i.codec, self.spec.decoder.as_deref()).ok());
+            if let Some(list) = candidates {
                 if self.decoder + 1 < list.len() {
                     tracing::warn!(camera = %self.spec.id, failed = list[self.decoder].element,
                         next = list[self.decoder + 1].element, "decoder failed; falling back");
