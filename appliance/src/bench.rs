@@ -63,9 +63,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let platform = Arc::new(Platform::detect());
     let source = SourceUri::File { path: clip.clone(), looped: false, pace: capture::Pace::Fast };
-    let info = capture::probe(&CameraSpec::new(0, "bench", source.clone(), size), Duration::from_secs(10))?;
-    let decoder = platform.decoders(info.codec, None).map_err(anyhow::Error::msg)?.into_iter().next();
-    let plan = Plan::new(&platform, info.codec, decoder, info.size);
+    let probe_spec = CameraSpec::new(0, "bench", source.clone(), size);
+    let info = capture::probe(&probe_spec, Duration::from_secs(10))?;
+    let plan = probe_spec.plan(&platform, info, 0)?;
     println!("== capture ingest: decode + letterbox to {}x{} + hand-off (inference off)", size.0, size.1);
     println!("clip: {} ({}, {})", clip.display(), info.codec, plan.path());
     for cameras in [1usize, 2, 4] {

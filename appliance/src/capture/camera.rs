@@ -91,6 +91,24 @@ impl CameraSpec {
         }
     }
 
+    /// What is known of the stream without probing it: the configured codec, or the one the
+    /// source implies (CSI, test patterns).
+    fn known_info(&self) -> Option<StreamInfo> {
+        self.codec
+            .or_else(|| pipeline::implied_codec(&self.source))
+            .map(|codec| StreamInfo { codec, size: pipeline::known_size(&self.source) })
+    }
+
+    /// The plan for `info` with the `candidate`th decoder the platform offers (the last one when
+    /// there are fewer).
+    pub fn plan(&self, platform: &Platform, info: StreamInfo, candidate: usize) -> Result<Plan, CaptureError> {
+        let decoders = platform
+            .decoders(info.codec, self.decoder.as_deref())
+            .map_err(|message| CaptureError::Build { camera: self.id.to_string(), message })?;
+        let decoder = decoders.get(candidate.min(decoders.len().saturating_sub(1))).cloned();
+        Ok(Plan::new(platform, info.codec, decoder, info.size))
+    }
+
     fn set_credentials(&self, pipeline: &gst::Bin) {
         if let Some(src) = pipeline.by_name(SOURCE_NAME) {
             if let Some(user) = &self.user {
@@ -131,7 +149,6 @@ pub enum SourceEnd {
 pub struct Timeline {
     wall: WallClock,
     seq: Sequencer,
-    last_seq: Option<u64>,
 }
 
 fn mono_epoch() -> Instant {
@@ -228,16 +245,11 @@ impl FrameSource {
     /// Probes `source` and starts it with this machine's preferred decoder: for tools and tests
     /// that want frames without a supervising thread.
     pub fn open(spec: &CameraSpec, platform: &Platform) -> Result<Self, CaptureError> {
-        let info = match spec.codec {
-            Some(codec) => StreamInfo { codec, size: pipeline::known_size(&spec.source) },
+        let info = match spec.known_info() {
+            Some(info) => info,
             None => probe(spec, spec.supervision.first_frame_timeout)?,
         };
-        let decoder = platform
-            .decoders(info.codec, spec.decoder.as_deref())
-            .map_err(|message| CaptureError::Build { camera: spec.id.to_string(), message })?
-            .into_iter()
-            .next();
-        let plan = Plan::new(platform, info.codec, decoder, info.size);
+        let plan = spec.plan(platform, info, 0)?;
         Self::start(spec, &plan, platform, 1, Arc::new(CameraStats::new(&spec.id)))
     }
 
@@ -293,10 +305,6 @@ impl FrameSource {
 
     pub fn description(&self) -> &str {
         &self.spec.description
-    }
-
-    pub fn plan(&self) -> &Plan {
-        &self.plan
     }
 
     /// How long this run has delivered frames, if it has.
@@ -457,6 +465,7 @@ impl FrameSource {
 
         let interval = (info.fps().numer() > 0)
             .then(|| Duration::from_secs_f64(info.fps().denom() as f64 / info.fps().numer() as f64));
+        let previous = timeline.seq.last();
         let seq = timeline.seq.next(FrameTiming {
             pts: pts.map(Duration::from),
             mono: captured_mono.saturating_duration_since(mono_epoch()),
@@ -464,12 +473,11 @@ impl FrameSource {
             interval,
             live: self.spec.live,
         });
-        if let Some(last) = timeline.last_seq {
-            if seq > last + 1 {
-                self.stats.frames_missing.fetch_add(seq - last - 1, Ordering::Relaxed);
-            }
+        // Sequence numbers only ever grow by at least one.
+        let missing = previous.map_or(0, |last| seq - last - 1);
+        if missing > 0 {
+            self.stats.frames_missing.fetch_add(missing, Ordering::Relaxed);
         }
-        timeline.last_seq = Some(seq);
 
         let buffer = sample.buffer_owned().ok_or_else(|| bad("sample without buffer"))?;
         let pixels = buffer.into_mapped_buffer_readable().map_err(|_| bad("cannot map frame buffer"))?;
@@ -526,10 +534,7 @@ struct Supervisor {
 
 impl Supervisor {
     fn new(spec: CameraSpec, platform: Arc<Platform>, stats: Arc<CameraStats>) -> Self {
-        let info = spec
-            .codec
-            .or_else(|| pipeline::implied_codec(&spec.source))
-            .map(|codec| StreamInfo { codec, size: pipeline::known_size(&spec.source) });
+        let info = spec.known_info();
         Self { spec, platform, stats, timeline: Timeline::default(), info, decoder: 0, runs: 0 }
     }
 
@@ -602,7 +607,6 @@ impl Supervisor {
         hub: &FrameHub,
         cancel: &CancellationToken,
     ) -> (Result<SourceEnd, CaptureError>, Option<Duration>) {
-        let build = |message: String| CaptureError::Build { camera: self.spec.id.to_string(), message };
         let info = match self.info {
             Some(info) => info,
             None => match probe(&self.spec, self.spec.supervision.first_frame_timeout) {
@@ -613,18 +617,16 @@ impl Supervisor {
                 Err(e) => return (Err(e), None),
             },
         };
-        let decoders = match self.platform.decoders(info.codec, self.spec.decoder.as_deref()) {
-            Ok(d) => d,
-            Err(e) => return (Err(build(e)), None),
+        let plan = match self.spec.plan(&self.platform, info, self.decoder) {
+            Ok(plan) => plan,
+            Err(e) => return (Err(e), None),
         };
-        let decoder = decoders.get(self.decoder.min(decoders.len().saturating_sub(1))).cloned();
-        let plan = Plan::new(&self.platform, info.codec, decoder, info.size);
         self.runs += 1;
         let mut src = match FrameSource::start(&self.spec, &plan, &self.platform, self.runs, self.stats.clone()) {
             Ok(s) => s,
             Err(e) => return (Err(e), None),
         };
-        self.stats.set_path(plan.path(), src.description().to_owned());
+        self.stats.set_path(plan.path());
         tracing::info!(camera = %self.spec.id, path = %plan.path(), pipeline = %src.description(), "pipeline started");
         let outcome = self.pump(&mut src, hub, cancel);
         (outcome, src.streamed_for())

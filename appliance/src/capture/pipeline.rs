@@ -118,6 +118,14 @@ fn caps_with_mode(media: &str, mode: &Mode) -> String {
     caps
 }
 
+/// `rtspsrc`'s `protocols` value for a transport.
+fn protocols(transport: RtspTransport) -> &'static str {
+    match transport {
+        RtspTransport::Tcp => "tcp",
+        RtspTransport::Udp => "udp",
+    }
+}
+
 fn parser(codec: Codec) -> Option<&'static str> {
     match codec {
         Codec::H264 => Some("h264parse"),
@@ -138,10 +146,7 @@ fn source_head(source: &SourceUri, codec: Codec, platform: &Platform) -> Result<
             with_parser(format!("filesrc location={} ! parsebin", quote(&path.to_string_lossy())))
         }
         SourceUri::Rtsp { url, transport, latency_ms, .. } => {
-            let protocols = match transport {
-                RtspTransport::Tcp => "tcp",
-                RtspTransport::Udp => "udp",
-            };
+            let protocols = protocols(*transport);
             let depay = match codec {
                 Codec::H264 => "rtph264depay ! h264parse",
                 Codec::H265 => "rtph265depay ! h265parse",
@@ -280,8 +285,7 @@ pub fn probe_description(source: &SourceUri) -> Option<String> {
     let head = match source {
         SourceUri::File { path, .. } => format!("filesrc location={} ! parsebin", quote(&path.to_string_lossy())),
         SourceUri::Rtsp { url, transport, .. } => {
-            let protocols = if *transport == RtspTransport::Udp { "udp" } else { "tcp" };
-            format!("rtspsrc name={SOURCE_NAME} location={} protocols={protocols} ! parsebin", quote(url))
+            format!("rtspsrc name={SOURCE_NAME} location={} protocols={} ! parsebin", quote(url), protocols(*transport))
         }
         SourceUri::V4l2 { device, .. } => format!("v4l2src device={} ! parsebin", quote(&device.to_string_lossy())),
         SourceUri::Csi { .. } | SourceUri::Test { .. } => return None,

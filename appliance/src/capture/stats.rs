@@ -63,15 +63,14 @@ impl RateMeter {
     /// Rate over the window ending now; 0 when nothing arrived in it.
     fn per_second(&self, now: Instant) -> f64 {
         let times = self.lock();
-        let recent = times.iter().filter(|t| now.duration_since(**t) <= Self::WINDOW).count();
-        match times.iter().find(|t| now.duration_since(**t) <= Self::WINDOW) {
-            Some(first) if recent >= 2 => {
-                // Over the span actually covered, so a camera that just started is not under-counted.
-                let span = now.duration_since(*first).max(Duration::from_millis(1));
-                (recent - 1) as f64 / span.as_secs_f64().max(1.0 / 240.0)
-            }
-            _ => 0.0,
+        let mut in_window = times.iter().filter(|t| now.duration_since(**t) <= Self::WINDOW);
+        let Some(first) = in_window.next() else { return 0.0 };
+        let recent = 1 + in_window.count();
+        if recent < 2 {
+            return 0.0;
         }
+        // Over the span actually covered, so a camera that just started is not under-counted.
+        (recent - 1) as f64 / now.duration_since(*first).as_secs_f64().max(1.0 / 240.0)
     }
 
     fn last(&self) -> Option<Instant> {
@@ -114,7 +113,6 @@ pub struct CameraStats {
 struct Texts {
     last_error: Option<String>,
     decode_path: Option<String>,
-    pipeline: Option<String>,
 }
 
 /// A consistent-enough copy of [`CameraStats`] for reporting (each field read atomically).
@@ -181,15 +179,8 @@ impl CameraStats {
         self.texts().last_error = Some(e.to_owned());
     }
 
-    pub(super) fn set_path(&self, decode_path: String, pipeline: String) {
-        let mut t = self.texts();
-        t.decode_path = Some(decode_path);
-        t.pipeline = Some(pipeline);
-    }
-
-    /// The pipeline description now running (credentials never appear in it).
-    pub fn pipeline(&self) -> Option<String> {
-        self.texts().pipeline.clone()
+    pub(super) fn set_path(&self, decode_path: String) {
+        self.texts().decode_path = Some(decode_path);
     }
 
     pub(super) fn record_in(&self, at: Instant) {
@@ -270,7 +261,7 @@ mod tests {
     fn snapshots_carry_state_path_and_restart_requests() {
         let s = CameraStats::new("a");
         s.set_state(CameraState::Stalled);
-        s.set_path("raw → nvvidconv".into(), "videotestsrc ! appsink".into());
+        s.set_path("raw → nvvidconv".into());
         s.record_in(Instant::now());
         let snap = s.snapshot();
         assert_eq!(snap.state, CameraState::Stalled);

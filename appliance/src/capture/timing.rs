@@ -100,6 +100,11 @@ pub struct FrameTiming {
 }
 
 impl Sequencer {
+    /// The sequence number given to the last frame.
+    pub fn last(&self) -> Option<u64> {
+        self.last.map(|l| l.seq)
+    }
+
     /// The sequence number of the next frame: one more than the last, plus the frames that should
     /// have come in between (judged from stream timestamps within a run, and from real time
     /// across a rebuild of a live source).

@@ -45,20 +45,29 @@ fn jetson(p: &Platform) -> bool {
     p.name.starts_with("jetpack")
 }
 
+/// The letterbox tail each profile ends with. On Jetson with a known source size the VIC scales to
+/// 320×`height` and `videobox` adds `border` px above and below (`vic`); with the size unknown the
+/// VIC only converts and the CPU letterboxes (`None`). Elsewhere: videoscale, then videoconvert.
+fn letterbox(p: &Platform, vic: Option<(u32, u32)>, sink: &str) -> String {
+    match vic {
+        _ if !jetson(p) => format!("{INFO} ! {SOFT_TAIL} ! {sink}"),
+        Some((height, border)) => format!(
+            "{INFO} ! nvvidconv ! video/x-raw,format=RGBA,width=320,height={height},pixel-aspect-ratio=1/1 \
+             ! videobox left=0 right=0 top=-{border} bottom=-{border} fill=black ! {EXACT} ! {sink}"
+        ),
+        None => {
+            format!("{INFO} ! nvvidconv ! video/x-raw,format=RGBA ! videoscale add-borders=true ! {EXACT} ! {sink}")
+        }
+    }
+}
+
 #[test]
 fn file_sources_on_every_profile() {
     for p in profiles() {
         let spec = build(&p, "file:///clips/a b.mp4", Codec::H264, Some((1280, 720))).unwrap();
         let head = format!("filesrc location=\"/clips/a b.mp4\" ! parsebin ! h264parse ! {}", decoder(&p, Codec::H264));
         // 1280×720 into 320×320: scaled to 320×180, 70 px borders above and below.
-        let tail = if jetson(&p) {
-            format!(
-                "{INFO} ! nvvidconv ! video/x-raw,format=RGBA,width=320,height=180,pixel-aspect-ratio=1/1 \
-                 ! videobox left=0 right=0 top=-70 bottom=-70 fill=black ! {EXACT} ! {SINK_SYNC}"
-            )
-        } else {
-            format!("{INFO} ! {SOFT_TAIL} ! {SINK_SYNC}")
-        };
+        let tail = letterbox(&p, Some((180, 70)), SINK_SYNC);
         assert_eq!(spec.description, squash(&format!("{head} ! {tail}")), "{}", p.name);
         assert_eq!(spec.layout, if jetson(&p) { PixelLayout::Rgba } else { PixelLayout::Rgb });
         assert!(spec.finite && !spec.looped && !spec.live);
@@ -75,13 +84,7 @@ fn rtsp_sources_on_every_profile() {
             decoder(&p, Codec::H265)
         );
         // Size unknown: on Jetson the VIC converts out of NVMM and the CPU letterboxes.
-        let tail = if jetson(&p) {
-            format!(
-                "{INFO} ! nvvidconv ! video/x-raw,format=RGBA ! videoscale add-borders=true ! {EXACT} ! {SINK_LIVE}"
-            )
-        } else {
-            format!("{INFO} ! {SOFT_TAIL} ! {SINK_LIVE}")
-        };
+        let tail = letterbox(&p, None, SINK_LIVE);
         assert_eq!(spec.description, squash(&format!("{head} ! {tail}")), "{}", p.name);
         assert!(!spec.description.contains("pw"), "credentials stay out of the description");
         assert!(spec.live && !spec.finite);
@@ -96,24 +99,11 @@ fn usb_cameras_raw_and_mjpeg_on_every_profile() {
             "v4l2src device=\"/dev/video1\" ! image/jpeg,width=1280,height=720,framerate=30/1 ! jpegparse ! {}",
             decoder(&p, Codec::Mjpeg)
         );
-        let tail = if jetson(&p) {
-            format!(
-                "{INFO} ! nvvidconv ! video/x-raw,format=RGBA,width=320,height=180,pixel-aspect-ratio=1/1 \
-                 ! videobox left=0 right=0 top=-70 bottom=-70 fill=black ! {EXACT} ! {SINK_LIVE}"
-            )
-        } else {
-            format!("{INFO} ! {SOFT_TAIL} ! {SINK_LIVE}")
-        };
+        let tail = letterbox(&p, Some((180, 70)), SINK_LIVE);
         assert_eq!(spec.description, squash(&format!("{head} ! {tail}")), "{}", p.name);
 
         let raw = build(&p, "v4l2:///dev/video0", Codec::Raw, None).unwrap();
-        let tail = if jetson(&p) {
-            format!(
-                "{INFO} ! nvvidconv ! video/x-raw,format=RGBA ! videoscale add-borders=true ! {EXACT} ! {SINK_LIVE}"
-            )
-        } else {
-            format!("{INFO} ! {SOFT_TAIL} ! {SINK_LIVE}")
-        };
+        let tail = letterbox(&p, None, SINK_LIVE);
         assert_eq!(
             raw.description,
             squash(&format!("v4l2src device=\"/dev/video0\" ! video/x-raw ! {tail}")),
@@ -131,8 +121,8 @@ fn csi_cameras_exist_only_on_jetson() {
             // 1920×1080 into 320×320: 320×180 plus 70 px borders.
             let expected = format!(
                 "nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=1920,height=1080,framerate=30/1,format=NV12 \
-                 ! {INFO} ! nvvidconv ! video/x-raw,format=RGBA,width=320,height=180,pixel-aspect-ratio=1/1 \
-                 ! videobox left=0 right=0 top=-70 bottom=-70 fill=black ! {EXACT} ! {SINK_LIVE}"
+                 ! {}",
+                letterbox(&p, Some((180, 70)), SINK_LIVE)
             );
             assert_eq!(spec.unwrap().description, squash(&expected), "{}", p.name);
         } else {
@@ -148,14 +138,7 @@ fn test_patterns_on_every_profile() {
         let spec = build(&p, "test://ball", Codec::Raw, None).unwrap();
         let head = "videotestsrc pattern=ball is-live=true ! video/x-raw,width=640,height=480,framerate=15/1";
         // 640×480 into 320×320: 320×240 plus 40 px borders.
-        let tail = if jetson(&p) {
-            format!(
-                "{INFO} ! nvvidconv ! video/x-raw,format=RGBA,width=320,height=240,pixel-aspect-ratio=1/1 \
-                 ! videobox left=0 right=0 top=-40 bottom=-40 fill=black ! {EXACT} ! {SINK_LIVE}"
-            )
-        } else {
-            format!("{INFO} ! {SOFT_TAIL} ! {SINK_LIVE}")
-        };
+        let tail = letterbox(&p, Some((240, 40)), SINK_LIVE);
         assert_eq!(spec.description, squash(&format!("{head} ! {tail}")), "{}", p.name);
     }
 }
