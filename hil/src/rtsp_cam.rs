@@ -3,7 +3,8 @@
 //! Serves an encoded test pattern on one or more mount points, on a given port or a free one
 //! (`--port 0`). Once listening it prints one line per mount, `READY rtsp://ADDR:PORT/MOUNT`, and
 //! serves until killed. The test suites kill (-9), freeze (SIGSTOP) and restart it, and ask it to
-//! corrupt its RTP packets; in the HIL lab it feeds a real board a known stream.
+//! corrupt its RTP packets (`--corrupt-every N`, or one packet per SIGUSR1); in the HIL lab it
+//! feeds a real board a known stream.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,7 +49,8 @@ struct Args {
     /// videotestsrc pattern.
     #[arg(long, default_value = "ball")]
     pattern: String,
-    /// Flip bytes in the payload of every Nth large RTP packet (0: never).
+    /// Flip bytes in the payload of every Nth large RTP packet (0: never). Independently, each
+    /// SIGUSR1 damages the next large packet once.
     #[arg(long, default_value_t = 0)]
     corrupt_every: u64,
     /// One encoder per client instead of one shared by all (a new client then starts on a keyframe).
@@ -69,14 +71,48 @@ fn launch_line(a: &Args) -> String {
     )
 }
 
-/// Corrupts every `every`th RTP packet larger than 100 bytes leaving the RTP and NAL/FU headers
-/// intact, so the damage lands in slice data, where a decoder has to notice it.
-fn corrupt_packets(pay: &gst::Element, every: u64) {
+/// Damage requests shared by every media of the server: a periodic rate and one-shot requests.
+#[derive(Default)]
+struct Damage {
+    every: u64,
+    seen: AtomicU64,
+}
+
+/// One-shot damage requests not yet carried out: one per SIGUSR1, taken by any media.
+static DAMAGE_REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_sigusr1(_: libc::c_int) {
+    // An atomic add is async-signal-safe.
+    DAMAGE_REQUESTS.fetch_add(1, Ordering::Relaxed);
+}
+
+fn install_damage_signal() -> Result<()> {
+    let handler: extern "C" fn(libc::c_int) = on_sigusr1;
+    // SAFETY: the handler only touches an atomic; SIGUSR1 has no other user in this process.
+    let previous = unsafe { libc::signal(libc::SIGUSR1, handler as libc::sighandler_t) };
+    if previous == libc::SIG_ERR {
+        bail!("cannot install the SIGUSR1 handler: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Damage {
+    fn due(&self) -> bool {
+        let periodic = self.every > 0 && self.seen.fetch_add(1, Ordering::Relaxed) % self.every == self.every - 1;
+        let requested =
+            DAMAGE_REQUESTS.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
+        periodic || requested
+    }
+}
+
+/// Flips bytes of the packets `damage` asks for, from the first byte after the RTP header on: the
+/// NAL (or FU) header is hit too, so the receiver's depayloader rejects the stream and the client
+/// has to recover by rejoining at a keyframe.
+fn corrupt_packets(pay: &gst::Element, damage: Arc<Damage>) {
     let Some(pad) = pay.static_pad("src") else { return };
-    let seen = Arc::new(AtomicU64::new(0));
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         if let Some(gst::PadProbeData::Buffer(buffer)) = &mut info.data {
-            if buffer.size() > 100 && seen.fetch_add(1, Ordering::Relaxed) % every == every - 1 {
+            if buffer.size() > 100 && damage.due() {
                 if let Ok(mut map) = buffer.make_mut().map_writable() {
                     for b in map.iter_mut().skip(12).step_by(7) {
                         *b ^= 0x5a;
@@ -99,19 +135,19 @@ fn main() -> Result<()> {
     server.set_address(&args.address);
     server.set_service(&args.port.to_string());
     let mounts = server.mount_points().context("server has no mount points")?;
+    let damage = Arc::new(Damage { every: args.corrupt_every, ..Damage::default() });
+    install_damage_signal()?;
     for mount in &args.mounts {
         let factory = rtsp::RTSPMediaFactory::new();
         factory.set_launch(&launch_line(&args));
         factory.set_shared(!args.private);
-        if args.corrupt_every > 0 {
-            let every = args.corrupt_every;
-            factory.connect_media_configure(move |_, media| {
-                let pay = media.element().downcast::<gst::Bin>().ok().and_then(|bin| bin.by_name("pay0"));
-                if let Some(pay) = pay {
-                    corrupt_packets(&pay, every);
-                }
-            });
-        }
+        let damage = damage.clone();
+        factory.connect_media_configure(move |_, media| {
+            let pay = media.element().downcast::<gst::Bin>().ok().and_then(|bin| bin.by_name("pay0"));
+            if let Some(pay) = pay {
+                corrupt_packets(&pay, damage.clone());
+            }
+        });
         mounts.add_factory(&format!("/{mount}"), factory);
     }
     let _source = server.attach(None).context("cannot listen (port in use?)")?;

@@ -65,9 +65,19 @@ impl Gate {
             stats,
         });
         let g = gate.clone();
-        sink.add_probe(gst::PadProbeType::BUFFER, move |pad, info| match &info.data {
-            Some(gst::PadProbeData::Buffer(buffer)) => g.on_input(pad, buffer),
-            _ => gst::PadProbeReturn::Ok,
+        sink.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            let verdict = match &info.data {
+                Some(gst::PadProbeData::Buffer(buffer)) => g.on_input(pad, buffer),
+                _ => gst::PadProbeReturn::Ok,
+            };
+            if verdict == gst::PadProbeReturn::Drop {
+                // Consume the buffer here and report it handled: with `Drop`, gstreamer-rs 0.25
+                // releases the buffer and GStreamer then unrefs the emptied slot again
+                // (a CRITICAL per dropped frame).
+                info.data = None;
+                return gst::PadProbeReturn::Handled;
+            }
+            verdict
         });
         let g = gate.clone();
         sink.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM | gst::PadProbeType::EVENT_FLUSH, move |_, info| {
