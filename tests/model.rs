@@ -19,8 +19,8 @@ use vigil::infer::{find_ort_library, Bundle, Detector, Letterbox, OrtBackend};
 fn detector() -> (Bundle, Detector) {
     let bundle = Bundle::load(&bundle_dir()).expect("the shipped bundle loads");
     let lib = find_ort_library(None).expect("ONNX Runtime is installed (make setup)");
-    let backend = OrtBackend::new(&bundle, &lib, 1).expect("ORT loads the INT8 model");
-    let det = Detector::new(&bundle, Box::new(backend));
+    let backend = OrtBackend::new(&bundle, &lib, 1, 1).expect("ORT loads the INT8 model");
+    let det = Detector::new(&bundle, Box::new(backend)).expect("the layout matches the bundle");
     (bundle, det)
 }
 
@@ -44,7 +44,7 @@ fn int8_model_reaches_precision_and_recall_of_0_9_on_the_held_out_clip() {
                 let index = gt.frame_at(pts.as_nanos() as u64).expect("a ground-truth frame for every pts").index;
                 assert_eq!((frame.source_width, frame.source_height), (gt.width, gt.height));
                 let lb = Letterbox::new(frame.source_width, frame.source_height, w, h);
-                let (found, _) = det.detect(frame.image(), &lb).expect("inference");
+                let found = det.detect(frame.image(), &lb).expect("inference");
                 for d in found {
                     let label = det.labels()[d.class_id].clone();
                     dets.push((index, label, [d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2]));

@@ -13,10 +13,11 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, CameraSpec, CameraStats, FrameHub, Platform, SourceUri};
+use crate::config::BackendKind;
 use crate::config::Config;
 use crate::events::{Event, ModelRef};
-use crate::infer::{find_ort_library, Bundle, Detector, OrtBackend};
-use crate::scheduler::{Scheduler, SchedulerStats};
+use crate::infer::{choose_backend, find_ort_library, Backend, Bundle, Detector, OrtBackend};
+use crate::scheduler::{Scheduler, SchedulerStats, SystemClock, Worker};
 use crate::store::Store;
 use crate::uplink::{self, StatusModel, Uplink};
 
@@ -26,13 +27,43 @@ const EVENT_QUEUE: usize = 64;
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 const STATS_EVERY: Duration = Duration::from_secs(10);
 
-/// Loads the bundle and its backend: the model the whole service runs.
+/// Loads the bundle and the backend chosen for it: the model the whole service runs.
 pub fn load_detector(config: &Config) -> anyhow::Result<(Bundle, Detector)> {
     let bundle = Bundle::load(&config.model.bundle)?;
-    let library = find_ort_library(config.inference.ort_library.as_deref())?;
-    let backend = OrtBackend::new(&bundle, &library, config.inference.threads)?;
-    let detector = Detector::new(&bundle, Box::new(backend));
+    let choice = choose_backend(config.inference.backend, &bundle.manifest.model.backends, tensorrt_available())?;
+    if let Some(why) = &choice.fallback {
+        tracing::warn!(requested = config.inference.backend.name(), using = choice.backend.name(), "{why}");
+    }
+    let backend: Box<dyn Backend> = match choice.backend {
+        BackendKind::Tensorrt => tensorrt_backend(config, &bundle)?,
+        BackendKind::Onnxruntime | BackendKind::Auto => {
+            let library = find_ort_library(config.inference.ort_library.as_deref())?;
+            Box::new(OrtBackend::new(&bundle, &library, config.inference.threads, config.inference.max_batch)?)
+        }
+    };
+    let detector = Detector::new(&bundle, backend)?;
     Ok((bundle, detector))
+}
+
+#[cfg(feature = "tensorrt")]
+fn tensorrt_available() -> Result<(), String> {
+    crate::infer::tensorrt::available()
+}
+
+#[cfg(not(feature = "tensorrt"))]
+fn tensorrt_available() -> Result<(), String> {
+    Err("this vigil was built without the `tensorrt` feature".to_owned())
+}
+
+#[cfg(feature = "tensorrt")]
+fn tensorrt_backend(config: &Config, bundle: &Bundle) -> anyhow::Result<Box<dyn Backend>> {
+    let options = crate::infer::tensorrt::EngineOptions::from_config(config);
+    Ok(Box::new(crate::infer::tensorrt::TrtBackend::new(bundle, &options)?))
+}
+
+#[cfg(not(feature = "tensorrt"))]
+fn tensorrt_backend(_: &Config, _: &Bundle) -> anyhow::Result<Box<dyn Backend>> {
+    unreachable!("choose_backend picks TensorRT only where tensorrt_available() said yes")
 }
 
 /// Runs the service until `shutdown` is cancelled.
@@ -80,19 +111,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
 
     let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(EVENT_QUEUE);
-    let sched_stats = Arc::new(SchedulerStats::default());
-    let scheduler = Scheduler {
+    let camera_ids: Vec<&str> = cameras.iter().map(|c| &*c.0.id).collect();
+    let sched_stats = Arc::new(SchedulerStats::new(&camera_ids));
+    let worker = Worker {
         hub: hub.clone(),
-        detector,
+        scheduler: Scheduler::new(
+            detector,
+            cameras.iter().map(|c| c.1).collect(),
+            Arc::new(SystemClock),
+            sched_stats.clone(),
+        ),
         device_id: config.device_id.clone(),
         model: model.clone(),
-        budgets: cameras.iter().map(|c| c.1).collect(),
         stats: sched_stats.clone(),
         events: events_tx,
     };
     let sched_cancel = capture_cancel.clone();
     let scheduler_thread =
-        std::thread::Builder::new().name("scheduler".into()).spawn(move || scheduler.run(&sched_cancel))?;
+        std::thread::Builder::new().name("scheduler".into()).spawn(move || worker.run(&sched_cancel))?;
 
     let wake = Arc::new(Notify::new());
     let writer =
@@ -187,12 +223,21 @@ fn log_stats(cameras: &[Arc<CameraStats>], sched: &SchedulerStats, store: &Store
             since_last_frame_ms = s.since_last_frame_ms.unwrap_or(0),
             last_error = s.last_error.as_deref().unwrap_or(""), "camera stats");
     }
+    for c in &sched.cameras {
+        let s = c.snapshot();
+        tracing::info!(camera = %s.id, processed = s.processed, dropped_stale = s.dropped_stale,
+            dropped_error = s.dropped_error, deadline_misses = s.deadline_misses,
+            total_p50_ms = s.total.p50_ms, total_p95_ms = s.total.p95_ms, total_p99_ms = s.total.p99_ms,
+            queue_p95_ms = s.queue.p95_ms, preprocess_p95_ms = s.preprocess.p95_ms,
+            inference_p95_ms = s.inference.p95_ms, postprocess_p95_ms = s.postprocess.p95_ms, "inference stats");
+    }
     tracing::info!(
-        processed = sched.processed.load(Relaxed),
-        dropped_stale = sched.dropped_stale.load(Relaxed),
-        deadline_misses = sched.deadline_misses.load(Relaxed),
+        processed = sched.processed(),
+        dropped_stale = sched.dropped_stale(),
+        deadline_misses = sched.deadline_misses(),
+        batches = sched.batches.load(Relaxed),
         events = sched.events.load(Relaxed),
         outbox = store.outbox_len(),
-        "inference stats"
+        "inference totals"
     );
 }

@@ -93,7 +93,21 @@ pub struct ModelConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
+    /// TensorRT where it is built in, a CUDA device answers and the bundle supports it; else
+    /// ONNX Runtime.
+    Auto,
+    Tensorrt,
     Onnxruntime,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Tensorrt => "tensorrt",
+            Self::Onnxruntime => "onnxruntime",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -107,11 +121,33 @@ pub struct InferenceConfig {
     /// Threads ONNX Runtime may use inside one inference.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// Largest batch across cameras, for models with a dynamic batch dimension (others run one
+    /// frame at a time). The scheduler batches only while every frame still meets its budget.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// TensorRT: where built engines are cached. Default: `<data_dir>/engines` (see
+    /// [`Config::engine_cache_dir`]).
+    #[serde(default)]
+    pub engine_cache: Option<PathBuf>,
+    /// TensorRT: builder workspace limit in MiB.
+    #[serde(default = "default_workspace_mb")]
+    pub workspace_mb: u64,
+    /// TensorRT: run on this DLA core (layers it cannot run fall back to the GPU).
+    #[serde(default)]
+    pub dla_core: Option<u32>,
 }
 
 impl Default for InferenceConfig {
     fn default() -> Self {
-        Self { backend: default_backend(), ort_library: None, threads: default_threads() }
+        Self {
+            backend: default_backend(),
+            ort_library: None,
+            threads: default_threads(),
+            max_batch: default_max_batch(),
+            engine_cache: None,
+            workspace_mb: default_workspace_mb(),
+            dla_core: None,
+        }
     }
 }
 
@@ -217,7 +253,13 @@ fn default_inflight() -> u16 {
     32
 }
 fn default_backend() -> BackendKind {
-    BackendKind::Onnxruntime
+    BackendKind::Auto
+}
+fn default_max_batch() -> usize {
+    4
+}
+fn default_workspace_mb() -> u64 {
+    1024
 }
 fn default_threads() -> usize {
     1
@@ -334,6 +376,9 @@ impl Config {
         if let Some(lib) = &mut self.inference.ort_library {
             fix(lib);
         }
+        if let Some(dir) = &mut self.inference.engine_cache {
+            fix(dir);
+        }
         if let Some(tls) = &mut self.mqtt.tls {
             fix(&mut tls.ca);
             tls.cert.as_mut().map(fix);
@@ -399,6 +444,15 @@ impl Config {
         if self.inference.threads == 0 || self.inference.threads > 64 {
             bad("inference.threads", format!("{} is outside 1..=64", self.inference.threads));
         }
+        if self.inference.max_batch == 0 || self.inference.max_batch > 64 {
+            bad("inference.max_batch", format!("{} is outside 1..=64", self.inference.max_batch));
+        }
+        if self.inference.workspace_mb < 16 {
+            bad(
+                "inference.workspace_mb",
+                format!("{} MiB is too small for TensorRT (at least 16)", self.inference.workspace_mb),
+            );
+        }
         if let Some(lib) = &self.inference.ort_library {
             if !lib.is_file() {
                 bad("inference.ort_library", format!("{} does not exist", lib.display()));
@@ -453,6 +507,11 @@ impl Config {
     }
 
     /// What capture needs to run camera `index`, letterboxing to `size` (the model's input).
+    /// Where TensorRT engines are cached.
+    pub fn engine_cache_dir(&self) -> PathBuf {
+        self.inference.engine_cache.clone().unwrap_or_else(|| self.data_dir.join("engines"))
+    }
+
     pub fn camera_spec(&self, index: usize, size: (u32, u32)) -> CameraSpec {
         let cam = &self.cameras[index];
         let source = SourceUri::parse(&cam.uri).expect("validated with the config");

@@ -6,7 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::capture::Frame;
-use crate::infer::{Detection, StageTimes};
+use crate::infer::Detection;
+use crate::scheduler::FrameTimes;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -88,9 +89,7 @@ pub struct FrameContext<'a> {
     pub labels: &'a [String],
     pub model: &'a ModelRef,
     pub frame: &'a Frame,
-    pub queue: std::time::Duration,
-    pub stages: StageTimes,
-    pub total: std::time::Duration,
+    pub times: FrameTimes,
 }
 
 impl FrameContext<'_> {
@@ -107,11 +106,11 @@ impl FrameContext<'_> {
             height: f.source_height,
         };
         let latency = Latency {
-            total_ms: ms(self.total),
-            queue_ms: ms(self.queue),
-            preprocess_ms: ms(self.stages.preprocess),
-            inference_ms: ms(self.stages.inference),
-            postprocess_ms: ms(self.stages.postprocess),
+            total_ms: ms(self.times.total),
+            queue_ms: ms(self.times.queue),
+            preprocess_ms: ms(self.times.preprocess),
+            inference_ms: ms(self.times.inference),
+            postprocess_ms: ms(self.times.postprocess),
         };
         detections
             .iter()

@@ -250,7 +250,15 @@ mod tests {
             db.open_tree("meta").unwrap().insert(SCHEMA_KEY, &99u64.to_be_bytes()).unwrap();
             db.flush().unwrap();
         }
-        let err = Store::open(dir.path()).err().expect("refused").to_string();
+        // sled's flusher thread may still hold the file lock for a moment after the drop.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let err = loop {
+            let err = Store::open(dir.path()).err().expect("refused").to_string();
+            if !err.contains("in use") || std::time::Instant::now() > until {
+                break err;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
         assert!(err.contains("schema 99"), "{err}");
     }
 

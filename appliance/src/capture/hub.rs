@@ -2,42 +2,64 @@
 //!
 //! Queue: one slot per camera, capacity 1. Overflow policy: *latest frame wins* — a new frame
 //! replaces an untaken older one, and the older one is counted in that camera's
-//! `dropped_overwritten`. The consumer takes cameras in round-robin order so that no camera
-//! starves another.
+//! `dropped_overwritten`. The scheduler looks at every waiting frame's age ([`FrameHub::pending`])
+//! and takes the ones it chooses ([`FrameHub::take_camera`]); [`FrameHub::take`] serves cameras
+//! in round-robin order for consumers with no policy of their own.
+//!
+//! The hub is generic over the frame so that the scheduler's tests can drive it with synthetic
+//! frames on a virtual clock.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{CameraStats, Frame};
 
-pub struct FrameHub {
-    state: Mutex<HubState>,
+/// What the hub needs to know about a frame.
+pub trait HubFrame: Send {
+    /// Index of the camera (the hub slot).
+    fn camera(&self) -> usize;
+    /// When it was captured, on the monotonic clock budgets are measured on.
+    fn captured(&self) -> Instant;
+}
+
+impl HubFrame for Frame {
+    fn camera(&self) -> usize {
+        self.camera
+    }
+
+    fn captured(&self) -> Instant {
+        self.captured_mono
+    }
+}
+
+pub struct FrameHub<F = Frame> {
+    state: Mutex<HubState<F>>,
     ready: Condvar,
     stats: Vec<Arc<CameraStats>>,
 }
 
-struct HubState {
-    slots: Vec<Option<Frame>>,
+struct HubState<F> {
+    slots: Vec<Option<F>>,
     /// The camera served after the last one taken.
     next: usize,
     closed: bool,
 }
 
-impl FrameHub {
+impl<F: HubFrame> FrameHub<F> {
     pub fn new(stats: Vec<Arc<CameraStats>>) -> Self {
         let slots = stats.iter().map(|_| None).collect();
         Self { state: Mutex::new(HubState { slots, next: 0, closed: false }), ready: Condvar::new(), stats }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HubState> {
+    fn lock(&self) -> MutexGuard<'_, HubState<F>> {
         // A panic while holding this lock leaves only `Option<Frame>`s behind: still consistent.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Puts a frame in its camera's slot, replacing (and counting) any frame not yet taken.
-    pub fn put(&self, frame: Frame) {
-        let camera = frame.camera;
+    pub fn put(&self, frame: F) {
+        let camera = frame.camera();
         let replaced = {
             let mut state = self.lock();
             if state.closed {
@@ -53,7 +75,7 @@ impl FrameHub {
 
     /// Takes the next waiting frame in round-robin camera order, waiting up to `timeout`.
     /// Returns `None` on timeout or once the hub is closed.
-    pub fn take(&self, timeout: Duration) -> Option<Frame> {
+    pub fn take(&self, timeout: Duration) -> Option<F> {
         let mut state = self.lock();
         let deadline = std::time::Instant::now() + timeout;
         loop {
@@ -76,6 +98,58 @@ impl FrameHub {
             }
             state = self.ready.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
         }
+    }
+
+    /// Waits up to `timeout` for any frame. False on timeout or once the hub is closed.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        loop {
+            if state.closed {
+                return false;
+            }
+            if state.slots.iter().any(Option::is_some) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self.ready.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// The waiting frames as (camera, capture instant), in camera order.
+    pub fn pending(&self, out: &mut Vec<(usize, Instant)>) {
+        out.clear();
+        let state = self.lock();
+        out.extend(state.slots.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|f| (i, f.captured()))));
+    }
+
+    /// Takes camera `camera`'s waiting frame, if any.
+    pub fn take_camera(&self, camera: usize) -> Option<F> {
+        let frame = self.lock().slots.get_mut(camera)?.take()?;
+        self.stats[camera].record_out();
+        Some(frame)
+    }
+
+    /// Takes camera `camera`'s waiting frame only if it is the one captured at `captured` (not
+    /// a newer one that replaced it since [`Self::pending`]).
+    pub fn take_exact(&self, camera: usize, captured: Instant) -> Option<F> {
+        let frame = {
+            let mut state = self.lock();
+            let slot = state.slots.get_mut(camera)?;
+            if slot.as_ref()?.captured() != captured {
+                return None;
+            }
+            slot.take()?
+        };
+        self.stats[camera].record_out();
+        Some(frame)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     /// Wakes every waiter; later `take`s return `None`. Frames still in slots are dropped.

@@ -18,7 +18,7 @@ use gstreamer as gst;
 pub use camera::{
     probe, spawn_camera, CameraSpec, FaultKind, FrameSource, SourceEnd, StreamInfo, Supervision, Timeline,
 };
-pub use hub::FrameHub;
+pub use hub::{FrameHub, HubFrame};
 pub use pipeline::PixelLayout;
 pub use platform::{Codec, Platform};
 pub use source::{Mode, Pace, RtspTransport, SourceUri, UriError};

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::OutputLayout;
+
 pub const SCHEMA: u32 = 1;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,7 +159,6 @@ impl Bundle {
             ("input.color", &i.color, "RGB"),
             ("input.dtype", &i.dtype, "f32"),
             ("input.letterbox", &i.letterbox, "center"),
-            ("output.format", &m.output.format, "vigil-grid-v1"),
         ] {
             if value != allowed {
                 problems.push(format!("{field} `{value}` is not supported (only `{allowed}`)"));
@@ -174,16 +175,10 @@ impl Bundle {
         if classes == 0 {
             problems.push("postprocess.labels is empty".to_owned());
         }
-        let o = &m.output.shape;
-        if o.len() != 4 || o[0] != 1 || o[1] != 5 + classes || o[2] <= 0 || o[3] <= 0 {
-            problems.push(format!("output.shape {o:?} must be [1, 5 + {classes} labels, G, G]"));
-        } else if i.shape.len() == 4
-            && (i.shape[2] % o[2] != 0 || i.shape[3] % o[3] != 0 || i.shape[2] / o[2] != i.shape[3] / o[3])
-        {
-            problems.push(format!(
-                "output grid {}x{} does not divide input {}x{} evenly",
-                o[2], o[3], i.shape[2], i.shape[3]
-            ));
+        if i.shape.len() == 4 && i.shape[2] > 0 && i.shape[3] > 0 {
+            if let Err(e) = self.output_layout_unchecked() {
+                problems.push(e);
+            }
         }
         let pp = &m.postprocess;
         if !(0.0..=1.0).contains(&pp.score_threshold) || !(0.0..=1.0).contains(&pp.nms_iou) {
@@ -196,6 +191,16 @@ impl Bundle {
             problems.push("budget.latency_ms must be at least 1".to_owned());
         }
         problems
+    }
+
+    fn output_layout_unchecked(&self) -> Result<OutputLayout, String> {
+        let m = &self.manifest;
+        OutputLayout::new(&m.output.format, &m.output.shape, m.postprocess.labels.len(), self.input_size())
+    }
+
+    /// How to decode the model's output (checked when the bundle was loaded).
+    pub fn output_layout(&self) -> Result<OutputLayout, BundleError> {
+        self.output_layout_unchecked().map_err(|p| BundleError::Invalid { dir: self.dir.clone(), problems: vec![p] })
     }
 
     pub fn model_path(&self) -> PathBuf {

@@ -5,11 +5,13 @@ pub mod bundle;
 mod onnxruntime;
 pub mod postprocess;
 
-use std::time::{Duration, Instant};
-
 pub use bundle::{Bundle, BundleError};
 pub use onnxruntime::{find_ort_library, OrtBackend};
-pub use postprocess::{BBox, Detection, Letterbox};
+pub use postprocess::{BBox, Detection, Letterbox, OutputLayout};
+
+use crate::capture::Frame;
+use crate::config::BackendKind;
+use crate::scheduler::Stages;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
@@ -23,15 +25,62 @@ pub enum InferError {
     Bundle(#[from] BundleError),
 }
 
-/// One inference engine holding one loaded model. A backend runs one frame at a time; the
+/// One inference engine holding one loaded model. A backend runs one batch at a time; the
 /// scheduler owns it on a dedicated thread.
 ///
 /// Implementations: ONNX Runtime on the CPU (here and as a fallback everywhere); TensorRT on
-/// Jetson (later). All read the same INT8 QDQ ONNX file from the bundle.
+/// Jetson (feature `tensorrt`). All read the same INT8 QDQ ONNX file from the bundle.
 pub trait Backend: Send {
     fn name(&self) -> &'static str;
-    /// Runs the model on one NCHW f32 input; writes the raw output tensor into `output`.
-    fn infer(&mut self, input: &[f32], output: &mut Vec<f32>) -> Result<(), InferError>;
+    /// The largest batch the loaded model takes (1 unless its batch dimension is dynamic).
+    fn max_batch(&self) -> usize {
+        1
+    }
+    /// Runs the model on `batch` NCHW f32 images laid end to end in `input`; writes the raw
+    /// output tensors, image after image, into `output`.
+    fn infer(&mut self, input: &[f32], batch: usize, output: &mut Vec<f32>) -> Result<(), InferError>;
+}
+
+/// The backend a service will run, and why if it is not the one asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendChoice {
+    pub backend: BackendKind,
+    /// Set when the choice differs from the request: the line to log.
+    pub fallback: Option<String>,
+}
+
+/// Chooses between TensorRT and ONNX Runtime from the configured `requested` kind, the backends
+/// the bundle declares (`supported`) and whether TensorRT can run here (`tensorrt`: why not).
+pub fn choose_backend(
+    requested: BackendKind,
+    supported: &[String],
+    tensorrt: Result<(), String>,
+) -> Result<BackendChoice, InferError> {
+    let declares = |name: &str| supported.iter().any(|s| s == name);
+    let trt_why_not = match (&tensorrt, declares("tensorrt")) {
+        (Ok(()), true) => None,
+        (Ok(()), false) => Some(format!("the model bundle does not declare tensorrt (it declares {supported:?})")),
+        (Err(why), _) => Some(why.clone()),
+    };
+    let ort_ok = declares("onnxruntime");
+    let pick = |backend, fallback| Ok(BackendChoice { backend, fallback });
+    match (requested, trt_why_not) {
+        (BackendKind::Auto | BackendKind::Tensorrt, None) => pick(BackendKind::Tensorrt, None),
+        (BackendKind::Auto, Some(_)) if ort_ok => pick(BackendKind::Onnxruntime, None),
+        (BackendKind::Tensorrt, Some(why)) if ort_ok => {
+            pick(BackendKind::Onnxruntime, Some(format!("TensorRT was asked for but {why}; using ONNX Runtime (CPU)")))
+        }
+        (BackendKind::Onnxruntime, _) if ort_ok => pick(BackendKind::Onnxruntime, None),
+        (BackendKind::Onnxruntime, None) => pick(
+            BackendKind::Tensorrt,
+            Some(format!("the model bundle does not declare onnxruntime (it declares {supported:?}); using TensorRT")),
+        ),
+        (_, why) => Err(InferError::Library(format!(
+            "no backend can run this model: the bundle declares {supported:?}{}; install a bundle that declares \
+             onnxruntime, or run where TensorRT is available",
+            why.map(|w| format!(", and TensorRT is out because {w}")).unwrap_or_default()
+        ))),
+    }
 }
 
 /// A packed 8-bit RGB or RGBA image, rows `stride` bytes apart (alpha, if any, is ignored).
@@ -70,9 +119,19 @@ impl Preprocessor {
         Self { lut, width: w as usize, height: h as usize }
     }
 
-    pub fn run(&self, image: Image<'_>, out: &mut Vec<f32>) {
+    /// Values one image takes.
+    pub fn len(&self) -> usize {
+        3 * self.width * self.height
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills `out` (exactly [`Self::len`] values) from `image`.
+    pub fn run(&self, image: Image<'_>, out: &mut [f32]) {
         let plane = self.width * self.height;
-        out.resize(3 * plane, 0.0);
+        assert_eq!(out.len(), 3 * plane, "one image's worth of input");
         let (r, rest) = out.split_at_mut(plane);
         let (g, b) = rest.split_at_mut(plane);
         let bpp = image.bytes_per_pixel;
@@ -88,52 +147,43 @@ impl Preprocessor {
     }
 }
 
-/// Time spent in each stage of one frame.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct StageTimes {
-    pub preprocess: Duration,
-    pub inference: Duration,
-    pub postprocess: Duration,
-}
-
-/// A bundle's model on a backend, end to end: RGB frame in, source-pixel detections out.
+/// A bundle's model on a backend, end to end: RGB frames in, source-pixel detections out, one
+/// or a batch at a time.
 pub struct Detector {
     backend: Box<dyn Backend>,
     pre: Preprocessor,
+    layout: OutputLayout,
     labels: Vec<String>,
-    classes: usize,
-    grid_h: usize,
-    grid_w: usize,
-    stride: f32,
     threshold: f32,
     nms_iou: f32,
     max_detections: usize,
     input_size: (u32, u32),
+    /// `max_batch` images' worth of input, and the letterbox of the frame in each slot.
     input: Vec<f32>,
+    letterboxes: Vec<Letterbox>,
     output: Vec<f32>,
 }
 
 impl Detector {
-    pub fn new(bundle: &Bundle, backend: Box<dyn Backend>) -> Self {
+    pub fn new(bundle: &Bundle, backend: Box<dyn Backend>) -> Result<Self, InferError> {
         let m = &bundle.manifest;
-        let (w, _) = bundle.input_size();
-        let grid_h = m.output.shape[2] as usize;
-        let grid_w = m.output.shape[3] as usize;
-        Self {
+        let layout = bundle.output_layout()?;
+        let pre = Preprocessor::new(bundle);
+        let batch = backend.max_batch().max(1);
+        let (w, h) = bundle.input_size();
+        Ok(Self {
             backend,
-            pre: Preprocessor::new(bundle),
+            input: vec![0.0; batch * pre.len()],
+            letterboxes: vec![Letterbox::new(w, h, w, h); batch],
+            output: Vec::with_capacity(batch * layout.len()),
+            pre,
+            layout,
             labels: m.postprocess.labels.clone(),
-            classes: m.postprocess.labels.len(),
-            grid_h,
-            grid_w,
-            stride: w as f32 / grid_w as f32,
             threshold: m.postprocess.score_threshold,
             nms_iou: m.postprocess.nms_iou,
             max_detections: m.postprocess.max_detections,
-            input_size: bundle.input_size(),
-            input: Vec::with_capacity(bundle.input_len()),
-            output: Vec::with_capacity(bundle.output_len()),
-        }
+            input_size: (w, h),
+        })
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -148,42 +198,124 @@ impl Detector {
         self.input_size
     }
 
-    /// Runs the model on a letterboxed image. Boxes come back in source pixels.
-    pub fn detect(
-        &mut self,
-        image: Image<'_>,
-        letterbox: &Letterbox,
-    ) -> Result<(Vec<Detection>, StageTimes), InferError> {
-        let t0 = Instant::now();
-        self.pre.run(image, &mut self.input);
-        let t1 = Instant::now();
-        self.backend.infer(&self.input, &mut self.output)?;
-        let t2 = Instant::now();
-        let mut dets = self.decode(&self.output);
-        for d in &mut dets {
-            d.bbox = letterbox.to_source(&d.bbox);
-        }
-        let t3 = Instant::now();
-        Ok((dets, StageTimes { preprocess: t1 - t0, inference: t2 - t1, postprocess: t3 - t2 }))
+    pub fn max_batch(&self) -> usize {
+        self.letterboxes.len()
     }
 
-    /// Decodes and suppresses a raw output tensor; boxes in model-input pixels.
+    /// Pre-processes a letterboxed image into batch slot `slot`.
+    pub fn load(&mut self, slot: usize, image: Image<'_>, letterbox: Letterbox) -> Result<(), InferError> {
+        let (w, h) = self.input_size;
+        let need = (h as usize - 1) * image.stride + w as usize * image.bytes_per_pixel;
+        if image.data.len() < need || !(3..=4).contains(&image.bytes_per_pixel) {
+            return Err(InferError::Run(format!(
+                "frame of {} bytes ({} per pixel, stride {}) is not a {w}x{h} RGB/RGBA image",
+                image.data.len(),
+                image.bytes_per_pixel,
+                image.stride
+            )));
+        }
+        let len = self.pre.len();
+        let chunk = self.input.get_mut(slot * len..(slot + 1) * len).ok_or_else(|| {
+            InferError::Run(format!("batch slot {slot} is beyond the engine's batch of {}", self.letterboxes.len()))
+        })?;
+        self.pre.run(image, chunk);
+        self.letterboxes[slot] = letterbox;
+        Ok(())
+    }
+
+    /// Runs the model on slots `0..batch`.
+    pub fn run(&mut self, batch: usize) -> Result<(), InferError> {
+        let len = self.pre.len();
+        self.backend.infer(&self.input[..batch * len], batch, &mut self.output)?;
+        if self.output.len() != batch * self.layout.len() {
+            return Err(InferError::Run(format!(
+                "the backend returned {} output values for {batch} image(s); the layout needs {} each",
+                self.output.len(),
+                self.layout.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Slot `slot`'s detections, in source pixels.
+    pub fn detections(&self, slot: usize) -> Vec<Detection> {
+        let n = self.layout.len();
+        let mut dets = self.decode(&self.output[slot * n..(slot + 1) * n]);
+        for d in &mut dets {
+            d.bbox = self.letterboxes[slot].to_source(&d.bbox);
+        }
+        dets
+    }
+
+    /// Runs the model on one letterboxed image. Boxes come back in source pixels.
+    pub fn detect(&mut self, image: Image<'_>, letterbox: &Letterbox) -> Result<Vec<Detection>, InferError> {
+        self.load(0, image, *letterbox)?;
+        self.run(1)?;
+        Ok(self.detections(0))
+    }
+
+    /// Decodes and suppresses one image's raw output; boxes in model-input pixels.
     pub fn decode(&self, output: &[f32]) -> Vec<Detection> {
-        let cands =
-            postprocess::decode_grid(output, self.classes, self.grid_h, self.grid_w, self.stride, self.threshold);
-        postprocess::nms(cands, self.nms_iou, self.max_detections)
+        postprocess::nms(self.layout.decode(output, self.threshold), self.nms_iou, self.max_detections)
     }
 
     /// Runs the backend alone on a prepared input tensor (benchmarks, reference checks).
     pub fn infer_raw(&mut self, input: &[f32]) -> Result<&[f32], InferError> {
-        self.backend.infer(input, &mut self.output)?;
+        self.backend.infer(input, 1, &mut self.output)?;
         Ok(&self.output)
+    }
+}
+
+impl Stages<Frame> for Detector {
+    fn backend(&self) -> &str {
+        self.backend.name()
+    }
+
+    fn max_batch(&self) -> usize {
+        Detector::max_batch(self)
+    }
+
+    fn preprocess(&mut self, slot: usize, frame: &Frame) -> Result<(), InferError> {
+        let (w, h) = self.input_size;
+        let letterbox = Letterbox::new(frame.source_width, frame.source_height, w, h);
+        self.load(slot, frame.image(), letterbox)
+    }
+
+    fn infer(&mut self, batch: usize) -> Result<(), InferError> {
+        self.run(batch)
+    }
+
+    fn postprocess(&mut self, slot: usize, _frame: &Frame) -> Vec<Detection> {
+        self.detections(slot)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_choice_follows_the_request_the_bundle_and_the_machine() {
+        let both = ["onnxruntime".to_owned(), "tensorrt".to_owned()];
+        let ort_only = ["onnxruntime".to_owned()];
+        let trt_only = ["tensorrt".to_owned()];
+        let no_gpu = || Err("no CUDA device".to_owned());
+        let choose =
+            |req, sup: &[String], trt| choose_backend(req, sup, trt).map(|c| (c.backend, c.fallback.is_some()));
+        assert_eq!(choose(BackendKind::Auto, &both, Ok(())).unwrap(), (BackendKind::Tensorrt, false));
+        assert_eq!(choose(BackendKind::Auto, &both, no_gpu()).unwrap(), (BackendKind::Onnxruntime, false));
+        assert_eq!(choose(BackendKind::Auto, &ort_only, Ok(())).unwrap(), (BackendKind::Onnxruntime, false));
+        // Asked for TensorRT, cannot have it: falls back, and says why.
+        let c = choose_backend(BackendKind::Tensorrt, &both, no_gpu()).unwrap();
+        assert_eq!(c.backend, BackendKind::Onnxruntime);
+        assert!(c.fallback.unwrap().contains("no CUDA device"));
+        let c = choose_backend(BackendKind::Tensorrt, &ort_only, Ok(())).unwrap();
+        assert!(c.fallback.unwrap().contains("does not declare tensorrt"));
+        assert_eq!(choose(BackendKind::Onnxruntime, &both, Ok(())).unwrap(), (BackendKind::Onnxruntime, false));
+        assert_eq!(choose(BackendKind::Onnxruntime, &trt_only, Ok(())).unwrap(), (BackendKind::Tensorrt, true));
+        let err = choose_backend(BackendKind::Auto, &trt_only, no_gpu()).unwrap_err().to_string();
+        assert!(err.contains("no backend can run this model") && err.contains("no CUDA device"), "{err}");
+    }
 
     #[test]
     fn rgba_and_rgb_images_preprocess_alike() {
@@ -204,7 +336,7 @@ mod tests {
                 rgba[y * w * 4 + x * 4..][..4].copy_from_slice(&[px[0], px[1], px[2], 255]);
             }
         }
-        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let (mut a, mut b) = (vec![0.0; pre.len()], vec![0.0; pre.len()]);
         pre.run(Image::rgb(&rgb, rgb_stride), &mut a);
         pre.run(Image { data: &rgba, stride: w * 4, bytes_per_pixel: 4 }, &mut b);
         assert_eq!(a.len(), 3 * w * h);

@@ -123,20 +123,23 @@ pub struct OrtBackend {
     input_shape: Vec<i64>,
     output_name: String,
     output_len: usize,
+    max_batch: usize,
 }
 
 impl OrtBackend {
-    /// Loads the bundle's INT8 model on the CPU with `threads` intra-op threads.
-    pub fn new(bundle: &Bundle, library: &Path, threads: usize) -> Result<Self, InferError> {
+    /// Loads the bundle's INT8 model on the CPU with `threads` intra-op threads. A model whose
+    /// batch dimension is dynamic takes batches of up to `max_batch` images; others take one.
+    pub fn new(bundle: &Bundle, library: &Path, threads: usize, max_batch: usize) -> Result<Self, InferError> {
         let env = environment(library)?;
         let model_err = |message: String| InferError::Model { model: bundle.manifest.model.name.clone(), message };
         let path = bundle.model_path();
         let session = build_session(&env, &path, threads)
             .map_err(|e| model_err(format!("ONNX Runtime cannot load {}: {e}", path.display())))?;
         let m = &bundle.manifest;
-        if !session.inputs().iter().any(|i| i.name() == m.input.name) {
+        let Some(input) = session.inputs().iter().find(|i| i.name() == m.input.name) else {
             return Err(model_err(format!("the ONNX file has no input named `{}`", m.input.name)));
-        }
+        };
+        let dynamic_batch = input.dtype().tensor_shape().and_then(|s| s.first().copied()).is_some_and(|d| d < 0);
         if !session.outputs().iter().any(|o| o.name() == m.output.name) {
             return Err(model_err(format!("the ONNX file has no output named `{}`", m.output.name)));
         }
@@ -146,6 +149,7 @@ impl OrtBackend {
             input_shape: m.input.shape.clone(),
             output_name: m.output.name.clone(),
             output_len: bundle.output_len(),
+            max_batch: if dynamic_batch { max_batch.max(1) } else { 1 },
         })
     }
 }
@@ -169,9 +173,18 @@ impl Backend for OrtBackend {
         "onnxruntime-cpu"
     }
 
-    fn infer(&mut self, input: &[f32], output: &mut Vec<f32>) -> Result<(), InferError> {
-        let tensor = TensorRef::from_array_view((self.input_shape.clone(), input))
-            .map_err(|e| InferError::Run(format!("input tensor: {e}")))?;
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    fn infer(&mut self, input: &[f32], batch: usize, output: &mut Vec<f32>) -> Result<(), InferError> {
+        if batch == 0 || batch > self.max_batch {
+            return Err(InferError::Run(format!("batch of {batch}: this model takes 1 to {}", self.max_batch)));
+        }
+        let mut shape = self.input_shape.clone();
+        shape[0] = batch as i64;
+        let tensor =
+            TensorRef::from_array_view((shape, input)).map_err(|e| InferError::Run(format!("input tensor: {e}")))?;
         let outputs = self
             .session
             .run(ort::inputs![self.input_name.as_str() => tensor])
@@ -181,9 +194,9 @@ impl Backend for OrtBackend {
             .ok_or_else(|| InferError::Run(format!("no output `{}`", self.output_name)))?;
         let (_, data) =
             value.try_extract_tensor::<f32>().map_err(|e| InferError::Run(format!("output tensor: {e}")))?;
-        if data.len() != self.output_len {
+        if data.len() != batch * self.output_len {
             return Err(InferError::Run(format!(
-                "output has {} values, the manifest's shape says {}",
+                "output has {} values, the manifest's shape says {} per image",
                 data.len(),
                 self.output_len
             )));

@@ -1,5 +1,5 @@
-//! Turning raw model output into detections: the `vigil-grid-v1` decoder, class-aware NMS, and
-//! the letterbox mapping back to source-frame pixels.
+//! Turning raw model output into detections: decoders for the output layouts people export
+//! ([`OutputLayout`]), class-aware NMS, and the letterbox mapping back to source-frame pixels.
 
 use serde::{Deserialize, Serialize};
 
@@ -138,6 +138,172 @@ pub fn decode_grid(
     out
 }
 
+/// The output layouts vigil decodes, named by `output.format` in a bundle's manifest. Shapes
+/// are per image (batch dimension 1).
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputLayout {
+    /// `vigil-grid-v1`: `[1, 5 + C, G, G]` raw logits, see [`decode_grid`].
+    VigilGrid { classes: usize, grid_h: usize, grid_w: usize, stride: f32 },
+    /// `yolov5`: `[1, N, 5 + C]`, rows `cx, cy, w, h` (input pixels), objectness, class
+    /// probabilities (sigmoid already applied by the export). Score = objectness × best class.
+    YoloV5 { classes: usize, boxes: usize },
+    /// `yolov8` (also YOLO11): `[1, 4 + C, N]`, channel-major: `cx, cy, w, h` then class
+    /// probabilities, no objectness. Score = best class.
+    YoloV8 { classes: usize, boxes: usize },
+    /// `yolox`: `[1, N, 5 + C]` as exported without `decode_in_inference`: per anchor point of
+    /// the stride-8, -16 and -32 grids (in that order, row-major), `x, y` offsets in cells and
+    /// `log w, log h` in strides, then objectness and class probabilities (sigmoid applied).
+    Yolox { classes: usize, grids: Vec<(usize, usize, f32)> },
+}
+
+/// Strides of the YOLOX heads.
+const YOLOX_STRIDES: [u32; 3] = [8, 16, 32];
+
+impl OutputLayout {
+    pub const FORMATS: &'static [&'static str] = &["vigil-grid-v1", "yolov5", "yolov8", "yolox"];
+
+    /// The layout for `format`, checked against the output `shape`, the number of `classes` and
+    /// the model's input size; the error says what was expected.
+    pub fn new(format: &str, shape: &[i64], classes: usize, input: (u32, u32)) -> Result<Self, String> {
+        let c = classes as i64;
+        let dims = |n: usize| shape.len() == n && shape[0] == 1 && shape[1..].iter().all(|&d| d > 0);
+        let (in_w, in_h) = input;
+        match format {
+            "vigil-grid-v1" => {
+                if !dims(4) || shape[1] != 5 + c {
+                    return Err(format!("output.shape {shape:?} must be [1, 5 + {classes} labels, G, G]"));
+                }
+                let (gh, gw) = (shape[2] as u32, shape[3] as u32);
+                if in_h % gh != 0 || in_w % gw != 0 || in_h / gh != in_w / gw {
+                    return Err(format!("output grid {gh}x{gw} does not divide input {in_w}x{in_h} evenly"));
+                }
+                Ok(Self::VigilGrid { classes, grid_h: gh as usize, grid_w: gw as usize, stride: (in_w / gw) as f32 })
+            }
+            "yolov5" => {
+                if !dims(3) || shape[2] != 5 + c {
+                    return Err(format!("output.shape {shape:?} must be [1, N, 5 + {classes} labels] for yolov5"));
+                }
+                Ok(Self::YoloV5 { classes, boxes: shape[1] as usize })
+            }
+            "yolov8" => {
+                if !dims(3) || shape[1] != 4 + c {
+                    return Err(format!(
+                        "output.shape {shape:?} must be [1, 4 + {classes} labels, N] for yolov8 (channel-major, \
+                         as exported by Ultralytics)"
+                    ));
+                }
+                Ok(Self::YoloV8 { classes, boxes: shape[2] as usize })
+            }
+            "yolox" => {
+                if !dims(3) || shape[2] != 5 + c {
+                    return Err(format!("output.shape {shape:?} must be [1, N, 5 + {classes} labels] for yolox"));
+                }
+                if YOLOX_STRIDES.iter().any(|s| in_w % s != 0 || in_h % s != 0) {
+                    return Err(format!("yolox needs an input size divisible by 32, not {in_w}x{in_h}"));
+                }
+                let grids: Vec<(usize, usize, f32)> =
+                    YOLOX_STRIDES.iter().map(|&s| ((in_h / s) as usize, (in_w / s) as usize, s as f32)).collect();
+                let points: usize = grids.iter().map(|(h, w, _)| h * w).sum();
+                if shape[1] as usize != points {
+                    return Err(format!(
+                        "output.shape {shape:?}: a {in_w}x{in_h} yolox model has {points} anchor points (strides \
+                         8, 16, 32), not {}; export it without decode_in_inference",
+                        shape[1]
+                    ));
+                }
+                Ok(Self::Yolox { classes, grids })
+            }
+            other => Err(format!("output.format `{other}` is not supported (one of {:?})", Self::FORMATS)),
+        }
+    }
+
+    /// Values per image.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::VigilGrid { classes, grid_h, grid_w, .. } => (5 + classes) * grid_h * grid_w,
+            Self::YoloV5 { classes, boxes } => boxes * (5 + classes),
+            Self::YoloV8 { classes, boxes } => boxes * (4 + classes),
+            Self::Yolox { classes, grids } => grids.iter().map(|(h, w, _)| h * w).sum::<usize>() * (5 + classes),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Candidates with score ≥ `threshold`, boxes in model-input pixels (before NMS).
+    pub fn decode(&self, out: &[f32], threshold: f32) -> Vec<Detection> {
+        assert_eq!(out.len(), self.len(), "output tensor length does not match its layout");
+        match self {
+            Self::VigilGrid { classes, grid_h, grid_w, stride } => {
+                decode_grid(out, *classes, *grid_h, *grid_w, *stride, threshold)
+            }
+            Self::YoloV5 { classes, .. } => out
+                .chunks_exact(5 + classes)
+                .filter_map(|row| {
+                    let (class_id, p) = best(&row[5..]);
+                    let score = row[4] * p;
+                    (score >= threshold).then(|| Detection {
+                        class_id,
+                        score,
+                        bbox: centre_box(row[0], row[1], row[2], row[3]),
+                    })
+                })
+                .collect(),
+            Self::YoloV8 { classes, boxes } => {
+                let at = |ch: usize, i: usize| out[ch * boxes + i];
+                let mut dets = Vec::new();
+                for i in 0..*boxes {
+                    let (class_id, score) = (0..*classes).map(|c| (c, at(4 + c, i))).fold((0, f32::MIN), max_by_score);
+                    if score >= threshold {
+                        let bbox = centre_box(at(0, i), at(1, i), at(2, i), at(3, i));
+                        dets.push(Detection { class_id, score, bbox });
+                    }
+                }
+                dets
+            }
+            Self::Yolox { classes, grids } => {
+                let mut rows = out.chunks_exact(5 + classes);
+                let mut dets = Vec::new();
+                for &(gh, gw, s) in grids {
+                    for gy in 0..gh {
+                        for gx in 0..gw {
+                            let Some(row) = rows.next() else { return dets };
+                            let (class_id, p) = best(&row[5..]);
+                            let score = row[4] * p;
+                            if score < threshold {
+                                continue;
+                            }
+                            let cx = (row[0] + gx as f32) * s;
+                            let cy = (row[1] + gy as f32) * s;
+                            let bbox = centre_box(cx, cy, row[2].exp() * s, row[3].exp() * s);
+                            dets.push(Detection { class_id, score, bbox });
+                        }
+                    }
+                }
+                dets
+            }
+        }
+    }
+}
+
+fn max_by_score(acc: (usize, f32), x: (usize, f32)) -> (usize, f32) {
+    if x.1 > acc.1 {
+        x
+    } else {
+        acc
+    }
+}
+
+/// The best class and its probability.
+fn best(probs: &[f32]) -> (usize, f32) {
+    probs.iter().copied().enumerate().fold((0, f32::MIN), max_by_score)
+}
+
+fn centre_box(cx: f32, cy: f32, w: f32, h: f32) -> BBox {
+    BBox { x1: cx - w / 2.0, y1: cy - h / 2.0, x2: cx + w / 2.0, y2: cy + h / 2.0 }
+}
+
 /// Class-aware non-maximum suppression: keeps the best-scoring box of each overlapping group of
 /// the same class, at most `max` boxes, best first.
 pub fn nms(mut dets: Vec<Detection>, iou: f32, max: usize) -> Vec<Detection> {
@@ -197,6 +363,76 @@ mod tests {
             assert!((got - exp).abs() < 1e-4, "{:?} vs {want:?}", d.bbox);
         }
         assert!(decode_grid(&grid, c, g, g, s, 0.75).is_empty(), "0.72 is below 0.75");
+    }
+
+    /// Checks one decoded box against the expected one (input pixels).
+    fn assert_box(d: &Detection, class_id: usize, score: f32, want: BBox) {
+        assert_eq!(d.class_id, class_id, "{d:?}");
+        assert!((d.score - score).abs() < 1e-4, "score {} vs {score}", d.score);
+        for (got, exp) in [(d.bbox.x1, want.x1), (d.bbox.y1, want.y1), (d.bbox.x2, want.x2), (d.bbox.y2, want.y2)] {
+            assert!((got - exp).abs() < 1e-3, "{:?} vs {want:?}", d.bbox);
+        }
+    }
+
+    #[test]
+    fn yolov5_rows_decode_with_objectness_times_class() {
+        // 3 rows × (5 + 2 classes): one strong class-1 object, one weak, one below threshold.
+        let layout = OutputLayout::new("yolov5", &[1, 3, 7], 2, (320, 320)).unwrap();
+        #[rustfmt::skip]
+        let out = [
+            100.0, 50.0, 40.0, 20.0, 0.9, 0.1, 0.8,
+            10.0, 10.0, 4.0, 4.0, 0.3, 0.9, 0.1,
+            200.0, 200.0, 50.0, 50.0, 0.6, 0.95, 0.2,
+        ];
+        let dets = layout.decode(&out, 0.5);
+        assert_eq!(dets.len(), 2, "{dets:?}");
+        assert_box(&dets[0], 1, 0.72, b(80.0, 40.0, 120.0, 60.0));
+        assert_box(&dets[1], 0, 0.57, b(175.0, 175.0, 225.0, 225.0));
+    }
+
+    #[test]
+    fn yolov8_is_channel_major_without_objectness() {
+        // 4 + 3 classes channels × 2 anchors; anchor 1 is class 2 at 0.7.
+        let layout = OutputLayout::new("yolov8", &[1, 7, 2], 3, (640, 640)).unwrap();
+        #[rustfmt::skip]
+        let out = [
+            10.0, 300.0,   // cx
+            10.0, 200.0,   // cy
+            5.0, 60.0,     // w
+            5.0, 30.0,     // h
+            0.1, 0.05,     // class 0
+            0.2, 0.1,      // class 1
+            0.3, 0.7,      // class 2
+        ];
+        let dets = layout.decode(&out, 0.5);
+        assert_eq!(dets.len(), 1);
+        assert_box(&dets[0], 2, 0.7, b(270.0, 185.0, 330.0, 215.0));
+        assert!(OutputLayout::new("yolov8", &[1, 2, 7], 3, (640, 640)).is_err(), "row-major is refused");
+    }
+
+    #[test]
+    fn yolox_anchor_points_decode_on_their_own_grid() {
+        // A 64×64 input: strides 8, 16, 32 give 8×8 + 4×4 + 2×2 = 84 anchor points.
+        let classes = 1;
+        let layout = OutputLayout::new("yolox", &[1, 84, 6], classes, (64, 64)).unwrap();
+        let mut out = vec![0.0f32; 84 * 6];
+        // Point (gy=1, gx=0) of the stride-16 grid: index 64 + 1·4 + 0 = 68.
+        let row = &mut out[68 * 6..69 * 6];
+        row.copy_from_slice(&[0.5, 0.25, 2.0f32.ln(), 1.0f32.ln(), 0.8, 0.9]);
+        let dets = layout.decode(&out, 0.5);
+        assert_eq!(dets.len(), 1);
+        // centre ((0 + 0.5)·16, (1 + 0.25)·16) = (8, 20); size (2·16, 1·16) = (32, 16).
+        assert_box(&dets[0], 0, 0.72, b(-8.0, 12.0, 24.0, 28.0));
+        let err = OutputLayout::new("yolox", &[1, 100, 6], classes, (64, 64)).unwrap_err();
+        assert!(err.contains("84 anchor points"), "{err}");
+    }
+
+    #[test]
+    fn layouts_refuse_shapes_that_do_not_fit_the_labels() {
+        assert!(OutputLayout::new("yolov5", &[1, 10, 8], 2, (320, 320)).unwrap_err().contains("5 + 2"));
+        assert!(OutputLayout::new("vigil-grid-v1", &[1, 8, 40, 40], 3, (320, 320)).is_ok());
+        assert!(OutputLayout::new("vigil-grid-v1", &[1, 8, 30, 30], 3, (320, 320)).unwrap_err().contains("evenly"));
+        assert!(OutputLayout::new("ssd", &[1, 8], 3, (320, 320)).unwrap_err().contains("not supported"));
     }
 
     #[test]

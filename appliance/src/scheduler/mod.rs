@@ -1,0 +1,290 @@
+//! The inference worker under hard per-frame latency budgets.
+//!
+//! Each camera has a budget: capture → detections ready. A frame is processed within it or
+//! dropped, never reported late. Every round the worker looks at the freshest waiting frame of
+//! each camera, drops those that can no longer finish in budget, and runs the others (one, or a
+//! batch where the engine takes one) in fair order: see [`policy`] for the rules. Predictions
+//! come from a running estimate of the cost per backend and batch size, seeded by warm-up runs.
+//! A frame that overran anyway (the prediction was wrong) is a *deadline miss*: counted, logged
+//! with its breakdown, and its results discarded.
+//!
+//! The worker is generic over the frame, the clock and the stages that run a batch, so that the
+//! same code is tested on a virtual clock with a backend whose costs are scripted (see
+//! `tests.rs`) and runs in production on the monotonic clock with the real detector.
+
+pub mod clock;
+pub mod metrics;
+pub mod policy;
+#[cfg(test)]
+mod tests;
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use metrics::{CameraInferSnapshot, FrameTimes, Histogram, SchedulerStats};
+pub use policy::{CostModel, Plan, Policy};
+
+use crate::capture::{Frame, FrameHub, HubFrame};
+use crate::events::{Event, FrameContext, ModelRef};
+use crate::infer::{Detection, Detector, InferError};
+
+/// What the worker runs on a batch: the detector in production, a scripted stand-in in tests.
+/// Slots are the frames' places in the batch, 0-based.
+pub trait Stages<F> {
+    /// Backend name: costs are estimated per backend.
+    fn backend(&self) -> &str;
+    /// The largest batch the engine takes.
+    fn max_batch(&self) -> usize;
+    fn preprocess(&mut self, slot: usize, frame: &F) -> Result<(), InferError>;
+    /// Runs the model on slots `0..batch`.
+    fn infer(&mut self, batch: usize) -> Result<(), InferError>;
+    fn postprocess(&mut self, slot: usize, frame: &F) -> Vec<Detection>;
+}
+
+/// A frame that finished within its budget.
+#[derive(Debug)]
+pub struct Done<F> {
+    pub frame: F,
+    pub detections: Vec<Detection>,
+    pub times: FrameTimes,
+}
+
+/// Warm-up inferences per batch size; the first is not counted (allocations, lazy init).
+const WARM_UP_RUNS: usize = 4;
+/// While every waiting frame is dropped because the predicted cost does not fit any budget, the
+/// engine is re-measured this often ([`PROBE_RUNS`] runs on its idle input), so that a slowdown
+/// that has passed (a throttled GPU, a busy CPU) stops locking cameras out. No frame is risked
+/// on a probe.
+const PROBE_EVERY: Duration = Duration::from_millis(200);
+const PROBE_RUNS: usize = 3;
+
+pub struct Scheduler<F, S> {
+    stages: S,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    stats: Arc<SchedulerStats>,
+    pending: Vec<(usize, Instant)>,
+    /// When the cost was last measured (a batch or a probe).
+    last_measured: Option<Instant>,
+    _frames: PhantomData<fn(F)>,
+}
+
+impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
+    /// `budgets[i]` is camera `i`'s budget; `stats` has one entry per camera.
+    pub fn new(stages: S, budgets: Vec<Duration>, clock: Arc<dyn Clock>, stats: Arc<SchedulerStats>) -> Self {
+        assert_eq!(budgets.len(), stats.cameras.len(), "one budget per camera");
+        Self {
+            stages,
+            clock,
+            policy: Policy::new(budgets),
+            stats,
+            pending: Vec::new(),
+            last_measured: None,
+            _frames: PhantomData,
+        }
+    }
+
+    pub fn stages(&self) -> &S {
+        &self.stages
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Measures the engine on whatever its input buffers hold, for batch sizes 1 and the
+    /// largest, so that the first real frame is planned with a known cost.
+    pub fn warm_up(&mut self) -> Result<(), InferError> {
+        let max = self.stages.max_batch().max(1);
+        let sizes: &[usize] = if max > 1 { &[1, max] } else { &[1] };
+        for &batch in sizes {
+            for run in 0..WARM_UP_RUNS {
+                let t0 = self.clock.now();
+                self.stages.infer(batch)?;
+                if run > 0 {
+                    self.measured(batch, t0);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn probe(&mut self) {
+        let mut samples = [Duration::ZERO; PROBE_RUNS];
+        for sample in &mut samples {
+            let t0 = self.clock.now();
+            if let Err(e) = self.stages.infer(1) {
+                tracing::error!(error = %e, "probe inference failed");
+                return;
+            }
+            *sample = self.clock.now() - t0;
+        }
+        let backend = self.stages.backend().to_owned();
+        self.policy.cost.reestimate(&backend, &samples);
+        self.last_measured = Some(self.clock.now());
+    }
+
+    /// Records the cost of a batch of `batch` that started at `since`.
+    fn measured(&mut self, batch: usize, since: Instant) {
+        let now = self.clock.now();
+        let backend = self.stages.backend().to_owned();
+        self.policy.cost.record(&backend, batch, now - since);
+        self.last_measured = Some(now);
+    }
+
+    /// One round: drops the frames that cannot make their budget, runs the next batch, and
+    /// returns the frames that finished in budget. Empty when nothing was waiting.
+    pub fn step(&mut self, hub: &FrameHub<F>) -> Vec<Done<F>> {
+        let now = self.clock.now();
+        hub.pending(&mut self.pending);
+        if self.pending.is_empty() {
+            return Vec::new();
+        }
+        let plan = self.policy.plan(now, &self.pending, self.stages.backend(), self.stages.max_batch());
+        for &camera in &plan.drop {
+            let captured = self.pending.iter().find(|p| p.0 == camera).map(|p| p.1);
+            if captured.and_then(|c| hub.take_exact(camera, c)).is_some() {
+                self.stats.cameras[camera].dropped_stale.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if plan.run.is_empty() {
+            if self.last_measured.is_none_or(|t| now - t >= PROBE_EVERY) {
+                self.probe();
+            }
+            return Vec::new();
+        }
+        // A slot may have been refilled since `pending`: the newer frame is only fresher.
+        let frames: Vec<F> = plan.run.iter().filter_map(|&c| hub.take_camera(c)).collect();
+        if frames.is_empty() {
+            return Vec::new();
+        }
+        self.policy.served(&plan.run, now);
+        self.run_batch(frames)
+    }
+
+    fn run_batch(&mut self, frames: Vec<F>) -> Vec<Done<F>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let start = self.clock.now();
+        let mut batch: Vec<(F, Duration)> = Vec::with_capacity(frames.len());
+        for frame in frames {
+            let t = self.clock.now();
+            match self.stages.preprocess(batch.len(), &frame) {
+                Ok(()) => batch.push((frame, self.clock.now() - t)),
+                Err(e) => {
+                    self.stats.cameras[frame.camera()].dropped_error.fetch_add(1, Relaxed);
+                    tracing::error!(camera = %self.stats.cameras[frame.camera()].id, error = %e, "pre-processing failed");
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let t = self.clock.now();
+        if let Err(e) = self.stages.infer(batch.len()) {
+            for (frame, _) in &batch {
+                self.stats.cameras[frame.camera()].dropped_error.fetch_add(1, Relaxed);
+            }
+            tracing::error!(error = %e, frames = batch.len(), "inference failed");
+            return Vec::new();
+        }
+        let inference = self.clock.now() - t;
+        self.stats.batches.fetch_add(1, Relaxed);
+        let size = batch.len();
+        let mut done = Vec::with_capacity(size);
+        for (slot, (frame, preprocess)) in batch.into_iter().enumerate() {
+            let t = self.clock.now();
+            let detections = self.stages.postprocess(slot, &frame);
+            let finished = self.clock.now();
+            let camera = frame.camera();
+            let times = FrameTimes {
+                queue: start.saturating_duration_since(frame.captured()),
+                preprocess,
+                inference,
+                postprocess: finished - t,
+                total: finished.saturating_duration_since(frame.captured()),
+                batch: size,
+            };
+            let stats = &self.stats.cameras[camera];
+            let budget = self.policy.budget(camera);
+            if times.total > budget {
+                stats.deadline_misses.fetch_add(1, Relaxed);
+                tracing::warn!(camera = %stats.id, total_ms = ms(times.total), budget_ms = ms(budget),
+                    queue_ms = ms(times.queue), preprocess_ms = ms(times.preprocess),
+                    inference_ms = ms(times.inference), postprocess_ms = ms(times.postprocess), batch = size,
+                    predicted_ms = ms(self.policy.cost.predict(self.stages.backend(), size)),
+                    "deadline miss: finished past the budget, results discarded");
+                continue;
+            }
+            stats.record(&times);
+            done.push(Done { frame, detections, times });
+        }
+        self.measured(size, start);
+        done
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// The production worker: the detector on the real clock, its results turned into events for
+/// the store writer.
+pub struct Worker {
+    pub hub: Arc<FrameHub>,
+    pub scheduler: Scheduler<Frame, Detector>,
+    pub device_id: String,
+    pub model: ModelRef,
+    pub stats: Arc<SchedulerStats>,
+    /// Batches of events for the store writer. Bounded: when the writer falls behind, this
+    /// worker waits (frames then age out and are dropped as stale); events are never dropped.
+    pub events: mpsc::Sender<Vec<Event>>,
+}
+
+impl Worker {
+    /// Runs on the calling (dedicated) thread until `cancel` or the hub closes.
+    pub fn run(mut self, cancel: &CancellationToken) {
+        let labels = self.scheduler.stages().labels().to_vec();
+        if let Err(e) = self.scheduler.warm_up() {
+            tracing::error!(error = %e, "warm-up inference failed; costs will be learnt from live frames");
+        }
+        if let Some(e) = self.scheduler.policy().cost.estimate(self.scheduler.stages().backend_name(), 1) {
+            tracing::info!(
+                backend = self.scheduler.stages().backend_name(),
+                mean_ms = ms(e.mean()),
+                planned_ms = ms(e.predict()),
+                "inference cost measured"
+            );
+        }
+        while !cancel.is_cancelled() {
+            if !self.hub.wait(Duration::from_millis(100)) {
+                if self.hub.is_closed() {
+                    break;
+                }
+                continue;
+            }
+            for done in self.scheduler.step(&self.hub) {
+                if done.detections.is_empty() {
+                    continue;
+                }
+                let batch = FrameContext {
+                    device_id: &self.device_id,
+                    labels: &labels,
+                    model: &self.model,
+                    frame: &done.frame,
+                    times: done.times,
+                }
+                .events(&done.detections);
+                drop(done.frame); // return the buffer to GStreamer's pool before waiting on the writer
+                self.stats.events.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if self.events.blocking_send(batch).is_err() {
+                    return; // the writer is gone: shutting down
+                }
+            }
+        }
+    }
+}
