@@ -2,7 +2,8 @@
 # Fetches TensorRT 10 and CUDA headers from package registries, for compiling tensorrt-sys where
 # JetPack is not installed (CI, developer machines):
 # - TensorRT: the Apache-2.0 headers carried by the crates.io package trtx-sys (TensorRT 10.16);
-# - CUDA 12.6 (JetPack 6.1/6.2's version): PyPI nvidia-cuda-runtime-cu12 and nvidia-cuda-nvcc-cu12.
+# - CUDA 12.6 (JetPack 6.1/6.2's version): PyPI nvidia-cuda-runtime-cu12 and nvidia-cuda-nvcc-cu12;
+# - NVRTC 12.6 (PyPI nvidia-cuda-nvrtc-cu12), which compiles the pre-processing kernels without a GPU.
 # Idempotent. Prints the environment that tensorrt-sys/build.rs reads, as `export` lines.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -32,10 +33,11 @@ trt=$(ls -d "$registry"/*/trtx-sys-$TRTX_VERSION/TensorRT-Headers/TRT-Enterprise
 
 [ -x .venv/bin/pip ] || python3 -m venv .venv
 site=$(ls -d .venv/lib/python3*/site-packages)
-if [ ! -f "$site/nvidia/cuda_runtime/include/cuda_runtime_api.h" ] || [ ! -d "$site/nvidia/cuda_nvcc/include/crt" ]; then
+if [ ! -f "$site/nvidia/cuda_runtime/include/cuda_runtime_api.h" ] || [ ! -d "$site/nvidia/cuda_nvcc/include/crt" ] \
+   || ! ls "$site"/nvidia/cuda_nvrtc/lib/libnvrtc.so.* >/dev/null 2>&1; then
   echo "trt-headers: installing CUDA $CUDA_RUNTIME headers into .venv" >&2
   .venv/bin/pip install -q --disable-pip-version-check --no-deps \
-    "nvidia-cuda-runtime-cu12==$CUDA_RUNTIME" "nvidia-cuda-nvcc-cu12==$CUDA_NVCC" >&2
+    "nvidia-cuda-runtime-cu12==$CUDA_RUNTIME" "nvidia-cuda-nvcc-cu12==$CUDA_NVCC" "nvidia-cuda-nvrtc-cu12==$CUDA_RUNTIME" >&2
 fi
 root=$(pwd)
 echo "export TENSORRT_INCLUDE_DIR=$trt"

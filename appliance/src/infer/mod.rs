@@ -2,9 +2,14 @@
 //! tensor, and post-processing of its output into source-frame detections.
 
 pub mod bundle;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod engine_cache;
 mod onnxruntime;
 pub mod postprocess;
+#[cfg(feature = "tensorrt")]
+pub mod tensorrt;
+pub mod transform;
 
 pub use bundle::{Bundle, BundleError};
 pub use onnxruntime::{find_ort_library, OrtBackend};

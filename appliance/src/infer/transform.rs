@@ -1,0 +1,231 @@
+//! The full pre-processing transform, defined once: a decoded frame at source size (RGBA or
+//! NV12) → letterboxed to the model input (bilinear, aspect kept, centred) → `(v·scale − mean)/std`
+//! → NCHW in the dtype the engine wants (f32, f16, or s8 with the input's quantization scale).
+//!
+//! [`reference`] is the CPU implementation of exactly this, written for clarity. It is the
+//! reference the CUDA kernels in `infer::cuda` are compared against pixel by pixel (on a machine
+//! with a CUDA GPU; see docs/tensorrt.md for the tolerance). The CPU service path does not need
+//! it: GStreamer letterboxes there and [`super::Preprocessor`] normalizes.
+//!
+//! Conventions, mirrored by the kernels:
+//! - Pixel centres at +0.5; source coordinate `s = (d + 0.5 − pad) / scale − 0.5`, clamped to
+//!   the edge; bilinear on each plane.
+//! - NV12: Y at full resolution, interleaved UV at half resolution with centred chroma siting,
+//!   sampled at `(s + 0.5) / 2 − 0.5`; BT.601 limited range to RGB, clamped to 0..=255.
+//! - Outside the scaled image: `pad_value` in every channel.
+//! - f16: round to nearest even. s8: `round_ties_even(v / qscale)` clamped to −128..=127.
+
+use super::Letterbox;
+
+/// A frame in host memory.
+#[derive(Debug, Clone, Copy)]
+pub enum Pixels<'a> {
+    Rgba { data: &'a [u8], stride: usize },
+    Nv12 { y: &'a [u8], y_stride: usize, uv: &'a [u8], uv_stride: usize },
+}
+
+/// Everything the transform needs besides the pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transform {
+    pub src_w: u32,
+    pub src_h: u32,
+    pub dst_w: u32,
+    pub dst_h: u32,
+    pub letterbox: Letterbox,
+    /// Multiplies the 0..=255 value before mean/std.
+    pub scale: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub pad_value: u8,
+}
+
+impl Transform {
+    pub fn new(src: (u32, u32), dst: (u32, u32), scale: f32, mean: [f32; 3], std: [f32; 3], pad_value: u8) -> Self {
+        Self {
+            src_w: src.0,
+            src_h: src.1,
+            dst_w: dst.0,
+            dst_h: dst.1,
+            letterbox: Letterbox::new(src.0, src.1, dst.0, dst.1),
+            scale,
+            mean,
+            std,
+            pad_value,
+        }
+    }
+
+    /// Values in one NCHW image.
+    pub fn len(&self) -> usize {
+        3 * self.dst_w as usize * self.dst_h as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Element type of the model's input tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum InputType {
+    F32,
+    F16,
+    /// Symmetric INT8 with this scale (real value = q · scale).
+    I8 {
+        scale: f32,
+    },
+}
+
+/// One plane of 8-bit samples: `step` bytes per pixel, rows `stride` bytes apart.
+struct Plane<'a> {
+    data: &'a [u8],
+    stride: usize,
+    w: u32,
+    h: u32,
+    step: usize,
+}
+
+impl Plane<'_> {
+    /// Bilinear sample of channel `offset` at (x, y), clamped to the edge.
+    fn sample(&self, offset: usize, x: f32, y: f32) -> f32 {
+        let x = x.clamp(0.0, (self.w - 1) as f32);
+        let y = y.clamp(0.0, (self.h - 1) as f32);
+        let (x0, y0) = (x.floor() as usize, y.floor() as usize);
+        let (x1, y1) = ((x0 + 1).min(self.w as usize - 1), (y0 + 1).min(self.h as usize - 1));
+        let (fx, fy) = (x - x0 as f32, y - y0 as f32);
+        let at = |xx: usize, yy: usize| f32::from(self.data[yy * self.stride + xx * self.step + offset]);
+        let top = at(x0, y0) + (at(x1, y0) - at(x0, y0)) * fx;
+        let bottom = at(x0, y1) + (at(x1, y1) - at(x0, y1)) * fx;
+        top + (bottom - top) * fy
+    }
+}
+
+/// RGB (0..=255, unrounded) at source coordinate (sx, sy).
+fn rgb_at(src: &Pixels<'_>, t: &Transform, sx: f32, sy: f32) -> [f32; 3] {
+    match *src {
+        Pixels::Rgba { data, stride } => {
+            let plane = Plane { data, stride, w: t.src_w, h: t.src_h, step: 4 };
+            [0, 1, 2].map(|c| plane.sample(c, sx, sy))
+        }
+        Pixels::Nv12 { y, y_stride, uv, uv_stride } => {
+            let luma = Plane { data: y, stride: y_stride, w: t.src_w, h: t.src_h, step: 1 }.sample(0, sx, sy);
+            let chroma = Plane { data: uv, stride: uv_stride, w: t.src_w.div_ceil(2), h: t.src_h.div_ceil(2), step: 2 };
+            let (cx, cy) = ((sx + 0.5) * 0.5 - 0.5, (sy + 0.5) * 0.5 - 0.5);
+            let u = chroma.sample(0, cx, cy) - 128.0;
+            let v = chroma.sample(1, cx, cy) - 128.0;
+            let l = 1.164_383 * (luma - 16.0);
+            [l + 1.596_027 * v, l - 0.391_762 * u - 0.812_968 * v, l + 2.017_232 * u].map(|c| c.clamp(0.0, 255.0))
+        }
+    }
+}
+
+/// The transform on the CPU: `out` gets one NCHW f32 image ([`Transform::len`] values).
+pub fn reference(src: &Pixels<'_>, t: &Transform, out: &mut [f32]) {
+    assert_eq!(out.len(), t.len(), "output holds one image");
+    let (w, h) = (t.dst_w as usize, t.dst_h as usize);
+    let lb = &t.letterbox;
+    let (sw, sh) = lb.scaled_size();
+    let (x_lo, y_lo) = (lb.pad_x, lb.pad_y);
+    let (x_hi, y_hi) = (x_lo + sw as f32, y_lo + sh as f32);
+    let norm = |c: usize, v: f32| (v * t.scale - t.mean[c]) / t.std[c];
+    for y in 0..h {
+        for x in 0..w {
+            let (dx, dy) = (x as f32 + 0.5, y as f32 + 0.5);
+            let rgb = if dx >= x_lo && dx < x_hi && dy >= y_lo && dy < y_hi {
+                rgb_at(src, t, (dx - x_lo) / lb.scale - 0.5, (dy - y_lo) / lb.scale - 0.5)
+            } else {
+                [f32::from(t.pad_value); 3]
+            };
+            for (c, v) in rgb.into_iter().enumerate() {
+                out[c * w * h + y * w + x] = norm(c, v);
+            }
+        }
+    }
+}
+
+/// Converts f32 values to an s8 tensor as the kernels do.
+pub fn quantize_i8(values: &[f32], scale: f32) -> Vec<i8> {
+    values.iter().map(|v| (v / scale).round_ties_even().clamp(-128.0, 127.0) as i8).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rgba(w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 4]) -> Vec<u8> {
+        let mut out = Vec::with_capacity((w * h * 4) as usize);
+        for y in 0..h {
+            for x in 0..w {
+                out.extend_from_slice(&f(x, y));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn same_size_rgba_is_the_normalized_pixel() {
+        let (w, h) = (8, 4);
+        let data = rgba(w, h, |x, y| [(x * 30) as u8, (y * 60) as u8, 7, 255]);
+        let t = Transform::new((w, h), (w, h), 1.0 / 255.0, [0.0; 3], [1.0; 3], 0);
+        let mut out = vec![0.0; t.len()];
+        reference(&Pixels::Rgba { data: &data, stride: w as usize * 4 }, &t, &mut out);
+        let plane = (w * h) as usize;
+        let close = |got: f32, want: f32| (got - want).abs() < 1e-6;
+        assert!(close(out[3], 90.0 / 255.0), "R of (3, 0)");
+        assert!(close(out[plane + 2 * 8 + 5], 120.0 / 255.0), "G of (5, 2)");
+        assert!(close(out[2 * plane + 9], 7.0 / 255.0), "B anywhere");
+    }
+
+    #[test]
+    fn letterbox_borders_carry_the_pad_value_and_the_image_is_centred() {
+        // 16×8 into 8×8: scale 0.5, 2 rows of border top and bottom.
+        let data = rgba(16, 8, |_, _| [200, 200, 200, 255]);
+        let t = Transform::new((16, 8), (8, 8), 1.0, [0.0; 3], [1.0; 3], 114);
+        let mut out = vec![0.0; t.len()];
+        reference(&Pixels::Rgba { data: &data, stride: 64 }, &t, &mut out);
+        for y in 0..8 {
+            let v = out[y * 8 + 3];
+            let want = if (2..6).contains(&y) { 200.0 } else { 114.0 };
+            assert_eq!(v, want, "row {y}");
+        }
+    }
+
+    #[test]
+    fn downscaling_by_two_averages_pixel_pairs() {
+        // Columns alternate 0 / 100: halving samples between them.
+        let data = rgba(8, 2, |x, _| if x % 2 == 0 { [0, 0, 0, 255] } else { [100, 100, 100, 255] });
+        let t = Transform::new((8, 2), (4, 1), 1.0, [0.0; 3], [1.0; 3], 0);
+        let mut out = vec![0.0; t.len()];
+        reference(&Pixels::Rgba { data: &data, stride: 32 }, &t, &mut out);
+        assert!(out[..4].iter().all(|&v| (v - 50.0).abs() < 1e-4), "{out:?}");
+    }
+
+    #[test]
+    fn nv12_converts_with_bt601_limited_range() {
+        let (w, h) = (4u32, 4u32);
+        let check = |yv: u8, u: u8, v: u8, want: [f32; 3]| {
+            let y = vec![yv; 16];
+            let uv: Vec<u8> = [u, v].repeat(4);
+            let t = Transform::new((w, h), (w, h), 1.0, [0.0; 3], [1.0; 3], 0);
+            let mut out = vec![0.0; t.len()];
+            reference(&Pixels::Nv12 { y: &y, y_stride: 4, uv: &uv, uv_stride: 4 }, &t, &mut out);
+            for c in 0..3 {
+                assert!(
+                    (out[c * 16] - want[c]).abs() < 0.6,
+                    "Y{yv} U{u} V{v}: {:?} vs {want:?}",
+                    [out[0], out[16], out[32]]
+                );
+            }
+        };
+        check(16, 128, 128, [0.0, 0.0, 0.0]);
+        check(235, 128, 128, [255.0, 255.0, 255.0]);
+        check(126, 128, 128, [128.0, 128.0, 128.0]);
+        // BT.601 red (255, 0, 0) is Y 81, U 90, V 240.
+        check(81, 90, 240, [255.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn int8_rounds_half_to_even_and_saturates() {
+        assert_eq!(quantize_i8(&[0.5, 1.5, 2.5, -0.5, 1000.0, -1000.0, 0.26], 1.0), [0, 2, 2, 0, 127, -128, 0]);
+        assert_eq!(quantize_i8(&[0.26], 0.01), [26]);
+    }
+}
