@@ -10,7 +10,11 @@ CROSS_ENV := PKG_CONFIG_ALLOW_CROSS=1 \
 	PKG_CONFIG_LIBDIR_aarch64_unknown_linux_gnu=$(ARM64_OVERLAY)/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig \
 	VIGIL_ARM64_OVERLAY=$(ARM64_OVERLAY) RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/cross
 
-.PHONY: setup cross-setup demo test lint unit aarch64 bench
+# TensorRT 10 and CUDA headers for tensorrt-sys where JetPack is absent (see tensorrt-sys/ci/headers.sh).
+TRT_ENV := target/trt-headers/env.sh
+WITH_TRT := source $(TRT_ENV) &&
+
+.PHONY: setup cross-setup trt-headers demo test lint unit aarch64 bench jetson-check
 
 ## Install what is missing (apt, ONNX Runtime wheel); idempotent.
 setup:
@@ -19,6 +23,10 @@ setup:
 cross-setup:
 	VIGIL_ARM64_OVERLAY=$(ARM64_OVERLAY) cross/setup.sh
 
+trt-headers:
+	mkdir -p target/trt-headers
+	tensorrt-sys/ci/headers.sh > $(TRT_ENV).new && mv $(TRT_ENV).new $(TRT_ENV)
+
 ## The demo: local mosquitto on a free port, vigil on the synthetic camera, events shown live.
 demo: setup
 	cargo build --release -p vigil
@@ -26,20 +34,29 @@ demo: setup
 
 ## Everything CI checks: formatting, lints, the aarch64 build run under qemu, all tests (last,
 ## so their summary closes the output).
-test: setup cross-setup lint aarch64 unit
+test: setup cross-setup trt-headers lint aarch64 unit
 
-lint:
+lint: trt-headers
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets --locked -- -D warnings
+	$(WITH_TRT) cargo clippy --workspace --all-targets --locked -- -D warnings
+	$(WITH_TRT) cargo clippy -p vigil --all-targets --features tensorrt --locked -- -D warnings
 
-unit:
-	cargo test --workspace --locked
+## The workspace's tests (tensorrt-sys against the stub), then vigil's CUDA and TensorRT code.
+unit: trt-headers
+	$(WITH_TRT) cargo test --workspace --locked
+	$(WITH_TRT) cargo test -p vigil --features tensorrt --locked --lib --test cuda
 
 aarch64: cross-setup
 	$(CROSS_ENV) cargo build --release --locked -p vigil --target $(AARCH64)
 	file target/cross/$(AARCH64)/release/vigil
 	GST_REGISTRY_FORK=no qemu-aarch64 -L / target/cross/$(AARCH64)/release/vigil --version
 	GST_REGISTRY_FORK=no qemu-aarch64 -L / target/cross/$(AARCH64)/release/vigil check-config appliance/config/demo.toml
+
+## On a Jetson (JetPack 6, TensorRT 10.x installed): build with TensorRT, build the engine for
+## this board and compare its outputs with the bundle's reference (docs/tensorrt.md).
+jetson-check:
+	VIGIL_TRT_REQUIRE_REAL=1 cargo build --release -p vigil --features tensorrt
+	target/release/vigil model-check --backend tensorrt
 
 ## Throughput against side-by-side baselines; figures go to docs/performance.md.
 bench: setup

@@ -14,6 +14,7 @@ use gstreamer_app as gst_app;
 use support::*;
 use vigil::capture::pipeline::{self, Plan};
 use vigil::capture::{self, CameraSpec, Codec, FrameSource, Pace, Platform, SourceUri, Timeline};
+use vigil::infer::check::{self, RefDetection};
 use vigil::infer::{find_ort_library, Bundle, Detector, Letterbox, OrtBackend};
 
 fn detector() -> (Bundle, Detector) {
@@ -66,19 +67,8 @@ fn int8_model_reaches_precision_and_recall_of_0_9_on_the_held_out_clip() {
     assert!(r >= 0.9, "recall {r:.3} < 0.9");
 }
 
-#[derive(serde::Deserialize)]
-struct RefDetection {
-    label: String,
-    class_id: usize,
-    score: f32,
-    #[serde(rename = "box")]
-    bbox: [f32; 4],
-}
-
 fn reference_detections(bundle: &Bundle) -> Vec<RefDetection> {
-    let reference = bundle.manifest.reference.as_ref().expect("the shipped bundle has references");
-    let dets: Vec<RefDetection> =
-        serde_json::from_slice(&std::fs::read(bundle.dir.join(&reference.detections)).unwrap()).unwrap();
+    let dets = check::reference_detections(bundle).expect("the shipped bundle has reference detections");
     assert!(!dets.is_empty(), "the reference frame has objects");
     dets
 }
@@ -91,16 +81,8 @@ fn assert_same_detections(
     score_tol: f32,
     px_tol: f32,
 ) {
-    assert_eq!(got.len(), want.len(), "{got:?}");
-    for (g, e) in got.iter().zip(want) {
-        assert_eq!(g.class_id, e.class_id);
-        assert_eq!(det.labels()[g.class_id], e.label);
-        assert!((g.score - e.score).abs() <= score_tol, "score {} vs {}", g.score, e.score);
-        let gb = [g.bbox.x1, g.bbox.y1, g.bbox.x2, g.bbox.y2];
-        for (a, b) in gb.iter().zip(&e.bbox) {
-            assert!((a - b).abs() <= px_tol, "box {gb:?} vs {:?}", e.bbox);
-        }
-    }
+    let problems = check::compare_detections(det.labels(), got, want, score_tol, px_tol);
+    assert!(problems.is_empty(), "{problems:#?}\n{got:?}");
 }
 
 #[test]
@@ -170,13 +152,38 @@ fn gstreamer_letterboxes_exactly_where_boxes_are_mapped_back_from() {
 }
 
 fn copy_bundle(to: &Path) {
-    std::fs::create_dir_all(to.join("reference")).unwrap();
-    for entry in std::fs::read_dir(bundle_dir()).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_file() {
-            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    for sub in ["", "reference"] {
+        std::fs::create_dir_all(to.join(sub)).unwrap();
+        for entry in std::fs::read_dir(bundle_dir().join(sub)).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_file() {
+                std::fs::copy(&p, to.join(sub).join(p.file_name().unwrap())).unwrap();
+            }
         }
     }
+}
+
+#[test]
+fn model_check_passes_the_shipped_bundle_and_names_a_mismatch() {
+    let (code, out, err) = vigil_cmd(&["model-check", "--backend", "onnxruntime"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("shapes 1.0.0 on onnxruntime-cpu") && out.trim_end().ends_with("ok"), "{out}");
+
+    // A reference that disagrees: the triangle's score.
+    let dir = tempfile::tempdir().unwrap();
+    copy_bundle(dir.path());
+    let dets = dir.path().join("reference/detections.json");
+    let text = std::fs::read_to_string(&dets).unwrap().replacen("0.99958", "0.5", 1);
+    std::fs::write(&dets, text).unwrap();
+    let bundle = dir.path().to_str().unwrap();
+    let (code, out, _) = vigil_cmd(&["model-check", "--backend", "onnxruntime", "--bundle", bundle], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("MISMATCH detection 0 (triangle): score"), "{out}");
+
+    // TensorRT asked for by name where it cannot run: a clear refusal, not a silent CPU run.
+    let (code, _, err) = vigil_cmd(&["model-check", "--backend", "tensorrt"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--backend tensorrt was asked for but is not available here"), "{err}");
 }
 
 #[test]

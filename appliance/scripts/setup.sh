@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 
 ORT_VERSION=1.32.0
 APT_PACKAGES=(
-  pkg-config gcc
+  pkg-config gcc g++ libclang-dev
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools

@@ -90,7 +90,7 @@ pub struct ModelConfig {
     pub latency_budget_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// TensorRT where it is built in, a CUDA device answers and the bundle supports it; else

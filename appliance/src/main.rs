@@ -53,6 +53,18 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Check a model bundle on a backend: reference input → output and detections compared
+    /// with the bundle's references. Exit 0 if they match, 1 if not, 2 for a bad bundle/config.
+    ModelCheck {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Check this bundle instead of the config's.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// auto, tensorrt or onnxruntime (default: the config's inference.backend).
+        #[arg(long)]
+        backend: Option<vigil::config::BackendKind>,
+    },
     /// Measure capture and inference throughput against baselines run side by side.
     Bench(vigil::bench::BenchArgs),
 }
@@ -136,7 +148,65 @@ fn main() -> ExitCode {
         Command::Events { command: EventsCommand::List { config, data_dir, json, last } } => {
             report(list_events(config.as_deref(), data_dir, json, last))
         }
+        Command::ModelCheck { config, bundle, backend } => model_check(config.as_deref(), bundle, backend),
         Command::Bench(args) => report(vigil::bench::run(&args)),
+    }
+}
+
+fn model_check(
+    config: Option<&Path>,
+    bundle: Option<PathBuf>,
+    backend: Option<vigil::config::BackendKind>,
+) -> ExitCode {
+    let mut cfg = match load_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    if let Some(b) = bundle {
+        cfg.model.bundle = b;
+    }
+    if let Some(b) = backend {
+        cfg.inference.backend = b;
+    }
+    let (bundle, mut detector) = match vigil::app::load_detector(&cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    // Asked for one backend by name: the check is about that backend, so no fallback.
+    let wanted = match backend {
+        Some(vigil::config::BackendKind::Tensorrt) => Some("tensorrt"),
+        Some(vigil::config::BackendKind::Onnxruntime) => Some("onnxruntime"),
+        _ => None,
+    };
+    if let Some(w) = wanted.filter(|w| !detector.backend_name().starts_with(w)) {
+        eprintln!("error: --backend {w} was asked for but is not available here (see the warning above)");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    match vigil::infer::check::check_model(&bundle, &mut detector) {
+        Ok(c) => {
+            let m = &bundle.manifest.model;
+            println!(
+                "{} {} on {}: max |output − reference| {:.4} (tolerance {}), {} detections",
+                m.name, m.version, c.backend, c.max_abs_diff, c.tolerance, c.detections
+            );
+            c.problems.iter().for_each(|p| println!("  MISMATCH {p}"));
+            if c.passed() {
+                println!("ok");
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! tensor, and post-processing of its output into source-frame detections.
 
 pub mod bundle;
+pub mod check;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod engine_cache;
