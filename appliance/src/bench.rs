@@ -7,6 +7,9 @@
 //! 2. Reconnect: time from a killed RTSP camera's return to vigil's next frame (p50/p95).
 //! 3. Inference: ONNX Runtime time per frame of the bundle's INT8 model, alone and with vigil's
 //!    pre- and post-processing around it.
+//! 4. The service path on the CPU: 1 and 4 real-time cameras through capture, the budget
+//!    scheduler and the model: capture → detections p50/p95/p99, the fraction of frames
+//!    processed and late frames, next to the bare inference time of the same run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,6 +42,9 @@ pub struct BenchArgs {
     /// RTSP server kills for the reconnect measurement (0: skip it).
     #[arg(long, default_value_t = 20)]
     pub kills: usize,
+    /// Seconds of the service-path measurement per camera count (0: skip it).
+    #[arg(long, default_value_t = 20)]
+    pub service_seconds: u64,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -129,8 +135,91 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     println!("pre + inference + post:   p50 {f50:.2} ms  p95 {f95:.2} ms  mean {fmean:.2} ms");
     println!("pre + post overhead:      p50 {:+.2} ms (ratio of p50s {:.3})", f50 - b50, f50 / b50);
+    if args.service_seconds > 0 {
+        let budget = Duration::from_millis(cfg.model.latency_budget_ms.unwrap_or(bundle.manifest.budget.latency_ms));
+        println!(
+            "== service path: real-time cameras (clip looped at 30 fps) → budget scheduler → {} (budget {} ms)",
+            detector.backend_name(),
+            budget.as_millis()
+        );
+        for cameras in [1usize, 4] {
+            detector =
+                service_path(detector, &source, info.codec, &platform, size, cameras, budget, args.service_seconds)?;
+            let mut bare = Vec::with_capacity(100);
+            for _ in 0..100 {
+                let t = Instant::now();
+                detector.infer_raw(&input)?;
+                bare.push(t.elapsed());
+            }
+            let (p50, _, _) = summary(&mut bare);
+            println!("  bare inference right after, same model and process: p50 {p50:.2} ms");
+        }
+    }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
+}
+
+/// Runs `cameras` real-time copies of the clip through capture and the production scheduler for
+/// `seconds`, prints the latency quantiles and what fraction of frames made it, and hands the
+/// detector back.
+#[allow(clippy::too_many_arguments)]
+fn service_path(
+    detector: crate::infer::Detector,
+    source: &SourceUri,
+    codec: Codec,
+    platform: &Arc<Platform>,
+    size: (u32, u32),
+    cameras: usize,
+    budget: Duration,
+    seconds: u64,
+) -> anyhow::Result<crate::infer::Detector> {
+    use crate::scheduler::{Scheduler, SchedulerStats, SystemClock};
+    let SourceUri::File { path, .. } = source else { bail!("the service bench reads a file") };
+    let live = SourceUri::File { path: path.clone(), looped: true, pace: capture::Pace::Realtime };
+    let ids: Vec<String> = (0..cameras).map(|i| format!("cam{i}")).collect();
+    let stats: Vec<Arc<CameraStats>> = ids.iter().map(|id| Arc::new(CameraStats::new(id))).collect();
+    let hub = Arc::new(FrameHub::new(stats.clone()));
+    let cancel = CancellationToken::new();
+    let mut threads = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let mut spec = CameraSpec::new(i, id, live.clone(), size);
+        spec.codec = Some(codec);
+        threads.push(capture::spawn_camera(spec, platform.clone(), hub.clone(), cancel.clone())?);
+    }
+    let sched_stats = Arc::new(SchedulerStats::new(&ids));
+    let mut scheduler = Scheduler::new(detector, vec![budget; cameras], Arc::new(SystemClock), sched_stats.clone());
+    scheduler.warm_up()?;
+    // Counted from the first frame on, so that pipeline start-up is not in the figures.
+    while !hub.wait(Duration::from_millis(100)) {}
+    let frames_before: u64 = stats.iter().map(|s| s.snapshot().frames_in).sum();
+    let until = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < until {
+        if hub.wait(Duration::from_millis(100)) {
+            scheduler.step(&hub);
+        }
+    }
+    cancel.cancel();
+    hub.close();
+    for t in threads {
+        let _ = t.join();
+    }
+    let frames: u64 = stats.iter().map(|s| s.snapshot().frames_in).sum::<u64>() - frames_before;
+    let processed = sched_stats.processed();
+    println!(
+        "{cameras} camera(s), {seconds} s: {processed} of {frames} frames processed ({:.1} %), {} dropped as unable \
+         to make the budget, late (deadline misses): {}",
+        100.0 * processed as f64 / frames.max(1) as f64,
+        sched_stats.dropped_stale(),
+        sched_stats.deadline_misses()
+    );
+    for c in &sched_stats.cameras {
+        let s = c.snapshot();
+        println!(
+            "  {}: capture→detections p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms  (queue p95 {:.1}, inference p95 {:.1})",
+            s.id, s.total.p50_ms, s.total.p95_ms, s.total.p99_ms, s.queue.p95_ms, s.inference.p95_ms
+        );
+    }
+    Ok(scheduler.into_stages())
 }
 
 fn generate_clip(path: &Path) -> anyhow::Result<()> {

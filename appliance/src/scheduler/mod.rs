@@ -93,6 +93,10 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
         &self.stages
     }
 
+    pub fn into_stages(self) -> S {
+        self.stages
+    }
+
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
