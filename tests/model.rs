@@ -213,3 +213,64 @@ fn a_manifest_that_disagrees_with_itself_lists_every_problem() {
     let err = Bundle::load(dir.path()).unwrap_err().to_string();
     assert!(err.contains("manifest.toml is invalid"), "{err}");
 }
+
+/// The shipped model with a dynamic batch dimension (tests/fixtures, made by
+/// models/recipe/dynamic_batch.py): batches of frames from different cameras give each frame the
+/// same answer as running it alone.
+#[test]
+fn batched_inference_gives_each_frame_its_own_answer() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    copy_bundle(dir.path());
+    let model = std::fs::read(repo_root().join("tests/fixtures/shapes-int8-dynbatch.onnx")).unwrap();
+    std::fs::write(dir.path().join("model.int8.onnx"), &model).unwrap();
+    let manifest = dir.path().join("manifest.toml");
+    let shipped = Bundle::load(&bundle_dir()).unwrap().manifest.model.sha256;
+    let text =
+        std::fs::read_to_string(&manifest).unwrap().replace(&shipped, &hex::encode(sha2::Sha256::digest(&model)));
+    std::fs::write(&manifest, text).unwrap();
+    let bundle = Bundle::load(dir.path()).expect("the dynamic-batch bundle loads");
+    let lib = find_ort_library(None).unwrap();
+    let backend = OrtBackend::new(&bundle, &lib, 1, 4).expect("ORT loads the dynamic-batch model");
+    let mut det = Detector::new(&bundle, Box::new(backend)).unwrap();
+    assert_eq!(det.max_batch(), 4, "a dynamic batch dimension takes inference.max_batch");
+
+    // The reference frame as RGB, and its mirror image.
+    let reference = bundle.manifest.reference.clone().unwrap();
+    let input = bundle.read_f32(&reference.input).unwrap();
+    let (w, h) = bundle.input_size();
+    let (w, h) = (w as usize, h as usize);
+    let rgb: Vec<u8> = (0..w * h)
+        .flat_map(|i| (0..3).map(move |c| i + c * w * h))
+        .map(|at| (input[at] * 255.0).round() as u8)
+        .collect();
+    let mirrored: Vec<u8> = (0..h)
+        .flat_map(|y| (0..w).rev().flat_map(move |x| [0, 1, 2].map(move |c| (y, x, c))))
+        .map(|(y, x, c)| rgb[(y * w + x) * 3 + c])
+        .collect();
+    let lb = Letterbox::new(w as u32, h as u32, w as u32, h as u32);
+    let alone: Vec<Vec<vigil::infer::Detection>> =
+        [&rgb, &mirrored].iter().map(|img| det.detect(vigil::infer::Image::rgb(img, w * 3), &lb).unwrap()).collect();
+    assert_eq!(alone[0].len(), 3, "the reference frame's three objects");
+    for (slot, img) in [&rgb, &mirrored, &rgb].iter().enumerate() {
+        det.load(slot, vigil::infer::Image::rgb(img, w * 3), lb).unwrap();
+    }
+    det.run(3).expect("a batch of 3");
+    for (slot, want) in [&alone[0], &alone[1], &alone[0]].iter().enumerate() {
+        let got = det.detections(slot);
+        assert_eq!(got.len(), want.len(), "slot {slot}");
+        for (g, e) in got.iter().zip(want.iter()) {
+            assert_eq!(g.class_id, e.class_id, "slot {slot}");
+            assert!(
+                (g.score - e.score).abs() < 1e-4 && (g.bbox.x1 - e.bbox.x1).abs() < 0.01,
+                "slot {slot}: {g:?} vs {e:?}"
+            );
+        }
+    }
+    // The mirror image's boxes are the originals mirrored: the slots were not mixed up.
+    let flip = |x: f32| w as f32 - x;
+    for d in &alone[0] {
+        let m = alone[1].iter().find(|m| m.class_id == d.class_id).expect("same objects, mirrored");
+        assert!((m.bbox.x1 - flip(d.bbox.x2)).abs() < 2.0, "{m:?} mirrors {d:?}");
+    }
+}

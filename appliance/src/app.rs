@@ -13,8 +13,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, CameraSpec, CameraStats, FrameHub, Platform, SourceUri};
-use crate::config::BackendKind;
-use crate::config::Config;
+use crate::config::{BackendKind, Config};
 use crate::events::{Event, ModelRef};
 use crate::infer::{choose_backend, find_ort_library, Backend, Bundle, Detector, OrtBackend};
 use crate::scheduler::{Scheduler, SchedulerStats, SystemClock, Worker};
@@ -34,12 +33,21 @@ pub fn load_detector(config: &Config) -> anyhow::Result<(Bundle, Detector)> {
     if let Some(why) = &choice.fallback {
         tracing::warn!(requested = config.inference.backend.name(), using = choice.backend.name(), "{why}");
     }
-    let backend: Box<dyn Backend> = match choice.backend {
-        BackendKind::Tensorrt => tensorrt_backend(config, &bundle)?,
-        BackendKind::Onnxruntime | BackendKind::Auto => {
-            let library = find_ort_library(config.inference.ort_library.as_deref())?;
-            Box::new(OrtBackend::new(&bundle, &library, config.inference.threads, config.inference.max_batch)?)
-        }
+    let ort = || -> anyhow::Result<Box<dyn Backend>> {
+        let library = find_ort_library(config.inference.ort_library.as_deref())?;
+        Ok(Box::new(OrtBackend::new(&bundle, &library, config.inference.threads, config.inference.max_batch)?))
+    };
+    let backend = match choice.backend {
+        BackendKind::Tensorrt => match tensorrt_backend(config, &bundle) {
+            Ok(b) => b,
+            // The engine could not be built or loaded: keep the cameras running on the CPU.
+            Err(e) if bundle.manifest.model.backends.iter().any(|b| b == "onnxruntime") => {
+                tracing::warn!(error = %format!("{e:#}"), "TensorRT cannot run this model; using ONNX Runtime (CPU)");
+                ort()?
+            }
+            Err(e) => return Err(e),
+        },
+        BackendKind::Onnxruntime | BackendKind::Auto => ort()?,
     };
     let detector = Detector::new(&bundle, backend)?;
     Ok((bundle, detector))
