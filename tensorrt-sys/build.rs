@@ -3,10 +3,11 @@
 //! libraries are absent (CI).
 //!
 //! Environment:
-//! - `TENSORRT_INCLUDE_DIR`: directory with NvInfer.h (else the JetPack/Debian locations).
+//! - `TENSORRT_INCLUDE_DIR`: directory with NvInfer.h (else the JetPack/Debian locations, else
+//!   the headers `make trt-headers` fetched into the cargo registry).
 //! - `TENSORRT_LIB_DIR`: directory with libnvinfer.so (else the JetPack/Debian locations).
 //! - `CUDA_INCLUDE_DIRS`: `:`-separated directories with cuda_runtime_api.h and what it includes
-//!   (else /usr/local/cuda/include). `make trt-headers` prints values for this machine.
+//!   (else /usr/local/cuda/include, else the PyPI CUDA headers `make trt-headers` put in .venv).
 //! - `VIGIL_TRT_REQUIRE_REAL=1`: fail instead of linking the stub (release builds for boards).
 
 use std::env;
@@ -26,6 +27,7 @@ fn main() {
     let trt_include = env::var_os("TENSORRT_INCLUDE_DIR")
         .map(PathBuf::from)
         .or_else(|| SYSTEM_INCLUDE.iter().map(PathBuf::from).find(|d| d.join("NvInfer.h").is_file()))
+        .or_else(fetched_trt_headers)
         .unwrap_or_else(|| {
             panic!(
                 "TensorRT headers (NvInfer.h) not found. On a Jetson install JetPack's libnvinfer-dev; \
@@ -35,7 +37,10 @@ fn main() {
     assert!(trt_include.join("NvInfer.h").is_file(), "TENSORRT_INCLUDE_DIR={} has no NvInfer.h", trt_include.display());
     let cuda_includes: Vec<PathBuf> = match env::var("CUDA_INCLUDE_DIRS") {
         Ok(v) => env::split_paths(&v).collect(),
-        Err(_) => vec![PathBuf::from("/usr/local/cuda/include")],
+        Err(_) if Path::new("/usr/local/cuda/include/cuda_runtime_api.h").is_file() => {
+            vec![PathBuf::from("/usr/local/cuda/include")]
+        }
+        Err(_) => fetched_cuda_headers(),
     };
     assert!(
         cuda_includes.iter().any(|d| d.join("cuda_runtime_api.h").is_file()),
@@ -91,6 +96,38 @@ fn main() {
         .expect("bindgen could not read shim/vigil_trt.h (is libclang installed? apt install libclang-dev)");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     bindings.write_to_file(out.join("bindings.rs")).expect("bindings written");
+}
+
+/// TensorRT headers from the crates.io package trtx-sys, as `make trt-headers` fetches them.
+fn fetched_trt_headers() -> Option<PathBuf> {
+    let home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    let registries = std::fs::read_dir(home.join("registry/src")).ok()?;
+    registries.filter_map(Result::ok).find_map(|r| {
+        let headers = r.path().join("trtx-sys-0.4.0/TensorRT-Headers");
+        let mut versions: Vec<PathBuf> = std::fs::read_dir(headers)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("TRT-Enterprise-10.")))
+            .filter(|p| p.join("NvInfer.h").is_file())
+            .collect();
+        versions.sort();
+        versions.pop()
+    })
+}
+
+/// CUDA headers from the PyPI wheels `make trt-headers` installs into the repository's .venv.
+fn fetched_cuda_headers() -> Vec<PathBuf> {
+    let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("..");
+    let Ok(pythons) = std::fs::read_dir(root.join(".venv/lib")) else { return Vec::new() };
+    pythons
+        .filter_map(Result::ok)
+        .map(|p| p.path().join("site-packages/nvidia"))
+        .find(|n| n.join("cuda_runtime/include/cuda_runtime_api.h").is_file())
+        .map(|n| vec![n.join("cuda_runtime/include"), n.join("cuda_nvcc/include")])
+        .unwrap_or_default()
 }
 
 fn has_lib(dir: &Path, name: &str) -> bool {
