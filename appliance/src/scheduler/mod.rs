@@ -71,6 +71,8 @@ pub struct Scheduler<F, S> {
     pending: Vec<(usize, Instant)>,
     /// When the cost was last measured (a batch or a probe).
     last_measured: Option<Instant>,
+    /// Per camera: warned that the predicted cost exceeds its whole budget (until served again).
+    over_budget: Vec<bool>,
     _frames: PhantomData<fn(F)>,
 }
 
@@ -78,6 +80,7 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
     /// `budgets[i]` is camera `i`'s budget; `stats` has one entry per camera.
     pub fn new(stages: S, budgets: Vec<Duration>, clock: Arc<dyn Clock>, stats: Arc<SchedulerStats>) -> Self {
         assert_eq!(budgets.len(), stats.cameras.len(), "one budget per camera");
+        let cameras = budgets.len();
         Self {
             stages,
             clock,
@@ -85,6 +88,7 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
             stats,
             pending: Vec::new(),
             last_measured: None,
+            over_budget: vec![false; cameras],
             _frames: PhantomData,
         }
     }
@@ -150,11 +154,22 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
             return Vec::new();
         }
         let plan = self.policy.plan(now, &self.pending, self.stages.backend(), self.stages.max_batch());
+        let alone = self.policy.cost.predict(self.stages.backend(), 1);
         for &camera in &plan.drop {
             let captured = self.pending.iter().find(|p| p.0 == camera).map(|p| p.1);
             if captured.and_then(|c| hub.take_exact(camera, c)).is_some() {
                 self.stats.cameras[camera].dropped_stale.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
+            let budget = self.policy.budget(camera);
+            if alone > budget && !self.over_budget[camera] {
+                self.over_budget[camera] = true;
+                tracing::warn!(camera = %self.stats.cameras[camera].id, budget_ms = ms(budget), cost_ms = ms(alone),
+                    "the model takes longer than this camera's whole budget: every frame is dropped until it gets \
+                     faster; raise latency_budget_ms or use a lighter model");
+            }
+        }
+        for &camera in &plan.run {
+            self.over_budget[camera] = false;
         }
         if plan.run.is_empty() {
             if self.last_measured.is_none_or(|t| now - t >= PROBE_EVERY) {

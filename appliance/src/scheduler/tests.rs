@@ -313,7 +313,9 @@ fn a_camera_whose_budget_is_below_the_model_cost_is_dropped_never_late() {
     assert_eq!(tight.processed, 0);
     assert_eq!(tight.deadline_misses, 0);
     assert!(tight.dropped_stale > 100, "{tight:?}");
-    assert!(out.stats.cameras[1].processed.load(Ordering::Relaxed) > 100);
+    // The other camera is unaffected: 25 frames/s, the worker's capacity for it.
+    let other = out.stats.cameras[1].processed.load(Ordering::Relaxed);
+    assert!(other as f64 >= 0.95 * 25.0 * 5.0, "{other} frames in 5 s");
     out.assert_accounted();
 }
 
