@@ -156,3 +156,23 @@ fn a_camera_that_does_not_exist_is_retried_and_the_others_keep_working() {
         sub.on("vigil/two/events").iter().map(|p| serde_json::from_slice(p).unwrap()).collect();
     assert!(events.iter().all(|e| e.camera_id == "clip"));
 }
+
+#[test]
+fn asking_for_tensorrt_where_it_cannot_run_falls_back_to_the_cpu_and_says_why() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start(broker.port, "vigil/gpu-less/events");
+    let clip = format!("file://{}", eval_clip().display());
+    let config = write_config(dir.path(), "gpu-less", &broker.url(), &[("clip", clip)]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[inference]\nbackend = \"tensorrt\"\n");
+    std::fs::write(&config, text).unwrap();
+    let vigil = Vigil::start(&config, dir.path());
+    assert!(wait_until(Duration::from_secs(30), || sub.count("vigil/gpu-less/events") > 5), "{}", vigil.log());
+    let (status, log) = vigil.terminate();
+    assert!(status.success(), "{status:?}\n{log}");
+    let warning = log.lines().find(|l| l.contains("TensorRT was asked for")).expect("the fallback is logged");
+    assert!(warning.contains("WARN") && warning.contains("using ONNX Runtime"), "{warning}");
+    let event: vigil::events::Event = serde_json::from_slice(&sub.on("vigil/gpu-less/events")[0]).unwrap();
+    assert_eq!(event.model.backend, "onnxruntime-cpu");
+}
