@@ -68,7 +68,7 @@ fn kernels_match_the_cpu_reference_pixel_by_pixel() {
         return;
     }
     let ctx = cudarc::driver::CudaContext::new(0).expect("device 0");
-    let pre = CudaPreprocessor::new(ctx.default_stream()).expect("kernels load");
+    let mut pre = CudaPreprocessor::new(ctx.default_stream()).expect("kernels load");
     let stream = pre.stream().clone();
     let mut rand = xorshift(0x1234_5678);
     // Landscape, portrait, odd sizes, and same size.
@@ -88,7 +88,7 @@ fn kernels_match_the_cpu_reference_pixel_by_pixel() {
             reference(src, &t, &mut want);
             for kind in [InputType::F32, InputType::F16, InputType::I8 { scale: 0.02 }] {
                 let mut out = stream.alloc_zeros::<u8>(CudaPreprocessor::output_bytes(&t, kind)).unwrap();
-                pre.run(src, &t, kind, &mut out).expect("kernel runs");
+                pre.run(src, &t, kind, &mut out.slice_mut(..)).expect("kernel runs");
                 let got = stream.clone_dtoh(&out).unwrap();
                 let what = format!(
                     "{sw}x{sh}→{dw}x{dh} {} {kind:?}",

@@ -5,13 +5,16 @@
 //! missing, so [`available`] checks for the driver and a device first; every constructor goes
 //! through it and reports "no CUDA device" as an error.
 //!
-//! Frames come from host memory and are uploaded ([`CudaPreprocessor::run`]). Mapping Jetson NVMM
-//! buffers straight into CUDA (NvBufSurface → EGLImage → CUDA) belongs behind this same call and
-//! is not written yet: see docs/tensorrt.md.
+//! Frames come from host memory and are uploaded into reused device buffers
+//! ([`CudaPreprocessor::run`]); the TensorRT backend runs the kernels on its own stream, writing
+//! straight into the engine's input. Mapping Jetson NVMM buffers into CUDA (NvBufSurface →
+//! EGLImage → CUDA) belongs behind this same call and is not written yet: see docs/tensorrt.md.
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
 use super::transform::{InputType, Pixels, Transform};
@@ -141,6 +144,8 @@ pub fn compile_kernels(arch: Option<&'static str>) -> Result<Ptx, String> {
 pub struct CudaPreprocessor {
     stream: Arc<CudaStream>,
     function: CudaFunction,
+    /// Device copies of the frame's planes, reused while frames fit.
+    planes: [Option<CudaSlice<u8>>; 2],
 }
 
 impl CudaPreprocessor {
@@ -151,7 +156,7 @@ impl CudaPreprocessor {
         let module = stream.context().load_module(ptx).map_err(|e| format!("cannot load the CUDA kernels: {e}"))?;
         let function =
             module.load_function("vigil_preprocess").map_err(|e| format!("kernel vigil_preprocess missing: {e}"))?;
-        Ok(Self { stream, function })
+        Ok(Self { stream, function, planes: [None, None] })
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -170,19 +175,24 @@ impl CudaPreprocessor {
 
     /// Uploads `src` and writes one NCHW image of `kind` into `out` (at least
     /// [`Self::output_bytes`] long), asynchronously on the stream.
-    pub fn run(&self, src: &Pixels<'_>, t: &Transform, kind: InputType, out: &mut CudaSlice<u8>) -> Result<(), String> {
+    pub fn run<T: DeviceRepr>(
+        &mut self,
+        src: &Pixels<'_>,
+        t: &Transform,
+        kind: InputType,
+        out: &mut CudaViewMut<'_, T>,
+    ) -> Result<(), String> {
         let need = Self::output_bytes(t, kind);
-        if out.len() < need {
-            return Err(format!("output buffer holds {} bytes, the image needs {need}", out.len()));
+        let have = out.len() * std::mem::size_of::<T>();
+        if have < need {
+            return Err(format!("output buffer holds {have} bytes, the image needs {need}"));
         }
-        let err = |e: cudarc::driver::DriverError| format!("CUDA pre-processing failed: {e}");
         let (plane0, plane1, nv12, stride0, stride1) = match *src {
-            Pixels::Rgba { data, stride } => (data, &data[..0], 0i32, stride, 0),
+            Pixels::Rgba { data, stride } => (data, &[0u8][..], 0i32, stride, 0),
             Pixels::Nv12 { y, y_stride, uv, uv_stride } => (y, uv, 1, y_stride, uv_stride),
         };
-        let d0 = self.stream.clone_htod(plane0).map_err(err)?;
-        // A kernel argument must be a real allocation even when unused.
-        let d1 = self.stream.clone_htod(if plane1.is_empty() { &[0u8][..] } else { plane1 }).map_err(err)?;
+        self.upload(0, plane0)?;
+        self.upload(1, plane1)?;
         let lb = &t.letterbox;
         let (sw, sh) = lb.scaled_size();
         let (out_kind, qscale) = match kind {
@@ -214,10 +224,21 @@ impl CudaPreprocessor {
             block_dim: (16, 16, 1),
             shared_mem_bytes: 0,
         };
+        let [Some(d0), Some(d1)] = &self.planes else { unreachable!("uploaded above") };
         let mut launch = self.stream.launch_builder(&self.function);
-        launch.arg(&d0).arg(&d1).arg(&nv12).arg(&params).arg(out);
+        launch.arg(d0).arg(d1).arg(&nv12).arg(&params).arg(out);
         // SAFETY: the arguments match the kernel's signature; buffers are sized as checked above.
-        unsafe { launch.launch(cfg) }.map_err(err)?;
+        unsafe { launch.launch(cfg) }.map_err(|e| format!("CUDA pre-processing failed: {e}"))?;
         Ok(())
+    }
+
+    /// Copies `data` into device plane `i`, growing it when the frame is larger.
+    fn upload(&mut self, i: usize, data: &[u8]) -> Result<(), String> {
+        let err = |e: cudarc::driver::DriverError| format!("CUDA upload failed: {e}");
+        if self.planes[i].as_ref().is_none_or(|p| p.len() < data.len()) {
+            self.planes[i] = Some(self.stream.alloc_zeros::<u8>(data.len()).map_err(err)?);
+        }
+        let plane = self.planes[i].as_mut().expect("allocated above");
+        self.stream.memcpy_htod(data, &mut plane.slice_mut(..data.len())).map_err(err)
     }
 }

@@ -43,6 +43,13 @@ pub trait Backend: Send {
     fn max_batch(&self) -> usize {
         1
     }
+    /// GPU backends: pre-processes a letterboxed RGBA `image` on the device, straight into input
+    /// slot `slot`, on the stream inference runs on. `Ok(false)` when this backend or image
+    /// cannot (the caller pre-processes on the CPU instead). Slots loaded here are not taken from
+    /// `input` by the next [`Backend::infer`].
+    fn load_on_device(&mut self, _slot: usize, _image: &Image<'_>) -> Result<bool, InferError> {
+        Ok(false)
+    }
     /// Runs the model on `batch` NCHW f32 images laid end to end in `input`; writes the raw
     /// output tensors, image after image, into `output`.
     fn infer(&mut self, input: &[f32], batch: usize, output: &mut Vec<f32>) -> Result<(), InferError>;
@@ -225,7 +232,9 @@ impl Detector {
         let chunk = self.input.get_mut(slot * len..(slot + 1) * len).ok_or_else(|| {
             InferError::Run(format!("batch slot {slot} is beyond the engine's batch of {}", self.letterboxes.len()))
         })?;
-        self.pre.run(image, chunk);
+        if !self.backend.load_on_device(slot, &image)? {
+            self.pre.run(image, chunk);
+        }
         self.letterboxes[slot] = letterbox;
         Ok(())
     }
@@ -301,6 +310,57 @@ impl Stages<Frame> for Detector {
 mod tests {
     use super::*;
 
+    /// Takes RGBA images on its "device" and records what reaches `infer`.
+    #[derive(Clone, Default)]
+    struct DeviceLoading {
+        loaded: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<f32>>>,
+        output_len: usize,
+    }
+
+    impl Backend for DeviceLoading {
+        fn name(&self) -> &'static str {
+            "device-loading"
+        }
+        fn max_batch(&self) -> usize {
+            2
+        }
+        fn load_on_device(&mut self, slot: usize, image: &Image<'_>) -> Result<bool, InferError> {
+            if image.bytes_per_pixel == 4 {
+                self.loaded.lock().unwrap().push(slot);
+            }
+            Ok(image.bytes_per_pixel == 4)
+        }
+        fn infer(&mut self, input: &[f32], batch: usize, output: &mut Vec<f32>) -> Result<(), InferError> {
+            *self.seen.lock().unwrap() = input.to_vec();
+            output.clear();
+            output.resize(batch * self.output_len, -20.0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn frames_a_gpu_backend_takes_are_not_pre_processed_on_the_cpu() {
+        let bundle = shipped_bundle();
+        let (w, h) = bundle.input_size();
+        let (w, h) = (w as usize, h as usize);
+        let backend = DeviceLoading { output_len: bundle.output_len(), ..DeviceLoading::default() };
+        let mut det = Detector::new(&bundle, Box::new(backend.clone())).unwrap();
+        let lb = Letterbox::new(w as u32, h as u32, w as u32, h as u32);
+        let rgba = vec![255u8; w * h * 4];
+        let rgb = vec![255u8; w * h * 3];
+        det.load(0, Image { data: &rgba, stride: w * 4, bytes_per_pixel: 4 }, lb).unwrap();
+        det.load(1, Image::rgb(&rgb, w * 3), lb).unwrap();
+        det.run(2).unwrap();
+        assert_eq!(det.max_batch(), 2);
+        let len = 3 * w * h;
+        assert_eq!(*backend.loaded.lock().unwrap(), [0]);
+        let seen = backend.seen.lock().unwrap();
+        assert!(seen[..len].iter().all(|&v| v == 0.0), "slot 0 was the device's to fill");
+        assert!(seen[len..2 * len].iter().all(|&v| (v - 1.0).abs() < 1e-6), "slot 1: white on the CPU");
+        assert!(det.detections(0).is_empty() && det.detections(1).is_empty());
+    }
+
     #[test]
     fn backend_choice_follows_the_request_the_bundle_and_the_machine() {
         let both = ["onnxruntime".to_owned(), "tensorrt".to_owned()];
@@ -324,11 +384,14 @@ mod tests {
         assert!(err.contains("no backend can run this model") && err.contains("no CUDA device"), "{err}");
     }
 
+    fn shipped_bundle() -> Bundle {
+        Bundle::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bundles/shapes-v1"))
+            .expect("the shipped bundle loads")
+    }
+
     #[test]
     fn rgba_and_rgb_images_preprocess_alike() {
-        let bundle =
-            Bundle::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/bundles/shapes-v1"))
-                .expect("the shipped bundle loads");
+        let bundle = shipped_bundle();
         let pre = Preprocessor::new(&bundle);
         let (w, h) = bundle.input_size();
         let (w, h) = (w as usize, h as usize);

@@ -11,8 +11,10 @@ use std::sync::{Arc, Once};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use tensorrt_sys as sys;
 
+use super::cuda::CudaPreprocessor;
 use super::engine_cache::{EngineCache, EngineKey};
-use super::{Backend, Bundle, InferError};
+use super::transform::{InputType, Pixels, Transform};
+use super::{Backend, Bundle, Image, InferError};
 use crate::config::Config;
 
 /// How engines are built.
@@ -107,6 +109,12 @@ pub struct TrtBackend {
     output: CudaSlice<f32>,
     output_per_image: usize,
     host_output: Vec<f32>,
+    /// Pre-processing kernels on `stream`, when NVRTC could compile them.
+    gpu_pre: Option<CudaPreprocessor>,
+    /// The bundle's input normalization, as the kernels apply it.
+    transform: Transform,
+    /// Slots filled on the device since the last inference.
+    on_device: Vec<bool>,
 }
 
 // SAFETY: the TensorRT engine and context are used by one thread at a time (the scheduler owns
@@ -201,6 +209,16 @@ impl TrtBackend {
         let mut context = std::ptr::null_mut();
         // SAFETY: engine is valid; the context is owned by the backend and freed in Drop.
         call(|e, n| unsafe { sys::vt_context_create(engine.0, &mut context, e, n) }).map_err(model_err)?;
+        let gpu_pre = match CudaPreprocessor::new(stream.clone()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "CUDA pre-processing unavailable; frames are pre-processed on the CPU");
+                None
+            }
+        };
+        let i = &m.input;
+        let (w, h) = bundle.input_size();
+        let transform = Transform::new((w, h), (w, h), i.scale, i.mean, i.std, i.pad_value);
         let alloc = |n: usize| stream.alloc_zeros::<f32>(n).map_err(|e| lib(format!("CUDA memory: {e}")));
         let input = alloc(max_batch * input_len);
         let output = alloc(max_batch * output_per_image);
@@ -214,6 +232,9 @@ impl TrtBackend {
             output: output?,
             output_per_image,
             host_output: Vec::new(),
+            gpu_pre,
+            transform,
+            on_device: vec![false; max_batch],
             context,
             _engine: engine,
             stream,
@@ -255,13 +276,35 @@ impl Backend for TrtBackend {
         self.max_batch
     }
 
+    fn load_on_device(&mut self, slot: usize, image: &Image<'_>) -> Result<bool, InferError> {
+        let Some(pre) = self.gpu_pre.as_mut() else { return Ok(false) };
+        if image.bytes_per_pixel != 4 || slot >= self.max_batch {
+            return Ok(false);
+        }
+        let len = self.transform.len();
+        let pixels = Pixels::Rgba { data: image.data, stride: image.stride };
+        let mut dst = self.input.slice_mut(slot * len..(slot + 1) * len);
+        pre.run(&pixels, &self.transform, InputType::F32, &mut dst).map_err(InferError::Run)?;
+        self.on_device[slot] = true;
+        Ok(true)
+    }
+
     fn infer(&mut self, input: &[f32], batch: usize, output: &mut Vec<f32>) -> Result<(), InferError> {
         if batch == 0 || batch > self.max_batch {
             return Err(InferError::Run(format!("batch of {batch}: this engine takes 1 to {}", self.max_batch)));
         }
         let run = |e: String| InferError::Run(e);
         let cuda = |e: cudarc::driver::DriverError| InferError::Run(format!("CUDA: {e}"));
-        self.stream.memcpy_htod(input, &mut self.input.slice_mut(..input.len())).map_err(cuda)?;
+        // Slots the kernels filled stay; the others come from the CPU pre-processor's `input`.
+        let len = self.transform.len();
+        for slot in 0..batch {
+            if !std::mem::take(&mut self.on_device[slot]) {
+                let host = input
+                    .get(slot * len..(slot + 1) * len)
+                    .ok_or_else(|| run(format!("input for slot {slot} missing")))?;
+                self.stream.memcpy_htod(host, &mut self.input.slice_mut(slot * len..(slot + 1) * len)).map_err(cuda)?;
+            }
+        }
         if self.dynamic_batch {
             let mut dims = self.input_dims.clone();
             dims[0] = batch as i64;
