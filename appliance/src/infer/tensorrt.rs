@@ -290,6 +290,8 @@ impl Backend for TrtBackend {
     }
 
     fn infer(&mut self, input: &[f32], batch: usize, output: &mut Vec<f32>) -> Result<(), InferError> {
+        // Taken first, so that no error below leaves a slot marked for the next batch.
+        let on_device = std::mem::replace(&mut self.on_device, vec![false; self.max_batch]);
         if batch == 0 || batch > self.max_batch {
             return Err(InferError::Run(format!("batch of {batch}: this engine takes 1 to {}", self.max_batch)));
         }
@@ -297,8 +299,8 @@ impl Backend for TrtBackend {
         let cuda = |e: cudarc::driver::DriverError| InferError::Run(format!("CUDA: {e}"));
         // Slots the kernels filled stay; the others come from the CPU pre-processor's `input`.
         let len = self.transform.len();
-        for slot in 0..batch {
-            if !std::mem::take(&mut self.on_device[slot]) {
+        for (slot, &filled) in on_device.iter().enumerate().take(batch) {
+            if !filled {
                 let host = input
                     .get(slot * len..(slot + 1) * len)
                     .ok_or_else(|| run(format!("input for slot {slot} missing")))?;
