@@ -98,7 +98,12 @@ pub fn check_model(bundle: &Bundle, detector: &mut Detector) -> Result<ModelChec
     let got = detector.infer_raw(&input)?.to_vec();
     let mut problems = Vec::new();
     let max_abs_diff = if got.len() == expected.len() {
-        got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max)
+        // NaN from a broken engine counts as infinitely far off (f32::max would skip it).
+        got.iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .map(|d| if d.is_nan() { f32::INFINITY } else { d })
+            .fold(0.0f32, f32::max)
     } else {
         problems.push(format!("output has {} values, the reference {}", got.len(), expected.len()));
         f32::INFINITY

@@ -191,6 +191,23 @@ impl CudaPreprocessor {
             Pixels::Rgba { data, stride } => (data, &[0u8][..], 0i32, stride, 0),
             Pixels::Nv12 { y, y_stride, uv, uv_stride } => (y, uv, 1, y_stride, uv_stride),
         };
+        // The kernel trusts sizes and strides: check that every pixel it may read is there.
+        let fits = |plane: &[u8], stride: usize, w: u32, h: u32, step: usize| {
+            stride >= w as usize * step && plane.len() >= (h as usize - 1) * stride + w as usize * step
+        };
+        let (w, h) = (t.src_w, t.src_h);
+        let ok = w > 0
+            && h > 0
+            && i32::try_from(stride0).is_ok()
+            && i32::try_from(stride1).is_ok()
+            && if nv12 == 1 {
+                fits(plane0, stride0, w, h, 1) && fits(plane1, stride1, w.div_ceil(2), h.div_ceil(2), 2)
+            } else {
+                fits(plane0, stride0, w, h, 4)
+            };
+        if !ok {
+            return Err(format!("the frame's planes do not hold a {w}x{h} image with the strides given"));
+        }
         self.upload(0, plane0)?;
         self.upload(1, plane1)?;
         let lb = &t.letterbox;

@@ -104,7 +104,10 @@ impl EngineCache {
             let _ = std::fs::remove_file(&path);
         }
         let engine = build().map_err(CacheError::Build)?;
-        self.store(key, &engine).map_err(|source| CacheError::Io { dir: self.dir.clone(), source })?;
+        // A full or read-only disk costs the next start a rebuild, not this one its engine.
+        if let Err(e) = self.store(key, &engine) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot cache the built engine; using it uncached");
+        }
         let t = load(&engine).map_err(CacheError::Build)?;
         Ok((t, rejected.map_or(CacheOutcome::Built, CacheOutcome::Rebuilt)))
     }
@@ -113,13 +116,17 @@ impl EngineCache {
     pub fn store(&self, key: &EngineKey, engine: &[u8]) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(&self.dir)?;
         let path = self.path(key);
-        let tmp = self.dir.join(format!(".{}.tmp{}", key.file_name(), std::process::id()));
-        {
+        let tmp = self.dir.join(format!(".{}.tmp", key.file_name()));
+        let written = (|| {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&encode(engine, key))?;
             f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        std::fs::rename(&tmp, &path)?;
         std::fs::File::open(&self.dir)?.sync_all()?;
         Ok(path)
     }
@@ -282,6 +289,19 @@ mod tests {
         assert!(matches!(outcome, CacheOutcome::Rebuilt(ref w) if w.contains("refused")), "{outcome:?}");
         assert_eq!(builds, 4);
         assert_eq!(run(&cache, &k, &mut builds).1, CacheOutcome::Hit, "the rebuilt engine is served next time");
+    }
+
+    #[test]
+    fn an_engine_that_cannot_be_cached_is_still_used() {
+        let dir = tempfile::tempdir().unwrap();
+        // The cache directory is a file: nothing can be written under it.
+        let blocked = dir.path().join("engines");
+        std::fs::write(&blocked, b"not a directory").unwrap();
+        let cache = EngineCache::new(&blocked);
+        let mut builds = 0;
+        let (engine, _) = run(&cache, &key(), &mut builds);
+        assert_eq!((engine.as_slice(), builds), (&b"ENG-built"[..], 1), "built once and used");
+        assert_eq!(std::fs::read(&blocked).unwrap(), b"not a directory");
     }
 
     #[test]

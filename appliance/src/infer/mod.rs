@@ -241,6 +241,9 @@ impl Detector {
 
     /// Runs the model on slots `0..batch`.
     pub fn run(&mut self, batch: usize) -> Result<(), InferError> {
+        if batch == 0 || batch > self.max_batch() {
+            return Err(InferError::Run(format!("batch of {batch}: this engine takes 1 to {}", self.max_batch())));
+        }
         let len = self.pre.len();
         self.backend.infer(&self.input[..batch * len], batch, &mut self.output)?;
         if self.output.len() != batch * self.layout.len() {

@@ -123,6 +123,8 @@ unsafe impl Send for TrtBackend {}
 
 impl Drop for TrtBackend {
     fn drop(&mut self) {
+        // Work an error left on the stream must finish before its context goes.
+        let _ = self.stream.synchronize();
         // SAFETY: owned pointer from vt_context_create, freed once, before `engine`.
         unsafe { sys::vt_context_free(self.context) }
     }
@@ -195,6 +197,15 @@ impl TrtBackend {
         let IoTensor { dtype: out_type, dims: output_dims, .. } = find(&m.output.name, false)?;
         if in_type != sys::VT_DTYPE_FLOAT as i32 || out_type != sys::VT_DTYPE_FLOAT as i32 {
             return Err(model_err("the engine's input and output must be f32 (export the model with f32 I/O)".into()));
+        }
+        // The batch dimension must be 1 or dynamic: buffers are sized per image × max_batch.
+        for (what, dims) in [("input", &input_dims), ("output", &output_dims)] {
+            if !matches!(dims.first(), Some(-1 | 1)) {
+                return Err(model_err(format!(
+                    "the engine's {what} {dims:?} has a fixed batch other than 1; export it with batch 1 or a \
+                     dynamic batch"
+                )));
+            }
         }
         let dynamic_batch = input_dims.first() == Some(&-1);
         let max_batch = if dynamic_batch { options.max_batch.max(1) } else { 1 };

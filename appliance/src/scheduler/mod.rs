@@ -73,6 +73,8 @@ pub struct Scheduler<F, S> {
     last_measured: Option<Instant>,
     /// Per camera: warned that the predicted cost exceeds its whole budget (until served again).
     over_budget: Vec<bool>,
+    /// Pre- plus post-processing time per frame, learnt from real batches.
+    per_frame_overhead: policy::Smoothed,
     _frames: PhantomData<fn(F)>,
 }
 
@@ -89,6 +91,7 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
             pending: Vec::new(),
             last_measured: None,
             over_budget: vec![false; cameras],
+            per_frame_overhead: policy::Smoothed::default(),
             _frames: PhantomData,
         }
     }
@@ -115,7 +118,8 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
                 let t0 = self.clock.now();
                 self.stages.infer(batch)?;
                 if run > 0 {
-                    self.measured(batch, t0);
+                    let cost = self.clock.now() - t0 + self.per_frame_overhead.get() * batch as u32;
+                    self.record_cost(batch, cost);
                 }
             }
         }
@@ -130,7 +134,7 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
                 tracing::error!(error = %e, "probe inference failed");
                 return;
             }
-            *sample = self.clock.now() - t0;
+            *sample = self.clock.now() - t0 + self.per_frame_overhead.get();
         }
         let backend = self.stages.backend().to_owned();
         self.policy.cost.reestimate(&backend, &samples);
@@ -139,10 +143,14 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
 
     /// Records the cost of a batch of `batch` that started at `since`.
     fn measured(&mut self, batch: usize, since: Instant) {
-        let now = self.clock.now();
+        let cost = self.clock.now() - since;
+        self.record_cost(batch, cost);
+    }
+
+    fn record_cost(&mut self, batch: usize, cost: Duration) {
         let backend = self.stages.backend().to_owned();
-        self.policy.cost.record(&backend, batch, now - since);
-        self.last_measured = Some(now);
+        self.policy.cost.record(&backend, batch, cost);
+        self.last_measured = Some(self.clock.now());
     }
 
     /// One round: drops the frames that cannot make their budget, runs the next batch, and
@@ -214,17 +222,23 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
         let inference = self.clock.now() - t;
         self.stats.batches.fetch_add(1, Relaxed);
         let size = batch.len();
-        let mut done = Vec::with_capacity(size);
+        // Every frame's results are handed on together, when the last slot is decoded: that is
+        // the time each frame is judged by.
+        let mut decoded = Vec::with_capacity(size);
         for (slot, (frame, preprocess)) in batch.into_iter().enumerate() {
             let t = self.clock.now();
             let detections = self.stages.postprocess(slot, &frame);
-            let finished = self.clock.now();
+            decoded.push((frame, detections, preprocess, self.clock.now() - t));
+        }
+        let finished = self.clock.now();
+        let mut done = Vec::with_capacity(size);
+        for (frame, detections, preprocess, postprocess) in decoded {
             let camera = frame.camera();
             let times = FrameTimes {
                 queue: start.saturating_duration_since(frame.captured()),
                 preprocess,
                 inference,
-                postprocess: finished - t,
+                postprocess,
                 total: finished.saturating_duration_since(frame.captured()),
                 batch: size,
             };
@@ -242,6 +256,10 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
             stats.record(&times);
             done.push(Done { frame, detections, times });
         }
+        // Pre- and post-processing per frame, so that engine-only measurements (warm-up,
+        // probes) are put on the same scale as whole batches.
+        let around = (finished - start).saturating_sub(inference);
+        self.per_frame_overhead.update(around / size as u32);
         self.measured(size, start);
         done
     }

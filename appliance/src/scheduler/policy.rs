@@ -55,6 +55,23 @@ impl Estimate {
     }
 }
 
+/// An exponentially weighted average of durations (zero until the first sample).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Smoothed {
+    mean_s: Option<f64>,
+}
+
+impl Smoothed {
+    pub fn update(&mut self, sample: Duration) {
+        let x = sample.as_secs_f64();
+        self.mean_s = Some(self.mean_s.map_or(x, |m| m + ALPHA * (x - m)));
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_secs_f64(self.mean_s.unwrap_or(0.0))
+    }
+}
+
 /// Cost estimates per backend and batch size.
 #[derive(Debug, Clone, Default)]
 pub struct CostModel {
@@ -78,8 +95,11 @@ impl CostModel {
     /// Otherwise they count as ordinary samples.
     pub fn reestimate(&mut self, backend: &str, samples: &[Duration]) {
         let Some(first) = samples.first() else { return };
-        let lower = self.estimate(backend, 1).is_some_and(|e| samples.iter().all(|s| *s < e.mean()));
-        if !lower {
+        let Some(old) = self.estimate(backend, 1).copied() else {
+            samples.iter().for_each(|s| self.record(backend, 1, *s));
+            return;
+        };
+        if !samples.iter().all(|s| *s < old.mean()) {
             samples.iter().for_each(|s| self.record(backend, 1, *s));
             return;
         }
@@ -88,6 +108,8 @@ impl CostModel {
         for s in &samples[1..] {
             fresh.update(*s);
         }
+        // A few probes say little about jitter: keep the margin the frames have shown.
+        fresh.dev_s = fresh.dev_s.max(old.dev_s);
         self.estimates.insert((backend.to_owned(), 1), fresh);
     }
 
@@ -95,10 +117,11 @@ impl CostModel {
         self.estimates.get(&(backend.to_owned(), batch))
     }
 
-    /// Predicted cost of a batch of `batch` frames. A size never measured is scaled linearly
-    /// from the nearest smaller measured size (batches rarely cost more than that), or taken
-    /// from the nearest larger one; with nothing measured at all the prediction is zero, which is
-    /// why the worker measures a warm-up run before the first frame.
+    /// Predicted cost of a batch of `batch` frames. A size never measured is the smaller of:
+    /// the nearest smaller measured size scaled linearly (batches rarely cost more than that),
+    /// and the nearest larger measured size (a smaller batch does not cost more). With nothing
+    /// measured at all the prediction is zero, which is why the worker measures warm-up runs
+    /// before the first frame.
     pub fn predict(&self, backend: &str, batch: usize) -> Duration {
         if let Some(e) = self.estimate(backend, batch) {
             return e.predict();
@@ -106,9 +129,11 @@ impl CostModel {
         let sizes = self.estimates.keys().filter(|(b, _)| b == backend).map(|(_, n)| *n);
         let below = sizes.clone().filter(|&n| n < batch).max();
         let above = sizes.filter(|&n| n > batch).min();
-        match (below, above) {
-            (Some(n), _) => self.predict(backend, n).mul_f64(batch as f64 / n as f64),
-            (None, Some(n)) => self.predict(backend, n),
+        let scaled = below.map(|n| self.predict(backend, n).mul_f64(batch as f64 / n as f64));
+        let capped = above.map(|n| self.predict(backend, n));
+        match (scaled, capped) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
             (None, None) => Duration::ZERO,
         }
     }
@@ -234,6 +259,12 @@ mod tests {
         assert_eq!(c.predict("b", 1), 30 * MS, "from the larger size");
         assert_eq!(c.predict("b", 4), 60 * MS, "linear from the smaller size");
         assert_eq!(c.predict("other", 1), Duration::ZERO, "per backend");
+        // Between two measured sizes: never more than the larger one costs.
+        let mut c = CostModel::default();
+        c.record("b", 1, 30 * MS);
+        c.record("b", 4, 60 * MS);
+        assert_eq!(c.predict("b", 3), 60 * MS, "not 90 ms from batch 1");
+        assert_eq!(c.predict("b", 2), 60 * MS);
     }
 
     fn policy(budgets_ms: &[u32], cost_ms: &[(usize, u32)]) -> Policy {

@@ -74,8 +74,10 @@ impl Stages<SimFrame> for Scripted {
 struct Outcome {
     /// Per camera: the times of every frame reported.
     done: Vec<Vec<FrameTimes>>,
-    /// When each reported frame was ready, all cameras.
+    /// When each reported frame was handed on (step returned), all cameras.
     ready_at: Vec<Instant>,
+    /// Frames handed on after capture + budget: must stay 0.
+    late_deliveries: u64,
     captured: Vec<u64>,
     stats: Arc<SchedulerStats>,
     camera_stats: Vec<Arc<CameraStats>>,
@@ -142,6 +144,7 @@ fn simulate(
     let mut done: Vec<Vec<FrameTimes>> = vec![Vec::new(); cameras.len()];
     let mut pending = Vec::new();
     let mut ready_at = Vec::new();
+    let mut late_deliveries = 0;
     while clock.now() < end {
         let now = clock.now();
         for (camera, at) in next.iter_mut().enumerate() {
@@ -151,8 +154,13 @@ fn simulate(
                 *at += periods[camera];
             }
         }
-        for d in sched.step(&hub) {
-            ready_at.push(d.frame.captured + d.times.total);
+        let results = sched.step(&hub);
+        let delivered = clock.now();
+        for d in results {
+            if delivered > d.frame.captured + budgets[d.frame.camera] {
+                late_deliveries += 1;
+            }
+            ready_at.push(delivered);
             done[d.frame.camera].push(d.times);
         }
         hub.pending(&mut pending);
@@ -161,7 +169,7 @@ fn simulate(
         }
     }
     hub.pending(&mut pending);
-    Outcome { done, ready_at, captured, stats, camera_stats, pending_at_end: pending.len() }
+    Outcome { done, ready_at, late_deliveries, captured, stats, camera_stats, pending_at_end: pending.len() }
 }
 
 fn constant(cost: Duration) -> InferCost {
@@ -184,7 +192,7 @@ fn four_times_overloaded_nothing_is_late_every_camera_gets_its_share_and_frames_
     let out = simulate(&clock, &cameras, &[budget; 4], Scripted::new(&clock, 1, constant(36 * MS)), run);
 
     assert_eq!(out.stats.deadline_misses(), 0, "no frame finished past its budget");
-    assert!(out.all().all(|t| t.total <= budget), "no frame was reported late");
+    assert_eq!(out.late_deliveries, 0, "no frame was handed on after its deadline");
     out.assert_fair(0.10);
     let totals: Vec<Duration> = out.all().map(|t| t.total).collect();
     let p99 = exact_quantile(totals, 0.99);
@@ -214,7 +222,7 @@ fn jittery_costs_stay_in_budget_thanks_to_the_margin() {
     let budget = 100 * MS;
     let out = simulate(&clock, &cameras, &[budget; 4], Scripted::new(&clock, 1, jitter), 60 * Duration::from_secs(1));
     assert_eq!(out.stats.deadline_misses(), 0);
-    assert!(out.all().all(|t| t.total <= budget));
+    assert_eq!(out.late_deliveries, 0);
     out.assert_fair(0.10);
     out.assert_accounted();
 }
@@ -233,7 +241,7 @@ fn an_unforeseen_stall_is_a_counted_miss_and_its_results_are_not_reported() {
         10 * Duration::from_secs(1),
     );
     assert_eq!(out.stats.deadline_misses(), 1, "the frame in the stalled inference");
-    assert!(out.all().all(|t| t.total <= budget), "the late frame was not reported");
+    assert_eq!(out.late_deliveries, 0, "the late frame was not handed on");
     assert!(out.stats.processed() > 200, "the camera went on being served: {}", out.stats.processed());
     out.assert_accounted();
 }
@@ -260,7 +268,7 @@ fn after_a_lasting_slowdown_beyond_every_budget_service_comes_back() {
         Scripted::new(&clock, 1, slow),
         20 * Duration::from_secs(1),
     );
-    assert!(out.all().all(|t| t.total <= budget));
+    assert_eq!(out.late_deliveries, 0);
     let misses = out.stats.deadline_misses();
     assert!((1..=5).contains(&misses), "the slowdown is learnt within a few frames: {misses} misses");
     let during = out
@@ -289,7 +297,7 @@ fn batching_across_cameras_serves_more_frames_within_the_same_budgets() {
     let batched = simulate(&clock, &cameras, &[budget; 4], Scripted::new(&clock, 4, batch_cost()), run);
     for out in [&single, &batched] {
         assert_eq!(out.stats.deadline_misses(), 0);
-        assert!(out.all().all(|t| t.total <= budget));
+        assert_eq!(out.late_deliveries, 0);
         out.assert_fair(0.10);
         out.assert_accounted();
     }
@@ -316,6 +324,43 @@ fn a_camera_whose_budget_is_below_the_model_cost_is_dropped_never_late() {
     // The other camera is unaffected: 25 frames/s, the worker's capacity for it.
     let other = out.stats.cameras[1].processed.load(Ordering::Relaxed);
     assert!(other as f64 >= 0.95 * 25.0 * 5.0, "{other} frames in 5 s");
+    out.assert_accounted();
+}
+
+#[test]
+fn a_budget_between_the_engine_time_and_the_whole_cost_misses_at_most_while_learning() {
+    // The engine alone takes 36 ms (what warm-up and probes see); with pre- and post-processing
+    // a frame takes 40 ms; the budget is 38 ms. After the first real frames show the whole
+    // cost, nothing more is started, and probes (put on the same scale) do not restart it.
+    let clock = Arc::new(ManualClock::new());
+    let budget = 38 * MS;
+    let out = simulate(
+        &clock,
+        &[(30.0, Duration::ZERO)],
+        &[budget],
+        Scripted::new(&clock, 1, constant(36 * MS)),
+        10 * Duration::from_secs(1),
+    );
+    let misses = out.stats.deadline_misses();
+    assert!(misses <= 2, "{misses} misses: the probes keep restarting a camera that cannot make it");
+    assert_eq!(out.late_deliveries, 0);
+    assert_eq!(out.stats.processed(), 0, "no frame can make 38 ms");
+    assert!(out.stats.dropped_stale() > 200, "{}", out.stats.dropped_stale());
+    out.assert_accounted();
+}
+
+#[test]
+fn batching_with_two_frames_in_a_batch_hands_both_on_in_budget() {
+    // Post-processing is slow (10 ms per frame): the first frame of a batch is judged by when the
+    // whole batch is handed on, not by when its own decode ended.
+    let clock = Arc::new(ManualClock::new());
+    let mut stages = Scripted::new(&clock, 2, Box::new(|n, _| 20 * MS + 5 * MS * n as u32));
+    stages.postprocess = 10 * MS;
+    let cameras = [(30.0, Duration::ZERO), (30.0, Duration::ZERO)];
+    let out = simulate(&clock, &cameras, &[60 * MS; 2], stages, 20 * Duration::from_secs(1));
+    assert_eq!(out.late_deliveries, 0);
+    assert!(out.all().any(|t| t.batch == 2), "batches were formed");
+    out.assert_fair(0.10);
     out.assert_accounted();
 }
 
