@@ -240,7 +240,7 @@ fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, UplinkError> {
 
 /// A rustls client configuration on the ring provider: the CA bundle verifies the broker, and a
 /// client certificate, when configured, proves the device (mutual TLS).
-fn rustls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, UplinkError> {
+pub fn rustls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, UplinkError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut read_pem(&tls.ca)?.as_slice()) {
         let cert = cert.map_err(|e| UplinkError::Tls(format!("{}: {e}", tls.ca.display())))?;

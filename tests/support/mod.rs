@@ -89,6 +89,150 @@ impl Drop for Broker {
     }
 }
 
+/// The shipped production broker configuration (appliance/config/mosquitto: TLS only, client
+/// certificates required, certificate CN as user name, the vigil ACL) on a free loopback port,
+/// with a fleet CA and certificates made for the test: the broker's (IP 127.0.0.1) and one per
+/// client name.
+pub struct TlsBroker {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Makes `<name>.key` and `<name>.pem`, signed by `fleet-ca`: a server certificate for
+/// 127.0.0.1, or a client certificate whose CN is `name`.
+fn issue(dir: &Path, name: &str, server: bool) {
+    let ext = if server {
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+    } else {
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n"
+    };
+    std::fs::write(dir.join(format!("{name}.ext")), ext).expect("write extensions");
+    let cn = format!("/CN={}", if server { "127.0.0.1" } else { name });
+    let (key, csr, pem, ext) =
+        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+    openssl(
+        dir,
+        &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+            .iter()
+            .copied()
+            .chain(["-keyout", &key, "-out", &csr, "-subj", &cn])
+            .collect::<Vec<_>>(),
+    );
+    openssl(
+        dir,
+        &["x509", "-req", "-in", &csr, "-CA", "fleet-ca.pem", "-CAkey", "fleet-ca.key", "-CAcreateserial"]
+            .iter()
+            .copied()
+            .chain(["-days", "2", "-out", &pem, "-extfile", &ext])
+            .collect::<Vec<_>>(),
+    );
+}
+
+impl TlsBroker {
+    pub fn start(clients: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        openssl(
+            d,
+            &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+                .iter()
+                .copied()
+                .chain([
+                    "-keyout",
+                    "fleet-ca.key",
+                    "-out",
+                    "fleet-ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=vigil test fleet CA",
+                ])
+                .collect::<Vec<_>>(),
+        );
+        issue(d, "broker", true);
+        for name in clients {
+            issue(d, name, false);
+        }
+        // mosquitto started as root drops to its own user: it must be able to read the test's
+        // files (throwaway keys, so world-readable is fine).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod tempdir");
+        for entry in std::fs::read_dir(d).expect("list tempdir") {
+            let path = entry.expect("entry").path();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+        let shipped = repo_root().join("appliance/config/mosquitto");
+        let template = std::fs::read_to_string(shipped.join("mosquitto.conf")).expect("the shipped broker config");
+        for _ in 0..5 {
+            let port = free_port();
+            let conf = template
+                .replace("listener 8883", &format!("listener {port} 127.0.0.1"))
+                .replace("persistence true", "persistence false")
+                .replace("/etc/mosquitto/certs/", &format!("{}/", d.display()))
+                .replace("/etc/mosquitto/vigil.acl", &shipped.join("vigil.acl").display().to_string());
+            assert!(conf.contains(&format!("listener {port}")) && conf.contains("require_certificate true"));
+            std::fs::write(d.join("broker.conf"), conf).expect("write broker.conf");
+            let log = std::fs::File::create(d.join("broker.log")).expect("broker log");
+            let mut child = Command::new("mosquitto")
+                .arg("-c")
+                .arg(d.join("broker.conf"))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("mosquitto is installed (make setup)");
+            let up = wait_until(Duration::from_secs(5), || TcpStream::connect(("127.0.0.1", port)).is_ok());
+            if up && child.try_wait().ok().flatten().is_none() {
+                return Self { child, port, dir };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("mosquitto (TLS) did not start: {}", std::fs::read_to_string(d.join("broker.log")).unwrap_or_default());
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.port)
+    }
+
+    /// TLS settings for client `name` (None: CA only, no client certificate).
+    pub fn tls(&self, name: Option<&str>) -> vigil::config::TlsConfig {
+        let d = self.dir.path();
+        vigil::config::TlsConfig {
+            ca: d.join("fleet-ca.pem"),
+            cert: name.map(|n| d.join(format!("{n}.pem"))),
+            key: name.map(|n| d.join(format!("{n}.key"))),
+        }
+    }
+
+    /// The `[mqtt.tls]` section of a vigil.toml for device `name`.
+    pub fn tls_toml(&self, name: &str) -> String {
+        let t = self.tls(Some(name));
+        format!(
+            "[mqtt.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            t.ca.display(),
+            t.cert.unwrap().display(),
+            t.key.unwrap().display()
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Writes a vigil.toml in `dir` and returns its path. `cameras` are (id, uri) pairs.
 pub fn write_config(dir: &Path, device_id: &str, broker_url: &str, cameras: &[(&str, String)]) -> PathBuf {
     let mut text = format!(
@@ -166,6 +310,17 @@ pub fn vigil_cmd(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
+/// Client options for the broker on `port`, over TLS when `tls` is given.
+pub fn mqtt_options(port: u16, tls: Option<&vigil::config::TlsConfig>) -> rumqttc::MqttOptions {
+    let mut opts = rumqttc::MqttOptions::new(format!("test-client-{}", free_port()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(10)).set_max_packet_size(1 << 20, 1 << 20);
+    if let Some(tls) = tls {
+        let config = vigil::uplink::rustls_config(tls).expect("test TLS settings are valid");
+        opts.set_transport(rumqttc::Transport::tls_with_config(config.into()));
+    }
+    opts
+}
+
 /// (topic, payload, when received)
 type Received = Vec<(String, Vec<u8>, Instant)>;
 
@@ -177,8 +332,15 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn start(port: u16, filter: &str) -> Self {
-        let mut opts = rumqttc::MqttOptions::new(format!("test-sub-{}", free_port()), "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(10)).set_max_packet_size(1 << 20, 1 << 20);
+        Self::connect(mqtt_options(port, None), filter)
+    }
+
+    /// Over TLS with the client identity in `tls`.
+    pub fn start_tls(port: u16, filter: &str, tls: &vigil::config::TlsConfig) -> Self {
+        Self::connect(mqtt_options(port, Some(tls)), filter)
+    }
+
+    fn connect(opts: rumqttc::MqttOptions, filter: &str) -> Self {
         let (client, mut connection) = rumqttc::Client::new(opts, 100);
         client.subscribe(filter, rumqttc::QoS::AtLeastOnce).expect("subscribe");
         let messages = Arc::new(Mutex::new(Vec::new()));
