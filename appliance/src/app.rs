@@ -80,7 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (bundle, detector) = load_detector(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let store = Store::open(&config.data_dir)?;
+    let store = Store::open(&config.data_dir)?.with_outbox_limit(config.mqtt.outbox_max_messages);
     let model = ModelRef {
         name: bundle.manifest.model.name.clone(),
         version: bundle.manifest.model.version.clone(),
@@ -246,6 +246,7 @@ fn log_stats(cameras: &[Arc<CameraStats>], sched: &SchedulerStats, store: &Store
         batches = sched.batches.load(Relaxed),
         events = sched.events.load(Relaxed),
         outbox = store.outbox_len(),
+        outbox_evicted = store.outbox_evicted(),
         "inference totals"
     );
 }

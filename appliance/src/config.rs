@@ -51,6 +51,10 @@ pub struct MqttConfig {
     /// Unacknowledged QoS 1 publishes allowed at once (the outbox drain window).
     #[serde(default = "default_inflight")]
     pub max_inflight: u16,
+    /// Messages the disk outbox holds while the broker is unreachable. When full, the oldest are
+    /// dropped from the outbox (their events stay in the store) and counted.
+    #[serde(default = "default_outbox_max")]
+    pub outbox_max_messages: usize,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
 }
@@ -62,6 +66,7 @@ impl Default for MqttConfig {
             client_id: None,
             keep_alive_s: default_keep_alive_s(),
             max_inflight: default_inflight(),
+            outbox_max_messages: default_outbox_max(),
             tls: None,
         }
     }
@@ -252,6 +257,9 @@ fn default_keep_alive_s() -> u64 {
 fn default_inflight() -> u16 {
     32
 }
+fn default_outbox_max() -> usize {
+    100_000
+}
 fn default_backend() -> BackendKind {
     BackendKind::Auto
 }
@@ -421,6 +429,9 @@ impl Config {
         }
         if !(1..=1024).contains(&self.mqtt.max_inflight) {
             bad("mqtt.max_inflight", format!("{} is outside 1..=1024", self.mqtt.max_inflight));
+        }
+        if !(100..=10_000_000).contains(&self.mqtt.outbox_max_messages) {
+            bad("mqtt.outbox_max_messages", format!("{} is outside 100..=10000000", self.mqtt.outbox_max_messages));
         }
         if let Some(tls) = &self.mqtt.tls {
             for (field, path) in [("ca", Some(&tls.ca)), ("cert", tls.cert.as_ref()), ("key", tls.key.as_ref())] {

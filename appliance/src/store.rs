@@ -3,8 +3,14 @@
 //! An event and its outbox entry are written in one transaction, and the store is flushed before
 //! anything is offered to MQTT: an event that reached the broker is always on disk. The outbox is
 //! drained oldest first; an entry leaves it only when the broker acknowledged it (PUBACK).
+//!
+//! The outbox is bounded ([`Store::with_outbox_limit`]). When a long outage fills it, the oldest
+//! messages are dropped from the outbox — their events stay in the events tree, readable with
+//! `vigil events list` — counted in [`Store::outbox_evicted`] and logged.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
@@ -12,6 +18,8 @@ use sled::Transactional;
 use crate::events::Event;
 
 pub const SCHEMA_VERSION: u64 = 1;
+/// Outbox bound when none is configured (`mqtt.outbox_max_messages`).
+pub const DEFAULT_OUTBOX_LIMIT: usize = 100_000;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +72,10 @@ pub struct Store {
     db: sled::Db,
     events: sled::Tree,
     outbox: sled::Tree,
+    outbox_limit: usize,
+    /// Entries in the outbox (sled's `len` walks the whole tree).
+    outbox_count: Arc<AtomicUsize>,
+    outbox_evicted: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -98,7 +110,50 @@ impl Store {
                 }
             }
         }
-        Ok(Self { events: db.open_tree("events")?, outbox: db.open_tree("outbox")?, db })
+        let outbox = db.open_tree("outbox")?;
+        Ok(Self {
+            events: db.open_tree("events")?,
+            outbox_count: Arc::new(AtomicUsize::new(outbox.len())),
+            outbox,
+            outbox_limit: DEFAULT_OUTBOX_LIMIT,
+            outbox_evicted: Arc::new(AtomicU64::new(0)),
+            db,
+        })
+    }
+
+    /// Bounds the outbox to `limit` messages (at least 1); see the module documentation.
+    pub fn with_outbox_limit(mut self, limit: usize) -> Self {
+        self.outbox_limit = limit.max(1);
+        self
+    }
+
+    /// Messages dropped from a full outbox since this store was opened.
+    pub fn outbox_evicted(&self) -> u64 {
+        self.outbox_evicted.load(Ordering::Relaxed)
+    }
+
+    /// Drops the oldest outbox entries beyond the limit.
+    fn evict_overflow(&self) -> Result<(), StoreError> {
+        let mut evicted = 0u64;
+        while self.outbox_count.load(Ordering::Relaxed) > self.outbox_limit {
+            match self.outbox.pop_min()? {
+                Some(_) => {
+                    self.outbox_count.fetch_sub(1, Ordering::Relaxed);
+                    evicted += 1;
+                }
+                None => break,
+            }
+        }
+        if evicted > 0 {
+            let total = self.outbox_evicted.fetch_add(evicted, Ordering::Relaxed) + evicted;
+            tracing::warn!(
+                evicted,
+                total,
+                limit = self.outbox_limit,
+                "outbox full: oldest messages dropped from it (their events stay in the store)"
+            );
+        }
+        Ok(())
     }
 
     /// Writes events and their outbox entries atomically (not yet durable: call [`Store::flush`]).
@@ -110,7 +165,7 @@ impl Store {
                 (e.id.as_bytes().to_vec(), json)
             })
             .collect();
-        (&self.events, &self.outbox)
+        let result = (&self.events, &self.outbox)
             .transaction(|(ev, ob)| {
                 for (id, json) in &encoded {
                     ev.insert(id.as_slice(), json.as_slice())?;
@@ -123,7 +178,10 @@ impl Store {
             .map_err(|e| match e {
                 TransactionError::Storage(s) => StoreError::Io(s),
                 TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
-            })
+            });
+        result?;
+        self.outbox_count.fetch_add(encoded.len(), Ordering::Relaxed);
+        self.evict_overflow()
     }
 
     /// Makes everything written so far durable.
@@ -151,12 +209,14 @@ impl Store {
     /// Removes an acknowledged outbox entry. Not flushed: losing a removal in a crash only means
     /// the message is sent again (at-least-once), never lost.
     pub fn outbox_remove(&self, key: u64) -> Result<(), StoreError> {
-        self.outbox.remove(key.to_be_bytes())?;
+        if self.outbox.remove(key.to_be_bytes())?.is_some() {
+            self.outbox_count.fetch_sub(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
     pub fn outbox_len(&self) -> usize {
-        self.outbox.len()
+        self.outbox_count.load(Ordering::Relaxed)
     }
 
     pub fn event_count(&self) -> usize {
@@ -240,6 +300,34 @@ mod tests {
         store.outbox_remove(out[0].0).unwrap();
         assert_eq!(store.outbox_len(), 4);
         assert_eq!(store.event(&evs[2].id).unwrap().as_ref(), Some(&evs[2]));
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_drops_its_oldest_messages_and_keeps_every_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let evs: Vec<Event> = (0..25).map(event).collect();
+        {
+            let store = Store::open(dir.path()).unwrap().with_outbox_limit(10);
+            for chunk in evs.chunks(4) {
+                store.append(chunk, "t").unwrap();
+            }
+            store.flush().await.unwrap();
+            assert_eq!(store.outbox_len(), 10);
+            assert_eq!(store.outbox_evicted(), 15);
+            let kept: Vec<Event> = store
+                .outbox_after(None, 100)
+                .unwrap()
+                .iter()
+                .map(|(_, e)| serde_json::from_slice(&e.payload).unwrap())
+                .collect();
+            assert_eq!(kept, evs[15..], "the newest ten, in order");
+            assert_eq!(store.event_count(), 25, "every event is still in the store");
+            // Removing an entry that eviction already took changes nothing.
+            store.outbox_remove(0).unwrap();
+            assert_eq!(store.outbox_len(), 10);
+        }
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(reopened.outbox_len(), 10, "the count is rebuilt on open");
     }
 
     #[test]
