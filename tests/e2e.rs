@@ -90,3 +90,39 @@ fn events_over_mqtt_match_the_ground_truth_and_are_all_in_sled() {
     }
     assert_eq!(store.outbox_len(), 0, "every event was acknowledged and left the outbox");
 }
+
+#[test]
+fn metrics_report_each_camera_inference_and_the_store() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start(broker.port, "vigil/m/metrics");
+    let clip = format!("file://{}", eval_clip().display());
+    let config = write_config(dir.path(), "m", &broker.url(), &[("clip", clip), ("pattern", "test://ball".into())]);
+    let text = std::fs::read_to_string(&config).unwrap().replace("[mqtt]\n", "[mqtt]\nmetrics_interval_s = 1\n");
+    std::fs::write(&config, text).unwrap();
+    let vigil = Vigil::start(&config, dir.path());
+    let reported = wait_until(Duration::from_secs(30), || {
+        sub.on("vigil/m/metrics").iter().any(|p| {
+            let m: serde_json::Value = serde_json::from_slice(p).unwrap();
+            m["cameras"][0]["inference"]["processed"].as_u64().unwrap_or(0) > 10
+        })
+    });
+    assert!(reported, "{}", vigil.log());
+    let (status, log) = vigil.terminate();
+    assert!(status.success(), "{status:?}\n{log}");
+    let last: serde_json::Value = serde_json::from_slice(sub.on("vigil/m/metrics").last().unwrap()).unwrap();
+    assert_eq!(last["device_id"], "m");
+    let cams = last["cameras"].as_array().unwrap();
+    assert_eq!(cams.iter().map(|c| c["id"].as_str().unwrap()).collect::<Vec<_>>(), ["clip", "pattern"]);
+    let clip = &cams[0];
+    assert!(clip["capture"]["frames_in"].as_u64().unwrap() > 10, "{clip}");
+    assert!(clip["capture"]["fps_in"].as_f64().unwrap() > 0.0, "{clip}");
+    assert!(clip["inference"]["total"]["p50_ms"].as_f64().unwrap() > 0.0, "{clip}");
+    assert_eq!(clip["inference"]["deadline_misses"], 0, "{clip}");
+    for key in ["dropped_stale", "dropped_error"] {
+        assert!(clip["inference"][key].is_u64(), "{key} in {clip}");
+    }
+    assert!(last["store"]["events"].as_u64().unwrap() > 0, "{last}");
+    assert!(last["store"]["size_bytes"].as_u64().unwrap() > 0, "{last}");
+    assert!(last["store"]["outbox"].is_u64() && last["uptime_s"].is_u64(), "{last}");
+}

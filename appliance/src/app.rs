@@ -145,7 +145,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &config,
         Some(StatusModel { name: model.name.clone(), version: model.version.clone(), backend: model.backend.clone() }),
     );
-    let uplink = tokio::spawn(Uplink::new(&config, status, store.clone(), wake)?.run(uplink_cancel.clone()));
+    let uplink = tokio::spawn(Uplink::new(&config, status, store.clone(), wake.clone())?.run(uplink_cancel.clone()));
 
     let reporter = {
         let (stats, sched, store, cancel) = (stats.clone(), sched_stats.clone(), store.clone(), capture_cancel.clone());
@@ -160,6 +160,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
         })
     };
+    let metrics = (config.mqtt.metrics_interval_s > 0).then(|| {
+        let (stats, sched, store, cancel) = (stats.clone(), sched_stats.clone(), store.clone(), capture_cancel.clone());
+        let (device_id, wake) = (config.device_id.clone(), wake.clone());
+        let every = Duration::from_secs(config.mqtt.metrics_interval_s);
+        let started = std::time::Instant::now();
+        tokio::spawn(async move {
+            let topic = crate::metrics::metrics_topic(&device_id);
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {
+                        let m = crate::metrics::Metrics::collect(&device_id, started, &stats, &sched, &store);
+                        let payload = serde_json::to_vec(&m).expect("metrics always serialise");
+                        let queued = store.enqueue(&topic, &payload);
+                        match queued {
+                            Ok(()) => match store.flush().await {
+                                Ok(()) => wake.notify_one(),
+                                Err(e) => tracing::error!(error = %e, "cannot flush the store (metrics)"),
+                            },
+                            Err(e) => tracing::error!(error = %e, "cannot queue metrics"),
+                        }
+                    }
+                }
+            }
+        })
+    });
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
@@ -178,6 +206,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         stuck.push("uplink".into());
     }
     reporter.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     for (i, t) in camera_threads.into_iter().enumerate() {
         let join = tokio::task::spawn_blocking(move || t.join());
         if tokio::time::timeout_at(deadline, join).await.is_err() {

@@ -55,6 +55,9 @@ pub struct MqttConfig {
     /// dropped from the outbox (their events stay in the store) and counted.
     #[serde(default = "default_outbox_max")]
     pub outbox_max_messages: usize,
+    /// Seconds between `metrics` messages; 0 turns them off.
+    #[serde(default = "default_metrics_interval")]
+    pub metrics_interval_s: u64,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
 }
@@ -67,6 +70,7 @@ impl Default for MqttConfig {
             keep_alive_s: default_keep_alive_s(),
             max_inflight: default_inflight(),
             outbox_max_messages: default_outbox_max(),
+            metrics_interval_s: default_metrics_interval(),
             tls: None,
         }
     }
@@ -260,6 +264,9 @@ fn default_inflight() -> u16 {
 fn default_outbox_max() -> usize {
     100_000
 }
+fn default_metrics_interval() -> u64 {
+    30
+}
 fn default_backend() -> BackendKind {
     BackendKind::Auto
 }
@@ -429,6 +436,12 @@ impl Config {
         }
         if !(1..=1024).contains(&self.mqtt.max_inflight) {
             bad("mqtt.max_inflight", format!("{} is outside 1..=1024", self.mqtt.max_inflight));
+        }
+        if self.mqtt.metrics_interval_s > 86_400 {
+            bad(
+                "mqtt.metrics_interval_s",
+                format!("{} is more than a day (0 turns metrics off)", self.mqtt.metrics_interval_s),
+            );
         }
         if !(100..=10_000_000).contains(&self.mqtt.outbox_max_messages) {
             bad("mqtt.outbox_max_messages", format!("{} is outside 100..=10000000", self.mqtt.outbox_max_messages));

@@ -9,6 +9,7 @@ pub mod capture;
 pub mod config;
 pub mod events;
 pub mod infer;
+pub mod metrics;
 pub mod scheduler;
 pub mod store;
 pub mod testkit;

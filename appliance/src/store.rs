@@ -184,6 +184,21 @@ impl Store {
         self.evict_overflow()
     }
 
+    /// Queues one message that is not an event (metrics, replies) in the outbox (not yet
+    /// durable: call [`Store::flush`]).
+    pub fn enqueue(&self, topic: &str, payload: &[u8]) -> Result<(), StoreError> {
+        let key = self.db.generate_id()?;
+        let entry = OutboxEntry { topic: topic.to_owned(), payload: payload.to_vec() };
+        self.outbox.insert(key.to_be_bytes(), entry.encode())?;
+        self.outbox_count.fetch_add(1, Ordering::Relaxed);
+        self.evict_overflow()
+    }
+
+    /// Bytes the store takes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
     /// Makes everything written so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
