@@ -126,3 +126,51 @@ fn metrics_report_each_camera_inference_and_the_store() {
     assert!(last["store"]["size_bytes"].as_u64().unwrap() > 0, "{last}");
     assert!(last["store"]["outbox"].is_u64() && last["uptime_s"].is_u64(), "{last}");
 }
+
+/// An event as stored, captured at `ns` (Unix nanoseconds).
+fn stored_event(n: u32, ns: u64) -> Event {
+    serde_json::from_value(serde_json::json!({
+        "id": format!("019ab3c2-7f1e-7c3a-9d52-{n:012}"), "kind": "detection", "device_id": "d",
+        "camera_id": "c", "label": "circle", "class_id": 0, "score": 0.9,
+        "box": { "x1": 0.0, "y1": 0.0, "x2": 1.0, "y2": 1.0 }, "box_norm": [0.0, 0.0, 0.1, 0.1],
+        "frame": { "seq": n, "pts_ns": null, "captured_at": "", "captured_at_ns": ns, "width": 10, "height": 10 },
+        "model": { "name": "m", "version": "1", "backend": "b" },
+        "latency": { "total_ms": 1.0, "queue_ms": 0.0, "preprocess_ms": 0.0, "inference_ms": 1.0, "postprocess_ms": 0.0 }
+    }))
+    .expect("a valid event")
+}
+
+#[test]
+fn events_list_reads_a_capture_time_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let hour = 3_600_000_000_000u64;
+    let t0 = 1_795_478_400_000_000_000u64; // 2026-11-24T00:00:00Z
+    {
+        let store = Store::open(&data).unwrap();
+        // Stored out of capture order, as several cameras would.
+        let evs: Vec<Event> =
+            [3u64, 1, 2, 5].iter().enumerate().map(|(i, h)| stored_event(i as u32, t0 + h * hour)).collect();
+        store.append(&evs, "t").unwrap();
+        tokio::runtime::Runtime::new().unwrap().block_on(store.flush()).unwrap();
+    }
+    let d = data.to_str().unwrap();
+    let list = |extra: &[&str]| {
+        let mut args = vec!["events", "list", "--json", "--data-dir", d];
+        args.extend_from_slice(extra);
+        let (code, out, err) = vigil_cmd(&args, &[]);
+        assert_eq!(code, 0, "{err}");
+        out.lines().map(|l| serde_json::from_str::<Event>(l).unwrap().frame.seq).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        list(&["--since", "2026-11-24T01:30:00Z", "--until", "2026-11-24T04:00:00Z"]),
+        [2, 0],
+        "by capture time"
+    );
+    assert_eq!(list(&["--since", "2026-11-24T02:00:00Z"]), [2, 0, 3], "since is inclusive");
+    assert_eq!(list(&["--until", "2026-11-24T05:00:00Z", "--last", "2"]), [2, 0], "the newest two of the range");
+    assert_eq!(list(&[]).len(), 4);
+    let (code, _, err) = vigil_cmd(&["events", "list", "--data-dir", d, "--since", "yesterday"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("RFC 3339"), "{err}");
+}

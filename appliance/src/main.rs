@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -84,7 +85,17 @@ enum EventsCommand {
         /// Only the newest N events.
         #[arg(long)]
         last: Option<usize>,
+        /// Only events captured at or after this time (RFC 3339, e.g. 2026-11-24T08:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<SystemTime>,
+        /// Only events captured before this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<SystemTime>,
     },
+}
+
+fn parse_time(s: &str) -> Result<SystemTime, String> {
+    humantime::parse_rfc3339_weak(s).map_err(|e| format!("{e}: give an RFC 3339 time such as 2026-11-24T08:00:00Z"))
 }
 
 fn init_logging(format: LogFormat) {
@@ -145,8 +156,8 @@ fn main() -> ExitCode {
             }
             report(run_service(cfg))
         }
-        Command::Events { command: EventsCommand::List { config, data_dir, json, last } } => {
-            report(list_events(config.as_deref(), data_dir, json, last))
+        Command::Events { command: EventsCommand::List { config, data_dir, json, last, since, until } } => {
+            report(list_events(config.as_deref(), data_dir, json, last, (since, until)))
         }
         Command::ModelCheck { config, bundle, backend } => model_check(config.as_deref(), bundle, backend),
         Command::Bench(args) => report(vigil::bench::run(&args)),
@@ -253,6 +264,7 @@ fn list_events(
     data_dir: Option<PathBuf>,
     json: bool,
     last: Option<usize>,
+    (since, until): (Option<SystemTime>, Option<SystemTime>),
 ) -> anyhow::Result<()> {
     let dir = match data_dir {
         Some(d) => d,
@@ -262,10 +274,21 @@ fn list_events(
         anyhow::bail!("no store under {}; check data_dir (has vigil run there yet?)", dir.display());
     }
     let store = Store::open(&dir)?;
-    let skip = last.map_or(0, |n| store.event_count().saturating_sub(n));
+    // A time range reads the capture-time index; otherwise all events in id (creation) order.
+    let ns = |t: Option<SystemTime>, default: u64| t.map_or(default, vigil::events::unix_ns);
+    let (from, to) = (ns(since, 0), ns(until, u64::MAX));
+    let ranged = since.is_some() || until.is_some();
+    let total = match (last, ranged) {
+        (None, _) => 0,
+        (Some(_), true) => store.count_between(from, to)?,
+        (Some(_), false) => store.event_count(),
+    };
+    let events: Box<dyn Iterator<Item = Result<vigil::events::Event, vigil::store::StoreError>>> =
+        if ranged { Box::new(store.events_between(from, to)) } else { Box::new(store.events()) };
+    let skip = last.map_or(0, |n| total.saturating_sub(n));
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     use std::io::Write;
-    for event in store.events().skip(skip) {
+    for event in events.skip(skip) {
         let e = event?;
         let line = if json {
             serde_json::to_string(&e)?

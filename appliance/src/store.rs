@@ -4,6 +4,10 @@
 //! anything is offered to MQTT: an event that reached the broker is always on disk. The outbox is
 //! drained oldest first; an entry leaves it only when the broker acknowledged it (PUBACK).
 //!
+//! Schema changes are numbered migrations, `vN → vN+1`, run in order when an older store is
+//! opened ([`MIGRATIONS`]). Each is idempotent, and the version is bumped (and flushed) only
+//! after its work is durable, so a crash mid-migration re-runs it on the next start.
+//!
 //! The outbox is bounded ([`Store::with_outbox_limit`]). When a long outage fills it, the oldest
 //! messages are dropped from the outbox — their events stay in the events tree, readable with
 //! `vigil events list` — counted in [`Store::outbox_evicted`] and logged.
@@ -17,7 +21,7 @@ use sled::Transactional;
 
 use crate::events::Event;
 
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 /// Outbox bound when none is configured (`mqtt.outbox_max_messages`).
 pub const DEFAULT_OUTBOX_LIMIT: usize = 100_000;
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -71,6 +75,8 @@ impl OutboxEntry {
 pub struct Store {
     db: sled::Db,
     events: sled::Tree,
+    /// Index: capture time (ns, big-endian) ‖ event id → (empty). Schema 2.
+    by_time: sled::Tree,
     outbox: sled::Tree,
     outbox_limit: usize,
     /// Entries in the outbox (sled's `len` walks the whole tree).
@@ -95,23 +101,22 @@ impl Store {
             },
         )?;
         let meta = db.open_tree("meta")?;
-        match meta.get(SCHEMA_KEY)? {
-            None => {
-                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
-                db.flush()?;
-            }
-            Some(v) => {
-                let found = v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt {
-                    key: "meta/schema_version".into(),
-                    message: "not an 8-byte integer".into(),
-                })?;
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::TooNew { path, found });
-                }
-            }
+        let found = match meta.get(SCHEMA_KEY)? {
+            // A new store starts at the current schema; one made before versions existed is v1.
+            None if db.open_tree("events")?.is_empty() => SCHEMA_VERSION,
+            None => 1,
+            Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt {
+                key: "meta/schema_version".into(),
+                message: "not an 8-byte integer".into(),
+            })?,
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { path, found });
         }
+        migrate(&db, &meta, found)?;
         let outbox = db.open_tree("outbox")?;
         Ok(Self {
+            by_time: db.open_tree(BY_TIME_TREE)?,
             events: db.open_tree("events")?,
             outbox_count: Arc::new(AtomicUsize::new(outbox.len())),
             outbox,
@@ -165,10 +170,12 @@ impl Store {
                 (e.id.as_bytes().to_vec(), json)
             })
             .collect();
-        let result = (&self.events, &self.outbox)
-            .transaction(|(ev, ob)| {
-                for (id, json) in &encoded {
+        let times: Vec<u64> = events.iter().map(|e| e.frame.captured_at_ns).collect();
+        let result = (&self.events, &self.outbox, &self.by_time)
+            .transaction(|(ev, ob, bt)| {
+                for ((id, json), at) in encoded.iter().zip(&times) {
                     ev.insert(id.as_slice(), json.as_slice())?;
+                    bt.insert(time_key(*at, id), &[][..])?;
                     let key = ob.generate_id()?;
                     let entry = OutboxEntry { topic: topic.to_owned(), payload: json.clone() };
                     ob.insert(&key.to_be_bytes(), entry.encode())?;
@@ -242,6 +249,29 @@ impl Store {
         self.events.get(id.as_bytes())?.map(|v| decode_event(id.as_bytes(), &v)).transpose()
     }
 
+    /// Events captured in `[from_ns, to_ns)` (Unix nanoseconds), in capture-time order.
+    pub fn events_between(&self, from_ns: u64, to_ns: u64) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
+        self.by_time.range(from_ns.to_be_bytes()..to_ns.to_be_bytes()).map(move |item| {
+            let (k, _) = item?;
+            let id = &k[8..];
+            let v = self.events.get(id)?.ok_or_else(|| StoreError::Corrupt {
+                key: format!("{BY_TIME_TREE}/{}", String::from_utf8_lossy(id)),
+                message: "indexes an event that is not in the store".into(),
+            })?;
+            decode_event(id, &v)
+        })
+    }
+
+    /// How many events were captured in `[from_ns, to_ns)` (reads the index only).
+    pub fn count_between(&self, from_ns: u64, to_ns: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self.by_time.range(from_ns.to_be_bytes()..to_ns.to_be_bytes()) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// All events, oldest first (UUIDv7 ids sort by creation time).
     pub fn events(&self) -> impl DoubleEndedIterator<Item = Result<Event, StoreError>> + '_ {
         self.events.iter().map(|item| {
@@ -249,6 +279,53 @@ impl Store {
             decode_event(&k, &v)
         })
     }
+}
+
+const BY_TIME_TREE: &str = "events_by_time";
+
+fn time_key(captured_at_ns: u64, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + id.len());
+    k.extend_from_slice(&captured_at_ns.to_be_bytes());
+    k.extend_from_slice(id);
+    k
+}
+
+/// One schema step: brings a store at version `from` to `from + 1`. Must be idempotent.
+type Migration = fn(&sled::Db) -> Result<(), StoreError>;
+
+/// `MIGRATIONS[i]` takes a store from version `i + 1` to `i + 2`.
+pub const MIGRATIONS: &[Migration] = &[v1_to_v2];
+const _: () = assert!(MIGRATIONS.len() as u64 == SCHEMA_VERSION - 1, "one migration per schema step");
+
+/// v2: the capture-time index of events (for time-range queries and retention by age).
+fn v1_to_v2(db: &sled::Db) -> Result<(), StoreError> {
+    let events = db.open_tree("events")?;
+    let by_time = db.open_tree(BY_TIME_TREE)?;
+    for item in events.iter() {
+        let (id, v) = item?;
+        let e = decode_event(&id, &v)?;
+        by_time.insert(time_key(e.frame.captured_at_ns, &id), &[][..])?;
+    }
+    Ok(())
+}
+
+fn migrate(db: &sled::Db, meta: &sled::Tree, mut version: u64) -> Result<(), StoreError> {
+    let start = version;
+    while version < SCHEMA_VERSION {
+        MIGRATIONS[(version - 1) as usize](db)?;
+        db.flush()?;
+        version += 1;
+        meta.insert(SCHEMA_KEY, &version.to_be_bytes())?;
+        db.flush()?;
+    }
+    if meta.get(SCHEMA_KEY)?.is_none() {
+        meta.insert(SCHEMA_KEY, &version.to_be_bytes())?;
+        db.flush()?;
+    }
+    if start < version {
+        tracing::info!(from = start, to = version, "store migrated");
+    }
+    Ok(())
 }
 
 fn decode_event(key: &[u8], value: &[u8]) -> Result<Event, StoreError> {
@@ -343,6 +420,84 @@ mod tests {
         }
         let reopened = Store::open(dir.path()).unwrap();
         assert_eq!(reopened.outbox_len(), 10, "the count is rebuilt on open");
+    }
+
+    fn event_at(n: u32, captured_at_ns: u64) -> Event {
+        let mut e = event(n);
+        e.frame.captured_at_ns = captured_at_ns;
+        e
+    }
+
+    /// Waits out sled's flusher, which may hold the file lock for a moment after a drop.
+    fn open_again(dir: &Path) -> Result<Store, StoreError> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Store::open(dir) {
+                Err(StoreError::Locked(_)) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A store as schema 1 wrote it: events, outbox and meta, no time index.
+    fn write_v1_store(dir: &Path, events: &[Event], version_key: bool) {
+        let db = sled::open(dir.join("store")).unwrap();
+        let tree = db.open_tree("events").unwrap();
+        for e in events {
+            tree.insert(e.id.as_bytes(), serde_json::to_vec(e).unwrap()).unwrap();
+        }
+        if version_key {
+            db.open_tree("meta").unwrap().insert(SCHEMA_KEY, &1u64.to_be_bytes()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+
+    #[test]
+    fn a_schema_1_store_is_migrated_to_the_time_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let evs: Vec<Event> = [(0, 300), (1, 100), (2, 200), (3, 400)].iter().map(|&(n, t)| event_at(n, t)).collect();
+        write_v1_store(dir.path(), &evs, true);
+        let store = open_again(dir.path()).unwrap();
+        let version = store.db.open_tree("meta").unwrap().get(SCHEMA_KEY).unwrap().unwrap();
+        assert_eq!(u64::from_be_bytes(version.as_ref().try_into().unwrap()), SCHEMA_VERSION);
+        let between: Vec<u64> = store.events_between(100, 400).map(|e| e.unwrap().frame.captured_at_ns).collect();
+        assert_eq!(between, [100, 200, 300], "capture-time order, end excluded");
+        assert_eq!(store.event_count(), 4, "no event lost in the migration");
+    }
+
+    #[test]
+    fn a_store_from_before_schema_versions_counts_as_version_1() {
+        let dir = tempfile::tempdir().unwrap();
+        write_v1_store(dir.path(), &[event_at(0, 5)], false);
+        let store = open_again(dir.path()).unwrap();
+        assert_eq!(store.events_between(0, 10).count(), 1);
+    }
+
+    #[test]
+    fn a_migration_interrupted_before_its_version_bump_runs_again_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let evs = [event_at(0, 10), event_at(1, 20)];
+        write_v1_store(dir.path(), &evs, true);
+        {
+            // The index half written, the version never bumped: what a crash leaves.
+            let db = sled::open(dir.path().join("store")).unwrap();
+            db.open_tree(BY_TIME_TREE).unwrap().insert(time_key(10, evs[0].id.as_bytes()), &[][..]).unwrap();
+            db.flush().unwrap();
+        }
+        let store = open_again(dir.path()).unwrap();
+        assert_eq!(store.events_between(0, 100).count(), 2, "each event indexed once");
+        assert_eq!(store.by_time.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn new_events_are_indexed_by_capture_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.append(&[event_at(0, 50), event_at(1, 10)], "t").unwrap();
+        let got: Vec<u64> = store.events_between(0, 100).map(|e| e.unwrap().frame.captured_at_ns).collect();
+        assert_eq!(got, [10, 50]);
     }
 
     #[test]
