@@ -25,6 +25,7 @@ const EVENT_QUEUE: usize = 64;
 /// Whole-service shutdown deadline after the first signal.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 const STATS_EVERY: Duration = Duration::from_secs(10);
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 /// Loads the bundle and the backend chosen for it: the model the whole service runs.
 pub fn load_detector(config: &Config) -> anyhow::Result<(Bundle, Detector)> {
@@ -81,6 +82,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let store = Store::open(&config.data_dir)?.with_outbox_limit(config.mqtt.outbox_max_messages);
+    let retention = crate::store::Retention::from_config(&config.store);
+    store.enforce_retention(&retention, crate::events::unix_ns(std::time::SystemTime::now()))?;
     let model = ModelRef {
         name: bundle.manifest.model.name.clone(),
         version: bundle.manifest.model.version.clone(),
@@ -160,6 +163,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
         })
     };
+    let retainer = {
+        let (store, cancel) = (store.clone(), capture_cancel.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RETENTION_EVERY);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {
+                        let now = crate::events::unix_ns(std::time::SystemTime::now());
+                        if let Err(e) = store.enforce_retention(&retention, now) {
+                            tracing::error!(error = %e, "retention pass failed");
+                        }
+                    }
+                }
+            }
+        })
+    };
     let metrics = (config.mqtt.metrics_interval_s > 0).then(|| {
         let (stats, sched, store, cancel) = (stats.clone(), sched_stats.clone(), store.clone(), capture_cancel.clone());
         let (device_id, wake) = (config.device_id.clone(), wake.clone());
@@ -206,6 +227,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         stuck.push("uplink".into());
     }
     reporter.abort();
+    retainer.abort();
     if let Some(m) = metrics {
         m.abort();
     }

@@ -33,6 +33,8 @@ pub struct Config {
     pub inference: InferenceConfig,
     #[serde(default)]
     pub capture: CaptureConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
     #[serde(default, rename = "camera")]
     pub cameras: Vec<CameraConfig>,
 }
@@ -186,6 +188,42 @@ pub struct CameraConfig {
     /// Overrides `capture.watchdog_ms` for this camera.
     #[serde(default)]
     pub watchdog_ms: Option<u64>,
+}
+
+/// How long events are kept on the device. The oldest (by capture time) go first when any
+/// limit is passed; checked at start and every minute.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Events older than this many days are deleted; 0 keeps them regardless of age.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
+    /// At most this many events.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// At most this many megabytes of event records.
+    #[serde(default = "default_max_event_mb")]
+    pub max_event_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: default_retention_days(),
+            max_events: default_max_events(),
+            max_event_mb: default_max_event_mb(),
+        }
+    }
+}
+
+fn default_retention_days() -> u64 {
+    30
+}
+fn default_max_events() -> usize {
+    1_000_000
+}
+fn default_max_event_mb() -> u64 {
+    1024
 }
 
 /// How cameras are supervised; defaults suit RTSP cameras on a LAN.
@@ -436,6 +474,9 @@ impl Config {
         }
         if !(1..=1024).contains(&self.mqtt.max_inflight) {
             bad("mqtt.max_inflight", format!("{} is outside 1..=1024", self.mqtt.max_inflight));
+        }
+        if self.store.max_events == 0 || self.store.max_event_mb == 0 {
+            bad("store", "max_events and max_event_mb must be at least 1".to_owned());
         }
         if self.mqtt.metrics_interval_s > 86_400 {
             bad(

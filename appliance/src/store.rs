@@ -43,6 +43,38 @@ pub enum StoreError {
     Corrupt { key: String, message: String },
 }
 
+/// Limits on the events kept (see [`Store::enforce_retention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age: Option<std::time::Duration>,
+    pub max_events: usize,
+    pub max_bytes: u64,
+}
+
+impl Retention {
+    pub fn from_config(c: &crate::config::StoreConfig) -> Self {
+        Self {
+            max_age: (c.retention_days > 0).then(|| std::time::Duration::from_secs(c.retention_days * 86_400)),
+            max_events: c.max_events,
+            max_bytes: c.max_event_mb << 20,
+        }
+    }
+}
+
+/// Events deleted by one retention pass, by the limit that deleted them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub by_age: usize,
+    pub by_count: usize,
+    pub by_bytes: usize,
+}
+
+impl RetentionReport {
+    pub fn total(&self) -> usize {
+        self.by_age + self.by_count + self.by_bytes
+    }
+}
+
 /// One message waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {
@@ -81,6 +113,9 @@ pub struct Store {
     outbox_limit: usize,
     /// Entries in the outbox (sled's `len` walks the whole tree).
     outbox_count: Arc<AtomicUsize>,
+    /// Events stored, and the bytes of their records (counted at open, kept up to date).
+    event_total: Arc<AtomicUsize>,
+    event_bytes: Arc<AtomicU64>,
     outbox_evicted: Arc<AtomicU64>,
 }
 
@@ -115,9 +150,18 @@ impl Store {
         }
         migrate(&db, &meta, found)?;
         let outbox = db.open_tree("outbox")?;
+        let events = db.open_tree("events")?;
+        let (mut total, mut bytes) = (0usize, 0u64);
+        for item in events.iter() {
+            let (_, v) = item?;
+            total += 1;
+            bytes += v.len() as u64;
+        }
         Ok(Self {
             by_time: db.open_tree(BY_TIME_TREE)?,
-            events: db.open_tree("events")?,
+            events,
+            event_total: Arc::new(AtomicUsize::new(total)),
+            event_bytes: Arc::new(AtomicU64::new(bytes)),
             outbox_count: Arc::new(AtomicUsize::new(outbox.len())),
             outbox,
             outbox_limit: DEFAULT_OUTBOX_LIMIT,
@@ -188,6 +232,8 @@ impl Store {
             });
         result?;
         self.outbox_count.fetch_add(encoded.len(), Ordering::Relaxed);
+        self.event_total.fetch_add(encoded.len(), Ordering::Relaxed);
+        self.event_bytes.fetch_add(encoded.iter().map(|(_, j)| j.len() as u64).sum(), Ordering::Relaxed);
         self.evict_overflow()
     }
 
@@ -242,7 +288,50 @@ impl Store {
     }
 
     pub fn event_count(&self) -> usize {
-        self.events.len()
+        self.event_total.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the stored event records (what `max_event_mb` bounds).
+    pub fn event_bytes(&self) -> u64 {
+        self.event_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Deletes the oldest events (by capture time) until none is older than `retention.max_age`
+    /// before `now_ns` and the count and bytes are within bounds. Outbox copies are not touched:
+    /// an event still waiting to be sent is still sent. Not flushed (a deletion lost in a crash
+    /// is done again).
+    pub fn enforce_retention(&self, retention: &Retention, now_ns: u64) -> Result<RetentionReport, StoreError> {
+        let cutoff = retention.max_age.map_or(0, |age| now_ns.saturating_sub(age.as_nanos() as u64));
+        let mut report = RetentionReport::default();
+        loop {
+            let Some((key, _)) = self.by_time.first()? else { break };
+            let at = u64::from_be_bytes(key[..8].try_into().expect("index keys start with 8 bytes of time"));
+            let reason = if at < cutoff {
+                &mut report.by_age
+            } else if self.event_count() > retention.max_events {
+                &mut report.by_count
+            } else if self.event_bytes() > retention.max_bytes {
+                &mut report.by_bytes
+            } else {
+                break;
+            };
+            *reason += 1;
+            self.by_time.remove(&key)?;
+            if let Some(v) = self.events.remove(&key[8..])? {
+                self.event_total.fetch_sub(1, Ordering::Relaxed);
+                self.event_bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
+            }
+        }
+        if report.total() > 0 {
+            tracing::info!(
+                by_age = report.by_age,
+                by_count = report.by_count,
+                by_bytes = report.by_bytes,
+                events = self.event_count(),
+                "retention deleted the oldest events"
+            );
+        }
+        Ok(report)
     }
 
     pub fn event(&self, id: &str) -> Result<Option<Event>, StoreError> {
@@ -489,6 +578,39 @@ mod tests {
         let store = open_again(dir.path()).unwrap();
         assert_eq!(store.events_between(0, 100).count(), 2, "each event indexed once");
         assert_eq!(store.by_time.len(), 2);
+    }
+
+    #[test]
+    fn retention_deletes_the_oldest_by_age_count_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let sec = 1_000_000_000u64;
+        // Ten events captured at 1 s … 10 s, appended out of order.
+        let mut evs: Vec<Event> = (1..=10).map(|s| event_at(s as u32, s * sec)).collect();
+        evs.reverse();
+        store.append(&evs, "t").unwrap();
+        let per_event = store.event_bytes() / 10;
+        let loose = Retention { max_age: None, max_events: 100, max_bytes: u64::MAX };
+        assert_eq!(store.enforce_retention(&loose, 10 * sec).unwrap().total(), 0);
+
+        // Age: at t = 10 s, keep what is at most 6.5 s old (captured at 3.5 s or later).
+        let by_age = Retention { max_age: Some(std::time::Duration::from_millis(6_500)), ..loose };
+        assert_eq!(store.enforce_retention(&by_age, 10 * sec).unwrap().by_age, 3);
+        // Count: at most 5.
+        let by_count = Retention { max_events: 5, ..loose };
+        assert_eq!(store.enforce_retention(&by_count, 10 * sec).unwrap().by_count, 2);
+        // Bytes: room for about three records.
+        let by_bytes = Retention { max_bytes: per_event * 3 + per_event / 2, ..loose };
+        assert_eq!(store.enforce_retention(&by_bytes, 10 * sec).unwrap().by_bytes, 2);
+
+        let left: Vec<u64> = store.events_between(0, u64::MAX).map(|e| e.unwrap().frame.captured_at_ns / sec).collect();
+        assert_eq!(left, [8, 9, 10], "the newest survive");
+        assert_eq!(store.event_count(), 3);
+        assert_eq!(store.outbox_len(), 10, "queued copies are still sent");
+        let bytes = store.event_bytes();
+        drop(store);
+        let reopened = open_again(dir.path()).unwrap();
+        assert_eq!((reopened.event_count(), reopened.event_bytes()), (3, bytes), "counts rebuilt on open");
     }
 
     #[tokio::test]
