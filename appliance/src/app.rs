@@ -75,8 +75,20 @@ fn tensorrt_backend(_: &Config, _: &Bundle) -> anyhow::Result<Box<dyn Backend>> 
     unreachable!("choose_backend picks TensorRT only where tensorrt_available() said yes")
 }
 
-/// Runs the service until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Commands waiting for the command worker.
+const COMMAND_QUEUE: usize = 32;
+
+/// How the service ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Asked to stop (a signal).
+    Stopped,
+    /// A fleet `restart` command: the caller exits with [`crate::commands::RESTART_EXIT_CODE`].
+    RestartRequested,
+}
+
+/// Runs the service until `shutdown` is cancelled (or a fleet command asks for a restart).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Ended> {
     capture::init_gstreamer()?;
     let (bundle, detector) = load_detector(&config)?;
     std::fs::create_dir_all(&config.data_dir)
@@ -148,7 +160,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &config,
         Some(StatusModel { name: model.name.clone(), version: model.version.clone(), backend: model.backend.clone() }),
     );
-    let uplink = tokio::spawn(Uplink::new(&config, status, store.clone(), wake.clone())?.run(uplink_cancel.clone()));
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<(String, Vec<u8>)>(COMMAND_QUEUE);
+    let uplink = tokio::spawn(
+        Uplink::new(&config, status, store.clone(), wake.clone())?.with_commands(cmd_tx).run(uplink_cancel.clone()),
+    );
+    let restart = CancellationToken::new();
+    let fleet = crate::commands::Fleet {
+        config: Arc::new(config.clone()),
+        started: std::time::Instant::now(),
+        cameras: stats.clone(),
+        inference: sched_stats.clone(),
+        store: store.clone(),
+        restart: restart.clone(),
+    };
+    let commander = {
+        let (store, wake, cancel) = (store.clone(), wake.clone(), capture_cancel.clone());
+        tokio::spawn(async move {
+            loop {
+                let (name, payload) = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    got = cmd_rx.recv() => match got { Some(c) => c, None => return },
+                };
+                let (topic, reply) = fleet.answer(&name, &payload);
+                if let Err(e) = store.enqueue(&topic, &reply) {
+                    tracing::error!(error = %e, "cannot queue a command reply");
+                    continue;
+                }
+                match store.flush().await {
+                    Ok(()) => wake.notify_one(),
+                    Err(e) => tracing::error!(error = %e, "cannot flush the store (command reply)"),
+                }
+            }
+        })
+    };
 
     let reporter = {
         let (stats, sched, store, cancel) = (stats.clone(), sched_stats.clone(), store.clone(), capture_cancel.clone());
@@ -210,7 +254,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         })
     });
 
-    shutdown.cancelled().await;
+    let ended = tokio::select! {
+        _ = shutdown.cancelled() => Ended::Stopped,
+        _ = restart.cancelled() => {
+            tracing::warn!("restart requested over MQTT; stopping, to be started again by the supervisor");
+            // Give the reply a moment to reach the broker before the uplink goes.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            shutdown.cancel();
+            Ended::RestartRequested
+        }
+    };
     tracing::info!("shutting down");
     let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
     hub.close();
@@ -228,6 +281,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     reporter.abort();
     retainer.abort();
+    commander.abort();
     if let Some(m) = metrics {
         m.abort();
     }
@@ -243,7 +297,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     log_stats(&stats, &sched_stats, &store);
     if stuck.is_empty() {
         tracing::info!("stopped cleanly");
-        Ok(())
+        Ok(ended)
     } else {
         anyhow::bail!("shutdown deadline passed; still running: {}", stuck.join(", "))
     }

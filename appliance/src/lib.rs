@@ -6,6 +6,7 @@
 pub mod app;
 pub mod bench;
 pub mod capture;
+pub mod commands;
 pub mod config;
 pub mod events;
 pub mod infer;

@@ -154,7 +154,11 @@ fn main() -> ExitCode {
                 problems.iter().for_each(|p| eprintln!("{p}"));
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
-            report(run_service(cfg))
+            match run_service(cfg) {
+                Ok(vigil::app::Ended::Stopped) => ExitCode::SUCCESS,
+                Ok(vigil::app::Ended::RestartRequested) => ExitCode::from(vigil::commands::RESTART_EXIT_CODE),
+                Err(e) => report(Err(e)),
+            }
         }
         Command::Events { command: EventsCommand::List { config, data_dir, json, last, since, until } } => {
             report(list_events(config.as_deref(), data_dir, json, last, (since, until)))
@@ -231,7 +235,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn run_service(cfg: Config) -> anyhow::Result<()> {
+fn run_service(cfg: Config) -> anyhow::Result<vigil::app::Ended> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -80,6 +80,9 @@ pub struct Uplink {
     store: Store,
     /// Rung by the store writer after each durable batch.
     wake: Arc<Notify>,
+    /// Fleet commands received, as (name after `cmd/`, payload). Bounded: when the command
+    /// worker is behind, further commands are dropped with a warning (the asker times out).
+    commands: Option<tokio::sync::mpsc::Sender<(String, Vec<u8>)>>,
 }
 
 impl Uplink {
@@ -102,7 +105,21 @@ impl Uplink {
             let tls = config.mqtt.tls.as_ref().ok_or_else(|| UplinkError::Tls("mqtts:// needs [mqtt.tls]".into()))?;
             options.set_transport(Transport::tls_with_config(rustls_config(tls)?.into()));
         }
-        Ok(Self { options, device_id: config.device_id.clone(), window, status, store, wake })
+        Ok(Self { options, device_id: config.device_id.clone(), window, status, store, wake, commands: None })
+    }
+
+    /// Subscribes to `vigil/<device_id>/cmd/#` on every connection and hands requests to `tx`.
+    pub fn with_commands(mut self, tx: tokio::sync::mpsc::Sender<(String, Vec<u8>)>) -> Self {
+        self.commands = Some(tx);
+        self
+    }
+
+    fn on_publish(&self, topic: &str, payload: &[u8]) {
+        let prefix = format!("vigil/{}/cmd/", self.device_id);
+        let (Some(tx), Some(name)) = (&self.commands, topic.strip_prefix(&prefix)) else { return };
+        if tx.try_send((name.to_owned(), payload.to_vec())).is_err() {
+            tracing::warn!(command = name, "fleet command dropped: too many waiting");
+        }
     }
 
     /// Runs until `cancel`; then publishes `offline` and disconnects.
@@ -152,12 +169,16 @@ impl Uplink {
                         if client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status.with_state("online")).is_ok() {
                             pending.push_back(Tag::Status);
                         }
+                        if self.commands.is_some() {
+                            let _ = client.try_subscribe(crate::commands::cmd_filter(&self.device_id), QoS::AtLeastOnce);
+                        }
                     }
                     Event::Outgoing(Outgoing::Publish(pkid)) => {
                         if let Some(tag) = pending.pop_front() {
                             inflight.insert(pkid, tag);
                         }
                     }
+                    Event::Incoming(Packet::Publish(p)) => self.on_publish(&p.topic, &p.payload),
                     Event::Incoming(Packet::PubAck(ack)) => {
                         if let Some(Tag::Outbox(key)) = inflight.remove(&ack.pkid) {
                             if let Err(e) = self.store.outbox_remove(key) {

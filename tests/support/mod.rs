@@ -273,6 +273,18 @@ impl Vigil {
     }
 
     /// Sends SIGTERM and waits up to 15 s for the exit.
+    /// Waits for vigil to exit by itself.
+    pub fn wait_exit(mut self, within: Duration) -> (ExitStatus, String) {
+        let done = wait_until(within, || self.child.try_wait().ok().flatten().is_some());
+        if !done {
+            let _ = self.child.kill();
+            panic!("vigil did not exit within {within:?}; log:\n{}", self.log());
+        }
+        let status = self.child.wait().expect("wait");
+        let log = self.log();
+        (status, log)
+    }
+
     pub fn terminate(mut self) -> (ExitStatus, String) {
         let pid = i32::try_from(self.child.id()).expect("pid fits i32");
         // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.

@@ -1,0 +1,353 @@
+//! Fleet commands: requests on `vigil/<device_id>/cmd/<name>`, answered on
+//! `vigil/<device_id>/reply/<request_id>` (see docs/mqtt.md).
+//!
+//! A request is JSON `{"request_id": "...", "args": {...}}`. Everything about it is checked before
+//! anything is done: size, JSON, unknown fields, the request id (it becomes a topic level), the
+//! command name, each argument. A bad request gets an error reply naming the problem; one without
+//! a usable request id is answered on `reply/invalid`. Nothing a request contains can crash vigil.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::capture::CameraStats;
+use crate::config::Config;
+use crate::events::Event;
+use crate::scheduler::SchedulerStats;
+use crate::store::Store;
+
+/// Largest request accepted.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Events per `events/query` page: default and most.
+const PAGE_DEFAULT: usize = 100;
+const PAGE_MAX: usize = 500;
+
+pub const COMMANDS: &[&str] = &["status", "config/get", "restart", "events/query"];
+
+pub fn cmd_filter(device_id: &str) -> String {
+    format!("vigil/{device_id}/cmd/#")
+}
+
+pub fn reply_topic(device_id: &str, request_id: &str) -> String {
+    format!("vigil/{device_id}/reply/{request_id}")
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Status,
+    ConfigGet,
+    /// Restart one camera's pipeline, or (no camera) the whole service: vigil exits with
+    /// [`RESTART_EXIT_CODE`] so that its supervisor (systemd `Restart=on-failure`) starts it again.
+    Restart {
+        camera: Option<String>,
+    },
+    EventsQuery(EventsQuery),
+}
+
+/// Exit status of a service restart requested over MQTT.
+pub const RESTART_EXIT_CODE: u8 = 75;
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// RFC 3339; capture time at or after.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// RFC 3339; capture time before.
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub camera: Option<String>,
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// The `next` cursor of the previous page.
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub request_id: String,
+    pub command: Command,
+}
+
+/// Why a request was refused, and where to say so.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub request_id: Option<String>,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    request_id: String,
+    #[serde(default)]
+    args: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartArgs {
+    #[serde(default)]
+    camera: Option<String>,
+}
+
+fn valid_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Parses command `name` (the topic after `cmd/`) with its payload.
+pub fn parse(name: &str, payload: &[u8]) -> Result<Request, Refusal> {
+    let refuse = |request_id: Option<String>, message: String| Refusal { request_id, message };
+    if payload.len() > MAX_REQUEST_BYTES {
+        return Err(refuse(None, format!("request of {} bytes; the limit is {MAX_REQUEST_BYTES}", payload.len())));
+    }
+    let envelope: Envelope = serde_json::from_slice(payload).map_err(|e| {
+        // Keep the request id if the JSON has one, so that the error reaches the asker.
+        let id = serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|v| v.get("request_id").and_then(|i| i.as_str()).map(str::to_owned))
+            .filter(|i| valid_request_id(i));
+        refuse(id, format!("request is not {{\"request_id\": \"...\", \"args\": {{...}}}}: {e}"))
+    })?;
+    if !valid_request_id(&envelope.request_id) {
+        return Err(refuse(None, "request_id must be 1-64 letters, digits, '-' or '_'".to_owned()));
+    }
+    let id = envelope.request_id;
+    let args = envelope.args.unwrap_or(serde_json::Value::Object(Default::default()));
+    let bad_args = |e: serde_json::Error| refuse(Some(id.clone()), format!("{name}: bad args: {e}"));
+    let no_args = |args: &serde_json::Value| match args.as_object() {
+        Some(o) if o.is_empty() => Ok(()),
+        _ => Err(refuse(Some(id.clone()), format!("{name} takes no args"))),
+    };
+    let command = match name {
+        "status" => no_args(&args).map(|()| Command::Status)?,
+        "config/get" => no_args(&args).map(|()| Command::ConfigGet)?,
+        "restart" => {
+            let a: RestartArgs = serde_json::from_value(args).map_err(bad_args)?;
+            Command::Restart { camera: a.camera }
+        }
+        "events/query" => {
+            let q: EventsQuery = serde_json::from_value(args).map_err(bad_args)?;
+            if q.limit.is_some_and(|l| l == 0 || l > PAGE_MAX) {
+                return Err(refuse(Some(id), format!("events/query: limit must be 1..={PAGE_MAX}")));
+            }
+            for (field, t) in [("from", &q.from), ("to", &q.to)] {
+                if let Some(t) = t {
+                    humantime::parse_rfc3339_weak(t).map_err(|e| {
+                        refuse(Some(id.clone()), format!("events/query: {field} `{t}` is not an RFC 3339 time: {e}"))
+                    })?;
+                }
+            }
+            if let Some(a) = &q.after {
+                parse_cursor(a).ok_or_else(|| refuse(Some(id.clone()), "events/query: bad `after` cursor".into()))?;
+            }
+            Command::EventsQuery(q)
+        }
+        other => {
+            return Err(refuse(Some(id), format!("unknown command `{other}`; known: {}", COMMANDS.join(", "))));
+        }
+    };
+    Ok(Request { request_id: id, command })
+}
+
+/// `<capture ns>:<event id>` of the last event of a page.
+fn cursor(e: &Event) -> String {
+    format!("{}:{}", e.frame.captured_at_ns, e.id)
+}
+
+fn parse_cursor(s: &str) -> Option<(u64, String)> {
+    let (ns, id) = s.split_once(':')?;
+    Some((ns.parse().ok()?, id.to_owned()))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Reply {
+    pub request_id: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the device answers with.
+pub struct Fleet {
+    pub config: Arc<Config>,
+    pub started: Instant,
+    pub cameras: Vec<Arc<CameraStats>>,
+    pub inference: Arc<SchedulerStats>,
+    pub store: Store,
+    /// Cancelled to restart the whole service.
+    pub restart: tokio_util::sync::CancellationToken,
+}
+
+impl Fleet {
+    /// Runs a parsed request; `Err` is the error message for the reply.
+    pub fn execute(&self, command: &Command) -> Result<serde_json::Value, String> {
+        match command {
+            Command::Status => Ok(serde_json::json!({
+                "device_id": self.config.device_id,
+                "version": env!("CARGO_PKG_VERSION"),
+                "uptime_s": self.started.elapsed().as_secs(),
+                "cameras": self.cameras.iter().map(|c| {
+                    let s = c.snapshot();
+                    serde_json::json!({ "id": s.id, "state": s.state, "fps_in": s.fps_in, "last_error": s.last_error })
+                }).collect::<Vec<_>>(),
+                "store": { "events": self.store.event_count(), "outbox": self.store.outbox_len() },
+                "deadline_misses": self.inference.deadline_misses(),
+            })),
+            Command::ConfigGet => {
+                let mut value = serde_json::to_value(&*self.config).map_err(|e| e.to_string())?;
+                // Camera passwords never leave the device.
+                if let Some(cams) = value.get_mut("camera").and_then(|c| c.as_array_mut()) {
+                    for cam in cams {
+                        if cam.get("password").is_some_and(|p| !p.is_null()) {
+                            cam["password"] = "***".into();
+                        }
+                    }
+                }
+                Ok(value)
+            }
+            Command::Restart { camera: Some(id) } => {
+                let cam = self.cameras.iter().find(|c| c.snapshot().id == *id).ok_or_else(|| {
+                    let known: Vec<String> = self.cameras.iter().map(|c| c.snapshot().id).collect();
+                    format!("no camera `{id}`; cameras: {}", known.join(", "))
+                })?;
+                cam.request_restart();
+                Ok(serde_json::json!({ "restarting": id }))
+            }
+            Command::Restart { camera: None } => {
+                self.restart.cancel();
+                Ok(serde_json::json!({ "restarting": "service", "exit_code": RESTART_EXIT_CODE }))
+            }
+            Command::EventsQuery(q) => self.query(q),
+        }
+    }
+
+    fn query(&self, q: &EventsQuery) -> Result<serde_json::Value, String> {
+        let ns = |t: &Option<String>, default: u64| {
+            t.as_deref()
+                .map(|t| humantime::parse_rfc3339_weak(t).map(crate::events::unix_ns).map_err(|e| e.to_string()))
+                .unwrap_or(Ok(default))
+        };
+        let (from, to) = (ns(&q.from, 0)?, ns(&q.to, u64::MAX)?);
+        let after = q.after.as_deref().and_then(parse_cursor);
+        let start = after.as_ref().map_or(from, |(ns, _)| (*ns).max(from));
+        let limit = q.limit.unwrap_or(PAGE_DEFAULT);
+        let mut page: Vec<Event> = Vec::new();
+        let mut more = false;
+        for e in self.store.events_between(start, to) {
+            let e = e.map_err(|e| e.to_string())?;
+            if let Some((ns, id)) = &after {
+                // Skip up to and including the cursor's event (same time: ids sort within it).
+                if e.frame.captured_at_ns == *ns && e.id.as_str() <= id.as_str() {
+                    continue;
+                }
+            }
+            if q.camera.as_ref().is_some_and(|c| *c != e.camera_id) || q.label.as_ref().is_some_and(|l| *l != e.label) {
+                continue;
+            }
+            if page.len() == limit {
+                more = true;
+                break;
+            }
+            page.push(e);
+        }
+        let next = if more { page.last().map(cursor) } else { None };
+        Ok(serde_json::json!({ "events": page, "next": next }))
+    }
+
+    /// The reply to a raw request, as (topic, JSON).
+    pub fn answer(&self, name: &str, payload: &[u8]) -> (String, Vec<u8>) {
+        let device = &self.config.device_id;
+        let reply = match parse(name, payload) {
+            Ok(req) => match self.execute(&req.command) {
+                Ok(result) => Reply { request_id: req.request_id, ok: true, result: Some(result), error: None },
+                Err(error) => Reply { request_id: req.request_id, ok: false, result: None, error: Some(error) },
+            },
+            Err(r) => Reply {
+                request_id: r.request_id.clone().unwrap_or_else(|| "invalid".to_owned()),
+                ok: false,
+                result: None,
+                error: Some(r.message),
+            },
+        };
+        let at = humantime::format_rfc3339_millis(SystemTime::now());
+        tracing::info!(command = name, request_id = %reply.request_id, ok = reply.ok, error = reply.error.as_deref().unwrap_or(""),
+            at = %at, "fleet command");
+        (reply_topic(device, &reply.request_id), serde_json::to_vec(&reply).expect("replies always serialise"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_every_kind_of_bad_request_is_named() {
+        let ok = parse("restart", br#"{"request_id":"r-1","args":{"camera":"gate"}}"#).unwrap();
+        assert_eq!(ok, Request { request_id: "r-1".into(), command: Command::Restart { camera: Some("gate".into()) } });
+        assert_eq!(parse("status", br#"{"request_id":"a"}"#).unwrap().command, Command::Status);
+        let cases: &[(&str, &[u8], Option<&str>, &str)] = &[
+            ("status", b"not json", None, "is not"),
+            ("status", br#"{"request_id":"a","extra":1}"#, Some("a"), "unknown field"),
+            ("status", br#"{"request_id":"a/b"}"#, None, "request_id"),
+            ("status", br#"{"request_id":""}"#, None, "request_id"),
+            ("status", br#"{"request_id":"a","args":{"x":1}}"#, Some("a"), "takes no args"),
+            ("reboot", br#"{"request_id":"a"}"#, Some("a"), "unknown command `reboot`"),
+            ("restart", br#"{"request_id":"a","args":{"camera":5}}"#, Some("a"), "bad args"),
+            ("events/query", br#"{"request_id":"a","args":{"limit":0}}"#, Some("a"), "limit"),
+            ("events/query", br#"{"request_id":"a","args":{"from":"yesterday"}}"#, Some("a"), "RFC 3339"),
+            ("events/query", br#"{"request_id":"a","args":{"after":"nope"}}"#, Some("a"), "cursor"),
+        ];
+        for (name, payload, id, needle) in cases {
+            let r = parse(name, payload).unwrap_err();
+            assert_eq!(r.request_id.as_deref(), *id, "{name} {:?}", String::from_utf8_lossy(payload));
+            assert!(r.message.contains(needle), "{name}: {}", r.message);
+        }
+        let huge = vec![b' '; MAX_REQUEST_BYTES + 1];
+        assert!(parse("status", &huge).unwrap_err().message.contains("limit"));
+    }
+
+    /// A fuzz loop over the parser (deterministic, so any failure reproduces): random bytes,
+    /// and valid requests with random bytes flipped. The parser must never panic, and an
+    /// accepted request id is always a safe topic level.
+    #[test]
+    fn the_parser_survives_random_and_mutated_input() {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let seeds: [&[u8]; 3] = [
+            br#"{"request_id":"r1","args":{"from":"2026-11-24T00:00:00Z","limit":5,"camera":"c"}}"#,
+            br#"{"request_id":"r2","args":{"camera":"gate"}}"#,
+            br#"{"request_id":"r3"}"#,
+        ];
+        for i in 0..20_000 {
+            let payload: Vec<u8> = if i % 2 == 0 {
+                (0..next() % 200).map(|_| next() as u8).collect()
+            } else {
+                let mut p = seeds[i % 3].to_vec();
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() as usize) % p.len();
+                    p[at] = next() as u8;
+                }
+                p
+            };
+            for name in COMMANDS.iter().chain(&["", "cmd/../x"]) {
+                match parse(name, &payload) {
+                    Ok(r) => assert!(valid_request_id(&r.request_id)),
+                    Err(r) => assert!(r.request_id.as_deref().is_none_or(valid_request_id)),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Fleet commands over a real mosquitto: every command, valid and malformed, answered on
+//! `vigil/<id>/reply/<request id>`; vigil stays up through all the bad ones.
+
+mod support;
+
+use std::time::Duration;
+
+use rumqttc::QoS;
+use support::*;
+
+struct Operator {
+    replies: Subscriber,
+    client: rumqttc::Client,
+}
+
+impl Operator {
+    fn connect(port: u16) -> Self {
+        let replies = Subscriber::start(port, "vigil/cmdr/reply/#");
+        let (client, mut connection) = rumqttc::Client::new(mqtt_options(port, None), 10);
+        std::thread::spawn(move || for _ in connection.iter() {});
+        Self { replies, client }
+    }
+
+    /// Sends `payload` to `cmd/<name>` and returns the reply that arrives on `reply/<expect_id>`.
+    fn ask(&self, name: &str, payload: &[u8], expect_id: &str) -> serde_json::Value {
+        let topic = format!("vigil/cmdr/reply/{expect_id}");
+        let before = self.replies.count(&topic);
+        self.client.publish(format!("vigil/cmdr/cmd/{name}"), QoS::AtLeastOnce, false, payload.to_vec()).unwrap();
+        assert!(wait_until(Duration::from_secs(10), || self.replies.count(&topic) > before), "no reply on {topic}");
+        serde_json::from_slice(self.replies.on(&topic).last().unwrap()).unwrap()
+    }
+}
+
+fn request(id: &str, args: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "request_id": id, "args": args })).unwrap()
+}
+
+#[test]
+fn every_command_is_answered_and_bad_ones_are_refused_with_a_reason() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let clip = format!("file://{}", eval_clip().display());
+    let ghost = format!("rtsp://127.0.0.1:{}/nothing", free_port());
+    let config = write_config(dir.path(), "cmdr", &broker.url(), &[("clip", clip), ("ghost", ghost)]);
+    let text = std::fs::read_to_string(&config).unwrap() + "password = \"hunter2\"\nuser = \"viewer\"\n";
+    std::fs::write(&config, text).unwrap();
+    let vigil = Vigil::start(&config, dir.path());
+    let events = Subscriber::start(broker.port, "vigil/cmdr/events");
+    assert!(wait_until(Duration::from_secs(30), || events.count("vigil/cmdr/events") > 20), "{}", vigil.log());
+    let op = Operator::connect(broker.port);
+
+    let status = op.ask("status", &request("s1", serde_json::json!({})), "s1");
+    assert_eq!(status["ok"], true, "{status}");
+    assert_eq!(status["result"]["cameras"][0]["id"], "clip");
+    assert_eq!(status["result"]["device_id"], "cmdr");
+
+    let config = op.ask("config/get", &request("c1", serde_json::json!({})), "c1");
+    assert_eq!(config["result"]["device_id"], "cmdr", "{config}");
+    assert_eq!(config["result"]["camera"][1]["password"], "***");
+    assert!(!config.to_string().contains("hunter2"), "the camera password left the device");
+
+    // Two pages of events in capture order, the second after the first's cursor.
+    let page1 = op.ask("events/query", &request("q1", serde_json::json!({ "camera": "clip", "limit": 3 })), "q1");
+    let next = page1["result"]["next"].as_str().expect("more events than one page").to_owned();
+    let page2 = op.ask(
+        "events/query",
+        &request("q2", serde_json::json!({ "camera": "clip", "limit": 3, "after": next })),
+        "q2",
+    );
+    let times = |p: &serde_json::Value| -> Vec<u64> {
+        p["result"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["frame"]["captured_at_ns"].as_u64().unwrap())
+            .collect()
+    };
+    let (t1, t2) = (times(&page1), times(&page2));
+    assert_eq!((t1.len(), t2.len()), (3, 3), "{page1}\n{page2}");
+    assert!(t1.windows(2).all(|w| w[0] <= w[1]) && t1[2] <= t2[0], "pages in capture order: {t1:?} {t2:?}");
+    let ids = |p: &serde_json::Value| -> Vec<String> {
+        p["result"]["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert!(ids(&page1).iter().all(|i| !ids(&page2).contains(i)), "no event on both pages");
+
+    let restarted = op.ask("restart", &request("r1", serde_json::json!({ "camera": "clip" })), "r1");
+    assert_eq!(restarted["ok"], true, "{restarted}");
+    let nobody = op.ask("restart", &request("r2", serde_json::json!({ "camera": "nobody" })), "r2");
+    assert!(nobody["error"].as_str().unwrap().contains("no camera `nobody`"), "{nobody}");
+
+    // Malformed and unknown requests: a reason each, on the asker's id when there is one.
+    let unknown = op.ask("reboot", &request("u1", serde_json::json!({})), "u1");
+    assert_eq!(unknown["ok"], false);
+    assert!(unknown["error"].as_str().unwrap().contains("unknown command `reboot`"), "{unknown}");
+    let extra = op.ask("status", br#"{"request_id":"x1","args":{},"please":true}"#, "x1");
+    assert!(extra["error"].as_str().unwrap().contains("unknown field"), "{extra}");
+    let not_json = op.ask("status", b"{{{", "invalid");
+    assert_eq!(not_json["request_id"], "invalid");
+    let huge = op.ask("status", &vec![b'x'; 70_000], "invalid");
+    assert!(huge["error"].as_str().unwrap().contains("limit"), "{huge}");
+    let bad_time = op.ask("events/query", &request("q3", serde_json::json!({ "from": "soon" })), "q3");
+    assert!(bad_time["error"].as_str().unwrap().contains("RFC 3339"), "{bad_time}");
+
+    // Still up and still reporting after all of that; then the service restart.
+    let before = events.count("vigil/cmdr/events");
+    assert!(wait_until(Duration::from_secs(15), || events.count("vigil/cmdr/events") > before), "{}", vigil.log());
+    let bye = op.ask("restart", &request("r3", serde_json::json!({})), "r3");
+    assert_eq!(bye["result"]["exit_code"], 75, "{bye}");
+    let (status, log) = vigil.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(75), "exits for its supervisor to restart it:\n{log}");
+    assert!(log.contains("restart requested over MQTT"), "{log}");
+}
