@@ -48,33 +48,79 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub struct Broker {
     child: Child,
     pub port: u16,
+    conf: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+fn spawn_mosquitto(conf: &Path, port: u16) -> Option<Child> {
+    let mut child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto is installed (make setup)");
+    let up = wait_until(Duration::from_secs(5), || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    if up && child.try_wait().ok().flatten().is_none() {
+        return Some(child);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 impl Broker {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// With persistence: sessions and queued messages survive [`Broker::stop`] + [`Broker::restart`].
+    pub fn start_persistent() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> Self {
         // Another process may grab the port between our probe and mosquitto's bind: retry.
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = free_port();
             let conf = dir.path().join("mosquitto.conf");
-            std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))
-                .expect("write mosquitto.conf");
-            let mut child = Command::new("mosquitto")
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("mosquitto is installed (make setup)");
-            let up = wait_until(Duration::from_secs(5), || TcpStream::connect(("127.0.0.1", port)).is_ok());
-            if up && child.try_wait().ok().flatten().is_none() {
-                return Self { child, port, _dir: dir };
+            let mut text = format!("listener {port} 127.0.0.1\nallow_anonymous true\n");
+            if persistent {
+                // mosquitto drops to its own user when started as root: let it write here.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+                text += &format!("persistence true\npersistence_location {}/\n", dir.path().display());
+            } else {
+                text += "persistence false\n";
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            std::fs::write(&conf, text).expect("write mosquitto.conf");
+            if let Some(child) = spawn_mosquitto(&conf, port) {
+                return Self { child, port, conf, _dir: dir };
+            }
         }
         panic!("mosquitto did not start on a free port in 5 tries");
+    }
+
+    /// Stops the broker (SIGTERM: it saves its persistent state) and waits for it to exit.
+    pub fn stop(&mut self) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(child) = spawn_mosquitto(&self.conf, self.port) {
+                self.child = child;
+                return;
+            }
+            assert!(Instant::now() < until, "mosquitto did not restart on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     pub fn url(&self) -> String {
@@ -345,6 +391,14 @@ pub struct Subscriber {
 impl Subscriber {
     pub fn start(port: u16, filter: &str) -> Self {
         Self::connect(mqtt_options(port, None), filter)
+    }
+
+    /// With a persistent session under `client_id`: the broker queues QoS 1 messages for it
+    /// while it is away (or the broker restarts, with persistence), and it reconnects by itself.
+    pub fn start_persistent(port: u16, filter: &str, client_id: &str) -> Self {
+        let mut opts = mqtt_options(port, None);
+        opts.set_client_id(client_id.to_owned()).set_clean_session(false);
+        Self::connect(opts, filter)
     }
 
     /// Over TLS with the client identity in `tls`.
