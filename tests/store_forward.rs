@@ -69,3 +69,41 @@ fn a_sixty_second_broker_outage_loses_nothing() {
         received.len() - unique.len()
     );
 }
+
+#[test]
+fn a_thousand_queued_events_survive_kill_9_and_all_arrive_after_restart() {
+    let mut broker = Broker::start_persistent();
+    let sub = Subscriber::start_persistent(broker.port, "vigil/k9/events", "kill9-test");
+    broker.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let clip = format!("file://{}", eval_clip().display());
+    // Two cameras on the 12 s clip with the broker down: everything piles up in the outbox.
+    let config = write_config(dir.path(), "k9", &broker.url(), &[("a", clip.clone()), ("b", clip)]);
+    let vigil = Vigil::start(&config, dir.path());
+    let done = wait_until(Duration::from_secs(60), || vigil.log().matches("source finished").count() == 2);
+    assert!(done, "{}", vigil.log());
+    std::thread::sleep(Duration::from_secs(1));
+    vigil.kill9();
+
+    let data = dir.path().join("data");
+    let stored: Vec<String> = {
+        let store = Store::open(&data).expect("the store opens after kill -9");
+        assert!(store.outbox_len() >= 1000, "only {} messages queued", store.outbox_len());
+        store.events().map(|e| e.unwrap().id).collect()
+    };
+    assert!(stored.len() >= 1000, "{} events", stored.len());
+
+    // The broker returns; vigil restarts on the same store (with a camera that makes no events).
+    broker.restart();
+    let ghost = format!("file://{}", dir.path().join("no-clip.mp4").display());
+    let config = write_config(dir.path(), "k9", &broker.url(), &[("a", ghost)]);
+    let vigil = Vigil::start(&config, dir.path());
+    let all = wait_until(Duration::from_secs(60), || {
+        let got: std::collections::HashSet<String> =
+            sub.on("vigil/k9/events").iter().map(|p| serde_json::from_slice::<Event>(p).unwrap().id).collect();
+        stored.iter().all(|id| got.contains(id))
+    });
+    let (status, log) = vigil.terminate();
+    assert!(all, "not every event queued before kill -9 arrived:\n{log}");
+    assert!(status.success(), "{status:?}\n{log}");
+}

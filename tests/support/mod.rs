@@ -319,6 +319,13 @@ impl Vigil {
     }
 
     /// Sends SIGTERM and waits up to 15 s for the exit.
+    /// SIGKILL: no shutdown, no flush; what the store holds is what was already durable.
+    pub fn kill9(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log()
+    }
+
     /// Waits for vigil to exit by itself.
     pub fn wait_exit(mut self, within: Duration) -> (ExitStatus, String) {
         let done = wait_until(within, || self.child.try_wait().ok().flatten().is_some());
