@@ -107,3 +107,45 @@ fn a_thousand_queued_events_survive_kill_9_and_all_arrive_after_restart() {
     assert!(all, "not every event queued before kill -9 arrived:\n{log}");
     assert!(status.success(), "{status:?}\n{log}");
 }
+
+#[test]
+fn fifty_kill_9s_at_random_points_never_lose_an_acknowledged_event() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "vigil/r/events");
+    let dir = tempfile::tempdir().unwrap();
+    let clip = format!("file://{}?loop=true", eval_clip().display());
+    let config = write_config(dir.path(), "r", &broker.url(), &[("clip", clip)]);
+    let data = dir.path().join("data");
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    // Runs whose kill landed while events were flowing (some land during start-up).
+    let mut kills_while_streaming = 0;
+    for run in 0..50 {
+        let seen_before = sub.count("vigil/r/events");
+        let vigil = Vigil::start(&config, dir.path());
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Anywhere from start-up to well into streaming.
+        std::thread::sleep(Duration::from_millis(200 + x % 1800));
+        let log = vigil.kill9();
+        // Every event a subscriber has seen was flushed first: the store must hold it.
+        let seen: Vec<String> =
+            sub.on("vigil/r/events").iter().map(|p| serde_json::from_slice::<Event>(p).unwrap().id).collect();
+        let store = (0..100)
+            .find_map(|_| match Store::open(&data) {
+                Ok(s) => Some(s),
+                Err(vigil::store::StoreError::Locked(_)) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    None
+                }
+                Err(e) => panic!("run {run}: the store does not open after kill -9: {e}\n{log}"),
+            })
+            .expect("the lock is released once the process is gone");
+        let lost: Vec<&String> = seen.iter().filter(|id| store.event(id).unwrap().is_none()).collect();
+        assert!(lost.is_empty(), "run {run}: {} acknowledged events missing from the store", lost.len());
+        kills_while_streaming += usize::from(seen.len() > seen_before);
+    }
+    let total = sub.count("vigil/r/events");
+    println!("{total} events seen over 50 kill -9 runs; {kills_while_streaming} kills while streaming");
+    assert!(kills_while_streaming >= 25, "most kills landed mid-stream: {kills_while_streaming}");
+}
