@@ -469,7 +469,7 @@ mod tests {
             store.append(&evs[3..], "t/a").unwrap();
             store.flush().await.unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = open_again(dir.path()).unwrap();
         let stored: Vec<Event> = store.events().collect::<Result<_, _>>().unwrap();
         assert_eq!(stored, evs);
         let out = store.outbox_after(None, 100).unwrap();
@@ -507,7 +507,7 @@ mod tests {
             store.outbox_remove(0).unwrap();
             assert_eq!(store.outbox_len(), 10);
         }
-        let reopened = Store::open(dir.path()).unwrap();
+        let reopened = open_again(dir.path()).unwrap();
         assert_eq!(reopened.outbox_len(), 10, "the count is rebuilt on open");
     }
 
@@ -630,15 +630,7 @@ mod tests {
             db.open_tree("meta").unwrap().insert(SCHEMA_KEY, &99u64.to_be_bytes()).unwrap();
             db.flush().unwrap();
         }
-        // sled's flusher thread may still hold the file lock for a moment after the drop.
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let err = loop {
-            let err = Store::open(dir.path()).err().expect("refused").to_string();
-            if !err.contains("in use") || std::time::Instant::now() > until {
-                break err;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
+        let err = open_again(dir.path()).err().expect("refused").to_string();
         assert!(err.contains("schema 99"), "{err}");
     }
 
