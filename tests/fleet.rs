@@ -110,3 +110,61 @@ fn every_command_is_answered_and_bad_ones_are_refused_with_a_reason() {
     assert_eq!(status.code(), Some(75), "exits for its supervisor to restart it:\n{log}");
     assert!(log.contains("restart requested over MQTT"), "{log}");
 }
+
+#[test]
+fn the_fleet_cli_lists_devices_sends_commands_and_watches_events() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let clip = format!("file://{}?loop=true", eval_clip().display());
+    let config = write_config(dir.path(), "cli1", &broker.url(), &[("clip", clip)]);
+    let vigil = Vigil::start(&config, dir.path());
+    let url = broker.url();
+    let fleet = |args: &[&str]| {
+        let mut all = vec!["fleet", "--broker", url.as_str()];
+        all.extend_from_slice(args);
+        vigil_cmd(&all, &[])
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || fleet(&["list", "--wait", "500ms"]).1.contains("cli1")),
+        "{}",
+        vigil.log()
+    );
+    let (code, out, _) = fleet(&["list", "--wait", "1s"]);
+    assert_eq!(code, 0);
+    let line = out.lines().find(|l| l.starts_with("cli1")).unwrap();
+    assert!(line.contains("online") && line.contains("shapes"), "{line}");
+
+    let (code, out, err) = fleet(&["show", "cli1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["device_id"], "cli1");
+
+    let (code, out, err) = fleet(&["cmd", "cli1", "status"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["result"]["device_id"], "cli1");
+    let (code, out, _) = fleet(&["cmd", "cli1", "events/query", "--args", r#"{"limit": 2}"#]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["result"]["events"].as_array().unwrap().len(),
+        2
+    );
+    let (code, out, _) = fleet(&["cmd", "cli1", "reboot"]);
+    assert_eq!(code, 1, "a refused command exits 1: {out}");
+    assert!(out.contains("unknown command"), "{out}");
+    let (code, _, err) = fleet(&["cmd", "nobody", "status", "--timeout", "1s"]);
+    assert_eq!(code, 2, "no reply exits 2");
+    assert!(err.contains("no reply from `nobody`"), "{err}");
+    let (code, _, err) = fleet(&["cmd", "cli1", "status", "--args", "{not json"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--args is not JSON"), "{err}");
+
+    let (code, out, err) = fleet(&["watch", "cli1", "--count", "3"]);
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<vigil::events::Event> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 3);
+    assert!(events.iter().all(|e| e.device_id == "cli1"));
+    let (status, log) = vigil.terminate();
+    assert!(status.success(), "{status:?}\n{log}");
+    let (code, _, err) = vigil_cmd(&["fleet", "--broker", "mqtts://127.0.0.1:1", "list"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--ca"), "TLS without a CA is named: {err}");
+}

@@ -21,6 +21,17 @@ fn a_device_with_its_certificate_reports_over_mutual_tls() {
     let vigil = Vigil::start(&config, dir.path());
     let arrived = wait_until(Duration::from_secs(30), || ops.count("vigil/gate-01/events") > 5);
     assert!(arrived, "events over mTLS:\n{}\nbroker:\n{}", vigil.log(), broker.log());
+    // The operator's CLI over the same mutual TLS.
+    let op = broker.tls(Some("operator"));
+    let (ca, cert, key) =
+        (op.ca.display().to_string(), op.cert.unwrap().display().to_string(), op.key.unwrap().display().to_string());
+    let url = broker.url();
+    let (code, out, err) = vigil_cmd(
+        &["fleet", "--broker", &url, "--ca", &ca, "--cert", &cert, "--key", &key, "cmd", "gate-01", "status"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"device_id\": \"gate-01\""), "{out}");
     let (status, log) = vigil.terminate();
     assert!(status.success(), "{status:?}\n{log}");
     let states: Vec<serde_json::Value> =

@@ -9,6 +9,7 @@ pub mod capture;
 pub mod commands;
 pub mod config;
 pub mod events;
+pub mod fleet;
 pub mod infer;
 pub mod metrics;
 pub mod scheduler;

@@ -66,6 +66,8 @@ enum Command {
         #[arg(long)]
         backend: Option<vigil::config::BackendKind>,
     },
+    /// The operator's side: list devices, show one, send commands, watch events and metrics.
+    Fleet(vigil::fleet::FleetArgs),
     /// Measure capture and inference throughput against baselines run side by side.
     Bench(vigil::bench::BenchArgs),
 }
@@ -164,6 +166,13 @@ fn main() -> ExitCode {
             report(list_events(config.as_deref(), data_dir, json, last, (since, until)))
         }
         Command::ModelCheck { config, bundle, backend } => model_check(config.as_deref(), bundle, backend),
+        Command::Fleet(args) => match vigil::fleet::run(&args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
         Command::Bench(args) => report(vigil::bench::run(&args)),
     }
 }
