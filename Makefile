@@ -60,5 +60,6 @@ jetson-check:
 
 ## Throughput against side-by-side baselines; figures go to docs/performance.md.
 bench: setup
-	cargo build --release -p vigil
+	cargo build --release -p vigil -p vigil-hil
 	target/release/vigil bench
+	target/release/vigil-store-bench

@@ -145,6 +145,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         for cameras in [1usize, 4] {
             detector =
                 service_path(detector, &source, info.codec, &platform, size, cameras, budget, args.service_seconds)?;
+            if let Err(e) = service_memory(&clip, cameras, &tmp) {
+                println!("  resident memory not measured: {e:#}");
+            }
             let mut bare = Vec::with_capacity(100);
             for _ in 0..100 {
                 let t = Instant::now();
@@ -156,6 +159,42 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// Starts the real service (`vigil run`) on `cameras` real-time copies of the clip, with an
+/// unreachable broker (events pile up in the store, as in an outage), and reads its resident
+/// memory after 20 s.
+fn service_memory(clip: &Path, cameras: usize, tmp: &Path) -> anyhow::Result<()> {
+    let dir = tmp.join(format!("rss-{cameras}"));
+    std::fs::create_dir_all(&dir)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let bundle = Config::embedded_default()?.model.bundle;
+    let mut text = format!(
+        "device_id = \"rss\"\ndata_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n[model]\nbundle = \"{}\"\n",
+        dir.join("data").display(),
+        bundle.display()
+    );
+    for i in 0..cameras {
+        text += &format!("[[camera]]\nid = \"cam{i}\"\nuri = \"file://{}?loop=true\"\n", clip.display());
+    }
+    let config = dir.join("vigil.toml");
+    std::fs::write(&config, text)?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(20));
+    let rss = resident_memory(child.id());
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait()?;
+    let (now, peak) = rss.context("the service exited early")?;
+    println!(
+        "  `vigil run`, {cameras} camera(s) at 30 fps, 20 s in: resident memory {now} MiB (peak {peak} MiB); {status}"
+    );
     Ok(())
 }
 
@@ -220,6 +259,15 @@ fn service_path(
         );
     }
     Ok(scheduler.into_stages())
+}
+
+/// (VmRSS, VmHWM) of process `pid` in MiB, from /proc (Linux).
+fn resident_memory(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb / 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 fn generate_clip(path: &Path) -> anyhow::Result<()> {

@@ -79,6 +79,11 @@ fn ms(d: std::time::Duration) -> f32 {
     d.as_secs_f32() * 1000.0
 }
 
+/// A new event id: a UUIDv7, unique without coordination and sorted by creation time.
+pub fn new_event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 pub fn unix_ns(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
@@ -115,7 +120,7 @@ impl FrameContext<'_> {
         detections
             .iter()
             .map(|d| Event {
-                id: uuid::Uuid::now_v7().to_string(),
+                id: new_event_id(),
                 kind: EventKind::Detection,
                 device_id: self.device_id.to_owned(),
                 camera_id: f.camera_id.to_string(),

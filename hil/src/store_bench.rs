@@ -1,0 +1,182 @@
+//! `vigil-store-bench`: what durability costs, measured side by side in one run.
+//!
+//! 1. Durable event writes: vigil's store (sled: event + time index + outbox entry in one
+//!    transaction, then a flush) against SQLite in WAL mode with `synchronous=FULL` doing the same
+//!    inserts in one transaction per batch. Batches of 1 event (one detection per frame) and 16;
+//!    rounds alternate; medians and their ratio are printed.
+//! 2. Outbox drain: a 100 000-message backlog drained by vigil's uplink into a local mosquitto
+//!    (QoS 1, acknowledged), in messages per second.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use vigil::events::Event;
+use vigil::store::Store;
+
+#[derive(Parser)]
+#[command(about = "Durable writes (sled vs SQLite WAL) and outbox drain, side by side")]
+struct Args {
+    /// Events written per measurement.
+    #[arg(long, default_value_t = 2000)]
+    events: usize,
+    /// Alternating rounds of each write measurement.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Outbox backlog to drain (0: skip).
+    #[arg(long, default_value_t = 100_000)]
+    backlog: usize,
+}
+
+fn event(n: usize) -> Event {
+    serde_json::from_value(serde_json::json!({
+        "id": vigil::events::new_event_id(), "kind": "detection", "device_id": "bench", "camera_id": "cam0",
+        "label": "circle", "class_id": 0, "score": 0.93,
+        "box": { "x1": 203.4, "y1": 243.1, "x2": 270.2, "y2": 314.8 }, "box_norm": [0.317, 0.506, 0.422, 0.656],
+        "frame": { "seq": n, "pts_ns": n * 33_333_333, "captured_at": "2026-11-24T01:00:00.000000Z",
+                   "captured_at_ns": 1_795_482_000_000_000_000u64 + n as u64 * 33_333_333, "width": 640, "height": 480 },
+        "model": { "name": "shapes", "version": "1.0.0", "backend": "onnxruntime-cpu" },
+        "latency": { "total_ms": 9.8, "queue_ms": 0.4, "preprocess_ms": 0.6, "inference_ms": 7.9, "postprocess_ms": 0.1 }
+    }))
+    .expect("a valid event")
+}
+
+/// Events per second into vigil's store, `batch` events per flush.
+fn sled_rate(events: &[Event], batch: usize, rt: &tokio::runtime::Runtime) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path())?;
+    let t = Instant::now();
+    for chunk in events.chunks(batch) {
+        store.append(chunk, "vigil/bench/events")?;
+        rt.block_on(store.flush())?;
+    }
+    Ok(events.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+/// The same durable writes into SQLite (WAL, synchronous=FULL): event row, time index, outbox row.
+fn sqlite_rate(events: &[Event], batch: usize) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let mut db = rusqlite::Connection::open(dir.path().join("events.db"))?;
+    db.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+         CREATE TABLE events (id TEXT PRIMARY KEY, captured_at_ns INTEGER NOT NULL, json BLOB NOT NULL);
+         CREATE INDEX events_by_time ON events (captured_at_ns, id);
+         CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL);",
+    )?;
+    let t = Instant::now();
+    for chunk in events.chunks(batch) {
+        let tx = db.transaction()?;
+        for e in chunk {
+            let json = serde_json::to_vec(e)?;
+            tx.execute(
+                "INSERT INTO events (id, captured_at_ns, json) VALUES (?1, ?2, ?3)",
+                rusqlite::params![e.id, e.frame.captured_at_ns as i64, json],
+            )?;
+            tx.execute(
+                "INSERT INTO outbox (topic, payload) VALUES (?1, ?2)",
+                rusqlite::params!["vigil/bench/events", json],
+            )?;
+        }
+        tx.commit()?;
+    }
+    Ok(events.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct Mosquitto(Child);
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mosquitto(dir: &std::path::Path) -> Result<(Mosquitto, u16)> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))?;
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("mosquitto is not installed (make setup)")?;
+    let broker = Mosquitto(child);
+    let until = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > until {
+            bail!("mosquitto did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((broker, port))
+}
+
+fn drain(backlog: usize, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&dir.path().join("data"))?.with_outbox_limit(backlog.max(1));
+    let payload = serde_json::to_vec(&event(0))?;
+    for _ in 0..backlog {
+        store.enqueue("vigil/bench/events", &payload)?;
+    }
+    rt.block_on(store.flush())?;
+    let (_broker, port) = mosquitto(dir.path())?;
+    let mut config = vigil::config::Config::embedded_default()?;
+    config.device_id = "bench".into();
+    config.mqtt.url = format!("mqtt://127.0.0.1:{port}");
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let status = vigil::uplink::new_status(&config, None);
+    let uplink = vigil::uplink::Uplink::new(&config, status, store.clone(), wake)?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let t = Instant::now();
+    let task = rt.spawn(uplink.run(cancel.clone()));
+    while store.outbox_len() > 0 {
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("the backlog did not drain in 10 minutes ({} left)", store.outbox_len());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    cancel.cancel();
+    let _ = rt.block_on(task);
+    println!(
+        "outbox drain: {backlog} messages ({} bytes each) acknowledged by mosquitto in {secs:.2} s = {:.0} msg/s \
+         (window mqtt.max_inflight = {})",
+        payload.len(),
+        backlog as f64 / secs,
+        config.mqtt.max_inflight
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let events: Vec<Event> = (0..args.events).map(event).collect();
+    println!("== durable event writes: {} events per measurement, {} alternating rounds", args.events, args.rounds);
+    for batch in [1usize, 16] {
+        let (mut s, mut q) = (Vec::new(), Vec::new());
+        for round in 1..=args.rounds.max(1) {
+            let a = sled_rate(&events, batch, &rt)?;
+            let b = sqlite_rate(&events, batch)?;
+            println!("batch {batch:>2}, round {round}: sled {a:.0} events/s  SQLite WAL {b:.0} events/s");
+            s.push(a);
+            q.push(b);
+        }
+        let (a, b) = (median(&mut s), median(&mut q));
+        println!("batch {batch:>2}: vigil's store {a:.0} events/s / SQLite WAL (synchronous=FULL) {b:.0} events/s = ratio {:.2}", a / b);
+    }
+    if args.backlog > 0 {
+        drain(args.backlog, &rt)?;
+    }
+    Ok(())
+}
