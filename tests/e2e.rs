@@ -174,3 +174,39 @@ fn events_list_reads_a_capture_time_range() {
     assert_eq!(code, 2);
     assert!(err.contains("RFC 3339"), "{err}");
 }
+
+#[test]
+fn the_retained_status_follows_the_cameras_states() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start(broker.port, "vigil/st/status");
+    let clip = format!("file://{}", eval_clip().display());
+    let ghost = format!("file://{}", dir.path().join("missing.mp4").display());
+    let config = write_config(dir.path(), "st", &broker.url(), &[("clip", clip), ("ghost", ghost)]);
+    let vigil = Vigil::start(&config, dir.path());
+    let state_of = |s: &serde_json::Value, cam: &str| {
+        s["cameras"].as_array().unwrap().iter().find(|c| c["id"] == cam).map(|c| c["state"].as_str().unwrap().to_owned())
+    };
+    let statuses = || -> Vec<serde_json::Value> {
+        sub.on("vigil/st/status").iter().map(|p| serde_json::from_slice(p).unwrap()).collect()
+    };
+    // The clip streams while the missing file keeps failing: both show in the retained status.
+    let seen = wait_until(Duration::from_secs(30), || {
+        statuses().iter().any(|s| {
+            s["state"] == "online"
+                && state_of(s, "clip").as_deref() == Some("streaming")
+                && matches!(state_of(s, "ghost").as_deref(), Some("backoff" | "failed" | "starting"))
+        })
+    });
+    assert!(seen, "{:#?}\n{}", statuses(), vigil.log());
+    // When the clip ends, a new status says so, without waiting for the periodic refresh.
+    let finished = wait_until(Duration::from_secs(30), || {
+        statuses().iter().any(|s| state_of(s, "clip").as_deref() == Some("finished"))
+    });
+    assert!(finished, "{:#?}", statuses());
+    let (status, log) = vigil.terminate();
+    assert!(status.success(), "{status:?}\n{log}");
+    let last = statuses().last().cloned().unwrap();
+    assert_eq!(last["state"], "offline");
+    assert!(last["uptime_s"].is_u64(), "{last}");
+}

@@ -26,6 +26,8 @@ const EVENT_QUEUE: usize = 64;
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 const STATS_EVERY: Duration = Duration::from_secs(10);
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
+const STATUS_CHECK: Duration = Duration::from_secs(2);
+const STATUS_REFRESH: Duration = Duration::from_secs(60);
 
 /// Loads the bundle and the backend chosen for it: the model the whole service runs.
 pub fn load_detector(config: &Config) -> anyhow::Result<(Bundle, Detector)> {
@@ -156,13 +158,44 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let wake = Arc::new(Notify::new());
     let writer =
         tokio::spawn(write_events(store.clone(), events_rx, uplink::events_topic(&config.device_id), wake.clone()));
-    let status = uplink::new_status(
+    let status = uplink::SharedStatus::new(uplink::new_status(
         &config,
         Some(StatusModel { name: model.name.clone(), version: model.version.clone(), backend: model.backend.clone() }),
-    );
+    ));
+    // The retained status follows the cameras: republished when a camera changes state, and
+    // at least every STATUS_REFRESH for the uptime.
+    let status_keeper = {
+        let (status, stats, cancel) = (status.clone(), stats.clone(), capture_cancel.clone());
+        let started = std::time::Instant::now();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STATUS_CHECK);
+            let mut published = std::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => status.update(|s| {
+                        let cameras: Vec<uplink::CameraStatus> = stats
+                            .iter()
+                            .map(|c| uplink::CameraStatus { id: c.id.to_string(), state: c.state().name().to_owned() })
+                            .collect();
+                        let due = published.elapsed() >= STATUS_REFRESH;
+                        if cameras == s.cameras && !due {
+                            return false;
+                        }
+                        s.cameras = cameras;
+                        s.uptime_s = started.elapsed().as_secs();
+                        published = std::time::Instant::now();
+                        true
+                    }),
+                }
+            }
+        })
+    };
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<(String, Vec<u8>)>(COMMAND_QUEUE);
     let uplink = tokio::spawn(
-        Uplink::new(&config, status, store.clone(), wake.clone())?.with_commands(cmd_tx).run(uplink_cancel.clone()),
+        Uplink::new(&config, status.clone(), store.clone(), wake.clone())?
+            .with_commands(cmd_tx)
+            .run(uplink_cancel.clone()),
     );
     let restart = CancellationToken::new();
     let fleet = crate::commands::Fleet {
@@ -281,6 +314,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     reporter.abort();
     retainer.abort();
+    status_keeper.abort();
     commander.abort();
     if let Some(m) = metrics {
         m.abort();

@@ -38,8 +38,42 @@ pub struct Status {
     pub device_id: String,
     pub version: &'static str,
     pub started_at: String,
+    /// Seconds since start, when this status was published.
+    pub uptime_s: u64,
     pub model: Option<StatusModel>,
-    pub cameras: Vec<String>,
+    pub cameras: Vec<CameraStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CameraStatus {
+    pub id: String,
+    /// `starting`, `streaming`, `stalled`, `failed`, `backoff`, `finished` or `stopped`.
+    pub state: String,
+}
+
+/// The status the uplink publishes (retained) on connect and whenever it is told it changed.
+#[derive(Clone)]
+pub struct SharedStatus {
+    current: Arc<std::sync::Mutex<Status>>,
+    changed: Arc<Notify>,
+}
+
+impl SharedStatus {
+    pub fn new(status: Status) -> Self {
+        Self { current: Arc::new(std::sync::Mutex::new(status)), changed: Arc::new(Notify::new()) }
+    }
+
+    pub fn get(&self) -> Status {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies `f`; republishes the retained status if `f` says something changed.
+    pub fn update(&self, f: impl FnOnce(&mut Status) -> bool) {
+        let changed = f(&mut self.current.lock().unwrap_or_else(|p| p.into_inner()));
+        if changed {
+            self.changed.notify_one();
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,7 +110,7 @@ pub struct Uplink {
     options: MqttOptions,
     device_id: String,
     window: usize,
-    status: Status,
+    status: SharedStatus,
     store: Store,
     /// Rung by the store writer after each durable batch.
     wake: Arc<Notify>,
@@ -86,7 +120,7 @@ pub struct Uplink {
 }
 
 impl Uplink {
-    pub fn new(config: &Config, status: Status, store: Store, wake: Arc<Notify>) -> Result<Self, UplinkError> {
+    pub fn new(config: &Config, status: SharedStatus, store: Store, wake: Arc<Notify>) -> Result<Self, UplinkError> {
         let url = BrokerUrl::parse(&config.mqtt.url).map_err(UplinkError::Url)?;
         let mut options = MqttOptions::new(config.client_id(), url.host.clone(), url.port);
         let window = usize::from(config.mqtt.max_inflight);
@@ -97,7 +131,7 @@ impl Uplink {
             .set_max_packet_size(1 << 20, 1 << 20)
             .set_last_will(LastWill::new(
                 status_topic(&config.device_id),
-                status.with_state("offline"),
+                status.get().with_state("offline"),
                 QoS::AtLeastOnce,
                 true,
             ));
@@ -166,7 +200,7 @@ impl Uplink {
                         tracing::info!(outbox = self.store.outbox_len(), "MQTT connected");
                         connected = true;
                         *backoff = BACKOFF_MIN;
-                        if client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status.with_state("online")).is_ok() {
+                        if client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status.get().with_state("online")).is_ok() {
                             pending.push_back(Tag::Status);
                         }
                         if self.commands.is_some() {
@@ -189,6 +223,11 @@ impl Uplink {
                     _ => {}
                 },
                 _ = self.wake.notified(), if connected => {}
+                _ = self.status.changed.notified(), if connected => {
+                    if client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status.get().with_state("online")).is_ok() {
+                        pending.push_back(Tag::Status);
+                    }
+                }
                 _ = cancel.cancelled() => {
                     self.goodbye(client, &mut eventloop, &status_topic).await;
                     return Ok(());
@@ -229,7 +268,7 @@ impl Uplink {
     /// Publishes the retained `offline` status (a clean disconnect sends no last will) and
     /// disconnects, waiting briefly for the broker.
     async fn goodbye(&self, client: &AsyncClient, eventloop: &mut EventLoop, topic: &str) {
-        if client.try_publish(topic, QoS::AtLeastOnce, true, self.status.with_state("offline")).is_err() {
+        if client.try_publish(topic, QoS::AtLeastOnce, true, self.status.get().with_state("offline")).is_err() {
             return;
         }
         let _ = client.try_disconnect();
@@ -250,8 +289,9 @@ pub fn new_status(config: &Config, model: Option<StatusModel>) -> Status {
         device_id: config.device_id.clone(),
         version: env!("CARGO_PKG_VERSION"),
         started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        uptime_s: 0,
         model,
-        cameras: config.cameras.iter().map(|c| c.id.clone()).collect(),
+        cameras: config.cameras.iter().map(|c| CameraStatus { id: c.id.clone(), state: "starting".into() }).collect(),
     }
 }
 

@@ -134,7 +134,7 @@ fn drain(backlog: usize, rt: &tokio::runtime::Runtime) -> Result<()> {
     config.device_id = "bench".into();
     config.mqtt.url = format!("mqtt://127.0.0.1:{port}");
     let wake = Arc::new(tokio::sync::Notify::new());
-    let status = vigil::uplink::new_status(&config, None);
+    let status = vigil::uplink::SharedStatus::new(vigil::uplink::new_status(&config, None));
     let uplink = vigil::uplink::Uplink::new(&config, status, store.clone(), wake)?;
     let cancel = tokio_util::sync::CancellationToken::new();
     let t = Instant::now();
