@@ -185,7 +185,12 @@ fn the_retained_status_follows_the_cameras_states() {
     let config = write_config(dir.path(), "st", &broker.url(), &[("clip", clip), ("ghost", ghost)]);
     let vigil = Vigil::start(&config, dir.path());
     let state_of = |s: &serde_json::Value, cam: &str| {
-        s["cameras"].as_array().unwrap().iter().find(|c| c["id"] == cam).map(|c| c["state"].as_str().unwrap().to_owned())
+        s["cameras"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == cam)
+            .map(|c| c["state"].as_str().unwrap().to_owned())
     };
     let statuses = || -> Vec<serde_json::Value> {
         sub.on("vigil/st/status").iter().map(|p| serde_json::from_slice(p).unwrap()).collect()
@@ -209,4 +214,31 @@ fn the_retained_status_follows_the_cameras_states() {
     let last = statuses().last().cloned().unwrap();
     assert_eq!(last["state"], "offline");
     assert!(last["uptime_s"].is_u64(), "{last}");
+}
+
+#[test]
+fn home_assistant_discovers_a_sensor_per_camera_with_its_last_detection() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let discovery = Subscriber::start(broker.port, "homeassistant/#");
+    let states = Subscriber::start(broker.port, "vigil/ha1/ha/#");
+    let clip = format!("file://{}", eval_clip().display());
+    let config = write_config(dir.path(), "ha1", &broker.url(), &[("yard", clip)]);
+    let text = std::fs::read_to_string(&config).unwrap().replace("[mqtt]\n", "[mqtt]\nhome_assistant = true\n");
+    std::fs::write(&config, text).unwrap();
+    let vigil = Vigil::start(&config, dir.path());
+    let config_topic = "homeassistant/sensor/ha1/yard_last_detection/config";
+    assert!(wait_until(Duration::from_secs(20), || discovery.count(config_topic) > 0), "{}", vigil.log());
+    assert!(wait_until(Duration::from_secs(20), || states.count("vigil/ha1/ha/yard") > 0), "{}", vigil.log());
+    let (status, log) = vigil.terminate();
+    assert!(status.success(), "{status:?}\n{log}");
+    let sensor: serde_json::Value = serde_json::from_slice(&discovery.on(config_topic)[0]).unwrap();
+    assert_eq!(sensor["state_topic"], "vigil/ha1/ha/yard");
+    assert_eq!(sensor["availability_topic"], "vigil/ha1/status");
+    let state: serde_json::Value = serde_json::from_slice(states.on("vigil/ha1/ha/yard").last().unwrap()).unwrap();
+    assert!(["circle", "square", "triangle"].contains(&state["label"].as_str().unwrap()), "{state}");
+    assert!(state["score"].as_f64().unwrap() > 0.5 && state["event_id"].is_string(), "{state}");
+    // Retained: a Home Assistant that starts later still finds the sensor and its last value.
+    let late = Subscriber::start(broker.port, "homeassistant/#");
+    assert!(wait_until(Duration::from_secs(5), || late.count(config_topic) == 1), "the discovery config is retained");
 }

@@ -78,8 +78,9 @@ fn publish(port: u16, tls: &vigil::config::TlsConfig, topic: &str, payload: &[u8
 
 #[test]
 fn a_device_can_neither_read_nor_write_another_devices_topics() {
-    let broker = TlsBroker::start(&["dev-a", "dev-b", "operator"]);
+    let broker = TlsBroker::start(&["dev-a", "dev-b", "operator", "homeassistant"]);
     let (operator, dev_b) = (broker.tls(Some("operator")), broker.tls(Some("dev-b")));
+    let ha = Subscriber::start_tls(broker.port, "homeassistant/#", &broker.tls(Some("homeassistant")));
     let ops = Subscriber::start_tls(broker.port, "vigil/#", &operator);
     // dev-b asks for everything; the ACL lets only its own topics through to it.
     let b_sees = Subscriber::start_tls(broker.port, "vigil/#", &dev_b);
@@ -95,4 +96,10 @@ fn a_device_can_neither_read_nor_write_another_devices_topics() {
     assert_eq!(forged, 0, "dev-b published on dev-a's topic");
     // The operator's own command on that topic did arrive: the check above can see messages there.
     assert_eq!(ops.count("vigil/dev-a/cmd/restart"), 1, "the operator's own command went through");
+    // Home Assistant discovery: a device announces its own sensors only.
+    publish(broker.port, &dev_b, "homeassistant/sensor/dev-a/cam_last_detection/config", b"{}");
+    publish(broker.port, &dev_b, "homeassistant/sensor/dev-b/cam_last_detection/config", b"{}");
+    let own = "homeassistant/sensor/dev-b/cam_last_detection/config";
+    assert!(wait_until(Duration::from_secs(10), || ha.count(own) == 1), "{}", broker.log());
+    assert_eq!(ha.count("homeassistant/sensor/dev-a/cam_last_detection/config"), 0, "dev-b announced for dev-a");
 }

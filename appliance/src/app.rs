@@ -156,8 +156,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         std::thread::Builder::new().name("scheduler".into()).spawn(move || worker.run(&sched_cancel))?;
 
     let wake = Arc::new(Notify::new());
-    let writer =
-        tokio::spawn(write_events(store.clone(), events_rx, uplink::events_topic(&config.device_id), wake.clone()));
+    let ha_states = crate::homeassistant::HaStates::default();
+    let writer = tokio::spawn(write_events(
+        store.clone(),
+        events_rx,
+        uplink::events_topic(&config.device_id),
+        wake.clone(),
+        config.mqtt.home_assistant.then(|| ha_states.clone()),
+    ));
     let status = uplink::SharedStatus::new(uplink::new_status(
         &config,
         Some(StatusModel { name: model.name.clone(), version: model.version.clone(), backend: model.backend.clone() }),
@@ -192,11 +198,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         })
     };
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<(String, Vec<u8>)>(COMMAND_QUEUE);
-    let uplink = tokio::spawn(
-        Uplink::new(&config, status.clone(), store.clone(), wake.clone())?
-            .with_commands(cmd_tx)
-            .run(uplink_cancel.clone()),
-    );
+    let mut uplink = Uplink::new(&config, status.clone(), store.clone(), wake.clone())?.with_commands(cmd_tx);
+    if config.mqtt.home_assistant {
+        let cameras = config.cameras.iter().map(|c| c.id.clone()).collect();
+        uplink = uplink.with_home_assistant(&config.mqtt.home_assistant_prefix, cameras, ha_states);
+    }
+    let uplink = tokio::spawn(uplink.run(uplink_cancel.clone()));
     let restart = CancellationToken::new();
     let fleet = crate::commands::Fleet {
         config: Arc::new(config.clone()),
@@ -339,13 +346,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// Makes batches durable, then wakes the uplink. Drains what is already queued into one flush so
 /// that durability costs one fsync per burst, not per event.
-async fn write_events(store: Store, mut rx: mpsc::Receiver<Vec<Event>>, topic: String, wake: Arc<Notify>) {
+async fn write_events(
+    store: Store,
+    mut rx: mpsc::Receiver<Vec<Event>>,
+    topic: String,
+    wake: Arc<Notify>,
+    home_assistant: Option<crate::homeassistant::HaStates>,
+) {
     while let Some(batch) = rx.recv().await {
         let mut written = 0usize;
+        let mut durable: Vec<Event> = Vec::new();
         let mut next = Some(batch);
         while let Some(b) = next.take() {
             match store.append(&b, &topic) {
-                Ok(()) => written += b.len(),
+                Ok(()) => {
+                    written += b.len();
+                    if home_assistant.is_some() {
+                        durable.extend(b);
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, events = b.len(), "cannot store events"),
             }
             if written < 1024 {
@@ -357,6 +376,9 @@ async fn write_events(store: Store, mut rx: mpsc::Receiver<Vec<Event>>, topic: S
             continue;
         }
         wake.notify_one();
+        if let Some(ha) = &home_assistant {
+            ha.record(&durable);
+        }
     }
 }
 

@@ -60,6 +60,12 @@ pub struct MqttConfig {
     /// Seconds between `metrics` messages; 0 turns them off.
     #[serde(default = "default_metrics_interval")]
     pub metrics_interval_s: u64,
+    /// Home Assistant MQTT discovery: each camera appears as a "last detection" sensor.
+    #[serde(default)]
+    pub home_assistant: bool,
+    /// Home Assistant's discovery prefix.
+    #[serde(default = "default_ha_prefix")]
+    pub home_assistant_prefix: String,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
 }
@@ -73,6 +79,8 @@ impl Default for MqttConfig {
             max_inflight: default_inflight(),
             outbox_max_messages: default_outbox_max(),
             metrics_interval_s: default_metrics_interval(),
+            home_assistant: false,
+            home_assistant_prefix: default_ha_prefix(),
             tls: None,
         }
     }
@@ -305,6 +313,9 @@ fn default_outbox_max() -> usize {
 fn default_metrics_interval() -> u64 {
     30
 }
+fn default_ha_prefix() -> String {
+    "homeassistant".to_owned()
+}
 fn default_backend() -> BackendKind {
     BackendKind::Auto
 }
@@ -477,6 +488,13 @@ impl Config {
         }
         if self.store.max_events == 0 || self.store.max_event_mb == 0 {
             bad("store", "max_events and max_event_mb must be at least 1".to_owned());
+        }
+        let prefix = &self.mqtt.home_assistant_prefix;
+        if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.starts_with('/') || prefix.ends_with('/') {
+            bad(
+                "mqtt.home_assistant_prefix",
+                format!("`{prefix}` must be a topic prefix without wildcards or outer slashes"),
+            );
         }
         if self.mqtt.metrics_interval_s > 86_400 {
             bad(

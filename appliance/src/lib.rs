@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod events;
 pub mod fleet;
+pub mod homeassistant;
 pub mod infer;
 pub mod metrics;
 pub mod scheduler;

@@ -103,7 +103,8 @@ pub enum UplinkError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tag {
     Outbox(u64),
-    Status,
+    /// Published directly (status, Home Assistant): nothing to remove on PUBACK.
+    Direct,
 }
 
 pub struct Uplink {
@@ -117,6 +118,8 @@ pub struct Uplink {
     /// Fleet commands received, as (name after `cmd/`, payload). Bounded: when the command
     /// worker is behind, further commands are dropped with a warning (the asker times out).
     commands: Option<tokio::sync::mpsc::Sender<(String, Vec<u8>)>>,
+    /// Home Assistant discovery: prefix, camera ids, and the sensors' latest states.
+    home_assistant: Option<(String, Vec<String>, crate::homeassistant::HaStates)>,
 }
 
 impl Uplink {
@@ -139,7 +142,49 @@ impl Uplink {
             let tls = config.mqtt.tls.as_ref().ok_or_else(|| UplinkError::Tls("mqtts:// needs [mqtt.tls]".into()))?;
             options.set_transport(Transport::tls_with_config(rustls_config(tls)?.into()));
         }
-        Ok(Self { options, device_id: config.device_id.clone(), window, status, store, wake, commands: None })
+        Ok(Self {
+            options,
+            device_id: config.device_id.clone(),
+            window,
+            status,
+            store,
+            wake,
+            commands: None,
+            home_assistant: None,
+        })
+    }
+
+    /// Publishes Home Assistant discovery on every connection, and `states` as they change.
+    pub fn with_home_assistant(
+        mut self,
+        prefix: &str,
+        cameras: Vec<String>,
+        states: crate::homeassistant::HaStates,
+    ) -> Self {
+        self.home_assistant = Some((prefix.to_owned(), cameras, states));
+        self
+    }
+
+    /// Hands Home Assistant messages to rumqttc (retained): the discovery configs and every
+    /// state after a connect, only changed states otherwise.
+    fn publish_home_assistant(&self, client: &AsyncClient, pending: &mut VecDeque<Tag>, on_connect: bool) {
+        use crate::homeassistant as ha;
+        let Some((prefix, cameras, states)) = &self.home_assistant else { return };
+        let mut messages: Vec<(String, Vec<u8>)> = Vec::new();
+        if on_connect {
+            for cam in cameras {
+                let config = serde_json::to_vec(&ha::sensor_config(&self.device_id, cam)).expect("JSON serialises");
+                messages.push((ha::config_topic(prefix, &self.device_id, cam), config));
+            }
+        }
+        for (cam, state) in states.take(on_connect) {
+            messages.push((ha::state_topic(&self.device_id, &cam), state));
+        }
+        for (topic, payload) in messages {
+            if client.try_publish(topic, QoS::AtLeastOnce, true, payload).is_ok() {
+                pending.push_back(Tag::Direct);
+            }
+        }
     }
 
     /// Subscribes to `vigil/<device_id>/cmd/#` on every connection and hands requests to `tx`.
@@ -201,11 +246,12 @@ impl Uplink {
                         connected = true;
                         *backoff = BACKOFF_MIN;
                         if client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status.get().with_state("online")).is_ok() {
-                            pending.push_back(Tag::Status);
+                            pending.push_back(Tag::Direct);
                         }
                         if self.commands.is_some() {
                             let _ = client.try_subscribe(crate::commands::cmd_filter(&self.device_id), QoS::AtLeastOnce);
                         }
+                        self.publish_home_assistant(client, &mut pending, true);
                     }
                     Event::Outgoing(Outgoing::Publish(pkid)) => {
                         if let Some(tag) = pending.pop_front() {
@@ -223,9 +269,12 @@ impl Uplink {
                     _ => {}
                 },
                 _ = self.wake.notified(), if connected => {}
+                _ = async { match &self.home_assistant { Some((_, _, s)) => s.changed.notified().await, None => std::future::pending().await } }, if connected => {
+                    self.publish_home_assistant(client, &mut pending, false);
+                }
                 _ = self.status.changed.notified(), if connected => {
                     if client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status.get().with_state("online")).is_ok() {
-                        pending.push_back(Tag::Status);
+                        pending.push_back(Tag::Direct);
                     }
                 }
                 _ = cancel.cancelled() => {
