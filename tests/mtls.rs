@@ -103,3 +103,20 @@ fn a_device_can_neither_read_nor_write_another_devices_topics() {
     assert!(wait_until(Duration::from_secs(10), || ha.count(own) == 1), "{}", broker.log());
     assert_eq!(ha.count("homeassistant/sensor/dev-a/cam_last_detection/config"), 0, "dev-b announced for dev-a");
 }
+
+#[test]
+fn a_device_with_another_devices_certificate_refuses_to_start() {
+    // The broker would acknowledge and drop every message of a device whose certificate CN is
+    // not its device_id: vigil refuses to run that way, and says how to fix it.
+    let broker = TlsBroker::start(&["gate-01"]);
+    let dir = tempfile::tempdir().unwrap();
+    let clip = format!("file://{}", eval_clip().display());
+    let config = write_config(dir.path(), "gate-02", &broker.url(), &[("clip", clip)]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&broker.tls_toml("gate-01"));
+    std::fs::write(&config, text).unwrap();
+    let vigil = Vigil::start(&config, dir.path());
+    let (status, log) = vigil.wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("is issued to `gate-01`, but device_id is `gate-02`"), "{log}");
+}

@@ -205,14 +205,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let uplink = tokio::spawn(uplink.run(uplink_cancel.clone()));
     let restart = CancellationToken::new();
-    let fleet = crate::commands::Fleet {
+    let fleet = Arc::new(crate::commands::Fleet {
         config: Arc::new(config.clone()),
         started: std::time::Instant::now(),
         cameras: stats.clone(),
         inference: sched_stats.clone(),
         store: store.clone(),
         restart: restart.clone(),
-    };
+    });
     let commander = {
         let (store, wake, cancel) = (store.clone(), wake.clone(), capture_cancel.clone());
         tokio::spawn(async move {
@@ -221,7 +221,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     _ = cancel.cancelled() => return,
                     got = cmd_rx.recv() => match got { Some(c) => c, None => return },
                 };
-                let (topic, reply) = fleet.answer(&name, &payload);
+                // Queries read the store: off the async workers.
+                let f = fleet.clone();
+                let Ok((topic, reply)) = tokio::task::spawn_blocking(move || f.answer(&name, &payload)).await else {
+                    tracing::error!("a fleet command panicked");
+                    continue;
+                };
                 if let Err(e) = store.enqueue(&topic, &reply) {
                     tracing::error!(error = %e, "cannot queue a command reply");
                     continue;

@@ -22,6 +22,9 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Events per `events/query` page: default and most.
 const PAGE_DEFAULT: usize = 100;
 const PAGE_MAX: usize = 500;
+/// Events one page may read while filtering: a filter that matches little returns a shorter
+/// page (with `next`) instead of scanning the whole store at once.
+const SCAN_MAX: usize = 10_000;
 
 pub const COMMANDS: &[&str] = &["status", "config/get", "restart", "events/query"];
 
@@ -203,11 +206,14 @@ impl Fleet {
             })),
             Command::ConfigGet => {
                 let mut value = serde_json::to_value(&*self.config).map_err(|e| e.to_string())?;
-                // Camera passwords never leave the device.
+                // Camera credentials never leave the device: passwords, and user:pass@ in URIs.
                 if let Some(cams) = value.get_mut("camera").and_then(|c| c.as_array_mut()) {
                     for cam in cams {
                         if cam.get("password").is_some_and(|p| !p.is_null()) {
                             cam["password"] = "***".into();
+                        }
+                        if let Some(uri) = cam.get("uri").and_then(|u| u.as_str()) {
+                            cam["uri"] = crate::capture::SourceUri::redacted(uri).into();
                         }
                     }
                 }
@@ -241,24 +247,33 @@ impl Fleet {
         let limit = q.limit.unwrap_or(PAGE_DEFAULT);
         let mut page: Vec<Event> = Vec::new();
         let mut more = false;
+        let mut scanned = 0usize;
+        let mut last_scanned: Option<String> = None;
         for e in self.store.events_between(start, to) {
             let e = e.map_err(|e| e.to_string())?;
+            scanned += 1;
+            if scanned > SCAN_MAX {
+                more = true;
+                break;
+            }
             if let Some((ns, id)) = &after {
                 // Skip up to and including the cursor's event (same time: ids sort within it).
                 if e.frame.captured_at_ns == *ns && e.id.as_str() <= id.as_str() {
                     continue;
                 }
             }
-            if q.camera.as_ref().is_some_and(|c| *c != e.camera_id) || q.label.as_ref().is_some_and(|l| *l != e.label) {
-                continue;
-            }
             if page.len() == limit {
                 more = true;
                 break;
             }
+            last_scanned = Some(cursor(&e));
+            if q.camera.as_ref().is_some_and(|c| *c != e.camera_id) || q.label.as_ref().is_some_and(|l| *l != e.label) {
+                continue;
+            }
             page.push(e);
         }
-        let next = if more { page.last().map(cursor) } else { None };
+        // The next page starts after the last event looked at, matching or not.
+        let next = if more { last_scanned } else { None };
         Ok(serde_json::json!({ "events": page, "next": next }))
     }
 
@@ -312,6 +327,47 @@ mod tests {
         }
         let huge = vec![b' '; MAX_REQUEST_BYTES + 1];
         assert!(parse("status", &huge).unwrap_err().message.contains("limit"));
+    }
+
+    #[test]
+    fn a_query_that_matches_little_pages_through_the_scan_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let at = |n: u32, camera: &str| {
+            let mut e = crate::events::test_event(n);
+            e.frame.captured_at_ns = 1_000 + u64::from(n);
+            e.camera_id = camera.into();
+            e
+        };
+        let many: Vec<Event> = (0..SCAN_MAX as u32 + 50).map(|n| at(n, "a")).collect();
+        store.append(&many, "t").unwrap();
+        store.append(&[at(SCAN_MAX as u32 + 60, "b"), at(SCAN_MAX as u32 + 61, "b")], "t").unwrap();
+        let fleet = Fleet {
+            config: Arc::new(Config::embedded_default().unwrap()),
+            started: Instant::now(),
+            cameras: Vec::new(),
+            inference: Arc::new(SchedulerStats::new::<&str>(&[])),
+            store,
+            restart: tokio_util::sync::CancellationToken::new(),
+        };
+        let query = |after: Option<String>| {
+            let q = EventsQuery { camera: Some("b".into()), limit: Some(10), after, ..EventsQuery::default() };
+            fleet.execute(&Command::EventsQuery(q)).unwrap()
+        };
+        let first = query(None);
+        assert_eq!(first["events"].as_array().unwrap().len(), 0, "the scan limit ended the page early");
+        let next = first["next"].as_str().expect("a cursor to go on from").to_owned();
+        let second = query(Some(next));
+        let seqs: Vec<u64> =
+            second["events"].as_array().unwrap().iter().map(|e| e["frame"]["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, [SCAN_MAX as u64 + 60, SCAN_MAX as u64 + 61]);
+        assert!(second["next"].is_null());
+        // Credentials in a camera URI are redacted by config/get.
+        let mut config = Config::embedded_default().unwrap();
+        config.cameras[0].uri = "rtsp://admin:secret@10.0.0.2/s".into();
+        let fleet = Fleet { config: Arc::new(config), ..fleet };
+        let got = fleet.execute(&Command::ConfigGet).unwrap().to_string();
+        assert!(!got.contains("secret") && got.contains("rtsp://***@10.0.0.2/s"), "{got}");
     }
 
     /// A fuzz loop over the parser (deterministic, so any failure reproduces): random bytes,

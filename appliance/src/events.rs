@@ -84,8 +84,9 @@ pub fn new_event_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// Nanoseconds since the Unix epoch: 0 before it, `u64::MAX` after 2554.
 pub fn unix_ns(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// Everything about a processed frame that its events share.
@@ -134,5 +135,31 @@ impl FrameContext<'_> {
                 latency,
             })
             .collect()
+    }
+}
+
+/// A plain event for tests: camera `c`, label `circle`, `seq` = `n`, captured at time 0.
+#[cfg(test)]
+pub(crate) fn test_event(n: u32) -> Event {
+    Event {
+        id: new_event_id(),
+        kind: EventKind::Detection,
+        device_id: "d".into(),
+        camera_id: "c".into(),
+        label: "circle".into(),
+        class_id: 0,
+        score: 0.9,
+        bbox: PixelBox { x1: 0.0, y1: 0.0, x2: n as f32, y2: 1.0 },
+        box_norm: [0.0; 4],
+        frame: FrameRef {
+            seq: u64::from(n),
+            pts_ns: None,
+            captured_at: String::new(),
+            captured_at_ns: 0,
+            width: 1,
+            height: 1,
+        },
+        model: ModelRef { name: "m".into(), version: "1".into(), backend: "b".into() },
+        latency: Latency { total_ms: 0.0, queue_ms: 0.0, preprocess_ms: 0.0, inference_ms: 0.0, postprocess_ms: 0.0 },
     }
 }

@@ -96,7 +96,7 @@ fn listen(
     loop {
         let timeout = match until {
             Some(u) => u.saturating_duration_since(Instant::now()),
-            None => Duration::from_secs(3600),
+            None => Duration::from_secs(60),
         };
         if timeout.is_zero() {
             break;
@@ -117,7 +117,10 @@ fn listen(
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => bail!("cannot reach the broker at {}: {e}", args.broker),
-            Err(_) => break, // timed out
+            // Without a deadline (watch), a quiet minute is just a quiet minute.
+            Err(rumqttc::RecvTimeoutError::Timeout) if until.is_none() => {}
+            Err(rumqttc::RecvTimeoutError::Timeout) => break,
+            Err(rumqttc::RecvTimeoutError::Disconnected) => bail!("the connection to {} closed", args.broker),
         }
     }
     let _ = client.disconnect();

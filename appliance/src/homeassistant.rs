@@ -85,6 +85,16 @@ impl HaStates {
         self.changed.notify_one();
     }
 
+    /// Marks a camera's state as still to publish (its publish could not be queued).
+    pub fn mark_dirty(&self, camera: &str) {
+        let mut inner = self.lock();
+        if !inner.dirty.iter().any(|c| c == camera) {
+            inner.dirty.push(camera.to_owned());
+        }
+        drop(inner);
+        self.changed.notify_one();
+    }
+
     /// The states to publish: the changed ones, or all (after a reconnect).
     pub fn take(&self, all: bool) -> Vec<(String, Vec<u8>)> {
         let mut inner = self.lock();

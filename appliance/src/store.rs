@@ -116,6 +116,14 @@ pub struct Store {
     /// Events stored, and the bytes of their records (counted at open, kept up to date).
     event_total: Arc<AtomicUsize>,
     event_bytes: Arc<AtomicU64>,
+    /// Serializes outbox writers, so that keys enter the outbox in the order they were taken
+    /// (the uplink's cursor never passes a key that is still to come) and counters and
+    /// eviction stay consistent.
+    write_lock: Arc<std::sync::Mutex<()>>,
+    /// One past the highest outbox key written, and one past the highest known to be on disk:
+    /// the uplink sees only durable entries ([`Store::outbox_after`]).
+    written_next: Arc<AtomicU64>,
+    durable_next: Arc<AtomicU64>,
     outbox_evicted: Arc<AtomicU64>,
 }
 
@@ -150,6 +158,10 @@ impl Store {
         }
         migrate(&db, &meta, found)?;
         let outbox = db.open_tree("outbox")?;
+        let next_key = match outbox.last()? {
+            Some((k, _)) => k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0).saturating_add(1),
+            None => 0,
+        };
         let events = db.open_tree("events")?;
         let (mut total, mut bytes) = (0usize, 0u64);
         for item in events.iter() {
@@ -162,6 +174,9 @@ impl Store {
             events,
             event_total: Arc::new(AtomicUsize::new(total)),
             event_bytes: Arc::new(AtomicU64::new(bytes)),
+            write_lock: Arc::new(std::sync::Mutex::new(())),
+            written_next: Arc::new(AtomicU64::new(next_key)),
+            durable_next: Arc::new(AtomicU64::new(next_key)),
             outbox_count: Arc::new(AtomicUsize::new(outbox.len())),
             outbox,
             outbox_limit: DEFAULT_OUTBOX_LIMIT,
@@ -181,7 +196,11 @@ impl Store {
         self.outbox_evicted.load(Ordering::Relaxed)
     }
 
-    /// Drops the oldest outbox entries beyond the limit.
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the oldest outbox entries beyond the limit (the write lock is held).
     fn evict_overflow(&self) -> Result<(), StoreError> {
         let mut evicted = 0u64;
         while self.outbox_count.load(Ordering::Relaxed) > self.outbox_limit {
@@ -215,12 +234,15 @@ impl Store {
             })
             .collect();
         let times: Vec<u64> = events.iter().map(|e| e.frame.captured_at_ns).collect();
+        let _writes = self.lock_writes();
+        let next = std::cell::Cell::new(0u64);
         let result = (&self.events, &self.outbox, &self.by_time)
             .transaction(|(ev, ob, bt)| {
                 for ((id, json), at) in encoded.iter().zip(&times) {
                     ev.insert(id.as_slice(), json.as_slice())?;
                     bt.insert(time_key(*at, id), &[][..])?;
                     let key = ob.generate_id()?;
+                    next.set(next.get().max(key + 1));
                     let entry = OutboxEntry { topic: topic.to_owned(), payload: json.clone() };
                     ob.insert(&key.to_be_bytes(), entry.encode())?;
                 }
@@ -231,6 +253,7 @@ impl Store {
                 TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
             });
         result?;
+        self.written_next.fetch_max(next.get(), Ordering::SeqCst);
         self.outbox_count.fetch_add(encoded.len(), Ordering::Relaxed);
         self.event_total.fetch_add(encoded.len(), Ordering::Relaxed);
         self.event_bytes.fetch_add(encoded.iter().map(|(_, j)| j.len() as u64).sum(), Ordering::Relaxed);
@@ -240,9 +263,11 @@ impl Store {
     /// Queues one message that is not an event (metrics, replies) in the outbox (not yet
     /// durable: call [`Store::flush`]).
     pub fn enqueue(&self, topic: &str, payload: &[u8]) -> Result<(), StoreError> {
+        let _writes = self.lock_writes();
         let key = self.db.generate_id()?;
         let entry = OutboxEntry { topic: topic.to_owned(), payload: payload.to_vec() };
         self.outbox.insert(key.to_be_bytes(), entry.encode())?;
+        self.written_next.fetch_max(key + 1, Ordering::SeqCst);
         self.outbox_count.fetch_add(1, Ordering::Relaxed);
         self.evict_overflow()
     }
@@ -254,15 +279,22 @@ impl Store {
 
     /// Makes everything written so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let upto = self.written_next.load(Ordering::SeqCst);
         self.db.flush_async().await?;
+        self.durable_next.fetch_max(upto, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Up to `limit` outbox entries with keys greater than `after`, oldest first.
+    /// Up to `limit` outbox entries with keys greater than `after`, oldest first; only entries
+    /// already flushed to disk (so nothing reaches MQTT before it is durable).
     pub fn outbox_after(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
         let start = after.map_or(0, |k| k.saturating_add(1));
+        let end = self.durable_next.load(Ordering::SeqCst);
         let mut out = Vec::new();
-        for item in self.outbox.range(start.to_be_bytes()..).take(limit) {
+        if start >= end {
+            return Ok(out);
+        }
+        for item in self.outbox.range(start.to_be_bytes()..end.to_be_bytes()).take(limit) {
             let (k, v) = item?;
             let key = u64::from_be_bytes(
                 k.as_ref()
@@ -316,8 +348,17 @@ impl Store {
                 break;
             };
             *reason += 1;
-            self.by_time.remove(&key)?;
-            if let Some(v) = self.events.remove(&key[8..])? {
+            // Index entry and event go together: a crash cannot leave one without the other.
+            let removed = (&self.by_time, &self.events)
+                .transaction(|(bt, ev)| {
+                    bt.remove(key.as_ref())?;
+                    Ok::<_, ConflictableTransactionError<()>>(ev.remove(&key[8..])?)
+                })
+                .map_err(|e| match e {
+                    TransactionError::Storage(s) => StoreError::Io(s),
+                    TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
+                })?;
+            if let Some(v) = removed {
                 self.event_total.fetch_sub(1, Ordering::Relaxed);
                 self.event_bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
             }
@@ -339,15 +380,15 @@ impl Store {
     }
 
     /// Events captured in `[from_ns, to_ns)` (Unix nanoseconds), in capture-time order.
+    /// An index entry whose event is gone (retention running at the same moment) is skipped.
     pub fn events_between(&self, from_ns: u64, to_ns: u64) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
-        self.by_time.range(from_ns.to_be_bytes()..to_ns.to_be_bytes()).map(move |item| {
-            let (k, _) = item?;
-            let id = &k[8..];
-            let v = self.events.get(id)?.ok_or_else(|| StoreError::Corrupt {
-                key: format!("{BY_TIME_TREE}/{}", String::from_utf8_lossy(id)),
-                message: "indexes an event that is not in the store".into(),
-            })?;
-            decode_event(id, &v)
+        self.by_time.range(from_ns.to_be_bytes()..to_ns.to_be_bytes()).filter_map(move |item| {
+            let lookup = || -> Result<Option<Event>, StoreError> {
+                let (k, _) = item?;
+                let id = &k[8..];
+                self.events.get(id)?.map(|v| decode_event(id, &v)).transpose()
+            };
+            lookup().transpose()
         })
     }
 
@@ -386,14 +427,29 @@ type Migration = fn(&sled::Db) -> Result<(), StoreError>;
 pub const MIGRATIONS: &[Migration] = &[v1_to_v2];
 const _: () = assert!(MIGRATIONS.len() as u64 == SCHEMA_VERSION - 1, "one migration per schema step");
 
-/// v2: the capture-time index of events (for time-range queries and retention by age).
+/// v2: the capture-time index of events (for time-range queries and retention by age). Reads
+/// only each record's capture time; a record without one is left out of the index (and logged)
+/// rather than keeping the whole store from opening.
 fn v1_to_v2(db: &sled::Db) -> Result<(), StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Frame {
+        captured_at_ns: u64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Timed {
+        frame: Frame,
+    }
     let events = db.open_tree("events")?;
     let by_time = db.open_tree(BY_TIME_TREE)?;
     for item in events.iter() {
         let (id, v) = item?;
-        let e = decode_event(&id, &v)?;
-        by_time.insert(time_key(e.frame.captured_at_ns, &id), &[][..])?;
+        match serde_json::from_slice::<Timed>(&v) {
+            Ok(t) => {
+                by_time.insert(time_key(t.frame.captured_at_ns, &id), &[][..])?;
+            }
+            Err(e) => tracing::warn!(event = %String::from_utf8_lossy(&id), error = %e,
+                "store migration v1→v2: event without a capture time left out of the time index"),
+        }
     }
     Ok(())
 }
@@ -427,37 +483,8 @@ fn decode_event(key: &[u8], value: &[u8]) -> Result<Event, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{EventKind, FrameRef, Latency, ModelRef, PixelBox};
 
-    pub(crate) fn event(n: u32) -> Event {
-        Event {
-            id: uuid::Uuid::now_v7().to_string(),
-            kind: EventKind::Detection,
-            device_id: "d".into(),
-            camera_id: "c".into(),
-            label: "circle".into(),
-            class_id: 0,
-            score: 0.9,
-            bbox: PixelBox { x1: 0.0, y1: 0.0, x2: n as f32, y2: 1.0 },
-            box_norm: [0.0; 4],
-            frame: FrameRef {
-                seq: u64::from(n),
-                pts_ns: None,
-                captured_at: String::new(),
-                captured_at_ns: 0,
-                width: 1,
-                height: 1,
-            },
-            model: ModelRef { name: "m".into(), version: "1".into(), backend: "b".into() },
-            latency: Latency {
-                total_ms: 0.0,
-                queue_ms: 0.0,
-                preprocess_ms: 0.0,
-                inference_ms: 0.0,
-                postprocess_ms: 0.0,
-            },
-        }
-    }
+    pub(crate) use crate::events::test_event as event;
 
     #[tokio::test]
     async fn events_and_outbox_survive_reopen_in_order() {
@@ -620,6 +647,23 @@ mod tests {
         store.append(&[event_at(0, 50), event_at(1, 10)], "t").unwrap();
         let got: Vec<u64> = store.events_between(0, 100).map(|e| e.unwrap().frame.captured_at_ns).collect();
         assert_eq!(got, [10, 50]);
+    }
+
+    #[tokio::test]
+    async fn the_uplink_sees_only_what_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.append(&[event(0)], "t/events").unwrap();
+        store.enqueue("t/metrics", b"{}").unwrap();
+        assert!(store.outbox_after(None, 10).unwrap().is_empty(), "nothing before the flush");
+        store.flush().await.unwrap();
+        let first = store.outbox_after(None, 10).unwrap();
+        assert_eq!(first.iter().map(|(_, e)| e.topic.as_str()).collect::<Vec<_>>(), ["t/events", "t/metrics"]);
+        store.enqueue("t/reply", b"{}").unwrap();
+        let cursor = Some(first[1].0);
+        assert!(store.outbox_after(cursor, 10).unwrap().is_empty());
+        store.flush().await.unwrap();
+        assert_eq!(store.outbox_after(cursor, 10).unwrap()[0].1.topic, "t/reply");
     }
 
     #[test]

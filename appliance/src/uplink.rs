@@ -140,6 +140,9 @@ impl Uplink {
             ));
         if url.tls {
             let tls = config.mqtt.tls.as_ref().ok_or_else(|| UplinkError::Tls("mqtts:// needs [mqtt.tls]".into()))?;
+            if let Some(cert) = &tls.cert {
+                check_identity(cert, &config.device_id)?;
+            }
             options.set_transport(Transport::tls_with_config(rustls_config(tls)?.into()));
         }
         Ok(Self {
@@ -177,12 +180,21 @@ impl Uplink {
                 messages.push((ha::config_topic(prefix, &self.device_id, cam), config));
             }
         }
-        for (cam, state) in states.take(on_connect) {
-            messages.push((ha::state_topic(&self.device_id, &cam), state));
+        let configs = messages.len();
+        let taken = states.take(on_connect);
+        for (cam, state) in &taken {
+            messages.push((ha::state_topic(&self.device_id, cam), state.clone()));
         }
-        for (topic, payload) in messages {
+        for (i, (topic, payload)) in messages.into_iter().enumerate() {
             if client.try_publish(topic, QoS::AtLeastOnce, true, payload).is_ok() {
                 pending.push_back(Tag::Direct);
+            } else if i >= configs {
+                // rumqttc's queue is full: keep the state for the next round.
+                states.mark_dirty(&taken[i - configs].0);
+            } else {
+                tracing::warn!(
+                    "Home Assistant discovery config not sent (queue full); it is sent on the next connection"
+                );
             }
         }
     }
@@ -193,9 +205,15 @@ impl Uplink {
         self
     }
 
-    fn on_publish(&self, topic: &str, payload: &[u8]) {
+    fn on_publish(&self, topic: &str, payload: &[u8], retained: bool) {
         let prefix = format!("vigil/{}/cmd/", self.device_id);
         let (Some(tx), Some(name)) = (&self.commands, topic.strip_prefix(&prefix)) else { return };
+        if retained {
+            // A retained command would run again on every connection (a retained `restart`:
+            // forever). Commands are requests, never state.
+            tracing::warn!(command = name, "retained fleet command ignored; publish commands without the retain flag");
+            return;
+        }
         if tx.try_send((name.to_owned(), payload.to_vec())).is_err() {
             tracing::warn!(command = name, "fleet command dropped: too many waiting");
         }
@@ -258,7 +276,7 @@ impl Uplink {
                             inflight.insert(pkid, tag);
                         }
                     }
-                    Event::Incoming(Packet::Publish(p)) => self.on_publish(&p.topic, &p.payload),
+                    Event::Incoming(Packet::Publish(p)) => self.on_publish(&p.topic, &p.payload, p.retain),
                     Event::Incoming(Packet::PubAck(ack)) => {
                         if let Some(Tag::Outbox(key)) = inflight.remove(&ack.pkid) {
                             if let Err(e) = self.store.outbox_remove(key) {
@@ -341,6 +359,32 @@ pub fn new_status(config: &Config, model: Option<StatusModel>) -> Status {
         uptime_s: 0,
         model,
         cameras: config.cameras.iter().map(|c| CameraStatus { id: c.id.clone(), state: "starting".into() }).collect(),
+    }
+}
+
+/// The fleet broker names a client by its certificate's CN and lets it write only
+/// `vigil/<CN>/…`; a publish it refuses is still acknowledged (MQTT 3.1.1), so a CN that is not
+/// the device id would make every event vanish. Refuse to start instead.
+pub fn check_identity(cert: &std::path::Path, device_id: &str) -> Result<(), UplinkError> {
+    let pem = read_pem(cert)?;
+    let der = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .ok_or_else(|| UplinkError::Tls(format!("{} holds no PEM certificate", cert.display())))?
+        .map_err(|e| UplinkError::Tls(format!("{}: {e}", cert.display())))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| UplinkError::Tls(format!("{}: not an X.509 certificate: {e}", cert.display())))?;
+    let cn = parsed.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
+    match cn {
+        Some(cn) if cn == device_id => Ok(()),
+        Some(cn) => Err(UplinkError::Tls(format!(
+            "{} is issued to `{cn}`, but device_id is `{device_id}`: the fleet broker's ACL would drop every message; \
+             use this device's own certificate, or set device_id to `{cn}`",
+            cert.display()
+        ))),
+        None => Err(UplinkError::Tls(format!(
+            "{} has no common name; the fleet broker needs CN = device_id (`{device_id}`)",
+            cert.display()
+        ))),
     }
 }
 

@@ -377,7 +377,7 @@ pub fn vigil_cmd(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 
 /// Client options for the broker on `port`, over TLS when `tls` is given.
 pub fn mqtt_options(port: u16, tls: Option<&vigil::config::TlsConfig>) -> rumqttc::MqttOptions {
-    let mut opts = rumqttc::MqttOptions::new(format!("test-client-{}", free_port()), "127.0.0.1", port);
+    let mut opts = rumqttc::MqttOptions::new(format!("test-{}", uuid::Uuid::now_v7().simple()), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(10)).set_max_packet_size(1 << 20, 1 << 20);
     if let Some(tls) = tls {
         let config = vigil::uplink::rustls_config(tls).expect("test TLS settings are valid");
