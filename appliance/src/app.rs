@@ -92,6 +92,11 @@ pub enum Ended {
 /// Runs the service until `shutdown` is cancelled (or a fleet command asks for a restart).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Ended> {
     capture::init_gstreamer()?;
+    // A device certificate for another device would lose every message: refuse before starting.
+    let tls = crate::config::BrokerUrl::parse(&config.mqtt.url).is_ok_and(|u| u.tls);
+    if let Some(cert) = config.mqtt.tls.as_ref().and_then(|t| t.cert.as_ref()).filter(|_| tls) {
+        uplink::check_identity(cert, &config.device_id)?;
+    }
     let (bundle, detector) = load_detector(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
@@ -171,30 +176,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // The retained status follows the cameras: republished when a camera changes state, and
     // at least every STATUS_REFRESH for the uptime.
     let status_keeper = {
-        let (status, stats, cancel) = (status.clone(), stats.clone(), capture_cancel.clone());
+        let (status, stats) = (status.clone(), stats.clone());
         let started = std::time::Instant::now();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(STATUS_CHECK);
-            let mut published = std::time::Instant::now();
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tick.tick() => status.update(|s| {
-                        let cameras: Vec<uplink::CameraStatus> = stats
-                            .iter()
-                            .map(|c| uplink::CameraStatus { id: c.id.to_string(), state: c.state().name().to_owned() })
-                            .collect();
-                        let due = published.elapsed() >= STATUS_REFRESH;
-                        if cameras == s.cameras && !due {
-                            return false;
-                        }
-                        s.cameras = cameras;
-                        s.uptime_s = started.elapsed().as_secs();
-                        published = std::time::Instant::now();
-                        true
-                    }),
+        let mut published = started;
+        periodic(STATUS_CHECK, capture_cancel.clone(), move || {
+            status.update(|s| {
+                let cameras: Vec<uplink::CameraStatus> = stats
+                    .iter()
+                    .map(|c| uplink::CameraStatus { id: c.id.to_string(), state: c.state().name().to_owned() })
+                    .collect();
+                if cameras == s.cameras && published.elapsed() < STATUS_REFRESH {
+                    return false;
                 }
-            }
+                s.cameras = cameras;
+                s.uptime_s = started.elapsed().as_secs();
+                published = std::time::Instant::now();
+                true
+            });
+            std::future::ready(())
         })
     };
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<(String, Vec<u8>)>(COMMAND_QUEUE);
@@ -227,75 +226,37 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     tracing::error!("a fleet command panicked");
                     continue;
                 };
-                if let Err(e) = store.enqueue(&topic, &reply) {
-                    tracing::error!(error = %e, "cannot queue a command reply");
-                    continue;
-                }
-                match store.flush().await {
-                    Ok(()) => wake.notify_one(),
-                    Err(e) => tracing::error!(error = %e, "cannot flush the store (command reply)"),
-                }
+                queue_and_flush(&store, &wake, &topic, &reply, "command reply").await;
             }
         })
     };
 
     let reporter = {
-        let (stats, sched, store, cancel) = (stats.clone(), sched_stats.clone(), store.clone(), capture_cancel.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(STATS_EVERY);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tick.tick() => log_stats(&stats, &sched, &store),
-                }
-            }
+        let (stats, sched, store) = (stats.clone(), sched_stats.clone(), store.clone());
+        periodic(STATS_EVERY, capture_cancel.clone(), move || {
+            log_stats(&stats, &sched, &store);
+            std::future::ready(())
         })
     };
     let retainer = {
-        let (store, cancel) = (store.clone(), capture_cancel.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RETENTION_EVERY);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tick.tick() => {
-                        let now = crate::events::unix_ns(std::time::SystemTime::now());
-                        if let Err(e) = store.enforce_retention(&retention, now) {
-                            tracing::error!(error = %e, "retention pass failed");
-                        }
-                    }
-                }
+        let store = store.clone();
+        periodic(RETENTION_EVERY, capture_cancel.clone(), move || {
+            if let Err(e) = store.enforce_retention(&retention, crate::events::unix_ns(std::time::SystemTime::now())) {
+                tracing::error!(error = %e, "retention pass failed");
             }
+            std::future::ready(())
         })
     };
     let metrics = (config.mqtt.metrics_interval_s > 0).then(|| {
-        let (stats, sched, store, cancel) = (stats.clone(), sched_stats.clone(), store.clone(), capture_cancel.clone());
-        let (device_id, wake) = (config.device_id.clone(), wake.clone());
-        let every = Duration::from_secs(config.mqtt.metrics_interval_s);
+        let (stats, sched, store, wake) = (stats.clone(), sched_stats.clone(), store.clone(), wake.clone());
+        let device_id = config.device_id.clone();
+        let topic = crate::metrics::metrics_topic(&device_id);
         let started = std::time::Instant::now();
-        tokio::spawn(async move {
-            let topic = crate::metrics::metrics_topic(&device_id);
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tick.tick() => {
-                        let m = crate::metrics::Metrics::collect(&device_id, started, &stats, &sched, &store);
-                        let payload = serde_json::to_vec(&m).expect("metrics always serialise");
-                        let queued = store.enqueue(&topic, &payload);
-                        match queued {
-                            Ok(()) => match store.flush().await {
-                                Ok(()) => wake.notify_one(),
-                                Err(e) => tracing::error!(error = %e, "cannot flush the store (metrics)"),
-                            },
-                            Err(e) => tracing::error!(error = %e, "cannot queue metrics"),
-                        }
-                    }
-                }
-            }
+        periodic(Duration::from_secs(config.mqtt.metrics_interval_s), capture_cancel.clone(), move || {
+            let m = crate::metrics::Metrics::collect(&device_id, started, &stats, &sched, &store);
+            let payload = serde_json::to_vec(&m).expect("metrics always serialise");
+            let (store, wake, topic) = (store.clone(), wake.clone(), topic.clone());
+            async move { queue_and_flush(&store, &wake, &topic, &payload, "metrics").await }
         })
     });
 
@@ -346,6 +307,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Ok(ended)
     } else {
         anyhow::bail!("shutdown deadline passed; still running: {}", stuck.join(", "))
+    }
+}
+
+/// Runs `tick` every `period` (the first time one period after the start) until `cancel`.
+fn periodic<F, Fut>(period: Duration, cancel: CancellationToken, mut tick: F) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.tick().await;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = interval.tick() => tick().await,
+            }
+        }
+    })
+}
+
+/// Queues one non-event message in the outbox, makes it durable and wakes the uplink.
+async fn queue_and_flush(store: &Store, wake: &Notify, topic: &str, payload: &[u8], what: &str) {
+    if let Err(e) = store.enqueue(topic, payload) {
+        tracing::error!(error = %e, "cannot queue the {what}");
+        return;
+    }
+    match store.flush().await {
+        Ok(()) => wake.notify_one(),
+        Err(e) => tracing::error!(error = %e, "cannot flush the store ({what})"),
     }
 }
 
