@@ -92,11 +92,6 @@ pub enum Ended {
 /// Runs the service until `shutdown` is cancelled (or a fleet command asks for a restart).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Ended> {
     capture::init_gstreamer()?;
-    // A device certificate for another device would lose every message: refuse before starting.
-    let tls = crate::config::BrokerUrl::parse(&config.mqtt.url).is_ok_and(|u| u.tls);
-    if let Some(cert) = config.mqtt.tls.as_ref().and_then(|t| t.cert.as_ref()).filter(|_| tls) {
-        uplink::check_identity(cert, &config.device_id)?;
-    }
     let (bundle, detector) = load_detector(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
@@ -110,6 +105,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     tracing::info!(model = %model.name, version = %model.version, backend = %model.backend,
         events = store.event_count(), outbox = store.outbox_len(), "vigil starting");
+
+    // The uplink is set up before any camera starts, so that a bad MQTT or TLS configuration
+    // (a certificate issued to another device would lose every message) stops vigil at once.
+    let wake = Arc::new(Notify::new());
+    let ha_states = crate::homeassistant::HaStates::default();
+    let status = uplink::SharedStatus::new(uplink::new_status(
+        &config,
+        Some(StatusModel { name: model.name.clone(), version: model.version.clone(), backend: model.backend.clone() }),
+    ));
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<(String, Vec<u8>)>(COMMAND_QUEUE);
+    let mut uplink = Uplink::new(&config, status.clone(), store.clone(), wake.clone())?.with_commands(cmd_tx);
+    if config.mqtt.home_assistant {
+        let cameras = config.cameras.iter().map(|c| c.id.clone()).collect();
+        uplink = uplink.with_home_assistant(&config.mqtt.home_assistant_prefix, cameras, ha_states.clone());
+    }
 
     let platform = Arc::new(Platform::detect());
     tracing::info!(platform = %platform.name, gstreamer = ?platform.gst, "capture platform");
@@ -160,18 +170,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let scheduler_thread =
         std::thread::Builder::new().name("scheduler".into()).spawn(move || worker.run(&sched_cancel))?;
 
-    let wake = Arc::new(Notify::new());
-    let ha_states = crate::homeassistant::HaStates::default();
     let writer = tokio::spawn(write_events(
         store.clone(),
         events_rx,
         uplink::events_topic(&config.device_id),
         wake.clone(),
         config.mqtt.home_assistant.then(|| ha_states.clone()),
-    ));
-    let status = uplink::SharedStatus::new(uplink::new_status(
-        &config,
-        Some(StatusModel { name: model.name.clone(), version: model.version.clone(), backend: model.backend.clone() }),
     ));
     // The retained status follows the cameras: republished when a camera changes state, and
     // at least every STATUS_REFRESH for the uptime.
@@ -181,10 +185,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let mut published = started;
         periodic(STATUS_CHECK, capture_cancel.clone(), move || {
             status.update(|s| {
-                let cameras: Vec<uplink::CameraStatus> = stats
-                    .iter()
-                    .map(|c| uplink::CameraStatus { id: c.id.to_string(), state: c.state().name().to_owned() })
-                    .collect();
+                let cameras: Vec<uplink::CameraStatus> =
+                    stats.iter().map(|c| uplink::CameraStatus { id: c.id.to_string(), state: c.state() }).collect();
                 if cameras == s.cameras && published.elapsed() < STATUS_REFRESH {
                     return false;
                 }
@@ -196,12 +198,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             std::future::ready(())
         })
     };
-    let (cmd_tx, mut cmd_rx) = mpsc::channel::<(String, Vec<u8>)>(COMMAND_QUEUE);
-    let mut uplink = Uplink::new(&config, status.clone(), store.clone(), wake.clone())?.with_commands(cmd_tx);
-    if config.mqtt.home_assistant {
-        let cameras = config.cameras.iter().map(|c| c.id.clone()).collect();
-        uplink = uplink.with_home_assistant(&config.mqtt.home_assistant_prefix, cameras, ha_states);
-    }
     let uplink = tokio::spawn(uplink.run(uplink_cancel.clone()));
     let restart = CancellationToken::new();
     let fleet = Arc::new(crate::commands::Fleet {

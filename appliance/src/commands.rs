@@ -220,8 +220,8 @@ impl Fleet {
                 Ok(value)
             }
             Command::Restart { camera: Some(id) } => {
-                let cam = self.cameras.iter().find(|c| c.snapshot().id == *id).ok_or_else(|| {
-                    let known: Vec<String> = self.cameras.iter().map(|c| c.snapshot().id).collect();
+                let cam = self.cameras.iter().find(|c| *c.id == **id).ok_or_else(|| {
+                    let known: Vec<&str> = self.cameras.iter().map(|c| &*c.id).collect();
                     format!("no camera `{id}`; cameras: {}", known.join(", "))
                 })?;
                 cam.request_restart();

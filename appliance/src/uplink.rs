@@ -47,8 +47,8 @@ pub struct Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CameraStatus {
     pub id: String,
-    /// `starting`, `streaming`, `stalled`, `failed`, `backoff`, `finished` or `stopped`.
-    pub state: String,
+    /// Serialized as `starting`, `streaming`, `stalled`, `failed`, `backoff`, `finished` or `stopped`.
+    pub state: crate::capture::CameraState,
 }
 
 /// The status the uplink publishes (retained) on connect and whenever it is told it changed.
@@ -358,7 +358,11 @@ pub fn new_status(config: &Config, model: Option<StatusModel>) -> Status {
         started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         uptime_s: 0,
         model,
-        cameras: config.cameras.iter().map(|c| CameraStatus { id: c.id.clone(), state: "starting".into() }).collect(),
+        cameras: config
+            .cameras
+            .iter()
+            .map(|c| CameraStatus { id: c.id.clone(), state: crate::capture::CameraState::Starting })
+            .collect(),
     }
 }
 

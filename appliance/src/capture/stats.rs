@@ -25,19 +25,6 @@ pub enum CameraState {
 }
 
 impl CameraState {
-    /// The name used in logs and MQTT payloads.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Starting => "starting",
-            Self::Streaming => "streaming",
-            Self::Stalled => "stalled",
-            Self::Failed => "failed",
-            Self::Backoff => "backoff",
-            Self::Finished => "finished",
-            Self::Stopped => "stopped",
-        }
-    }
-
     fn from_u8(v: u8) -> Self {
         match v {
             0 => Self::Starting,
