@@ -164,9 +164,7 @@ fn asking_for_tensorrt_where_it_cannot_run_falls_back_to_the_cpu_and_says_why() 
     let sub = Subscriber::start(broker.port, "vigil/gpu-less/events");
     let clip = format!("file://{}", eval_clip().display());
     let config = write_config(dir.path(), "gpu-less", &broker.url(), &[("clip", clip)]);
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("[inference]\nbackend = \"tensorrt\"\n");
-    std::fs::write(&config, text).unwrap();
+    append_config(&config, "[inference]\nbackend = \"tensorrt\"\n");
     let vigil = Vigil::start(&config, dir.path());
     assert!(wait_until(Duration::from_secs(30), || sub.count("vigil/gpu-less/events") > 5), "{}", vigil.log());
     let (status, log) = vigil.terminate();

@@ -98,8 +98,7 @@ fn metrics_report_each_camera_inference_and_the_store() {
     let sub = Subscriber::start(broker.port, "vigil/m/metrics");
     let clip = format!("file://{}", eval_clip().display());
     let config = write_config(dir.path(), "m", &broker.url(), &[("clip", clip), ("pattern", "test://ball".into())]);
-    let text = std::fs::read_to_string(&config).unwrap().replace("[mqtt]\n", "[mqtt]\nmetrics_interval_s = 1\n");
-    std::fs::write(&config, text).unwrap();
+    set_mqtt(&config, "metrics_interval_s = 1");
     let vigil = Vigil::start(&config, dir.path());
     let reported = wait_until(Duration::from_secs(30), || {
         sub.on("vigil/m/metrics").iter().any(|p| {
@@ -224,8 +223,7 @@ fn home_assistant_discovers_a_sensor_per_camera_with_its_last_detection() {
     let states = Subscriber::start(broker.port, "vigil/ha1/ha/#");
     let clip = format!("file://{}", eval_clip().display());
     let config = write_config(dir.path(), "ha1", &broker.url(), &[("yard", clip)]);
-    let text = std::fs::read_to_string(&config).unwrap().replace("[mqtt]\n", "[mqtt]\nhome_assistant = true\n");
-    std::fs::write(&config, text).unwrap();
+    set_mqtt(&config, "home_assistant = true");
     let vigil = Vigil::start(&config, dir.path());
     let config_topic = "homeassistant/sensor/ha1/yard_last_detection/config";
     assert!(wait_until(Duration::from_secs(20), || discovery.count(config_topic) > 0), "{}", vigil.log());

@@ -42,8 +42,7 @@ fn every_command_is_answered_and_bad_ones_are_refused_with_a_reason() {
     let clip = format!("file://{}", eval_clip().display());
     let ghost = format!("rtsp://127.0.0.1:{}/nothing", free_port());
     let config = write_config(dir.path(), "cmdr", &broker.url(), &[("clip", clip), ("ghost", ghost)]);
-    let text = std::fs::read_to_string(&config).unwrap() + "password = \"hunter2\"\nuser = \"viewer\"\n";
-    std::fs::write(&config, text).unwrap();
+    append_config(&config, "password = \"hunter2\"\nuser = \"viewer\"\n");
     let vigil = Vigil::start(&config, dir.path());
     let events = Subscriber::start(broker.port, "vigil/cmdr/events");
     assert!(wait_until(Duration::from_secs(30), || events.count("vigil/cmdr/events") > 20), "{}", vigil.log());

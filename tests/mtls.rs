@@ -15,9 +15,7 @@ fn a_device_with_its_certificate_reports_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
     let clip = format!("file://{}", eval_clip().display());
     let config = write_config(dir.path(), "gate-01", &broker.url(), &[("clip", clip)]);
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&broker.tls_toml("gate-01"));
-    std::fs::write(&config, text).unwrap();
+    append_config(&config, &broker.tls_toml("gate-01"));
     let vigil = Vigil::start(&config, dir.path());
     let arrived = wait_until(Duration::from_secs(30), || ops.count("vigil/gate-01/events") > 5);
     assert!(arrived, "events over mTLS:\n{}\nbroker:\n{}", vigil.log(), broker.log());
@@ -112,9 +110,7 @@ fn a_device_with_another_devices_certificate_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let clip = format!("file://{}", eval_clip().display());
     let config = write_config(dir.path(), "gate-02", &broker.url(), &[("clip", clip)]);
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&broker.tls_toml("gate-01"));
-    std::fs::write(&config, text).unwrap();
+    append_config(&config, &broker.tls_toml("gate-01"));
     let vigil = Vigil::start(&config, dir.path());
     let (status, log) = vigil.wait_exit(Duration::from_secs(30));
     assert!(!status.success(), "{log}");

@@ -13,12 +13,6 @@ use vigil::store::Store;
 
 const OUTAGE: Duration = Duration::from_secs(60);
 
-/// No periodic metrics: the outbox then holds events only, and drains to exactly empty.
-fn without_metrics(config: &std::path::Path) {
-    let text = std::fs::read_to_string(config).unwrap().replace("[mqtt]\n", "[mqtt]\nmetrics_interval_s = 0\n");
-    std::fs::write(config, text).unwrap();
-}
-
 #[test]
 fn a_sixty_second_broker_outage_loses_nothing() {
     let mut broker = Broker::start_persistent();
@@ -27,7 +21,8 @@ fn a_sixty_second_broker_outage_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let clip = format!("file://{}", eval_clip().display());
     let config = write_config(dir.path(), "sf", &broker.url(), &[("clip", clip)]);
-    without_metrics(&config);
+    // No periodic metrics: the outbox then holds events only, and drains to exactly empty.
+    set_mqtt(&config, "metrics_interval_s = 0");
     let vigil = Vigil::start(&config, dir.path());
     assert!(wait_until(Duration::from_secs(30), || sub.count("vigil/sf/events") > 10), "{}", vigil.log());
 
@@ -86,7 +81,8 @@ fn a_thousand_queued_events_survive_kill_9_and_all_arrive_after_restart() {
     let clip = format!("file://{}", eval_clip().display());
     // Two cameras on the 12 s clip with the broker down: everything piles up in the outbox.
     let config = write_config(dir.path(), "k9", &broker.url(), &[("a", clip.clone()), ("b", clip)]);
-    without_metrics(&config);
+    // No periodic metrics: the outbox then holds events only, and drains to exactly empty.
+    set_mqtt(&config, "metrics_interval_s = 0");
     let vigil = Vigil::start(&config, dir.path());
     let done = wait_until(Duration::from_secs(60), || vigil.log().matches("source finished").count() == 2);
     assert!(done, "{}", vigil.log());

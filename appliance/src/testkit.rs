@@ -1,5 +1,6 @@
-//! Helpers the benchmark and the test suites share: a handle on the synthetic RTSP camera
-//! (`vigil-rtsp-cam`, built from `hil/`), which they kill, freeze and restart.
+//! Helpers the benchmarks and the test suites share: a handle on the synthetic RTSP camera
+//! (`vigil-rtsp-cam`, built from `hil/`), which they kill, freeze and restart, and a way to start
+//! a local mosquitto.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -7,6 +8,34 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+/// Starts mosquitto on the configuration `conf` and waits (up to 5 s) for it to listen on
+/// `port`. `None` if it exited or never listened (e.g. another process took the port).
+pub fn spawn_mosquitto(conf: &Path, port: u16, log: Stdio) -> Option<Child> {
+    let mut child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("mosquitto is installed (make setup)");
+    let until = Instant::now() + Duration::from_secs(5);
+    let listening = loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break true;
+        }
+        if Instant::now() >= until {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if listening && child.try_wait().ok().flatten().is_none() {
+        return Some(child);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
 
 /// Where `vigil-rtsp-cam` is: next to the running executable or one directory up (cargo puts
 /// test binaries in `target/<profile>/deps/`), or `$VIGIL_RTSP_CAM`.

@@ -7,8 +7,8 @@
 //! 2. Outbox drain: a 100 000-message backlog drained by vigil's uplink into a local mosquitto
 //!    (QoS 1, acknowledged), in messages per second.
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,21 +103,8 @@ fn mosquitto(dir: &std::path::Path) -> Result<(Mosquitto, u16)> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let conf = dir.join("mosquitto.conf");
     std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))?;
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("mosquitto is not installed (make setup)")?;
+    let child = vigil::testkit::spawn_mosquitto(&conf, port, Stdio::null()).context("mosquitto did not start")?;
     let broker = Mosquitto(child);
-    let until = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > until {
-            bail!("mosquitto did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
     Ok((broker, port))
 }
 

@@ -3,13 +3,14 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use vigil::testkit::spawn_mosquitto;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("appliance/ has a parent").to_path_buf()
@@ -52,23 +53,6 @@ pub struct Broker {
     _dir: tempfile::TempDir,
 }
 
-fn spawn_mosquitto(conf: &Path, port: u16) -> Option<Child> {
-    let mut child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto is installed (make setup)");
-    let up = wait_until(Duration::from_secs(5), || TcpStream::connect(("127.0.0.1", port)).is_ok());
-    if up && child.try_wait().ok().flatten().is_none() {
-        return Some(child);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
 impl Broker {
     pub fn start() -> Self {
         Self::start_with(false)
@@ -95,7 +79,7 @@ impl Broker {
                 text += "persistence false\n";
             }
             std::fs::write(&conf, text).expect("write mosquitto.conf");
-            if let Some(child) = spawn_mosquitto(&conf, port) {
+            if let Some(child) = spawn_mosquitto(&conf, port, Stdio::null()) {
                 return Self { child, port, conf, _dir: dir };
             }
         }
@@ -114,7 +98,7 @@ impl Broker {
     pub fn restart(&mut self) {
         let until = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(child) = spawn_mosquitto(&self.conf, self.port) {
+            if let Some(child) = spawn_mosquitto(&self.conf, self.port, Stdio::null()) {
                 self.child = child;
                 return;
             }
@@ -145,6 +129,9 @@ pub struct TlsBroker {
     dir: tempfile::TempDir,
 }
 
+/// `openssl req` arguments for a new P-256 key without a passphrase.
+const NEW_EC_KEY: &[&str] = &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed");
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -162,45 +149,17 @@ fn issue(dir: &Path, name: &str, server: bool) {
     let cn = format!("/CN={}", if server { "127.0.0.1" } else { name });
     let (key, csr, pem, ext) =
         (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
-    openssl(
-        dir,
-        &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-            .iter()
-            .copied()
-            .chain(["-keyout", &key, "-out", &csr, "-subj", &cn])
-            .collect::<Vec<_>>(),
-    );
-    openssl(
-        dir,
-        &["x509", "-req", "-in", &csr, "-CA", "fleet-ca.pem", "-CAkey", "fleet-ca.key", "-CAcreateserial"]
-            .iter()
-            .copied()
-            .chain(["-days", "2", "-out", &pem, "-extfile", &ext])
-            .collect::<Vec<_>>(),
-    );
+    openssl(dir, &[&["req"][..], NEW_EC_KEY, &["-keyout", &key, "-out", &csr, "-subj", &cn]].concat());
+    let sign = ["x509", "-req", "-in", &csr, "-CA", "fleet-ca.pem", "-CAkey", "fleet-ca.key", "-CAcreateserial"];
+    openssl(dir, &[&sign[..], &["-days", "2", "-out", &pem, "-extfile", &ext]].concat());
 }
 
 impl TlsBroker {
     pub fn start(clients: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        openssl(
-            d,
-            &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-                .iter()
-                .copied()
-                .chain([
-                    "-keyout",
-                    "fleet-ca.key",
-                    "-out",
-                    "fleet-ca.pem",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=vigil test fleet CA",
-                ])
-                .collect::<Vec<_>>(),
-        );
+        let ca = ["-keyout", "fleet-ca.key", "-out", "fleet-ca.pem", "-days", "2", "-subj", "/CN=vigil test fleet CA"];
+        openssl(d, &[&["req", "-x509"][..], NEW_EC_KEY, &ca].concat());
         issue(d, "broker", true);
         for name in clients {
             issue(d, name, false);
@@ -225,19 +184,9 @@ impl TlsBroker {
             assert!(conf.contains(&format!("listener {port}")) && conf.contains("require_certificate true"));
             std::fs::write(d.join("broker.conf"), conf).expect("write broker.conf");
             let log = std::fs::File::create(d.join("broker.log")).expect("broker log");
-            let mut child = Command::new("mosquitto")
-                .arg("-c")
-                .arg(d.join("broker.conf"))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("mosquitto is installed (make setup)");
-            let up = wait_until(Duration::from_secs(5), || TcpStream::connect(("127.0.0.1", port)).is_ok());
-            if up && child.try_wait().ok().flatten().is_none() {
+            if let Some(child) = spawn_mosquitto(&d.join("broker.conf"), port, log.into()) {
                 return Self { child, port, dir };
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!("mosquitto (TLS) did not start: {}", std::fs::read_to_string(d.join("broker.log")).unwrap_or_default());
     }
@@ -292,6 +241,20 @@ pub fn write_config(dir: &Path, device_id: &str, broker_url: &str, cameras: &[(&
     let path = dir.join("vigil.toml");
     std::fs::write(&path, text).expect("write vigil.toml");
     path
+}
+
+/// Adds `line` (a `key = value`) to the `[mqtt]` table of a config written by [`write_config`].
+pub fn set_mqtt(config: &Path, line: &str) {
+    let text = std::fs::read_to_string(config).expect("read vigil.toml");
+    assert!(text.contains("[mqtt]\n"), "write_config writes an [mqtt] table");
+    std::fs::write(config, text.replacen("[mqtt]\n", &format!("[mqtt]\n{line}\n"), 1)).expect("write vigil.toml");
+}
+
+/// Appends `text` to a config: keys of the last table (the last camera), or new tables.
+pub fn append_config(config: &Path, text: &str) {
+    let mut all = std::fs::read_to_string(config).expect("read vigil.toml");
+    all.push_str(text);
+    std::fs::write(config, all).expect("write vigil.toml");
 }
 
 /// The real vigil binary as a child process; its stderr (the log) goes to a file.
