@@ -131,18 +131,13 @@ impl Store {
     /// Opens (or creates) the store under `data_dir/store`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let path = data_dir.join("store");
-        let db = sled::Config::new().path(&path).mode(sled::Mode::HighThroughput).open().map_err(
-            |source| match &source {
-                // sled wraps the flock failure in an io::Error of its own making.
-                sled::Error::Io(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.to_string().contains("could not acquire lock") =>
-                {
-                    StoreError::Locked(path.clone())
-                }
-                _ => StoreError::Open { path: path.clone(), source },
-            },
-        )?;
+        let db = sled::Config::new().path(&path).mode(sled::Mode::HighThroughput).open().map_err(|source| {
+            if is_lock_error(&source) {
+                StoreError::Locked(path.clone())
+            } else {
+                StoreError::Open { path: path.clone(), source }
+            }
+        })?;
         let meta = db.open_tree("meta")?;
         let found = match meta.get(SCHEMA_KEY)? {
             // A new store starts at the current schema; one made before versions existed is v1.
@@ -411,6 +406,13 @@ impl Store {
     }
 }
 
+/// Another process (or a just-dropped handle's flusher thread) holds the database's file lock.
+fn is_lock_error(e: &sled::Error) -> bool {
+    // sled wraps the flock failure in an io::Error of its own making.
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
+}
+
 const BY_TIME_TREE: &str = "events_by_time";
 
 fn time_key(captured_at_ns: u64, id: &[u8]) -> Vec<u8> {
@@ -557,9 +559,23 @@ mod tests {
         }
     }
 
+    /// The store's sled database opened directly (to write what older versions or crashes left),
+    /// waiting out the lock a just-dropped handle's flusher thread may still hold.
+    fn raw_db(dir: &Path) -> sled::Db {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match sled::open(dir.join("store")) {
+                Err(e) if is_lock_error(&e) && std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                other => return other.expect("the store's sled database opens"),
+            }
+        }
+    }
+
     /// A store as schema 1 wrote it: events, outbox and meta, no time index.
     fn write_v1_store(dir: &Path, events: &[Event], version_key: bool) {
-        let db = sled::open(dir.join("store")).unwrap();
+        let db = raw_db(dir);
         let tree = db.open_tree("events").unwrap();
         for e in events {
             tree.insert(e.id.as_bytes(), serde_json::to_vec(e).unwrap()).unwrap();
@@ -598,7 +614,7 @@ mod tests {
         write_v1_store(dir.path(), &evs, true);
         {
             // The index half written, the version never bumped: what a crash leaves.
-            let db = sled::open(dir.path().join("store")).unwrap();
+            let db = raw_db(dir.path());
             db.open_tree(BY_TIME_TREE).unwrap().insert(time_key(10, evs[0].id.as_bytes()), &[][..]).unwrap();
             db.flush().unwrap();
         }
@@ -670,7 +686,7 @@ mod tests {
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path().join("store")).unwrap();
+            let db = raw_db(dir.path());
             db.open_tree("meta").unwrap().insert(SCHEMA_KEY, &99u64.to_be_bytes()).unwrap();
             db.flush().unwrap();
         }
