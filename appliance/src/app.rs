@@ -1,8 +1,9 @@
 //! Wires the service together and shuts it down in order, within a deadline.
 //!
 //! ```text
-//! camera threads ──hub (1 slot/camera, newest wins)──▶ scheduler thread ──mpsc(64 batches, waits)──▶
-//! store writer (sled, flush) ──Notify──▶ uplink (outbox → MQTT, window max_inflight)
+//! camera threads ──hub (1 slot/camera, newest wins)──▶ scheduler thread (detector, tracker, rules)
+//! ──mpsc(64 batches, waits)──▶ store writer (snapshots, sled, flush) ──Notify──▶
+//! uplink (outbox → MQTT, window max_inflight)
 //! ```
 
 use std::sync::Arc;
@@ -14,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, CameraSpec, CameraStats, FrameHub, Platform, SourceUri};
 use crate::config::{BackendKind, Config};
-use crate::events::{Event, ModelRef};
+use crate::events::{Emitted, ModelRef, RuleSet};
 use crate::infer::{choose_backend, find_ort_library, Backend, Bundle, Detector, OrtBackend};
-use crate::scheduler::{Scheduler, SchedulerStats, SystemClock, Worker};
+use crate::scheduler::{Scheduler, SchedulerStats, SnapshotRequests, SystemClock, Worker};
 use crate::store::Store;
 use crate::uplink::{self, StatusModel, Uplink};
 
@@ -95,7 +96,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (bundle, detector) = load_detector(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let labels: Arc<[String]> = detector.labels().into();
+    let rules = RuleSet::compile(&config, &labels)?;
     let store = Store::open(&config.data_dir)?.with_outbox_limit(config.mqtt.outbox_max_messages);
+    let events_topic = uplink::events_topic(&config.device_id);
+    let reopened = store.close_open_events(&events_topic)?;
+    if reopened > 0 {
+        store.flush().await?;
+        tracing::warn!(events = reopened, "events left open by an unclean stop were ended (reason `restart`)");
+    }
     let retention = crate::store::Retention::from_config(&config.store);
     store.enforce_retention(&retention, crate::events::unix_ns(std::time::SystemTime::now()))?;
     let model = ModelRef {
@@ -150,9 +159,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         )?);
     }
 
-    let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(EVENT_QUEUE);
+    let (events_tx, events_rx) = mpsc::channel::<Vec<Emitted>>(EVENT_QUEUE);
     let camera_ids: Vec<&str> = cameras.iter().map(|c| &*c.0.id).collect();
     let sched_stats = Arc::new(SchedulerStats::new(&camera_ids));
+    let snapshot_requests = SnapshotRequests::default();
     let worker = Worker {
         hub: hub.clone(),
         scheduler: Scheduler::new(
@@ -161,10 +171,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             Arc::new(SystemClock),
             sched_stats.clone(),
         ),
-        device_id: config.device_id.clone(),
-        model: model.clone(),
+        cameras: camera_ids.iter().map(|id| rules.camera(id, &config.device_id, &model, labels.clone())).collect(),
         stats: sched_stats.clone(),
         events: events_tx,
+        snapshots: snapshot_requests.clone(),
+        snapshot_quality: config.events.snapshot_quality,
     };
     let sched_cancel = capture_cancel.clone();
     let scheduler_thread =
@@ -173,7 +184,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let writer = tokio::spawn(write_events(
         store.clone(),
         events_rx,
-        uplink::events_topic(&config.device_id),
+        events_topic,
+        config.events.snapshot_quality,
         wake.clone(),
         config.mqtt.home_assistant.then(|| ha_states.clone()),
     ));
@@ -207,6 +219,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         inference: sched_stats.clone(),
         store: store.clone(),
         restart: restart.clone(),
+        snapshots: snapshot_requests,
     });
     let commander = {
         let (store, wake, cancel) = (store.clone(), wake.clone(), capture_cancel.clone());
@@ -216,13 +229,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     _ = cancel.cancelled() => return,
                     got = cmd_rx.recv() => match got { Some(c) => c, None => return },
                 };
-                // Queries read the store: off the async workers.
-                let f = fleet.clone();
-                let Ok((topic, reply)) = tokio::task::spawn_blocking(move || f.answer(&name, &payload)).await else {
-                    tracing::error!("a fleet command panicked");
-                    continue;
-                };
-                queue_and_flush(&store, &wake, &topic, &reply, "command reply").await;
+                // Commands may wait (queries read the store, a snapshot waits for a frame): each
+                // runs on its own blocking thread, so one slow command does not hold up the next.
+                let (f, store, wake) = (fleet.clone(), store.clone(), wake.clone());
+                tokio::spawn(async move {
+                    let Ok((topic, reply)) = tokio::task::spawn_blocking(move || f.answer(&name, &payload)).await else {
+                        tracing::error!("a fleet command panicked");
+                        return;
+                    };
+                    queue_and_flush(&store, &wake, &topic, &reply, "command reply").await;
+                });
             }
         })
     };
@@ -336,32 +352,33 @@ async fn queue_and_flush(store: &Store, wake: &Notify, topic: &str, payload: &[u
     }
 }
 
-/// Makes batches durable, then wakes the uplink. Drains what is already queued into one flush so
-/// that durability costs one fsync per burst, not per event.
+/// Makes batches durable, then wakes the uplink: snapshots first (encoded, written and synced),
+/// then the event messages (one sled flush). Drains what is already queued into one flush so that
+/// durability costs one fsync per burst, not per event.
 async fn write_events(
     store: Store,
-    mut rx: mpsc::Receiver<Vec<Event>>,
+    mut rx: mpsc::Receiver<Vec<Emitted>>,
     topic: String,
+    quality: u8,
     wake: Arc<Notify>,
     home_assistant: Option<crate::homeassistant::HaStates>,
 ) {
     while let Some(batch) = rx.recv().await {
-        let mut written = 0usize;
-        let mut durable: Vec<Event> = Vec::new();
-        let mut next = Some(batch);
-        while let Some(b) = next.take() {
-            match store.append(&b, &topic) {
-                Ok(()) => {
-                    written += b.len();
-                    if home_assistant.is_some() {
-                        durable.extend(b);
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, events = b.len(), "cannot store events"),
+        let mut burst = batch;
+        while burst.len() < 1024 {
+            match rx.try_recv() {
+                Ok(more) => burst.extend(more),
+                Err(_) => break,
             }
-            if written < 1024 {
-                next = rx.try_recv().ok();
-            }
+        }
+        let s = store.clone();
+        let Ok(events) = tokio::task::spawn_blocking(move || save_snapshots(&s, burst, quality)).await else {
+            tracing::error!("the snapshot writer panicked; events of this burst are lost");
+            continue;
+        };
+        if let Err(e) = store.append(&events, &topic) {
+            tracing::error!(error = %e, events = events.len(), "cannot store events");
+            continue;
         }
         if let Err(e) = store.flush().await {
             tracing::error!(error = %e, "cannot flush the store; events are not yet durable");
@@ -369,9 +386,43 @@ async fn write_events(
         }
         wake.notify_one();
         if let Some(ha) = &home_assistant {
-            ha.record(&durable);
+            ha.record(&events);
         }
     }
+}
+
+/// Encodes and writes the snapshots of a burst; an event whose snapshot could not be written
+/// (a full disk) goes out without one, unless an earlier one of it is on disk.
+fn save_snapshots(store: &Store, burst: Vec<Emitted>, quality: u8) -> Vec<crate::events::Event> {
+    let mut wrote = false;
+    let events = burst
+        .into_iter()
+        .map(|Emitted { mut event, snapshot }| {
+            if let Some(img) = snapshot {
+                let saved = img
+                    .encode_jpeg(quality)
+                    .map_err(|e| e.to_string())
+                    .and_then(|jpeg| store.write_snapshot(&event.id, &jpeg).map_err(|e| e.to_string()));
+                match saved {
+                    Ok(()) => wrote = true,
+                    Err(e) => {
+                        tracing::warn!(event = %event.id, error = %e, "snapshot not stored");
+                        let earlier = store.snapshot_dir().join(format!("{}.jpg", event.id));
+                        if !earlier.is_file() {
+                            event.snapshot = None;
+                        }
+                    }
+                }
+            }
+            event
+        })
+        .collect();
+    if wrote {
+        if let Err(e) = store.sync_snapshots() {
+            tracing::warn!(error = %e, "cannot sync the snapshot directory");
+        }
+    }
+    events
 }
 
 fn log_stats(cameras: &[Arc<CameraStats>], sched: &SchedulerStats, store: &Store) {

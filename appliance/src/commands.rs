@@ -26,7 +26,10 @@ const PAGE_MAX: usize = 500;
 /// page (with `next`) instead of scanning the whole store at once.
 const SCAN_MAX: usize = 10_000;
 
-pub const COMMANDS: &[&str] = &["status", "config/get", "restart", "events/query"];
+pub const COMMANDS: &[&str] = &["status", "config/get", "restart", "snapshot", "events/query"];
+
+/// How long `snapshot` waits for the camera's next processed frame.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn cmd_filter(device_id: &str) -> String {
     format!("vigil/{device_id}/cmd/#")
@@ -44,6 +47,10 @@ pub enum Command {
     /// [`RESTART_EXIT_CODE`] so that its supervisor (systemd `Restart=on-failure`) starts it again.
     Restart {
         camera: Option<String>,
+    },
+    /// A JPEG of a camera's next processed frame (base64 in the reply).
+    Snapshot {
+        camera: String,
     },
     EventsQuery(EventsQuery),
 }
@@ -94,6 +101,12 @@ struct Envelope {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SnapshotArgs {
+    camera: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RestartArgs {
     #[serde(default)]
     camera: Option<String>,
@@ -134,6 +147,10 @@ pub fn parse(name: &str, payload: &[u8]) -> Result<Request, Refusal> {
             let a: RestartArgs = serde_json::from_value(args).map_err(bad_args)?;
             Command::Restart { camera: a.camera }
         }
+        "snapshot" => {
+            let a: SnapshotArgs = serde_json::from_value(args).map_err(bad_args)?;
+            Command::Snapshot { camera: a.camera }
+        }
         "events/query" => {
             let q: EventsQuery = serde_json::from_value(args).map_err(bad_args)?;
             if q.limit.is_some_and(|l| l == 0 || l > PAGE_MAX) {
@@ -158,9 +175,9 @@ pub fn parse(name: &str, payload: &[u8]) -> Result<Request, Refusal> {
     Ok(Request { request_id: id, command })
 }
 
-/// `<capture ns>:<event id>` of the last event of a page.
+/// `<start ns>:<event id>` of the last event of a page.
 fn cursor(e: &Event) -> String {
-    format!("{}:{}", e.frame.captured_at_ns, e.id)
+    format!("{}:{}", e.start_ns, e.id)
 }
 
 fn parse_cursor(s: &str) -> Option<(u64, String)> {
@@ -187,6 +204,7 @@ pub struct Fleet {
     pub store: Store,
     /// Cancelled to restart the whole service.
     pub restart: tokio_util::sync::CancellationToken,
+    pub snapshots: crate::scheduler::SnapshotRequests,
 }
 
 impl Fleet {
@@ -220,18 +238,57 @@ impl Fleet {
                 Ok(value)
             }
             Command::Restart { camera: Some(id) } => {
-                let cam = self.cameras.iter().find(|c| *c.id == **id).ok_or_else(|| {
-                    let known: Vec<&str> = self.cameras.iter().map(|c| &*c.id).collect();
-                    format!("no camera `{id}`; cameras: {}", known.join(", "))
-                })?;
-                cam.request_restart();
+                self.cameras[self.camera_index(id)?].request_restart();
                 Ok(serde_json::json!({ "restarting": id }))
             }
+            Command::Snapshot { camera } => self.snapshot(camera),
             Command::Restart { camera: None } => {
                 self.restart.cancel();
                 Ok(serde_json::json!({ "restarting": "service", "exit_code": RESTART_EXIT_CODE }))
             }
             Command::EventsQuery(q) => self.query(q),
+        }
+    }
+
+    fn camera_index(&self, id: &str) -> Result<usize, String> {
+        self.cameras.iter().position(|c| *c.id == *id).ok_or_else(|| {
+            let known: Vec<&str> = self.cameras.iter().map(|c| &*c.id).collect();
+            format!("no camera `{id}`; cameras: {}", known.join(", "))
+        })
+    }
+
+    /// Waits (on this blocking thread) for the camera's next processed frame.
+    fn snapshot(&self, camera: &str) -> Result<serde_json::Value, String> {
+        use base64::Engine as _;
+        let index = self.camera_index(camera)?;
+        let mut rx = self
+            .snapshots
+            .request(index)
+            .ok_or_else(|| format!("too many snapshot requests wait for `{camera}`; try again in a moment"))?;
+        let until = Instant::now() + SNAPSHOT_WAIT;
+        loop {
+            match rx.try_recv() {
+                Ok(snap) => {
+                    return Ok(serde_json::json!({
+                        "camera": camera,
+                        "captured_at": crate::events::rfc3339(snap.captured_at_ns),
+                        "width": snap.width,
+                        "height": snap.height,
+                        "content_type": "image/jpeg",
+                        "jpeg_base64": base64::engine::general_purpose::STANDARD.encode(&snap.jpeg),
+                    }))
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) if Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(_) => {
+                    let state = self.cameras[index].snapshot().state;
+                    return Err(format!(
+                        "camera `{camera}` processed no frame within {} s (it is {state:?}); check its status",
+                        SNAPSHOT_WAIT.as_secs()
+                    ));
+                }
+            }
         }
     }
 
@@ -258,7 +315,7 @@ impl Fleet {
             }
             if let Some((ns, id)) = &after {
                 // Skip up to and including the cursor's event (same time: ids sort within it).
-                if e.frame.captured_at_ns == *ns && e.id.as_str() <= id.as_str() {
+                if e.start_ns == *ns && e.id.as_str() <= id.as_str() {
                     continue;
                 }
             }
@@ -316,6 +373,8 @@ mod tests {
             ("status", br#"{"request_id":"a","args":{"x":1}}"#, Some("a"), "takes no args"),
             ("reboot", br#"{"request_id":"a"}"#, Some("a"), "unknown command `reboot`"),
             ("restart", br#"{"request_id":"a","args":{"camera":5}}"#, Some("a"), "bad args"),
+            ("snapshot", br#"{"request_id":"a"}"#, Some("a"), "missing field `camera`"),
+            ("snapshot", br#"{"request_id":"a","args":{"camera":"x","size":1}}"#, Some("a"), "unknown field"),
             ("events/query", br#"{"request_id":"a","args":{"limit":0}}"#, Some("a"), "limit"),
             ("events/query", br#"{"request_id":"a","args":{"from":"yesterday"}}"#, Some("a"), "RFC 3339"),
             ("events/query", br#"{"request_id":"a","args":{"after":"nope"}}"#, Some("a"), "cursor"),
@@ -335,7 +394,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let at = |n: u32, camera: &str| {
             let mut e = crate::events::test_event(n);
-            e.frame.captured_at_ns = 1_000 + u64::from(n);
+            e.start_ns = 1_000 + u64::from(n);
             e.camera_id = camera.into();
             e
         };
@@ -349,6 +408,7 @@ mod tests {
             inference: Arc::new(SchedulerStats::new::<&str>(&[])),
             store,
             restart: tokio_util::sync::CancellationToken::new(),
+            snapshots: crate::scheduler::SnapshotRequests::default(),
         };
         let query = |after: Option<String>| {
             let q = EventsQuery { camera: Some("b".into()), limit: Some(10), after, ..EventsQuery::default() };
@@ -359,7 +419,7 @@ mod tests {
         let next = first["next"].as_str().expect("a cursor to go on from").to_owned();
         let second = query(Some(next));
         let seqs: Vec<u64> =
-            second["events"].as_array().unwrap().iter().map(|e| e["frame"]["seq"].as_u64().unwrap()).collect();
+            second["events"].as_array().unwrap().iter().map(|e| e["best"]["seq"].as_u64().unwrap()).collect();
         assert_eq!(seqs, [SCAN_MAX as u64 + 60, SCAN_MAX as u64 + 61]);
         assert!(second["next"].is_null());
         // Credentials in a camera URI are redacted by config/get.

@@ -35,8 +35,86 @@ pub struct Config {
     pub capture: CaptureConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// What makes an event; without any, one rule `objects` covers every label everywhere.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
     #[serde(default, rename = "camera")]
     pub cameras: Vec<CameraConfig>,
+}
+
+/// How detections become events: tracking, updates and snapshots (docs/config.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Minimum IoU between a track's predicted box and a detection for them to match.
+    #[serde(default = "default_iou_threshold")]
+    pub iou_threshold: f32,
+    /// An object unseen (or outside the rule) this long ends its event.
+    #[serde(default = "default_lost_after_ms")]
+    pub lost_after_ms: u64,
+    /// An open event is re-sent (`update`) at most this often while it changes; a change of
+    /// zones is sent at once.
+    #[serde(default = "default_update_interval_s")]
+    pub update_interval_s: u64,
+    /// Store a JPEG of each event's best observation.
+    #[serde(default = "default_true")]
+    pub snapshots: bool,
+    /// JPEG quality of snapshots, 1-100.
+    #[serde(default = "default_snapshot_quality")]
+    pub snapshot_quality: u8,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            iou_threshold: default_iou_threshold(),
+            lost_after_ms: default_lost_after_ms(),
+            update_interval_s: default_update_interval_s(),
+            snapshots: true,
+            snapshot_quality: default_snapshot_quality(),
+        }
+    }
+}
+
+/// One rule: which detections, where and for how long make an event.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Short unique name; reported in each event.
+    pub name: String,
+    /// Labels of the model this rule takes; empty: all.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Camera ids this rule watches; empty: all.
+    #[serde(default)]
+    pub cameras: Vec<String>,
+    /// Zone names (see `[[camera.zone]]`); the object's bottom-centre must be inside one. Empty:
+    /// the whole frame.
+    #[serde(default)]
+    pub zones: Vec<String>,
+    /// Detections scoring lower do not count.
+    #[serde(default)]
+    pub min_score: f32,
+    /// Observations of the object before its event starts.
+    #[serde(default = "default_min_frames")]
+    pub min_frames: u32,
+    /// Seconds the object must stay (dwell, loitering) before its event starts.
+    #[serde(default)]
+    pub dwell_s: f64,
+    /// Seconds after an event of this rule ends on a camera during which the rule starts no
+    /// new event there.
+    #[serde(default)]
+    pub cooldown_s: f64,
+}
+
+/// A named area of a camera's picture: a polygon in normalised coordinates (0..1, origin top-left).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    pub name: String,
+    pub polygon: Vec<[f32; 2]>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -196,6 +274,9 @@ pub struct CameraConfig {
     /// Overrides `capture.watchdog_ms` for this camera.
     #[serde(default)]
     pub watchdog_ms: Option<u64>,
+    /// Zones rules can refer to.
+    #[serde(default, rename = "zone")]
+    pub zones: Vec<ZoneConfig>,
 }
 
 /// How long events are kept on the device. The oldest (by capture time) go first when any
@@ -293,6 +374,25 @@ fn default_backoff_max_ms() -> u64 {
 }
 fn default_backoff_reset_s() -> u64 {
     30
+}
+
+fn default_iou_threshold() -> f32 {
+    0.3
+}
+fn default_lost_after_ms() -> u64 {
+    1_500
+}
+fn default_update_interval_s() -> u64 {
+    5
+}
+fn default_true() -> bool {
+    true
+}
+fn default_snapshot_quality() -> u8 {
+    80
+}
+fn default_min_frames() -> u32 {
+    3
 }
 
 fn default_data_dir() -> PathBuf {
@@ -574,6 +674,69 @@ impl Config {
                 check_range(&mut bad, &format!("camera[{i}].watchdog_ms"), ms, 100..=600_000);
             }
         }
+        for (i, cam) in self.cameras.iter().enumerate() {
+            for (z, zone) in cam.zones.iter().enumerate() {
+                let at = format!("camera[{i}].zone[{z}]");
+                if !is_valid_id(&zone.name) {
+                    bad(&format!("{at}.name"), format!("`{}` must be 1-64 letters, digits, '-' or '_'", zone.name));
+                }
+                if cam.zones[..z].iter().any(|o| o.name == zone.name) {
+                    bad(&format!("{at}.name"), format!("`{}` is used by an earlier zone of this camera", zone.name));
+                }
+                if !(3..=64).contains(&zone.polygon.len()) {
+                    bad(&format!("{at}.polygon"), format!("has {} points; give 3 to 64", zone.polygon.len()));
+                }
+                if zone.polygon.iter().flatten().any(|v| !(0.0..=1.0).contains(v)) {
+                    bad(
+                        &format!("{at}.polygon"),
+                        "points are normalised: x and y between 0 and 1 (0,0 is the top-left corner)".to_owned(),
+                    );
+                }
+            }
+        }
+        let e = &self.events;
+        if !(0.05..=0.95).contains(&e.iou_threshold) {
+            bad("events.iou_threshold", format!("{} is outside 0.05..=0.95", e.iou_threshold));
+        }
+        check_range(&mut bad, "events.lost_after_ms", e.lost_after_ms, 100..=600_000);
+        check_range(&mut bad, "events.update_interval_s", e.update_interval_s, 1..=3_600);
+        check_range(&mut bad, "events.snapshot_quality", u64::from(e.snapshot_quality), 1..=100);
+        for (r, rule) in self.rules.iter().enumerate() {
+            let at = format!("rule[{r}]");
+            if !is_valid_id(&rule.name) {
+                bad(&format!("{at}.name"), format!("`{}` must be 1-64 letters, digits, '-' or '_'", rule.name));
+            }
+            if self.rules[..r].iter().any(|o| o.name == rule.name) {
+                bad(&format!("{at}.name"), format!("`{}` is used by an earlier rule", rule.name));
+            }
+            for cam in &rule.cameras {
+                if !self.cameras.iter().any(|c| &c.id == cam) {
+                    bad(&format!("{at}.cameras"), format!("no camera `{cam}`; cameras are {}", self.camera_ids()));
+                }
+            }
+            let watched: Vec<&CameraConfig> = self
+                .cameras
+                .iter()
+                .filter(|c| rule.cameras.is_empty() || rule.cameras.contains(&c.id))
+                .collect();
+            for zone in &rule.zones {
+                if !watched.iter().any(|c| c.zones.iter().any(|z| &z.name == zone)) {
+                    bad(
+                        &format!("{at}.zones"),
+                        format!("no camera this rule watches has a zone `{zone}`; add a [[camera.zone]] named so"),
+                    );
+                }
+            }
+            if !(0.0..=1.0).contains(&rule.min_score) {
+                bad(&format!("{at}.min_score"), format!("{} is outside 0..=1", rule.min_score));
+            }
+            check_range(&mut bad, &format!("{at}.min_frames"), u64::from(rule.min_frames), 1..=10_000);
+            for (field, v) in [("dwell_s", rule.dwell_s), ("cooldown_s", rule.cooldown_s)] {
+                if !(0.0..=86_400.0).contains(&v) {
+                    bad(&format!("{at}.{field}"), format!("{v} is outside 0..=86400 seconds"));
+                }
+            }
+        }
         let c = &self.capture;
         check_range(&mut bad, "capture.watchdog_ms", c.watchdog_ms, 100..=600_000);
         check_range(&mut bad, "capture.first_frame_timeout_ms", c.first_frame_timeout_ms, 100..=600_000);
@@ -605,6 +768,27 @@ impl Config {
         spec.password = cam.password.clone().or(spec.password);
         spec.supervision = self.capture.supervision(cam);
         spec
+    }
+
+    fn camera_ids(&self) -> String {
+        self.cameras.iter().map(|c| format!("`{}`", c.id)).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The configured rules, or the one default rule (`objects`: every label, everywhere).
+    pub fn effective_rules(&self) -> Vec<RuleConfig> {
+        if !self.rules.is_empty() {
+            return self.rules.clone();
+        }
+        vec![RuleConfig {
+            name: "objects".to_owned(),
+            labels: Vec::new(),
+            cameras: Vec::new(),
+            zones: Vec::new(),
+            min_score: 0.0,
+            min_frames: default_min_frames(),
+            dwell_s: 0.0,
+            cooldown_s: 0.0,
+        }]
     }
 
     pub fn client_id(&self) -> String {

@@ -73,8 +73,8 @@ impl HaStates {
         let mut inner = self.lock();
         for e in events {
             let state = json!({
-                "label": e.label, "score": e.score, "captured_at": e.frame.captured_at,
-                "event_id": e.id, "box_norm": e.box_norm,
+                "label": e.label, "score": e.best_score, "captured_at": e.last, "phase": e.phase,
+                "event_id": e.id, "box_norm": e.box_norm, "zones": e.zones, "rule": e.rule,
             });
             inner.latest.insert(e.camera_id.clone(), state);
             if !inner.dirty.contains(&e.camera_id) {

@@ -307,8 +307,8 @@ fn list_events(
             serde_json::to_string(&e)?
         } else {
             format!(
-                "{}  {}  {:<10} {:<10} {:.2}  [{:.0},{:.0},{:.0},{:.0}]",
-                e.frame.captured_at, e.id, e.camera_id, e.label, e.score, e.bbox.x1, e.bbox.y1, e.bbox.x2, e.bbox.y2
+                "{}  {}  {:<10} {:<12} {:<10} {:.2}  {:>6.1}s  {:?}",
+                e.start, e.id, e.camera_id, e.rule, e.label, e.best_score, e.dwell_s, e.phase
             )
         };
         if writeln!(out, "{line}").is_err() {

@@ -1,8 +1,11 @@
-//! The durable store (sled): events, the MQTT outbox, and metadata.
+//! The durable store (sled): events, the MQTT outbox, and metadata; event snapshots (JPEG) as
+//! files beside it, under `snapshots/`.
 //!
-//! An event and its outbox entry are written in one transaction, and the store is flushed before
-//! anything is offered to MQTT: an event that reached the broker is always on disk. The outbox is
-//! drained oldest first; an entry leaves it only when the broker acknowledged it (PUBACK).
+//! An event message and its outbox entry are written in one transaction, and the store is
+//! flushed before anything is offered to MQTT: an event that reached the broker is always on
+//! disk. The events tree holds each event's latest revision; the outbox holds every message. The
+//! outbox is drained oldest first; an entry leaves it only when the broker acknowledged it
+//! (PUBACK). A snapshot file is written and synced before the event that names it.
 //!
 //! Schema changes are numbered migrations, `vN → vN+1`, run in order when an older store is
 //! opened ([`MIGRATIONS`]). Each is idempotent, and the version is bumped (and flushed) only
@@ -19,9 +22,9 @@ use std::sync::Arc;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use crate::events::Event;
+use crate::events::{EndReason, Event, Phase};
 
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 /// Outbox bound when none is configured (`mqtt.outbox_max_messages`).
 pub const DEFAULT_OUTBOX_LIMIT: usize = 100_000;
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -41,6 +44,8 @@ pub enum StoreError {
     Io(#[from] sled::Error),
     #[error("store holds a malformed record under {key}: {message}")]
     Corrupt { key: String, message: String },
+    #[error("cannot write snapshot {path}: {source}")]
+    Snapshot { path: PathBuf, source: std::io::Error },
 }
 
 /// Limits on the events kept (see [`Store::enforce_retention`]).
@@ -107,8 +112,12 @@ impl OutboxEntry {
 pub struct Store {
     db: sled::Db,
     events: sled::Tree,
-    /// Index: capture time (ns, big-endian) ‖ event id → (empty). Schema 2.
+    /// Index: start time (ns, big-endian) ‖ event id → (empty). Schema 2.
     by_time: sled::Tree,
+    /// Ids of events not yet ended (closed at the next start after a crash). Schema 3.
+    open_events: sled::Tree,
+    snapshots: PathBuf,
+    snapshot_bytes: Arc<AtomicU64>,
     outbox: sled::Tree,
     outbox_limit: usize,
     /// Entries in the outbox (sled's `len` walks the whole tree).
@@ -164,8 +173,13 @@ impl Store {
             total += 1;
             bytes += v.len() as u64;
         }
+        let snapshots = data_dir.join("snapshots");
+        let snapshot_bytes = tidy_snapshots(&snapshots, &events)?;
         Ok(Self {
             by_time: db.open_tree(BY_TIME_TREE)?,
+            open_events: db.open_tree(OPEN_TREE)?,
+            snapshots,
+            snapshot_bytes: Arc::new(AtomicU64::new(snapshot_bytes)),
             events,
             event_total: Arc::new(AtomicUsize::new(total)),
             event_bytes: Arc::new(AtomicU64::new(bytes)),
@@ -219,7 +233,8 @@ impl Store {
         Ok(())
     }
 
-    /// Writes events and their outbox entries atomically (not yet durable: call [`Store::flush`]).
+    /// Writes event messages and their outbox entries atomically (not yet durable: call
+    /// [`Store::flush`]). Each message replaces the stored revision of its event.
     pub fn append(&self, events: &[Event], topic: &str) -> Result<(), StoreError> {
         let encoded: Vec<(Vec<u8>, Vec<u8>)> = events
             .iter()
@@ -228,14 +243,27 @@ impl Store {
                 (e.id.as_bytes().to_vec(), json)
             })
             .collect();
-        let times: Vec<u64> = events.iter().map(|e| e.frame.captured_at_ns).collect();
         let _writes = self.lock_writes();
         let next = std::cell::Cell::new(0u64);
-        let result = (&self.events, &self.outbox, &self.by_time)
-            .transaction(|(ev, ob, bt)| {
-                for ((id, json), at) in encoded.iter().zip(&times) {
-                    ev.insert(id.as_slice(), json.as_slice())?;
-                    bt.insert(time_key(*at, id), &[][..])?;
+        // (new events, bytes added, bytes replaced), from the run of the transaction that committed.
+        let counts = std::cell::Cell::new((0usize, 0u64, 0u64));
+        (&self.events, &self.outbox, &self.by_time, &self.open_events)
+            .transaction(|(ev, ob, bt, open)| {
+                counts.set((0, 0, 0));
+                for ((id, json), e) in encoded.iter().zip(events) {
+                    let (mut added, mut bytes, mut replaced) = counts.get();
+                    match ev.insert(id.as_slice(), json.as_slice())? {
+                        Some(old) => replaced += old.len() as u64,
+                        None => added += 1,
+                    }
+                    bytes += json.len() as u64;
+                    counts.set((added, bytes, replaced));
+                    bt.insert(time_key(e.start_ns, id), &[][..])?;
+                    if e.phase == Phase::End {
+                        open.remove(id.as_slice())?;
+                    } else {
+                        open.insert(id.as_slice(), &[][..])?;
+                    }
                     let key = ob.generate_id()?;
                     next.set(next.get().max(key + 1));
                     let entry = OutboxEntry { topic: topic.to_owned(), payload: json.clone() };
@@ -246,13 +274,81 @@ impl Store {
             .map_err(|e| match e {
                 TransactionError::Storage(s) => StoreError::Io(s),
                 TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
-            });
-        result?;
+            })?;
+        let (added, bytes, replaced) = counts.get();
         self.written_next.fetch_max(next.get(), Ordering::SeqCst);
         self.outbox_count.fetch_add(encoded.len(), Ordering::Relaxed);
-        self.event_total.fetch_add(encoded.len(), Ordering::Relaxed);
-        self.event_bytes.fetch_add(encoded.iter().map(|(_, j)| j.len() as u64).sum(), Ordering::Relaxed);
+        self.event_total.fetch_add(added, Ordering::Relaxed);
+        self.event_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.event_bytes.fetch_sub(replaced.min(self.event_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
         self.evict_overflow()
+    }
+
+    /// Ends the events a killed vigil left open (reason `restart`) and queues their `end`
+    /// messages. Returns how many there were.
+    pub fn close_open_events(&self, topic: &str) -> Result<usize, StoreError> {
+        let mut ended = Vec::new();
+        for item in self.open_events.iter() {
+            let (id, _) = item?;
+            match self.events.get(&id)? {
+                Some(v) => ended.push(decode_event(&id, &v)?.ended(EndReason::Restart)),
+                None => {
+                    self.open_events.remove(&id)?; // deleted by retention meanwhile
+                }
+            }
+        }
+        self.append(&ended, topic)?;
+        Ok(ended.len())
+    }
+
+    /// Writes the JPEG of event `id` and syncs it (the directory entry is synced by
+    /// [`Store::sync_snapshots`]). Replaces an earlier snapshot of the same event.
+    pub fn write_snapshot(&self, id: &str, jpeg: &[u8]) -> Result<(), StoreError> {
+        use std::io::Write;
+        let path = self.snapshots.join(format!("{id}.jpg"));
+        let tmp = self.snapshots.join(format!("{id}.jpg.tmp"));
+        let fail = |source| StoreError::Snapshot { path: path.clone(), source };
+        std::fs::create_dir_all(&self.snapshots).map_err(fail)?;
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(jpeg)?;
+            f.sync_all()?;
+            let old = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            std::fs::rename(&tmp, &path)?;
+            Ok(old)
+        })();
+        match result {
+            Ok(old) => {
+                self.snapshot_bytes.fetch_add(jpeg.len() as u64, Ordering::Relaxed);
+                self.snapshot_bytes.fetch_sub(old.min(self.snapshot_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(fail(e))
+            }
+        }
+    }
+
+    /// Makes the snapshot files written so far durable (their directory entries).
+    pub fn sync_snapshots(&self) -> Result<(), StoreError> {
+        let dir = std::fs::File::open(&self.snapshots)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| StoreError::Snapshot { path: self.snapshots.clone(), source });
+        match dir {
+            Err(StoreError::Snapshot { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Where snapshot files live.
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.snapshots
+    }
+
+    /// Bytes of snapshot files.
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.snapshot_bytes.load(Ordering::Relaxed)
     }
 
     /// Queues one message that is not an event (metrics, replies) in the outbox (not yet
@@ -323,10 +419,10 @@ impl Store {
         self.event_bytes.load(Ordering::Relaxed)
     }
 
-    /// Deletes the oldest events (by capture time) until none is older than `retention.max_age`
-    /// before `now_ns` and the count and bytes are within bounds. Outbox copies are not touched:
-    /// an event still waiting to be sent is still sent. Not flushed (a deletion lost in a crash
-    /// is done again).
+    /// Deletes the oldest events (by start time), with their snapshots, until none is older
+    /// than `retention.max_age` before `now_ns` and the count and bytes (records and snapshots)
+    /// are within bounds. Outbox copies are not touched: an event still waiting to be sent is
+    /// still sent. Not flushed (a deletion lost in a crash is done again).
     pub fn enforce_retention(&self, retention: &Retention, now_ns: u64) -> Result<RetentionReport, StoreError> {
         let cutoff = retention.max_age.map_or(0, |age| now_ns.saturating_sub(age.as_nanos() as u64));
         let mut report = RetentionReport::default();
@@ -337,26 +433,13 @@ impl Store {
                 &mut report.by_age
             } else if self.event_count() > retention.max_events {
                 &mut report.by_count
-            } else if self.event_bytes() > retention.max_bytes {
+            } else if self.event_bytes() + self.snapshot_bytes() > retention.max_bytes {
                 &mut report.by_bytes
             } else {
                 break;
             };
             *reason += 1;
-            // Index entry and event go together: a crash cannot leave one without the other.
-            let removed = (&self.by_time, &self.events)
-                .transaction(|(bt, ev)| {
-                    bt.remove(key.as_ref())?;
-                    Ok::<_, ConflictableTransactionError<()>>(ev.remove(&key[8..])?)
-                })
-                .map_err(|e| match e {
-                    TransactionError::Storage(s) => StoreError::Io(s),
-                    TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
-                })?;
-            if let Some(v) = removed {
-                self.event_total.fetch_sub(1, Ordering::Relaxed);
-                self.event_bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
-            }
+            self.delete_indexed(&key)?;
         }
         if report.total() > 0 {
             tracing::info!(
@@ -370,11 +453,50 @@ impl Store {
         Ok(report)
     }
 
+    /// Deletes the `n` oldest events (by start time) and their snapshots: room for the newest
+    /// when the disk is full. Returns how many went.
+    pub fn evict_oldest(&self, n: usize) -> Result<usize, StoreError> {
+        let mut done = 0;
+        while done < n {
+            let Some((key, _)) = self.by_time.first()? else { break };
+            self.delete_indexed(&key)?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Deletes the event under time-index key `key`, its index entry and its snapshot.
+    fn delete_indexed(&self, key: &[u8]) -> Result<(), StoreError> {
+        let id = &key[8..];
+        // Index entry and event go together: a crash cannot leave one without the other.
+        let removed = (&self.by_time, &self.events, &self.open_events)
+            .transaction(|(bt, ev, open)| {
+                bt.remove(key)?;
+                open.remove(id)?;
+                Ok::<_, ConflictableTransactionError<()>>(ev.remove(id)?)
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(s) => StoreError::Io(s),
+                TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
+            })?;
+        if let Some(v) = removed {
+            self.event_total.fetch_sub(1, Ordering::Relaxed);
+            self.event_bytes.fetch_sub((v.len() as u64).min(self.event_bytes()), Ordering::Relaxed);
+        }
+        let file = self.snapshots.join(format!("{}.jpg", String::from_utf8_lossy(id)));
+        if let Ok(meta) = std::fs::metadata(&file) {
+            if std::fs::remove_file(&file).is_ok() {
+                self.snapshot_bytes.fetch_sub(meta.len().min(self.snapshot_bytes()), Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
     pub fn event(&self, id: &str) -> Result<Option<Event>, StoreError> {
         self.events.get(id.as_bytes())?.map(|v| decode_event(id.as_bytes(), &v)).transpose()
     }
 
-    /// Events captured in `[from_ns, to_ns)` (Unix nanoseconds), in capture-time order.
+    /// Events that started in `[from_ns, to_ns)` (Unix nanoseconds), in start-time order.
     /// An index entry whose event is gone (retention running at the same moment) is skipped.
     pub fn events_between(&self, from_ns: u64, to_ns: u64) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
         self.by_time.range(from_ns.to_be_bytes()..to_ns.to_be_bytes()).filter_map(move |item| {
@@ -387,7 +509,7 @@ impl Store {
         })
     }
 
-    /// How many events were captured in `[from_ns, to_ns)` (reads the index only).
+    /// How many events started in `[from_ns, to_ns)` (reads the index only).
     pub fn count_between(&self, from_ns: u64, to_ns: u64) -> Result<usize, StoreError> {
         let mut n = 0;
         for item in self.by_time.range(from_ns.to_be_bytes()..to_ns.to_be_bytes()) {
@@ -414,6 +536,30 @@ fn is_lock_error(e: &sled::Error) -> bool {
 }
 
 const BY_TIME_TREE: &str = "events_by_time";
+const OPEN_TREE: &str = "events_open";
+/// Records a migration could not read, moved out of the way (kept, never deleted).
+const QUARANTINE_TREE: &str = "quarantine";
+
+/// Removes snapshot files without an event (a crash between the file and its event, or a
+/// half-written `.tmp`) and returns the bytes of the rest.
+fn tidy_snapshots(dir: &Path, events: &sled::Tree) -> Result<u64, StoreError> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(0) };
+    let mut bytes = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let keep = match name.strip_suffix(".jpg") {
+            Some(id) => events.contains_key(id.as_bytes())?,
+            None => false,
+        };
+        if keep {
+            bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+        } else if let Err(e) = std::fs::remove_file(entry.path()) {
+            tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a stray snapshot file");
+        }
+    }
+    Ok(bytes)
+}
 
 fn time_key(captured_at_ns: u64, id: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + id.len());
@@ -426,7 +572,7 @@ fn time_key(captured_at_ns: u64, id: &[u8]) -> Vec<u8> {
 type Migration = fn(&sled::Db) -> Result<(), StoreError>;
 
 /// `MIGRATIONS[i]` takes a store from version `i + 1` to `i + 2`.
-pub const MIGRATIONS: &[Migration] = &[v1_to_v2];
+pub const MIGRATIONS: &[Migration] = &[v1_to_v2, v2_to_v3];
 const _: () = assert!(MIGRATIONS.len() as u64 == SCHEMA_VERSION - 1, "one migration per schema step");
 
 /// v2: the capture-time index of events (for time-range queries and retention by age). Reads
@@ -451,6 +597,87 @@ fn v1_to_v2(db: &sled::Db) -> Result<(), StoreError> {
             }
             Err(e) => tracing::warn!(event = %String::from_utf8_lossy(&id), error = %e,
                 "store migration v1→v2: event without a capture time left out of the time index"),
+        }
+    }
+    Ok(())
+}
+
+/// v3: events have a lifecycle (tracking, rules). Each v2 record was one detection in one
+/// frame; it becomes an ended event of rule `detection` that started and ended at that frame
+/// (`end_reason: migrated`). Records already in the v3 shape (a crash mid-migration) are left as
+/// they are; records neither version can read move to the `quarantine` tree, so that the rest of
+/// the store stays readable and nothing is deleted.
+fn v2_to_v3(db: &sled::Db) -> Result<(), StoreError> {
+    #[derive(serde::Deserialize)]
+    struct V2 {
+        id: String,
+        device_id: String,
+        camera_id: String,
+        label: String,
+        class_id: usize,
+        score: f32,
+        #[serde(rename = "box")]
+        bbox: crate::events::PixelBox,
+        box_norm: [f32; 4],
+        frame: crate::events::FrameRef,
+        model: crate::events::ModelRef,
+    }
+    let events = db.open_tree("events")?;
+    let by_time = db.open_tree(BY_TIME_TREE)?;
+    let quarantine = db.open_tree(QUARANTINE_TREE)?;
+    for item in events.iter() {
+        let (key, v) = item?;
+        if serde_json::from_slice::<Event>(&v).is_ok() {
+            continue;
+        }
+        match serde_json::from_slice::<V2>(&v) {
+            Ok(old) => {
+                let at = old.frame.captured_at.clone();
+                let ns = old.frame.captured_at_ns;
+                let e = Event {
+                    id: old.id,
+                    phase: Phase::End,
+                    revision: 0,
+                    device_id: old.device_id,
+                    camera_id: old.camera_id,
+                    rule: "detection".to_owned(),
+                    label: old.label,
+                    class_id: old.class_id,
+                    track_id: 0,
+                    best_score: old.score,
+                    bbox: old.bbox,
+                    box_norm: old.box_norm,
+                    best: old.frame,
+                    zones: Vec::new(),
+                    start: at.clone(),
+                    start_ns: ns,
+                    last: at.clone(),
+                    last_ns: ns,
+                    end: Some(at),
+                    end_ns: Some(ns),
+                    end_reason: Some(EndReason::Migrated),
+                    dwell_s: 0.0,
+                    frames: 1,
+                    model: old.model,
+                    snapshot: None,
+                };
+                events.insert(&key, serde_json::to_vec(&e).expect("events always serialise"))?;
+            }
+            Err(e) => {
+                tracing::warn!(event = %String::from_utf8_lossy(&key), error = %e,
+                    "store migration v2→v3: unreadable event moved to the quarantine tree");
+                quarantine.insert(&key, v)?;
+                events.remove(&key)?;
+                let stale: Vec<sled::IVec> = by_time
+                    .iter()
+                    .keys()
+                    .filter_map(Result::ok)
+                    .filter(|k| k.len() > 8 && k[8..] == key[..])
+                    .collect();
+                for k in stale {
+                    by_time.remove(k)?;
+                }
+            }
         }
     }
     Ok(())
@@ -540,10 +767,25 @@ mod tests {
         assert_eq!(reopened.outbox_len(), 10, "the count is rebuilt on open");
     }
 
-    fn event_at(n: u32, captured_at_ns: u64) -> Event {
+    fn event_at(n: u32, start_ns: u64) -> Event {
         let mut e = event(n);
-        e.frame.captured_at_ns = captured_at_ns;
+        e.start_ns = start_ns;
         e
+    }
+
+    /// A detection record as schemas 1 and 2 stored it.
+    fn legacy_record(n: u32, captured_at_ns: u64) -> (String, Vec<u8>) {
+        let id = crate::events::new_event_id();
+        let json = serde_json::json!({
+            "id": id, "kind": "detection", "device_id": "d", "camera_id": "c", "label": "circle",
+            "class_id": 0, "score": 0.75, "box": { "x1": 1.0, "y1": 2.0, "x2": 3.0, "y2": 4.0 },
+            "box_norm": [0.1, 0.2, 0.3, 0.4],
+            "frame": { "seq": n, "pts_ns": null, "captured_at": "2026-11-24T08:00:00Z",
+                       "captured_at_ns": captured_at_ns, "width": 10, "height": 10 },
+            "model": { "name": "m", "version": "1", "backend": "b" },
+            "latency": { "total_ms": 1.0, "queue_ms": 0.0, "preprocess_ms": 0.0, "inference_ms": 1.0, "postprocess_ms": 0.0 }
+        });
+        (id, serde_json::to_vec(&json).unwrap())
     }
 
     /// Waits out sled's flusher, which may hold the file lock for a moment after a drop.
@@ -574,11 +816,11 @@ mod tests {
     }
 
     /// A store as schema 1 wrote it: events, outbox and meta, no time index.
-    fn write_v1_store(dir: &Path, events: &[Event], version_key: bool) {
+    fn write_v1_store(dir: &Path, records: &[(String, Vec<u8>)], version_key: bool) {
         let db = raw_db(dir);
         let tree = db.open_tree("events").unwrap();
-        for e in events {
-            tree.insert(e.id.as_bytes(), serde_json::to_vec(e).unwrap()).unwrap();
+        for (id, json) in records {
+            tree.insert(id.as_bytes(), json.as_slice()).unwrap();
         }
         if version_key {
             db.open_tree("meta").unwrap().insert(SCHEMA_KEY, &1u64.to_be_bytes()).unwrap();
@@ -587,22 +829,31 @@ mod tests {
     }
 
     #[test]
-    fn a_schema_1_store_is_migrated_to_the_time_index() {
+    fn a_schema_1_store_is_migrated_to_the_time_index_and_lifecycle_events() {
         let dir = tempfile::tempdir().unwrap();
-        let evs: Vec<Event> = [(0, 300), (1, 100), (2, 200), (3, 400)].iter().map(|&(n, t)| event_at(n, t)).collect();
-        write_v1_store(dir.path(), &evs, true);
+        let mut records: Vec<(String, Vec<u8>)> =
+            [(0, 300), (1, 100), (2, 200), (3, 400)].iter().map(|&(n, t)| legacy_record(n, t)).collect();
+        records.push(("019ab3c2-0000-7000-8000-000000000bad".into(), b"{\"not\": \"an event\"}".to_vec()));
+        write_v1_store(dir.path(), &records, true);
         let store = open_again(dir.path()).unwrap();
         let version = store.db.open_tree("meta").unwrap().get(SCHEMA_KEY).unwrap().unwrap();
         assert_eq!(u64::from_be_bytes(version.as_ref().try_into().unwrap()), SCHEMA_VERSION);
-        let between: Vec<u64> = store.events_between(100, 400).map(|e| e.unwrap().frame.captured_at_ns).collect();
-        assert_eq!(between, [100, 200, 300], "capture-time order, end excluded");
-        assert_eq!(store.event_count(), 4, "no event lost in the migration");
+        let between: Vec<Event> = store.events_between(100, 400).map(Result::unwrap).collect();
+        assert_eq!(between.iter().map(|e| e.start_ns).collect::<Vec<_>>(), [100, 200, 300], "start order, end excluded");
+        let e = &between[0];
+        assert_eq!((e.id.as_str(), e.phase, e.end_reason), (records[1].0.as_str(), Phase::End, Some(EndReason::Migrated)));
+        assert_eq!((e.best_score, e.best.seq, e.end_ns, e.frames), (0.75, 1, Some(100), 1));
+        assert_eq!(e.bbox, crate::events::PixelBox { x1: 1.0, y1: 2.0, x2: 3.0, y2: 4.0 });
+        assert_eq!(store.event_count(), 4, "every readable event kept");
+        assert_eq!(store.events().count(), 4, "the unreadable record is out of the way");
+        let quarantined = store.db.open_tree(QUARANTINE_TREE).unwrap();
+        assert_eq!(quarantined.get(records[4].0.as_bytes()).unwrap().as_deref(), Some(&records[4].1[..]), "kept");
     }
 
     #[test]
     fn a_store_from_before_schema_versions_counts_as_version_1() {
         let dir = tempfile::tempdir().unwrap();
-        write_v1_store(dir.path(), &[event_at(0, 5)], false);
+        write_v1_store(dir.path(), &[legacy_record(0, 5)], false);
         let store = open_again(dir.path()).unwrap();
         assert_eq!(store.events_between(0, 10).count(), 1);
     }
@@ -610,12 +861,12 @@ mod tests {
     #[test]
     fn a_migration_interrupted_before_its_version_bump_runs_again_cleanly() {
         let dir = tempfile::tempdir().unwrap();
-        let evs = [event_at(0, 10), event_at(1, 20)];
-        write_v1_store(dir.path(), &evs, true);
+        let records = [legacy_record(0, 10), legacy_record(1, 20)];
+        write_v1_store(dir.path(), &records, true);
         {
             // The index half written, the version never bumped: what a crash leaves.
             let db = raw_db(dir.path());
-            db.open_tree(BY_TIME_TREE).unwrap().insert(time_key(10, evs[0].id.as_bytes()), &[][..]).unwrap();
+            db.open_tree(BY_TIME_TREE).unwrap().insert(time_key(10, records[0].0.as_bytes()), &[][..]).unwrap();
             db.flush().unwrap();
         }
         let store = open_again(dir.path()).unwrap();
@@ -646,7 +897,7 @@ mod tests {
         let by_bytes = Retention { max_bytes: per_event * 3 + per_event / 2, ..loose };
         assert_eq!(store.enforce_retention(&by_bytes, 10 * sec).unwrap().by_bytes, 2);
 
-        let left: Vec<u64> = store.events_between(0, u64::MAX).map(|e| e.unwrap().frame.captured_at_ns / sec).collect();
+        let left: Vec<u64> = store.events_between(0, u64::MAX).map(|e| e.unwrap().start_ns / sec).collect();
         assert_eq!(left, [8, 9, 10], "the newest survive");
         assert_eq!(store.event_count(), 3);
         assert_eq!(store.outbox_len(), 10, "queued copies are still sent");
@@ -657,11 +908,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn new_events_are_indexed_by_capture_time() {
+    async fn new_events_are_indexed_by_start_time() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.append(&[event_at(0, 50), event_at(1, 10)], "t").unwrap();
-        let got: Vec<u64> = store.events_between(0, 100).map(|e| e.unwrap().frame.captured_at_ns).collect();
+        let got: Vec<u64> = store.events_between(0, 100).map(|e| e.unwrap().start_ns).collect();
         assert_eq!(got, [10, 50]);
     }
 
@@ -692,6 +943,72 @@ mod tests {
         }
         let err = open_again(dir.path()).err().expect("refused").to_string();
         assert!(err.contains("schema 99"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn each_message_replaces_the_stored_revision_and_open_events_are_closed_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut open = event(1);
+        (open.phase, open.revision, open.end, open.end_ns, open.end_reason) = (Phase::New, 0, None, None, None);
+        let mut update = open.clone();
+        (update.phase, update.revision, update.frames) = (Phase::Update, 1, 7);
+        let closed = update.ended(EndReason::Lost);
+        let mut other = open.clone();
+        other.id = crate::events::new_event_id();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.append(&[open.clone(), update.clone()], "t").unwrap();
+            store.append(&[closed.clone(), other.clone()], "t").unwrap();
+            assert_eq!(store.event_count(), 2, "two events, four messages");
+            assert_eq!(store.outbox_len(), 4);
+            assert_eq!(store.event(&open.id).unwrap(), Some(closed.clone()), "the latest revision");
+            let json = |e: &Event| serde_json::to_vec(e).unwrap().len() as u64;
+            assert_eq!(store.event_bytes(), json(&closed) + json(&other));
+            store.flush().await.unwrap();
+        } // a crash here leaves `other` open
+        let store = open_again(dir.path()).unwrap();
+        assert_eq!(store.close_open_events("t").unwrap(), 1);
+        store.flush().await.unwrap();
+        let ended = store.event(&other.id).unwrap().unwrap();
+        assert_eq!((ended.phase, ended.revision, ended.end_reason), (Phase::End, 1, Some(EndReason::Restart)));
+        assert_eq!(ended.end_ns, Some(ended.last_ns));
+        let last = store.outbox_after(None, 10).unwrap().pop().unwrap().1;
+        assert_eq!(serde_json::from_slice::<Event>(&last.payload).unwrap(), ended, "the end is queued for MQTT");
+        assert_eq!(store.close_open_events("t").unwrap(), 0, "nothing left open");
+    }
+
+    #[tokio::test]
+    async fn snapshots_count_toward_retention_and_go_with_their_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let evs: Vec<Event> = (1..=4).map(|n| event_at(n, u64::from(n))).collect();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.append(&evs, "t").unwrap();
+            for e in &evs {
+                store.write_snapshot(&e.id, &[7u8; 10_000]).unwrap();
+            }
+            store.write_snapshot(&evs[0].id, &[7u8; 5_000]).unwrap(); // replaced by a better one
+            store.sync_snapshots().unwrap();
+            assert_eq!(store.snapshot_bytes(), 35_000);
+            // Room for about two events with their pictures.
+            let r = Retention { max_age: None, max_events: 100, max_bytes: 2 * 10_000 + store.event_bytes() };
+            assert_eq!(store.enforce_retention(&r, 0).unwrap().by_bytes, 2);
+            assert!(!store.snapshot_dir().join(format!("{}.jpg", evs[0].id)).exists(), "deleted with its event");
+            assert_eq!(store.snapshot_bytes(), 20_000);
+            assert_eq!(store.evict_oldest(1).unwrap(), 1);
+            store.flush().await.unwrap();
+            // A picture whose event never made it to the store (a crash in between), and a
+            // half-written one.
+            std::fs::write(store.snapshot_dir().join("019ab3c2-0000-7000-8000-00000000dead.jpg"), b"x").unwrap();
+            std::fs::write(store.snapshot_dir().join(format!("{}.jpg.tmp", evs[3].id)), b"x").unwrap();
+        }
+        let store = open_again(dir.path()).unwrap();
+        let files: Vec<String> = std::fs::read_dir(store.snapshot_dir())
+            .unwrap()
+            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(files, [format!("{}.jpg", evs[3].id)], "strays removed at open");
+        assert_eq!(store.snapshot_bytes(), 10_000);
     }
 
     #[test]

@@ -30,8 +30,9 @@ pub use metrics::{CameraInferSnapshot, FrameTimes, Histogram, SchedulerStats};
 pub use policy::{CostModel, Plan, Policy};
 
 use crate::capture::{Frame, FrameHub, HubFrame};
-use crate::events::{Event, FrameContext, ModelRef};
-use crate::infer::{Detection, Detector, InferError};
+use crate::events::snapshot::SourceImage;
+use crate::events::{CameraEvents, Emitted, FrameInfo};
+use crate::infer::{Detection, Detector, InferError, Letterbox};
 
 /// What the worker runs on a batch: the detector in production, a scripted stand-in in tests.
 /// Slots are the frames' places in the batch, 0-based.
@@ -274,18 +275,25 @@ fn ms(d: Duration) -> f64 {
 pub struct Worker {
     pub hub: Arc<FrameHub>,
     pub scheduler: Scheduler<Frame, Detector>,
-    pub device_id: String,
-    pub model: ModelRef,
+    /// The event state of each camera, by the camera's index.
+    pub cameras: Vec<CameraEvents>,
     pub stats: Arc<SchedulerStats>,
-    /// Batches of events for the store writer. Bounded: when the writer falls behind, this
-    /// worker waits (frames then age out and are dropped as stale); events are never dropped.
-    pub events: mpsc::Sender<Vec<Event>>,
+    /// Event messages (with their snapshots) for the store writer. Bounded: when the writer
+    /// falls behind, this worker waits (frames then age out and are dropped as stale); event
+    /// messages are never dropped.
+    pub events: mpsc::Sender<Vec<Emitted>>,
+    /// Asks for a camera's next processed frame as JPEG (the `snapshot` command).
+    pub snapshots: SnapshotRequests,
+    pub snapshot_quality: u8,
 }
 
+/// How often open events are checked for expiry while a camera delivers no frame.
+const EXPIRE_EVERY: Duration = Duration::from_millis(250);
+
 impl Worker {
-    /// Runs on the calling (dedicated) thread until `cancel` or the hub closes.
+    /// Runs on the calling (dedicated) thread until `cancel` or the hub closes; then ends the
+    /// events still open (reason `shutdown`).
     pub fn run(mut self, cancel: &CancellationToken) {
-        let labels = self.scheduler.stages().labels().to_vec();
         if let Err(e) = self.scheduler.warm_up() {
             tracing::error!(error = %e, "warm-up inference failed; costs will be learnt from live frames");
         }
@@ -297,7 +305,16 @@ impl Worker {
                 "inference cost measured"
             );
         }
+        let mut last_expiry = Instant::now();
         while !cancel.is_cancelled() {
+            if last_expiry.elapsed() >= EXPIRE_EVERY {
+                last_expiry = Instant::now();
+                let now = crate::events::unix_ns(std::time::SystemTime::now());
+                let ended: Vec<Emitted> = self.cameras.iter_mut().flat_map(|c| c.expire(now)).collect();
+                if !self.send(ended) {
+                    return;
+                }
+            }
             if !self.hub.wait(Duration::from_millis(100)) {
                 if self.hub.is_closed() {
                     break;
@@ -305,23 +322,103 @@ impl Worker {
                 continue;
             }
             for done in self.scheduler.step(&self.hub) {
-                if done.detections.is_empty() {
-                    continue;
-                }
-                let batch = FrameContext {
-                    device_id: &self.device_id,
-                    labels: &labels,
-                    model: &self.model,
-                    frame: &done.frame,
-                    times: done.times,
-                }
-                .events(&done.detections);
-                drop(done.frame); // return the buffer to GStreamer's pool before waiting on the writer
-                self.stats.events.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                if self.events.blocking_send(batch).is_err() {
-                    return; // the writer is gone: shutting down
+                let f = &done.frame;
+                let info = FrameInfo {
+                    seq: f.seq,
+                    pts_ns: f.pts.map(|p| p.as_nanos() as u64),
+                    captured_at_ns: crate::events::unix_ns(f.captured_at),
+                    width: f.source_width,
+                    height: f.source_height,
+                };
+                let image = SourceImage {
+                    data: f.pixels.as_slice(),
+                    stride: f.stride,
+                    bytes_per_pixel: f.layout.bytes_per_pixel(),
+                    width: f.width,
+                    height: f.height,
+                    letterbox: Letterbox::new(f.source_width, f.source_height, f.width, f.height),
+                };
+                self.snapshots.fulfil(f.camera, &info, &image, self.snapshot_quality);
+                let emitted = match self.cameras.get_mut(f.camera) {
+                    Some(cam) => cam.observe(&info, &done.detections, Some(image)),
+                    None => Vec::new(),
+                };
+                drop(done); // return the buffer to GStreamer's pool before waiting on the writer
+                if !self.send(emitted) {
+                    return;
                 }
             }
+        }
+        let ended: Vec<Emitted> =
+            self.cameras.iter_mut().flat_map(|c| c.finish(crate::events::EndReason::Shutdown)).collect();
+        self.send(ended);
+    }
+
+    /// Hands messages to the writer; false when it is gone (shutting down).
+    fn send(&self, batch: Vec<Emitted>) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        self.stats.events.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.events.blocking_send(batch).is_ok()
+    }
+}
+
+/// A camera's picture for the `snapshot` command: JPEG and when it was captured.
+#[derive(Debug, Clone)]
+pub struct CameraSnapshot {
+    pub jpeg: Vec<u8>,
+    pub captured_at_ns: u64,
+    pub width: u16,
+    pub height: u16,
+}
+
+/// Pending `snapshot` requests, by camera index: each is answered with the camera's next
+/// processed frame. At most [`MAX_SNAPSHOT_WAITERS`] wait per camera.
+#[derive(Clone, Default)]
+pub struct SnapshotRequests {
+    waiting: Arc<std::sync::Mutex<Vec<(usize, tokio::sync::oneshot::Sender<CameraSnapshot>)>>>,
+}
+
+pub const MAX_SNAPSHOT_WAITERS: usize = 8;
+
+impl SnapshotRequests {
+    /// Asks for camera `camera`'s next frame; `None` when too many requests already wait.
+    pub fn request(&self, camera: usize) -> Option<tokio::sync::oneshot::Receiver<CameraSnapshot>> {
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        w.retain(|(_, tx)| !tx.is_closed());
+        if w.iter().filter(|(c, _)| *c == camera).count() >= MAX_SNAPSHOT_WAITERS {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        w.push((camera, tx));
+        Some(rx)
+    }
+
+    fn fulfil(&self, camera: usize, info: &FrameInfo, image: &SourceImage<'_>, quality: u8) {
+        let waiting: Vec<_> = {
+            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            if !w.iter().any(|(c, _)| *c == camera) {
+                return;
+            }
+            let (mine, rest) = std::mem::take(&mut *w).into_iter().partition(|(c, _)| *c == camera);
+            *w = rest;
+            mine
+        };
+        let picture = image.crop();
+        match picture.encode_jpeg(quality) {
+            Ok(jpeg) => {
+                let snap = CameraSnapshot {
+                    jpeg,
+                    captured_at_ns: info.captured_at_ns,
+                    width: picture.width,
+                    height: picture.height,
+                };
+                for (_, tx) in waiting {
+                    let _ = tx.send(snap.clone());
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a snapshot"), // the waiters time out
         }
     }
 }
