@@ -41,54 +41,66 @@ fn events_over_mqtt_match_the_ground_truth_and_are_all_in_sled() {
     assert_eq!(statuses[0]["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(statuses[0]["model"]["name"], "shapes");
 
-    let events: Vec<Event> =
+    let messages: Vec<Event> =
         sub.on("vigil/e2e/events").iter().map(|p| serde_json::from_slice(p).expect("event JSON")).collect();
-    assert!(events.len() > 100, "only {} events", events.len());
+    let events = lifecycles(&messages);
 
-    // Against the ground truth: label and box (IoU >= 0.5) at the frame the event names.
+    // Against the ground truth. The clip has 4 scenes of 3 s, 14 objects in all; an object is
+    // (scene, its place in the scene's list). Each event's best observation must be one of them
+    // (label, and box IoU >= 0.5 at that frame), and the events must cover nearly all of them,
+    // each with few events (the tracker keeps an object's identity).
     let gt = GroundTruth::load();
-    let dets: Vec<(usize, String, [f32; 4])> = events
-        .iter()
-        .map(|e| {
-            let pts = e.frame.pts_ns.expect("file frames carry a pts");
-            let frame = gt.frame_at(pts).expect("pts inside the clip").index;
-            (frame, e.label.clone(), [e.bbox.x1, e.bbox.y1, e.bbox.x2, e.bbox.y2])
-        })
-        .collect();
-    let mut frames: Vec<usize> = dets.iter().map(|d| d.0).collect();
-    frames.sort_unstable();
-    frames.dedup();
-    let (precision, recall_on_frames, _) = precision_recall(&gt, &dets, &frames);
-    let all: Vec<usize> = (0..gt.frames.len()).collect();
-    let (_, recall_all, _) = precision_recall(&gt, &dets, &all);
-    println!("e2e: {} events, precision {precision:.3}, recall {recall_on_frames:.3} on frames with events, {recall_all:.3} overall", events.len());
-    assert!(precision >= 0.9, "precision {precision:.3}");
-    assert!(recall_on_frames >= 0.9, "recall {recall_on_frames:.3}");
-    assert!(recall_all >= 0.8, "most frames were processed: recall {recall_all:.3} over the whole clip");
-
-    // Capture timestamps never go backwards for a camera.
-    let mut by_seq: Vec<&Event> = events.iter().collect();
-    by_seq.sort_by_key(|e| e.frame.seq);
-    for pair in by_seq.windows(2) {
-        assert!(
-            pair[0].frame.captured_at_ns <= pair[1].frame.captured_at_ns,
-            "{:?} then {:?}",
-            pair[0].frame,
-            pair[1].frame
-        );
-    }
-
-    // Every event received is in sled, identical; ids are unique.
-    let store = Store::open(&dir.path().join("data")).expect("store opens after exit");
-    let mut seen = HashMap::new();
-    for e in &events {
-        let stored = store.event(&e.id).unwrap().unwrap_or_else(|| panic!("event {} not in sled", e.id));
-        assert_eq!(&stored, e);
-        if let Some(prev) = seen.insert(e.id.clone(), e) {
-            assert_eq!(prev, e, "a re-sent event carries the same content");
+    const SCENE: usize = 45;
+    let mut objects: Vec<(usize, usize)> = Vec::new();
+    for (f, frame) in gt.frames.iter().enumerate() {
+        for i in 0..frame.objects.len() {
+            if !objects.contains(&(f / SCENE, i)) {
+                objects.push((f / SCENE, i));
+            }
         }
     }
-    assert_eq!(store.outbox_len(), 0, "every event was acknowledged and left the outbox");
+    let mut matched: HashMap<(usize, usize), usize> = HashMap::new();
+    let mut wrong = Vec::new();
+    for e in events.values().map(|msgs| msgs.last().unwrap()) {
+        let frame = gt.frame_at(e.best.pts_ns.expect("file frames carry a pts")).expect("pts inside the clip");
+        let b = [e.bbox.x1, e.bbox.y1, e.bbox.x2, e.bbox.y2];
+        let hit = frame.objects.iter().enumerate().filter(|(_, o)| o.label == e.label).find(|(_, o)| iou(o.bbox, b) >= 0.5);
+        match hit {
+            Some((i, _)) => *matched.entry((frame.index / SCENE, i)).or_default() += 1,
+            None => wrong.push(e.clone()),
+        }
+    }
+    let precision = 1.0 - wrong.len() as f64 / events.len() as f64;
+    let coverage = matched.len() as f64 / objects.len() as f64;
+    println!(
+        "e2e: {} messages, {} events for {} objects; precision {precision:.3}, coverage {coverage:.3}",
+        messages.len(),
+        events.len(),
+        objects.len()
+    );
+    // The model confuses a small share of squares for circles or triangles; the tracker is
+    // class-aware, so such a run of frames is an event of its own. Its box is still right.
+    assert!(precision >= 0.75, "precision {precision:.3}; wrong: {wrong:#?}");
+    for e in &wrong {
+        let frame = gt.frame_at(e.best.pts_ns.unwrap()).unwrap();
+        let b = [e.bbox.x1, e.bbox.y1, e.bbox.x2, e.bbox.y2];
+        assert!(frame.objects.iter().any(|o| iou(o.bbox, b) >= 0.5), "a box where there is no object: {e:#?}");
+    }
+    assert!(coverage >= 0.85, "coverage {coverage:.3}: {matched:?} of {objects:?}");
+    assert!(events.len() <= 2 * objects.len(), "{} events for {} objects: tracks break up", events.len(), objects.len());
+
+    // Every event received is in sled as its last message, with its snapshot on disk.
+    let data = dir.path().join("data");
+    let store = Store::open(&data).expect("store opens after exit");
+    for msgs in events.values() {
+        let last = msgs.last().unwrap();
+        assert_eq!(store.event(&last.id).unwrap().as_ref(), Some(last), "the stored revision is the last sent");
+        let snapshot = last.snapshot.as_ref().expect("snapshots are on by default");
+        let jpeg = std::fs::read(data.join(snapshot)).expect("the snapshot file exists");
+        assert_eq!(&jpeg[..2], [0xFF, 0xD8], "{snapshot} is a JPEG");
+    }
+    assert_eq!(store.event_count(), events.len());
+    assert_eq!(store.outbox_len(), 0, "every message was acknowledged and left the outbox");
 }
 
 #[test]
@@ -126,19 +138,6 @@ fn metrics_report_each_camera_inference_and_the_store() {
     assert!(last["store"]["outbox"].is_u64() && last["uptime_s"].is_u64(), "{last}");
 }
 
-/// An event as stored, captured at `ns` (Unix nanoseconds).
-fn stored_event(n: u32, ns: u64) -> Event {
-    serde_json::from_value(serde_json::json!({
-        "id": format!("019ab3c2-7f1e-7c3a-9d52-{n:012}"), "kind": "detection", "device_id": "d",
-        "camera_id": "c", "label": "circle", "class_id": 0, "score": 0.9,
-        "box": { "x1": 0.0, "y1": 0.0, "x2": 1.0, "y2": 1.0 }, "box_norm": [0.0, 0.0, 0.1, 0.1],
-        "frame": { "seq": n, "pts_ns": null, "captured_at": "", "captured_at_ns": ns, "width": 10, "height": 10 },
-        "model": { "name": "m", "version": "1", "backend": "b" },
-        "latency": { "total_ms": 1.0, "queue_ms": 0.0, "preprocess_ms": 0.0, "inference_ms": 1.0, "postprocess_ms": 0.0 }
-    }))
-    .expect("a valid event")
-}
-
 #[test]
 fn events_list_reads_a_capture_time_range() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,12 +158,12 @@ fn events_list_reads_a_capture_time_range() {
         args.extend_from_slice(extra);
         let (code, out, err) = vigil_cmd(&args, &[]);
         assert_eq!(code, 0, "{err}");
-        out.lines().map(|l| serde_json::from_str::<Event>(l).unwrap().frame.seq).collect::<Vec<_>>()
+        out.lines().map(|l| serde_json::from_str::<Event>(l).unwrap().best.seq).collect::<Vec<_>>()
     };
     assert_eq!(
         list(&["--since", "2026-11-24T01:30:00Z", "--until", "2026-11-24T04:00:00Z"]),
         [2, 0],
-        "by capture time"
+        "by start time"
     );
     assert_eq!(list(&["--since", "2026-11-24T02:00:00Z"]), [2, 0, 3], "since is inclusive");
     assert_eq!(list(&["--until", "2026-11-24T05:00:00Z", "--last", "2"]), [2, 0], "the newest two of the range");

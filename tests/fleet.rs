@@ -39,7 +39,7 @@ fn request(id: &str, args: serde_json::Value) -> Vec<u8> {
 fn every_command_is_answered_and_bad_ones_are_refused_with_a_reason() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let clip = format!("file://{}", eval_clip().display());
+    let clip = format!("file://{}?loop=true", eval_clip().display());
     let ghost = format!("rtsp://127.0.0.1:{}/nothing", free_port());
     let config = write_config(dir.path(), "cmdr", &broker.url(), &[("clip", clip), ("ghost", ghost)]);
     append_config(&config, "password = \"hunter2\"\nuser = \"viewer\"\n");
@@ -71,16 +71,31 @@ fn every_command_is_answered_and_bad_ones_are_refused_with_a_reason() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| e["frame"]["captured_at_ns"].as_u64().unwrap())
+            .map(|e| e["start_ns"].as_u64().unwrap())
             .collect()
     };
     let (t1, t2) = (times(&page1), times(&page2));
     assert_eq!((t1.len(), t2.len()), (3, 3), "{page1}\n{page2}");
-    assert!(t1.windows(2).all(|w| w[0] <= w[1]) && t1[2] <= t2[0], "pages in capture order: {t1:?} {t2:?}");
+    assert!(t1.windows(2).all(|w| w[0] <= w[1]) && t1[2] <= t2[0], "pages in start order: {t1:?} {t2:?}");
     let ids = |p: &serde_json::Value| -> Vec<String> {
         p["result"]["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
     };
     assert!(ids(&page1).iter().all(|i| !ids(&page2).contains(i)), "no event on both pages");
+
+    // A picture from a camera that streams; a clear error for one that does not, or is unknown.
+    let snap = op.ask("snapshot", &request("p1", serde_json::json!({ "camera": "clip" })), "p1");
+    assert_eq!(snap["ok"], true, "{snap}");
+    let jpeg = {
+        use base64::Engine as _;
+        let b64 = snap["result"]["jpeg_base64"].as_str().unwrap();
+        base64::engine::general_purpose::STANDARD.decode(b64).expect("base64")
+    };
+    assert_eq!(&jpeg[..2], [0xFF, 0xD8], "a JPEG");
+    assert!(snap["result"]["width"].as_u64().unwrap() > 0 && snap["result"]["captured_at"].is_string(), "{snap}");
+    let dark = op.ask("snapshot", &request("p2", serde_json::json!({ "camera": "ghost" })), "p2");
+    assert!(dark["error"].as_str().unwrap().contains("processed no frame"), "{dark}");
+    let nobody = op.ask("snapshot", &request("p3", serde_json::json!({ "camera": "nobody" })), "p3");
+    assert!(nobody["error"].as_str().unwrap().contains("no camera `nobody`"), "{nobody}");
 
     let restarted = op.ask("restart", &request("r1", serde_json::json!({ "camera": "clip" })), "r1");
     assert_eq!(restarted["ok"], true, "{restarted}");

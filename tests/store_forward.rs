@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use support::*;
@@ -43,32 +42,25 @@ fn a_sixty_second_broker_outage_loses_nothing() {
 
     let received: Vec<Event> =
         sub.on("vigil/sf/events").iter().map(|p| serde_json::from_slice(p).expect("event JSON")).collect();
-    // Duplicates (at-least-once) only as exact repeats of the same id.
-    let mut first: HashMap<String, &Event> = HashMap::new();
-    let mut unique: Vec<&Event> = Vec::new();
-    for e in &received {
-        match first.get(&e.id) {
-            Some(prev) => assert_eq!(*prev, e, "a repeat carries the same content"),
-            None => {
-                first.insert(e.id.clone(), e);
-                unique.push(e);
-            }
-        }
-    }
-    // In order per camera (one camera here): frame sequence never goes back.
-    assert!(unique.windows(2).all(|w| w[0].frame.seq <= w[1].frame.seq), "events out of order");
+    // Each event's messages in order (new, updates, end), none missing; a repeat (at-least-once)
+    // only ever as an identical copy of the same id and revision.
+    let events = lifecycles(&received);
+    let unique: usize = events.values().map(Vec::len).sum();
     let store = Store::open(&dir.path().join("data")).expect("store opens after exit");
     let stored: Vec<Event> = store.events().collect::<Result<_, _>>().unwrap();
-    assert!(stored.len() > before, "events were made during the outage: {} stored, {before} before", stored.len());
-    let missing: Vec<&String> = stored.iter().map(|e| &e.id).filter(|id| !first.contains_key(*id)).collect();
-    assert!(missing.is_empty(), "{} of {} stored events never arrived", missing.len(), stored.len());
+    let started_after = stored.iter().filter(|e| received[..before].iter().all(|m| m.id != e.id)).count();
+    assert!(started_after > 0, "events were made during the outage");
+    for e in &stored {
+        let arrived = events.get(&e.id).and_then(|m| m.last());
+        assert_eq!(arrived, Some(e), "stored event {} did not arrive as stored", e.id);
+    }
     assert_eq!(store.outbox_len(), 0, "the outbox drained completely");
     println!(
         "{} events stored, {} received before the outage, {} messages after ({} repeats)",
         stored.len(),
         before,
         received.len() - before,
-        received.len() - unique.len()
+        received.len() - unique
     );
 }
 
@@ -83,6 +75,9 @@ fn a_thousand_queued_events_survive_kill_9_and_all_arrive_after_restart() {
     let config = write_config(dir.path(), "k9", &broker.url(), &[("a", clip.clone()), ("b", clip)]);
     // No periodic metrics: the outbox then holds events only, and drains to exactly empty.
     set_mqtt(&config, "metrics_interval_s = 0");
+    // Raw-detection mode: every detection is an event of its own (a `new` and an `end`), which
+    // makes well over a thousand events from the clip.
+    append_config(&config, "[events]\ntrack = false\nlost_after_ms = 100\nsnapshots = false\n[[rule]]\nname = \"every\"\nmin_frames = 1\n");
     let vigil = Vigil::start(&config, dir.path());
     let done = wait_until(Duration::from_secs(60), || vigil.log().matches("source finished").count() == 2);
     assert!(done, "{}", vigil.log());
@@ -133,16 +128,24 @@ fn fifty_kill_9s_at_random_points_never_lose_an_acknowledged_event() {
         std::thread::sleep(Duration::from_millis(200 + x % 1800));
         let log = vigil.kill9();
         // Every event a subscriber has seen was flushed first: the store must hold it.
-        let seen: Vec<String> =
-            sub.on("vigil/r/events").iter().map(|p| serde_json::from_slice::<Event>(p).unwrap().id).collect();
+        let seen: Vec<(String, u32)> = sub
+            .on("vigil/r/events")
+            .iter()
+            .map(|p| serde_json::from_slice::<Event>(p).unwrap())
+            .map(|e| (e.id, e.revision))
+            .collect();
         // The store must open after every kill: read it with the CLI, in a process of its own.
         let d = data.to_str().unwrap();
         let (code, out, err) = vigil_cmd(&["events", "list", "--json", "--data-dir", d], &[]);
         assert_eq!(code, 0, "run {run}: the store does not open after kill -9: {err}\n{log}");
-        let stored: std::collections::HashSet<String> =
-            out.lines().map(|l| serde_json::from_str::<Event>(l).unwrap().id).collect();
-        let lost = seen.iter().filter(|id| !stored.contains(*id)).count();
-        assert_eq!(lost, 0, "run {run}: {lost} acknowledged events missing from the store");
+        let stored: std::collections::HashMap<String, u32> = out
+            .lines()
+            .map(|l| serde_json::from_str::<Event>(l).unwrap())
+            .map(|e| (e.id, e.revision))
+            .collect();
+        // Every message a subscriber saw is in the store: its event, at that revision or later.
+        let lost = seen.iter().filter(|(id, rev)| stored.get(id).is_none_or(|r| r < rev)).count();
+        assert_eq!(lost, 0, "run {run}: {lost} acknowledged messages missing from the store");
         kills_while_streaming += usize::from(seen.len() > seen_before);
     }
     let total = sub.count("vigil/r/events");

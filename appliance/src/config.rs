@@ -48,6 +48,10 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
+    /// Track objects across frames (one event per object). `false`: every detection is an event
+    /// of its own (raw-detection logging; use with rules of `min_frames = 1`).
+    #[serde(default = "default_true")]
+    pub track: bool,
     /// Minimum IoU between a track's predicted box and a detection for them to match.
     #[serde(default = "default_iou_threshold")]
     pub iou_threshold: f32,
@@ -69,6 +73,7 @@ pub struct EventsConfig {
 impl Default for EventsConfig {
     fn default() -> Self {
         Self {
+            track: true,
             iou_threshold: default_iou_threshold(),
             lost_after_ms: default_lost_after_ms(),
             update_interval_s: default_update_interval_s(),

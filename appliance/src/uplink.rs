@@ -22,6 +22,8 @@ use crate::store::Store;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long a clean shutdown waits for the broker to acknowledge the `offline` status.
+/// How long a stopping uplink keeps sending what is queued.
+const DRAIN_ON_STOP: Duration = Duration::from_secs(2);
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn events_topic(device_id: &str) -> String {
@@ -271,20 +273,8 @@ impl Uplink {
                         }
                         self.publish_home_assistant(client, &mut pending, true);
                     }
-                    Event::Outgoing(Outgoing::Publish(pkid)) => {
-                        if let Some(tag) = pending.pop_front() {
-                            inflight.insert(pkid, tag);
-                        }
-                    }
                     Event::Incoming(Packet::Publish(p)) => self.on_publish(&p.topic, &p.payload, p.retain),
-                    Event::Incoming(Packet::PubAck(ack)) => {
-                        if let Some(Tag::Outbox(key)) = inflight.remove(&ack.pkid) {
-                            if let Err(e) = self.store.outbox_remove(key) {
-                                tracing::error!(error = %e, "cannot remove an acknowledged message from the outbox");
-                            }
-                        }
-                    }
-                    _ => {}
+                    other => self.track_publish(&other, &mut pending, &mut inflight),
                 },
                 _ = self.wake.notified(), if connected => {}
                 _ = async { match &self.home_assistant { Some((_, _, s)) => s.changed.notified().await, None => std::future::pending().await } }, if connected => {
@@ -296,10 +286,62 @@ impl Uplink {
                     }
                 }
                 _ = cancel.cancelled() => {
+                    if connected {
+                        self.drain(client, &mut eventloop, &mut pending, &mut inflight, &mut cursor).await;
+                    }
                     self.goodbye(client, &mut eventloop, &status_topic).await;
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// Follows a publish from rumqttc's queue (its packet id) to its PUBACK, when the outbox
+    /// entry it carried is removed.
+    fn track_publish(&self, event: &Event, pending: &mut VecDeque<Tag>, inflight: &mut HashMap<u16, Tag>) {
+        match event {
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(tag) = pending.pop_front() {
+                    inflight.insert(*pkid, tag);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(Tag::Outbox(key)) = inflight.remove(&ack.pkid) {
+                    if let Err(e) = self.store.outbox_remove(key) {
+                        tracing::error!(error = %e, "cannot remove an acknowledged message from the outbox");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// On the way out: sends what the outbox still holds (the events ended by the shutdown
+    /// among them), for at most [`DRAIN_ON_STOP`]. What is left is sent at the next start.
+    async fn drain(
+        &self,
+        client: &AsyncClient,
+        eventloop: &mut EventLoop,
+        pending: &mut VecDeque<Tag>,
+        inflight: &mut HashMap<u16, Tag>,
+        cursor: &mut Option<u64>,
+    ) {
+        let drained = tokio::time::timeout(DRAIN_ON_STOP, async {
+            loop {
+                self.fill_window(client, pending, inflight, cursor);
+                let more = self.store.outbox_after(*cursor, 1).map(|e| !e.is_empty()).unwrap_or(false);
+                if pending.is_empty() && inflight.is_empty() && !more {
+                    return;
+                }
+                match eventloop.poll().await {
+                    Ok(ev) => self.track_publish(&ev, pending, inflight),
+                    Err(_) => return,
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(outbox = self.store.outbox_len(), "stopping with messages still queued; they go at the next start");
         }
     }
 

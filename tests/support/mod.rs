@@ -500,3 +500,44 @@ pub fn precision_recall(gt: &GroundTruth, dets: &[(usize, String, [f32; 4])], fr
     let recall = if gt_total == 0 { 0.0 } else { matched as f64 / gt_total as f64 };
     (precision, recall, matched)
 }
+
+/// An ended event as vigil stores it: camera `c`, label `circle`, `best.seq` = `n`, started at
+/// `ns` (Unix nanoseconds).
+pub fn stored_event(n: u32, ns: u64) -> vigil::events::Event {
+    serde_json::from_value(serde_json::json!({
+        "id": format!("019ab3c2-7f1e-7c3a-9d52-{n:012}"), "phase": "end", "revision": 1, "device_id": "d",
+        "camera_id": "c", "rule": "objects", "label": "circle", "class_id": 0, "track_id": n, "best_score": 0.9,
+        "box": { "x1": 0.0, "y1": 0.0, "x2": 1.0, "y2": 1.0 }, "box_norm": [0.0, 0.0, 0.1, 0.1],
+        "best": { "seq": n, "pts_ns": null, "captured_at": "", "captured_at_ns": ns, "width": 10, "height": 10 },
+        "zones": [], "start": "", "start_ns": ns, "last": "", "last_ns": ns, "end": "", "end_ns": ns,
+        "end_reason": "lost", "dwell_s": 0.0, "frames": 3,
+        "model": { "name": "m", "version": "1", "backend": "b" }, "snapshot": null
+    }))
+    .expect("a valid event")
+}
+
+/// Groups event messages by id, checks each lifecycle (`new`, then `update`s, then one `end`,
+/// revisions 0, 1, 2, … with repeats only as identical copies) and returns them.
+pub fn lifecycles(messages: &[vigil::events::Event]) -> std::collections::BTreeMap<String, Vec<vigil::events::Event>> {
+    use vigil::events::Phase;
+    let mut by_id: std::collections::BTreeMap<String, Vec<vigil::events::Event>> = Default::default();
+    for m in messages {
+        let msgs = by_id.entry(m.id.clone()).or_default();
+        match msgs.iter().find(|e| e.revision == m.revision) {
+            Some(earlier) => assert_eq!(earlier, m, "a repeat carries the same content"),
+            None => msgs.push(m.clone()),
+        }
+    }
+    for (id, msgs) in &by_id {
+        let revisions: Vec<u32> = msgs.iter().map(|e| e.revision).collect();
+        assert_eq!(revisions, (0..msgs.len() as u32).collect::<Vec<_>>(), "{id}: in order, none missing");
+        assert_eq!(msgs[0].phase, Phase::New, "{id}");
+        let last = msgs.last().unwrap();
+        assert_eq!(last.phase, Phase::End, "{id} ended");
+        assert!(msgs[1..msgs.len() - 1].iter().all(|e| e.phase == Phase::Update), "{id}");
+        assert!(last.start_ns <= last.best.captured_at_ns && last.best.captured_at_ns <= last.last_ns, "{last:?}");
+        assert_eq!(last.end_ns, Some(last.last_ns));
+        assert!(msgs.iter().all(|e| e.start_ns == last.start_ns && e.track_id == last.track_id && e.label == last.label));
+    }
+    by_id
+}

@@ -125,7 +125,8 @@ impl RuleSet {
             cameras,
             settings: Settings {
                 tracker: TrackerSettings {
-                    iou_threshold: e.iou_threshold,
+                    // Without tracking no detection matches a track: each starts its own.
+                    iou_threshold: if e.track { e.iou_threshold } else { f32::INFINITY },
                     lost_after_ns: e.lost_after_ms * 1_000_000,
                 },
                 update_interval_ns: e.update_interval_s * 1_000_000_000,
@@ -514,6 +515,18 @@ mod tests {
         assert!((end.dwell_s - 2.9).abs() < 1e-3);
         assert_eq!((end.rule.as_str(), end.label.as_str(), end.camera_id.as_str()), ("objects", "circle", "cam"));
         assert_eq!(end.box_norm, [0.44, 0.4, 0.54, 0.5]);
+    }
+
+    #[test]
+    fn without_tracking_every_detection_is_an_event() {
+        let mut c = config(vec![], vec![]);
+        c.events.track = false;
+        c.rules = vec![RuleConfig { min_frames: 1, ..rule("every") }];
+        let mut e = engine(&c);
+        let msgs = run(&mut e, 5, |_| vec![at(0, 0.9, 50.0, 50.0)]);
+        let new = msgs.iter().filter(|m| m.phase == Phase::New).count();
+        let end = msgs.iter().filter(|m| m.phase == Phase::End).count();
+        assert_eq!((new, end, msgs.len()), (5, 5, 10));
     }
 
     #[test]
