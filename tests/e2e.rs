@@ -64,7 +64,8 @@ fn events_over_mqtt_match_the_ground_truth_and_are_all_in_sled() {
     for e in events.values().map(|msgs| msgs.last().unwrap()) {
         let frame = gt.frame_at(e.best.pts_ns.expect("file frames carry a pts")).expect("pts inside the clip");
         let b = [e.bbox.x1, e.bbox.y1, e.bbox.x2, e.bbox.y2];
-        let hit = frame.objects.iter().enumerate().filter(|(_, o)| o.label == e.label).find(|(_, o)| iou(o.bbox, b) >= 0.5);
+        let hit =
+            frame.objects.iter().enumerate().filter(|(_, o)| o.label == e.label).find(|(_, o)| iou(o.bbox, b) >= 0.5);
         match hit {
             Some((i, _)) => *matched.entry((frame.index / SCENE, i)).or_default() += 1,
             None => wrong.push(e.clone()),
@@ -87,7 +88,12 @@ fn events_over_mqtt_match_the_ground_truth_and_are_all_in_sled() {
         assert!(frame.objects.iter().any(|o| iou(o.bbox, b) >= 0.5), "a box where there is no object: {e:#?}");
     }
     assert!(coverage >= 0.85, "coverage {coverage:.3}: {matched:?} of {objects:?}");
-    assert!(events.len() <= 2 * objects.len(), "{} events for {} objects: tracks break up", events.len(), objects.len());
+    assert!(
+        events.len() <= 2 * objects.len(),
+        "{} events for {} objects: tracks break up",
+        events.len(),
+        objects.len()
+    );
 
     // Every event received is in sled as its last message, with its snapshot on disk.
     let data = dir.path().join("data");
@@ -160,11 +166,7 @@ fn events_list_reads_a_capture_time_range() {
         assert_eq!(code, 0, "{err}");
         out.lines().map(|l| serde_json::from_str::<Event>(l).unwrap().best.seq).collect::<Vec<_>>()
     };
-    assert_eq!(
-        list(&["--since", "2026-11-24T01:30:00Z", "--until", "2026-11-24T04:00:00Z"]),
-        [2, 0],
-        "by start time"
-    );
+    assert_eq!(list(&["--since", "2026-11-24T01:30:00Z", "--until", "2026-11-24T04:00:00Z"]), [2, 0], "by start time");
     assert_eq!(list(&["--since", "2026-11-24T02:00:00Z"]), [2, 0, 3], "since is inclusive");
     assert_eq!(list(&["--until", "2026-11-24T05:00:00Z", "--last", "2"]), [2, 0], "the newest two of the range");
     assert_eq!(list(&[]).len(), 4);

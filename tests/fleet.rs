@@ -67,12 +67,7 @@ fn every_command_is_answered_and_bad_ones_are_refused_with_a_reason() {
         "q2",
     );
     let times = |p: &serde_json::Value| -> Vec<u64> {
-        p["result"]["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["start_ns"].as_u64().unwrap())
-            .collect()
+        p["result"]["events"].as_array().unwrap().iter().map(|e| e["start_ns"].as_u64().unwrap()).collect()
     };
     let (t1, t2) = (times(&page1), times(&page2));
     assert_eq!((t1.len(), t2.len()), (3, 3), "{page1}\n{page2}");

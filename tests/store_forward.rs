@@ -77,7 +77,10 @@ fn a_thousand_queued_events_survive_kill_9_and_all_arrive_after_restart() {
     set_mqtt(&config, "metrics_interval_s = 0");
     // Raw-detection mode: every detection is an event of its own (a `new` and an `end`), which
     // makes well over a thousand events from the clip.
-    append_config(&config, "[events]\ntrack = false\nlost_after_ms = 100\nsnapshots = false\n[[rule]]\nname = \"every\"\nmin_frames = 1\n");
+    append_config(
+        &config,
+        "[events]\ntrack = false\nlost_after_ms = 100\nsnapshots = false\n[[rule]]\nname = \"every\"\nmin_frames = 1\n",
+    );
     let vigil = Vigil::start(&config, dir.path());
     let done = wait_until(Duration::from_secs(60), || vigil.log().matches("source finished").count() == 2);
     assert!(done, "{}", vigil.log());
@@ -138,11 +141,8 @@ fn fifty_kill_9s_at_random_points_never_lose_an_acknowledged_event() {
         let d = data.to_str().unwrap();
         let (code, out, err) = vigil_cmd(&["events", "list", "--json", "--data-dir", d], &[]);
         assert_eq!(code, 0, "run {run}: the store does not open after kill -9: {err}\n{log}");
-        let stored: std::collections::HashMap<String, u32> = out
-            .lines()
-            .map(|l| serde_json::from_str::<Event>(l).unwrap())
-            .map(|e| (e.id, e.revision))
-            .collect();
+        let stored: std::collections::HashMap<String, u32> =
+            out.lines().map(|l| serde_json::from_str::<Event>(l).unwrap()).map(|e| (e.id, e.revision)).collect();
         // Every message a subscriber saw is in the store: its event, at that revision or later.
         let lost = seen.iter().filter(|(id, rev)| stored.get(id).is_none_or(|r| r < rev)).count();
         assert_eq!(lost, 0, "run {run}: {lost} acknowledged messages missing from the store");
@@ -151,4 +151,56 @@ fn fifty_kill_9s_at_random_points_never_lose_an_acknowledged_event() {
     let total = sub.count("vigil/r/events");
     println!("{total} events seen over 50 kill -9 runs; {kills_while_streaming} kills while streaming");
     assert!(kills_while_streaming >= 25, "most kills landed mid-stream: {kills_while_streaming}");
+}
+
+#[test]
+fn a_full_disk_evicts_the_oldest_events_and_the_service_stays_up() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "vigil/full/events");
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("disk"), 64);
+    let clip = format!("file://{}?loop=true", eval_clip().display());
+    let config = write_config(dir.path(), "full", &broker.url(), &[("clip", clip)]);
+    let data = disk.path.join("data");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&dir.path().join("data").display().to_string(), &data.display().to_string()))
+        .unwrap();
+    // An event and a snapshot per detection, and a disk 8 MiB above the 16 MiB vigil keeps free.
+    append_config(
+        &config,
+        "[events]\ntrack = false\nlost_after_ms = 100\nsnapshot_quality = 95\n\
+         [[rule]]\nname = \"every\"\nmin_frames = 1\n[store]\nmin_free_mb = 16\n",
+    );
+    let filler = vec![0u8; (disk.free_bytes() - (24 << 20)) as usize];
+    std::fs::write(disk.path.join("filler"), filler).unwrap();
+    let mut vigil = Vigil::start(&config, dir.path());
+
+    let full = wait_until(Duration::from_secs(120), || vigil.log().contains("disk nearly full"));
+    assert!(full, "the disk never reached the watermark:\n{}", vigil.log());
+    // It keeps working: events still arrive, and the free space stays near the watermark.
+    let before = sub.count("vigil/full/events");
+    std::thread::sleep(Duration::from_secs(15));
+    assert!(vigil.is_running(), "{}", vigil.log());
+    assert!(sub.count("vigil/full/events") > before + 50, "events stopped:\n{}", vigil.log());
+    assert!(disk.free_bytes() > 4 << 20, "{} bytes free", disk.free_bytes());
+    let (status, log) = vigil.terminate();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(!log.contains("they are lost"), "no event was lost to the full disk:\n{log}");
+
+    // The oldest events went (with their snapshots); the newest are there.
+    let seen: Vec<Event> = sub.on("vigil/full/events").iter().map(|p| serde_json::from_slice(p).unwrap()).collect();
+    let store = Store::open(&data).expect("the store opens");
+    assert!(store.event(&seen[0].id).unwrap().is_none(), "the oldest event was evicted");
+    let newest = seen.iter().rev().find(|e| e.phase == vigil::events::Phase::End).unwrap();
+    let kept = store.event(&newest.id).unwrap().expect("the newest event is kept");
+    let snapshot = data.join(kept.snapshot.as_ref().expect("with its snapshot"));
+    assert!(snapshot.is_file(), "{}", snapshot.display());
+    let oldest_snapshot = data.join(format!("snapshots/{}.jpg", seen[0].id));
+    assert!(!oldest_snapshot.exists(), "evicted with its event");
+    println!(
+        "{} events kept, {} MiB of snapshots, {} MiB free",
+        store.event_count(),
+        store.snapshot_bytes() >> 20,
+        disk.free_bytes() >> 20
+    );
 }

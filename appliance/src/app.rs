@@ -27,6 +27,7 @@ const EVENT_QUEUE: usize = 64;
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 const STATS_EVERY: Duration = Duration::from_secs(10);
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
+const DISK_CHECK_EVERY: Duration = Duration::from_secs(5);
 const STATUS_CHECK: Duration = Duration::from_secs(2);
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
 
@@ -106,6 +107,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::warn!(events = reopened, "events left open by an unclean stop were ended (reason `restart`)");
     }
     let retention = crate::store::Retention::from_config(&config.store);
+    let min_free = config.store.min_free_mb << 20;
+    store.make_room(min_free)?;
     store.enforce_retention(&retention, crate::events::unix_ns(std::time::SystemTime::now()))?;
     let model = ModelRef {
         name: bundle.manifest.model.name.clone(),
@@ -185,7 +188,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         store.clone(),
         events_rx,
         events_topic,
-        config.events.snapshot_quality,
+        (config.events.snapshot_quality, min_free),
         wake.clone(),
         config.mqtt.home_assistant.then(|| ha_states.clone()),
     ));
@@ -233,7 +236,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 // runs on its own blocking thread, so one slow command does not hold up the next.
                 let (f, store, wake) = (fleet.clone(), store.clone(), wake.clone());
                 tokio::spawn(async move {
-                    let Ok((topic, reply)) = tokio::task::spawn_blocking(move || f.answer(&name, &payload)).await else {
+                    let Ok((topic, reply)) = tokio::task::spawn_blocking(move || f.answer(&name, &payload)).await
+                    else {
                         tracing::error!("a fleet command panicked");
                         return;
                     };
@@ -252,9 +256,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let retainer = {
         let store = store.clone();
-        periodic(RETENTION_EVERY, capture_cancel.clone(), move || {
-            if let Err(e) = store.enforce_retention(&retention, crate::events::unix_ns(std::time::SystemTime::now())) {
-                tracing::error!(error = %e, "retention pass failed");
+        let mut since_retention = Duration::ZERO;
+        periodic(DISK_CHECK_EVERY, capture_cancel.clone(), move || {
+            since_retention += DISK_CHECK_EVERY;
+            if since_retention >= RETENTION_EVERY {
+                since_retention = Duration::ZERO;
+                let now = crate::events::unix_ns(std::time::SystemTime::now());
+                if let Err(e) = store.enforce_retention(&retention, now) {
+                    tracing::error!(error = %e, "retention pass failed");
+                }
+            }
+            if let Err(e) = store.make_room(min_free) {
+                tracing::error!(error = %e, "cannot free disk space");
             }
             std::future::ready(())
         })
@@ -359,7 +372,7 @@ async fn write_events(
     store: Store,
     mut rx: mpsc::Receiver<Vec<Emitted>>,
     topic: String,
-    quality: u8,
+    (quality, min_free): (u8, u64),
     wake: Arc<Notify>,
     home_assistant: Option<crate::homeassistant::HaStates>,
 ) {
@@ -377,8 +390,20 @@ async fn write_events(
             continue;
         };
         if let Err(e) = store.append(&events, &topic) {
-            tracing::error!(error = %e, events = events.len(), "cannot store events");
-            continue;
+            if !e.is_disk_full() {
+                tracing::error!(error = %e, events = events.len(), "cannot store events; they are lost");
+                continue;
+            }
+            // Make room (the oldest events go) and try once more.
+            tracing::error!(error = %e, events = events.len(), "disk full: making room and retrying");
+            let freed = store.make_room(min_free.max(1)).and_then(|n| match n {
+                0 => store.evict_oldest(EMERGENCY_EVICTION),
+                n => Ok(n),
+            });
+            if let Err(e) = freed.and_then(|_| store.append(&events, &topic)) {
+                tracing::error!(error = %e, events = events.len(), "cannot store events; they are lost");
+                continue;
+            }
         }
         if let Err(e) = store.flush().await {
             tracing::error!(error = %e, "cannot flush the store; events are not yet durable");
@@ -390,6 +415,9 @@ async fn write_events(
         }
     }
 }
+
+/// Events deleted to make room when a write failed and the disk did not look full.
+const EMERGENCY_EVICTION: usize = 100;
 
 /// Encodes and writes the snapshots of a burst; an event whose snapshot could not be written
 /// (a full disk) goes out without one, unless an earlier one of it is on disk.

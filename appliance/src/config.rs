@@ -295,9 +295,14 @@ pub struct StoreConfig {
     /// At most this many events.
     #[serde(default = "default_max_events")]
     pub max_events: usize,
-    /// At most this many megabytes of event records.
+    /// At most this many megabytes of event records and snapshots.
     #[serde(default = "default_max_event_mb")]
     pub max_event_mb: u64,
+    /// Keep at least this many megabytes free on the data directory's file system: below it the
+    /// oldest events and their snapshots are deleted (checked every few seconds, and whenever a
+    /// write fails).
+    #[serde(default = "default_min_free_mb")]
+    pub min_free_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -306,6 +311,7 @@ impl Default for StoreConfig {
             retention_days: default_retention_days(),
             max_events: default_max_events(),
             max_event_mb: default_max_event_mb(),
+            min_free_mb: default_min_free_mb(),
         }
     }
 }
@@ -318,6 +324,9 @@ fn default_max_events() -> usize {
 }
 fn default_max_event_mb() -> u64 {
     1024
+}
+fn default_min_free_mb() -> u64 {
+    256
 }
 
 /// How cameras are supervised; defaults suit RTSP cameras on a LAN.
@@ -594,6 +603,7 @@ impl Config {
         if self.store.max_events == 0 || self.store.max_event_mb == 0 {
             bad("store", "max_events and max_event_mb must be at least 1".to_owned());
         }
+        check_range(&mut bad, "store.min_free_mb", self.store.min_free_mb, 0..=1_000_000);
         let prefix = &self.mqtt.home_assistant_prefix;
         if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.starts_with('/') || prefix.ends_with('/') {
             bad(
@@ -719,11 +729,8 @@ impl Config {
                     bad(&format!("{at}.cameras"), format!("no camera `{cam}`; cameras are {}", self.camera_ids()));
                 }
             }
-            let watched: Vec<&CameraConfig> = self
-                .cameras
-                .iter()
-                .filter(|c| rule.cameras.is_empty() || rule.cameras.contains(&c.id))
-                .collect();
+            let watched: Vec<&CameraConfig> =
+                self.cameras.iter().filter(|c| rule.cameras.is_empty() || rule.cameras.contains(&c.id)).collect();
             for zone in &rule.zones {
                 if !watched.iter().any(|c| c.zones.iter().any(|z| &z.name == zone)) {
                     bad(

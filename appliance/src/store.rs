@@ -48,6 +48,18 @@ pub enum StoreError {
     Snapshot { path: PathBuf, source: std::io::Error },
 }
 
+impl StoreError {
+    /// The file system is full (ENOSPC or a quota).
+    pub fn is_disk_full(&self) -> bool {
+        let io = match self {
+            StoreError::Io(sled::Error::Io(io)) | StoreError::Open { source: sled::Error::Io(io), .. } => io,
+            StoreError::Snapshot { source, .. } => source,
+            _ => return false,
+        };
+        io.kind() == std::io::ErrorKind::StorageFull || matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    }
+}
+
 /// Limits on the events kept (see [`Store::enforce_retention`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -453,6 +465,52 @@ impl Store {
         Ok(report)
     }
 
+    /// Bytes free for vigil on the file system of the data directory.
+    pub fn free_space(&self) -> std::io::Result<u64> {
+        free_space(self.snapshots.parent().unwrap_or(Path::new("/")))
+    }
+
+    /// When the data directory's file system has less than `min_free` bytes free, deletes the
+    /// oldest events with their snapshots, a slice at a time, until it has (or no event is left).
+    /// Snapshot files give their space back at once; sled reuses the space of deleted records
+    /// for new ones. Returns how many events went.
+    pub fn make_room(&self, min_free: u64) -> Result<usize, StoreError> {
+        let mut evicted = 0;
+        loop {
+            let free = match self.free_space() {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the free space of the data directory");
+                    return Ok(evicted);
+                }
+            };
+            if free >= min_free || self.event_count() == 0 {
+                break;
+            }
+            // A slice: 2 % of the events, at least 20.
+            let slice = (self.event_count() / 50).max(20);
+            let n = self.evict_oldest(slice)?;
+            evicted += n;
+            if n == 0 {
+                break;
+            }
+            // Without snapshots, sled's own files do not shrink: stop after one slice per pass.
+            if self.snapshot_bytes() == 0 {
+                break;
+            }
+        }
+        if evicted > 0 {
+            tracing::warn!(
+                evicted,
+                events = self.event_count(),
+                free_mb = self.free_space().unwrap_or(0) >> 20,
+                min_free_mb = min_free >> 20,
+                "disk nearly full: the oldest events and their snapshots were deleted"
+            );
+        }
+        Ok(evicted)
+    }
+
     /// Deletes the `n` oldest events (by start time) and their snapshots: room for the newest
     /// when the disk is full. Returns how many went.
     pub fn evict_oldest(&self, n: usize) -> Result<usize, StoreError> {
@@ -526,6 +584,19 @@ impl Store {
             decode_event(&k, &v)
         })
     }
+}
+
+/// Bytes available to an unprivileged writer on the file system holding `path`.
+pub fn free_space(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    // SAFETY: statvfs writes into the zeroed struct we own and reads the NUL-terminated path.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
 }
 
 /// Another process (or a just-dropped handle's flusher thread) holds the database's file lock.
@@ -668,12 +739,8 @@ fn v2_to_v3(db: &sled::Db) -> Result<(), StoreError> {
                     "store migration v2→v3: unreadable event moved to the quarantine tree");
                 quarantine.insert(&key, v)?;
                 events.remove(&key)?;
-                let stale: Vec<sled::IVec> = by_time
-                    .iter()
-                    .keys()
-                    .filter_map(Result::ok)
-                    .filter(|k| k.len() > 8 && k[8..] == key[..])
-                    .collect();
+                let stale: Vec<sled::IVec> =
+                    by_time.iter().keys().filter_map(Result::ok).filter(|k| k.len() > 8 && k[8..] == key[..]).collect();
                 for k in stale {
                     by_time.remove(k)?;
                 }
@@ -839,9 +906,16 @@ mod tests {
         let version = store.db.open_tree("meta").unwrap().get(SCHEMA_KEY).unwrap().unwrap();
         assert_eq!(u64::from_be_bytes(version.as_ref().try_into().unwrap()), SCHEMA_VERSION);
         let between: Vec<Event> = store.events_between(100, 400).map(Result::unwrap).collect();
-        assert_eq!(between.iter().map(|e| e.start_ns).collect::<Vec<_>>(), [100, 200, 300], "start order, end excluded");
+        assert_eq!(
+            between.iter().map(|e| e.start_ns).collect::<Vec<_>>(),
+            [100, 200, 300],
+            "start order, end excluded"
+        );
         let e = &between[0];
-        assert_eq!((e.id.as_str(), e.phase, e.end_reason), (records[1].0.as_str(), Phase::End, Some(EndReason::Migrated)));
+        assert_eq!(
+            (e.id.as_str(), e.phase, e.end_reason),
+            (records[1].0.as_str(), Phase::End, Some(EndReason::Migrated))
+        );
         assert_eq!((e.best_score, e.best.seq, e.end_ns, e.frames), (0.75, 1, Some(100), 1));
         assert_eq!(e.bbox, crate::events::PixelBox { x1: 1.0, y1: 2.0, x2: 3.0, y2: 4.0 });
         assert_eq!(store.event_count(), 4, "every readable event kept");

@@ -341,7 +341,10 @@ impl Uplink {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(outbox = self.store.outbox_len(), "stopping with messages still queued; they go at the next start");
+            tracing::warn!(
+                outbox = self.store.outbox_len(),
+                "stopping with messages still queued; they go at the next start"
+            );
         }
     }
 

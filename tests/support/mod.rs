@@ -281,7 +281,6 @@ impl Vigil {
         self.child.try_wait().expect("try_wait").is_none()
     }
 
-    /// Sends SIGTERM and waits up to 15 s for the exit.
     /// SIGKILL: no shutdown, no flush; what the store holds is what was already durable.
     pub fn kill9(mut self) -> String {
         let _ = self.child.kill();
@@ -537,7 +536,42 @@ pub fn lifecycles(messages: &[vigil::events::Event]) -> std::collections::BTreeM
         assert!(msgs[1..msgs.len() - 1].iter().all(|e| e.phase == Phase::Update), "{id}");
         assert!(last.start_ns <= last.best.captured_at_ns && last.best.captured_at_ns <= last.last_ns, "{last:?}");
         assert_eq!(last.end_ns, Some(last.last_ns));
-        assert!(msgs.iter().all(|e| e.start_ns == last.start_ns && e.track_id == last.track_id && e.label == last.label));
+        assert!(msgs
+            .iter()
+            .all(|e| e.start_ns == last.start_ns && e.track_id == last.track_id && e.label == last.label));
     }
     by_id
+}
+
+/// A small tmpfs mounted for one test (a disk that fills up); unmounted when dropped. Needs
+/// root, as the README's test command runs.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(path: &Path, size_mb: u64) -> Self {
+        std::fs::create_dir_all(path).expect("create the mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
+            .arg(path)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a {size_mb} MiB tmpfs to fill it, which needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { path: path.to_owned() }
+    }
+
+    pub fn free_bytes(&self) -> u64 {
+        vigil::store::free_space(&self.path).expect("statvfs")
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
 }

@@ -98,12 +98,8 @@ impl RuleSet {
                 cam.zones.iter().map(|z| Zone { name: z.name.clone(), polygon: z.polygon.clone() }).collect();
             let mut compiled = Vec::new();
             for rule in rules.iter().filter(|r| r.cameras.is_empty() || r.cameras.contains(&cam.id)) {
-                let zone_ids: Vec<usize> = zones
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, z)| rule.zones.contains(&z.name))
-                    .map(|(i, _)| i)
-                    .collect();
+                let zone_ids: Vec<usize> =
+                    zones.iter().enumerate().filter(|(_, z)| rule.zones.contains(&z.name)).map(|(i, _)| i).collect();
                 if !rule.zones.is_empty() && zone_ids.is_empty() {
                     continue; // none of the rule's zones is on this camera
                 }
@@ -138,7 +134,8 @@ impl RuleSet {
     /// The event state of one camera.
     pub fn camera(&self, camera_id: &str, device_id: &str, model: &ModelRef, labels: Arc<[String]>) -> CameraEvents {
         let (zones, rules) = self.cameras.get(camera_id).cloned().unwrap_or_default();
-        let unset = FrameRef { seq: 0, pts_ns: None, captured_at: String::new(), captured_at_ns: 0, width: 0, height: 0 };
+        let unset =
+            FrameRef { seq: 0, pts_ns: None, captured_at: String::new(), captured_at_ns: 0, width: 0, height: 0 };
         let template = Event {
             id: String::new(),
             phase: Phase::New,
@@ -235,7 +232,12 @@ pub struct CameraEvents {
 
 impl CameraEvents {
     /// Takes one processed frame: its detections (source pixels) and, for snapshots, its picture.
-    pub fn observe(&mut self, frame: &FrameInfo, detections: &[Detection], image: Option<SourceImage<'_>>) -> Vec<Emitted> {
+    pub fn observe(
+        &mut self,
+        frame: &FrameInfo,
+        detections: &[Detection],
+        image: Option<SourceImage<'_>>,
+    ) -> Vec<Emitted> {
         let t = frame.captured_at_ns;
         let track_ids = self.tracker.update(detections, t);
         let (w, h) = (frame.width.max(1) as f32, frame.height.max(1) as f32);
@@ -307,7 +309,8 @@ impl CameraEvents {
                                 .get(det.class_id)
                                 .cloned()
                                 .unwrap_or_else(|| format!("class{}", det.class_id));
-                            let mut open = Open::new(&self.template, &rule.name, track, det.class_id, label, c.first_ns);
+                            let mut open =
+                                Open::new(&self.template, &rule.name, track, det.class_id, label, c.first_ns);
                             out.push(open.emit(c, Phase::New, t));
                             c.event = Some(open);
                         }
@@ -333,12 +336,8 @@ impl CameraEvents {
     pub fn expire(&mut self, now_ns: u64) -> Vec<Emitted> {
         let lost_after = self.settings.tracker.lost_after_ns;
         self.tracker.expire(now_ns);
-        let stale: Vec<(usize, u64)> = self
-            .open
-            .iter()
-            .filter(|(_, c)| now_ns.saturating_sub(c.last_ns) > lost_after)
-            .map(|(k, _)| *k)
-            .collect();
+        let stale: Vec<(usize, u64)> =
+            self.open.iter().filter(|(_, c)| now_ns.saturating_sub(c.last_ns) > lost_after).map(|(k, _)| *k).collect();
         let mut out = Vec::new();
         for key in stale {
             let mut c = self.open.remove(&key).expect("listed above");
@@ -612,7 +611,8 @@ mod tests {
         let mut e = engine(&c);
         let lb = crate::infer::Letterbox::new(100, 100, 100, 100);
         let pixels = vec![128u8; 100 * 100 * 3];
-        let img = SourceImage { data: &pixels, stride: 300, bytes_per_pixel: 3, width: 100, height: 100, letterbox: lb };
+        let img =
+            SourceImage { data: &pixels, stride: 300, bytes_per_pixel: 3, width: 100, height: 100, letterbox: lb };
         let mut sent = Vec::new();
         for n in 0..25u64 {
             let score = if n < 12 { 0.5 } else { 0.9 };
@@ -638,7 +638,10 @@ mod tests {
     #[test]
     fn points_in_concave_polygons() {
         // An L shape.
-        let z = Zone { name: "l".into(), polygon: vec![[0.0, 0.0], [0.2, 0.0], [0.2, 0.8], [1.0, 0.8], [1.0, 1.0], [0.0, 1.0]] };
+        let z = Zone {
+            name: "l".into(),
+            polygon: vec![[0.0, 0.0], [0.2, 0.0], [0.2, 0.8], [1.0, 0.8], [1.0, 1.0], [0.0, 1.0]],
+        };
         assert!(z.contains(0.1, 0.5));
         assert!(z.contains(0.9, 0.9));
         assert!(!z.contains(0.5, 0.5), "in the notch");

@@ -43,7 +43,8 @@ impl Track {
     fn observe(&mut self, bbox: BBox, t_ns: u64) {
         let dt = t_ns.saturating_sub(self.last_seen_ns) as f32 / 1e9;
         if dt > 0.0 {
-            let moved = [bbox.x1 - self.bbox.x1, bbox.y1 - self.bbox.y1, bbox.x2 - self.bbox.x2, bbox.y2 - self.bbox.y2];
+            let moved =
+                [bbox.x1 - self.bbox.x1, bbox.y1 - self.bbox.y1, bbox.x2 - self.bbox.x2, bbox.y2 - self.bbox.y2];
             for (v, m) in self.velocity.iter_mut().zip(moved) {
                 // The first step sets the velocity; later ones smooth it.
                 *v = if self.hits == 1 { m / dt } else { 0.5 * *v + 0.5 * m / dt };
