@@ -9,23 +9,40 @@ use rumqttc::QoS;
 use support::*;
 
 struct Operator {
+    device: &'static str,
     replies: Subscriber,
     client: rumqttc::Client,
 }
 
 impl Operator {
     fn connect(port: u16) -> Self {
-        let replies = Subscriber::start(port, "vigil/cmdr/reply/#");
+        Self::connect_to(port, "cmdr")
+    }
+
+    fn connect_to(port: u16, device: &'static str) -> Self {
+        let replies = Subscriber::start(port, &format!("vigil/{device}/reply/#"));
         let (client, mut connection) = rumqttc::Client::new(mqtt_options(port, None), 10);
         std::thread::spawn(move || for _ in connection.iter() {});
-        Self { replies, client }
+        Self { device, replies, client }
+    }
+
+    fn send(&self, name: &str, payload: &[u8]) {
+        let topic = format!("vigil/{}/cmd/{name}", self.device);
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).unwrap();
+    }
+
+    /// The reply on `reply/<id>`, waiting up to `within`.
+    fn reply(&self, id: &str, within: Duration) -> serde_json::Value {
+        let topic = format!("vigil/{}/reply/{id}", self.device);
+        assert!(wait_until(within, || self.replies.count(&topic) > 0), "no reply on {topic}");
+        serde_json::from_slice(self.replies.on(&topic).last().unwrap()).unwrap()
     }
 
     /// Sends `payload` to `cmd/<name>` and returns the reply that arrives on `reply/<expect_id>`.
     fn ask(&self, name: &str, payload: &[u8], expect_id: &str) -> serde_json::Value {
-        let topic = format!("vigil/cmdr/reply/{expect_id}");
+        let topic = format!("vigil/{}/reply/{expect_id}", self.device);
         let before = self.replies.count(&topic);
-        self.client.publish(format!("vigil/cmdr/cmd/{name}"), QoS::AtLeastOnce, false, payload.to_vec()).unwrap();
+        self.send(name, payload);
         assert!(wait_until(Duration::from_secs(10), || self.replies.count(&topic) > before), "no reply on {topic}");
         serde_json::from_slice(self.replies.on(&topic).last().unwrap()).unwrap()
     }
@@ -176,4 +193,68 @@ fn the_fleet_cli_lists_devices_sends_commands_and_watches_events() {
     let (code, _, err) = vigil_cmd(&["fleet", "--broker", "mqtts://127.0.0.1:1", "list"], &[]);
     assert_ne!(code, 0);
     assert!(err.contains("--ca"), "TLS without a CA is named: {err}");
+}
+
+#[test]
+fn config_set_keeps_a_healthy_configuration_and_rolls_back_an_unhealthy_one() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let clip = format!("file://{}?loop=true", eval_clip().display());
+    let config = write_config(dir.path(), "cfg", &broker.url(), &[("clip", clip)]);
+    let mut vigil = Vigil::start(&config, dir.path());
+    let op = Operator::connect_to(broker.port, "cfg");
+    // Commands are not retained: ask once vigil has subscribed.
+    assert!(wait_until(Duration::from_secs(30), || vigil.log().contains("MQTT connected")), "{}", vigil.log());
+    std::thread::sleep(Duration::from_secs(1));
+    let current = op.ask("config/get", &request("g1", serde_json::json!({})), "g1")["result"].clone();
+    let set = |id: &str, config: &serde_json::Value| {
+        request(id, serde_json::json!({ "config": config, "health_window_s": 5 }))
+    };
+
+    // Refused at once, nothing changed, no restart: an invalid value, and another device id.
+    let mut bad = current.clone();
+    bad["mqtt"]["max_inflight"] = 0.into();
+    bad["device_id"] = "someone-else".into();
+    let refused = op.ask("config/set", &set("s0", &bad), "s0");
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.contains("mqtt.max_inflight") && error.contains("device_id") && error.contains("nothing changed"),
+        "{error}"
+    );
+    assert!(vigil.is_running());
+
+    // A healthy change: a second camera. vigil restarts (exit 75, as for its supervisor), runs
+    // the new configuration for the window, and then answers.
+    let mut good = current.clone();
+    good["camera"].as_array_mut().unwrap().push(serde_json::json!({ "id": "pattern", "uri": "test://ball" }));
+    op.send("config/set", &set("s1", &good));
+    let (status, log) = vigil.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(75), "{log}");
+    let vigil = Vigil::start(&config, dir.path());
+    let applied = op.reply("s1", Duration::from_secs(40));
+    assert_eq!(applied["ok"], true, "{applied}\n{}", vigil.log());
+    assert_eq!(applied["result"]["applied"], true);
+    let written = vigil::config::Config::load(&config).expect("the written configuration loads");
+    assert_eq!(written.cameras.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["clip", "pattern"]);
+    let after_good = std::fs::read_to_string(&config).unwrap();
+
+    // An unhealthy change: the new camera's source does not exist. After the window vigil puts
+    // the previous file back, restarts, and the restored service answers with the reason.
+    let mut sick = good.clone();
+    sick["camera"][1]["uri"] = format!("file://{}", dir.path().join("missing.mp4").display()).into();
+    op.send("config/set", &set("s2", &sick));
+    let (status, log) = vigil.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(75), "restart to apply:\n{log}");
+    let vigil = Vigil::start(&config, dir.path());
+    let (status, log) = vigil.wait_exit(Duration::from_secs(40));
+    assert_eq!(status.code(), Some(75), "restart to roll back:\n{log}");
+    assert!(log.contains("configuration change rolled back"), "{log}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), after_good, "the previous file, byte for byte");
+    let vigil = Vigil::start(&config, dir.path());
+    let rolled = op.reply("s2", Duration::from_secs(30));
+    assert_eq!(rolled["ok"], false, "{rolled}");
+    let error = rolled["error"].as_str().unwrap();
+    assert!(error.contains("rolled back") && error.contains("camera `pattern` delivered no frame"), "{error}");
+    let (status, log) = vigil.terminate();
+    assert!(status.success(), "{status:?}\n{log}");
 }

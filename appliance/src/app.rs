@@ -81,6 +81,8 @@ fn tensorrt_backend(_: &Config, _: &Bundle) -> anyhow::Result<Box<dyn Backend>> 
 
 /// Commands waiting for the command worker.
 const COMMAND_QUEUE: usize = 32;
+/// Commands answered at once (each on a blocking thread).
+const COMMANDS_AT_ONCE: usize = 4;
 
 /// How the service ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +94,13 @@ pub enum Ended {
 }
 
 /// Runs the service until `shutdown` is cancelled (or a fleet command asks for a restart).
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Ended> {
+/// `config_path` is the file `config` came from (`None`: the embedded demo configuration); fleet
+/// `config/set` rewrites it.
+pub async fn run(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Ended> {
     capture::init_gstreamer()?;
     let (bundle, detector) = load_detector(&config)?;
     std::fs::create_dir_all(&config.data_dir)
@@ -105,6 +113,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if reopened > 0 {
         store.flush().await?;
         tracing::warn!(events = reopened, "events left open by an unclean stop were ended (reason `restart`)");
+    }
+    let change = crate::config_change::on_start(&config);
+    if change == crate::config_change::Startup::RollBackNow {
+        return Ok(Ended::RestartRequested);
     }
     let retention = crate::store::Retention::from_config(&config.store);
     let min_free = config.store.min_free_mb << 20;
@@ -223,9 +235,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         store: store.clone(),
         restart: restart.clone(),
         snapshots: snapshot_requests,
+        config_path,
+        labels: labels.to_vec(),
     });
+    let probation =
+        config_change_reply(change, &config, &store, &wake, &status, &stats, &restart, &capture_cancel).await;
     let commander = {
         let (store, wake, cancel) = (store.clone(), wake.clone(), capture_cancel.clone());
+        let running = Arc::new(tokio::sync::Semaphore::new(COMMANDS_AT_ONCE));
         tokio::spawn(async move {
             loop {
                 let (name, payload) = tokio::select! {
@@ -233,13 +250,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     got = cmd_rx.recv() => match got { Some(c) => c, None => return },
                 };
                 // Commands may wait (queries read the store, a snapshot waits for a frame): each
-                // runs on its own blocking thread, so one slow command does not hold up the next.
+                // runs on a blocking thread of its own, at most COMMANDS_AT_ONCE at a time, so one
+                // slow command does not hold up the next.
+                let Ok(permit) = running.clone().acquire_owned().await else { return };
                 let (f, store, wake) = (fleet.clone(), store.clone(), wake.clone());
                 tokio::spawn(async move {
-                    let Ok((topic, reply)) = tokio::task::spawn_blocking(move || f.answer(&name, &payload)).await
-                    else {
-                        tracing::error!("a fleet command panicked");
-                        return;
+                    let answered = tokio::task::spawn_blocking(move || f.answer(&name, &payload)).await;
+                    drop(permit);
+                    let (topic, reply) = match answered {
+                        Ok(Some(reply)) => reply,
+                        Ok(None) => return, // answered later (config/set)
+                        Err(_) => {
+                            tracing::error!("a fleet command panicked");
+                            return;
+                        }
                     };
                     queue_and_flush(&store, &wake, &topic, &reply, "command reply").await;
                 });
@@ -312,6 +336,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     reporter.abort();
     retainer.abort();
+    if let Some(p) = probation {
+        p.abort();
+    }
     status_keeper.abort();
     commander.abort();
     if let Some(m) = metrics {
@@ -332,6 +359,66 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Ok(ended)
     } else {
         anyhow::bail!("shutdown deadline passed; still running: {}", stuck.join(", "))
+    }
+}
+
+/// The reply a configuration change is owed: at once for one rolled back before this start; for
+/// one on probation, after its window, from a task (returned) that accepts it or rolls it back
+/// and restarts.
+#[allow(clippy::too_many_arguments)]
+async fn config_change_reply(
+    change: crate::config_change::Startup,
+    config: &Config,
+    store: &Store,
+    wake: &Arc<Notify>,
+    status: &uplink::SharedStatus,
+    cameras: &[Arc<CameraStats>],
+    restart: &CancellationToken,
+    cancel: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use crate::config_change::{self as change, Startup};
+    let device_id = config.device_id.clone();
+    let reply = move |request_id: &str, ok: bool, value: serde_json::Value| {
+        let (result, error) = if ok { (Some(value), None) } else { (None, value.as_str().map(str::to_owned)) };
+        let r = crate::commands::Reply { request_id: request_id.to_owned(), ok, result, error };
+        let topic = crate::commands::reply_topic(&device_id, request_id);
+        (topic, serde_json::to_vec(&r).expect("replies always serialise"))
+    };
+    match change {
+        Startup::None | Startup::RollBackNow => None,
+        Startup::RolledBack { request_id, reason } => {
+            let msg = format!("configuration rolled back to the previous one: {reason}");
+            let (topic, payload) = reply(&request_id, false, msg.into());
+            queue_and_flush(store, wake, &topic, &payload, "config/set reply").await;
+            None
+        }
+        Startup::Probation { request_id, window } => {
+            tracing::warn!(request_id = %request_id, window_s = window.as_secs(), "new configuration on probation");
+            let (store, wake, status, restart, cancel) =
+                (store.clone(), wake.clone(), status.clone(), restart.clone(), cancel.clone());
+            let cameras = cameras.to_vec();
+            let data_dir = config.data_dir.clone();
+            Some(tokio::spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(window) => {}
+                }
+                let problems = change::health_problems(status.has_connected(), &cameras);
+                if problems.is_empty() {
+                    change::accept(&data_dir);
+                    tracing::info!(request_id = %request_id, "new configuration healthy: kept");
+                    let value = serde_json::json!({ "applied": true, "health_window_s": window.as_secs() });
+                    let (topic, payload) = reply(&request_id, true, value);
+                    queue_and_flush(&store, &wake, &topic, &payload, "config/set reply").await;
+                    return;
+                }
+                let reason = format!("unhealthy within {} s: {}", window.as_secs(), problems.join("; "));
+                match change::roll_back(&data_dir, &reason) {
+                    Ok(()) => restart.cancel(),
+                    Err(e) => tracing::error!(error = %e, "cannot roll the configuration back; keeping the new one"),
+                }
+            }))
+        }
     }
 }
 

@@ -26,7 +26,7 @@ const PAGE_MAX: usize = 500;
 /// page (with `next`) instead of scanning the whole store at once.
 const SCAN_MAX: usize = 10_000;
 
-pub const COMMANDS: &[&str] = &["status", "config/get", "restart", "snapshot", "events/query"];
+pub const COMMANDS: &[&str] = &["status", "config/get", "config/set", "restart", "snapshot", "events/query"];
 
 /// How long `snapshot` waits for the camera's next processed frame.
 const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -43,6 +43,12 @@ pub fn reply_topic(device_id: &str, request_id: &str) -> String {
 pub enum Command {
     Status,
     ConfigGet,
+    /// A whole new configuration (the shape `config/get` returns), applied with a health gate:
+    /// see [`crate::config_change`]. Answered after the window, from the restarted service.
+    ConfigSet {
+        config: serde_json::Value,
+        health_window_s: u64,
+    },
     /// Restart one camera's pipeline, or (no camera) the whole service: vigil exits with
     /// [`RESTART_EXIT_CODE`] so that its supervisor (systemd `Restart=on-failure`) starts it again.
     Restart {
@@ -101,6 +107,14 @@ struct Envelope {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ConfigSetArgs {
+    config: serde_json::Value,
+    #[serde(default)]
+    health_window_s: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SnapshotArgs {
     camera: String,
 }
@@ -146,6 +160,17 @@ pub fn parse(name: &str, payload: &[u8]) -> Result<Request, Refusal> {
         "restart" => {
             let a: RestartArgs = serde_json::from_value(args).map_err(bad_args)?;
             Command::Restart { camera: a.camera }
+        }
+        "config/set" => {
+            let a: ConfigSetArgs = serde_json::from_value(args).map_err(bad_args)?;
+            let window = a.health_window_s.unwrap_or(crate::config_change::DEFAULT_WINDOW.as_secs());
+            if !(5..=3600).contains(&window) {
+                return Err(refuse(Some(id), "config/set: health_window_s must be 5..=3600".to_owned()));
+            }
+            if !a.config.is_object() {
+                return Err(refuse(Some(id), "config/set: `config` must be an object, as config/get returns".into()));
+            }
+            Command::ConfigSet { config: a.config, health_window_s: window }
         }
         "snapshot" => {
             let a: SnapshotArgs = serde_json::from_value(args).map_err(bad_args)?;
@@ -205,6 +230,10 @@ pub struct Fleet {
     /// Cancelled to restart the whole service.
     pub restart: tokio_util::sync::CancellationToken,
     pub snapshots: crate::scheduler::SnapshotRequests,
+    /// The file the service was started with (`None`: the embedded demo configuration).
+    pub config_path: Option<std::path::PathBuf>,
+    /// The running model's labels (rules of a new configuration must fit them).
+    pub labels: Vec<String>,
 }
 
 impl Fleet {
@@ -242,6 +271,7 @@ impl Fleet {
                 Ok(serde_json::json!({ "restarting": id }))
             }
             Command::Snapshot { camera } => self.snapshot(camera),
+            Command::ConfigSet { .. } => Err("config/set is answered by Fleet::answer".to_owned()),
             Command::Restart { camera: None } => {
                 self.restart.cancel();
                 Ok(serde_json::json!({ "restarting": "service", "exit_code": RESTART_EXIT_CODE }))
@@ -334,10 +364,35 @@ impl Fleet {
         Ok(serde_json::json!({ "events": page, "next": next }))
     }
 
-    /// The reply to a raw request, as (topic, JSON).
-    pub fn answer(&self, name: &str, payload: &[u8]) -> (String, Vec<u8>) {
+    /// Checks and commits a new configuration, then restarts the service; the reply comes
+    /// after the health window. `Err` is the refusal.
+    fn config_set(&self, request_id: &str, config: &serde_json::Value, window_s: u64) -> Result<(), String> {
+        use crate::config_change as change;
+        let path = self.config_path.as_deref().ok_or(
+            "this vigil runs its embedded demo configuration; start it with --config FILE to change it remotely",
+        )?;
+        if change::on_probation(&self.config.data_dir) {
+            return Err("another configuration change is on probation; wait for its reply".to_owned());
+        }
+        let new = change::prepare(&self.config, config.clone(), &self.labels)?;
+        change::commit(&new, path, request_id, std::time::Duration::from_secs(window_s))
+            .map_err(|e| format!("cannot write the new configuration, nothing changed: {e}"))?;
+        tracing::warn!(request_id, window_s, "new configuration written; restarting to apply it on probation");
+        self.restart.cancel();
+        Ok(())
+    }
+
+    /// The reply to a raw request, as (topic, JSON); `None` for an accepted `config/set`, which
+    /// is answered after its health window.
+    pub fn answer(&self, name: &str, payload: &[u8]) -> Option<(String, Vec<u8>)> {
         let device = &self.config.device_id;
         let reply = match parse(name, payload) {
+            Ok(Request { request_id, command: Command::ConfigSet { config, health_window_s } }) => {
+                match self.config_set(&request_id, &config, health_window_s) {
+                    Ok(()) => return None,
+                    Err(error) => Reply { request_id, ok: false, result: None, error: Some(error) },
+                }
+            }
             Ok(req) => match self.execute(&req.command) {
                 Ok(result) => Reply { request_id: req.request_id, ok: true, result: Some(result), error: None },
                 Err(error) => Reply { request_id: req.request_id, ok: false, result: None, error: Some(error) },
@@ -352,7 +407,7 @@ impl Fleet {
         let at = humantime::format_rfc3339_millis(SystemTime::now());
         tracing::info!(command = name, request_id = %reply.request_id, ok = reply.ok, error = reply.error.as_deref().unwrap_or(""),
             at = %at, "fleet command");
-        (reply_topic(device, &reply.request_id), serde_json::to_vec(&reply).expect("replies always serialise"))
+        Some((reply_topic(device, &reply.request_id), serde_json::to_vec(&reply).expect("replies always serialise")))
     }
 }
 
@@ -409,6 +464,8 @@ mod tests {
             store,
             restart: tokio_util::sync::CancellationToken::new(),
             snapshots: crate::scheduler::SnapshotRequests::default(),
+            config_path: None,
+            labels: Vec::new(),
         };
         let query = |after: Option<String>| {
             let q = EventsQuery { camera: Some("b".into()), limit: Some(10), after, ..EventsQuery::default() };

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod capture;
 pub mod commands;
 pub mod config;
+pub mod config_change;
 pub mod events;
 pub mod fleet;
 pub mod homeassistant;

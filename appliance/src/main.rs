@@ -156,9 +156,21 @@ fn main() -> ExitCode {
                 problems.iter().for_each(|p| eprintln!("{p}"));
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
-            match run_service(cfg) {
+            let data_dir = cfg.data_dir.clone();
+            match run_service(cfg, config) {
                 Ok(vigil::app::Ended::Stopped) => ExitCode::SUCCESS,
                 Ok(vigil::app::Ended::RestartRequested) => ExitCode::from(vigil::commands::RESTART_EXIT_CODE),
+                // A configuration on probation that cannot even run goes back at once.
+                Err(e) if vigil::config_change::on_probation(&data_dir) => {
+                    let reason = format!("vigil failed to start: {e:#}");
+                    eprintln!("error: {reason}");
+                    match vigil::config_change::roll_back(&data_dir, &reason) {
+                        Ok(()) => ExitCode::from(vigil::commands::RESTART_EXIT_CODE),
+                        Err(r) => {
+                            report(Err(anyhow::anyhow!("{e:#}; and the configuration could not be rolled back: {r}")))
+                        }
+                    }
+                }
                 Err(e) => report(Err(e)),
             }
         }
@@ -244,7 +256,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn run_service(cfg: Config) -> anyhow::Result<vigil::app::Ended> {
+fn run_service(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<vigil::app::Ended> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -253,7 +265,7 @@ fn run_service(cfg: Config) -> anyhow::Result<vigil::app::Ended> {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
-        vigil::app::run(cfg, shutdown).await
+        vigil::app::run(cfg, config_path, shutdown).await
     })
 }
 

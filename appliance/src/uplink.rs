@@ -58,11 +58,22 @@ pub struct CameraStatus {
 pub struct SharedStatus {
     current: Arc<std::sync::Mutex<Status>>,
     changed: Arc<Notify>,
+    /// Set once the broker has accepted a connection (the health gate of `config/set`).
+    connected_once: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SharedStatus {
     pub fn new(status: Status) -> Self {
-        Self { current: Arc::new(std::sync::Mutex::new(status)), changed: Arc::new(Notify::new()) }
+        Self {
+            current: Arc::new(std::sync::Mutex::new(status)),
+            changed: Arc::new(Notify::new()),
+            connected_once: Arc::default(),
+        }
+    }
+
+    /// Whether the broker has accepted a connection since vigil started.
+    pub fn has_connected(&self) -> bool {
+        self.connected_once.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn get(&self) -> Status {
@@ -263,6 +274,7 @@ impl Uplink {
                 event = eventloop.poll() => match event? {
                     Event::Incoming(Packet::ConnAck(_)) => {
                         tracing::info!(outbox = self.store.outbox_len(), "MQTT connected");
+                        self.status.connected_once.store(true, std::sync::atomic::Ordering::Relaxed);
                         connected = true;
                         *backoff = BACKOFF_MIN;
                         if client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status.get().with_state("online")).is_ok() {

@@ -31,15 +31,22 @@ struct Args {
     backlog: usize,
 }
 
+/// An ended event message as vigil stores and sends it (about the size of a real one).
 fn event(n: usize) -> Event {
+    let at = 1_795_482_000_000_000_000u64 + n as u64 * 33_333_333;
     serde_json::from_value(serde_json::json!({
-        "id": vigil::events::new_event_id(), "kind": "detection", "device_id": "bench", "camera_id": "cam0",
-        "label": "circle", "class_id": 0, "score": 0.93,
+        "id": vigil::events::new_event_id(), "phase": "end", "revision": 2, "device_id": "bench",
+        "camera_id": "cam0", "rule": "objects", "label": "circle", "class_id": 0, "track_id": n,
+        "best_score": 0.93,
         "box": { "x1": 203.4, "y1": 243.1, "x2": 270.2, "y2": 314.8 }, "box_norm": [0.317, 0.506, 0.422, 0.656],
-        "frame": { "seq": n, "pts_ns": n * 33_333_333, "captured_at": "2026-11-24T01:00:00.000000Z",
-                   "captured_at_ns": 1_795_482_000_000_000_000u64 + n as u64 * 33_333_333, "width": 640, "height": 480 },
+        "best": { "seq": n, "pts_ns": n * 33_333_333, "captured_at": "2026-11-24T01:00:00.000000Z",
+                  "captured_at_ns": at, "width": 640, "height": 480 },
+        "zones": ["driveway"], "start": "2026-11-24T01:00:00.000000Z", "start_ns": at,
+        "last": "2026-11-24T01:00:02.000000Z", "last_ns": at + 2_000_000_000,
+        "end": "2026-11-24T01:00:02.000000Z", "end_ns": at + 2_000_000_000, "end_reason": "lost",
+        "dwell_s": 2.0, "frames": 30,
         "model": { "name": "shapes", "version": "1.0.0", "backend": "onnxruntime-cpu" },
-        "latency": { "total_ms": 9.8, "queue_ms": 0.4, "preprocess_ms": 0.6, "inference_ms": 7.9, "postprocess_ms": 0.1 }
+        "snapshot": null
     }))
     .expect("a valid event")
 }
@@ -73,7 +80,7 @@ fn sqlite_rate(events: &[Event], batch: usize) -> Result<f64> {
             let json = serde_json::to_vec(e)?;
             tx.execute(
                 "INSERT INTO events (id, captured_at_ns, json) VALUES (?1, ?2, ?3)",
-                rusqlite::params![e.id, e.frame.captured_at_ns as i64, json],
+                rusqlite::params![e.id, e.start_ns as i64, json],
             )?;
             tx.execute(
                 "INSERT INTO outbox (topic, payload) VALUES (?1, ?2)",

@@ -377,10 +377,13 @@ pub struct CameraSnapshot {
 /// processed frame. At most [`MAX_SNAPSHOT_WAITERS`] wait per camera.
 #[derive(Clone, Default)]
 pub struct SnapshotRequests {
-    waiting: Arc<std::sync::Mutex<Vec<(usize, tokio::sync::oneshot::Sender<CameraSnapshot>)>>>,
+    waiting: Arc<std::sync::Mutex<Vec<SnapshotWaiter>>>,
 }
 
 pub const MAX_SNAPSHOT_WAITERS: usize = 8;
+
+/// A `snapshot` request: the camera's index and where its picture goes.
+type SnapshotWaiter = (usize, tokio::sync::oneshot::Sender<CameraSnapshot>);
 
 impl SnapshotRequests {
     /// Asks for camera `camera`'s next frame; `None` when too many requests already wait.
