@@ -158,20 +158,20 @@ fn a_full_disk_evicts_the_oldest_events_and_the_service_stays_up() {
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, "vigil/full/events");
     let dir = tempfile::tempdir().unwrap();
-    let disk = Tmpfs::mount(&dir.path().join("disk"), 64);
+    let disk = Tmpfs::mount(&dir.path().join("disk"), 96);
     let clip = format!("file://{}?loop=true", eval_clip().display());
     let config = write_config(dir.path(), "full", &broker.url(), &[("clip", clip)]);
     let data = disk.path.join("data");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace(&dir.path().join("data").display().to_string(), &data.display().to_string()))
         .unwrap();
-    // An event and a snapshot per detection, and a disk 8 MiB above the 16 MiB vigil keeps free.
+    // An event and a snapshot per detection, and a disk 8 MiB above the 24 MiB vigil keeps free.
     append_config(
         &config,
         "[events]\ntrack = false\nlost_after_ms = 100\nsnapshot_quality = 95\n\
-         [[rule]]\nname = \"every\"\nmin_frames = 1\n[store]\nmin_free_mb = 16\n",
+         [[rule]]\nname = \"every\"\nmin_frames = 1\n[store]\nmin_free_mb = 24\n",
     );
-    let filler = vec![0u8; (disk.free_bytes() - (24 << 20)) as usize];
+    let filler = vec![0u8; (disk.free_bytes() - (32 << 20)) as usize];
     std::fs::write(disk.path.join("filler"), filler).unwrap();
     let mut vigil = Vigil::start(&config, dir.path());
 
@@ -182,7 +182,12 @@ fn a_full_disk_evicts_the_oldest_events_and_the_service_stays_up() {
     std::thread::sleep(Duration::from_secs(15));
     assert!(vigil.is_running(), "{}", vigil.log());
     assert!(sub.count("vigil/full/events") > before + 50, "events stopped:\n{}", vigil.log());
-    assert!(disk.free_bytes() > 4 << 20, "{} bytes free", disk.free_bytes());
+    let usage = || {
+        let out =
+            std::process::Command::new("du").arg("-sk").arg(data.join("store")).arg(data.join("snapshots")).output();
+        String::from_utf8_lossy(&out.unwrap().stdout).into_owned()
+    };
+    assert!(disk.free_bytes() > 8 << 20, "{} bytes free; KiB used:\n{}\n{}", disk.free_bytes(), usage(), vigil.log());
     let (status, log) = vigil.terminate();
     assert!(status.success(), "{status:?}\n{log}");
     assert!(!log.contains("they are lost"), "no event was lost to the full disk:\n{log}");

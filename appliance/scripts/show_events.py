@@ -11,10 +11,13 @@ for line in sys.stdin:
         continue
     if topic.endswith("/events"):
         b = m["box"]
+        zones = ",".join(m["zones"]) or "-"
+        reason = f" ({m['end_reason']})" if m.get("end_reason") else ""
         print(
-            f"{m['frame']['captured_at']}  {m['camera_id']}  {m['label']:<8} {m['score']:.2f}  "
-            f"box=({b['x1']:.0f},{b['y1']:.0f})-({b['x2']:.0f},{b['y2']:.0f})  "
-            f"{m['latency']['total_ms']:.1f} ms  id={m['id']}",
+            f"{m['last']}  {m['camera_id']}  {m['phase']:<6}{reason:<10} {m['rule']}: {m['label']:<8} "
+            f"track {m['track_id']:<4} best {m['best_score']:.2f}  "
+            f"box=({b['x1']:.0f},{b['y1']:.0f})-({b['x2']:.0f},{b['y2']:.0f})  zones={zones}  "
+            f"{m['dwell_s']:.1f} s  id={m['id']}",
             flush=True,
         )
     else:

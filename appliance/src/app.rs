@@ -27,7 +27,7 @@ const EVENT_QUEUE: usize = 64;
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 const STATS_EVERY: Duration = Duration::from_secs(10);
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
-const DISK_CHECK_EVERY: Duration = Duration::from_secs(5);
+const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
 const STATUS_CHECK: Duration = Duration::from_secs(2);
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
 

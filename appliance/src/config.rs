@@ -299,7 +299,7 @@ pub struct StoreConfig {
     #[serde(default = "default_max_event_mb")]
     pub max_event_mb: u64,
     /// Keep at least this many megabytes free on the data directory's file system: below it the
-    /// oldest events and their snapshots are deleted (checked every few seconds, and whenever a
+    /// oldest events and their snapshots are deleted (checked every second, and whenever a
     /// write fails).
     #[serde(default = "default_min_free_mb")]
     pub min_free_mb: u64,
