@@ -522,8 +522,7 @@ fn save_snapshots(store: &Store, burst: Vec<Emitted>, quality: u8) -> Vec<crate:
                     Ok(()) => wrote = true,
                     Err(e) => {
                         tracing::warn!(event = %event.id, error = %e, "snapshot not stored");
-                        let earlier = store.snapshot_dir().join(format!("{}.jpg", event.id));
-                        if !earlier.is_file() {
+                        if !store.snapshot_file(&event.id).is_file() {
                             event.snapshot = None;
                         }
                     }

@@ -62,19 +62,14 @@ fn previous_path(config_path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Replaces `path` durably: the file and its directory entry.
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    crate::fsutil::write_atomically(path, Path::new(&tmp), bytes)?;
+    // A bare file name (`--config vigil.toml`) has the empty path as its parent.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    crate::fsutil::sync_dir(dir)
 }
 
 fn read_marker(data_dir: &Path) -> Option<Pending> {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod config_change;
 pub mod events;
 pub mod fleet;
+pub mod fsutil;
 pub mod homeassistant;
 pub mod infer;
 pub mod metrics;

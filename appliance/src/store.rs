@@ -316,36 +316,21 @@ impl Store {
     /// Writes the JPEG of event `id` and syncs it (the directory entry is synced by
     /// [`Store::sync_snapshots`]). Replaces an earlier snapshot of the same event.
     pub fn write_snapshot(&self, id: &str, jpeg: &[u8]) -> Result<(), StoreError> {
-        use std::io::Write;
-        let path = self.snapshots.join(format!("{id}.jpg"));
-        let tmp = self.snapshots.join(format!("{id}.jpg.tmp"));
+        let path = self.snapshot_file(id);
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
         let fail = |source| StoreError::Snapshot { path: path.clone(), source };
         std::fs::create_dir_all(&self.snapshots).map_err(fail)?;
-        let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(jpeg)?;
-            f.sync_all()?;
-            let old = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            std::fs::rename(&tmp, &path)?;
-            Ok(old)
-        })();
-        match result {
-            Ok(old) => {
-                self.snapshot_bytes.fetch_add(jpeg.len() as u64, Ordering::Relaxed);
-                self.snapshot_bytes.fetch_sub(old.min(self.snapshot_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                Err(fail(e))
-            }
-        }
+        let old = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        crate::fsutil::write_atomically(&path, Path::new(&tmp), jpeg).map_err(fail)?;
+        self.snapshot_bytes.fetch_add(jpeg.len() as u64, Ordering::Relaxed);
+        self.snapshot_bytes.fetch_sub(old.min(self.snapshot_bytes()), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Makes the snapshot files written so far durable (their directory entries).
     pub fn sync_snapshots(&self) -> Result<(), StoreError> {
-        let dir = std::fs::File::open(&self.snapshots)
-            .and_then(|d| d.sync_all())
+        let dir = crate::fsutil::sync_dir(&self.snapshots)
             .map_err(|source| StoreError::Snapshot { path: self.snapshots.clone(), source });
         match dir {
             Err(StoreError::Snapshot { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -356,6 +341,11 @@ impl Store {
     /// Where snapshot files live.
     pub fn snapshot_dir(&self) -> &Path {
         &self.snapshots
+    }
+
+    /// The snapshot file of event `id` (see [`crate::events::rules::snapshot_path`]).
+    pub fn snapshot_file(&self, id: &str) -> PathBuf {
+        self.snapshots.join(format!("{id}.jpg"))
     }
 
     /// Bytes of snapshot files.
@@ -541,7 +531,7 @@ impl Store {
             self.event_total.fetch_sub(1, Ordering::Relaxed);
             self.event_bytes.fetch_sub((v.len() as u64).min(self.event_bytes()), Ordering::Relaxed);
         }
-        let file = self.snapshots.join(format!("{}.jpg", String::from_utf8_lossy(id)));
+        let file = self.snapshot_file(&String::from_utf8_lossy(id));
         if let Ok(meta) = std::fs::metadata(&file) {
             if std::fs::remove_file(&file).is_ok() {
                 self.snapshot_bytes.fetch_sub(meta.len().min(self.snapshot_bytes()), Ordering::Relaxed);
@@ -1067,7 +1057,7 @@ mod tests {
             // Room for about two events with their pictures.
             let r = Retention { max_age: None, max_events: 100, max_bytes: 2 * 10_000 + store.event_bytes() };
             assert_eq!(store.enforce_retention(&r, 0).unwrap().by_bytes, 2);
-            assert!(!store.snapshot_dir().join(format!("{}.jpg", evs[0].id)).exists(), "deleted with its event");
+            assert!(!store.snapshot_file(&evs[0].id).exists(), "deleted with its event");
             assert_eq!(store.snapshot_bytes(), 20_000);
             assert_eq!(store.evict_oldest(1).unwrap(), 1);
             store.flush().await.unwrap();

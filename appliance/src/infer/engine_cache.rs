@@ -9,7 +9,6 @@
 //! Files are written to a temporary name, synced, and renamed into place, so a power cut leaves
 //! either the old file or the new one.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
@@ -117,17 +116,8 @@ impl EngineCache {
         std::fs::create_dir_all(&self.dir)?;
         let path = self.path(key);
         let tmp = self.dir.join(format!(".{}.tmp", key.file_name()));
-        let written = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&encode(engine, key))?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        crate::fsutil::write_atomically(&path, &tmp, &encode(engine, key))?;
+        crate::fsutil::sync_dir(&self.dir)?;
         Ok(path)
     }
 

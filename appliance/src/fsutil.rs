@@ -1,0 +1,25 @@
+//! Durable file writes, shared by the engine cache, event snapshots and `config/set`.
+
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `bytes` to `tmp`, syncs it and renames it over `path`: a reader sees the old file or the
+/// whole new one, never part of it. `tmp` is removed when anything fails. The directory entry is
+/// not synced: see [`sync_dir`].
+pub fn write_atomically(path: &Path, tmp: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let written = (|| {
+        let mut f = std::fs::File::create(tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    written
+}
+
+/// Makes the entries of `dir` (renames, new files) durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
