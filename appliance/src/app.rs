@@ -280,16 +280,16 @@ pub async fn run(
     };
     let retainer = {
         let store = store.clone();
-        let mut since_retention = Duration::ZERO;
-        periodic(DISK_CHECK_EVERY, capture_cancel.clone(), move || {
-            since_retention += DISK_CHECK_EVERY;
-            if since_retention >= RETENTION_EVERY {
-                since_retention = Duration::ZERO;
-                let now = crate::events::unix_ns(std::time::SystemTime::now());
-                if let Err(e) = store.enforce_retention(&retention, now) {
-                    tracing::error!(error = %e, "retention pass failed");
-                }
+        periodic(RETENTION_EVERY, capture_cancel.clone(), move || {
+            if let Err(e) = store.enforce_retention(&retention, crate::events::unix_ns(std::time::SystemTime::now())) {
+                tracing::error!(error = %e, "retention pass failed");
             }
+            std::future::ready(())
+        })
+    };
+    let disk_guard = {
+        let store = store.clone();
+        periodic(DISK_CHECK_EVERY, capture_cancel.clone(), move || {
             if let Err(e) = store.make_room(min_free) {
                 tracing::error!(error = %e, "cannot free disk space");
             }
@@ -336,6 +336,7 @@ pub async fn run(
     }
     reporter.abort();
     retainer.abort();
+    disk_guard.abort();
     if let Some(p) = probation {
         p.abort();
     }

@@ -576,9 +576,7 @@ impl Config {
         let mut out = Vec::new();
         let mut bad = |path: &str, message: String| out.push(Problem { path: path.to_owned(), message });
 
-        if !is_valid_id(&self.device_id) {
-            bad("device_id", format!("`{}` must be 1-64 letters, digits, '-' or '_'", self.device_id));
-        }
+        check_id(&mut bad, "device_id", &self.device_id);
         match BrokerUrl::parse(&self.mqtt.url) {
             Ok(url) if url.tls && self.mqtt.tls.is_none() => {
                 bad("mqtt.tls", "mqtts:// needs [mqtt.tls] with at least `ca`".to_owned())
@@ -660,9 +658,7 @@ impl Config {
             bad("camera", "no cameras configured; add at least one [[camera]] with `id` and `uri`".to_owned());
         }
         for (i, cam) in self.cameras.iter().enumerate() {
-            if !is_valid_id(&cam.id) {
-                bad(&format!("camera[{i}].id"), format!("`{}` must be 1-64 letters, digits, '-' or '_'", cam.id));
-            }
+            check_id(&mut bad, &format!("camera[{i}].id"), &cam.id);
             if self.cameras[..i].iter().any(|c| c.id == cam.id) {
                 bad(&format!("camera[{i}].id"), format!("`{}` is used by an earlier camera", cam.id));
             }
@@ -688,13 +684,9 @@ impl Config {
             if let Some(ms) = cam.watchdog_ms {
                 check_range(&mut bad, &format!("camera[{i}].watchdog_ms"), ms, 100..=600_000);
             }
-        }
-        for (i, cam) in self.cameras.iter().enumerate() {
             for (z, zone) in cam.zones.iter().enumerate() {
                 let at = format!("camera[{i}].zone[{z}]");
-                if !is_valid_id(&zone.name) {
-                    bad(&format!("{at}.name"), format!("`{}` must be 1-64 letters, digits, '-' or '_'", zone.name));
-                }
+                check_id(&mut bad, &format!("{at}.name"), &zone.name);
                 if cam.zones[..z].iter().any(|o| o.name == zone.name) {
                     bad(&format!("{at}.name"), format!("`{}` is used by an earlier zone of this camera", zone.name));
                 }
@@ -718,9 +710,7 @@ impl Config {
         check_range(&mut bad, "events.snapshot_quality", u64::from(e.snapshot_quality), 1..=100);
         for (r, rule) in self.rules.iter().enumerate() {
             let at = format!("rule[{r}]");
-            if !is_valid_id(&rule.name) {
-                bad(&format!("{at}.name"), format!("`{}` must be 1-64 letters, digits, '-' or '_'", rule.name));
-            }
+            check_id(&mut bad, &format!("{at}.name"), &rule.name);
             if self.rules[..r].iter().any(|o| o.name == rule.name) {
                 bad(&format!("{at}.name"), format!("`{}` is used by an earlier rule", rule.name));
             }
@@ -805,6 +795,12 @@ impl Config {
 
     pub fn client_id(&self) -> String {
         self.mqtt.client_id.clone().unwrap_or_else(|| format!("vigil-{}", self.device_id))
+    }
+}
+
+fn check_id(bad: &mut impl FnMut(&str, String), path: &str, id: &str) {
+    if !is_valid_id(id) {
+        bad(path, format!("`{id}` must be 1-64 letters, digits, '-' or '_'"));
     }
 }
 
@@ -906,6 +902,34 @@ mod tests {
         assert_eq!(spec.password.as_deref(), Some("cfg-pw"));
         assert_eq!(spec.supervision.watchdog, Duration::from_millis(500));
         assert_eq!(spec.supervision.backoff_max, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn zones_rules_and_event_settings_are_checked() {
+        let text = valid().replace("[model]", "[events]\niou_threshold = 1.5\n[model]")
+            + "[[camera.zone]]\nname = \"door\"\npolygon = [[0.0, 0.0], [1.2, 0.0], [0.0, 1.0]]\n\
+               [[camera.zone]]\nname = \"door\"\npolygon = [[0.0, 0.0], [1.0, 0.0]]\n\
+               [[rule]]\nname = \"r\"\ncameras = [\"b\"]\nzones = [\"gate\"]\nmin_score = 2.0\nmin_frames = 0\n\
+               [[rule]]\nname = \"r\"\ndwell_s = -1.0\n";
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("expected Invalid") };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "camera[0].zone[0].polygon",
+                "camera[0].zone[1].name",
+                "camera[0].zone[1].polygon",
+                "events.iou_threshold",
+                "rule[0].cameras",
+                "rule[0].zones",
+                "rule[0].min_score",
+                "rule[0].min_frames",
+                "rule[1].name",
+                "rule[1].dwell_s",
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[4].message.contains("`a`"), "names the cameras there are: {problems:?}");
     }
 
     #[test]

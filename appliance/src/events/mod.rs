@@ -117,12 +117,17 @@ impl Event {
     /// The next message of an open event, ending it.
     pub fn ended(&self, reason: EndReason) -> Event {
         let mut e = self.clone();
-        e.phase = Phase::End;
         e.revision += 1;
-        e.end = Some(e.last.clone());
-        e.end_ns = Some(e.last_ns);
-        e.end_reason = Some(reason);
+        e.close(reason);
         e
+    }
+
+    /// Makes this message an `end`: the event ends at its latest observation.
+    fn close(&mut self, reason: EndReason) {
+        self.phase = Phase::End;
+        self.end = Some(self.last.clone());
+        self.end_ns = Some(self.last_ns);
+        self.end_reason = Some(reason);
     }
 }
 

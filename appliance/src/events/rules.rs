@@ -241,9 +241,19 @@ impl CameraEvents {
         let t = frame.captured_at_ns;
         let track_ids = self.tracker.update(detections, t);
         let (w, h) = (frame.width.max(1) as f32, frame.height.max(1) as f32);
+        // This frame, as an event's best observation names it (cloned only when one is best).
+        let frame_ref = FrameRef {
+            seq: frame.seq,
+            pts_ns: frame.pts_ns,
+            captured_at: rfc3339(t),
+            captured_at_ns: t,
+            width: frame.width,
+            height: frame.height,
+        };
         let mut out = Vec::new();
         for (det, track) in detections.iter().zip(track_ids) {
             let Some(track) = track else { continue };
+            let pixel_box = PixelBox { x1: det.bbox.x1, y1: det.bbox.y1, x2: det.bbox.x2, y2: det.bbox.y2 };
             // Where the object stands: the bottom-centre of its box.
             let (fx, fy) = ((det.bbox.x1 + det.bbox.x2) / 2.0 / w, det.bbox.y2 / h);
             let here: Vec<usize> = (0..self.zones.len()).filter(|&z| self.zones[z].contains(fx, fy)).collect();
@@ -261,15 +271,6 @@ impl CameraEvents {
                         continue;
                     }
                     inside
-                };
-                let pixel_box = PixelBox { x1: det.bbox.x1, y1: det.bbox.y1, x2: det.bbox.x2, y2: det.bbox.y2 };
-                let frame_ref = FrameRef {
-                    seq: frame.seq,
-                    pts_ns: frame.pts_ns,
-                    captured_at: rfc3339(t),
-                    captured_at_ns: t,
-                    width: frame.width,
-                    height: frame.height,
                 };
                 let c = self.open.entry((r, track)).or_insert_with(|| Candidate {
                     frames: 0,
@@ -289,7 +290,7 @@ impl CameraEvents {
                         && (c.best_image.is_none() || det.score >= c.best_score + SNAPSHOT_GAIN);
                     c.best_score = det.score;
                     c.best_box = pixel_box;
-                    c.best_frame = frame_ref;
+                    c.best_frame = frame_ref.clone();
                     if take_picture {
                         if let Some(img) = &image {
                             c.best_image = Some(Arc::new(img.crop_with_box(&det.bbox)));
@@ -424,9 +425,7 @@ impl Open {
 
     fn end(&mut self, c: &Candidate, reason: EndReason) -> Emitted {
         let mut msg = self.emit(c, Phase::End, c.last_ns);
-        msg.event.end = Some(msg.event.last.clone());
-        msg.event.end_ns = Some(msg.event.last_ns);
-        msg.event.end_reason = Some(reason);
+        msg.event.close(reason);
         msg
     }
 }
