@@ -214,6 +214,7 @@ pub struct CameraInferSnapshot {
 pub struct SchedulerStats {
     pub cameras: Vec<CameraInferStats>,
     pub batches: AtomicU64,
+    /// Events started (`new` messages; updates and ends are not counted).
     pub events: AtomicU64,
 }
 

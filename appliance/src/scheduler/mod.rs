@@ -359,7 +359,8 @@ impl Worker {
         if batch.is_empty() {
             return true;
         }
-        self.stats.events.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let started = batch.iter().filter(|m| m.event.phase == crate::events::Phase::New).count();
+        self.stats.events.fetch_add(started as u64, std::sync::atomic::Ordering::Relaxed);
         self.events.blocking_send(batch).is_ok()
     }
 }
