@@ -107,7 +107,7 @@ pub async fn run(
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let labels: Arc<[String]> = detector.labels().into();
     let rules = RuleSet::compile(&config, &labels)?;
-    let store = Store::open(&config.data_dir)?.with_outbox_limit(config.mqtt.outbox_max_messages);
+    let store = open_store(&config.data_dir, &shutdown).await?.with_outbox_limit(config.mqtt.outbox_max_messages);
     let events_topic = uplink::events_topic(&config.device_id);
     let reopened = store.close_open_events(&events_topic)?;
     if reopened > 0 {
@@ -139,6 +139,13 @@ pub async fn run(
         Some(StatusModel { name: model.name.clone(), version: model.version.clone(), backend: model.backend.clone() }),
     ));
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<(String, Vec<u8>)>(COMMAND_QUEUE);
+    // `vigil events …` reaches the running service here (the store is this process's alone).
+    let control = crate::control::Server::bind(&config.data_dir)
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "no local control socket: `vigil events` cannot read the store while vigil runs")
+        })
+        .ok();
+    let (stored_tx, _) = tokio::sync::broadcast::channel(crate::control::TAIL_BURSTS);
     let mut uplink = Uplink::new(&config, status.clone(), store.clone(), wake.clone())?.with_commands(cmd_tx);
     if config.mqtt.home_assistant {
         let cameras = config.cameras.iter().map(|c| c.id.clone()).collect();
@@ -202,7 +209,7 @@ pub async fn run(
         events_topic,
         (config.events.snapshot_quality, min_free),
         wake.clone(),
-        config.mqtt.home_assistant.then(|| ha_states.clone()),
+        (config.mqtt.home_assistant.then(|| ha_states.clone()), stored_tx.clone()),
     ));
     // The retained status follows the cameras: republished when a camera changes state, and
     // at least every STATUS_REFRESH for the uptime.
@@ -240,9 +247,11 @@ pub async fn run(
     });
     let probation =
         config_change_reply(change, &config, &store, &wake, &status, &stats, &restart, &capture_cancel).await;
+    let running = Arc::new(tokio::sync::Semaphore::new(COMMANDS_AT_ONCE));
+    // It goes with the uplink, last, so that `events/tail` shows the shutdown's `end` messages.
+    let control = control.map(|c| c.spawn(fleet.clone(), running.clone(), stored_tx, uplink_cancel.clone()));
     let commander = {
         let (store, wake, cancel) = (store.clone(), wake.clone(), capture_cancel.clone());
-        let running = Arc::new(tokio::sync::Semaphore::new(COMMANDS_AT_ONCE));
         tokio::spawn(async move {
             loop {
                 let (name, payload) = tokio::select! {
@@ -334,6 +343,9 @@ pub async fn run(
     if tokio::time::timeout_at(deadline, uplink).await.is_err() {
         stuck.push("uplink".into());
     }
+    if let Some(c) = control {
+        let _ = tokio::time::timeout_at(deadline, c).await;
+    }
     reporter.abort();
     retainer.abort();
     disk_guard.abort();
@@ -379,9 +391,8 @@ async fn config_change_reply(
 ) -> Option<tokio::task::JoinHandle<()>> {
     use crate::config_change::{self as change, Startup};
     let device_id = config.device_id.clone();
-    let reply = move |request_id: &str, ok: bool, value: serde_json::Value| {
-        let (result, error) = if ok { (Some(value), None) } else { (None, value.as_str().map(str::to_owned)) };
-        let r = crate::commands::Reply { request_id: request_id.to_owned(), ok, result, error };
+    let reply = move |request_id: &str, outcome: Result<serde_json::Value, String>| {
+        let r = crate::commands::Reply::new(request_id, outcome);
         let topic = crate::commands::reply_topic(&device_id, request_id);
         (topic, serde_json::to_vec(&r).expect("replies always serialise"))
     };
@@ -389,7 +400,7 @@ async fn config_change_reply(
         Startup::None | Startup::RollBackNow => None,
         Startup::RolledBack { request_id, reason } => {
             let msg = format!("configuration rolled back to the previous one: {reason}");
-            let (topic, payload) = reply(&request_id, false, msg.into());
+            let (topic, payload) = reply(&request_id, Err(msg));
             queue_and_flush(store, wake, &topic, &payload, "config/set reply").await;
             None
         }
@@ -409,7 +420,7 @@ async fn config_change_reply(
                     change::accept(&data_dir);
                     tracing::info!(request_id = %request_id, "new configuration healthy: kept");
                     let value = serde_json::json!({ "applied": true, "health_window_s": window.as_secs() });
-                    let (topic, payload) = reply(&request_id, true, value);
+                    let (topic, payload) = reply(&request_id, Ok(value));
                     queue_and_flush(&store, &wake, &topic, &payload, "config/set reply").await;
                     return;
                 }
@@ -462,7 +473,7 @@ async fn write_events(
     topic: String,
     (quality, min_free): (u8, u64),
     wake: Arc<Notify>,
-    home_assistant: Option<crate::homeassistant::HaStates>,
+    (home_assistant, stored): (Option<crate::homeassistant::HaStates>, crate::control::StoredEvents),
 ) {
     while let Some(batch) = rx.recv().await {
         let mut burst = batch;
@@ -500,6 +511,31 @@ async fn write_events(
         wake.notify_one();
         if let Some(ha) = &home_assistant {
             ha.record(&events);
+        }
+        let _ = stored.send(events.into()); // none may be listening
+    }
+}
+
+/// How long the service waits for a store another process holds (a `vigil events` command
+/// reading a stopped service's store) before it gives up.
+const STORE_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+async fn open_store(data_dir: &std::path::Path, shutdown: &CancellationToken) -> anyhow::Result<Store> {
+    let give_up = tokio::time::Instant::now() + STORE_LOCK_WAIT;
+    let mut warned = false;
+    loop {
+        match Store::open(data_dir) {
+            Err(crate::store::StoreError::Locked(path)) if tokio::time::Instant::now() < give_up => {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(store = %path.display(), wait_s = STORE_LOCK_WAIT.as_secs(),
+                        "another process holds the store (a `vigil events` command?); waiting for it");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for the store"),
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            other => return Ok(other?),
         }
     }
 }

@@ -13,20 +13,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::capture::CameraStats;
 use crate::config::Config;
-use crate::events::Event;
+use crate::events::query::EventsQuery;
 use crate::scheduler::SchedulerStats;
 use crate::store::Store;
 
 /// Largest request accepted.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
-/// Events per `events/query` page: default and most.
-const PAGE_DEFAULT: usize = 100;
-const PAGE_MAX: usize = 500;
-/// Events one page may read while filtering: a filter that matches little returns a shorter
-/// page (with `next`) instead of scanning the whole store at once.
-const SCAN_MAX: usize = 10_000;
-
-pub const COMMANDS: &[&str] = &["status", "config/get", "config/set", "restart", "snapshot", "events/query"];
+pub const COMMANDS: &[&str] =
+    &["status", "config/get", "config/set", "restart", "snapshot", "events/query", "events/get", "events/tail"];
 
 /// How long `snapshot` waits for the camera's next processed frame.
 const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -59,29 +53,52 @@ pub enum Command {
         camera: String,
     },
     EventsQuery(EventsQuery),
+    /// One event by id, optionally with its snapshot (base64 JPEG).
+    EventsGet {
+        id: String,
+        snapshot: bool,
+    },
+    /// Follow events as they are stored, after the newest `last` (local control socket only:
+    /// over MQTT, subscribe to `vigil/<device_id>/events`).
+    EventsTail(TailArgs),
+}
+
+/// The error for an event id that is not stored.
+pub fn no_event(id: &str) -> String {
+    format!("no event `{id}` (retention may have removed it); events/query lists stored events")
 }
 
 /// Exit status of a service restart requested over MQTT.
 pub const RESTART_EXIT_CODE: u8 = 75;
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EventsQuery {
-    /// RFC 3339; capture time at or after.
+pub struct TailArgs {
+    /// Stored events to send first (newest, sent oldest first), at most [`TAIL_BACKLOG_MAX`].
     #[serde(default)]
-    pub from: Option<String>,
-    /// RFC 3339; capture time before.
-    #[serde(default)]
-    pub to: Option<String>,
+    pub last: usize,
     #[serde(default)]
     pub camera: Option<String>,
     #[serde(default)]
     pub label: Option<String>,
+}
+
+/// Most stored events `events/tail` sends before following.
+pub const TAIL_BACKLOG_MAX: usize = crate::events::query::PAGE_MAX;
+
+impl TailArgs {
+    /// Whether event `e` passes the tail's filters.
+    pub fn wants(&self, e: &crate::events::Event) -> bool {
+        self.camera.as_ref().is_none_or(|c| *c == e.camera_id) && self.label.as_ref().is_none_or(|l| *l == e.label)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsGetArgs {
+    id: String,
     #[serde(default)]
-    pub limit: Option<usize>,
-    /// The `next` cursor of the previous page.
-    #[serde(default)]
-    pub after: Option<String>,
+    snapshot: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -178,36 +195,28 @@ pub fn parse(name: &str, payload: &[u8]) -> Result<Request, Refusal> {
         }
         "events/query" => {
             let q: EventsQuery = serde_json::from_value(args).map_err(bad_args)?;
-            if q.limit.is_some_and(|l| l == 0 || l > PAGE_MAX) {
-                return Err(refuse(Some(id), format!("events/query: limit must be 1..={PAGE_MAX}")));
-            }
-            for (field, t) in [("from", &q.from), ("to", &q.to)] {
-                if let Some(t) = t {
-                    humantime::parse_rfc3339_weak(t).map_err(|e| {
-                        refuse(Some(id.clone()), format!("events/query: {field} `{t}` is not an RFC 3339 time: {e}"))
-                    })?;
-                }
-            }
-            if let Some(a) = &q.after {
-                parse_cursor(a).ok_or_else(|| refuse(Some(id.clone()), "events/query: bad `after` cursor".into()))?;
-            }
+            q.check().map_err(|e| refuse(Some(id.clone()), format!("events/query: {e}")))?;
             Command::EventsQuery(q)
+        }
+        "events/get" => {
+            let a: EventsGetArgs = serde_json::from_value(args).map_err(bad_args)?;
+            if !(1..=64).contains(&a.id.len()) {
+                return Err(refuse(Some(id), "events/get: `id` must be an event id (1-64 characters)".into()));
+            }
+            Command::EventsGet { id: a.id, snapshot: a.snapshot }
+        }
+        "events/tail" => {
+            let a: TailArgs = serde_json::from_value(args).map_err(bad_args)?;
+            if a.last > TAIL_BACKLOG_MAX {
+                return Err(refuse(Some(id), format!("events/tail: last must be 0..={TAIL_BACKLOG_MAX}")));
+            }
+            Command::EventsTail(a)
         }
         other => {
             return Err(refuse(Some(id), format!("unknown command `{other}`; known: {}", COMMANDS.join(", "))));
         }
     };
     Ok(Request { request_id: id, command })
-}
-
-/// `<start ns>:<event id>` of the last event of a page.
-fn cursor(e: &Event) -> String {
-    format!("{}:{}", e.start_ns, e.id)
-}
-
-fn parse_cursor(s: &str) -> Option<(u64, String)> {
-    let (ns, id) = s.split_once(':')?;
-    Some((ns.parse().ok()?, id.to_owned()))
 }
 
 #[derive(Debug, Serialize)]
@@ -218,6 +227,20 @@ pub struct Reply {
     pub result: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl Reply {
+    /// The reply carrying a command's outcome.
+    pub fn new(request_id: &str, outcome: Result<serde_json::Value, String>) -> Self {
+        match outcome {
+            Ok(result) => Reply { request_id: request_id.to_owned(), ok: true, result: Some(result), error: None },
+            Err(error) => Self::error(request_id, error),
+        }
+    }
+
+    pub fn error(request_id: &str, message: String) -> Self {
+        Reply { request_id: request_id.to_owned(), ok: false, result: None, error: Some(message) }
+    }
 }
 
 /// What the device answers with.
@@ -276,7 +299,16 @@ impl Fleet {
                 self.restart.cancel();
                 Ok(serde_json::json!({ "restarting": "service", "exit_code": RESTART_EXIT_CODE }))
             }
-            Command::EventsQuery(q) => self.query(q),
+            Command::EventsQuery(q) => {
+                let page = q.check()?.run(&self.store).map_err(|e| e.to_string())?;
+                serde_json::to_value(page).map_err(|e| e.to_string())
+            }
+            Command::EventsGet { id, snapshot } => self.event(id, *snapshot),
+            Command::EventsTail(_) => {
+                Err("events/tail follows events on the local control socket (`vigil events tail`); over MQTT, \
+                 subscribe to vigil/<device_id>/events"
+                    .to_owned())
+            }
         }
     }
 
@@ -322,46 +354,16 @@ impl Fleet {
         }
     }
 
-    fn query(&self, q: &EventsQuery) -> Result<serde_json::Value, String> {
-        let ns = |t: &Option<String>, default: u64| {
-            t.as_deref()
-                .map(|t| humantime::parse_rfc3339_weak(t).map(crate::events::unix_ns).map_err(|e| e.to_string()))
-                .unwrap_or(Ok(default))
-        };
-        let (from, to) = (ns(&q.from, 0)?, ns(&q.to, u64::MAX)?);
-        let after = q.after.as_deref().and_then(parse_cursor);
-        let start = after.as_ref().map_or(from, |(ns, _)| (*ns).max(from));
-        let limit = q.limit.unwrap_or(PAGE_DEFAULT);
-        let mut page: Vec<Event> = Vec::new();
-        let mut more = false;
-        let mut scanned = 0usize;
-        let mut last_scanned: Option<String> = None;
-        for e in self.store.events_between(start, to) {
-            let e = e.map_err(|e| e.to_string())?;
-            scanned += 1;
-            if scanned > SCAN_MAX {
-                more = true;
-                break;
-            }
-            if let Some((ns, id)) = &after {
-                // Skip up to and including the cursor's event (same time: ids sort within it).
-                if e.start_ns == *ns && e.id.as_str() <= id.as_str() {
-                    continue;
-                }
-            }
-            if page.len() == limit {
-                more = true;
-                break;
-            }
-            last_scanned = Some(cursor(&e));
-            if q.camera.as_ref().is_some_and(|c| *c != e.camera_id) || q.label.as_ref().is_some_and(|l| *l != e.label) {
-                continue;
-            }
-            page.push(e);
+    fn event(&self, id: &str, with_snapshot: bool) -> Result<serde_json::Value, String> {
+        use base64::Engine as _;
+        let event = self.store.event(id).map_err(|e| e.to_string())?.ok_or_else(|| no_event(id))?;
+        let mut value = serde_json::json!({ "event": event });
+        if with_snapshot && event.snapshot.is_some() {
+            let jpeg = std::fs::read(self.store.snapshot_file(id))
+                .map_err(|e| format!("event `{id}` names a snapshot that cannot be read: {e}"))?;
+            value["jpeg_base64"] = base64::engine::general_purpose::STANDARD.encode(jpeg).into();
         }
-        // The next page starts after the last event looked at, matching or not.
-        let next = if more { last_scanned } else { None };
-        Ok(serde_json::json!({ "events": page, "next": next }))
+        Ok(value)
     }
 
     /// Checks and commits a new configuration, then restarts the service; the reply comes
@@ -390,19 +392,11 @@ impl Fleet {
             Ok(Request { request_id, command: Command::ConfigSet { config, health_window_s } }) => {
                 match self.config_set(&request_id, &config, health_window_s) {
                     Ok(()) => return None,
-                    Err(error) => Reply { request_id, ok: false, result: None, error: Some(error) },
+                    Err(error) => Reply::error(&request_id, error),
                 }
             }
-            Ok(req) => match self.execute(&req.command) {
-                Ok(result) => Reply { request_id: req.request_id, ok: true, result: Some(result), error: None },
-                Err(error) => Reply { request_id: req.request_id, ok: false, result: None, error: Some(error) },
-            },
-            Err(r) => Reply {
-                request_id: r.request_id.clone().unwrap_or_else(|| "invalid".to_owned()),
-                ok: false,
-                result: None,
-                error: Some(r.message),
-            },
+            Ok(req) => Reply::new(&req.request_id, self.execute(&req.command)),
+            Err(r) => Reply::error(r.request_id.as_deref().unwrap_or("invalid"), r.message),
         };
         let at = humantime::format_rfc3339_millis(SystemTime::now());
         tracing::info!(command = name, request_id = %reply.request_id, ok = reply.ok, error = reply.error.as_deref().unwrap_or(""),
@@ -433,6 +427,10 @@ mod tests {
             ("events/query", br#"{"request_id":"a","args":{"limit":0}}"#, Some("a"), "limit"),
             ("events/query", br#"{"request_id":"a","args":{"from":"yesterday"}}"#, Some("a"), "RFC 3339"),
             ("events/query", br#"{"request_id":"a","args":{"after":"nope"}}"#, Some("a"), "cursor"),
+            ("events/query", br#"{"request_id":"a","args":{"order":"up"}}"#, Some("a"), "unknown variant"),
+            ("events/get", br#"{"request_id":"a"}"#, Some("a"), "missing field `id`"),
+            ("events/get", br#"{"request_id":"a","args":{"id":""}}"#, Some("a"), "event id"),
+            ("events/tail", br#"{"request_id":"a","args":{"last":100000}}"#, Some("a"), "last must be"),
         ];
         for (name, payload, id, needle) in cases {
             let r = parse(name, payload).unwrap_err();
@@ -443,21 +441,9 @@ mod tests {
         assert!(parse("status", &huge).unwrap_err().message.contains("limit"));
     }
 
-    #[test]
-    fn a_query_that_matches_little_pages_through_the_scan_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let at = |n: u32, camera: &str| {
-            let mut e = crate::events::test_event(n);
-            e.start_ns = 1_000 + u64::from(n);
-            e.camera_id = camera.into();
-            e
-        };
-        let many: Vec<Event> = (0..SCAN_MAX as u32 + 50).map(|n| at(n, "a")).collect();
-        store.append(&many, "t").unwrap();
-        store.append(&[at(SCAN_MAX as u32 + 60, "b"), at(SCAN_MAX as u32 + 61, "b")], "t").unwrap();
-        let fleet = Fleet {
-            config: Arc::new(Config::embedded_default().unwrap()),
+    fn fleet(store: Store, config: Config) -> Fleet {
+        Fleet {
+            config: Arc::new(config),
             started: Instant::now(),
             cameras: Vec::new(),
             inference: Arc::new(SchedulerStats::new::<&str>(&[])),
@@ -466,25 +452,47 @@ mod tests {
             snapshots: crate::scheduler::SnapshotRequests::default(),
             config_path: None,
             labels: Vec::new(),
-        };
-        let query = |after: Option<String>| {
-            let q = EventsQuery { camera: Some("b".into()), limit: Some(10), after, ..EventsQuery::default() };
-            fleet.execute(&Command::EventsQuery(q)).unwrap()
-        };
-        let first = query(None);
-        assert_eq!(first["events"].as_array().unwrap().len(), 0, "the scan limit ended the page early");
-        let next = first["next"].as_str().expect("a cursor to go on from").to_owned();
-        let second = query(Some(next));
-        let seqs: Vec<u64> =
-            second["events"].as_array().unwrap().iter().map(|e| e["best"]["seq"].as_u64().unwrap()).collect();
-        assert_eq!(seqs, [SCAN_MAX as u64 + 60, SCAN_MAX as u64 + 61]);
-        assert!(second["next"].is_null());
-        // Credentials in a camera URI are redacted by config/get.
+        }
+    }
+
+    #[test]
+    fn events_get_returns_the_event_and_its_snapshot_or_says_it_is_gone() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut e = crate::events::test_event(7);
+        e.snapshot = Some(crate::events::rules::snapshot_path(&e.id));
+        store.write_snapshot(&e.id, b"\xff\xd8jpeg").unwrap();
+        store.append(std::slice::from_ref(&e), "t").unwrap();
+        let fleet = fleet(store, Config::embedded_default().unwrap());
+
+        let got = fleet.execute(&Command::EventsGet { id: e.id.clone(), snapshot: false }).unwrap();
+        assert_eq!(serde_json::from_value::<crate::events::Event>(got["event"].clone()).unwrap(), e);
+        assert!(got.get("jpeg_base64").is_none());
+        let got = fleet.execute(&Command::EventsGet { id: e.id.clone(), snapshot: true }).unwrap();
+        let jpeg = base64::engine::general_purpose::STANDARD.decode(got["jpeg_base64"].as_str().unwrap()).unwrap();
+        assert_eq!(jpeg, b"\xff\xd8jpeg");
+
+        let missing = fleet.execute(&Command::EventsGet { id: "nope".into(), snapshot: false }).unwrap_err();
+        assert!(missing.contains("no event `nope`"), "{missing}");
+        // events/tail streams only on the local socket; over MQTT the asker is told where to look.
+        let (topic, reply) = fleet.answer("events/tail", br#"{"request_id":"t1"}"#).unwrap();
+        assert!(topic.ends_with("/reply/t1"));
+        let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(reply["ok"], false);
+        assert!(reply["error"].as_str().unwrap().contains("/events"), "{reply}");
+    }
+
+    #[test]
+    fn config_get_redacts_camera_credentials() {
+        let dir = tempfile::tempdir().unwrap();
         let mut config = Config::embedded_default().unwrap();
         config.cameras[0].uri = "rtsp://admin:secret@10.0.0.2/s".into();
-        let fleet = Fleet { config: Arc::new(config), ..fleet };
+        config.cameras[0].password = Some("hunter2".into());
+        let fleet = fleet(Store::open(dir.path()).unwrap(), config);
         let got = fleet.execute(&Command::ConfigGet).unwrap().to_string();
         assert!(!got.contains("secret") && got.contains("rtsp://***@10.0.0.2/s"), "{got}");
+        assert!(!got.contains("hunter2"), "{got}");
     }
 
     /// A fuzz loop over the parser (deterministic, so any failure reproduces): random bytes,

@@ -157,6 +157,32 @@ pub fn roll_back(data_dir: &Path, reason: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The file at `config_path` does not load (a file it names went missing, say): if a change is on
+/// probation for it, the previous file is put back. `Ok(true)`: rolled back, restart. The data
+/// directory (where the marker is) comes from `data_dir`, else from the previous file, which a
+/// change cannot have moved.
+pub fn roll_back_unloadable(config_path: &Path, data_dir: Option<&Path>, reason: &str) -> std::io::Result<bool> {
+    let previous = previous_path(config_path);
+    let data_dir = match data_dir {
+        Some(d) => d.to_owned(),
+        None => match Config::load(&previous) {
+            Ok(c) => c.data_dir,
+            Err(_) => return Ok(false),
+        },
+    };
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    match read_marker(&data_dir) {
+        Some(p) if p.rolled_back.is_none() && same(&p.config_path, config_path) => {
+            roll_back(&data_dir, reason)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// The change went through: forget it.
 pub fn accept(data_dir: &Path) {
     if let Some(p) = read_marker(data_dir) {
@@ -274,6 +300,22 @@ mod tests {
         accept(&config.data_dir);
         assert_eq!(on_start(&config), Startup::None);
         assert!(!previous_path(&path).exists());
+    }
+
+    #[test]
+    fn a_new_file_that_does_not_load_is_rolled_back_before_vigil_starts() {
+        let (_dir, config, path) = setup();
+        // The operator's file must load for its data_dir to be found.
+        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+        let original = std::fs::read(&path).unwrap();
+        assert!(!roll_back_unloadable(&path, None, "x").unwrap(), "no change in progress: nothing to do");
+        commit(&config, &path, "r4", Duration::from_secs(60)).unwrap();
+        std::fs::write(&path, "this = [is not a vigil config").unwrap();
+        assert!(roll_back_unloadable(&path, None, "vigil cannot load it: bad TOML").unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), original, "restored byte for byte");
+        let restored = Config::load(&path).unwrap();
+        assert!(matches!(on_start(&restored), Startup::RolledBack { reason, .. } if reason.contains("bad TOML")));
+        assert!(!roll_back_unloadable(&path, None, "x").unwrap(), "and only once");
     }
 
     #[test]

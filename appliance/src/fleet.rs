@@ -42,7 +42,7 @@ pub enum FleetCommand {
     /// Sends a command and prints its reply; exit 0 if it succeeded, 1 if refused, 2 on no reply.
     Cmd {
         device: String,
-        /// status, config/get, restart, events/query (docs/mqtt.md).
+        /// status, config/get, config/set, restart, snapshot, events/query, events/get (docs/mqtt.md).
         name: String,
         /// The command's args, as JSON.
         #[arg(long, default_value = "{}")]

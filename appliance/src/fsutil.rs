@@ -7,11 +7,22 @@ use std::path::Path;
 /// whole new one, never part of it. `tmp` is removed when anything fails. The directory entry is
 /// not synced: see [`sync_dir`].
 pub fn write_atomically(path: &Path, tmp: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomically_with(path, tmp, |f| f.write_all(bytes))
+}
+
+/// [`write_atomically`] for content written piece by piece by `fill` (through a buffer).
+pub fn write_atomically_with<E: From<std::io::Error>>(
+    path: &Path,
+    tmp: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> Result<(), E>,
+) -> Result<(), E> {
     let written = (|| {
-        let mut f = std::fs::File::create(tmp)?;
-        f.write_all(bytes)?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(tmp)?);
+        fill(&mut f)?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
-        std::fs::rename(tmp, path)
+        std::fs::rename(tmp, path)?;
+        Ok(())
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(tmp);

@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::SystemTime;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -10,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use vigil::config::{Config, ConfigError};
-use vigil::store::Store;
 
 /// Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or input.
 const EXIT_FAILURE: u8 = 1;
@@ -49,11 +47,8 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the embedded default configuration.
     DefaultConfig,
-    /// Read stored events (the service must be stopped: one process owns the store).
-    Events {
-        #[command(subcommand)]
-        command: EventsCommand,
-    },
+    /// Stored events: list, show, tail, export (from the running service, or its store when stopped).
+    Events(vigil::events_cli::EventsArgs),
     /// Check a model bundle on a backend: reference input → output and detections compared
     /// with the bundle's references. Exit 0 if they match, 1 if not, 2 for a bad bundle/config.
     ModelCheck {
@@ -70,34 +65,6 @@ enum Command {
     Fleet(vigil::fleet::FleetArgs),
     /// Measure capture and inference throughput against baselines run side by side.
     Bench(vigil::bench::BenchArgs),
-}
-
-#[derive(Subcommand)]
-enum EventsCommand {
-    /// List events, oldest first.
-    List {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Read this data directory instead of the config's.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
-        /// Only the newest N events.
-        #[arg(long)]
-        last: Option<usize>,
-        /// Only events captured at or after this time (RFC 3339, e.g. 2026-11-24T08:00:00Z).
-        #[arg(long, value_parser = parse_time)]
-        since: Option<SystemTime>,
-        /// Only events captured before this time (RFC 3339).
-        #[arg(long, value_parser = parse_time)]
-        until: Option<SystemTime>,
-    },
-}
-
-fn parse_time(s: &str) -> Result<SystemTime, String> {
-    humantime::parse_rfc3339_weak(s).map_err(|e| format!("{e}: give an RFC 3339 time such as 2026-11-24T08:00:00Z"))
 }
 
 fn init_logging(format: LogFormat) {
@@ -138,23 +105,33 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run { config, mqtt_url, data_dir } => {
+            // A file written by config/set that cannot even load goes back at once.
+            let refuse = |problems: String| {
+                eprintln!("{problems}");
+                let Some(path) = &config else { return ExitCode::from(EXIT_BAD_INPUT) };
+                let reason = format!("vigil cannot load it: {problems}");
+                match vigil::config_change::roll_back_unloadable(path, data_dir.as_deref(), &reason) {
+                    Ok(true) => ExitCode::from(vigil::commands::RESTART_EXIT_CODE),
+                    Ok(false) => ExitCode::from(EXIT_BAD_INPUT),
+                    Err(e) => {
+                        eprintln!("error: the configuration change could not be rolled back: {e}");
+                        ExitCode::from(EXIT_BAD_INPUT)
+                    }
+                }
+            };
             let mut cfg = match load_config(config.as_deref()) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(EXIT_BAD_INPUT);
-                }
+                Err(e) => return refuse(e.to_string()),
             };
             if let Some(url) = mqtt_url {
                 cfg.mqtt.url = url;
             }
-            if let Some(dir) = data_dir {
-                cfg.data_dir = dir;
+            if let Some(dir) = &data_dir {
+                cfg.data_dir = dir.clone();
             }
             let problems = cfg.validate();
             if !problems.is_empty() {
-                problems.iter().for_each(|p| eprintln!("{p}"));
-                return ExitCode::from(EXIT_BAD_INPUT);
+                return refuse(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
             }
             let data_dir = cfg.data_dir.clone();
             match run_service(cfg, config) {
@@ -174,9 +151,7 @@ fn main() -> ExitCode {
                 Err(e) => report(Err(e)),
             }
         }
-        Command::Events { command: EventsCommand::List { config, data_dir, json, last, since, until } } => {
-            report(list_events(config.as_deref(), data_dir, json, last, (since, until)))
-        }
+        Command::Events(args) => report(vigil::events_cli::run(&args)),
         Command::ModelCheck { config, bundle, backend } => model_check(config.as_deref(), bundle, backend),
         Command::Fleet(args) => match vigil::fleet::run(&args) {
             Ok(code) => ExitCode::from(code),
@@ -282,50 +257,4 @@ async fn watch_signals(shutdown: CancellationToken) {
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     eprintln!("second signal: exiting now");
     std::process::exit(130);
-}
-
-fn list_events(
-    config: Option<&Path>,
-    data_dir: Option<PathBuf>,
-    json: bool,
-    last: Option<usize>,
-    (since, until): (Option<SystemTime>, Option<SystemTime>),
-) -> anyhow::Result<()> {
-    let dir = match data_dir {
-        Some(d) => d,
-        None => load_config(config)?.data_dir,
-    };
-    if !dir.join("store").exists() {
-        anyhow::bail!("no store under {}; check data_dir (has vigil run there yet?)", dir.display());
-    }
-    let store = Store::open(&dir)?;
-    // A time range reads the capture-time index; otherwise all events in id (creation) order.
-    let ns = |t: Option<SystemTime>, default: u64| t.map_or(default, vigil::events::unix_ns);
-    let (from, to) = (ns(since, 0), ns(until, u64::MAX));
-    let ranged = since.is_some() || until.is_some();
-    let total = match (last, ranged) {
-        (None, _) => 0,
-        (Some(_), true) => store.count_between(from, to)?,
-        (Some(_), false) => store.event_count(),
-    };
-    let events: Box<dyn Iterator<Item = Result<vigil::events::Event, vigil::store::StoreError>>> =
-        if ranged { Box::new(store.events_between(from, to)) } else { Box::new(store.events()) };
-    let skip = last.map_or(0, |n| total.saturating_sub(n));
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    use std::io::Write;
-    for event in events.skip(skip) {
-        let e = event?;
-        let line = if json {
-            serde_json::to_string(&e)?
-        } else {
-            format!(
-                "{}  {}  {:<10} {:<12} {:<10} {:.2}  {:>6.1}s  {:?}",
-                e.start, e.id, e.camera_id, e.rule, e.label, e.best_score, e.dwell_s, e.phase
-            )
-        };
-        if writeln!(out, "{line}").is_err() {
-            break; // stdout closed (e.g. piped into head)
-        }
-    }
-    Ok(())
 }

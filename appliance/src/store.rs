@@ -31,7 +31,10 @@ const SCHEMA_KEY: &[u8] = b"schema_version";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the store at {0} is in use by another vigil process; stop it first (one process owns a store)")]
+    #[error(
+        "the store at {0} is in use by another process (another vigil service on this data_dir, or a `vigil \
+         events` command reading it); one process owns a store at a time"
+    )]
     Locked(PathBuf),
     #[error("cannot open the store at {path}: {source}")]
     Open { path: PathBuf, source: sled::Error },
@@ -546,7 +549,11 @@ impl Store {
 
     /// Events that started in `[from_ns, to_ns)` (Unix nanoseconds), in start-time order.
     /// An index entry whose event is gone (retention running at the same moment) is skipped.
-    pub fn events_between(&self, from_ns: u64, to_ns: u64) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
+    pub fn events_between(
+        &self,
+        from_ns: u64,
+        to_ns: u64,
+    ) -> impl DoubleEndedIterator<Item = Result<Event, StoreError>> + '_ {
         self.by_time.range(from_ns.to_be_bytes()..to_ns.to_be_bytes()).filter_map(move |item| {
             let lookup = || -> Result<Option<Event>, StoreError> {
                 let (k, _) = item?;
@@ -555,16 +562,6 @@ impl Store {
             };
             lookup().transpose()
         })
-    }
-
-    /// How many events started in `[from_ns, to_ns)` (reads the index only).
-    pub fn count_between(&self, from_ns: u64, to_ns: u64) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for item in self.by_time.range(from_ns.to_be_bytes()..to_ns.to_be_bytes()) {
-            item?;
-            n += 1;
-        }
-        Ok(n)
     }
 
     /// All events, oldest first (UUIDv7 ids sort by creation time).

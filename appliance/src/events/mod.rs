@@ -2,6 +2,7 @@
 //! the configured rules and zones ([`rules`]), and become events with a lifecycle
 //! `new → update* → end`, each message carrying the event's stable id and a revision number.
 
+pub mod query;
 pub mod rules;
 pub mod snapshot;
 pub mod tracker;

@@ -1,0 +1,467 @@
+//! The local control socket: `<data_dir>/vigil.sock`, owner-only, read-only.
+//!
+//! One process owns the sled store, so while vigil runs, `vigil events …` asks the service
+//! instead of opening the store. A request is one line, `<command> <JSON request>`, with the same
+//! commands and request shape as over MQTT ([`crate::commands`]); every request gets one line
+//! back, the same reply JSON. `events/tail` then keeps the connection and sends a line per stored
+//! lifecycle message: `{"event": {...}}`, or `{"lagged": n}` when `n` bursts were missed because
+//! the reader fell behind. Commands that change the device (`config/set`, `restart`) are refused
+//! here: they go through the fleet, where they are authenticated and audited.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{broadcast, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::commands::{self, Command, Fleet, Reply, TailArgs};
+use crate::events::query::{EventsQuery, Order};
+use crate::events::Event;
+
+pub const SOCKET_FILE: &str = "vigil.sock";
+/// Clients served at once; one more is told to try again.
+const MAX_CLIENTS: usize = 8;
+/// Longest request line: a request plus the command name.
+const MAX_LINE: usize = commands::MAX_REQUEST_BYTES + 128;
+/// A client that does not take a line within this is dropped (it would hold a slot forever).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bursts of stored events kept for slow tail readers; beyond it they are told what they missed.
+pub const TAIL_BURSTS: usize = 256;
+
+/// Bursts of events just made durable, for `events/tail`.
+pub type StoredEvents = broadcast::Sender<Arc<[Event]>>;
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_FILE)
+}
+
+/// A bound control socket.
+pub struct Server {
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+}
+
+impl Server {
+    /// Binds `<data_dir>/vigil.sock`, replacing a socket left by a process that died: call it
+    /// only once the store is open (the store's lock says no other vigil uses this directory).
+    pub fn bind(data_dir: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let path = socket_path(data_dir);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(&path)?,
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket; move it away", path.display()),
+                ))
+            }
+            Err(_) => {}
+        }
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(Self { listener, path })
+    }
+
+    /// Serves until `cancel`, then removes the socket. Commands share `running` (the permits of
+    /// the fleet command worker), so local queries cannot starve fleet commands of threads.
+    pub fn spawn(
+        self,
+        fleet: Arc<Fleet>,
+        running: Arc<Semaphore>,
+        stored: StoredEvents,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    got = self.listener.accept() => match got {
+                        Ok((s, _)) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "control socket: accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                let Ok(slot) = clients.clone().try_acquire_owned() else {
+                    let (_, mut w) = stream.into_split();
+                    let busy = Reply::error("busy", format!("{MAX_CLIENTS} clients are connected; try again"));
+                    let _ = write_line(&mut w, &busy).await;
+                    continue;
+                };
+                let client = Client { fleet: fleet.clone(), running: running.clone(), stored: stored.clone() };
+                let cancel = cancel.clone();
+                tokio::spawn(async move {
+                    client.serve(stream, &cancel).await;
+                    drop(slot);
+                });
+            }
+            let _ = std::fs::remove_file(&self.path);
+        })
+    }
+}
+
+struct Client {
+    fleet: Arc<Fleet>,
+    running: Arc<Semaphore>,
+    stored: StoredEvents,
+}
+
+impl Client {
+    async fn serve(&self, stream: tokio::net::UnixStream, cancel: &CancellationToken) {
+        let (r, mut w) = stream.into_split();
+        let mut r = tokio::io::BufReader::new(r);
+        loop {
+            let mut line = Vec::new();
+            let mut limited = (&mut r).take(MAX_LINE as u64);
+            let read = tokio::select! {
+                _ = cancel.cancelled() => return,
+                n = limited.read_until(b'\n', &mut line) => n,
+            };
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) if !line.ends_with(b"\n") && line.len() >= MAX_LINE => {
+                    let too_long = Reply::error("invalid", format!("request line over {MAX_LINE} bytes"));
+                    let _ = write_line(&mut w, &too_long).await;
+                    return;
+                }
+                Ok(_) => {}
+            }
+            let text = line.trim_ascii();
+            let space = text.iter().position(|b| *b == b' ').unwrap_or(text.len());
+            let name = String::from_utf8_lossy(&text[..space]).into_owned();
+            let request = match commands::parse(&name, text[space..].trim_ascii()) {
+                Ok(r) => r,
+                Err(refusal) => {
+                    let id = refusal.request_id.unwrap_or_else(|| "invalid".to_owned());
+                    if write_line(&mut w, &Reply::error(&id, refusal.message)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let reply = match request.command {
+                Command::EventsTail(args) => return self.tail(&request.request_id, args, r, w, cancel).await,
+                Command::ConfigSet { .. } | Command::Restart { .. } => Reply::error(
+                    &request.request_id,
+                    format!(
+                        "{name} changes the device: send it over MQTT (`vigil fleet send`); the local socket is \
+                         read-only"
+                    ),
+                ),
+                command => {
+                    let Ok(_permit) = self.running.acquire().await else { return };
+                    let fleet = self.fleet.clone();
+                    match tokio::task::spawn_blocking(move || fleet.execute(&command)).await {
+                        Ok(result) => Reply::new(&request.request_id, result),
+                        Err(_) => Reply::error(&request.request_id, "the command failed (see vigil's log)".into()),
+                    }
+                }
+            };
+            if write_line(&mut w, &reply).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Answers, sends the newest `args.last` stored events, then every event as it is stored,
+    /// until the client hangs up or vigil stops.
+    async fn tail(
+        &self,
+        request_id: &str,
+        args: TailArgs,
+        mut r: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+        mut w: OwnedWriteHalf,
+        cancel: &CancellationToken,
+    ) {
+        // Subscribed before the backlog is read: an event stored meanwhile is sent (perhaps in
+        // both), never missed.
+        let mut rx = self.stored.subscribe();
+        let backlog = if args.last == 0 {
+            Ok(Vec::new())
+        } else {
+            let q = EventsQuery {
+                camera: args.camera.clone(),
+                label: args.label.clone(),
+                limit: Some(args.last),
+                order: Some(Order::Newest),
+                ..EventsQuery::default()
+            };
+            let Ok(_permit) = self.running.acquire().await else { return };
+            let store = self.fleet.store.clone();
+            tokio::task::spawn_blocking(move || q.check().and_then(|q| q.run(&store).map_err(|e| e.to_string())))
+                .await
+                .unwrap_or_else(|_| Err("the query failed (see vigil's log)".into()))
+                .map(|page| page.events)
+        };
+        let backlog = match backlog {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = write_line(&mut w, &Reply::error(request_id, e)).await;
+                return;
+            }
+        };
+        let following = Reply::new(request_id, Ok(serde_json::json!({ "following": true })));
+        if write_line(&mut w, &following).await.is_err() {
+            return;
+        }
+        for e in backlog.iter().rev() {
+            if write_line(&mut w, &serde_json::json!({ "event": e })).await.is_err() {
+                return;
+            }
+        }
+        let mut byte = [0u8; 1];
+        loop {
+            let line = tokio::select! {
+                // Stored events first: those stored before a stop (its `end`s) still go out.
+                biased;
+                got = rx.recv() => match got {
+                    Ok(burst) => {
+                        for e in burst.iter().filter(|e| args.wants(e)) {
+                            if write_line(&mut w, &serde_json::json!({ "event": e })).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => serde_json::json!({ "lagged": n }),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = cancel.cancelled() => return,
+                // Anything from the client, or its hang-up, ends the tail.
+                _ = r.read(&mut byte) => return,
+            };
+            if write_line(&mut w, &line).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn write_line(w: &mut OwnedWriteHalf, value: &impl serde::Serialize) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&line)).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client does not read")),
+    }
+}
+
+/// The command-line side: a blocking connection to a running vigil.
+pub struct Connection {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+    requests: u32,
+}
+
+/// What a tail sends.
+#[derive(Debug)]
+pub enum TailItem {
+    Event(Box<Event>),
+    /// Bursts of events missed because the reader fell behind.
+    Lagged(u64),
+}
+
+/// How long a request may take (a `snapshot` waits up to 5 s for a frame).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Connection {
+    /// Connects to the vigil running on `data_dir`; `Err` when none answers there.
+    pub fn connect(data_dir: &Path) -> std::io::Result<Self> {
+        let stream = std::os::unix::net::UnixStream::connect(socket_path(data_dir))?;
+        stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        Ok(Self { reader: std::io::BufReader::new(stream.try_clone()?), writer: stream, requests: 0 })
+    }
+
+    /// Sends command `name` with `args`; the result, or the service's error message.
+    pub fn call(&mut self, name: &str, args: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        self.requests += 1;
+        let request = serde_json::json!({ "request_id": format!("cli-{}", self.requests), "args": args });
+        writeln!(self.writer, "{name} {request}")?;
+        let reply = self.read_value()?.ok_or_else(|| anyhow::anyhow!("vigil closed the connection"))?;
+        match reply.get("ok").and_then(|ok| ok.as_bool()) {
+            Some(true) => Ok(reply.get("result").cloned().unwrap_or_default()),
+            _ => {
+                anyhow::bail!("{}", reply.get("error").and_then(|e| e.as_str()).unwrap_or("vigil refused the request"))
+            }
+        }
+    }
+
+    /// Starts `events/tail`; then [`Connection::next_tail`] blocks for each item.
+    pub fn tail(&mut self, args: &TailArgs) -> anyhow::Result<()> {
+        self.call("events/tail", serde_json::to_value(args)?)?;
+        self.reader.get_ref().set_read_timeout(None)?;
+        Ok(())
+    }
+
+    /// The next item of a tail; `None` when vigil closed the connection (it stopped).
+    pub fn next_tail(&mut self) -> anyhow::Result<Option<TailItem>> {
+        let Some(mut line) = self.read_value()? else { return Ok(None) };
+        if let Some(n) = line.get("lagged").and_then(|n| n.as_u64()) {
+            return Ok(Some(TailItem::Lagged(n)));
+        }
+        let event = serde_json::from_value(line["event"].take())?;
+        Ok(Some(TailItem::Event(Box::new(event))))
+    }
+
+    fn read_value(&mut self) -> anyhow::Result<Option<serde_json::Value>> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(serde_json::from_str(&line)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::Store;
+
+    struct Running {
+        dir: tempfile::TempDir,
+        stored: StoredEvents,
+        cancel: CancellationToken,
+        server: tokio::task::JoinHandle<()>,
+        store: Store,
+    }
+
+    async fn serve(events: &[Event]) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.append(events, "t").unwrap();
+        let fleet = Arc::new(Fleet {
+            config: Arc::new(Config::embedded_default().unwrap()),
+            started: std::time::Instant::now(),
+            cameras: Vec::new(),
+            inference: Arc::new(crate::scheduler::SchedulerStats::new::<&str>(&[])),
+            store: store.clone(),
+            restart: CancellationToken::new(),
+            snapshots: crate::scheduler::SnapshotRequests::default(),
+            config_path: None,
+            labels: Vec::new(),
+        });
+        let (stored, _) = broadcast::channel(4);
+        let cancel = CancellationToken::new();
+        let server =
+            Server::bind(dir.path()).unwrap().spawn(fleet, Arc::new(Semaphore::new(2)), stored.clone(), cancel.clone());
+        Running { dir, stored, cancel, server, store }
+    }
+
+    fn event(n: u32, camera: &str) -> Event {
+        let mut e = crate::events::test_event(n);
+        e.start_ns = 1_000_000 * u64::from(n + 1);
+        e.camera_id = camera.into();
+        e
+    }
+
+    /// Runs `f` with a blocking connection, off the runtime's threads.
+    async fn with_connection<T: Send + 'static>(
+        dir: &Path,
+        f: impl FnOnce(&mut Connection) -> T + Send + 'static,
+    ) -> T {
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || f(&mut Connection::connect(&dir).unwrap())).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queries_are_answered_and_changes_and_garbage_refused() {
+        let events = [event(0, "a"), event(1, "b"), event(2, "a")];
+        let run = serve(&events).await;
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(socket_path(run.dir.path())).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "owner only");
+        let id = events[1].id.clone();
+        let (page, got, set, bad) = with_connection(run.dir.path(), move |c| {
+            let page = c.call("events/query", serde_json::json!({ "camera": "a" })).unwrap();
+            let got = c.call("events/get", serde_json::json!({ "id": id })).unwrap();
+            let set = c.call("config/set", serde_json::json!({ "config": {} })).unwrap_err().to_string();
+            let bad = c.call("events/query", serde_json::json!({ "limit": 0 })).unwrap_err().to_string();
+            (page, got, set, bad)
+        })
+        .await;
+        let seqs: Vec<u64> =
+            page["events"].as_array().unwrap().iter().map(|e| e["best"]["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, [0, 2]);
+        assert_eq!(got["event"]["id"], events[1].id.as_str());
+        assert!(set.contains("read-only") && set.contains("vigil fleet"), "{set}");
+        assert!(bad.contains("limit must be"), "{bad}");
+
+        // A line that is not a request, then one far too long: answered, then hung up on.
+        let dir = run.dir.path().to_owned();
+        let replies = tokio::task::spawn_blocking(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(socket_path(&dir)).unwrap();
+            s.write_all(b"status not-json\n").unwrap();
+            s.write_all(&vec![b'x'; MAX_LINE + 10]).unwrap();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+            text
+        })
+        .await
+        .unwrap();
+        let lines: Vec<serde_json::Value> = replies.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{replies}");
+        assert!(lines[0]["error"].as_str().unwrap().contains("request_id"), "{replies}");
+        assert!(lines[1]["error"].as_str().unwrap().contains("request line over"), "{replies}");
+
+        run.cancel.cancel();
+        run.server.await.unwrap();
+        assert!(!socket_path(run.dir.path()).exists(), "the socket goes with the service");
+        // A socket left by a killed service is replaced by the next one.
+        let _stale = std::os::unix::net::UnixListener::bind(socket_path(run.dir.path())).unwrap();
+        drop(_stale);
+        Server::bind(run.dir.path()).expect("a stale socket is replaced");
+        drop(run.store);
+    }
+
+    #[tokio::test]
+    async fn tail_sends_the_backlog_then_each_stored_burst_and_says_what_it_missed() {
+        let run = serve(&[event(0, "a"), event(1, "b"), event(2, "a")]).await;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
+        let dir = run.dir.path().to_owned();
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut c = Connection::connect(&dir).unwrap();
+            c.tail(&TailArgs { last: 5, camera: Some("a".into()), label: None }).unwrap();
+            while let Ok(Some(item)) = c.next_tail() {
+                let said = match item {
+                    TailItem::Event(e) => format!("event {}", e.best.seq),
+                    TailItem::Lagged(n) => format!("lagged {n}"),
+                };
+                if tx.blocking_send(said).is_err() {
+                    return;
+                }
+            }
+        });
+        async fn next(rx: &mut tokio::sync::mpsc::Receiver<String>) -> String {
+            tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap()
+        }
+        assert_eq!(next(&mut rx).await, "event 0", "backlog, oldest first, camera a only");
+        assert_eq!(next(&mut rx).await, "event 2");
+        // Subscribed before the backlog was read: a burst stored now arrives, filtered.
+        while run.stored.receiver_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        run.stored.send(vec![event(3, "b"), event(4, "a")].into()).unwrap();
+        assert_eq!(next(&mut rx).await, "event 4");
+        // More bursts than the channel holds at once (this runtime has one thread: the server
+        // cannot take any before the loop ends): the reader is told how many it missed.
+        for n in 10..20 {
+            run.stored.send(vec![event(n, "a")].into()).unwrap();
+        }
+        let mut seen = Vec::new();
+        while seen.last().is_none_or(|s| s != "event 19") {
+            seen.push(next(&mut rx).await);
+        }
+        assert!(seen.iter().any(|s| s.starts_with("lagged ")), "{seen:?}");
+        run.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), reader).await.unwrap().unwrap();
+    }
+}
