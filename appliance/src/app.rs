@@ -512,7 +512,9 @@ async fn write_events(
         if let Some(ha) = &home_assistant {
             ha.record(&events);
         }
-        let _ = stored.send(events.into()); // none may be listening
+        if stored.receiver_count() > 0 {
+            let _ = stored.send(events.into()); // for `vigil events tail`
+        }
     }
 }
 
