@@ -247,11 +247,11 @@ pub async fn run(
     });
     let probation =
         config_change_reply(change, &config, &store, &wake, &status, &stats, &restart, &capture_cancel).await;
-    let running = Arc::new(tokio::sync::Semaphore::new(COMMANDS_AT_ONCE));
     // It goes with the uplink, last, so that `events/tail` shows the shutdown's `end` messages.
-    let control = control.map(|c| c.spawn(fleet.clone(), running.clone(), stored_tx, uplink_cancel.clone()));
+    let control = control.map(|c| c.spawn(fleet.clone(), stored_tx, uplink_cancel.clone()));
     let commander = {
         let (store, wake, cancel) = (store.clone(), wake.clone(), capture_cancel.clone());
+        let running = Arc::new(tokio::sync::Semaphore::new(COMMANDS_AT_ONCE));
         tokio::spawn(async move {
             loop {
                 let (name, payload) = tokio::select! {

@@ -7,6 +7,10 @@
 //! lifecycle message: `{"event": {...}}`, or `{"lagged": n}` when `n` bursts were missed because
 //! the reader fell behind. Commands that change the device (`config/set`, `restart`) are refused
 //! here: they go through the fleet, where they are authenticated and audited.
+//!
+//! Only the service's own user (and root) may connect: the socket file is 0600 and each peer's
+//! uid is checked. Everything is bounded: connections, tails, commands running at once (apart
+//! from the fleet's), request lines, idle time.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -15,20 +19,30 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::{broadcast, Semaphore};
+use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::commands::{self, Command, Fleet, Reply, TailArgs};
-use crate::events::query::{EventsQuery, Order};
+use crate::events::query::EventsQuery;
 use crate::events::Event;
 
 pub const SOCKET_FILE: &str = "vigil.sock";
-/// Clients served at once; one more is told to try again.
+/// Request connections served at once; one more is told to try again.
 const MAX_CLIENTS: usize = 8;
+/// Tails followed at once (they hold their connection; counted apart from requests).
+const MAX_TAILS: usize = 8;
+/// Commands from the socket running at once: separate from the fleet's, so that local use
+/// cannot hold up fleet commands.
+const COMMANDS_AT_ONCE: usize = 2;
 /// Longest request line: a request plus the command name.
 const MAX_LINE: usize = commands::MAX_REQUEST_BYTES + 128;
-/// A client that does not take a line within this is dropped (it would hold a slot forever).
+/// A request connection that sends nothing for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A request client that does not take its reply within this is dropped. (A tail reader may
+/// stall as long as it likes: it is told what it missed.)
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// At shutdown, how long a tail reader gets for each of the last lines (the shutdown's `end`s).
+const LAST_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bursts of stored events kept for slow tail readers; beyond it they are told what they missed.
 pub const TAIL_BURSTS: usize = 256;
 
@@ -66,16 +80,24 @@ impl Server {
         Ok(Self { listener, path })
     }
 
-    /// Serves until `cancel`, then removes the socket. Commands share `running` (the permits of
-    /// the fleet command worker), so local queries cannot starve fleet commands of threads.
+    /// Serves until `cancel`; then waits for its clients (tails send what was stored before the
+    /// stop) and removes the socket.
     pub fn spawn(
         self,
         fleet: Arc<Fleet>,
-        running: Arc<Semaphore>,
         stored: StoredEvents,
         cancel: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
+        let shared = Arc::new(Shared {
+            fleet,
+            stored,
+            commands: Semaphore::new(COMMANDS_AT_ONCE),
+            tails: Arc::new(Semaphore::new(MAX_TAILS)),
+        });
         let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
+        let tracker = tokio_util::task::TaskTracker::new();
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -89,32 +111,42 @@ impl Server {
                         }
                     },
                 };
+                match stream.peer_cred().map(|c| c.uid()) {
+                    Ok(uid) if uid == me || uid == 0 => {}
+                    other => {
+                        tracing::warn!(peer = ?other, "control socket: connection from another user refused");
+                        continue;
+                    }
+                }
                 let Ok(slot) = clients.clone().try_acquire_owned() else {
                     let (_, mut w) = stream.into_split();
                     let busy = Reply::error("busy", format!("{MAX_CLIENTS} clients are connected; try again"));
-                    let _ = write_line(&mut w, &busy).await;
+                    let _ = write_line(&mut w, &busy, WRITE_TIMEOUT).await;
                     continue;
                 };
-                let client = Client { fleet: fleet.clone(), running: running.clone(), stored: stored.clone() };
-                let cancel = cancel.clone();
-                tokio::spawn(async move {
-                    client.serve(stream, &cancel).await;
-                    drop(slot);
-                });
+                tracker.spawn(shared.clone().serve(stream, slot, cancel.clone()));
             }
+            tracker.close();
+            tracker.wait().await;
             let _ = std::fs::remove_file(&self.path);
         })
     }
 }
 
-struct Client {
+struct Shared {
     fleet: Arc<Fleet>,
-    running: Arc<Semaphore>,
     stored: StoredEvents,
+    commands: Semaphore,
+    tails: Arc<Semaphore>,
 }
 
-impl Client {
-    async fn serve(&self, stream: tokio::net::UnixStream, cancel: &CancellationToken) {
+impl Shared {
+    async fn serve(
+        self: Arc<Self>,
+        stream: tokio::net::UnixStream,
+        slot: OwnedSemaphorePermit,
+        cancel: CancellationToken,
+    ) {
         let (r, mut w) = stream.into_split();
         let mut r = tokio::io::BufReader::new(r);
         loop {
@@ -122,13 +154,14 @@ impl Client {
             let mut limited = (&mut r).take(MAX_LINE as u64);
             let read = tokio::select! {
                 _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(IDLE_TIMEOUT) => return,
                 n = limited.read_until(b'\n', &mut line) => n,
             };
             match read {
                 Ok(0) | Err(_) => return,
                 Ok(_) if !line.ends_with(b"\n") && line.len() >= MAX_LINE => {
                     let too_long = Reply::error("invalid", format!("request line over {MAX_LINE} bytes"));
-                    let _ = write_line(&mut w, &too_long).await;
+                    let _ = write_line(&mut w, &too_long, WRITE_TIMEOUT).await;
                     return;
                 }
                 Ok(_) => {}
@@ -140,31 +173,38 @@ impl Client {
                 Ok(r) => r,
                 Err(refusal) => {
                     let id = refusal.request_id.unwrap_or_else(|| "invalid".to_owned());
-                    if write_line(&mut w, &Reply::error(&id, refusal.message)).await.is_err() {
+                    if write_line(&mut w, &Reply::error(&id, refusal.message), WRITE_TIMEOUT).await.is_err() {
                         return;
                     }
                     continue;
                 }
             };
+            let id = request.request_id;
             let reply = match request.command {
-                Command::EventsTail(args) => return self.tail(&request.request_id, args, r, w, cancel).await,
+                Command::EventsTail(args) => match self.tails.clone().try_acquire_owned() {
+                    Ok(tail_slot) => {
+                        drop(slot); // a tail holds a tail slot, not a request slot
+                        return self.tail(&id, args, r, w, &cancel, tail_slot).await;
+                    }
+                    Err(_) => Reply::error(&id, format!("{MAX_TAILS} tails are following already; stop one")),
+                },
                 Command::ConfigSet { .. } | Command::Restart { .. } => Reply::error(
-                    &request.request_id,
+                    &id,
                     format!(
-                        "{name} changes the device: send it over MQTT (`vigil fleet send`); the local socket is \
+                        "{name} changes the device: send it over MQTT (`vigil fleet cmd`); the local socket is \
                          read-only"
                     ),
                 ),
                 command => {
-                    let Ok(_permit) = self.running.acquire().await else { return };
+                    let Ok(_permit) = self.commands.acquire().await else { return };
                     let fleet = self.fleet.clone();
                     match tokio::task::spawn_blocking(move || fleet.execute(&command)).await {
-                        Ok(result) => Reply::new(&request.request_id, result),
-                        Err(_) => Reply::error(&request.request_id, "the command failed (see vigil's log)".into()),
+                        Ok(result) => Reply::new(&id, result),
+                        Err(_) => Reply::error(&id, "the command failed (see vigil's log)".into()),
                     }
                 }
             };
-            if write_line(&mut w, &reply).await.is_err() {
+            if write_line(&mut w, &reply, WRITE_TIMEOUT).await.is_err() {
                 return;
             }
         }
@@ -179,6 +219,7 @@ impl Client {
         mut r: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
         mut w: OwnedWriteHalf,
         cancel: &CancellationToken,
+        _slot: OwnedSemaphorePermit,
     ) {
         // Subscribed before the backlog is read: an event stored meanwhile is sent (perhaps in
         // both), never missed.
@@ -186,68 +227,83 @@ impl Client {
         let backlog = if args.last == 0 {
             Ok(Vec::new())
         } else {
-            let q = EventsQuery {
-                camera: args.camera.clone(),
-                label: args.label.clone(),
-                limit: Some(args.last),
-                order: Some(Order::Newest),
-                ..EventsQuery::default()
-            };
-            let Ok(_permit) = self.running.acquire().await else { return };
-            let store = self.fleet.store.clone();
-            tokio::task::spawn_blocking(move || q.check().and_then(|q| q.run(&store).map_err(|e| e.to_string())))
+            let q = EventsQuery { camera: args.camera.clone(), label: args.label.clone(), ..EventsQuery::default() };
+            let Ok(_permit) = self.commands.acquire().await else { return };
+            let (store, n) = (self.fleet.store.clone(), args.last);
+            tokio::task::spawn_blocking(move || crate::events::query::newest_stored(&store, q, n))
                 .await
                 .unwrap_or_else(|_| Err("the query failed (see vigil's log)".into()))
-                .map(|page| page.events)
         };
         let backlog = match backlog {
             Ok(b) => b,
             Err(e) => {
-                let _ = write_line(&mut w, &Reply::error(request_id, e)).await;
+                let _ = write_line(&mut w, &Reply::error(request_id, e), WRITE_TIMEOUT).await;
                 return;
             }
         };
         let following = Reply::new(request_id, Ok(serde_json::json!({ "following": true })));
-        if write_line(&mut w, &following).await.is_err() {
+        if write_line(&mut w, &following, WRITE_TIMEOUT).await.is_err() {
             return;
         }
-        for e in backlog.iter().rev() {
-            if write_line(&mut w, &serde_json::json!({ "event": e })).await.is_err() {
+        // Writes wait as long as the reader needs (a pager); a stop interrupts them.
+        for e in &backlog {
+            if !send_line(&mut w, &serde_json::json!({ "event": e }), cancel).await {
                 return;
             }
         }
         let mut byte = [0u8; 1];
         loop {
             let line = tokio::select! {
-                // Stored events first: those stored before a stop (its `end`s) still go out.
+                // Stored events first, so that a stop does not cut in before them.
                 biased;
                 got = rx.recv() => match got {
                     Ok(burst) => {
                         for e in burst.iter().filter(|e| args.wants(e)) {
-                            if write_line(&mut w, &serde_json::json!({ "event": e })).await.is_err() {
-                                return;
+                            if !send_line(&mut w, &serde_json::json!({ "event": e }), cancel).await {
+                                return; // gone, or stopped mid-line: nothing more can be sent
                             }
                         }
                         continue;
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => serde_json::json!({ "lagged": n }),
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Err(broadcast::error::RecvError::Closed) => break,
                 },
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => break,
                 // Anything from the client, or its hang-up, ends the tail.
                 _ = r.read(&mut byte) => return,
             };
-            if write_line(&mut w, &line).await.is_err() {
+            if !send_line(&mut w, &line, cancel).await {
                 return;
+            }
+        }
+        // Stopping between lines: what was stored before the stop (the shutdown's `end`s) still
+        // goes out, each line within a short time.
+        while let Ok(burst) = rx.try_recv() {
+            for e in burst.iter().filter(|e| args.wants(e)) {
+                if write_line(&mut w, &serde_json::json!({ "event": e }), LAST_WRITE_TIMEOUT).await.is_err() {
+                    return;
+                }
             }
         }
     }
 }
 
-async fn write_line(w: &mut OwnedWriteHalf, value: &impl serde::Serialize) -> std::io::Result<()> {
+/// Writes one line, waiting as long as the reader needs unless `cancel` comes first.
+async fn send_line(w: &mut OwnedWriteHalf, value: &serde_json::Value, cancel: &CancellationToken) -> bool {
+    let mut line = serde_json::to_vec(value).expect("JSON values serialise");
+    line.push(b'\n');
+    tokio::select! {
+        // The write first: one that can go at once goes, even when vigil is stopping.
+        biased;
+        written = w.write_all(&line) => written.is_ok(),
+        _ = cancel.cancelled() => false,
+    }
+}
+
+async fn write_line(w: &mut OwnedWriteHalf, value: &impl serde::Serialize, limit: Duration) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&line)).await {
+    match tokio::time::timeout(limit, w.write_all(&line)).await {
         Ok(written) => written,
         Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client does not read")),
     }
@@ -258,6 +314,7 @@ pub struct Connection {
     reader: std::io::BufReader<std::os::unix::net::UnixStream>,
     writer: std::os::unix::net::UnixStream,
     requests: u32,
+    socket: PathBuf,
 }
 
 /// What a tail sends.
@@ -274,9 +331,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 impl Connection {
     /// Connects to the vigil running on `data_dir`; `Err` when none answers there.
     pub fn connect(data_dir: &Path) -> std::io::Result<Self> {
-        let stream = std::os::unix::net::UnixStream::connect(socket_path(data_dir))?;
+        let socket = socket_path(data_dir);
+        let stream = std::os::unix::net::UnixStream::connect(&socket)?;
         stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-        Ok(Self { reader: std::io::BufReader::new(stream.try_clone()?), writer: stream, requests: 0 })
+        Ok(Self { reader: std::io::BufReader::new(stream.try_clone()?), writer: stream, requests: 0, socket })
     }
 
     /// Sends command `name` with `args`; the result, or the service's error message.
@@ -312,8 +370,17 @@ impl Connection {
 
     fn read_value(&mut self) -> anyhow::Result<Option<serde_json::Value>> {
         let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
-            return Ok(None);
+        match self.reader.read_line(&mut line) {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                anyhow::bail!(
+                    "vigil did not answer within {} s on {}; see its log",
+                    REQUEST_TIMEOUT.as_secs(),
+                    self.socket.display()
+                )
+            }
+            Err(e) => return Err(e.into()),
         }
         Ok(Some(serde_json::from_str(&line)?))
     }
@@ -350,8 +417,7 @@ mod tests {
         });
         let (stored, _) = broadcast::channel(4);
         let cancel = CancellationToken::new();
-        let server =
-            Server::bind(dir.path()).unwrap().spawn(fleet, Arc::new(Semaphore::new(2)), stored.clone(), cancel.clone());
+        let server = Server::bind(dir.path()).unwrap().spawn(fleet, stored.clone(), cancel.clone());
         Running { dir, stored, cancel, server, store }
     }
 
@@ -380,17 +446,21 @@ mod tests {
         );
         assert_eq!(mode & 0o777, 0o600, "owner only");
         let id = events[1].id.clone();
-        let (page, got, set, bad) = with_connection(run.dir.path(), move |c| {
+        let (page, newest, got, set, bad) = with_connection(run.dir.path(), move |c| {
             let page = c.call("events/query", serde_json::json!({ "camera": "a" })).unwrap();
+            let newest = c.call("events/query", serde_json::json!({ "order": "newest", "limit": 2 })).unwrap();
             let got = c.call("events/get", serde_json::json!({ "id": id })).unwrap();
             let set = c.call("config/set", serde_json::json!({ "config": {} })).unwrap_err().to_string();
             let bad = c.call("events/query", serde_json::json!({ "limit": 0 })).unwrap_err().to_string();
-            (page, got, set, bad)
+            (page, newest, got, set, bad)
         })
         .await;
-        let seqs: Vec<u64> =
-            page["events"].as_array().unwrap().iter().map(|e| e["best"]["seq"].as_u64().unwrap()).collect();
-        assert_eq!(seqs, [0, 2]);
+        let seqs = |page: &serde_json::Value| -> Vec<u64> {
+            page["events"].as_array().unwrap().iter().map(|e| e["best"]["seq"].as_u64().unwrap()).collect()
+        };
+        assert_eq!(seqs(&page), [0, 2]);
+        assert_eq!(seqs(&newest), [2, 1], "newest first");
+        assert!(newest["next"].is_string(), "one more to come");
         assert_eq!(got["event"]["id"], events[1].id.as_str());
         assert!(set.contains("read-only") && set.contains("vigil fleet"), "{set}");
         assert!(bad.contains("limit must be"), "{bad}");
@@ -420,6 +490,29 @@ mod tests {
         drop(_stale);
         Server::bind(run.dir.path()).expect("a stale socket is replaced");
         drop(run.store);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tails_have_slots_of_their_own() {
+        let run = serve(&[event(0, "a")]).await;
+        let dir = run.dir.path().to_owned();
+        let (refused, status) = tokio::task::spawn_blocking(move || {
+            let mut tails: Vec<Connection> = (0..MAX_TAILS).map(|_| Connection::connect(&dir).unwrap()).collect();
+            for t in &mut tails {
+                t.tail(&TailArgs::default()).unwrap();
+            }
+            let mut one_more = Connection::connect(&dir).unwrap();
+            let refused = one_more.tail(&TailArgs::default()).unwrap_err().to_string();
+            // Requests still get through: the tails do not hold request slots.
+            let status = one_more.call("status", serde_json::json!({})).unwrap();
+            (refused, status)
+        })
+        .await
+        .unwrap();
+        assert!(refused.contains("tails are following already"), "{refused}");
+        assert_eq!(status["store"]["events"], 1);
+        run.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), run.server).await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -68,9 +68,9 @@ pub enum EventsCommand {
     /// The newest events, then each event message (new, update, end) as the running service
     /// stores it. Waits for the service when it is not running; Ctrl-C stops.
     Tail {
-        /// Stored events to show first.
-        #[arg(long, default_value_t = 10)]
-        last: usize,
+        /// Stored events to show first (at most 500).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=500))]
+        last: u64,
         /// Only this camera's events.
         #[arg(long)]
         camera: Option<String>,
@@ -111,13 +111,14 @@ fn parse_time(s: &str) -> Result<SystemTime, String> {
 enum Source {
     /// The running service answers on its control socket.
     Live(Connection),
-    /// No service runs: the store itself (this process holds its lock until dropped).
+    /// No service runs: the store itself (this process holds its lock until dropped, so every
+    /// method takes the source and closes the store before its result is printed).
     Stopped(Store),
 }
 
 impl Source {
     fn open(dir: &Path) -> anyhow::Result<Self> {
-        if let Ok(c) = Connection::connect(dir) {
+        if let Some(c) = connect(dir)? {
             return Ok(Source::Live(c));
         }
         if !dir.join("store").exists() {
@@ -126,8 +127,9 @@ impl Source {
         match Store::open(dir) {
             Ok(s) => Ok(Source::Stopped(s)),
             Err(StoreError::Locked(path)) => bail!(
-                "the store at {} is in use, and no vigil answers on {}: vigil is starting or stopping, or another \
-                 `vigil events` command reads the store; try again in a moment",
+                "the store at {} is in use, and no vigil answers on {}. vigil may be starting or stopping (try \
+                 again in a moment); another `vigil events` command may be reading it (let it finish); or vigil \
+                 runs without its control socket (its log says why)",
                 path.display(),
                 crate::control::socket_path(dir).display()
             ),
@@ -142,9 +144,9 @@ impl Source {
         }
     }
 
-    fn event(&mut self, id: &str) -> anyhow::Result<Event> {
+    fn event(self, id: &str) -> anyhow::Result<Event> {
         match self {
-            Source::Live(c) => {
+            Source::Live(mut c) => {
                 let mut got = c.call("events/get", serde_json::json!({ "id": id }))?;
                 Ok(serde_json::from_value(got["event"].take())?)
             }
@@ -152,40 +154,77 @@ impl Source {
         }
     }
 
-    /// Every event `q` selects, page by page, oldest first; `f` returns false to stop.
-    fn each(&mut self, mut q: EventsQuery, mut f: impl FnMut(Event) -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    /// Every event `q` selects, oldest first, to `f` (which returns false to stop). From a
+    /// running service page by page; from a store all at once, the store closed before `f` runs
+    /// (a reader paging through the output must not keep vigil from starting).
+    fn each(mut self, mut q: EventsQuery, mut f: impl FnMut(Event) -> anyhow::Result<bool>) -> anyhow::Result<()> {
         q.limit = Some(PAGE_MAX);
         q.order = Some(Order::Oldest);
+        let mut all = Vec::new();
         loop {
             let page = self.page(&q)?;
-            for e in page.events {
-                if !f(e)? {
-                    return Ok(());
+            match self {
+                Source::Live(_) => {
+                    for e in page.events {
+                        if !f(e)? {
+                            return Ok(());
+                        }
+                    }
                 }
+                Source::Stopped(_) => all.extend(page.events),
             }
-            match page.next {
-                Some(next) => q.after = Some(next),
-                None => return Ok(()),
-            }
-        }
-    }
-
-    /// The newest `n` events `q` selects, oldest first.
-    fn newest(&mut self, mut q: EventsQuery, n: usize) -> anyhow::Result<Vec<Event>> {
-        q.order = Some(Order::Newest);
-        let mut got = Vec::with_capacity(n.min(PAGE_MAX));
-        while got.len() < n {
-            q.limit = Some((n - got.len()).min(PAGE_MAX));
-            let page = self.page(&q)?;
-            got.extend(page.events);
             match page.next {
                 Some(next) => q.after = Some(next),
                 None => break,
             }
         }
-        got.truncate(n);
-        got.reverse();
-        Ok(got)
+        drop(self);
+        for e in all {
+            if !f(e)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest `n` events `q` selects, oldest first.
+    fn newest(mut self, q: EventsQuery, n: usize) -> anyhow::Result<Vec<Event>> {
+        crate::events::query::newest(q, n, |q| self.page(q))
+    }
+}
+
+/// The running service's control socket; `None` when no service is there.
+fn connect(dir: &Path) -> anyhow::Result<Option<Connection>> {
+    use std::io::ErrorKind;
+    match Connection::connect(dir) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => Ok(None),
+        Err(e) => {
+            let socket = crate::control::socket_path(dir);
+            let hint =
+                if e.kind() == ErrorKind::PermissionDenied { "; run this as vigil's user or as root" } else { "" };
+            bail!("cannot connect to {}: {e}{hint}", socket.display())
+        }
+    }
+}
+
+/// Writes one line; `Ok(false)` when the reader has gone (a closed pipe: `| head`), an error for
+/// anything else (a full disk must not pass for a finished export).
+fn emit(w: &mut dyn Write, text: &str) -> anyhow::Result<bool> {
+    match writeln!(w, "{text}") {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write the output")),
+    }
+}
+
+/// Flushes stdout, a closed pipe being no error.
+fn finish(w: &mut dyn Write) -> anyhow::Result<()> {
+    match w.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("cannot write the output"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -214,8 +253,8 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match &args.command {
         EventsCommand::List { filter, last, json } => {
-            let mut source = Source::open(&dir)?;
-            let mut print = |e: Event| Ok(writeln!(out, "{}", line(&e, *json)?).is_ok()); // false: stdout closed
+            let source = Source::open(&dir)?;
+            let mut print = |e: Event| emit(&mut out, &line(&e, *json)?);
             match last {
                 Some(n) => {
                     for e in source.newest(filter.query(), *n)? {
@@ -234,22 +273,19 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<()> {
                 std::fs::copy(dir.join(stored), file)
                     .with_context(|| format!("cannot copy {} to {}", dir.join(stored).display(), file.display()))?;
             }
-            if *json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&event)?)?;
-            } else {
-                write!(out, "{}", details(&event, &dir))?;
-            }
+            let text = if *json { serde_json::to_string_pretty(&event)? } else { details(&event, &dir) };
+            emit(&mut out, text.trim_end())?;
         }
         EventsCommand::Tail { last, camera, label, json } => {
-            let args = TailArgs { last: *last, camera: camera.clone(), label: label.clone() };
+            let last = usize::try_from(*last).expect("at most 500");
+            let args = TailArgs { last, camera: camera.clone(), label: label.clone() };
             tail(&dir, args, *json, &mut out)?;
         }
         EventsCommand::Export { filter, format, output, snapshots } => {
             export(&dir, filter, *format, output.as_deref(), snapshots.as_deref())?
         }
     }
-    out.flush().or_else(|e| if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e) })?;
-    Ok(())
+    finish(&mut out)
 }
 
 fn phase(e: &Event) -> &'static str {
@@ -333,51 +369,61 @@ const TAIL_RETRY: Duration = Duration::from_secs(1);
 fn tail(dir: &Path, args: TailArgs, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
     let mut backlog = args.last;
     let mut said_waiting = false;
+    let mut reconnecting = false;
     loop {
-        let mut conn = match Connection::connect(dir) {
-            Ok(c) => c,
-            Err(_) => {
-                // Not running (or starting, or stopping): show the backlog from the store if it
-                // is free, and close it again at once so that vigil can start.
-                if backlog > 0 && dir.join("store").exists() {
-                    match Store::open(dir) {
-                        Ok(store) => {
-                            let q = EventsQuery {
-                                camera: args.camera.clone(),
-                                label: args.label.clone(),
-                                ..EventsQuery::default()
-                            };
-                            for e in Source::Stopped(store).newest(q, backlog)? {
-                                writeln!(out, "{}", line(&e, json)?)?;
+        let Some(mut conn) = connect(dir)? else {
+            // Not running (or starting, or stopping): show the backlog from the store if it is
+            // free; it is closed again before anything is printed, so that vigil can start.
+            if backlog > 0 && dir.join("store").exists() {
+                match Store::open(dir) {
+                    Ok(store) => {
+                        let q = EventsQuery {
+                            camera: args.camera.clone(),
+                            label: args.label.clone(),
+                            ..Default::default()
+                        };
+                        for e in Source::Stopped(store).newest(q, backlog)? {
+                            if !emit(out, &line(&e, json)?)? {
+                                return Ok(());
                             }
-                            out.flush()?;
-                            backlog = 0;
                         }
-                        Err(StoreError::Locked(_)) => {}
-                        Err(e) => return Err(e.into()),
+                        finish(out)?;
+                        backlog = 0;
                     }
+                    Err(StoreError::Locked(_)) => {}
+                    Err(e) => return Err(e.into()),
                 }
-                if !std::mem::replace(&mut said_waiting, true) {
-                    eprintln!("vigil is not running on {}; waiting for it (Ctrl-C stops)", dir.display());
-                }
-                std::thread::sleep(TAIL_RETRY);
-                continue;
             }
+            if !std::mem::replace(&mut said_waiting, true) {
+                eprintln!("vigil is not running on {}; waiting for it (Ctrl-C stops)", dir.display());
+            }
+            std::thread::sleep(TAIL_RETRY);
+            continue;
         };
         conn.tail(&TailArgs { last: backlog, ..args.clone() })?;
+        if std::mem::take(&mut reconnecting) {
+            eprintln!(
+                "vigil is back. Events it ended as it started (end_reason `restart`) are not shown here; \
+                 `vigil events list --last N` shows every event's latest state"
+            );
+        }
         backlog = 0;
+        said_waiting = true;
         while let Some(item) = conn.next_tail()? {
             match item {
                 TailItem::Event(e) => {
-                    if writeln!(out, "{}", line(&e, json)?).and_then(|()| out.flush()).is_err() {
-                        return Ok(()); // stdout closed
+                    if !emit(out, &line(&e, json)?)? {
+                        return Ok(());
                     }
+                    finish(out)?;
                 }
-                TailItem::Lagged(n) => eprintln!("warning: {n} bursts of events were missed: this reader fell behind"),
+                TailItem::Lagged(n) => {
+                    eprintln!("warning: {n} bursts of events were not shown: this reader fell behind")
+                }
             }
         }
-        eprintln!("vigil stopped; waiting for it to start again (Ctrl-C stops)");
-        said_waiting = true;
+        eprintln!("vigil closed the connection (stopping or restarting); waiting for it (Ctrl-C stops)");
+        reconnecting = true;
         std::thread::sleep(TAIL_RETRY);
     }
 }
@@ -436,19 +482,19 @@ fn export(
     if let Some(d) = snapshots {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
-    let mut source = Source::open(dir)?;
+    let source = Source::open(dir)?;
     let mut counts = (0usize, 0usize, 0usize); // events, snapshots copied, snapshots gone
-    let mut write = |w: &mut dyn Write| -> anyhow::Result<()> {
-        if matches!(format, Format::Csv) {
-            writeln!(w, "{CSV_HEADER}")?;
+    let write = |w: &mut dyn Write| -> anyhow::Result<()> {
+        if matches!(format, Format::Csv) && !emit(w, CSV_HEADER)? {
+            return Ok(());
         }
         source.each(filter.query(), |e| {
             let row = match format {
                 Format::Jsonl => serde_json::to_string(&e)?,
                 Format::Csv => csv_row(&e),
             };
-            if writeln!(w, "{row}").is_err() {
-                return Ok(false); // stdout closed
+            if !emit(w, &row)? {
+                return Ok(false);
             }
             counts.0 += 1;
             if let (Some(d), Some(s)) = (snapshots, &e.snapshot) {
@@ -474,7 +520,7 @@ fn export(
         None => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             write(&mut out)?;
-            let _ = out.flush(); // stdout closed: the reader has what it wanted
+            finish(&mut out)?;
         }
     }
     let (events, copied, gone) = counts;

@@ -129,9 +129,11 @@ fn main() -> ExitCode {
             if let Some(dir) = &data_dir {
                 cfg.data_dir = dir.clone();
             }
+            // Loading validated the file; these are the overrides' problems, not the file's.
             let problems = cfg.validate();
             if !problems.is_empty() {
-                return refuse(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+                problems.iter().for_each(|p| eprintln!("{p}"));
+                return ExitCode::from(EXIT_BAD_INPUT);
             }
             let data_dir = cfg.data_dir.clone();
             match run_service(cfg, config) {

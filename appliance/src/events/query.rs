@@ -151,6 +151,34 @@ impl Query {
     }
 }
 
+/// The newest `n` events `q` selects, oldest first, read page by page through `page` (the store,
+/// or a running service): a short page (the scan limit) does not cut the result short.
+pub fn newest<E>(
+    mut q: EventsQuery,
+    n: usize,
+    mut page: impl FnMut(&EventsQuery) -> Result<Page, E>,
+) -> Result<Vec<Event>, E> {
+    q.order = Some(Order::Newest);
+    let mut got = Vec::with_capacity(n.min(PAGE_MAX));
+    while got.len() < n {
+        q.limit = Some((n - got.len()).min(PAGE_MAX));
+        let p = page(&q)?;
+        got.extend(p.events);
+        match p.next {
+            Some(next) => q.after = Some(next),
+            None => break,
+        }
+    }
+    got.truncate(n);
+    got.reverse();
+    Ok(got)
+}
+
+/// [`newest`] on a store.
+pub fn newest_stored(store: &Store, q: EventsQuery, n: usize) -> Result<Vec<Event>, String> {
+    newest(q, n, |q| q.check()?.run(store).map_err(|e| e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,18 +252,29 @@ mod tests {
 
     #[test]
     fn a_filter_that_matches_little_pages_through_the_scan_limit() {
-        let mut events: Vec<(u64, &str, &str)> = (0..SCAN_MAX as u64 + 50).map(|n| (1_000 + n, "a", "x")).collect();
+        // One `c` event, oldest; SCAN_MAX + 50 `a` events; two `b` events, newest.
+        let mut events = vec![(500, "c", "x")];
+        events.extend((0..SCAN_MAX as u64 + 50).map(|n| (1_000 + n, "a", "x")));
         events.push((1_000_000, "b", "x"));
         events.push((1_000_001, "b", "x"));
         let (_dir, store) = store_with(&events);
+        let b = SCAN_MAX as u64 + 51; // seq of the first `b`
         let q = EventsQuery { camera: Some("b".into()), limit: Some(10), ..EventsQuery::default() };
         let first = q.check().unwrap().run(&store).unwrap();
         assert!(first.events.is_empty(), "the scan limit ended the page early");
         let next = first.next.expect("a cursor to go on from");
         let second = EventsQuery { after: Some(next), ..q }.check().unwrap().run(&store).unwrap();
         let seqs: Vec<u64> = second.events.iter().map(|e| e.best.seq).collect();
-        assert_eq!(seqs, [SCAN_MAX as u64 + 50, SCAN_MAX as u64 + 51]);
+        assert_eq!(seqs, [b, b + 1]);
         assert_eq!(second.next, None);
+        // `newest` goes on past pages the scan limit cut short.
+        let only = |camera: &str, n| {
+            let q = EventsQuery { camera: Some(camera.into()), ..EventsQuery::default() };
+            newest_stored(&store, q, n).unwrap().iter().map(|e| e.best.seq).collect::<Vec<u64>>()
+        };
+        assert_eq!(only("c", 5), [0]);
+        assert_eq!(only("a", 2), [b - 2, b - 1], "oldest first");
+        assert!(only("d", 2).is_empty());
     }
 
     #[test]
