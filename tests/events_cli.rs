@@ -30,9 +30,9 @@ struct Tail {
 }
 
 impl Tail {
-    fn start(data: &str) -> Self {
+    fn start(data: &str, last: &str) -> Self {
         let mut child = Command::new(vigil_bin())
-            .args(["events", "tail", "--json", "--last", "0", "--data-dir", data])
+            .args(["events", "tail", "--json", "--last", last, "--data-dir", data])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -84,7 +84,7 @@ fn events_are_read_live_and_after_a_stop_and_tail_follows_the_service_across_it(
     let config = write_config(dir.path(), "cli", &nobody, &[("clip", format!("file://{}", eval_clip().display()))]);
 
     // Started before vigil: it waits for the service, then follows it.
-    let tail = Tail::start(&data_s);
+    let tail = Tail::start(&data_s, "0");
     let waiting = Tail::until(&tail.err, Duration::from_secs(10), |l| !l.is_empty());
     assert!(waiting.iter().any(|l| l.contains("not running") && l.contains("waiting")), "{waiting:?}");
 
@@ -166,6 +166,17 @@ fn events_are_read_live_and_after_a_stop_and_tail_follows_the_service_across_it(
     let last: Vec<String> = parse_lines(&out).into_iter().map(|e| e.id).collect();
     let all: Vec<String> = after.iter().map(|e| e.id.clone()).collect();
     assert_eq!(last, all[all.len() - 2..]);
+    // tail on a stopped store: the same newest two, then it waits without holding the store.
+    let stopped = Tail::start(&data_s, "2");
+    let shown: Vec<String> = Tail::until(&stopped.out, Duration::from_secs(10), |l| l.len() >= 2)
+        .iter()
+        .map(|l| serde_json::from_str::<Event>(l).unwrap().id)
+        .collect();
+    assert_eq!(shown, last);
+    let waiting = Tail::until(&stopped.err, Duration::from_secs(10), |l| !l.is_empty());
+    assert!(waiting.iter().any(|l| l.contains("waiting")), "{waiting:?}");
+    assert_eq!(events_cmd(&data_s, &["list"]).0, 0, "the waiting tail has closed the store");
+    drop(stopped);
     let (code, out, _) = events_cmd(&data_s, &["list", "--json", "--camera", "elsewhere"]);
     assert_eq!((code, out.as_str()), (0, ""));
     let until = &after[1].start;
