@@ -392,9 +392,7 @@ async fn config_change_reply(
     use crate::config_change::{self as change, Startup};
     let device_id = config.device_id.clone();
     let reply = move |request_id: &str, outcome: Result<serde_json::Value, String>| {
-        let r = crate::commands::Reply::new(request_id, outcome);
-        let topic = crate::commands::reply_topic(&device_id, request_id);
-        (topic, serde_json::to_vec(&r).expect("replies always serialise"))
+        crate::commands::Reply::new(request_id, outcome).message(&device_id)
     };
     match change {
         Startup::None | Startup::RollBackNow => None,

@@ -25,8 +25,17 @@ pub const COMMANDS: &[&str] =
 /// How long `snapshot` waits for the camera's next processed frame.
 const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The topic level under which a device takes commands: `vigil/<device_id>/cmd/`.
+pub fn cmd_prefix(device_id: &str) -> String {
+    format!("vigil/{device_id}/cmd/")
+}
+
 pub fn cmd_filter(device_id: &str) -> String {
-    format!("vigil/{device_id}/cmd/#")
+    cmd_prefix(device_id) + "#"
+}
+
+pub fn cmd_topic(device_id: &str, name: &str) -> String {
+    cmd_prefix(device_id) + name
 }
 
 pub fn reply_topic(device_id: &str, request_id: &str) -> String {
@@ -241,6 +250,11 @@ impl Reply {
     pub fn error(request_id: &str, message: String) -> Self {
         Reply { request_id: request_id.to_owned(), ok: false, result: None, error: Some(message) }
     }
+
+    /// This reply as an MQTT message of device `device_id`: (topic, JSON).
+    pub fn message(&self, device_id: &str) -> (String, Vec<u8>) {
+        (reply_topic(device_id, &self.request_id), serde_json::to_vec(self).expect("replies always serialise"))
+    }
 }
 
 /// What the device answers with.
@@ -401,7 +415,7 @@ impl Fleet {
         let at = humantime::format_rfc3339_millis(SystemTime::now());
         tracing::info!(command = name, request_id = %reply.request_id, ok = reply.ok, error = reply.error.as_deref().unwrap_or(""),
             at = %at, "fleet command");
-        Some((reply_topic(device, &reply.request_id), serde_json::to_vec(&reply).expect("replies always serialise")))
+        Some(reply.message(device))
     }
 }
 

@@ -134,7 +134,7 @@ pub fn run(args: &FleetArgs) -> anyhow::Result<u8> {
             let mut devices: BTreeMap<String, serde_json::Value> = BTreeMap::new();
             listen(
                 args,
-                &["vigil/+/status".to_owned()],
+                &[crate::uplink::status_topic("+")],
                 Some(Instant::now() + *wait),
                 |topic, payload| {
                     if let (Some(id), Ok(v)) = (topic.split('/').nth(1), serde_json::from_slice(payload)) {
@@ -165,7 +165,7 @@ pub fn run(args: &FleetArgs) -> anyhow::Result<u8> {
             let mut found = None;
             listen(
                 args,
-                &[format!("vigil/{device}/status")],
+                &[crate::uplink::status_topic(device)],
                 Some(Instant::now() + Duration::from_secs(3)),
                 |_, p| {
                     found = serde_json::from_slice::<serde_json::Value>(p).ok();
@@ -190,7 +190,7 @@ pub fn run(args: &FleetArgs) -> anyhow::Result<u8> {
             let request_id = uuid::Uuid::now_v7().simple().to_string();
             let request = serde_json::to_vec(&serde_json::json!({ "request_id": request_id, "args": cmd_args }))?;
             let reply_topic = crate::commands::reply_topic(device, &request_id);
-            let cmd_topic = format!("vigil/{device}/cmd/{name}");
+            let cmd_topic = crate::commands::cmd_topic(device, name);
             let mut reply = None;
             listen(
                 args,
@@ -217,7 +217,8 @@ pub fn run(args: &FleetArgs) -> anyhow::Result<u8> {
             }
         }
         FleetCommand::Watch { device, metrics, count } => {
-            let topic = format!("vigil/{device}/{}", if *metrics { "metrics" } else { "events" });
+            let topic =
+                if *metrics { crate::metrics::metrics_topic(device) } else { crate::uplink::events_topic(device) };
             let mut seen = 0usize;
             listen(
                 args,

@@ -286,16 +286,13 @@ impl Store {
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| match e {
-                TransactionError::Storage(s) => StoreError::Io(s),
-                TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
-            })?;
+            .map_err(storage_error)?;
         let (added, bytes, replaced) = counts.get();
         self.written_next.fetch_max(next.get(), Ordering::SeqCst);
         self.outbox_count.fetch_add(encoded.len(), Ordering::Relaxed);
         self.event_total.fetch_add(added, Ordering::Relaxed);
         self.event_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.event_bytes.fetch_sub(replaced.min(self.event_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+        sub_saturating(&self.event_bytes, replaced);
         self.evict_overflow()
     }
 
@@ -327,7 +324,7 @@ impl Store {
         let old = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         crate::fsutil::write_atomically(&path, Path::new(&tmp), jpeg).map_err(fail)?;
         self.snapshot_bytes.fetch_add(jpeg.len() as u64, Ordering::Relaxed);
-        self.snapshot_bytes.fetch_sub(old.min(self.snapshot_bytes()), Ordering::Relaxed);
+        sub_saturating(&self.snapshot_bytes, old);
         Ok(())
     }
 
@@ -526,18 +523,15 @@ impl Store {
                 open.remove(id)?;
                 Ok::<_, ConflictableTransactionError<()>>(ev.remove(id)?)
             })
-            .map_err(|e| match e {
-                TransactionError::Storage(s) => StoreError::Io(s),
-                TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
-            })?;
+            .map_err(storage_error)?;
         if let Some(v) = removed {
             self.event_total.fetch_sub(1, Ordering::Relaxed);
-            self.event_bytes.fetch_sub((v.len() as u64).min(self.event_bytes()), Ordering::Relaxed);
+            sub_saturating(&self.event_bytes, v.len() as u64);
         }
         let file = self.snapshot_file(&String::from_utf8_lossy(id));
         if let Ok(meta) = std::fs::metadata(&file) {
             if std::fs::remove_file(&file).is_ok() {
-                self.snapshot_bytes.fetch_sub(meta.len().min(self.snapshot_bytes()), Ordering::Relaxed);
+                sub_saturating(&self.snapshot_bytes, meta.len());
             }
         }
         Ok(())
@@ -571,6 +565,20 @@ impl Store {
             decode_event(&k, &v)
         })
     }
+}
+
+/// The error of a transaction that never aborts: only storage can fail it.
+fn storage_error(e: TransactionError<()>) -> StoreError {
+    match e {
+        TransactionError::Storage(s) => StoreError::Io(s),
+        TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
+    }
+}
+
+/// Subtracts `n` from a byte counter, stopping at 0 (a counter that missed an addition must not
+/// wrap around).
+fn sub_saturating(counter: &AtomicU64, n: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
 }
 
 /// Bytes available to an unprivileged writer on the file system holding `path`.

@@ -21,9 +21,9 @@ use crate::store::Store;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// How long a clean shutdown waits for the broker to acknowledge the `offline` status.
 /// How long a stopping uplink keeps sending what is queued.
 const DRAIN_ON_STOP: Duration = Duration::from_secs(2);
+/// How long a clean shutdown waits for the broker to acknowledge the `offline` status.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn events_topic(device_id: &str) -> String {
@@ -219,7 +219,7 @@ impl Uplink {
     }
 
     fn on_publish(&self, topic: &str, payload: &[u8], retained: bool) {
-        let prefix = format!("vigil/{}/cmd/", self.device_id);
+        let prefix = crate::commands::cmd_prefix(&self.device_id);
         let (Some(tx), Some(name)) = (&self.commands, topic.strip_prefix(&prefix)) else { return };
         if retained {
             // A retained command would run again on every connection (a retained `restart`:
@@ -277,9 +277,7 @@ impl Uplink {
                         self.status.connected_once.store(true, std::sync::atomic::Ordering::Relaxed);
                         connected = true;
                         *backoff = BACKOFF_MIN;
-                        if client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status.get().with_state("online")).is_ok() {
-                            pending.push_back(Tag::Direct);
-                        }
+                        self.publish_online(client, &status_topic, &mut pending);
                         if self.commands.is_some() {
                             let _ = client.try_subscribe(crate::commands::cmd_filter(&self.device_id), QoS::AtLeastOnce);
                         }
@@ -292,11 +290,7 @@ impl Uplink {
                 _ = async { match &self.home_assistant { Some((_, _, s)) => s.changed.notified().await, None => std::future::pending().await } }, if connected => {
                     self.publish_home_assistant(client, &mut pending, false);
                 }
-                _ = self.status.changed.notified(), if connected => {
-                    if client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status.get().with_state("online")).is_ok() {
-                        pending.push_back(Tag::Direct);
-                    }
-                }
+                _ = self.status.changed.notified(), if connected => self.publish_online(client, &status_topic, &mut pending),
                 _ = cancel.cancelled() => {
                     if connected {
                         self.drain(client, &mut eventloop, &mut pending, &mut inflight, &mut cursor).await;
@@ -305,6 +299,13 @@ impl Uplink {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// Hands the retained `online` status, as it is now, to rumqttc.
+    fn publish_online(&self, client: &AsyncClient, topic: &str, pending: &mut VecDeque<Tag>) {
+        if client.try_publish(topic, QoS::AtLeastOnce, true, self.status.get().with_state("online")).is_ok() {
+            pending.push_back(Tag::Direct);
         }
     }
 
