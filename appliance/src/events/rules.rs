@@ -611,7 +611,7 @@ mod tests {
         let lb = crate::infer::Letterbox::new(100, 100, 100, 100);
         let pixels = vec![128u8; 100 * 100 * 3];
         let img =
-            SourceImage { data: &pixels, stride: 300, bytes_per_pixel: 3, width: 100, height: 100, letterbox: lb };
+            SourceImage { pixels: crate::infer::Image::rgb(&pixels, 300), width: 100, height: 100, letterbox: lb };
         let mut sent = Vec::new();
         for n in 0..25u64 {
             let score = if n < 12 { 0.5 } else { 0.9 };

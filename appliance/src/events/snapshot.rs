@@ -1,15 +1,12 @@
 //! Event snapshots: the picture of an event's best observation, cut out of the letterboxed
 //! model input (so at the model's resolution), with the object's box drawn, as JPEG.
 
-use crate::infer::{BBox, Letterbox};
+use crate::infer::{BBox, Image, Letterbox};
 
 /// A processed frame's picture as the scheduler holds it (borrowed from GStreamer's buffer).
 #[derive(Clone, Copy)]
 pub struct SourceImage<'a> {
-    pub data: &'a [u8],
-    pub stride: usize,
-    /// 3 (RGB) or 4 (RGBA).
-    pub bytes_per_pixel: usize,
+    pub pixels: Image<'a>,
     pub width: u32,
     pub height: u32,
     pub letterbox: Letterbox,
@@ -45,10 +42,10 @@ impl SourceImage<'_> {
         let y0 = (lb.pad_y as usize).min(self.height as usize);
         let w = ((lb.source_width as f32 * lb.scale).round() as usize).clamp(1, self.width as usize - x0);
         let h = ((lb.source_height as f32 * lb.scale).round() as usize).clamp(1, self.height as usize - y0);
-        let bpp = self.bytes_per_pixel;
+        let Image { data, stride, bytes_per_pixel: bpp } = self.pixels;
         let mut rgb = Vec::with_capacity(w * h * 3);
         for y in y0..y0 + h {
-            let row = &self.data[y * self.stride + x0 * bpp..];
+            let row = &data[y * stride + x0 * bpp..];
             for px in row.chunks_exact(bpp).take(w) {
                 rgb.extend_from_slice(&px[..3]);
             }
@@ -107,7 +104,8 @@ mod tests {
                 data[y * stride + x * 4..][..4].copy_from_slice(&[10, 20, 30, 255]);
             }
         }
-        let src = SourceImage { data: &data, stride, bytes_per_pixel: 4, width: 64, height: 64, letterbox: lb };
+        let pixels = Image { data: &data, stride, bytes_per_pixel: 4 };
+        let src = SourceImage { pixels, width: 64, height: 64, letterbox: lb };
         let img = src.crop_with_box(&BBox { x1: 100.0, y1: 100.0, x2: 300.0, y2: 200.0 });
         assert_eq!((img.width, img.height), (64, 48));
         let px = |x: usize, y: usize| &img.rgb[(y * 64 + x) * 3..][..3];

@@ -116,21 +116,23 @@ impl EngineCache {
         std::fs::create_dir_all(&self.dir)?;
         let path = self.path(key);
         let tmp = self.dir.join(format!(".{}.tmp", key.file_name()));
-        crate::fsutil::write_atomically(&path, &tmp, &encode(engine, key))?;
+        // Written straight to the file: no second in-memory copy of a many-megabyte engine.
+        crate::fsutil::write_atomically_with(&path, &tmp, |w| write_encoded(w, engine, key))?;
         crate::fsutil::sync_dir(&self.dir)?;
         Ok(path)
     }
 
-    /// Removes cached engines of `model_sha256` other than `keep` (after a model update, the
-    /// old model's engines are dead weight on a small eMMC).
+    /// Removes cached engines of models other than `keep`'s (after a model update, the old
+    /// model's engines are dead weight on a small eMMC). Engines of `keep`'s model for other
+    /// settings stay.
     pub fn prune(&self, keep: &EngineKey) -> std::io::Result<usize> {
+        // Engine file names start with the model's hash (see `EngineKey::file_name`).
         let prefix = keep.model_sha256.get(..12).unwrap_or(&keep.model_sha256).to_owned();
-        let keep_name = keep.file_name();
         let mut removed = 0;
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return Ok(0) };
         for entry in entries.filter_map(Result::ok) {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".engine") && !name.starts_with(&prefix) && name != keep_name {
+            if name.ends_with(".engine") && !name.starts_with(&prefix) {
                 std::fs::remove_file(entry.path())?;
                 removed += 1;
             }
@@ -141,17 +143,15 @@ impl EngineCache {
 
 /// `MAGIC | format u32 | key length u32 | key JSON | engine length u64 | SHA-256(engine) | engine`,
 /// little-endian.
-fn encode(engine: &[u8], key: &EngineKey) -> Vec<u8> {
+fn write_encoded(w: &mut dyn std::io::Write, engine: &[u8], key: &EngineKey) -> std::io::Result<()> {
     let k = key.canonical();
-    let mut out = Vec::with_capacity(engine.len() + k.len() + 64);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT.to_le_bytes());
-    out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-    out.extend_from_slice(&k);
-    out.extend_from_slice(&(engine.len() as u64).to_le_bytes());
-    out.extend_from_slice(&Sha256::digest(engine));
-    out.extend_from_slice(engine);
-    out
+    w.write_all(MAGIC)?;
+    w.write_all(&FORMAT.to_le_bytes())?;
+    w.write_all(&(k.len() as u32).to_le_bytes())?;
+    w.write_all(&k)?;
+    w.write_all(&(engine.len() as u64).to_le_bytes())?;
+    w.write_all(&Sha256::digest(engine))?;
+    w.write_all(engine)
 }
 
 fn decode<'a>(bytes: &'a [u8], key: &EngineKey) -> Result<&'a [u8], String> {
@@ -273,7 +273,9 @@ mod tests {
         assert!(matches!(outcome, CacheOutcome::Rebuilt(ref w) if w.contains("truncated")), "{outcome:?}");
 
         // Intact file, but the loader (TensorRT) refuses what is inside.
-        std::fs::write(&path, encode(b"XYZ-stale", &k)).unwrap();
+        let mut stale = Vec::new();
+        write_encoded(&mut stale, b"XYZ-stale", &k).unwrap();
+        std::fs::write(&path, stale).unwrap();
         let (engine, outcome) = run(&cache, &k, &mut builds);
         assert_eq!(engine, b"ENG-built");
         assert!(matches!(outcome, CacheOutcome::Rebuilt(ref w) if w.contains("refused")), "{outcome:?}");

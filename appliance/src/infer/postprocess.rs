@@ -116,10 +116,7 @@ pub fn decode_grid(
             if t0 < obj_logit_min {
                 continue;
             }
-            let (class_id, best) =
-                (0..classes)
-                    .map(|c| (c, at(5 + c, cell)))
-                    .fold((0, f32::MIN), |acc, x| if x.1 > acc.1 { x } else { acc });
+            let (class_id, best) = (0..classes).map(|c| (c, at(5 + c, cell))).fold((0, f32::MIN), max_by_score);
             let score = sigmoid(t0) * sigmoid(best);
             if score < threshold {
                 continue;
@@ -128,11 +125,7 @@ pub fn decode_grid(
             let cy = (gy as f32 + sigmoid(at(2, cell))) * stride;
             let w = at(3, cell).exp() * stride;
             let h = at(4, cell).exp() * stride;
-            out.push(Detection {
-                class_id,
-                score,
-                bbox: BBox { x1: cx - w / 2.0, y1: cy - h / 2.0, x2: cx + w / 2.0, y2: cy + h / 2.0 },
-            });
+            out.push(Detection { class_id, score, bbox: centre_box(cx, cy, w, h) });
         }
     }
     out

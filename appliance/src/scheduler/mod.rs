@@ -331,9 +331,7 @@ impl Worker {
                     height: f.source_height,
                 };
                 let image = SourceImage {
-                    data: f.pixels.as_slice(),
-                    stride: f.stride,
-                    bytes_per_pixel: f.layout.bytes_per_pixel(),
+                    pixels: f.image(),
                     width: f.width,
                     height: f.height,
                     letterbox: Letterbox::new(f.source_width, f.source_height, f.width, f.height),
