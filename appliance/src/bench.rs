@@ -216,15 +216,8 @@ fn service_path(
     let SourceUri::File { path, .. } = source else { bail!("the service bench reads a file") };
     let live = SourceUri::File { path: path.clone(), looped: true, pace: capture::Pace::Realtime };
     let ids: Vec<String> = (0..cameras).map(|i| format!("cam{i}")).collect();
-    let stats: Vec<Arc<CameraStats>> = ids.iter().map(|id| Arc::new(CameraStats::new(id))).collect();
-    let hub = Arc::new(FrameHub::new(stats.clone()));
-    let cancel = CancellationToken::new();
-    let mut threads = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        let mut spec = CameraSpec::new(i, id, live.clone(), size);
-        spec.codec = Some(codec);
-        threads.push(capture::spawn_camera(spec, platform.clone(), hub.clone(), cancel.clone())?);
-    }
+    let cams = BenchCameras::start(&ids, &live, codec, platform, size)?;
+    let (hub, stats) = (cams.hub.clone(), cams.stats.clone());
     let sched_stats = Arc::new(SchedulerStats::new(&ids));
     let mut scheduler = Scheduler::new(detector, vec![budget; cameras], Arc::new(SystemClock), sched_stats.clone());
     scheduler.warm_up()?;
@@ -237,11 +230,7 @@ fn service_path(
             scheduler.step(&hub);
         }
     }
-    cancel.cancel();
-    hub.close();
-    for t in threads {
-        let _ = t.join();
-    }
+    cams.stop();
     let frames: u64 = stats.iter().map(|s| s.snapshot().frames_in).sum::<u64>() - frames_before;
     let processed = sched_stats.processed();
     println!(
@@ -369,6 +358,44 @@ fn parse_gst_time(s: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(h * 3600.0 + m * 60.0 + sec))
 }
 
+/// Cameras `ids` on `source`, feeding one hub: vigil's real camera threads.
+struct BenchCameras {
+    hub: Arc<FrameHub>,
+    stats: Vec<Arc<CameraStats>>,
+    cancel: CancellationToken,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BenchCameras {
+    fn start(
+        ids: &[String],
+        source: &SourceUri,
+        codec: Codec,
+        platform: &Arc<Platform>,
+        size: (u32, u32),
+    ) -> anyhow::Result<Self> {
+        let stats: Vec<Arc<CameraStats>> = ids.iter().map(|id| Arc::new(CameraStats::new(id))).collect();
+        let hub = Arc::new(FrameHub::new(stats.clone()));
+        let cancel = CancellationToken::new();
+        let mut threads = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let mut spec = CameraSpec::new(i, id, source.clone(), size);
+            // As configured cameras do: the one-time probe is not part of what is measured.
+            spec.codec = Some(codec);
+            threads.push(capture::spawn_camera(spec, platform.clone(), hub.clone(), cancel.clone())?);
+        }
+        Ok(Self { hub, stats, cancel, threads })
+    }
+
+    fn stop(self) {
+        self.cancel.cancel();
+        self.hub.close();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
 /// vigil's real camera path, `cameras` cameras on the same clip, with a consumer that takes every
 /// frame it can from the slots.
 fn vigil_capture_fps(
@@ -378,17 +405,10 @@ fn vigil_capture_fps(
     size: (u32, u32),
     cameras: usize,
 ) -> anyhow::Result<Throughput> {
-    let stats: Vec<Arc<CameraStats>> = (0..cameras).map(|i| Arc::new(CameraStats::new(&format!("bench{i}")))).collect();
-    let hub = Arc::new(FrameHub::new(stats.clone()));
-    let cancel = CancellationToken::new();
+    let ids: Vec<String> = (0..cameras).map(|i| format!("bench{i}")).collect();
     let started = Instant::now();
-    let mut threads = Vec::new();
-    for i in 0..cameras {
-        let mut spec = CameraSpec::new(i, &format!("bench{i}"), source.clone(), size);
-        // As configured cameras do: the one-time probe is not part of ingest throughput.
-        spec.codec = Some(codec);
-        threads.push(capture::spawn_camera(spec, platform.clone(), hub.clone(), cancel.clone())?);
-    }
+    let cams = BenchCameras::start(&ids, source, codec, platform, size)?;
+    let (hub, stats) = (cams.hub.clone(), cams.stats.clone());
     let mut taken = 0u64;
     let mut last = started;
     let result = loop {
@@ -408,10 +428,7 @@ fn vigil_capture_fps(
             break Err(anyhow::anyhow!("capture did not finish within 300 s"));
         }
     };
-    cancel.cancel();
-    for t in threads {
-        let _ = t.join();
-    }
+    cams.stop();
     result?;
     let snaps: Vec<_> = stats.iter().map(|s| s.snapshot()).collect();
     let frames: u64 = snaps.iter().map(|s| s.frames_in).sum();

@@ -356,14 +356,12 @@ impl FrameSource {
     /// Waits for the next frame. `Ok(Some)` is a frame, `Ok(None)` means try again (nothing yet),
     /// `Err` is a fault that needs a rebuild.
     pub fn next_frame(&mut self, timeline: &mut Timeline) -> Result<Option<Frame>, CaptureError> {
-        if let Some(sample) = self.sink.try_pull_sample(gst::ClockTime::from_mseconds(PULL_TIMEOUT_MS)) {
-            if let Some((kind, text)) = self.bus_fault() {
-                return Err(self.fault(kind, text));
-            }
-            return self.make_frame(sample, timeline).map(Some);
-        }
+        let sample = self.sink.try_pull_sample(gst::ClockTime::from_mseconds(PULL_TIMEOUT_MS));
         if let Some((kind, text)) = self.bus_fault() {
             return Err(self.fault(kind, text));
+        }
+        if let Some(sample) = sample {
+            return self.make_frame(sample, timeline).map(Some);
         }
         if self.sink.is_eos() {
             return Err(self.fault(FaultKind::Failed, "stream ended (EOS)".to_owned()));
