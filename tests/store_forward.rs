@@ -96,7 +96,10 @@ fn a_thousand_queued_events_survive_kill_9_and_all_arrive_after_restart() {
     assert!(stored.len() >= 1000, "{} events", stored.len());
 
     // The broker returns; vigil restarts on the same store (with a camera that makes no events).
+    // The subscriber is back first, so what vigil sends is delivered to it, not queued for it.
+    let connects = sub.connects();
     broker.restart();
+    assert!(wait_until(Duration::from_secs(10), || sub.connects() > connects), "the subscriber did not reconnect");
     let ghost = format!("file://{}", dir.path().join("no-clip.mp4").display());
     let config = write_config(dir.path(), "k9", &broker.url(), &[("a", ghost)]);
     let vigil = Vigil::start(&config, dir.path());

@@ -69,7 +69,9 @@ impl Broker {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = free_port();
             let conf = dir.path().join("mosquitto.conf");
-            let mut text = format!("listener {port} 127.0.0.1\nallow_anonymous true\n");
+            // No cap on a subscriber's queue (mosquitto's default is 1000 messages, beyond which it
+            // drops silently): the tests count every message that vigil got acknowledged.
+            let mut text = format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n");
             if persistent {
                 // mosquitto drops to its own user when started as root: let it write here.
                 use std::os::unix::fs::PermissionsExt;
@@ -354,6 +356,8 @@ type Received = Vec<(String, Vec<u8>, Instant)>;
 /// Collects every message on a topic filter, with receive times.
 pub struct Subscriber {
     messages: Arc<Mutex<Received>>,
+    /// Connections the broker has accepted (CONNACKs), first one included.
+    connects: Arc<std::sync::atomic::AtomicUsize>,
     client: rumqttc::Client,
 }
 
@@ -380,10 +384,15 @@ impl Subscriber {
         client.subscribe(filter, rumqttc::QoS::AtLeastOnce).expect("subscribe");
         let messages = Arc::new(Mutex::new(Vec::new()));
         let sink = messages.clone();
+        let connects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let connects_seen = connects.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for ev in connection.iter() {
                 match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        connects_seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
                         let _ = ready_tx.send(());
                     }
@@ -396,7 +405,12 @@ impl Subscriber {
             }
         });
         ready_rx.recv_timeout(Duration::from_secs(10)).expect("subscription acknowledged");
-        Self { messages, client }
+        Self { messages, connects, client }
+    }
+
+    /// How many times the broker has accepted this subscriber's connection.
+    pub fn connects(&self) -> usize {
+        self.connects.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn on(&self, topic: &str) -> Vec<Vec<u8>> {
