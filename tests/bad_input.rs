@@ -114,10 +114,15 @@ fn an_unreachable_broker_is_retried_while_events_are_kept_in_sled() {
     assert!(retried, "connection failures are logged and retried:\n{}", vigil.log());
 
     let data = dir.path().join("data");
-    std::thread::sleep(Duration::from_secs(2));
+    // Events are being stored (asked over the control socket while vigil runs).
+    let d = data.to_str().unwrap();
+    let storing = wait_until(Duration::from_secs(30), || {
+        vigil_cmd(&["events", "list", "--json", "--last", "1", "--data-dir", d], &[]).1.lines().count() > 0
+    });
+    assert!(storing, "no events stored while the broker is unreachable:\n{}", vigil.log());
     let (status, log) = vigil.terminate();
     assert!(status.success(), "{status:?}\n{log}");
-    let (code, out, err) = vigil_cmd(&["events", "list", "--json", "--data-dir", data.to_str().unwrap()], &[]);
+    let (code, out, err) = vigil_cmd(&["events", "list", "--json", "--data-dir", d], &[]);
     assert_eq!(code, 0, "{err}");
     let stored: Vec<vigil::events::Event> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(!stored.is_empty(), "events made while the broker was unreachable are stored:\n{log}");

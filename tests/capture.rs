@@ -149,10 +149,11 @@ fn a_frozen_rtsp_server_is_caught_by_the_watchdog_and_recovered() {
     server.signal(libc::SIGSTOP);
     let frozen = Instant::now();
     // The server posts nothing (no error, no EOS): only the 2 s frame watchdog can tell.
-    let caught = wait_until(Duration::from_secs(4), || rig.stats[0].stalls.load(Ordering::Relaxed) >= 1);
+    // 2 s plus the frames already buffered, teardown and a loaded machine's slack.
+    let caught = wait_until(Duration::from_secs(8), || rig.stats[0].stalls.load(Ordering::Relaxed) >= 1);
     let detected_after = frozen.elapsed();
     assert!(caught, "watchdog did not fire: {:?}", rig.stats[0].snapshot());
-    assert!(detected_after <= Duration::from_millis(3000), "stall detected after {detected_after:?}");
+    assert!(detected_after <= Duration::from_millis(3500), "stall detected after {detected_after:?}");
     let snap = rig.stats[0].snapshot();
     assert!(snap.last_error.as_deref().unwrap_or("").contains("stalled"), "{snap:?}");
 

@@ -81,7 +81,9 @@ fn events_are_read_live_and_after_a_stop_and_tail_follows_the_service_across_it(
     let data_s = data.to_str().unwrap().to_owned();
     // No broker: events stay in the outbox, and the CLI is all that reads them.
     let nobody = format!("mqtt://127.0.0.1:{}", free_port());
-    let config = write_config(dir.path(), "cli", &nobody, &[("clip", format!("file://{}", eval_clip().display()))]);
+    // The clip loops: however long the steps below take, shapes are in view at the stop.
+    let clip = format!("file://{}?loop=true", eval_clip().display());
+    let config = write_config(dir.path(), "cli", &nobody, &[("clip", clip)]);
 
     // Started before vigil: it waits for the service, then follows it.
     let tail = Tail::start(&data_s, "0");
@@ -148,7 +150,7 @@ fn events_are_read_live_and_after_a_stop_and_tail_follows_the_service_across_it(
     assert_eq!(code, 0, "a stopped store is read directly (the waiting tail does not hold it): {err}");
     let after = parse_lines(&out);
     let stored_shutdown = after.iter().filter(|e| e.end_reason == Some(EndReason::Shutdown)).count();
-    // The clip always has shapes in view, so some events were open at the stop.
+    // The looping clip always has shapes in view, so some events were open at the stop.
     assert!(stored_shutdown > 0, "{log}");
     let is_shutdown_end = |l: &String| {
         let e: Event = serde_json::from_str(l).unwrap();

@@ -32,8 +32,11 @@ fn a_sixty_second_broker_outage_loses_nothing() {
     assert!(vigil.log().contains("source finished"), "{}", vigil.log());
     assert!(vigil.log().contains("MQTT connection lost"), "{}", vigil.log());
     broker.restart();
+    // Drained: vigil is connected again (its backoff may wait up to 30 s), messages came after the
+    // outage, and none for 3 s.
     let drained = wait_until(Duration::from_secs(60), || {
-        sub.count("vigil/sf/events") > before
+        vigil.log().matches("MQTT connected").count() >= 2
+            && sub.count("vigil/sf/events") > before
             && sub.idle_for("vigil/sf/events").is_some_and(|d| d > Duration::from_secs(3))
     });
     assert!(drained, "the outbox did not drain after the broker came back:\n{}", vigil.log());
@@ -71,8 +74,10 @@ fn a_thousand_queued_events_survive_kill_9_and_all_arrive_after_restart() {
     broker.stop();
     let dir = tempfile::tempdir().unwrap();
     let clip = format!("file://{}", eval_clip().display());
-    // Two cameras on the 12 s clip with the broker down: everything piles up in the outbox.
-    let config = write_config(dir.path(), "k9", &broker.url(), &[("a", clip.clone()), ("b", clip)]);
+    // Three cameras on the 12 s clip with the broker down: everything piles up in the outbox.
+    // (About 1 900 events when every frame is processed; a loaded machine drops some.)
+    let cameras = [("a", clip.clone()), ("b", clip.clone()), ("c", clip)];
+    let config = write_config(dir.path(), "k9", &broker.url(), &cameras);
     // No periodic metrics: the outbox then holds events only, and drains to exactly empty.
     set_mqtt(&config, "metrics_interval_s = 0");
     // Raw-detection mode: every detection is an event of its own (a `new` and an `end`), which
@@ -82,7 +87,7 @@ fn a_thousand_queued_events_survive_kill_9_and_all_arrive_after_restart() {
         "[events]\ntrack = false\nlost_after_ms = 100\nsnapshots = false\n[[rule]]\nname = \"every\"\nmin_frames = 1\n",
     );
     let vigil = Vigil::start(&config, dir.path());
-    let done = wait_until(Duration::from_secs(60), || vigil.log().matches("source finished").count() == 2);
+    let done = wait_until(Duration::from_secs(60), || vigil.log().matches("source finished").count() == 3);
     assert!(done, "{}", vigil.log());
     std::thread::sleep(Duration::from_secs(1));
     vigil.kill9();
@@ -122,16 +127,23 @@ fn fifty_kill_9s_at_random_points_never_lose_an_acknowledged_event() {
     let config = write_config(dir.path(), "r", &broker.url(), &[("clip", clip)]);
     let data = dir.path().join("data");
     let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-    // Runs whose kill landed while events were flowing (some land during start-up).
-    let mut kills_while_streaming = 0;
+    // Start-up kills that happened to land while events were flowing.
+    let mut early_kills_while_streaming = 0;
     for run in 0..50 {
         let seen_before = sub.count("vigil/r/events");
         let vigil = Vigil::start(&config, dir.path());
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        // Anywhere from start-up to well into streaming.
-        std::thread::sleep(Duration::from_millis(200 + x % 1800));
+        if run % 2 == 0 {
+            // Anywhere from start-up (store recovery, model load, first frames) into streaming.
+            std::thread::sleep(Duration::from_millis(200 + x % 1800));
+        } else {
+            // Mid-ingest: once events flow, anywhere in the next 1.5 s.
+            let flowing = wait_until(Duration::from_secs(30), || sub.count("vigil/r/events") > seen_before);
+            assert!(flowing, "run {run}: no events within 30 s\n{}", vigil.log());
+            std::thread::sleep(Duration::from_millis(x % 1500));
+        }
         let log = vigil.kill9();
         // Every event a subscriber has seen was flushed first: the store must hold it.
         let seen: Vec<(String, u32)> = sub
@@ -149,11 +161,15 @@ fn fifty_kill_9s_at_random_points_never_lose_an_acknowledged_event() {
         // Every message a subscriber saw is in the store: its event, at that revision or later.
         let lost = seen.iter().filter(|(id, rev)| stored.get(id).is_none_or(|r| r < rev)).count();
         assert_eq!(lost, 0, "run {run}: {lost} acknowledged messages missing from the store");
-        kills_while_streaming += usize::from(seen.len() > seen_before);
+        if run % 2 == 0 {
+            early_kills_while_streaming += usize::from(seen.len() > seen_before);
+        }
     }
     let total = sub.count("vigil/r/events");
-    println!("{total} events seen over 50 kill -9 runs; {kills_while_streaming} kills while streaming");
-    assert!(kills_while_streaming >= 25, "most kills landed mid-stream: {kills_while_streaming}");
+    println!(
+        "{total} events seen over 50 kill -9 runs: 25 mid-ingest, 25 from start-up \
+         ({early_kills_while_streaming} of them after events had begun)"
+    );
 }
 
 #[test]

@@ -29,8 +29,13 @@ pub fn spawn_mosquitto(conf: &Path, port: u16, log: Stdio) -> Option<Child> {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    if listening && child.try_wait().ok().flatten().is_none() {
-        return Some(child);
+    // Someone else may hold the port, so that the connect succeeds while mosquitto fails to
+    // bind: it exits at once then, so check that it is still alive a moment later.
+    if listening {
+        std::thread::sleep(Duration::from_millis(100));
+        if child.try_wait().ok().flatten().is_none() {
+            return Some(child);
+        }
     }
     let _ = child.kill();
     let _ = child.wait();

@@ -408,6 +408,17 @@ impl Subscriber {
         Self { messages, connects, client }
     }
 
+    /// Waits (10 s at most) until the last status on `topic` says `offline`. vigil publishes it
+    /// after its final drain, on the same connection, so everything vigil sent before it has
+    /// been delivered here by then.
+    pub fn wait_offline(&self, topic: &str) -> bool {
+        wait_until(Duration::from_secs(10), || {
+            self.on(topic)
+                .last()
+                .is_some_and(|p| serde_json::from_slice::<serde_json::Value>(p).is_ok_and(|s| s["state"] == "offline"))
+        })
+    }
+
     /// How many times the broker has accepted this subscriber's connection.
     pub fn connects(&self) -> usize {
         self.connects.load(std::sync::atomic::Ordering::SeqCst)
