@@ -215,7 +215,9 @@ fn a_full_disk_evicts_the_oldest_events_and_the_service_stays_up() {
     let seen: Vec<Event> = sub.on("vigil/full/events").iter().map(|p| serde_json::from_slice(p).unwrap()).collect();
     let store = Store::open(&data).expect("the store opens");
     assert!(store.event(&seen[0].id).unwrap().is_none(), "the oldest event was evicted");
-    let newest = seen.iter().rev().find(|e| e.phase == vigil::events::Phase::End).unwrap();
+    // (The very last events may have none: a writer still behind a second into the stop stores
+    // the rest without encoding their snapshots.)
+    let newest = seen.iter().rev().find(|e| e.phase == vigil::events::Phase::End && e.snapshot.is_some()).unwrap();
     let kept = store.event(&newest.id).unwrap().expect("the newest event is kept");
     let snapshot = data.join(kept.snapshot.as_ref().expect("with its snapshot"));
     assert!(snapshot.is_file(), "{}", snapshot.display());
