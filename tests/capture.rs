@@ -180,12 +180,14 @@ fn a_source_that_never_existed_backs_off_and_leaves_other_cameras_alone() {
     let mut attempts = Vec::new();
     let start = Instant::now();
     let mut last = 0;
+    let mut states = std::collections::HashSet::new();
     while start.elapsed() < Duration::from_secs(8) {
         let n = rig.stats[0].reconnects.load(Ordering::Relaxed);
         if n > last {
             attempts.push(start.elapsed());
             last = n;
         }
+        states.insert(rig.stats[0].state());
         std::thread::sleep(Duration::from_millis(5));
     }
     let bad = rig.stats[0].snapshot();
@@ -197,6 +199,9 @@ fn a_source_that_never_existed_backs_off_and_leaves_other_cameras_alone() {
     let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
     assert!(gaps.windows(2).all(|g| g[1] > g[0]), "backoff does not grow: {gaps:?}");
     assert_eq!(bad.frames_in, 0);
+    // Between attempts the camera says why it is down (the waits are 200 ms and more).
+    assert!(states.contains(&CameraState::Failed), "{states:?}");
+    assert!(states.iter().all(|s| matches!(s, CameraState::Starting | CameraState::Failed)), "{states:?}");
     let err = bad.last_error.unwrap_or_default();
     assert!(err.contains("cam0") && (err.contains("connect") || err.contains("Could not")), "{err}");
     // The test pattern runs at 15 fps throughout.

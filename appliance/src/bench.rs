@@ -421,7 +421,7 @@ fn vigil_capture_fps(
         if stats.iter().all(|s| s.state() == CameraState::Finished) {
             break Ok(());
         }
-        if let Some(s) = stats.iter().find(|s| s.state() == CameraState::Backoff) {
+        if let Some(s) = stats.iter().find(|s| matches!(s.state(), CameraState::Stalled | CameraState::Failed)) {
             break Err(anyhow::anyhow!("capture failed: {:?}", s.snapshot().last_error));
         }
         if started.elapsed() > Duration::from_secs(300) {

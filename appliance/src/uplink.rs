@@ -49,7 +49,7 @@ pub struct Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CameraStatus {
     pub id: String,
-    /// Serialized as `starting`, `streaming`, `stalled`, `failed`, `backoff`, `finished` or `stopped`.
+    /// Serialized as `starting`, `streaming`, `stalled`, `failed`, `finished` or `stopped`.
     pub state: crate::capture::CameraState,
 }
 

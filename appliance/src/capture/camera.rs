@@ -559,7 +559,7 @@ impl Supervisor {
                     self.on_fault(&e, streamed.is_some());
                     let wait = jitter(backoff);
                     tracing::warn!(camera = %self.spec.id, error = %e, retry_in_ms = wait.as_millis() as u64, "camera fault");
-                    self.stats.set_state(CameraState::Backoff);
+                    // The state stays `stalled` or `failed` (set by on_fault) through the wait.
                     if self.wait_backoff(wait, cancel) {
                         break;
                     }
@@ -570,7 +570,8 @@ impl Supervisor {
         self.stats.set_state(CameraState::Stopped);
     }
 
-    /// Records a fault and decides what the next start changes.
+    /// Records a fault (the state it leaves the camera in until the next start: `stalled` or
+    /// `failed`) and decides what the next start changes.
     fn on_fault(&mut self, e: &CaptureError, had_frames: bool) {
         let kind = match e {
             CaptureError::Stream { kind, .. } => *kind,

@@ -7,21 +7,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Supervision states: `starting → streaming → stalled | failed → backoff → starting`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum CameraState {
     Starting = 0,
     Streaming = 1,
-    /// No frame within the watchdog period (a hung server posts no error at all).
+    /// No frame within the watchdog period (a hung server posts no error at all); waiting out
+    /// the backoff before the next start.
     Stalled = 2,
-    /// The pipeline reported an error or an unexpected end of stream, or could not be built.
+    /// The pipeline reported an error or an unexpected end of stream, or could not be built;
+    /// waiting out the backoff before the next start.
     Failed = 3,
-    /// Waiting before the next start.
-    Backoff = 4,
     /// A file played once reached its end.
-    Finished = 5,
-    Stopped = 6,
+    Finished = 4,
+    Stopped = 5,
 }
 
 impl CameraState {
@@ -31,8 +31,7 @@ impl CameraState {
             1 => Self::Streaming,
             2 => Self::Stalled,
             3 => Self::Failed,
-            4 => Self::Backoff,
-            5 => Self::Finished,
+            4 => Self::Finished,
             _ => Self::Stopped,
         }
     }
