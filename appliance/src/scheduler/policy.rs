@@ -11,7 +11,7 @@
 //!    meets the deadline of every frame in it; a frame that does not fit waits for the next
 //!    round, when a fresher frame may have replaced it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// Running estimate of one batch size's processing cost (pre-process to post-process):
@@ -72,19 +72,24 @@ impl Smoothed {
     }
 }
 
-/// Cost estimates per backend and batch size.
+/// Cost estimates per backend and batch size. Keyed by backend name first, so that lookups (on
+/// every scheduling decision) borrow the name instead of allocating a key.
 #[derive(Debug, Clone, Default)]
 pub struct CostModel {
-    estimates: HashMap<(String, usize), Estimate>,
+    estimates: HashMap<String, BTreeMap<usize, Estimate>>,
 }
 
 impl CostModel {
     /// Adds a measured cost; `batch` frames ran on `backend`.
     pub fn record(&mut self, backend: &str, batch: usize, cost: Duration) {
-        match self.estimates.get_mut(&(backend.to_owned(), batch)) {
+        let sizes = match self.estimates.get_mut(backend) {
+            Some(sizes) => sizes,
+            None => self.estimates.entry(backend.to_owned()).or_default(),
+        };
+        match sizes.get_mut(&batch) {
             Some(e) => e.update(cost),
             None => {
-                self.estimates.insert((backend.to_owned(), batch), Estimate::new(cost));
+                sizes.insert(batch, Estimate::new(cost));
             }
         }
     }
@@ -103,18 +108,17 @@ impl CostModel {
             samples.iter().for_each(|s| self.record(backend, 1, *s));
             return;
         }
-        self.estimates.retain(|(b, _), _| b != backend);
         let mut fresh = Estimate::new(*first);
         for s in &samples[1..] {
             fresh.update(*s);
         }
         // A few probes say little about jitter: keep the margin the frames have shown.
         fresh.dev_s = fresh.dev_s.max(old.dev_s);
-        self.estimates.insert((backend.to_owned(), 1), fresh);
+        self.estimates.insert(backend.to_owned(), BTreeMap::from([(1, fresh)]));
     }
 
     pub fn estimate(&self, backend: &str, batch: usize) -> Option<&Estimate> {
-        self.estimates.get(&(backend.to_owned(), batch))
+        self.estimates.get(backend)?.get(&batch)
     }
 
     /// Predicted cost of a batch of `batch` frames. A size never measured is the smaller of:
@@ -123,14 +127,14 @@ impl CostModel {
     /// measured at all the prediction is zero, which is why the worker measures warm-up runs
     /// before the first frame.
     pub fn predict(&self, backend: &str, batch: usize) -> Duration {
-        if let Some(e) = self.estimate(backend, batch) {
+        let Some(sizes) = self.estimates.get(backend) else { return Duration::ZERO };
+        if let Some(e) = sizes.get(&batch) {
             return e.predict();
         }
-        let sizes = self.estimates.keys().filter(|(b, _)| b == backend).map(|(_, n)| *n);
-        let below = sizes.clone().filter(|&n| n < batch).max();
-        let above = sizes.filter(|&n| n > batch).min();
-        let scaled = below.map(|n| self.predict(backend, n).mul_f64(batch as f64 / n as f64));
-        let capped = above.map(|n| self.predict(backend, n));
+        let below = sizes.range(..batch).next_back();
+        let above = sizes.range(batch + 1..).next();
+        let scaled = below.map(|(&n, e)| e.predict().mul_f64(batch as f64 / n as f64));
+        let capped = above.map(|(_, e)| e.predict());
         match (scaled, capped) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,
