@@ -23,6 +23,7 @@ use crate::capture::pipeline::{self, Plan};
 use crate::capture::{self, CameraSpec, CameraState, CameraStats, Codec, FrameHub, Platform, SourceUri};
 use crate::config::Config;
 use crate::infer::{Image, Letterbox};
+use crate::testkit::median;
 use crate::testkit::RtspCam;
 
 #[derive(Debug, clap::Args)]
@@ -492,16 +493,6 @@ fn reconnects(platform: &Arc<Platform>, size: (u32, u32), kills: usize) -> anyho
     Ok(())
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// (p50, p95, mean) in milliseconds.
 fn summary(v: &mut [Duration]) -> (f64, f64, f64) {
     v.sort();
@@ -519,8 +510,6 @@ mod tests {
         assert_eq!(parse_gst_time("0:00:03.500000000"), Some(Duration::from_millis(3500)));
         assert_eq!(parse_gst_time("1:02:03.0"), Some(Duration::from_secs(3723)));
         assert_eq!(parse_gst_time("soon"), None);
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(shell_split("filesrc location=\"/a b.mp4\" ! x"), ["filesrc", "location=/a b.mp4", "!", "x"]);
     }
 }

@@ -1,6 +1,6 @@
 //! Helpers the benchmarks and the test suites share: a handle on the synthetic RTSP camera
-//! (`vigil-rtsp-cam`, built from `hil/`), which they kill, freeze and restart, and a way to start
-//! a local mosquitto.
+//! (`vigil-rtsp-cam`, built from `hil/`), which they kill, freeze and restart, a way to start
+//! a local mosquitto and its configuration, and the median the benchmarks report.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -8,6 +8,24 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+/// The median of `v` (sorted in place); the mean of the middle two for an even count.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// A mosquitto configuration for local tests and benchmarks: plain MQTT on loopback `port`,
+/// anonymous clients, and no cap on a subscriber's queue (mosquitto's default of 1000 drops the
+/// rest silently, and the tests count every message). Persistence is for the caller to add.
+pub fn local_broker_conf(port: u16) -> String {
+    format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n")
+}
 
 /// Starts mosquitto on the configuration `conf` and waits (up to 5 s) for it to listen on
 /// `port`. `None` if it exited or never listened (e.g. another process took the port).
@@ -147,5 +165,14 @@ impl Drop for RtspCam {
         self.signal(libc::SIGCONT);
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(super::median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
     }
 }

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use vigil::events::Event;
 use vigil::store::Store;
+use vigil::testkit::median;
 
 #[derive(Parser)]
 #[command(about = "Durable writes (sled vs SQLite WAL) and outbox drain, side by side")]
@@ -92,11 +93,6 @@ fn sqlite_rate(events: &[Event], batch: usize) -> Result<f64> {
     Ok(events.len() as f64 / t.elapsed().as_secs_f64())
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 struct Mosquitto(Child);
 
 impl Drop for Mosquitto {
@@ -109,7 +105,7 @@ impl Drop for Mosquitto {
 fn mosquitto(dir: &std::path::Path) -> Result<(Mosquitto, u16)> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let conf = dir.join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))?;
+    std::fs::write(&conf, vigil::testkit::local_broker_conf(port) + "persistence false\n")?;
     let child = vigil::testkit::spawn_mosquitto(&conf, port, Stdio::null()).context("mosquitto did not start")?;
     let broker = Mosquitto(child);
     Ok((broker, port))

@@ -69,9 +69,7 @@ impl Broker {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = free_port();
             let conf = dir.path().join("mosquitto.conf");
-            // No cap on a subscriber's queue (mosquitto's default is 1000 messages, beyond which it
-            // drops silently): the tests count every message that vigil got acknowledged.
-            let mut text = format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n");
+            let mut text = vigil::testkit::local_broker_conf(port);
             if persistent {
                 // mosquitto drops to its own user when started as root: let it write here.
                 use std::os::unix::fs::PermissionsExt;
