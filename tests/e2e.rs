@@ -132,6 +132,7 @@ fn metrics_report_each_camera_inference_and_the_store() {
     let cams = last["cameras"].as_array().unwrap();
     assert_eq!(cams.iter().map(|c| c["id"].as_str().unwrap()).collect::<Vec<_>>(), ["clip", "pattern"]);
     let clip = &cams[0];
+    assert!(clip["capture"].get("id").is_none() && clip["inference"].get("id").is_none(), "named once: {clip}");
     assert!(clip["capture"]["frames_in"].as_u64().unwrap() > 10, "{clip}");
     assert!(clip["capture"]["fps_in"].as_f64().unwrap() > 0.0, "{clip}");
     assert!(clip["inference"]["total"]["p50_ms"].as_f64().unwrap() > 0.0, "{clip}");

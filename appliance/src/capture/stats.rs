@@ -117,6 +117,8 @@ struct Texts {
 /// A consistent-enough copy of [`CameraStats`] for reporting (each field read atomically).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CameraStatsSnapshot {
+    /// Not serialized: the `metrics` message names the camera once, beside this.
+    #[serde(skip)]
     pub id: String,
     pub state: CameraState,
     /// `avdec_h264 (software) → videoscale+videoconvert`.

@@ -196,6 +196,8 @@ impl CameraInferStats {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CameraInferSnapshot {
+    /// Not serialized: the `metrics` message names the camera once, beside this.
+    #[serde(skip)]
     pub id: String,
     pub processed: u64,
     pub dropped_stale: u64,
