@@ -204,7 +204,7 @@ fn the_retained_status_follows_the_cameras_states() {
         statuses().iter().any(|s| {
             s["state"] == "online"
                 && state_of(s, "clip").as_deref() == Some("streaming")
-                && matches!(state_of(s, "ghost").as_deref(), Some("failed" | "starting"))
+                && matches!(state_of(s, "ghost").as_deref(), Some("failed"))
         })
     });
     assert!(seen, "{:#?}\n{}", statuses(), vigil.log());

@@ -65,6 +65,7 @@ impl Metrics {
                 .zip(&inference.cameras)
                 .map(|(c, i)| {
                     let capture = c.snapshot();
+                    debug_assert_eq!(&*c.id, i.id.as_str(), "capture and inference list the cameras in one order");
                     CameraMetrics { id: capture.id.clone(), capture, inference: i.snapshot() }
                 })
                 .collect(),

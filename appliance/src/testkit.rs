@@ -30,6 +30,10 @@ pub fn local_broker_conf(port: u16) -> String {
 /// Starts mosquitto on the configuration `conf` and waits (up to 5 s) for it to listen on
 /// `port`. `None` if it exited or never listened (e.g. another process took the port).
 pub fn spawn_mosquitto(conf: &Path, port: u16, log: Stdio) -> Option<Child> {
+    // Taken already: an answer below would come from someone else.
+    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        return None;
+    }
     let mut child = Command::new("mosquitto")
         .arg("-c")
         .arg(conf)
@@ -47,8 +51,8 @@ pub fn spawn_mosquitto(conf: &Path, port: u16, log: Stdio) -> Option<Child> {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    // Someone else may hold the port, so that the connect succeeds while mosquitto fails to
-    // bind: it exits at once then, so check that it is still alive a moment later.
+    // Someone may take the port between that check and mosquitto's bind, which then fails and
+    // mosquitto exits: check that it is still alive a moment later.
     if listening {
         std::thread::sleep(Duration::from_millis(100));
         if child.try_wait().ok().flatten().is_none() {

@@ -577,6 +577,9 @@ impl Supervisor {
             CaptureError::Stream { kind, .. } => *kind,
             _ => FaultKind::Failed,
         };
+        // The error first: whoever sees the new state finds its reason beside it.
+        self.stats.set_error(&e.to_string());
+        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         match kind {
             FaultKind::Stalled => {
                 self.stats.stalls.fetch_add(1, Ordering::Relaxed);
@@ -597,8 +600,6 @@ impl Supervisor {
         if kind == FaultKind::Negotiation && self.spec.codec.is_none() {
             self.info = None; // learn the stream again
         }
-        self.stats.set_error(&e.to_string());
-        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
     }
 
     fn run_once(
