@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, CameraSpec, CameraStats, FrameHub, Platform, SourceUri};
 use crate::config::{BackendKind, Config};
+use crate::events::snapshot::{self, SaveOptions};
 use crate::events::{Emitted, ModelRef, RuleSet};
 use crate::infer::{choose_backend, find_ort_library, Backend, Bundle, Detector, OrtBackend};
 use crate::scheduler::{Scheduler, SchedulerStats, SnapshotRequests, SystemClock, Worker};
@@ -215,7 +216,12 @@ pub async fn run(
         store.clone(),
         events_rx,
         events_topic,
-        (config.events.snapshot_quality, min_free, snapshot_cutoff.clone()),
+        SaveOptions {
+            quality: config.events.snapshot_quality,
+            workers: crate::events::snapshot::default_workers(),
+            cutoff: snapshot_cutoff.clone(),
+        },
+        min_free,
         wake.clone(),
         (config.mqtt.home_assistant.then(|| ha_states.clone()), stored_tx.clone()),
     ));
@@ -481,7 +487,8 @@ async fn write_events(
     store: Store,
     mut rx: mpsc::Receiver<Vec<Emitted>>,
     topic: String,
-    (quality, min_free, snapshot_cutoff): (u8, u64, CancellationToken),
+    snapshots: SaveOptions,
+    min_free: u64,
     wake: Arc<Notify>,
     (home_assistant, stored): (Option<crate::homeassistant::HaStates>, crate::control::StoredEvents),
 ) {
@@ -493,11 +500,19 @@ async fn write_events(
                 Err(_) => break,
             }
         }
-        let (s, cutoff) = (store.clone(), snapshot_cutoff.clone());
-        let Ok(events) = tokio::task::spawn_blocking(move || save_snapshots(&s, burst, quality, &cutoff)).await else {
+        let (s, options) = (store.clone(), snapshots.clone());
+        let Ok(saved) = tokio::task::spawn_blocking(move || snapshot::save(&s, burst, &options)).await else {
             tracing::error!("the snapshot writer panicked; events of this burst are lost");
             continue;
         };
+        if saved.skipped > 0 {
+            tracing::warn!(
+                skipped = saved.skipped,
+                after_s = SNAPSHOTS_AFTER_STOP.as_secs(),
+                "stopping: events still queued are stored without new snapshots, to stop in time"
+            );
+        }
+        let events = saved.events;
         if let Err(e) = store.append(&events, &topic) {
             if !e.is_disk_full() {
                 tracing::error!(error = %e, events = events.len(), "cannot store events; they are lost");
@@ -555,56 +570,6 @@ async fn open_store(data_dir: &std::path::Path, shutdown: &CancellationToken) ->
 /// Events deleted to make room when a write failed and the disk did not look full.
 const EMERGENCY_EVICTION: usize = 100;
 
-/// Encodes and writes the snapshots of a burst. Past `cutoff` (a stop) images are no longer
-/// encoded. An event refers to its snapshot only when the file is on disk: one whose snapshot
-/// was skipped or could not be written (a full disk), now or for an earlier message of the same
-/// event, goes out without one.
-fn save_snapshots(
-    store: &Store,
-    burst: Vec<Emitted>,
-    quality: u8,
-    cutoff: &CancellationToken,
-) -> Vec<crate::events::Event> {
-    let mut wrote = false;
-    let mut skipped = 0usize;
-    let events = burst
-        .into_iter()
-        .map(|Emitted { mut event, snapshot }| {
-            if let Some(img) = snapshot {
-                if cutoff.is_cancelled() {
-                    skipped += 1;
-                } else {
-                    let saved = img
-                        .encode_jpeg(quality)
-                        .map_err(|e| e.to_string())
-                        .and_then(|jpeg| store.write_snapshot(&event.id, &jpeg).map_err(|e| e.to_string()));
-                    match saved {
-                        Ok(()) => wrote = true,
-                        Err(e) => tracing::warn!(event = %event.id, error = %e, "snapshot not stored"),
-                    }
-                }
-            }
-            if event.snapshot.is_some() && !store.snapshot_file(&event.id).is_file() {
-                event.snapshot = None;
-            }
-            event
-        })
-        .collect();
-    if skipped > 0 {
-        tracing::warn!(
-            skipped,
-            after_s = SNAPSHOTS_AFTER_STOP.as_secs(),
-            "stopping: events still queued are stored without new snapshots, to stop in time"
-        );
-    }
-    if wrote {
-        if let Err(e) = store.sync_snapshots() {
-            tracing::warn!(error = %e, "cannot sync the snapshot directory");
-        }
-    }
-    events
-}
-
 fn log_stats(cameras: &[Arc<CameraStats>], sched: &SchedulerStats, store: &Store) {
     use std::sync::atomic::Ordering::Relaxed;
     for c in cameras {
@@ -635,50 +600,4 @@ fn log_stats(cameras: &[Arc<CameraStats>], sched: &SchedulerStats, store: &Store
         outbox_evicted = store.outbox_evicted(),
         "inference totals"
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::events::snapshot::SnapshotImage;
-
-    fn emitted(image: bool) -> Emitted {
-        let mut event = crate::events::test_event(1);
-        event.snapshot = Some(format!("snapshots/{}.jpg", event.id));
-        let snapshot = image.then(|| Arc::new(SnapshotImage { rgb: vec![128; 8 * 8 * 3], width: 8, height: 8 }));
-        Emitted { event, snapshot }
-    }
-
-    #[test]
-    fn snapshots_are_written_until_the_cutoff_and_skipped_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let cutoff = CancellationToken::new();
-
-        let before = save_snapshots(&store, vec![emitted(true)], 90, &cutoff);
-        let file = store.snapshot_file(&before[0].id);
-        assert_eq!(&std::fs::read(&file).unwrap()[..2], [0xFF, 0xD8], "a JPEG is written");
-        assert!(before[0].snapshot.is_some());
-
-        cutoff.cancel();
-        // A new event's image is not encoded: the event goes without a snapshot.
-        let fresh = save_snapshots(&store, vec![emitted(true)], 90, &cutoff);
-        assert_eq!(fresh[0].snapshot, None);
-        assert!(!store.snapshot_file(&fresh[0].id).exists(), "nothing written after the cutoff");
-        // An event whose earlier snapshot is on disk keeps referring to it.
-        let mut again = emitted(true);
-        again.event.id.clone_from(&before[0].id);
-        again.event.snapshot.clone_from(&before[0].snapshot);
-        let kept = save_snapshots(&store, vec![again], 90, &cutoff);
-        assert_eq!(kept[0].snapshot, before[0].snapshot);
-        // A message without an image (an `end`) keeps its reference only to a file that is there.
-        let mut end = emitted(false);
-        end.event.id.clone_from(&before[0].id);
-        end.event.snapshot.clone_from(&before[0].snapshot);
-        assert_eq!(save_snapshots(&store, vec![end], 90, &cutoff)[0].snapshot, before[0].snapshot);
-        let mut end = emitted(false);
-        end.event.id.clone_from(&fresh[0].id);
-        end.event.snapshot = Some(format!("snapshots/{}.jpg", fresh[0].id));
-        assert_eq!(save_snapshots(&store, vec![end], 90, &cutoff)[0].snapshot, None, "its image was skipped");
-    }
 }

@@ -6,6 +6,8 @@
 //!    rounds alternate; medians and their ratio are printed.
 //! 2. Outbox drain: a 100 000-message backlog drained by vigil's uplink into a local mosquitto
 //!    (QoS 1, acknowledged), in messages per second.
+//! 3. Snapshot writes: a burst of event snapshots (640x480 JPEGs, encoded, written and synced)
+//!    saved by one thread against several, rounds alternating; medians and their ratio.
 
 use std::net::TcpListener;
 use std::process::{Child, Stdio};
@@ -14,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use vigil::events::Event;
+use vigil::events::snapshot::{SaveOptions, SnapshotImage};
+use vigil::events::{Emitted, Event};
 use vigil::store::Store;
 use vigil::testkit::median;
 
@@ -30,6 +33,12 @@ struct Args {
     /// Outbox backlog to drain (0: skip).
     #[arg(long, default_value_t = 100_000)]
     backlog: usize,
+    /// Snapshots per burst in the snapshot measurement (0: skip).
+    #[arg(long, default_value_t = 200)]
+    snapshots: usize,
+    /// Threads compared with one in the snapshot measurement (default: the cores, at most 4).
+    #[arg(long)]
+    snapshot_threads: Option<usize>,
 }
 
 /// An ended event message as vigil stores and sends it (about the size of a real one).
@@ -148,6 +157,52 @@ fn drain(backlog: usize, rt: &tokio::runtime::Runtime) -> Result<()> {
     Ok(())
 }
 
+/// A 640x480 picture with edges and texture, so that JPEG has real work to do.
+fn picture() -> SnapshotImage {
+    let (w, h) = (640u16, 480u16);
+    let mut rgb = Vec::with_capacity(w as usize * h as usize * 3);
+    for y in 0..h as usize {
+        for x in 0..w as usize {
+            let v = ((x * 7 + y * 13) ^ (x * y / 64)) as u8;
+            rgb.extend_from_slice(&[v, v.wrapping_mul(3), 255 - v]);
+        }
+    }
+    SnapshotImage { rgb, width: w, height: h }
+}
+
+/// Snapshots per second saved by `workers` threads, one burst of `events.len()`.
+fn snapshot_rate(events: &[Event], image: &Arc<SnapshotImage>, workers: usize) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path())?;
+    let burst: Vec<Emitted> =
+        events.iter().map(|e| Emitted { event: e.clone(), snapshot: Some(image.clone()) }).collect();
+    let options = SaveOptions { quality: 85, workers, cutoff: tokio_util::sync::CancellationToken::new() };
+    let t = Instant::now();
+    let saved = vigil::events::snapshot::save(&store, burst, &options);
+    let secs = t.elapsed().as_secs_f64();
+    if saved.written != events.len() {
+        bail!("{} of {} snapshots written", saved.written, events.len());
+    }
+    Ok(events.len() as f64 / secs)
+}
+
+fn snapshots(n: usize, threads: usize, rounds: usize) -> Result<()> {
+    println!("== snapshot writes: bursts of {n} 640x480 JPEGs (quality 85), 1 thread vs {threads}");
+    let events: Vec<Event> = (0..n).map(event).collect();
+    let image = Arc::new(picture());
+    let (mut one, mut many) = (Vec::new(), Vec::new());
+    for round in 1..=rounds.max(1) {
+        let a = snapshot_rate(&events, &image, 1)?;
+        let b = snapshot_rate(&events, &image, threads)?;
+        println!("round {round}: 1 thread {a:.0} snapshots/s  {threads} threads {b:.0} snapshots/s");
+        one.push(a);
+        many.push(b);
+    }
+    let (a, b) = (median(&mut one), median(&mut many));
+    println!("snapshots: {threads} threads {b:.0}/s / 1 thread {a:.0}/s = ratio {:.2}", b / a);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -167,6 +222,10 @@ fn main() -> Result<()> {
     }
     if args.backlog > 0 {
         drain(args.backlog, &rt)?;
+    }
+    if args.snapshots > 0 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        snapshots(args.snapshots, args.snapshot_threads.unwrap_or(cores.min(4)), args.rounds)?;
     }
     Ok(())
 }
