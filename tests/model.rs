@@ -87,18 +87,15 @@ fn assert_same_detections(
 
 #[test]
 fn onnxruntime_reproduces_the_bundled_int8_reference_output() {
+    // The check `vigil model-check` runs: raw output within the
+    // manifest's tolerance (meant for other runtimes), and the detections to 0.01 in score and
+    // 1 px in position.
     let (bundle, mut det) = detector();
-    let reference = bundle.manifest.reference.clone().expect("the shipped bundle has references");
-    let input = bundle.read_f32(&reference.input).unwrap();
-    let expected = bundle.read_f32(&reference.output_int8).unwrap();
-    let got = det.infer_raw(&input).unwrap().to_vec();
-    assert_eq!(got.len(), expected.len());
-    let max_diff = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    println!("max |ORT - reference| = {max_diff} (manifest tolerance {})", reference.tolerance);
-    // The manifest's tolerance is for other runtimes (TensorRT, ORT without integer kernels).
-    assert!(max_diff <= reference.tolerance, "max abs diff {max_diff} > tolerance {}", reference.tolerance);
-    // What the twin must agree on: the detections, to 0.01 in score and 1 px in position.
-    assert_same_detections(&det, &det.decode(&got), &reference_detections(&bundle), 0.01, 1.0);
+    let report = check::check_model(&bundle, &mut det).expect("the check runs");
+    println!("max |ORT - reference| = {} (manifest tolerance {})", report.max_abs_diff, report.tolerance);
+    assert_eq!(report.backend, "onnxruntime-cpu");
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    assert_eq!(report.detections, reference_detections(&bundle).len());
 }
 
 #[test]
