@@ -87,9 +87,8 @@ fn assert_same_detections(
 
 #[test]
 fn onnxruntime_reproduces_the_bundled_int8_reference_output() {
-    // The check `vigil model-check` runs: raw output within the
-    // manifest's tolerance (meant for other runtimes), and the detections to 0.01 in score and
-    // 1 px in position.
+    // The check `vigil model-check` runs: raw output within the manifest's tolerance (meant for
+    // other runtimes), and the detections to 0.01 in score and 1 px in position.
     let (bundle, mut det) = detector();
     let report = check::check_model(&bundle, &mut det).expect("the check runs");
     println!("max |ORT - reference| = {} (manifest tolerance {})", report.max_abs_diff, report.tolerance);
