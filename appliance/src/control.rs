@@ -437,6 +437,48 @@ mod tests {
         tokio::task::spawn_blocking(move || f(&mut Connection::connect(&dir).unwrap())).await.unwrap()
     }
 
+    /// Behind the 0600 file mode, each peer's uid is checked. Opened up here (socket 0666,
+    /// directory 0755) so that a process of another user reaches the server at all. Running a
+    /// process as another user takes root, as CI has.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_users_connection_is_refused_even_through_an_open_file_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not run: needs root to start a client as another user");
+            return;
+        }
+        let run = serve(&[]).await;
+        let path = socket_path(run.dir.path());
+        std::fs::set_permissions(run.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        // A client in a process of its own: sends `status`, prints the answer.
+        let ask = move |uid: Option<u32>| {
+            // A hang-up shows as EOF, or as a broken pipe if it came before the request.
+            let script = "import socket, sys\n\
+                          s = socket.socket(socket.AF_UNIX)\n\
+                          s.settimeout(10)\n\
+                          s.connect(sys.argv[1])\n\
+                          try:\n\
+                          \x20   s.sendall(b'status {\"request_id\": \"p\", \"args\": {}}\\n')\n\
+                          \x20   print(s.recv(65536).decode(), end='')\n\
+                          except (BrokenPipeError, ConnectionResetError):\n\
+                          \x20   pass\n";
+            let mut cmd = std::process::Command::new("python3");
+            cmd.arg("-c").arg(script).arg(&path);
+            if let Some(uid) = uid {
+                cmd.uid(uid).gid(uid);
+            }
+            let out = cmd.output().expect("python3 runs");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let (root, nobody) = tokio::task::spawn_blocking(move || (ask(None), ask(Some(65_534)))).await.unwrap();
+        assert!(root.contains("\"ok\":true") && root.contains("device_id"), "the same client as root: {root}");
+        assert_eq!(nobody, "", "uid 65534 is hung up on without an answer");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn queries_are_answered_and_changes_and_garbage_refused() {
         let events = [event(0, "a"), event(1, "b"), event(2, "a")];
