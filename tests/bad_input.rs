@@ -107,7 +107,7 @@ fn a_missing_onnxruntime_library_is_a_clear_error_not_a_panic() {
 fn an_unreachable_broker_is_retried_while_events_are_kept_in_sled() {
     let dir = tempfile::tempdir().unwrap();
     let nobody = format!("mqtt://127.0.0.1:{}", free_port());
-    let clip = format!("file://{}", eval_clip().display());
+    let clip = clip_uri();
     let config = write_config(dir.path(), "offline", &nobody, &[("clip", clip)]);
     let vigil = Vigil::start(&config, dir.path());
     let retried = wait_until(Duration::from_secs(30), || vigil.log().matches("MQTT connection lost").count() >= 3);
@@ -137,8 +137,8 @@ fn a_camera_that_does_not_exist_is_retried_and_the_others_keep_working() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let sub = Subscriber::start(broker.port, "vigil/two/events");
-    let clip = format!("file://{}", eval_clip().display());
-    let ghost = format!("file://{}", dir.path().join("no-such-clip.mp4").display());
+    let clip = clip_uri();
+    let ghost = file_uri(&dir.path().join("no-such-clip.mp4"));
     let config = write_config(dir.path(), "two", &broker.url(), &[("ghost", ghost), ("clip", clip)]);
     let mut vigil = Vigil::start(&config, dir.path());
     let retried = wait_until(Duration::from_secs(30), || {
@@ -164,7 +164,7 @@ fn asking_for_tensorrt_where_it_cannot_run_falls_back_to_the_cpu_and_says_why() 
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let sub = Subscriber::start(broker.port, "vigil/gpu-less/events");
-    let clip = format!("file://{}", eval_clip().display());
+    let clip = clip_uri();
     let config = write_config(dir.path(), "gpu-less", &broker.url(), &[("clip", clip)]);
     append_config(&config, "[inference]\nbackend = \"tensorrt\"\n");
     let vigil = Vigil::start(&config, dir.path());

@@ -16,7 +16,7 @@ fn events_over_mqtt_match_the_ground_truth_and_are_all_in_sled() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let sub = Subscriber::start(broker.port, "vigil/e2e/#");
-    let clip = format!("file://{}", eval_clip().display());
+    let clip = clip_uri();
     let config = write_config(dir.path(), "e2e", &broker.url(), &[("clip", clip)]);
     let mut vigil = Vigil::start(&config, dir.path());
 
@@ -114,7 +114,7 @@ fn metrics_report_each_camera_inference_and_the_store() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let sub = Subscriber::start(broker.port, "vigil/m/metrics");
-    let clip = format!("file://{}", eval_clip().display());
+    let clip = clip_uri();
     let config = write_config(dir.path(), "m", &broker.url(), &[("clip", clip), ("pattern", "test://ball".into())]);
     set_mqtt(&config, "metrics_interval_s = 1");
     let vigil = Vigil::start(&config, dir.path());
@@ -184,8 +184,8 @@ fn the_retained_status_follows_the_cameras_states() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let sub = Subscriber::start(broker.port, "vigil/st/status");
-    let clip = format!("file://{}", eval_clip().display());
-    let ghost = format!("file://{}", dir.path().join("missing.mp4").display());
+    let clip = clip_uri();
+    let ghost = file_uri(&dir.path().join("missing.mp4"));
     let config = write_config(dir.path(), "st", &broker.url(), &[("clip", clip), ("ghost", ghost)]);
     let vigil = Vigil::start(&config, dir.path());
     let state_of = |s: &serde_json::Value, cam: &str| {
@@ -226,7 +226,7 @@ fn home_assistant_discovers_a_sensor_per_camera_with_its_last_detection() {
     let dir = tempfile::tempdir().unwrap();
     let discovery = Subscriber::start(broker.port, "homeassistant/#");
     let states = Subscriber::start(broker.port, "vigil/ha1/ha/#");
-    let clip = format!("file://{}", eval_clip().display());
+    let clip = clip_uri();
     let config = write_config(dir.path(), "ha1", &broker.url(), &[("yard", clip)]);
     set_mqtt(&config, "home_assistant = true");
     let vigil = Vigil::start(&config, dir.path());

@@ -82,7 +82,7 @@ fn events_are_read_live_and_after_a_stop_and_tail_follows_the_service_across_it(
     // No broker: events stay in the outbox, and the CLI is all that reads them.
     let nobody = format!("mqtt://127.0.0.1:{}", free_port());
     // The clip loops: however long the steps below take, shapes are in view at the stop.
-    let clip = format!("file://{}?loop=true", eval_clip().display());
+    let clip = looping_clip_uri();
     let config = write_config(dir.path(), "cli", &nobody, &[("clip", clip)]);
 
     // Started before vigil: it waits for the service, then follows it.

@@ -35,7 +35,12 @@ impl Operator {
     fn reply(&self, id: &str, within: Duration) -> serde_json::Value {
         let topic = format!("vigil/{}/reply/{id}", self.device);
         assert!(wait_until(within, || self.replies.count(&topic) > 0), "no reply on {topic}");
-        serde_json::from_slice(self.replies.on(&topic).last().unwrap()).unwrap()
+        self.last_on(&topic)
+    }
+
+    /// The latest message on `topic`, as JSON.
+    fn last_on(&self, topic: &str) -> serde_json::Value {
+        serde_json::from_slice(self.replies.on(topic).last().expect("a message")).unwrap()
     }
 
     /// Like [`Operator::ask`], for the first command to a service that has just connected:
@@ -48,7 +53,7 @@ impl Operator {
             wait_until(Duration::from_secs(1), || self.replies.count(&topic) > 0)
         });
         assert!(answered, "no reply on {topic}");
-        serde_json::from_slice(self.replies.on(&topic).last().unwrap()).unwrap()
+        self.last_on(&topic)
     }
 
     /// Sends `payload` to `cmd/<name>` and returns the reply that arrives on `reply/<expect_id>`.
@@ -57,7 +62,7 @@ impl Operator {
         let before = self.replies.count(&topic);
         self.send(name, payload);
         assert!(wait_until(Duration::from_secs(10), || self.replies.count(&topic) > before), "no reply on {topic}");
-        serde_json::from_slice(self.replies.on(&topic).last().unwrap()).unwrap()
+        self.last_on(&topic)
     }
 }
 
@@ -69,7 +74,7 @@ fn request(id: &str, args: serde_json::Value) -> Vec<u8> {
 fn every_command_is_answered_and_bad_ones_are_refused_with_a_reason() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let clip = format!("file://{}?loop=true", eval_clip().display());
+    let clip = looping_clip_uri();
     let ghost = format!("rtsp://127.0.0.1:{}/nothing", free_port());
     let config = write_config(dir.path(), "cmdr", &broker.url(), &[("clip", clip), ("ghost", ghost)]);
     append_config(&config, "password = \"hunter2\"\nuser = \"viewer\"\n");
@@ -154,7 +159,7 @@ fn every_command_is_answered_and_bad_ones_are_refused_with_a_reason() {
 fn the_fleet_cli_lists_devices_sends_commands_and_watches_events() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let clip = format!("file://{}?loop=true", eval_clip().display());
+    let clip = looping_clip_uri();
     let config = write_config(dir.path(), "cli1", &broker.url(), &[("clip", clip)]);
     let vigil = Vigil::start(&config, dir.path());
     let url = broker.url();
@@ -215,7 +220,7 @@ fn the_fleet_cli_lists_devices_sends_commands_and_watches_events() {
 fn config_set_keeps_a_healthy_configuration_and_rolls_back_an_unhealthy_one() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let clip = format!("file://{}?loop=true", eval_clip().display());
+    let clip = looping_clip_uri();
     let config = write_config(dir.path(), "cfg", &broker.url(), &[("clip", clip)]);
     let mut vigil = Vigil::start(&config, dir.path());
     let op = Operator::connect_to(broker.port, "cfg");
@@ -256,7 +261,7 @@ fn config_set_keeps_a_healthy_configuration_and_rolls_back_an_unhealthy_one() {
     // An unhealthy change: the new camera's source does not exist. After the window vigil puts
     // the previous file back, restarts, and the restored service answers with the reason.
     let mut sick = good.clone();
-    sick["camera"][1]["uri"] = format!("file://{}", dir.path().join("missing.mp4").display()).into();
+    sick["camera"][1]["uri"] = file_uri(&dir.path().join("missing.mp4")).into();
     op.send("config/set", &set("s2", &sick, 5));
     let (status, log) = vigil.wait_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(75), "restart to apply:\n{log}");

@@ -13,7 +13,7 @@ fn a_device_with_its_certificate_reports_over_mutual_tls() {
     let broker = TlsBroker::start(&["gate-01", "operator"]);
     let ops = Subscriber::start_tls(broker.port, "vigil/#", &broker.tls(Some("operator")));
     let dir = tempfile::tempdir().unwrap();
-    let clip = format!("file://{}", eval_clip().display());
+    let clip = clip_uri();
     let config = write_config(dir.path(), "gate-01", &broker.url(), &[("clip", clip)]);
     append_config(&config, &broker.tls_toml("gate-01"));
     let vigil = Vigil::start(&config, dir.path());
@@ -108,7 +108,7 @@ fn a_device_with_another_devices_certificate_refuses_to_start() {
     // not its device_id: vigil refuses to run that way, and says how to fix it.
     let broker = TlsBroker::start(&["gate-01"]);
     let dir = tempfile::tempdir().unwrap();
-    let clip = format!("file://{}", eval_clip().display());
+    let clip = clip_uri();
     let config = write_config(dir.path(), "gate-02", &broker.url(), &[("clip", clip)]);
     append_config(&config, &broker.tls_toml("gate-01"));
     let vigil = Vigil::start(&config, dir.path());

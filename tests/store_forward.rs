@@ -18,7 +18,7 @@ fn a_sixty_second_broker_outage_loses_nothing() {
     // A persistent session: the broker keeps the subscription and queues for it across restarts.
     let sub = Subscriber::start_persistent(broker.port, "vigil/sf/events", "store-forward-test");
     let dir = tempfile::tempdir().unwrap();
-    let clip = format!("file://{}", eval_clip().display());
+    let clip = clip_uri();
     let config = write_config(dir.path(), "sf", &broker.url(), &[("clip", clip)]);
     // No periodic metrics: the outbox then holds events only, and drains to exactly empty.
     set_mqtt(&config, "metrics_interval_s = 0");
@@ -73,7 +73,7 @@ fn a_thousand_queued_events_survive_kill_9_and_all_arrive_after_restart() {
     let sub = Subscriber::start_persistent(broker.port, "vigil/k9/events", "kill9-test");
     broker.stop();
     let dir = tempfile::tempdir().unwrap();
-    let clip = format!("file://{}", eval_clip().display());
+    let clip = clip_uri();
     // Three cameras on the 12 s clip with the broker down: everything piles up in the outbox.
     // (About 1 900 events when every frame is processed; a loaded machine drops some.)
     let cameras = [("a", clip.clone()), ("b", clip.clone()), ("c", clip)];
@@ -105,7 +105,7 @@ fn a_thousand_queued_events_survive_kill_9_and_all_arrive_after_restart() {
     let connects = sub.connects();
     broker.restart();
     assert!(wait_until(Duration::from_secs(10), || sub.connects() > connects), "the subscriber did not reconnect");
-    let ghost = format!("file://{}", dir.path().join("no-clip.mp4").display());
+    let ghost = file_uri(&dir.path().join("no-clip.mp4"));
     let config = write_config(dir.path(), "k9", &broker.url(), &[("a", ghost)]);
     let vigil = Vigil::start(&config, dir.path());
     let all = wait_until(Duration::from_secs(60), || {
@@ -123,7 +123,7 @@ fn fifty_kill_9s_at_random_points_never_lose_an_acknowledged_event() {
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, "vigil/r/events");
     let dir = tempfile::tempdir().unwrap();
-    let clip = format!("file://{}?loop=true", eval_clip().display());
+    let clip = looping_clip_uri();
     let config = write_config(dir.path(), "r", &broker.url(), &[("clip", clip)]);
     let data = dir.path().join("data");
     let mut x = 0x9e37_79b9_7f4a_7c15_u64;
@@ -186,7 +186,7 @@ fn a_full_disk_evicts_the_oldest_events_and_the_service_stays_up() {
     let sub = Subscriber::start(broker.port, "vigil/full/events");
     let dir = tempfile::tempdir().unwrap();
     let disk = Tmpfs::mount(&dir.path().join("disk"), 96);
-    let clip = format!("file://{}?loop=true", eval_clip().display());
+    let clip = looping_clip_uri();
     let config = write_config(dir.path(), "full", &broker.url(), &[("clip", clip)]);
     let data = disk.path.join("data");
     let text = std::fs::read_to_string(&config).unwrap();

@@ -218,7 +218,7 @@ pub async fn run(
         events_topic,
         SaveOptions {
             quality: config.events.snapshot_quality,
-            workers: crate::events::snapshot::default_workers(),
+            workers: snapshot::default_workers(),
             cutoff: snapshot_cutoff.clone(),
         },
         min_free,

@@ -24,6 +24,21 @@ pub fn eval_clip() -> PathBuf {
     repo_root().join("models/clips/shapes-eval.mp4")
 }
 
+/// A camera URI for the file at `path`, played once.
+pub fn file_uri(path: &Path) -> String {
+    format!("file://{}", path.display())
+}
+
+/// The held-out clip as a camera, played once (12 s in real time).
+pub fn clip_uri() -> String {
+    file_uri(&eval_clip())
+}
+
+/// The held-out clip as a camera that loops for as long as the test needs.
+pub fn looping_clip_uri() -> String {
+    clip_uri() + "?loop=true"
+}
+
 pub fn vigil_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vigil"))
 }
