@@ -39,12 +39,14 @@ test: setup cross-setup trt-headers lint aarch64 unit
 lint: trt-headers
 	cargo fmt --all -- --check
 	$(WITH_TRT) cargo clippy --workspace --all-targets --locked -- -D warnings
-	$(WITH_TRT) cargo clippy -p vigil --all-targets --features tensorrt --locked -- -D warnings
+	$(WITH_TRT) cargo clippy -p vigil -p vigil-infer --all-targets --features vigil/tensorrt --locked -- -D warnings
+	.ci/check-boundaries.sh
 
 ## The workspace's tests (tensorrt-sys against the stub), then vigil's CUDA and TensorRT code.
 unit: trt-headers
 	$(WITH_TRT) cargo test --workspace --locked
-	$(WITH_TRT) cargo test -p vigil --features tensorrt --locked --lib --test cuda
+	$(WITH_TRT) cargo test -p vigil-infer --features tensorrt --locked --lib
+	$(WITH_TRT) cargo test -p vigil --features tensorrt --locked --test cuda
 
 aarch64: cross-setup
 	$(CROSS_ENV) cargo build --release --locked -p vigil --target $(AARCH64)

@@ -33,9 +33,9 @@ fn check_config_accepts_the_shipped_demo_config() {
 
 #[test]
 fn a_config_named_by_a_relative_path_resolves_against_its_own_directory() {
-    // Tests run in appliance/; the demo config's paths are relative to appliance/config/.
-    assert!(std::path::Path::new("config/demo.toml").is_file(), "tests run in the package directory");
-    let (code, out, err) = vigil_cmd(&["check-config", "config/demo.toml"], &[]);
+    // Tests run in appliance/vigil/; the demo config's paths are relative to appliance/config/.
+    assert!(std::path::Path::new("../config/demo.toml").is_file(), "tests run in the package directory");
+    let (code, out, err) = vigil_cmd(&["check-config", "../config/demo.toml"], &[]);
     assert_eq!(code, 0, "{out}{err}");
 }
 
@@ -124,11 +124,11 @@ fn an_unreachable_broker_is_retried_while_events_are_kept_in_sled() {
     assert!(status.success(), "{status:?}\n{log}");
     let (code, out, err) = vigil_cmd(&["events", "list", "--json", "--data-dir", d], &[]);
     assert_eq!(code, 0, "{err}");
-    let stored: Vec<vigil::events::Event> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let stored: Vec<vigil_core::event::Event> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(!stored.is_empty(), "events made while the broker was unreachable are stored:\n{log}");
     // Every message of each (new, updates, end: revisions 0..=last) still waits in the outbox.
     let messages: usize = stored.iter().map(|e| e.revision as usize + 1).sum();
-    let store = vigil::store::Store::open(&data).unwrap();
+    let store = vigil_store::Store::open(&data).unwrap();
     assert_eq!(store.outbox_len(), messages, "and all their messages still wait in the outbox");
 }
 
@@ -154,7 +154,7 @@ fn a_camera_that_does_not_exist_is_retried_and_the_others_keep_working() {
         fault.contains("no-such-clip.mp4") || fault.contains("not found") || fault.contains("No such file"),
         "{fault}"
     );
-    let events: Vec<vigil::events::Event> =
+    let events: Vec<vigil_core::event::Event> =
         sub.on("vigil/two/events").iter().map(|p| serde_json::from_slice(p).unwrap()).collect();
     assert!(events.iter().all(|e| e.camera_id == "clip"));
 }
@@ -173,7 +173,7 @@ fn asking_for_tensorrt_where_it_cannot_run_falls_back_to_the_cpu_and_says_why() 
     assert!(status.success(), "{status:?}\n{log}");
     let warning = log.lines().find(|l| l.contains("TensorRT was asked for")).expect("the fallback is logged");
     assert!(warning.contains("WARN") && warning.contains("using ONNX Runtime"), "{warning}");
-    let event: vigil::events::Event = serde_json::from_slice(&sub.on("vigil/gpu-less/events")[0]).unwrap();
+    let event: vigil_core::event::Event = serde_json::from_slice(&sub.on("vigil/gpu-less/events")[0]).unwrap();
     assert_eq!(event.model.backend, "onnxruntime-cpu");
 }
 
@@ -186,20 +186,20 @@ fn a_new_configuration_that_no_longer_loads_is_rolled_back_at_start() {
     let data = dir.path().join("data");
     let path = config_with(dir.path(), &format!("data_dir = \"{}\"\n{}", data.display(), base_config()));
     let original = std::fs::read(&path).unwrap();
-    let config = vigil::config::Config::load(std::path::Path::new(&path)).unwrap();
+    let config = vigil_config::Config::load(std::path::Path::new(&path)).unwrap();
     std::fs::create_dir_all(&data).unwrap();
-    vigil::config_change::commit(&config, std::path::Path::new(&path), "r-bad", Duration::from_secs(60)).unwrap();
+    vigil_fleet::config_change::commit(&config, std::path::Path::new(&path), "r-bad", Duration::from_secs(60)).unwrap();
     std::fs::write(&path, "[mqtt]\nurl = 5\n").unwrap();
 
     let (code, _, err) = vigil_cmd(&["run", "--config", &path], &[]);
     assert_eq!(code, 75, "{err}");
     assert!(err.contains("url"), "the problem is printed: {err}");
     assert_eq!(std::fs::read(&path).unwrap(), original, "the previous file is back, byte for byte");
-    let marker = std::fs::read_to_string(data.join(vigil::config_change::MARKER)).unwrap();
+    let marker = std::fs::read_to_string(data.join(vigil_fleet::config_change::MARKER)).unwrap();
     assert!(marker.contains("vigil cannot load it"), "the reply-to-be records why: {marker}");
     // Without a change in progress, a bad file is plain bad input.
     std::fs::write(&path, "[mqtt]\nurl = 5\n").unwrap();
-    std::fs::remove_file(data.join(vigil::config_change::MARKER)).unwrap();
+    std::fs::remove_file(data.join(vigil_fleet::config_change::MARKER)).unwrap();
     let (code, _, err) = vigil_cmd(&["run", "--config", &path], &[]);
     assert_eq!(code, 2, "{err}");
 }

@@ -10,8 +10,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
-use vigil::capture::{self, CameraSpec, CameraState, CameraStats, FrameHub, Platform, SourceUri};
-use vigil::testkit::RtspCam;
+use vigil_capture::{self as capture, CameraSpec, Platform};
+use vigil_core::hub::FrameHub;
+use vigil_core::source::SourceUri;
+use vigil_core::stats::{CameraState, CameraStats};
+use vigil_testkit::RtspCam;
 
 use support::wait_until;
 

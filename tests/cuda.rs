@@ -8,13 +8,13 @@
 
 use std::path::Path;
 
-use vigil::infer::cuda::{available, compile_kernels, CudaPreprocessor};
-use vigil::infer::transform::{quantize_i8, reference, InputType, Pixels, Transform};
+use vigil_infer::cuda::{available, compile_kernels, CudaPreprocessor};
+use vigil_infer::transform::{quantize_i8, reference, InputType, Pixels, Transform};
 
 /// Loads NVRTC from the repository's .venv (PyPI nvidia-cuda-nvrtc-cu12, installed by
 /// `make trt-headers`) unless the system has it; cudarc then finds it by its soname.
 fn load_nvrtc() {
-    let site = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
+    let site = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/lib");
     let Ok(pythons) = std::fs::read_dir(&site) else { return };
     for python in pythons.filter_map(Result::ok) {
         let lib = python.path().join("site-packages/nvidia/cuda_nvrtc/lib");

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use support::*;
-use vigil::events::Event;
-use vigil::store::Store;
+use vigil_core::event::Event;
+use vigil_store::Store;
 
 #[test]
 fn events_over_mqtt_match_the_ground_truth_and_are_all_in_sled() {

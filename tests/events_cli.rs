@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use support::*;
-use vigil::events::{EndReason, Event, Phase};
+use vigil_core::event::{EndReason, Event, Phase};
 
 fn events_cmd(data: &str, args: &[&str]) -> (i32, String, String) {
     let mut all = vec!["events"];
@@ -91,7 +91,7 @@ fn events_are_read_live_and_after_a_stop_and_tail_follows_the_service_across_it(
     assert!(waiting.iter().any(|l| l.contains("not running") && l.contains("waiting")), "{waiting:?}");
 
     let vigil = Vigil::start(&config, dir.path());
-    let up = wait_until(Duration::from_secs(30), || data.join(vigil::control::SOCKET_FILE).exists());
+    let up = wait_until(Duration::from_secs(30), || data.join(vigil_fleet::control::SOCKET_FILE).exists());
     assert!(up, "vigil opens its control socket:\n{}", vigil.log());
     let mut live = Vec::new();
     let stored = wait_until(Duration::from_secs(60), || {
@@ -196,7 +196,7 @@ fn events_are_read_live_and_after_a_stop_and_tail_follows_the_service_across_it(
     assert!(err.contains("No space left"), "{err}");
 
     // A store held by another process, with no service answering, is a clear error.
-    let held = vigil::store::Store::open(&data).unwrap();
+    let held = vigil_store::Store::open(&data).unwrap();
     let (code, _, err) = events_cmd(&data_s, &["list"]);
     assert_eq!(code, 1);
     assert!(err.contains("is in use, and no vigil answers"), "{err}");

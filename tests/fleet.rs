@@ -206,7 +206,7 @@ fn the_fleet_cli_lists_devices_sends_commands_and_watches_events() {
 
     let (code, out, err) = fleet(&["watch", "cli1", "--count", "3"]);
     assert_eq!(code, 0, "{err}");
-    let events: Vec<vigil::events::Event> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<vigil_core::event::Event> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(events.len(), 3);
     assert!(events.iter().all(|e| e.device_id == "cli1"));
     let (status, log) = vigil.terminate();
@@ -254,7 +254,7 @@ fn config_set_keeps_a_healthy_configuration_and_rolls_back_an_unhealthy_one() {
     let applied = op.reply("s1", Duration::from_secs(40));
     assert_eq!(applied["ok"], true, "{applied}\n{}", vigil.log());
     assert_eq!(applied["result"]["applied"], true);
-    let written = vigil::config::Config::load(&config).expect("the written configuration loads");
+    let written = vigil_config::Config::load(&config).expect("the written configuration loads");
     assert_eq!(written.cameras.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["clip", "pattern"]);
     let after_good = std::fs::read_to_string(&config).unwrap();
 

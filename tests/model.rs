@@ -12,10 +12,12 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use support::*;
-use vigil::capture::pipeline::{self, Plan};
-use vigil::capture::{self, CameraSpec, Codec, FrameSource, Pace, Platform, SourceUri, Timeline};
-use vigil::infer::check::{self, RefDetection};
-use vigil::infer::{find_ort_library, Bundle, Detector, Letterbox, OrtBackend};
+use vigil_capture::pipeline::{self, Plan};
+use vigil_capture::{self as capture, CameraSpec, FrameImage, FrameSource, Platform, Timeline};
+use vigil_core::codec::Codec;
+use vigil_core::source::{Pace, SourceUri};
+use vigil_infer::check::{self, RefDetection};
+use vigil_infer::{find_ort_library, Bundle, Detector, Letterbox, OrtBackend};
 
 fn detector() -> (Bundle, Detector) {
     let bundle = Bundle::load(&bundle_dir()).expect("the shipped bundle loads");
@@ -76,7 +78,7 @@ fn reference_detections(bundle: &Bundle) -> Vec<RefDetection> {
 /// Same labels in the same order, scores within `score_tol`, box corners within `px_tol` pixels.
 fn assert_same_detections(
     det: &Detector,
-    got: &[vigil::infer::Detection],
+    got: &[vigil_infer::Detection],
     want: &[RefDetection],
     score_tol: f32,
     px_tol: f32,
@@ -245,11 +247,11 @@ fn batched_inference_gives_each_frame_its_own_answer() {
         .map(|(y, x, c)| rgb[(y * w + x) * 3 + c])
         .collect();
     let lb = Letterbox::new(w as u32, h as u32, w as u32, h as u32);
-    let alone: Vec<Vec<vigil::infer::Detection>> =
-        [&rgb, &mirrored].iter().map(|img| det.detect(vigil::infer::Image::rgb(img, w * 3), &lb).unwrap()).collect();
+    let alone: Vec<Vec<vigil_infer::Detection>> =
+        [&rgb, &mirrored].iter().map(|img| det.detect(vigil_infer::Image::rgb(img, w * 3), &lb).unwrap()).collect();
     assert_eq!(alone[0].len(), 3, "the reference frame's three objects");
     for (slot, img) in [&rgb, &mirrored, &rgb].iter().enumerate() {
-        det.load(slot, vigil::infer::Image::rgb(img, w * 3), lb).unwrap();
+        det.load(slot, vigil_infer::Image::rgb(img, w * 3), lb).unwrap();
     }
     det.run(3).expect("a batch of 3");
     for (slot, want) in [&alone[0], &alone[1], &alone[0]].iter().enumerate() {

@@ -38,7 +38,7 @@ fn a_device_with_its_certificate_reports_over_mutual_tls() {
 }
 
 /// Connects with `tls` and returns the first connection outcome: Ok on CONNACK, Err otherwise.
-fn try_connect(port: u16, tls: &vigil::config::TlsConfig) -> Result<(), String> {
+fn try_connect(port: u16, tls: &vigil_config::TlsConfig) -> Result<(), String> {
     let (_client, mut connection) = rumqttc::Client::new(mqtt_options(port, Some(tls)), 10);
     for event in connection.iter().take(5) {
         match event {
@@ -61,7 +61,7 @@ fn a_client_without_a_certificate_is_refused() {
 }
 
 /// Publishes one QoS 1 message as the client in `tls` and waits for its PUBACK.
-fn publish(port: u16, tls: &vigil::config::TlsConfig, topic: &str, payload: &[u8]) {
+fn publish(port: u16, tls: &vigil_config::TlsConfig, topic: &str, payload: &[u8]) {
     let (client, mut connection) = rumqttc::Client::new(mqtt_options(port, Some(tls)), 10);
     client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).unwrap();
     for event in connection.iter() {

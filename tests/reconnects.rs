@@ -9,8 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use vigil::capture::{self, CameraSpec, CameraStats, FrameHub, Platform, SourceUri};
-use vigil::testkit::RtspCam;
+use vigil_capture::{self as capture, CameraSpec, Frame, Platform};
+use vigil_core::hub::FrameHub;
+use vigil_core::source::SourceUri;
+use vigil_core::stats::CameraStats;
+use vigil_testkit::RtspCam;
 
 use support::wait_until;
 
@@ -49,7 +52,7 @@ fn a_hundred_forced_reconnects_leave_fds_threads_and_memory_flat() {
     let spec = CameraSpec::new(0, "cam", SourceUri::parse(server.url()).unwrap(), (320, 320));
     let thread = capture::spawn_camera(spec, Arc::new(Platform::detect()), hub.clone(), cancel.clone()).unwrap();
     let frames = || stats.frames_in.load(Ordering::Relaxed);
-    let drain = |hub: &FrameHub| while hub.take(Duration::ZERO).is_some() {};
+    let drain = |hub: &FrameHub<Frame>| while hub.take(Duration::ZERO).is_some() {};
 
     let reconnect = || {
         let before = frames();

@@ -7,8 +7,8 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use vigil::events::Event;
-use vigil::store::Store;
+use vigil_core::event::Event;
+use vigil_store::Store;
 
 const OUTAGE: Duration = Duration::from_secs(60);
 
@@ -146,7 +146,7 @@ fn fifty_kill_9s_at_random_points_never_lose_an_acknowledged_event() {
             let flowing = wait_until(Duration::from_secs(30), || {
                 sub.on("vigil/r/events")[seen_before..].iter().any(|p| {
                     let e = serde_json::from_slice::<Event>(p).unwrap();
-                    e.phase == vigil::events::Phase::New && !known.contains(&e.id)
+                    e.phase == vigil_core::event::Phase::New && !known.contains(&e.id)
                 })
             });
             assert!(flowing, "run {run}: no events within 30 s\n{}", vigil.log());
@@ -227,7 +227,7 @@ fn a_full_disk_evicts_the_oldest_events_and_the_service_stays_up() {
     assert!(store.event(&seen[0].id).unwrap().is_none(), "the oldest event was evicted");
     // Snapshots kept being written on the full disk (a message names one only when its file is
     // there), up to the stop; the last second of the stop may store events without new ones.
-    let is_end = |e: &&Event| e.phase == vigil::events::Phase::End;
+    let is_end = |e: &&Event| e.phase == vigil_core::event::Phase::End;
     assert!(
         seen[before..at_stop].iter().filter(is_end).any(|e| e.snapshot.is_some()),
         "no snapshot after the disk filled"

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use vigil::events::snapshot::{SaveOptions, SnapshotImage};
-use vigil::events::{Emitted, Event};
-use vigil::store::Store;
-use vigil::testkit::median;
+use vigil_core::event::{Emitted, Event};
+use vigil_core::picture::SnapshotImage;
+use vigil_store::snapshot::SaveOptions;
+use vigil_store::Store;
+use vigil_testkit::median;
 
 #[derive(Parser)]
 #[command(about = "Durable writes (sled vs SQLite WAL) and outbox drain, side by side")]
@@ -45,7 +46,7 @@ struct Args {
 fn event(n: usize) -> Event {
     let at = 1_795_482_000_000_000_000u64 + n as u64 * 33_333_333;
     serde_json::from_value(serde_json::json!({
-        "id": vigil::events::new_event_id(), "phase": "end", "revision": 2, "device_id": "bench",
+        "id": vigil_core::event::new_event_id(), "phase": "end", "revision": 2, "device_id": "bench",
         "camera_id": "cam0", "rule": "objects", "label": "circle", "class_id": 0, "track_id": n,
         "best_score": 0.93,
         "box": { "x1": 203.4, "y1": 243.1, "x2": 270.2, "y2": 314.8 }, "box_norm": [0.317, 0.506, 0.422, 0.656],
@@ -114,8 +115,8 @@ impl Drop for Mosquitto {
 fn mosquitto(dir: &std::path::Path) -> Result<(Mosquitto, u16)> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let conf = dir.join("mosquitto.conf");
-    std::fs::write(&conf, vigil::testkit::local_broker_conf(port) + "persistence false\n")?;
-    let child = vigil::testkit::spawn_mosquitto(&conf, port, Stdio::null()).context("mosquitto did not start")?;
+    std::fs::write(&conf, vigil_testkit::local_broker_conf(port) + "persistence false\n")?;
+    let child = vigil_testkit::spawn_mosquitto(&conf, port, Stdio::null()).context("mosquitto did not start")?;
     let broker = Mosquitto(child);
     Ok((broker, port))
 }
@@ -129,12 +130,12 @@ fn drain(backlog: usize, rt: &tokio::runtime::Runtime) -> Result<()> {
     }
     rt.block_on(store.flush())?;
     let (_broker, port) = mosquitto(dir.path())?;
-    let mut config = vigil::config::Config::embedded_default()?;
+    let mut config = vigil_config::Config::embedded_default()?;
     config.device_id = "bench".into();
     config.mqtt.url = format!("mqtt://127.0.0.1:{port}");
     let wake = Arc::new(tokio::sync::Notify::new());
-    let status = vigil::uplink::SharedStatus::new(vigil::uplink::new_status(&config, None));
-    let uplink = vigil::uplink::Uplink::new(&config, status, store.clone(), wake)?;
+    let status = vigil_uplink::SharedStatus::new(vigil_uplink::new_status(&config, None));
+    let uplink = vigil_uplink::Uplink::new(&config, status, store.clone(), wake)?;
     let cancel = tokio_util::sync::CancellationToken::new();
     let t = Instant::now();
     let task = rt.spawn(uplink.run(cancel.clone()));
@@ -178,7 +179,7 @@ fn snapshot_rate(events: &[Event], image: &Arc<SnapshotImage>, workers: usize) -
         events.iter().map(|e| Emitted { event: e.clone(), snapshot: Some(image.clone()) }).collect();
     let options = SaveOptions { quality: 85, workers, cutoff: tokio_util::sync::CancellationToken::new() };
     let t = Instant::now();
-    let saved = vigil::events::snapshot::save(&store, burst, &options);
+    let saved = vigil_store::snapshot::save(&store, burst, &options);
     let secs = t.elapsed().as_secs_f64();
     if saved.written != events.len() {
         bail!("{} of {} snapshots written", saved.written, events.len());

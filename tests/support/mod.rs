@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use vigil::testkit::spawn_mosquitto;
+use vigil_testkit::spawn_mosquitto;
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("appliance/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 pub fn bundle_dir() -> PathBuf {
@@ -84,7 +84,7 @@ impl Broker {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = free_port();
             let conf = dir.path().join("mosquitto.conf");
-            let mut text = vigil::testkit::local_broker_conf(port);
+            let mut text = vigil_testkit::local_broker_conf(port);
             if persistent {
                 // mosquitto drops to its own user when started as root: let it write here.
                 use std::os::unix::fs::PermissionsExt;
@@ -211,9 +211,9 @@ impl TlsBroker {
     }
 
     /// TLS settings for client `name` (None: CA only, no client certificate).
-    pub fn tls(&self, name: Option<&str>) -> vigil::config::TlsConfig {
+    pub fn tls(&self, name: Option<&str>) -> vigil_config::TlsConfig {
         let d = self.dir.path();
-        vigil::config::TlsConfig {
+        vigil_config::TlsConfig {
             ca: d.join("fleet-ca.pem"),
             cert: name.map(|n| d.join(format!("{n}.pem"))),
             key: name.map(|n| d.join(format!("{n}.key"))),
@@ -353,11 +353,11 @@ pub fn vigil_cmd(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 }
 
 /// Client options for the broker on `port`, over TLS when `tls` is given.
-pub fn mqtt_options(port: u16, tls: Option<&vigil::config::TlsConfig>) -> rumqttc::MqttOptions {
+pub fn mqtt_options(port: u16, tls: Option<&vigil_config::TlsConfig>) -> rumqttc::MqttOptions {
     let mut opts = rumqttc::MqttOptions::new(format!("test-{}", uuid::Uuid::now_v7().simple()), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(10)).set_max_packet_size(1 << 20, 1 << 20);
     if let Some(tls) = tls {
-        let config = vigil::uplink::rustls_config(tls).expect("test TLS settings are valid");
+        let config = vigil_uplink::rustls_config(tls).expect("test TLS settings are valid");
         opts.set_transport(rumqttc::Transport::tls_with_config(config.into()));
     }
     opts
@@ -388,7 +388,7 @@ impl Subscriber {
     }
 
     /// Over TLS with the client identity in `tls`.
-    pub fn start_tls(port: u16, filter: &str, tls: &vigil::config::TlsConfig) -> Self {
+    pub fn start_tls(port: u16, filter: &str, tls: &vigil_config::TlsConfig) -> Self {
         Self::connect(mqtt_options(port, Some(tls)), filter)
     }
 
@@ -540,7 +540,7 @@ pub fn precision_recall(gt: &GroundTruth, dets: &[(usize, String, [f32; 4])], fr
 
 /// An ended event as vigil stores it: camera `c`, label `circle`, `best.seq` = `n`, started at
 /// `ns` (Unix nanoseconds).
-pub fn stored_event(n: u32, ns: u64) -> vigil::events::Event {
+pub fn stored_event(n: u32, ns: u64) -> vigil_core::event::Event {
     serde_json::from_value(serde_json::json!({
         "id": format!("019ab3c2-7f1e-7c3a-9d52-{n:012}"), "phase": "end", "revision": 1, "device_id": "d",
         "camera_id": "c", "rule": "objects", "label": "circle", "class_id": 0, "track_id": n, "best_score": 0.9,
@@ -555,9 +555,11 @@ pub fn stored_event(n: u32, ns: u64) -> vigil::events::Event {
 
 /// Groups event messages by id, checks each lifecycle (`new`, then `update`s, then one `end`,
 /// revisions 0, 1, 2, … with repeats only as identical copies) and returns them.
-pub fn lifecycles(messages: &[vigil::events::Event]) -> std::collections::BTreeMap<String, Vec<vigil::events::Event>> {
-    use vigil::events::Phase;
-    let mut by_id: std::collections::BTreeMap<String, Vec<vigil::events::Event>> = Default::default();
+pub fn lifecycles(
+    messages: &[vigil_core::event::Event],
+) -> std::collections::BTreeMap<String, Vec<vigil_core::event::Event>> {
+    use vigil_core::event::Phase;
+    let mut by_id: std::collections::BTreeMap<String, Vec<vigil_core::event::Event>> = Default::default();
     for m in messages {
         let msgs = by_id.entry(m.id.clone()).or_default();
         match msgs.iter().find(|e| e.revision == m.revision) {
@@ -604,7 +606,7 @@ impl Tmpfs {
     }
 
     pub fn free_bytes(&self) -> u64 {
-        vigil::store::free_space(&self.path).expect("statvfs")
+        vigil_store::free_space(&self.path).expect("statvfs")
     }
 }
 

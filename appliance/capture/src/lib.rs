@@ -1,0 +1,102 @@
+//! Cameras: one supervised GStreamer pipeline per camera, pulled on its own thread into a
+//! latest-frame slot that the inference scheduler takes from.
+
+mod camera;
+mod gate;
+pub mod pipeline;
+pub mod platform;
+mod spec;
+mod timing;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use gstreamer as gst;
+
+pub use camera::{probe, spawn_camera, FaultKind, FrameSource, SourceEnd, StreamInfo, Timeline};
+pub use platform::Platform;
+pub use spec::{CameraSpec, Supervision};
+use vigil_core::hub::HubFrame;
+pub use vigil_core::image::FrameImage;
+use vigil_core::image::{Image, PixelLayout};
+
+/// Initialises GStreamer once; every entry point calls this before building pipelines.
+pub fn init_gstreamer() -> Result<(), CaptureError> {
+    gst::init().map_err(|e| CaptureError::Init(e.to_string()))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("GStreamer could not start: {0}; install the GStreamer runtime (see README)")]
+    Init(String),
+    #[error("camera `{camera}`: cannot build pipeline: {message}")]
+    Build { camera: String, message: String },
+    #[error("camera `{camera}`: {message}")]
+    Stream { camera: String, message: String, kind: FaultKind },
+}
+
+/// One decoded, letterboxed RGB frame.
+///
+/// The pixels stay in the GStreamer buffer they were decoded into (mapped read-only, no copy);
+/// dropping the frame returns the buffer to its pool.
+pub struct Frame {
+    /// Index of the camera in the configuration (the hub's slot).
+    pub camera: usize,
+    pub camera_id: Arc<str>,
+    /// Per-camera sequence number, kept across rebuilds. It counts the frames the source should
+    /// have produced (from stream timestamps, and real time across an outage), so a gap means
+    /// frames were lost: in an outage, before a keyframe, or in the latest-frame slot.
+    pub seq: u64,
+    /// Presentation timestamp from the stream, if it had one.
+    pub pts: Option<Duration>,
+    /// Wall-clock capture time (UTC), derived from the pipeline clock; never goes backwards for
+    /// one camera, even when the system clock is stepped.
+    pub captured_at: SystemTime,
+    /// Monotonic capture instant (the frame's age on the pipeline clock taken off the time it was
+    /// pulled): budgets and ages are measured from here.
+    pub captured_mono: Instant,
+    /// Size of the frame before letterboxing.
+    pub source_width: u32,
+    pub source_height: u32,
+    /// Size of the RGB image in `pixels` (the model's input size).
+    pub width: u32,
+    pub height: u32,
+    /// Bytes per row in `pixels` (GStreamer pads rows to 4 bytes).
+    pub stride: usize,
+    /// RGB, or RGBA where `nvvidconv` produced it.
+    pub layout: PixelLayout,
+    pub pixels: gst::buffer::MappedBuffer<gst::buffer::Readable>,
+}
+
+impl FrameImage for Frame {
+    /// The pixels as the detector reads them.
+    fn image(&self) -> Image<'_> {
+        Image { data: self.pixels.as_slice(), stride: self.stride, bytes_per_pixel: self.layout.bytes_per_pixel() }
+    }
+
+    fn source_size(&self) -> (u32, u32) {
+        (self.source_width, self.source_height)
+    }
+}
+
+impl HubFrame for Frame {
+    fn camera(&self) -> usize {
+        self.camera
+    }
+
+    fn captured(&self) -> Instant {
+        self.captured_mono
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("camera_id", &self.camera_id)
+            .field("seq", &self.seq)
+            .field("pts", &self.pts)
+            .field("size", &(self.width, self.height))
+            .field("source", &(self.source_width, self.source_height))
+            .finish_non_exhaustive()
+    }
+}

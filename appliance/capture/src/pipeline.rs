@@ -1,0 +1,279 @@
+//! GStreamer pipeline descriptions, built as strings from a source, a decode plan and a platform,
+//! so that every board's pipelines can be unit-tested on any machine.
+//!
+//! Shape: `source ! [depay/demux] ! [parse] ! [decoder] ! identity(vigil_src_info) ! letterbox ! appsink`.
+//! The letterbox fits the decoded video into the model's input size, keeping its aspect:
+//! - on Jetson, `nvvidconv` (the VIC) scales out of NVMM into RGBA, and `videobox` adds the borders
+//!   (their size is computed from the source size, known from the probe or the camera mode);
+//! - elsewhere `videoscale add-borders=true` then `videoconvert` to RGB: scaling first is ~1.6× faster
+//!   than converting first (FIELD-NOTES).
+//!
+//! Nothing here needs GStreamer newer than 1.16 (checked per profile by the tests).
+
+use super::platform::{Codec, Decoder, Platform};
+use vigil_core::geometry::Letterbox;
+use vigil_core::image::PixelLayout;
+use vigil_core::source::{Mode, Pace, RtspTransport, SourceUri};
+
+/// Element names the capture code looks up in a built pipeline.
+pub const SINK_NAME: &str = "vigil_sink";
+/// An `identity` after the decoder whose caps tell the decoded frame size.
+pub const SRC_INFO_NAME: &str = "vigil_src_info";
+/// The decoder: the keyframe gate and the decode accounting sit on its pads.
+pub const DECODER_NAME: &str = "vigil_dec";
+/// The source element (`rtspsrc` gets its credentials set on it, never in the description).
+pub const SOURCE_NAME: &str = "vigil_src";
+
+/// Default CSI sensor mode when the URI does not say.
+const CSI_DEFAULT: (u32, u32, u32) = (1920, 1080, 30);
+/// videotestsrc frames.
+const TEST_MODE: (u32, u32, u32) = (640, 480, 15);
+
+/// How one camera's video is decoded and converted: chosen per start, shown in status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub codec: Codec,
+    /// `None` for raw video.
+    pub decoder: Option<Decoder>,
+    /// Scale and convert on the VIC (`nvvidconv`).
+    pub nvvidconv: bool,
+    /// The decoded frame size when known before starting (probe or camera mode).
+    pub source_size: Option<(u32, u32)>,
+}
+
+impl Plan {
+    /// The plan for `codec` with `decoder` (`None` for raw video) on `platform`.
+    pub fn new(platform: &Platform, codec: Codec, decoder: Option<Decoder>, source_size: Option<(u32, u32)>) -> Self {
+        Self { codec, decoder, nvvidconv: platform.has_nvvidconv(), source_size }
+    }
+
+    /// `avdec_h264 (software) → videoscale+videoconvert`: the decode path as people read it.
+    pub fn path(&self) -> String {
+        let decode = match &self.decoder {
+            Some(d) => format!("{} ({})", d.element, if d.hardware { "hardware" } else { "software" }),
+            None => "raw".to_owned(),
+        };
+        let convert = if self.nvvidconv { "nvvidconv" } else { "videoscale+videoconvert" };
+        format!("{decode} → {convert}")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineSpec {
+    /// `gst-launch-1.0` syntax, free of credentials.
+    pub description: String,
+    /// A file played once: its end (EOS) means "finished", not "failed".
+    pub finite: bool,
+    /// A file played in a loop: EOS seeks back to the start.
+    pub looped: bool,
+    /// A camera (frames happen in real time), as opposed to a file.
+    pub live: bool,
+    pub layout: PixelLayout,
+}
+
+/// Quotes a value for `gst_parse_launch` (double quotes; `"` and `\` escaped).
+fn quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// `video/x-raw,width=..,height=..,framerate=../1` with only the fields the mode sets.
+fn caps_with_mode(media: &str, mode: &Mode) -> String {
+    let mut caps = media.to_owned();
+    if let Some(w) = mode.width {
+        caps.push_str(&format!(",width={w}"));
+    }
+    if let Some(h) = mode.height {
+        caps.push_str(&format!(",height={h}"));
+    }
+    if let Some(f) = mode.fps {
+        caps.push_str(&format!(",framerate={f}/1"));
+    }
+    caps
+}
+
+/// `rtspsrc`'s `protocols` value for a transport.
+fn protocols(transport: RtspTransport) -> &'static str {
+    match transport {
+        RtspTransport::Tcp => "tcp",
+        RtspTransport::Udp => "udp",
+    }
+}
+
+fn parser(codec: Codec) -> Option<&'static str> {
+    match codec {
+        Codec::H264 => Some("h264parse"),
+        Codec::H265 => Some("h265parse"),
+        Codec::Mjpeg => Some("jpegparse"),
+        Codec::Raw => None,
+    }
+}
+
+/// Everything up to the decoder's input: source element, demux/depayload, parser.
+fn source_head(source: &SourceUri, codec: Codec, platform: &Platform) -> Result<String, String> {
+    let with_parser = |head: String| match parser(codec) {
+        Some(p) => format!("{head} ! {p}"),
+        None => head,
+    };
+    Ok(match source {
+        SourceUri::File { path, .. } => {
+            with_parser(format!("filesrc location={} ! parsebin", quote(&path.to_string_lossy())))
+        }
+        SourceUri::Rtsp { url, transport, latency_ms, .. } => {
+            let protocols = protocols(*transport);
+            let depay = match codec {
+                Codec::H264 => "rtph264depay ! h264parse",
+                Codec::H265 => "rtph265depay ! h265parse",
+                Codec::Mjpeg => "rtpjpegdepay",
+                Codec::Raw => return Err("raw video over RTSP is not supported; use H.264, H.265 or MJPEG".into()),
+            };
+            format!(
+                "rtspsrc name={SOURCE_NAME} location={} protocols={protocols} latency={latency_ms} ! {depay}",
+                quote(url)
+            )
+        }
+        SourceUri::V4l2 { device, mode } => {
+            let media = match codec {
+                Codec::Raw => "video/x-raw",
+                Codec::Mjpeg => "image/jpeg",
+                Codec::H264 => "video/x-h264",
+                Codec::H265 => "video/x-h265",
+            };
+            let head = format!("v4l2src device={} ! {}", quote(&device.to_string_lossy()), caps_with_mode(media, mode));
+            with_parser(head)
+        }
+        SourceUri::Csi { sensor_id, mode } => {
+            if !platform.has("nvarguscamerasrc") {
+                return Err("csi:// cameras need nvarguscamerasrc, which only a Jetson (JetPack) has".into());
+            }
+            let (w, h, fps) = csi_mode(mode);
+            format!(
+                "nvarguscamerasrc sensor-id={sensor_id} \
+                 ! video/x-raw(memory:NVMM),width={w},height={h},framerate={fps}/1,format=NV12"
+            )
+        }
+        SourceUri::Test { pattern } => {
+            let (w, h, fps) = TEST_MODE;
+            format!("videotestsrc pattern={pattern} is-live=true ! video/x-raw,width={w},height={h},framerate={fps}/1")
+        }
+    })
+}
+
+fn csi_mode(mode: &Mode) -> (u32, u32, u32) {
+    (mode.width.unwrap_or(CSI_DEFAULT.0), mode.height.unwrap_or(CSI_DEFAULT.1), mode.fps.unwrap_or(CSI_DEFAULT.2))
+}
+
+/// The frame size a source is known to produce before it starts, where the URI fixes it.
+pub fn known_size(source: &SourceUri) -> Option<(u32, u32)> {
+    match source {
+        SourceUri::Csi { mode, .. } => {
+            let (w, h, _) = csi_mode(mode);
+            Some((w, h))
+        }
+        SourceUri::V4l2 { mode: Mode { width: Some(w), height: Some(h), .. }, .. } => Some((*w, *h)),
+        SourceUri::Test { .. } => Some((TEST_MODE.0, TEST_MODE.1)),
+        _ => None,
+    }
+}
+
+/// The codec a source has without probing it, if any.
+pub fn implied_codec(source: &SourceUri) -> Option<Codec> {
+    match source {
+        SourceUri::Csi { .. } | SourceUri::Test { .. } => Some(Codec::Raw),
+        _ => None,
+    }
+}
+
+/// From decoded video to the appsink: the letterbox into `width`×`height`.
+pub fn letterbox_tail(plan: &Plan, width: u32, height: u32, sink: &str) -> (String, PixelLayout) {
+    let info = format!("identity name={SRC_INFO_NAME} silent=true");
+    let exact = format!("width={width},height={height},pixel-aspect-ratio=1/1");
+    if !plan.nvvidconv {
+        let tail = format!(
+            "{info} ! videoscale add-borders=true ! video/x-raw,{exact} ! videoconvert ! video/x-raw,format=RGB ! {sink}"
+        );
+        return (tail, PixelLayout::Rgb);
+    }
+    let tail = match plan.source_size {
+        Some((sw, sh)) => {
+            // The same geometry the detector maps boxes back with.
+            let lb = Letterbox::new(sw, sh, width, height);
+            let (fw, fh) = lb.scaled_size();
+            let (left, top) = (lb.pad_x as u32, lb.pad_y as u32);
+            let (right, bottom) = (width - fw - left, height - fh - top);
+            let margin = |n: u32| if n == 0 { "0".to_owned() } else { format!("-{n}") };
+            let scaled = format!("nvvidconv ! video/x-raw,format=RGBA,width={fw},height={fh},pixel-aspect-ratio=1/1");
+            if (left, right, top, bottom) == (0, 0, 0, 0) {
+                format!("{info} ! {scaled} ! {sink}")
+            } else {
+                // Negative videobox margins add borders.
+                format!(
+                    "{info} ! {scaled} ! videobox left={} right={} top={} bottom={} fill=black ! video/x-raw,{exact} ! {sink}",
+                    margin(left),
+                    margin(right),
+                    margin(top),
+                    margin(bottom)
+                )
+            }
+        }
+        // Size unknown: the VIC only converts out of NVMM; the CPU letterboxes.
+        None => format!(
+            "{info} ! nvvidconv ! video/x-raw,format=RGBA ! videoscale add-borders=true ! video/x-raw,{exact} ! {sink}"
+        ),
+    };
+    (tail, PixelLayout::Rgba)
+}
+
+/// The whole capture pipeline for `source` under `plan`, producing `width`×`height` frames.
+pub fn describe(
+    source: &SourceUri,
+    plan: &Plan,
+    platform: &Platform,
+    width: u32,
+    height: u32,
+) -> Result<PipelineSpec, String> {
+    let (finite, looped, live, sync) = match source {
+        SourceUri::File { looped, pace, .. } => (!looped, *looped, false, *pace == Pace::Realtime),
+        _ => (false, false, true, false),
+    };
+    let mut head = source_head(source, plan.codec, platform)?;
+    if let Some(d) = &plan.decoder {
+        head.push_str(&format!(" ! {} name={DECODER_NAME}", d.element));
+        if !d.properties.is_empty() {
+            head.push(' ');
+            head.push_str(d.properties);
+        }
+    } else if plan.codec != Codec::Raw {
+        return Err(format!("{} video needs a decoder", plan.codec));
+    }
+    // Two buffers and no dropping at the sink: the puller never blocks (the latest-frame slot
+    // overwrites instead), so every drop happens in one place and is counted there. `sync=true`
+    // paces a file at its frame rate; live sources are never held back by the sink.
+    let sink = format!("appsink name={SINK_NAME} max-buffers=2 drop=false sync={sync} emit-signals=false");
+    let (tail, layout) = letterbox_tail(plan, width, height, &sink);
+    Ok(PipelineSpec { description: format!("{head} ! {tail}"), finite, looped, live, layout })
+}
+
+/// The pipeline that finds a source's codec and size: its head, parsed, into a fakesink.
+pub fn probe_description(source: &SourceUri) -> Option<String> {
+    let head = match source {
+        SourceUri::File { path, .. } => format!("filesrc location={} ! parsebin", quote(&path.to_string_lossy())),
+        SourceUri::Rtsp { url, transport, .. } => {
+            format!("rtspsrc name={SOURCE_NAME} location={} protocols={} ! parsebin", quote(url), protocols(*transport))
+        }
+        SourceUri::V4l2 { device, .. } => format!("v4l2src device={} ! parsebin", quote(&device.to_string_lossy())),
+        SourceUri::Csi { .. } | SourceUri::Test { .. } => return None,
+    };
+    Some(format!("{head} ! fakesink name=vigil_probe_sink sync=false"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,950 @@
+//! The one configuration file, `vigil.toml`: schema, defaults and validation.
+//!
+//! Parsing is strict (`deny_unknown_fields`): a misspelt key is an error, never silently ignored.
+//! Validation collects *every* problem with its field path, so an operator fixes a file in one pass.
+//! Relative paths are resolved against the directory of the config file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use vigil_core::codec::{known_decoders, Codec};
+use vigil_core::source::SourceUri;
+
+/// The demo configuration compiled into the binary; `vigil run` uses it when no `--config` is given.
+/// Its relative paths resolve against the directory the file had at build time.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../demo.toml");
+const EMBEDDED_DEFAULT_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Unique name of this device in the fleet; becomes part of every MQTT topic.
+    pub device_id: String,
+    /// Where the sled store lives.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub inference: InferenceConfig,
+    #[serde(default)]
+    pub capture: CaptureConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// What makes an event; without any, one rule `objects` covers every label everywhere.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
+    #[serde(default, rename = "camera")]
+    pub cameras: Vec<CameraConfig>,
+}
+
+/// How detections become events: tracking, updates and snapshots (docs/config.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Track objects across frames (one event per object). `false`: every detection is an event
+    /// of its own (raw-detection logging; use with rules of `min_frames = 1`).
+    #[serde(default = "default_true")]
+    pub track: bool,
+    /// Minimum IoU between a track's predicted box and a detection for them to match.
+    #[serde(default = "default_iou_threshold")]
+    pub iou_threshold: f32,
+    /// An object unseen (or outside the rule) this long ends its event.
+    #[serde(default = "default_lost_after_ms")]
+    pub lost_after_ms: u64,
+    /// An open event is re-sent (`update`) at most this often while it changes; a change of
+    /// zones is sent at once.
+    #[serde(default = "default_update_interval_s")]
+    pub update_interval_s: u64,
+    /// Store a JPEG of each event's best observation.
+    #[serde(default = "default_true")]
+    pub snapshots: bool,
+    /// JPEG quality of snapshots, 1-100.
+    #[serde(default = "default_snapshot_quality")]
+    pub snapshot_quality: u8,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            track: true,
+            iou_threshold: default_iou_threshold(),
+            lost_after_ms: default_lost_after_ms(),
+            update_interval_s: default_update_interval_s(),
+            snapshots: true,
+            snapshot_quality: default_snapshot_quality(),
+        }
+    }
+}
+
+/// One rule: which detections, where and for how long make an event.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Short unique name; reported in each event.
+    pub name: String,
+    /// Labels of the model this rule takes; empty: all.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Camera ids this rule watches; empty: all.
+    #[serde(default)]
+    pub cameras: Vec<String>,
+    /// Zone names (see `[[camera.zone]]`); the object's bottom-centre must be inside one. Empty:
+    /// the whole frame.
+    #[serde(default)]
+    pub zones: Vec<String>,
+    /// Detections scoring lower do not count.
+    #[serde(default)]
+    pub min_score: f32,
+    /// Observations of the object before its event starts.
+    #[serde(default = "default_min_frames")]
+    pub min_frames: u32,
+    /// Seconds the object must stay (dwell, loitering) before its event starts.
+    #[serde(default)]
+    pub dwell_s: f64,
+    /// Seconds after an event of this rule ends on a camera during which the rule starts no
+    /// new event there.
+    #[serde(default)]
+    pub cooldown_s: f64,
+}
+
+/// A named area of a camera's picture: a polygon in normalised coordinates (0..1, origin top-left).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    pub name: String,
+    pub polygon: Vec<[f32; 2]>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host[:port]` (plain TCP, demos only) or `mqtts://host[:port]` (TLS).
+    #[serde(default = "default_mqtt_url")]
+    pub url: String,
+    /// Defaults to `vigil-<device_id>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+    /// Unacknowledged QoS 1 publishes allowed at once (the outbox drain window).
+    #[serde(default = "default_inflight")]
+    pub max_inflight: u16,
+    /// Messages the disk outbox holds while the broker is unreachable. When full, the oldest are
+    /// dropped from the outbox (their events stay in the store) and counted.
+    #[serde(default = "default_outbox_max")]
+    pub outbox_max_messages: usize,
+    /// Seconds between `metrics` messages; 0 turns them off.
+    #[serde(default = "default_metrics_interval")]
+    pub metrics_interval_s: u64,
+    /// Home Assistant MQTT discovery: each camera appears as a "last detection" sensor.
+    #[serde(default)]
+    pub home_assistant: bool,
+    /// Home Assistant's discovery prefix.
+    #[serde(default = "default_ha_prefix")]
+    pub home_assistant_prefix: String,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: default_mqtt_url(),
+            client_id: None,
+            keep_alive_s: default_keep_alive_s(),
+            max_inflight: default_inflight(),
+            outbox_max_messages: default_outbox_max(),
+            metrics_interval_s: default_metrics_interval(),
+            home_assistant: false,
+            home_assistant_prefix: default_ha_prefix(),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM bundle of the CA(s) that sign the broker's certificate.
+    pub ca: PathBuf,
+    /// PEM client certificate (mutual TLS). Give `cert` and `key` together.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the client certificate (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Directory holding a model bundle (`manifest.toml` + ONNX files).
+    pub bundle: PathBuf,
+    /// Capture → detections budget in milliseconds; defaults to the bundle's `budget.latency_ms`.
+    #[serde(default)]
+    pub latency_budget_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// TensorRT where it is built in, a CUDA device answers and the bundle supports it; else
+    /// ONNX Runtime.
+    Auto,
+    Tensorrt,
+    Onnxruntime,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 3] = [Self::Auto, Self::Tensorrt, Self::Onnxruntime];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Tensorrt => "tensorrt",
+            Self::Onnxruntime => "onnxruntime",
+        }
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|b| b.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|b| b.name()).collect();
+            format!("`{s}` is not a backend; use one of {}", names.join(", "))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceConfig {
+    #[serde(default = "default_backend")]
+    pub backend: BackendKind,
+    /// Path to `libonnxruntime.so*`. Defaults to `$ORT_DYLIB_PATH`, then well-known locations.
+    #[serde(default)]
+    pub ort_library: Option<PathBuf>,
+    /// Threads ONNX Runtime may use inside one inference.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Largest batch across cameras, for models with a dynamic batch dimension (others run one
+    /// frame at a time). The scheduler batches only while every frame still meets its budget.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// TensorRT: where built engines are cached. Default: `<data_dir>/engines` (see
+    /// [`Config::engine_cache_dir`]).
+    #[serde(default)]
+    pub engine_cache: Option<PathBuf>,
+    /// TensorRT: builder workspace limit in MiB.
+    #[serde(default = "default_workspace_mb")]
+    pub workspace_mb: u64,
+    /// TensorRT: run on this DLA core (layers it cannot run fall back to the GPU).
+    #[serde(default)]
+    pub dla_core: Option<u32>,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self {
+            backend: default_backend(),
+            ort_library: None,
+            threads: default_threads(),
+            max_batch: default_max_batch(),
+            engine_cache: None,
+            workspace_mb: default_workspace_mb(),
+            dla_core: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Short unique name: letters, digits, `-` and `_`.
+    pub id: String,
+    /// `file:///path.mp4[?loop=true&pace=fast]`, `rtsp://…`, `v4l2:///dev/videoN`, `csi://N`,
+    /// `test://<videotestsrc pattern>`.
+    pub uri: String,
+    /// Overrides the model's budget for this camera.
+    #[serde(default)]
+    pub latency_budget_ms: Option<u64>,
+    /// `h264`, `h265`, `mjpeg` or `raw`; learnt from the stream when not given.
+    #[serde(default)]
+    pub codec: Option<Codec>,
+    /// A decoder element to use instead of the best one installed (`avdec_h264`, `nvv4l2decoder`...).
+    #[serde(default)]
+    pub decoder: Option<String>,
+    /// RTSP user name; kept out of the URI so that it never reaches logs or status.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// RTSP password (keep this file readable by vigil only).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Overrides `capture.watchdog_ms` for this camera.
+    #[serde(default)]
+    pub watchdog_ms: Option<u64>,
+    /// Zones rules can refer to.
+    #[serde(default, rename = "zone")]
+    pub zones: Vec<ZoneConfig>,
+}
+
+/// How long events are kept on the device. The oldest (by capture time) go first when any
+/// limit is passed; checked at start and every minute.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Events older than this many days are deleted; 0 keeps them regardless of age.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
+    /// At most this many events.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// At most this many megabytes of event records and snapshots.
+    #[serde(default = "default_max_event_mb")]
+    pub max_event_mb: u64,
+    /// Keep at least this many megabytes free on the data directory's file system: below it the
+    /// oldest events and their snapshots are deleted (checked every second, and whenever a
+    /// write fails).
+    #[serde(default = "default_min_free_mb")]
+    pub min_free_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: default_retention_days(),
+            max_events: default_max_events(),
+            max_event_mb: default_max_event_mb(),
+            min_free_mb: default_min_free_mb(),
+        }
+    }
+}
+
+fn default_retention_days() -> u64 {
+    30
+}
+fn default_max_events() -> usize {
+    1_000_000
+}
+fn default_max_event_mb() -> u64 {
+    1024
+}
+fn default_min_free_mb() -> u64 {
+    256
+}
+
+/// How cameras are supervised; defaults suit RTSP cameras on a LAN.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// A streaming camera silent this long is declared stalled and restarted.
+    #[serde(default = "default_watchdog_ms")]
+    pub watchdog_ms: u64,
+    /// Time a (re)started camera gets for its first frame.
+    #[serde(default = "default_first_frame_ms")]
+    pub first_frame_timeout_ms: u64,
+    /// Backoff between restarts: doubles from the minimum up to the maximum, with ±20 % jitter.
+    #[serde(default = "default_backoff_min_ms")]
+    pub backoff_min_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Streaming this long without a fault resets the backoff.
+    #[serde(default = "default_backoff_reset_s")]
+    pub backoff_reset_s: u64,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            watchdog_ms: default_watchdog_ms(),
+            first_frame_timeout_ms: default_first_frame_ms(),
+            backoff_min_ms: default_backoff_min_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            backoff_reset_s: default_backoff_reset_s(),
+        }
+    }
+}
+
+fn default_watchdog_ms() -> u64 {
+    2_000
+}
+fn default_first_frame_ms() -> u64 {
+    10_000
+}
+fn default_backoff_min_ms() -> u64 {
+    250
+}
+fn default_backoff_max_ms() -> u64 {
+    10_000
+}
+fn default_backoff_reset_s() -> u64 {
+    30
+}
+
+fn default_iou_threshold() -> f32 {
+    0.3
+}
+fn default_lost_after_ms() -> u64 {
+    1_500
+}
+fn default_update_interval_s() -> u64 {
+    5
+}
+fn default_true() -> bool {
+    true
+}
+fn default_snapshot_quality() -> u8 {
+    80
+}
+fn default_min_frames() -> u32 {
+    3
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/vigil")
+}
+fn default_mqtt_url() -> String {
+    "mqtt://127.0.0.1:1883".to_owned()
+}
+fn default_keep_alive_s() -> u64 {
+    30
+}
+fn default_inflight() -> u16 {
+    32
+}
+fn default_outbox_max() -> usize {
+    100_000
+}
+fn default_metrics_interval() -> u64 {
+    30
+}
+fn default_ha_prefix() -> String {
+    "homeassistant".to_owned()
+}
+fn default_backend() -> BackendKind {
+    BackendKind::Auto
+}
+fn default_max_batch() -> usize {
+    4
+}
+fn default_workspace_mb() -> u64 {
+    1024
+}
+fn default_threads() -> usize {
+    1
+}
+
+/// One thing wrong with a configuration, located by its field path (`camera[1].uri`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid vigil config: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path} has {} problem(s):\n{}", problems.len(), list(problems))]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+}
+
+/// Broker address parsed from `mqtt.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("`{url}` is not a URL; write mqtt://host:port or mqtts://host:port"))?;
+        let tls = match scheme {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            other => return Err(format!("unknown scheme `{other}`; use mqtt:// (plain) or mqtts:// (TLS)")),
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') || rest.contains('?') {
+            return Err(format!("`{url}` must be only scheme://host[:port], without a path or query"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                let port = p.parse::<u16>().map_err(|_| format!("port `{p}` is not a number from 1 to 65535"))?;
+                if port == 0 {
+                    return Err("port 0 is not a broker port".to_owned());
+                }
+                (h.to_owned(), port)
+            }
+            _ => (rest.to_owned(), if tls { 8883 } else { 1883 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        if host.is_empty() {
+            return Err(format!("`{url}` names no host"));
+        }
+        Ok(Self { tls, host, port })
+    }
+}
+
+/// Letters, digits, `-` and `_`: safe inside MQTT topics, file names and log lines.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Config {
+    /// Reads, parses, resolves relative paths and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        // Absolute, so that `file://` URIs made from relative paths stay absolute.
+        let absolute = std::path::absolute(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let base = absolute.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_str_at(&text, path, &base)
+    }
+
+    /// The embedded demo configuration, with paths relative to its source directory.
+    pub fn embedded_default() -> Result<Self, ConfigError> {
+        Self::from_str_at(EMBEDDED_DEFAULT, Path::new("<embedded default>"), Path::new(EMBEDDED_DEFAULT_DIR))
+    }
+
+    /// Parses `text` (named `origin` in errors) and resolves relative paths against `base`.
+    pub fn from_str_at(text: &str, origin: &Path, base: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string().trim_end().to_owned() })?;
+        cfg.resolve_paths(base);
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid { path: origin.into(), problems })
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        fix(&mut self.model.bundle);
+        if let Some(lib) = &mut self.inference.ort_library {
+            fix(lib);
+        }
+        if let Some(dir) = &mut self.inference.engine_cache {
+            fix(dir);
+        }
+        if let Some(tls) = &mut self.mqtt.tls {
+            fix(&mut tls.ca);
+            tls.cert.as_mut().map(fix);
+            tls.key.as_mut().map(fix);
+        }
+        for cam in &mut self.cameras {
+            if let Some(rest) = cam.uri.strip_prefix("file://") {
+                if !rest.starts_with('/') {
+                    cam.uri = format!("file://{}", base.join(rest).display());
+                }
+            }
+        }
+    }
+
+    /// Every problem in the configuration, with its field path. Empty when the config is usable.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |path: &str, message: String| out.push(Problem { path: path.to_owned(), message });
+
+        check_id(&mut bad, "device_id", &self.device_id);
+        match BrokerUrl::parse(&self.mqtt.url) {
+            Ok(url) if url.tls && self.mqtt.tls.is_none() => {
+                bad("mqtt.tls", "mqtts:// needs [mqtt.tls] with at least `ca`".to_owned())
+            }
+            Ok(url) if !url.tls && self.mqtt.tls.is_some() => {
+                bad("mqtt.url", "[mqtt.tls] is set but the URL is plain mqtt://; use mqtts://".to_owned())
+            }
+            Ok(_) => {}
+            Err(e) => bad("mqtt.url", e),
+        }
+        if let Some(id) = &self.mqtt.client_id {
+            if id.is_empty() || id.len() > 128 {
+                bad("mqtt.client_id", "must be 1-128 characters".to_owned());
+            }
+        }
+        if !(5..=3600).contains(&self.mqtt.keep_alive_s) {
+            bad("mqtt.keep_alive_s", format!("{} is outside 5..=3600 seconds", self.mqtt.keep_alive_s));
+        }
+        if !(1..=1024).contains(&self.mqtt.max_inflight) {
+            bad("mqtt.max_inflight", format!("{} is outside 1..=1024", self.mqtt.max_inflight));
+        }
+        if self.store.max_events == 0 || self.store.max_event_mb == 0 {
+            bad("store", "max_events and max_event_mb must be at least 1".to_owned());
+        }
+        check_range(&mut bad, "store.min_free_mb", self.store.min_free_mb, 0..=1_000_000);
+        let prefix = &self.mqtt.home_assistant_prefix;
+        if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.starts_with('/') || prefix.ends_with('/') {
+            bad(
+                "mqtt.home_assistant_prefix",
+                format!("`{prefix}` must be a topic prefix without wildcards or outer slashes"),
+            );
+        }
+        if self.mqtt.metrics_interval_s > 86_400 {
+            bad(
+                "mqtt.metrics_interval_s",
+                format!("{} is more than a day (0 turns metrics off)", self.mqtt.metrics_interval_s),
+            );
+        }
+        if !(100..=10_000_000).contains(&self.mqtt.outbox_max_messages) {
+            bad("mqtt.outbox_max_messages", format!("{} is outside 100..=10000000", self.mqtt.outbox_max_messages));
+        }
+        if let Some(tls) = &self.mqtt.tls {
+            for (field, path) in [("ca", Some(&tls.ca)), ("cert", tls.cert.as_ref()), ("key", tls.key.as_ref())] {
+                if let Some(p) = path {
+                    if !p.is_file() {
+                        bad(&format!("mqtt.tls.{field}"), format!("{} does not exist or is not a file", p.display()));
+                    }
+                }
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                bad("mqtt.tls", "give `cert` and `key` together for mutual TLS, or neither".to_owned());
+            }
+        }
+        if !self.model.bundle.join("manifest.toml").is_file() {
+            bad(
+                "model.bundle",
+                format!("{} holds no manifest.toml; point it at a model bundle directory", self.model.bundle.display()),
+            );
+        }
+        check_budget(&mut bad, "model.latency_budget_ms", self.model.latency_budget_ms);
+        if self.inference.threads == 0 || self.inference.threads > 64 {
+            bad("inference.threads", format!("{} is outside 1..=64", self.inference.threads));
+        }
+        if self.inference.max_batch == 0 || self.inference.max_batch > 64 {
+            bad("inference.max_batch", format!("{} is outside 1..=64", self.inference.max_batch));
+        }
+        if self.inference.workspace_mb < 16 {
+            bad(
+                "inference.workspace_mb",
+                format!("{} MiB is too small for TensorRT (at least 16)", self.inference.workspace_mb),
+            );
+        }
+        if let Some(lib) = &self.inference.ort_library {
+            if !lib.is_file() {
+                bad("inference.ort_library", format!("{} does not exist", lib.display()));
+            }
+        }
+        if self.cameras.is_empty() {
+            bad("camera", "no cameras configured; add at least one [[camera]] with `id` and `uri`".to_owned());
+        }
+        for (i, cam) in self.cameras.iter().enumerate() {
+            check_id(&mut bad, &format!("camera[{i}].id"), &cam.id);
+            if self.cameras[..i].iter().any(|c| c.id == cam.id) {
+                bad(&format!("camera[{i}].id"), format!("`{}` is used by an earlier camera", cam.id));
+            }
+            if let Err(e) = SourceUri::parse(&cam.uri) {
+                bad(&format!("camera[{i}].uri"), e.to_string());
+            }
+            check_budget(&mut bad, &format!("camera[{i}].latency_budget_ms"), cam.latency_budget_ms);
+            if let Some(d) = &cam.decoder {
+                if !known_decoders().contains(&d.as_str()) {
+                    bad(
+                        &format!("camera[{i}].decoder"),
+                        format!("`{d}` is not a decoder vigil knows; use one of {}", known_decoders().join(", ")),
+                    );
+                }
+            }
+            let rtsp = matches!(SourceUri::parse(&cam.uri), Ok(SourceUri::Rtsp { .. }));
+            if (cam.user.is_some() || cam.password.is_some()) && !rtsp {
+                bad(&format!("camera[{i}].user"), "user and password apply to rtsp:// cameras only".to_owned());
+            }
+            if let Some(ms) = cam.watchdog_ms {
+                check_range(&mut bad, &format!("camera[{i}].watchdog_ms"), ms, 100..=600_000);
+            }
+            for (z, zone) in cam.zones.iter().enumerate() {
+                let at = format!("camera[{i}].zone[{z}]");
+                check_id(&mut bad, &format!("{at}.name"), &zone.name);
+                if cam.zones[..z].iter().any(|o| o.name == zone.name) {
+                    bad(&format!("{at}.name"), format!("`{}` is used by an earlier zone of this camera", zone.name));
+                }
+                if !(3..=64).contains(&zone.polygon.len()) {
+                    bad(&format!("{at}.polygon"), format!("has {} points; give 3 to 64", zone.polygon.len()));
+                }
+                if zone.polygon.iter().flatten().any(|v| !(0.0..=1.0).contains(v)) {
+                    bad(
+                        &format!("{at}.polygon"),
+                        "points are normalised: x and y between 0 and 1 (0,0 is the top-left corner)".to_owned(),
+                    );
+                }
+            }
+        }
+        let e = &self.events;
+        if !(0.05..=0.95).contains(&e.iou_threshold) {
+            bad("events.iou_threshold", format!("{} is outside 0.05..=0.95", e.iou_threshold));
+        }
+        check_range(&mut bad, "events.lost_after_ms", e.lost_after_ms, 100..=600_000);
+        check_range(&mut bad, "events.update_interval_s", e.update_interval_s, 1..=3_600);
+        check_range(&mut bad, "events.snapshot_quality", u64::from(e.snapshot_quality), 1..=100);
+        for (r, rule) in self.rules.iter().enumerate() {
+            let at = format!("rule[{r}]");
+            check_id(&mut bad, &format!("{at}.name"), &rule.name);
+            if self.rules[..r].iter().any(|o| o.name == rule.name) {
+                bad(&format!("{at}.name"), format!("`{}` is used by an earlier rule", rule.name));
+            }
+            for cam in &rule.cameras {
+                if !self.cameras.iter().any(|c| &c.id == cam) {
+                    bad(&format!("{at}.cameras"), format!("no camera `{cam}`; cameras are {}", self.camera_ids()));
+                }
+            }
+            let watched: Vec<&CameraConfig> =
+                self.cameras.iter().filter(|c| rule.cameras.is_empty() || rule.cameras.contains(&c.id)).collect();
+            for zone in &rule.zones {
+                if !watched.iter().any(|c| c.zones.iter().any(|z| &z.name == zone)) {
+                    bad(
+                        &format!("{at}.zones"),
+                        format!("no camera this rule watches has a zone `{zone}`; add a [[camera.zone]] named so"),
+                    );
+                }
+            }
+            if !(0.0..=1.0).contains(&rule.min_score) {
+                bad(&format!("{at}.min_score"), format!("{} is outside 0..=1", rule.min_score));
+            }
+            check_range(&mut bad, &format!("{at}.min_frames"), u64::from(rule.min_frames), 1..=10_000);
+            for (field, v) in [("dwell_s", rule.dwell_s), ("cooldown_s", rule.cooldown_s)] {
+                if !(0.0..=86_400.0).contains(&v) {
+                    bad(&format!("{at}.{field}"), format!("{v} is outside 0..=86400 seconds"));
+                }
+            }
+        }
+        let c = &self.capture;
+        check_range(&mut bad, "capture.watchdog_ms", c.watchdog_ms, 100..=600_000);
+        check_range(&mut bad, "capture.first_frame_timeout_ms", c.first_frame_timeout_ms, 100..=600_000);
+        check_range(&mut bad, "capture.backoff_min_ms", c.backoff_min_ms, 10..=600_000);
+        check_range(&mut bad, "capture.backoff_max_ms", c.backoff_max_ms, 10..=3_600_000);
+        check_range(&mut bad, "capture.backoff_reset_s", c.backoff_reset_s, 1..=86_400);
+        if c.backoff_max_ms < c.backoff_min_ms {
+            bad(
+                "capture.backoff_max_ms",
+                format!("{} is below backoff_min_ms ({})", c.backoff_max_ms, c.backoff_min_ms),
+            );
+        }
+        out
+    }
+
+    /// Where TensorRT engines are cached.
+    pub fn engine_cache_dir(&self) -> PathBuf {
+        self.inference.engine_cache.clone().unwrap_or_else(|| self.data_dir.join("engines"))
+    }
+
+    fn camera_ids(&self) -> String {
+        self.cameras.iter().map(|c| format!("`{}`", c.id)).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The configured rules, or the one default rule (`objects`: every label, everywhere).
+    pub fn effective_rules(&self) -> Vec<RuleConfig> {
+        if !self.rules.is_empty() {
+            return self.rules.clone();
+        }
+        vec![RuleConfig {
+            name: "objects".to_owned(),
+            labels: Vec::new(),
+            cameras: Vec::new(),
+            zones: Vec::new(),
+            min_score: 0.0,
+            min_frames: default_min_frames(),
+            dwell_s: 0.0,
+            cooldown_s: 0.0,
+        }]
+    }
+
+    pub fn client_id(&self) -> String {
+        self.mqtt.client_id.clone().unwrap_or_else(|| format!("vigil-{}", self.device_id))
+    }
+}
+
+fn check_id(bad: &mut impl FnMut(&str, String), path: &str, id: &str) {
+    if !is_valid_id(id) {
+        bad(path, format!("`{id}` must be 1-64 letters, digits, '-' or '_'"));
+    }
+}
+
+fn check_range(bad: &mut impl FnMut(&str, String), path: &str, value: u64, range: std::ops::RangeInclusive<u64>) {
+    if !range.contains(&value) {
+        bad(path, format!("{value} is outside {}..={}", range.start(), range.end()));
+    }
+}
+
+fn check_budget(bad: &mut impl FnMut(&str, String), path: &str, value: Option<u64>) {
+    if let Some(ms) = value {
+        if !(1..=60_000).contains(&ms) {
+            bad(path, format!("{ms} ms is outside 1..=60000"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/bundles/shapes-v1")
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str_at(text, Path::new("test.toml"), Path::new("/"))
+    }
+
+    fn valid() -> String {
+        format!(
+            "device_id = \"dev-1\"\n[model]\nbundle = \"{}\"\n[[camera]]\nid = \"a\"\nuri = \"test://ball\"\n",
+            bundle_dir().display()
+        )
+    }
+
+    #[test]
+    fn a_minimal_config_gets_documented_defaults() {
+        let cfg = parse(&valid()).expect("valid config");
+        assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/vigil"));
+        assert_eq!(cfg.mqtt.url, "mqtt://127.0.0.1:1883");
+        assert_eq!(cfg.mqtt.max_inflight, 32);
+        assert_eq!(cfg.inference.threads, 1);
+        assert_eq!(cfg.client_id(), "vigil-dev-1");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = parse(&format!("{}\ncolour = 3\n", valid())).unwrap_err().to_string();
+        assert!(err.contains("unknown field") && err.contains("colour"), "{err}");
+        let err = parse(&valid().replace("uri =", "url =")).unwrap_err().to_string();
+        assert!(err.contains("url"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_are_rejected_with_location() {
+        let err = parse(&valid().replace("[model]", "[model]\nlatency_budget_ms = \"fast\"")).unwrap_err().to_string();
+        assert!(err.contains("latency_budget_ms") && err.contains("line 3") && err.contains("expected u64"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_by_field_path() {
+        let text = "device_id = \"bad id/with+wildcards\"\n[mqtt]\nurl = \"http://x\"\nmax_inflight = 0\n\
+                    [model]\nbundle = \"/nonexistent/bundle\"\n\
+                    [[camera]]\nid = \"a\"\nuri = \"gopher://x\"\n[[camera]]\nid = \"a\"\nuri = \"test://ball\"\n";
+        let Err(ConfigError::Invalid { problems, .. }) = parse(text) else { panic!("expected Invalid") };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["device_id", "mqtt.url", "mqtt.max_inflight", "model.bundle", "camera[0].uri", "camera[1].id"],
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn capture_settings_and_camera_options_are_checked() {
+        let text = valid().replace(
+            "[[camera]]",
+            "[capture]\nbackoff_min_ms = 5000\nbackoff_max_ms = 1000\nwatchdog_ms = 50\n[[camera]]\n\
+             decoder = \"vaapih264dec\"\nuser = \"admin\"\ncodec = \"h264\"",
+        );
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("expected Invalid") };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["camera[0].decoder", "camera[0].user", "capture.watchdog_ms", "capture.backoff_max_ms"]);
+        assert!(problems[0].message.contains("avdec_h264"), "{problems:?}");
+        let err = parse(&valid().replace("uri =", "codec = \"vp9\"\nuri =")).unwrap_err().to_string();
+        assert!(err.contains("vp9") && err.contains("h264"), "{err}");
+    }
+
+    #[test]
+    fn zones_rules_and_event_settings_are_checked() {
+        let text = valid().replace("[model]", "[events]\niou_threshold = 1.5\n[model]")
+            + "[[camera.zone]]\nname = \"door\"\npolygon = [[0.0, 0.0], [1.2, 0.0], [0.0, 1.0]]\n\
+               [[camera.zone]]\nname = \"door\"\npolygon = [[0.0, 0.0], [1.0, 0.0]]\n\
+               [[rule]]\nname = \"r\"\ncameras = [\"b\"]\nzones = [\"gate\"]\nmin_score = 2.0\nmin_frames = 0\n\
+               [[rule]]\nname = \"r\"\ndwell_s = -1.0\n";
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("expected Invalid") };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "camera[0].zone[0].polygon",
+                "camera[0].zone[1].name",
+                "camera[0].zone[1].polygon",
+                "events.iou_threshold",
+                "rule[0].cameras",
+                "rule[0].zones",
+                "rule[0].min_score",
+                "rule[0].min_frames",
+                "rule[1].name",
+                "rule[1].dwell_s",
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[4].message.contains("`a`"), "names the cameras there are: {problems:?}");
+    }
+
+    #[test]
+    fn tls_urls_require_tls_files() {
+        let text = valid().replace("[model]", "[mqtt]\nurl = \"mqtts://broker.example\"\n[model]");
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("expected Invalid") };
+        assert_eq!(problems[0].path, "mqtt.tls");
+        let text = valid().replace(
+            "[model]",
+            "[mqtt]\nurl = \"mqtts://b\"\n[mqtt.tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"/nonexistent/c.pem\"\n[model]",
+        );
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("expected Invalid") };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["mqtt.tls.ca", "mqtt.tls.cert", "mqtt.tls"]);
+    }
+
+    #[test]
+    fn broker_urls_parse_with_default_ports() {
+        assert_eq!(
+            BrokerUrl::parse("mqtt://localhost").unwrap(),
+            BrokerUrl { tls: false, host: "localhost".into(), port: 1883 }
+        );
+        assert_eq!(
+            BrokerUrl::parse("mqtts://10.0.0.1:9000").unwrap(),
+            BrokerUrl { tls: true, host: "10.0.0.1".into(), port: 9000 }
+        );
+        assert_eq!(BrokerUrl::parse("mqtt://[::1]:1884").unwrap().host, "::1");
+        assert!(BrokerUrl::parse("mqtt://host:99999").is_err());
+        assert!(BrokerUrl::parse("mqtt://host/path").is_err());
+        assert!(BrokerUrl::parse("localhost:1883").is_err());
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let text = "device_id = \"d\"\ndata_dir = \"data\"\n[model]\nbundle = \"b\"\n\
+                    [[camera]]\nid = \"c\"\nuri = \"file://clips/x.mp4?loop=true\"\n";
+        let mut cfg: Config = toml::from_str(text).unwrap();
+        cfg.resolve_paths(Path::new("/etc/vigil"));
+        assert_eq!(cfg.data_dir, PathBuf::from("/etc/vigil/data"));
+        assert_eq!(cfg.model.bundle, PathBuf::from("/etc/vigil/b"));
+        assert_eq!(cfg.cameras[0].uri, "file:///etc/vigil/clips/x.mp4?loop=true");
+    }
+
+    #[test]
+    fn the_embedded_default_parses() {
+        let cfg: Config = toml::from_str(EMBEDDED_DEFAULT).expect("embedded default parses");
+        assert!(!cfg.cameras.is_empty());
+    }
+}

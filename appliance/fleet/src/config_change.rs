@@ -1,0 +1,334 @@
+//! `config/set`: a new configuration, applied with a health gate and rolled back when it makes
+//! the device unhealthy.
+//!
+//! 1. The request is checked like a config file (every problem named), and more: the device id
+//!    and data directory cannot change remotely, and the rules must fit the running model.
+//!    Redacted secrets (`"***"` passwords, URIs as `config/get` shows them) keep their current
+//!    values. A refused request changes nothing.
+//! 2. The current file is kept as `<config>.previous`, the new one written in its place (synced,
+//!    renamed), and a marker `config-change.json` in the data directory records the request.
+//!    vigil exits with 75 for its supervisor to start it again.
+//! 3. Started under the new file with a marker, vigil is on probation for the window: healthy
+//!    means the broker accepted a connection and every camera delivered a frame. Healthy: the
+//!    reply says `applied` and the marker and previous file go. Unhealthy, or not started twice:
+//!    the previous file is put back, the marker records why, and vigil exits with 75 again; the
+//!    next start (on the old file) sends the error reply.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use vigil_config::Config;
+
+pub const MARKER: &str = "config-change.json";
+/// Starts under a new configuration before it is rolled back without waiting for its window.
+const MAX_STARTS: u32 = 2;
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+
+/// A configuration change in progress, as the marker file holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub request_id: String,
+    pub config_path: PathBuf,
+    pub window_s: u64,
+    /// Starts under the new configuration so far.
+    pub starts: u32,
+    /// Set when the change was rolled back: why.
+    pub rolled_back: Option<String>,
+}
+
+/// What a starting vigil has to do about a configuration change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Startup {
+    None,
+    /// Running the new configuration: check health after `window`.
+    Probation {
+        request_id: String,
+        window: Duration,
+    },
+    /// Running the restored configuration: send this error reply.
+    RolledBack {
+        request_id: String,
+        reason: String,
+    },
+    /// The new configuration was tried too often: it has been rolled back; exit with 75.
+    RollBackNow,
+}
+
+fn previous_path(config_path: &Path) -> PathBuf {
+    let mut p = config_path.as_os_str().to_owned();
+    p.push(".previous");
+    PathBuf::from(p)
+}
+
+/// Replaces `path` durably: the file and its directory entry.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    vigil_core::fsutil::write_atomically(path, Path::new(&tmp), bytes)?;
+    // A bare file name (`--config vigil.toml`) has the empty path as its parent.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    vigil_core::fsutil::sync_dir(dir)
+}
+
+fn read_marker(data_dir: &Path) -> Option<Pending> {
+    let text = std::fs::read(data_dir.join(MARKER)).ok()?;
+    match serde_json::from_slice(&text) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!(error = %e, "unreadable {MARKER}; ignoring it");
+            None
+        }
+    }
+}
+
+fn write_marker(data_dir: &Path, p: &Pending) -> std::io::Result<()> {
+    write_synced(&data_dir.join(MARKER), &serde_json::to_vec_pretty(p).expect("markers serialise"))
+}
+
+/// The new configuration a `config/set` request asks for, checked; `Err` names every problem.
+pub fn prepare(current: &Config, requested: serde_json::Value, labels: &[String]) -> Result<Config, String> {
+    let mut new: Config = serde_json::from_value(requested).map_err(|e| format!("not a vigil configuration: {e}"))?;
+    // What config/get redacted keeps its current value.
+    for cam in &mut new.cameras {
+        if let Some(old) = current.cameras.iter().find(|c| c.id == cam.id) {
+            if cam.password.as_deref() == Some("***") {
+                cam.password = old.password.clone();
+            }
+            if cam.uri == vigil_core::source::SourceUri::redacted(&old.uri) {
+                cam.uri = old.uri.clone();
+            }
+        }
+    }
+    let mut problems: Vec<String> = new.validate().iter().map(ToString::to_string).collect();
+    if new.device_id != current.device_id {
+        problems.push(format!(
+            "device_id: cannot change remotely (`{}` → `{}`): it names the certificate and every topic",
+            current.device_id, new.device_id
+        ));
+    }
+    if new.data_dir != current.data_dir {
+        problems.push("data_dir: cannot change remotely (the store and this change's record live there)".to_owned());
+    }
+    if problems.is_empty() {
+        if let Err(e) = vigil_pipeline::RuleSet::compile(&new, labels) {
+            problems.push(format!("rule: {e}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(new)
+    } else {
+        Err(format!("configuration refused, nothing changed: {}", problems.join("; ")))
+    }
+}
+
+/// Writes the new configuration in place of `config_path` (keeping the current file as
+/// `.previous`) and the marker. The caller then restarts.
+pub fn commit(new: &Config, config_path: &Path, request_id: &str, window: Duration) -> std::io::Result<()> {
+    let text = toml::to_string(new).map_err(std::io::Error::other)?;
+    let previous = std::fs::read(config_path)?;
+    write_synced(&previous_path(config_path), &previous)?;
+    write_marker(
+        &new.data_dir,
+        &Pending {
+            request_id: request_id.to_owned(),
+            config_path: config_path.to_owned(),
+            window_s: window.as_secs(),
+            starts: 0,
+            rolled_back: None,
+        },
+    )?;
+    let header = format!(
+        "# Written by vigil for config/set request {request_id}; the file before it is {}.previous\n",
+        config_path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    write_synced(config_path, format!("{header}{text}").as_bytes())
+}
+
+/// Puts the previous configuration back and records why in the marker.
+pub fn roll_back(data_dir: &Path, reason: &str) -> std::io::Result<()> {
+    let Some(mut p) = read_marker(data_dir) else { return Ok(()) };
+    let previous = std::fs::read(previous_path(&p.config_path))?;
+    write_synced(&p.config_path, &previous)?;
+    p.rolled_back = Some(reason.to_owned());
+    write_marker(data_dir, &p)?;
+    tracing::error!(request_id = %p.request_id, reason, "configuration change rolled back");
+    Ok(())
+}
+
+/// The file at `config_path` does not load (a file it names went missing, say): if a change is on
+/// probation for it, the previous file is put back. `Ok(true)`: rolled back, restart. The data
+/// directory (where the marker is) comes from `data_dir`, else from the previous file, which a
+/// change cannot have moved.
+pub fn roll_back_unloadable(config_path: &Path, data_dir: Option<&Path>, reason: &str) -> std::io::Result<bool> {
+    let previous = previous_path(config_path);
+    let data_dir = match data_dir {
+        Some(d) => d.to_owned(),
+        None => match Config::load(&previous) {
+            Ok(c) => c.data_dir,
+            Err(_) => return Ok(false),
+        },
+    };
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    match read_marker(&data_dir) {
+        Some(p) if p.rolled_back.is_none() && same(&p.config_path, config_path) => {
+            roll_back(&data_dir, reason)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// The change went through: forget it.
+pub fn accept(data_dir: &Path) {
+    if let Some(p) = read_marker(data_dir) {
+        let _ = std::fs::remove_file(previous_path(&p.config_path));
+    }
+    let _ = std::fs::remove_file(data_dir.join(MARKER));
+}
+
+/// Whether a change is on probation (not yet accepted or rolled back).
+pub fn on_probation(data_dir: &Path) -> bool {
+    read_marker(data_dir).is_some_and(|p| p.rolled_back.is_none())
+}
+
+/// Called as vigil starts with `config`: what to do about a change in progress.
+pub fn on_start(config: &Config) -> Startup {
+    let Some(mut p) = read_marker(&config.data_dir) else { return Startup::None };
+    if let Some(reason) = p.rolled_back.take() {
+        let _ = std::fs::remove_file(config.data_dir.join(MARKER));
+        let _ = std::fs::remove_file(previous_path(&p.config_path));
+        return Startup::RolledBack { request_id: p.request_id, reason };
+    }
+    p.starts += 1;
+    if p.starts > MAX_STARTS {
+        let reason = format!("vigil did not get through {MAX_STARTS} starts with the new configuration");
+        return match roll_back(&config.data_dir, &reason) {
+            Ok(()) => Startup::RollBackNow,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot roll the configuration back");
+                Startup::None
+            }
+        };
+    }
+    if let Err(e) = write_marker(&config.data_dir, &p) {
+        tracing::error!(error = %e, "cannot update {MARKER}");
+    }
+    Startup::Probation { request_id: p.request_id, window: Duration::from_secs(p.window_s) }
+}
+
+/// What is wrong with a running service at the end of its window; empty when healthy.
+pub fn health_problems(
+    mqtt_connected: bool,
+    cameras: &[std::sync::Arc<vigil_core::stats::CameraStats>],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if !mqtt_connected {
+        out.push("the MQTT broker never accepted a connection".to_owned());
+    }
+    for c in cameras {
+        let s = c.snapshot();
+        if s.frames_in == 0 {
+            let why = s.last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
+            out.push(format!("camera `{}` delivered no frame{why}", s.id));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Config, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::embedded_default().unwrap();
+        config.data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&config.data_dir).unwrap();
+        let path = dir.path().join("vigil.toml");
+        std::fs::write(&path, "# the operator's file\n").unwrap();
+        (dir, config, path)
+    }
+
+    fn labels() -> Vec<String> {
+        ["circle", "square", "triangle"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_every_problem_and_secrets_are_kept() {
+        let (_dir, mut config, _) = setup();
+        config.cameras[0].uri = "rtsp://cam.local/stream".into();
+        config.cameras[0].password = Some("s3cret".into());
+        let mut asked = serde_json::to_value(&config).unwrap();
+        asked["device_id"] = "other".into();
+        asked["mqtt"]["max_inflight"] = 0.into();
+        asked["rule"] = serde_json::json!([{ "name": "p", "labels": ["person"] }]);
+        let err = prepare(&config, asked.clone(), &labels()).unwrap_err();
+        assert!(err.contains("mqtt.max_inflight") && err.contains("device_id: cannot change"), "{err}");
+        asked["device_id"] = config.device_id.clone().into();
+        asked["mqtt"]["max_inflight"] = 8.into();
+        let err = prepare(&config, asked.clone(), &labels()).unwrap_err();
+        assert!(err.contains("`person`"), "rules are checked against the model: {err}");
+        asked["rule"] = serde_json::json!([]);
+        asked["camera"][0]["password"] = "***".into();
+        let new = prepare(&config, asked, &labels()).unwrap();
+        assert_eq!(new.cameras[0].password.as_deref(), Some("s3cret"));
+        assert_eq!(new.mqtt.max_inflight, 8);
+        assert!(prepare(&config, serde_json::json!({"device_id": 5}), &labels()).unwrap_err().contains("not a vigil"));
+    }
+
+    #[test]
+    fn a_change_is_on_probation_then_accepted_or_rolled_back() {
+        let (_dir, config, path) = setup();
+        let mut new = config.clone();
+        new.mqtt.max_inflight = 7;
+        commit(&new, &path, "r1", Duration::from_secs(9)).unwrap();
+        let written = Config::load(&path).expect("the written file loads");
+        assert_eq!(written.mqtt.max_inflight, 7);
+        assert_eq!(on_start(&written), Startup::Probation { request_id: "r1".into(), window: Duration::from_secs(9) });
+        assert!(on_probation(&config.data_dir));
+        roll_back(&config.data_dir, "camera `x` delivered no frame").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# the operator's file\n", "restored byte for byte");
+        assert_eq!(
+            on_start(&config),
+            Startup::RolledBack { request_id: "r1".into(), reason: "camera `x` delivered no frame".into() }
+        );
+        assert_eq!(on_start(&config), Startup::None, "reported once");
+
+        commit(&new, &path, "r2", Duration::from_secs(9)).unwrap();
+        accept(&config.data_dir);
+        assert_eq!(on_start(&config), Startup::None);
+        assert!(!previous_path(&path).exists());
+    }
+
+    #[test]
+    fn a_new_file_that_does_not_load_is_rolled_back_before_vigil_starts() {
+        let (_dir, config, path) = setup();
+        // The operator's file must load for its data_dir to be found.
+        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+        let original = std::fs::read(&path).unwrap();
+        assert!(!roll_back_unloadable(&path, None, "x").unwrap(), "no change in progress: nothing to do");
+        commit(&config, &path, "r4", Duration::from_secs(60)).unwrap();
+        std::fs::write(&path, "this = [is not a vigil config").unwrap();
+        assert!(roll_back_unloadable(&path, None, "vigil cannot load it: bad TOML").unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), original, "restored byte for byte");
+        let restored = Config::load(&path).unwrap();
+        assert!(matches!(on_start(&restored), Startup::RolledBack { reason, .. } if reason.contains("bad TOML")));
+        assert!(!roll_back_unloadable(&path, None, "x").unwrap(), "and only once");
+    }
+
+    #[test]
+    fn a_configuration_that_keeps_failing_to_start_is_rolled_back() {
+        let (_dir, config, path) = setup();
+        commit(&config, &path, "r3", Duration::from_secs(60)).unwrap();
+        assert!(matches!(on_start(&config), Startup::Probation { .. }));
+        assert!(matches!(on_start(&config), Startup::Probation { .. }));
+        assert_eq!(on_start(&config), Startup::RollBackNow);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# the operator's file\n");
+        assert!(matches!(on_start(&config), Startup::RolledBack { reason, .. } if reason.contains("2 starts")));
+    }
+}

@@ -1,0 +1,410 @@
+//! Inference: the `Backend` seam, pre-processing of letterboxed RGB frames into the model's input
+//! tensor, and post-processing of its output into source-frame detections.
+
+pub mod bundle;
+pub mod check;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod engine_cache;
+mod load;
+mod onnxruntime;
+pub mod postprocess;
+#[cfg(feature = "tensorrt")]
+pub mod tensorrt;
+pub mod transform;
+
+pub use bundle::{Bundle, BundleError};
+pub use load::load_detector;
+pub use onnxruntime::{find_ort_library, OrtBackend};
+pub use postprocess::{BBox, Detection, Letterbox, OutputLayout};
+
+use vigil_config::BackendKind;
+use vigil_core::image::FrameImage;
+pub use vigil_core::image::Image;
+use vigil_pipeline::scheduler::Stages;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("{0}")]
+    Library(String),
+    #[error("model {model}: {message}")]
+    Model { model: String, message: String },
+    #[error("inference failed: {0}")]
+    Run(String),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+}
+
+/// One inference engine holding one loaded model. A backend runs one batch at a time; the
+/// scheduler owns it on a dedicated thread.
+///
+/// Implementations: ONNX Runtime on the CPU (here and as a fallback everywhere); TensorRT on
+/// Jetson (feature `tensorrt`). All read the same INT8 QDQ ONNX file from the bundle.
+pub trait Backend: Send {
+    fn name(&self) -> &'static str;
+    /// The largest batch the loaded model takes (1 unless its batch dimension is dynamic).
+    fn max_batch(&self) -> usize {
+        1
+    }
+    /// GPU backends: pre-processes a letterboxed RGBA `image` on the device, straight into input
+    /// slot `slot`, on the stream inference runs on. `Ok(false)` when this backend or image
+    /// cannot (the caller pre-processes on the CPU instead). Slots loaded here are not taken from
+    /// `input` by the next [`Backend::infer`].
+    fn load_on_device(&mut self, _slot: usize, _image: &Image<'_>) -> Result<bool, InferError> {
+        Ok(false)
+    }
+    /// Runs the model on `batch` NCHW f32 images laid end to end in `input`; writes the raw
+    /// output tensors, image after image, into `output`.
+    fn infer(&mut self, input: &[f32], batch: usize, output: &mut Vec<f32>) -> Result<(), InferError>;
+}
+
+/// The backend a service will run, and why if it is not the one asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendChoice {
+    pub backend: BackendKind,
+    /// Set when the choice differs from the request: the line to log.
+    pub fallback: Option<String>,
+}
+
+/// Chooses between TensorRT and ONNX Runtime from the configured `requested` kind, the backends
+/// the bundle declares (`supported`) and whether TensorRT can run here (`tensorrt`: why not).
+pub fn choose_backend(
+    requested: BackendKind,
+    supported: &[String],
+    tensorrt: Result<(), String>,
+) -> Result<BackendChoice, InferError> {
+    let declares = |name: &str| supported.iter().any(|s| s == name);
+    let trt_why_not = match (&tensorrt, declares("tensorrt")) {
+        (Ok(()), true) => None,
+        (Ok(()), false) => Some(format!("the model bundle does not declare tensorrt (it declares {supported:?})")),
+        (Err(why), _) => Some(why.clone()),
+    };
+    let ort_ok = declares("onnxruntime");
+    let pick = |backend, fallback| Ok(BackendChoice { backend, fallback });
+    match (requested, trt_why_not) {
+        (BackendKind::Auto | BackendKind::Tensorrt, None) => pick(BackendKind::Tensorrt, None),
+        (BackendKind::Auto, Some(_)) if ort_ok => pick(BackendKind::Onnxruntime, None),
+        (BackendKind::Tensorrt, Some(why)) if ort_ok => {
+            pick(BackendKind::Onnxruntime, Some(format!("TensorRT was asked for but {why}; using ONNX Runtime (CPU)")))
+        }
+        (BackendKind::Onnxruntime, _) if ort_ok => pick(BackendKind::Onnxruntime, None),
+        (BackendKind::Onnxruntime, None) => pick(
+            BackendKind::Tensorrt,
+            Some(format!("the model bundle does not declare onnxruntime (it declares {supported:?}); using TensorRT")),
+        ),
+        (_, why) => Err(InferError::Library(format!(
+            "no backend can run this model: the bundle declares {supported:?}{}; install a bundle that declares \
+             onnxruntime, or run where TensorRT is available",
+            why.map(|w| format!(", and TensorRT is out because {w}")).unwrap_or_default()
+        ))),
+    }
+}
+
+/// Converts a letterboxed packed RGB/RGBA image into normalized NCHW f32:
+/// `(pixel * scale - mean[c]) / std[c]`, through a per-channel lookup table.
+pub struct Preprocessor {
+    lut: [[f32; 256]; 3],
+    width: usize,
+    height: usize,
+}
+
+impl Preprocessor {
+    pub fn new(bundle: &Bundle) -> Self {
+        let i = &bundle.manifest.input;
+        let mut lut = [[0.0f32; 256]; 3];
+        for (c, table) in lut.iter_mut().enumerate() {
+            for (v, slot) in table.iter_mut().enumerate() {
+                *slot = (v as f32 * i.scale - i.mean[c]) / i.std[c];
+            }
+        }
+        let (w, h) = bundle.input_size();
+        Self { lut, width: w as usize, height: h as usize }
+    }
+
+    /// Values one image takes.
+    pub fn len(&self) -> usize {
+        3 * self.width * self.height
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills `out` (exactly [`Self::len`] values) from `image`.
+    pub fn run(&self, image: Image<'_>, out: &mut [f32]) {
+        let plane = self.width * self.height;
+        assert_eq!(out.len(), 3 * plane, "one image's worth of input");
+        let (r, rest) = out.split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        let bpp = image.bytes_per_pixel;
+        for y in 0..self.height {
+            let row = &image.data[y * image.stride..y * image.stride + self.width * bpp];
+            let o = y * self.width;
+            for (x, px) in row.chunks_exact(bpp).enumerate() {
+                r[o + x] = self.lut[0][px[0] as usize];
+                g[o + x] = self.lut[1][px[1] as usize];
+                b[o + x] = self.lut[2][px[2] as usize];
+            }
+        }
+    }
+}
+
+/// A bundle's model on a backend, end to end: RGB frames in, source-pixel detections out, one
+/// or a batch at a time.
+pub struct Detector {
+    backend: Box<dyn Backend>,
+    pre: Preprocessor,
+    layout: OutputLayout,
+    labels: Vec<String>,
+    threshold: f32,
+    nms_iou: f32,
+    max_detections: usize,
+    input_size: (u32, u32),
+    /// `max_batch` images' worth of input, and the letterbox of the frame in each slot.
+    input: Vec<f32>,
+    letterboxes: Vec<Letterbox>,
+    output: Vec<f32>,
+}
+
+impl Detector {
+    pub fn new(bundle: &Bundle, backend: Box<dyn Backend>) -> Result<Self, InferError> {
+        let m = &bundle.manifest;
+        let layout = bundle.output_layout()?;
+        let pre = Preprocessor::new(bundle);
+        let batch = backend.max_batch().max(1);
+        let (w, h) = bundle.input_size();
+        Ok(Self {
+            backend,
+            input: vec![0.0; batch * pre.len()],
+            letterboxes: vec![Letterbox::new(w, h, w, h); batch],
+            output: Vec::with_capacity(batch * layout.len()),
+            pre,
+            layout,
+            labels: m.postprocess.labels.clone(),
+            threshold: m.postprocess.score_threshold,
+            nms_iou: m.postprocess.nms_iou,
+            max_detections: m.postprocess.max_detections,
+            input_size: (w, h),
+        })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    pub fn input_size(&self) -> (u32, u32) {
+        self.input_size
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.letterboxes.len()
+    }
+
+    /// Pre-processes a letterboxed image into batch slot `slot`.
+    pub fn load(&mut self, slot: usize, image: Image<'_>, letterbox: Letterbox) -> Result<(), InferError> {
+        let (w, h) = self.input_size;
+        let need = (h as usize - 1) * image.stride + w as usize * image.bytes_per_pixel;
+        if image.data.len() < need || !(3..=4).contains(&image.bytes_per_pixel) {
+            return Err(InferError::Run(format!(
+                "frame of {} bytes ({} per pixel, stride {}) is not a {w}x{h} RGB/RGBA image",
+                image.data.len(),
+                image.bytes_per_pixel,
+                image.stride
+            )));
+        }
+        let len = self.pre.len();
+        let chunk = self.input.get_mut(slot * len..(slot + 1) * len).ok_or_else(|| {
+            InferError::Run(format!("batch slot {slot} is beyond the engine's batch of {}", self.letterboxes.len()))
+        })?;
+        if !self.backend.load_on_device(slot, &image)? {
+            self.pre.run(image, chunk);
+        }
+        self.letterboxes[slot] = letterbox;
+        Ok(())
+    }
+
+    /// Runs the model on slots `0..batch`.
+    pub fn run(&mut self, batch: usize) -> Result<(), InferError> {
+        if batch == 0 || batch > self.max_batch() {
+            return Err(InferError::Run(format!("batch of {batch}: this engine takes 1 to {}", self.max_batch())));
+        }
+        let len = self.pre.len();
+        self.backend.infer(&self.input[..batch * len], batch, &mut self.output)?;
+        if self.output.len() != batch * self.layout.len() {
+            return Err(InferError::Run(format!(
+                "the backend returned {} output values for {batch} image(s); the layout needs {} each",
+                self.output.len(),
+                self.layout.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Slot `slot`'s detections, in source pixels.
+    pub fn detections(&self, slot: usize) -> Vec<Detection> {
+        let n = self.layout.len();
+        let mut dets = self.decode(&self.output[slot * n..(slot + 1) * n]);
+        for d in &mut dets {
+            d.bbox = self.letterboxes[slot].to_source(&d.bbox);
+        }
+        dets
+    }
+
+    /// Runs the model on one letterboxed image. Boxes come back in source pixels.
+    pub fn detect(&mut self, image: Image<'_>, letterbox: &Letterbox) -> Result<Vec<Detection>, InferError> {
+        self.load(0, image, *letterbox)?;
+        self.run(1)?;
+        Ok(self.detections(0))
+    }
+
+    /// Decodes and suppresses one image's raw output; boxes in model-input pixels.
+    pub fn decode(&self, output: &[f32]) -> Vec<Detection> {
+        postprocess::nms(self.layout.decode(output, self.threshold), self.nms_iou, self.max_detections)
+    }
+
+    /// Runs the backend alone on a prepared input tensor (benchmarks, reference checks).
+    pub fn infer_raw(&mut self, input: &[f32]) -> Result<&[f32], InferError> {
+        self.backend.infer(input, 1, &mut self.output)?;
+        Ok(&self.output)
+    }
+}
+
+/// The detector is the scheduler's stages for any letterboxed frame.
+impl<F: FrameImage> Stages<F> for Detector {
+    type Error = InferError;
+
+    fn backend(&self) -> &str {
+        self.backend.name()
+    }
+
+    fn max_batch(&self) -> usize {
+        Detector::max_batch(self)
+    }
+
+    fn preprocess(&mut self, slot: usize, frame: &F) -> Result<(), InferError> {
+        let (w, h) = self.input_size;
+        let (source_w, source_h) = frame.source_size();
+        self.load(slot, frame.image(), Letterbox::new(source_w, source_h, w, h))
+    }
+
+    fn infer(&mut self, batch: usize) -> Result<(), InferError> {
+        self.run(batch)
+    }
+
+    fn postprocess(&mut self, slot: usize, _frame: &F) -> Vec<Detection> {
+        self.detections(slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes RGBA images on its "device" and records what reaches `infer`.
+    #[derive(Clone, Default)]
+    struct DeviceLoading {
+        loaded: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<f32>>>,
+        output_len: usize,
+    }
+
+    impl Backend for DeviceLoading {
+        fn name(&self) -> &'static str {
+            "device-loading"
+        }
+        fn max_batch(&self) -> usize {
+            2
+        }
+        fn load_on_device(&mut self, slot: usize, image: &Image<'_>) -> Result<bool, InferError> {
+            if image.bytes_per_pixel == 4 {
+                self.loaded.lock().unwrap().push(slot);
+            }
+            Ok(image.bytes_per_pixel == 4)
+        }
+        fn infer(&mut self, input: &[f32], batch: usize, output: &mut Vec<f32>) -> Result<(), InferError> {
+            *self.seen.lock().unwrap() = input.to_vec();
+            output.clear();
+            output.resize(batch * self.output_len, -20.0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn frames_a_gpu_backend_takes_are_not_pre_processed_on_the_cpu() {
+        let bundle = shipped_bundle();
+        let (w, h) = bundle.input_size();
+        let (w, h) = (w as usize, h as usize);
+        let backend = DeviceLoading { output_len: bundle.output_len(), ..DeviceLoading::default() };
+        let mut det = Detector::new(&bundle, Box::new(backend.clone())).unwrap();
+        let lb = Letterbox::new(w as u32, h as u32, w as u32, h as u32);
+        let rgba = vec![255u8; w * h * 4];
+        let rgb = vec![255u8; w * h * 3];
+        det.load(0, Image { data: &rgba, stride: w * 4, bytes_per_pixel: 4 }, lb).unwrap();
+        det.load(1, Image::rgb(&rgb, w * 3), lb).unwrap();
+        det.run(2).unwrap();
+        assert_eq!(det.max_batch(), 2);
+        let len = 3 * w * h;
+        assert_eq!(*backend.loaded.lock().unwrap(), [0]);
+        let seen = backend.seen.lock().unwrap();
+        assert!(seen[..len].iter().all(|&v| v == 0.0), "slot 0 was the device's to fill");
+        assert!(seen[len..2 * len].iter().all(|&v| (v - 1.0).abs() < 1e-6), "slot 1: white on the CPU");
+        assert!(det.detections(0).is_empty() && det.detections(1).is_empty());
+    }
+
+    #[test]
+    fn backend_choice_follows_the_request_the_bundle_and_the_machine() {
+        let both = ["onnxruntime".to_owned(), "tensorrt".to_owned()];
+        let ort_only = ["onnxruntime".to_owned()];
+        let trt_only = ["tensorrt".to_owned()];
+        let no_gpu = || Err("no CUDA device".to_owned());
+        let choose =
+            |req, sup: &[String], trt| choose_backend(req, sup, trt).map(|c| (c.backend, c.fallback.is_some()));
+        assert_eq!(choose(BackendKind::Auto, &both, Ok(())).unwrap(), (BackendKind::Tensorrt, false));
+        assert_eq!(choose(BackendKind::Auto, &both, no_gpu()).unwrap(), (BackendKind::Onnxruntime, false));
+        assert_eq!(choose(BackendKind::Auto, &ort_only, Ok(())).unwrap(), (BackendKind::Onnxruntime, false));
+        // Asked for TensorRT, cannot have it: falls back, and says why.
+        let c = choose_backend(BackendKind::Tensorrt, &both, no_gpu()).unwrap();
+        assert_eq!(c.backend, BackendKind::Onnxruntime);
+        assert!(c.fallback.unwrap().contains("no CUDA device"));
+        let c = choose_backend(BackendKind::Tensorrt, &ort_only, Ok(())).unwrap();
+        assert!(c.fallback.unwrap().contains("does not declare tensorrt"));
+        assert_eq!(choose(BackendKind::Onnxruntime, &both, Ok(())).unwrap(), (BackendKind::Onnxruntime, false));
+        assert_eq!(choose(BackendKind::Onnxruntime, &trt_only, Ok(())).unwrap(), (BackendKind::Tensorrt, true));
+        let err = choose_backend(BackendKind::Auto, &trt_only, no_gpu()).unwrap_err().to_string();
+        assert!(err.contains("no backend can run this model") && err.contains("no CUDA device"), "{err}");
+    }
+
+    fn shipped_bundle() -> Bundle {
+        Bundle::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/bundles/shapes-v1"))
+            .expect("the shipped bundle loads")
+    }
+
+    #[test]
+    fn rgba_and_rgb_images_preprocess_alike() {
+        let bundle = shipped_bundle();
+        let pre = Preprocessor::new(&bundle);
+        let (w, h) = bundle.input_size();
+        let (w, h) = (w as usize, h as usize);
+        // RGB rows padded to 4 bytes, as GStreamer lays them out; RGBA rows are never padded.
+        let rgb_stride = (w * 3).div_ceil(4) * 4;
+        let mut rgb = vec![0u8; rgb_stride * h];
+        let mut rgba = vec![0u8; w * 4 * h];
+        for y in 0..h {
+            for x in 0..w {
+                let px = [(x * 7 % 256) as u8, (y * 3 % 256) as u8, ((x + y) % 256) as u8];
+                rgb[y * rgb_stride + x * 3..][..3].copy_from_slice(&px);
+                rgba[y * w * 4 + x * 4..][..4].copy_from_slice(&[px[0], px[1], px[2], 255]);
+            }
+        }
+        let (mut a, mut b) = (vec![0.0; pre.len()], vec![0.0; pre.len()]);
+        pre.run(Image::rgb(&rgb, rgb_stride), &mut a);
+        pre.run(Image { data: &rgba, stride: w * 4, bytes_per_pixel: 4 }, &mut b);
+        assert_eq!(a.len(), 3 * w * h);
+        assert_eq!(a, b);
+        assert_ne!(a[1], a[w * h + 1], "channels land in their own planes");
+    }
+}

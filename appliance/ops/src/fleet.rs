@@ -1,0 +1,237 @@
+//! `vigil fleet`: the operator's side of the MQTT interface. Lists devices from their retained
+//! `status`, shows one, sends a command and waits for its reply, and watches events or metrics.
+//! It talks to the fleet broker with the operator's own certificate (mutual TLS) or, for a
+//! local demo broker, plain TCP.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rumqttc::{Client, Connection, Event, MqttOptions, Packet, QoS, Transport};
+
+use vigil_config::{BrokerUrl, TlsConfig};
+use vigil_core::topic;
+
+#[derive(Debug, clap::Args)]
+pub struct FleetArgs {
+    /// The fleet broker: mqtts://host:port (TLS) or mqtt://host:port (local demos).
+    #[arg(long, env = "VIGIL_FLEET_BROKER", default_value = "mqtt://127.0.0.1:1883")]
+    pub broker: String,
+    /// CA bundle that signs the broker's certificate (mqtts://).
+    #[arg(long, env = "VIGIL_FLEET_CA")]
+    pub ca: Option<PathBuf>,
+    /// The operator's certificate and key (mutual TLS).
+    #[arg(long, env = "VIGIL_FLEET_CERT")]
+    pub cert: Option<PathBuf>,
+    #[arg(long, env = "VIGIL_FLEET_KEY")]
+    pub key: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: FleetCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum FleetCommand {
+    /// Devices that have published a status, with their state.
+    List {
+        /// How long to collect retained statuses.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// One device's retained status, as JSON.
+    Show { device: String },
+    /// Sends a command and prints its reply; exit 0 if it succeeded, 1 if refused, 2 on no reply.
+    Cmd {
+        device: String,
+        /// status, config/get, config/set, restart, snapshot, events/query, events/get (docs/mqtt.md).
+        name: String,
+        /// The command's args, as JSON.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Prints a device's events (or metrics) as JSON lines; `+` watches every device.
+    Watch {
+        device: String,
+        #[arg(long)]
+        metrics: bool,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+}
+
+/// Exit statuses of `vigil fleet cmd`.
+pub const REFUSED: u8 = 1;
+pub const NO_REPLY: u8 = 2;
+
+fn connect(args: &FleetArgs) -> anyhow::Result<(Client, Connection)> {
+    let url = BrokerUrl::parse(&args.broker).map_err(|e| anyhow::anyhow!("--broker: {e}"))?;
+    let id = format!("vigil-fleet-{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
+    let mut opts = MqttOptions::new(id, url.host, url.port);
+    opts.set_keep_alive(Duration::from_secs(15)).set_max_packet_size(4 << 20, 4 << 20);
+    if url.tls {
+        let ca = args.ca.clone().context("mqtts:// needs --ca (and --cert/--key for mutual TLS)")?;
+        let tls = TlsConfig { ca, cert: args.cert.clone(), key: args.key.clone() };
+        let config = vigil_uplink::rustls_config(&tls)?;
+        opts.set_transport(Transport::tls_with_config(config.into()));
+    }
+    Ok(Client::new(opts, 32))
+}
+
+/// Subscribes to `filters` and calls `on` for each message until it returns false or `until`.
+fn listen(
+    args: &FleetArgs,
+    filters: &[String],
+    until: Option<Instant>,
+    mut on: impl FnMut(&str, &[u8]) -> bool,
+    after_subscribe: impl FnOnce(&Client) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let (client, mut connection) = connect(args)?;
+    for f in filters {
+        client.subscribe(f, QoS::AtLeastOnce)?;
+    }
+    let mut after = Some(after_subscribe);
+    let mut acks = 0;
+    loop {
+        let timeout = match until {
+            Some(u) => u.saturating_duration_since(Instant::now()),
+            None => Duration::from_secs(60),
+        };
+        if timeout.is_zero() {
+            break;
+        }
+        match connection.recv_timeout(timeout) {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                acks += 1;
+                if acks == filters.len() {
+                    if let Some(f) = after.take() {
+                        f(&client)?;
+                    }
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                if !on(&p.topic, &p.payload) {
+                    break;
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => bail!("cannot reach the broker at {}: {e}", args.broker),
+            // Without a deadline (watch), a quiet minute is just a quiet minute.
+            Err(rumqttc::RecvTimeoutError::Timeout) if until.is_none() => {}
+            Err(rumqttc::RecvTimeoutError::Timeout) => break,
+            Err(rumqttc::RecvTimeoutError::Disconnected) => bail!("the connection to {} closed", args.broker),
+        }
+    }
+    let _ = client.disconnect();
+    Ok(())
+}
+
+/// Runs a `vigil fleet` command; `Ok(code)` is the exit status.
+pub fn run(args: &FleetArgs) -> anyhow::Result<u8> {
+    match &args.command {
+        FleetCommand::List { wait } => {
+            let mut devices: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+            listen(
+                args,
+                &[topic::status("+")],
+                Some(Instant::now() + *wait),
+                |topic, payload| {
+                    if let (Some(id), Ok(v)) = (topic.split('/').nth(1), serde_json::from_slice(payload)) {
+                        devices.insert(id.to_owned(), v);
+                    }
+                    true
+                },
+                |_| Ok(()),
+            )?;
+            if devices.is_empty() {
+                eprintln!("no device has published a status on {}", args.broker);
+            }
+            for (id, s) in &devices {
+                let str_of = |k: &str| s[k].as_str().unwrap_or("?").to_owned();
+                let model = s["model"]["name"]
+                    .as_str()
+                    .map_or(String::new(), |n| format!("{n} {}", s["model"]["version"].as_str().unwrap_or("")));
+                println!(
+                    "{id:<24} {:<8} {:<10} since {}  {model}",
+                    str_of("state"),
+                    str_of("version"),
+                    str_of("started_at")
+                );
+            }
+            Ok(0)
+        }
+        FleetCommand::Show { device } => {
+            let mut found = None;
+            listen(
+                args,
+                &[topic::status(device)],
+                Some(Instant::now() + Duration::from_secs(3)),
+                |_, p| {
+                    found = serde_json::from_slice::<serde_json::Value>(p).ok();
+                    false
+                },
+                |_| Ok(()),
+            )?;
+            match found {
+                Some(s) => {
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                    Ok(0)
+                }
+                None => {
+                    eprintln!("device `{device}` has no status on {}", args.broker);
+                    Ok(NO_REPLY)
+                }
+            }
+        }
+        FleetCommand::Cmd { device, name, args: json, timeout } => {
+            let cmd_args: serde_json::Value =
+                serde_json::from_str(json).with_context(|| format!("--args is not JSON: {json}"))?;
+            let request_id = uuid::Uuid::now_v7().simple().to_string();
+            let request = serde_json::to_vec(&serde_json::json!({ "request_id": request_id, "args": cmd_args }))?;
+            let reply_topic = topic::reply(device, &request_id);
+            let cmd_topic = topic::command(device, name);
+            let mut reply = None;
+            listen(
+                args,
+                &[reply_topic],
+                Some(Instant::now() + *timeout),
+                |_, p| {
+                    reply = serde_json::from_slice::<serde_json::Value>(p).ok();
+                    false
+                },
+                |client| Ok(client.try_publish(&cmd_topic, QoS::AtLeastOnce, false, request.clone())?),
+            )?;
+            match reply {
+                Some(r) => {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                    Ok(if r["ok"] == true { 0 } else { REFUSED })
+                }
+                None => {
+                    eprintln!(
+                        "no reply from `{device}` within {} (is it online? `vigil fleet list`)",
+                        humantime::format_duration(*timeout)
+                    );
+                    Ok(NO_REPLY)
+                }
+            }
+        }
+        FleetCommand::Watch { device, metrics, count } => {
+            let topic = if *metrics { topic::metrics(device) } else { topic::events(device) };
+            let mut seen = 0usize;
+            listen(
+                args,
+                &[topic],
+                None,
+                |_, p| {
+                    println!("{}", String::from_utf8_lossy(p));
+                    seen += 1;
+                    count.is_none_or(|c| seen < c)
+                },
+                |_| Ok(()),
+            )?;
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,564 @@
+//! Wires the service together and shuts it down in order, within a deadline.
+//!
+//! ```text
+//! camera threads ──hub (1 slot/camera, newest wins)──▶ scheduler thread (detector, tracker, rules)
+//! ──mpsc(64 batches, waits)──▶ store writer (snapshots, sled, flush) ──Notify──▶
+//! uplink (outbox → MQTT, window max_inflight)
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use vigil_capture::{self as capture, CameraSpec, Platform};
+use vigil_config::Config;
+use vigil_core::event::{unix_ns, Emitted, ModelRef};
+use vigil_core::hub::FrameHub;
+use vigil_core::source::SourceUri;
+use vigil_core::stats::CameraStats;
+use vigil_core::topic;
+use vigil_fleet::{commands, config_change, control};
+use vigil_infer::load_detector;
+use vigil_pipeline::scheduler::{Scheduler, SchedulerStats, SnapshotRequests, SystemClock};
+use vigil_pipeline::RuleSet;
+use vigil_store::snapshot::{self, SaveOptions};
+use vigil_store::{Retention, Store, StoreError};
+use vigil_uplink::homeassistant::HaStates;
+use vigil_uplink::{self as uplink, metrics, StatusModel, Uplink};
+
+use crate::worker::Worker;
+
+/// Batches of events between the scheduler and the store writer.
+const EVENT_QUEUE: usize = 64;
+/// Whole-service shutdown deadline after the first signal.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+/// How long into a stop the store writer still encodes snapshots. A writer that has fallen
+/// behind (a slow disk, a burst of events) could take longer than the deadline to encode what is
+/// queued; past this point the rest is stored without new snapshots, so that every event is
+/// stored and the uplink keeps its time to send them.
+const SNAPSHOTS_AFTER_STOP: Duration = Duration::from_secs(1);
+const STATS_EVERY: Duration = Duration::from_secs(10);
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
+const STATUS_CHECK: Duration = Duration::from_secs(2);
+const STATUS_REFRESH: Duration = Duration::from_secs(60);
+
+/// Commands waiting for the command worker.
+const COMMAND_QUEUE: usize = 32;
+/// Commands answered at once (each on a blocking thread).
+const COMMANDS_AT_ONCE: usize = 4;
+
+/// How the service ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Asked to stop (a signal).
+    Stopped,
+    /// A fleet `restart` command: the caller exits with [`commands::RESTART_EXIT_CODE`].
+    RestartRequested,
+}
+
+/// Runs the service until `shutdown` is cancelled (or a fleet command asks for a restart).
+/// `config_path` is the file `config` came from (`None`: the embedded demo configuration); fleet
+/// `config/set` rewrites it.
+pub async fn run(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Ended> {
+    capture::init_gstreamer()?;
+    let (bundle, detector) = load_detector(&config)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let labels: Arc<[String]> = detector.labels().into();
+    let rules = RuleSet::compile(&config, &labels)?;
+    let store = open_store(&config.data_dir, &shutdown).await?.with_outbox_limit(config.mqtt.outbox_max_messages);
+    let events_topic = topic::events(&config.device_id);
+    let reopened = store.close_open_events(&events_topic)?;
+    if reopened > 0 {
+        store.flush().await?;
+        tracing::warn!(events = reopened, "events left open by an unclean stop were ended (reason `restart`)");
+    }
+    let change = config_change::on_start(&config);
+    if change == config_change::Startup::RollBackNow {
+        return Ok(Ended::RestartRequested);
+    }
+    let retention = Retention::from_config(&config.store);
+    let min_free = config.store.min_free_mb << 20;
+    store.make_room(min_free)?;
+    store.enforce_retention(&retention, unix_ns(std::time::SystemTime::now()))?;
+    let model = ModelRef {
+        name: bundle.manifest.model.name.clone(),
+        version: bundle.manifest.model.version.clone(),
+        backend: detector.backend_name().to_owned(),
+    };
+    tracing::info!(model = %model.name, version = %model.version, backend = %model.backend,
+        events = store.event_count(), outbox = store.outbox_len(), "vigil starting");
+
+    // The uplink is set up before any camera starts, so that a bad MQTT or TLS configuration
+    // (a certificate issued to another device would lose every message) stops vigil at once.
+    let wake = Arc::new(Notify::new());
+    let ha_states = HaStates::default();
+    let status = uplink::SharedStatus::new(uplink::new_status(
+        &config,
+        Some(StatusModel { name: model.name.clone(), version: model.version.clone(), backend: model.backend.clone() }),
+    ));
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<(String, Vec<u8>)>(COMMAND_QUEUE);
+    // `vigil events …` reaches the running service here (the store is this process's alone).
+    let control = control::Server::bind(&config.data_dir)
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "no local control socket: `vigil events` cannot read the store while vigil runs")
+        })
+        .ok();
+    let (stored_tx, _) = tokio::sync::broadcast::channel(control::TAIL_BURSTS);
+    let mut uplink = Uplink::new(&config, status.clone(), store.clone(), wake.clone())?.with_commands(cmd_tx);
+    if config.mqtt.home_assistant {
+        let cameras = config.cameras.iter().map(|c| c.id.clone()).collect();
+        uplink = uplink.with_home_assistant(&config.mqtt.home_assistant_prefix, cameras, ha_states.clone());
+    }
+
+    let platform = Arc::new(Platform::detect());
+    tracing::info!(platform = %platform.name, gstreamer = ?platform.gst, "capture platform");
+    let cameras: Vec<(CameraSpec, Duration)> = config
+        .cameras
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let budget =
+                c.latency_budget_ms.or(config.model.latency_budget_ms).unwrap_or(bundle.manifest.budget.latency_ms);
+            (CameraSpec::from_config(&config, i, bundle.input_size()), Duration::from_millis(budget))
+        })
+        .collect();
+    let stats: Vec<Arc<CameraStats>> = cameras.iter().map(|(spec, _)| Arc::new(CameraStats::new(&spec.id))).collect();
+    let hub = Arc::new(FrameHub::new(stats.clone()));
+
+    // Capture and inference stop first; the writer drains what they made; the uplink goes last.
+    let capture_cancel = shutdown.child_token();
+    let uplink_cancel = CancellationToken::new();
+    let mut camera_threads = Vec::new();
+    for (i, (spec, _)) in cameras.iter().enumerate() {
+        tracing::info!(camera = %spec.id, uri = %SourceUri::redacted(&config.cameras[i].uri), "camera configured");
+        camera_threads.push(capture::spawn_camera(
+            spec.clone(),
+            platform.clone(),
+            hub.clone(),
+            capture_cancel.clone(),
+        )?);
+    }
+
+    let (events_tx, events_rx) = mpsc::channel::<Vec<Emitted>>(EVENT_QUEUE);
+    let camera_ids: Vec<&str> = cameras.iter().map(|c| &*c.0.id).collect();
+    let sched_stats = Arc::new(SchedulerStats::new(&camera_ids));
+    let snapshot_requests = SnapshotRequests::default();
+    let worker = Worker {
+        hub: hub.clone(),
+        scheduler: Scheduler::new(
+            detector,
+            cameras.iter().map(|c| c.1).collect(),
+            Arc::new(SystemClock),
+            sched_stats.clone(),
+        ),
+        cameras: camera_ids.iter().map(|id| rules.camera(id, &config.device_id, &model, labels.clone())).collect(),
+        stats: sched_stats.clone(),
+        events: events_tx,
+        snapshots: snapshot_requests.clone(),
+        snapshot_quality: config.events.snapshot_quality,
+    };
+    let sched_cancel = capture_cancel.clone();
+    let scheduler_thread =
+        std::thread::Builder::new().name("scheduler".into()).spawn(move || worker.run(&sched_cancel))?;
+
+    // Cancelled SNAPSHOTS_AFTER_STOP into a stop: the writer then stores what is still queued
+    // without encoding new snapshots.
+    let snapshot_cutoff = CancellationToken::new();
+    let writer = tokio::spawn(write_events(
+        store.clone(),
+        events_rx,
+        events_topic,
+        SaveOptions {
+            quality: config.events.snapshot_quality,
+            workers: snapshot::default_workers(),
+            cutoff: snapshot_cutoff.clone(),
+        },
+        min_free,
+        wake.clone(),
+        (config.mqtt.home_assistant.then(|| ha_states.clone()), stored_tx.clone()),
+    ));
+    // The retained status follows the cameras: republished when a camera changes state, and
+    // at least every STATUS_REFRESH for the uptime.
+    let status_keeper = {
+        let (status, stats) = (status.clone(), stats.clone());
+        let started = std::time::Instant::now();
+        let mut published = started;
+        periodic(STATUS_CHECK, capture_cancel.clone(), move || {
+            status.update(|s| {
+                let cameras: Vec<uplink::CameraStatus> =
+                    stats.iter().map(|c| uplink::CameraStatus { id: c.id.to_string(), state: c.state() }).collect();
+                if cameras == s.cameras && published.elapsed() < STATUS_REFRESH {
+                    return false;
+                }
+                s.cameras = cameras;
+                s.uptime_s = started.elapsed().as_secs();
+                published = std::time::Instant::now();
+                true
+            });
+            std::future::ready(())
+        })
+    };
+    let uplink = tokio::spawn(uplink.run(uplink_cancel.clone()));
+    let restart = CancellationToken::new();
+    let fleet = Arc::new(commands::Fleet {
+        config: Arc::new(config.clone()),
+        started: std::time::Instant::now(),
+        cameras: stats.clone(),
+        inference: sched_stats.clone(),
+        store: store.clone(),
+        restart: restart.clone(),
+        snapshots: snapshot_requests,
+        config_path,
+        labels: labels.to_vec(),
+    });
+    let probation =
+        config_change_reply(change, &config, &store, &wake, &status, &stats, &restart, &capture_cancel).await;
+    // It goes with the uplink, last, so that `events/tail` shows the shutdown's `end` messages.
+    let control = control.map(|c| c.spawn(fleet.clone(), stored_tx, uplink_cancel.clone()));
+    let commander = {
+        let (store, wake, cancel) = (store.clone(), wake.clone(), capture_cancel.clone());
+        let running = Arc::new(tokio::sync::Semaphore::new(COMMANDS_AT_ONCE));
+        tokio::spawn(async move {
+            loop {
+                let (name, payload) = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    got = cmd_rx.recv() => match got { Some(c) => c, None => return },
+                };
+                // Commands may wait (queries read the store, a snapshot waits for a frame): each
+                // runs on a blocking thread of its own, at most COMMANDS_AT_ONCE at a time, so one
+                // slow command does not hold up the next.
+                let Ok(permit) = running.clone().acquire_owned().await else { return };
+                let (f, store, wake) = (fleet.clone(), store.clone(), wake.clone());
+                tokio::spawn(async move {
+                    let answered = tokio::task::spawn_blocking(move || f.answer(&name, &payload)).await;
+                    drop(permit);
+                    let (topic, reply) = match answered {
+                        Ok(Some(reply)) => reply,
+                        Ok(None) => return, // answered later (config/set)
+                        Err(_) => {
+                            tracing::error!("a fleet command panicked");
+                            return;
+                        }
+                    };
+                    queue_and_flush(&store, &wake, &topic, &reply, "command reply").await;
+                });
+            }
+        })
+    };
+
+    let reporter = {
+        let (stats, sched, store) = (stats.clone(), sched_stats.clone(), store.clone());
+        periodic(STATS_EVERY, capture_cancel.clone(), move || {
+            log_stats(&stats, &sched, &store);
+            std::future::ready(())
+        })
+    };
+    let retainer = {
+        let store = store.clone();
+        periodic(RETENTION_EVERY, capture_cancel.clone(), move || {
+            if let Err(e) = store.enforce_retention(&retention, unix_ns(std::time::SystemTime::now())) {
+                tracing::error!(error = %e, "retention pass failed");
+            }
+            std::future::ready(())
+        })
+    };
+    let disk_guard = {
+        let store = store.clone();
+        periodic(DISK_CHECK_EVERY, capture_cancel.clone(), move || {
+            if let Err(e) = store.make_room(min_free) {
+                tracing::error!(error = %e, "cannot free disk space");
+            }
+            std::future::ready(())
+        })
+    };
+    let metrics = (config.mqtt.metrics_interval_s > 0).then(|| {
+        let (stats, sched, store, wake) = (stats.clone(), sched_stats.clone(), store.clone(), wake.clone());
+        let device_id = config.device_id.clone();
+        let topic = topic::metrics(&device_id);
+        let started = std::time::Instant::now();
+        periodic(Duration::from_secs(config.mqtt.metrics_interval_s), capture_cancel.clone(), move || {
+            let m = metrics::Metrics::collect(&device_id, started, &stats, &sched, &store);
+            let payload = serde_json::to_vec(&m).expect("metrics always serialise");
+            let (store, wake, topic) = (store.clone(), wake.clone(), topic.clone());
+            async move { queue_and_flush(&store, &wake, &topic, &payload, "metrics").await }
+        })
+    });
+
+    let ended = tokio::select! {
+        _ = shutdown.cancelled() => Ended::Stopped,
+        _ = restart.cancelled() => {
+            tracing::warn!("restart requested over MQTT; stopping, to be started again by the supervisor");
+            // Give the reply a moment to reach the broker before the uplink goes.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            shutdown.cancel();
+            Ended::RestartRequested
+        }
+    };
+    tracing::info!("shutting down");
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
+    tokio::spawn(async move {
+        tokio::time::sleep(SNAPSHOTS_AFTER_STOP).await;
+        snapshot_cutoff.cancel();
+    });
+    hub.close();
+    let mut stuck: Vec<String> = Vec::new();
+    let sched_join = tokio::task::spawn_blocking(move || scheduler_thread.join());
+    if tokio::time::timeout_at(deadline, sched_join).await.is_err() {
+        stuck.push("scheduler".into());
+    }
+    if tokio::time::timeout_at(deadline, writer).await.is_err() {
+        stuck.push("store writer".into());
+    }
+    uplink_cancel.cancel();
+    if tokio::time::timeout_at(deadline, uplink).await.is_err() {
+        stuck.push("uplink".into());
+    }
+    if let Some(c) = control {
+        let _ = tokio::time::timeout_at(deadline, c).await;
+    }
+    reporter.abort();
+    retainer.abort();
+    disk_guard.abort();
+    if let Some(p) = probation {
+        p.abort();
+    }
+    status_keeper.abort();
+    commander.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    for (i, t) in camera_threads.into_iter().enumerate() {
+        let join = tokio::task::spawn_blocking(move || t.join());
+        if tokio::time::timeout_at(deadline, join).await.is_err() {
+            stuck.push(format!("camera {}", cameras[i].0.id));
+        }
+    }
+    if let Err(e) = store.flush().await {
+        tracing::error!(error = %e, "final store flush failed");
+    }
+    log_stats(&stats, &sched_stats, &store);
+    if stuck.is_empty() {
+        tracing::info!("stopped cleanly");
+        Ok(ended)
+    } else {
+        anyhow::bail!("shutdown deadline passed; still running: {}", stuck.join(", "))
+    }
+}
+
+/// The reply a configuration change is owed: at once for one rolled back before this start; for
+/// one on probation, after its window, from a task (returned) that accepts it or rolls it back
+/// and restarts.
+#[allow(clippy::too_many_arguments)]
+async fn config_change_reply(
+    change: config_change::Startup,
+    config: &Config,
+    store: &Store,
+    wake: &Arc<Notify>,
+    status: &uplink::SharedStatus,
+    cameras: &[Arc<CameraStats>],
+    restart: &CancellationToken,
+    cancel: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use config_change::{self as change, Startup};
+    let device_id = config.device_id.clone();
+    let reply = move |request_id: &str, outcome: Result<serde_json::Value, String>| {
+        commands::Reply::new(request_id, outcome).message(&device_id)
+    };
+    match change {
+        Startup::None | Startup::RollBackNow => None,
+        Startup::RolledBack { request_id, reason } => {
+            let msg = format!("configuration rolled back to the previous one: {reason}");
+            let (topic, payload) = reply(&request_id, Err(msg));
+            queue_and_flush(store, wake, &topic, &payload, "config/set reply").await;
+            None
+        }
+        Startup::Probation { request_id, window } => {
+            tracing::warn!(request_id = %request_id, window_s = window.as_secs(), "new configuration on probation");
+            let (store, wake, status, restart, cancel) =
+                (store.clone(), wake.clone(), status.clone(), restart.clone(), cancel.clone());
+            let cameras = cameras.to_vec();
+            let data_dir = config.data_dir.clone();
+            Some(tokio::spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(window) => {}
+                }
+                let problems = change::health_problems(status.has_connected(), &cameras);
+                if problems.is_empty() {
+                    change::accept(&data_dir);
+                    tracing::info!(request_id = %request_id, "new configuration healthy: kept");
+                    let value = serde_json::json!({ "applied": true, "health_window_s": window.as_secs() });
+                    let (topic, payload) = reply(&request_id, Ok(value));
+                    queue_and_flush(&store, &wake, &topic, &payload, "config/set reply").await;
+                    return;
+                }
+                let reason = format!("unhealthy within {} s: {}", window.as_secs(), problems.join("; "));
+                match change::roll_back(&data_dir, &reason) {
+                    Ok(()) => restart.cancel(),
+                    Err(e) => tracing::error!(error = %e, "cannot roll the configuration back; keeping the new one"),
+                }
+            }))
+        }
+    }
+}
+
+/// Runs `tick` every `period` (the first time one period after the start) until `cancel`.
+fn periodic<F, Fut>(period: Duration, cancel: CancellationToken, mut tick: F) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.tick().await;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = interval.tick() => tick().await,
+            }
+        }
+    })
+}
+
+/// Queues one non-event message in the outbox, makes it durable and wakes the uplink.
+async fn queue_and_flush(store: &Store, wake: &Notify, topic: &str, payload: &[u8], what: &str) {
+    if let Err(e) = store.enqueue(topic, payload) {
+        tracing::error!(error = %e, "cannot queue the {what}");
+        return;
+    }
+    match store.flush().await {
+        Ok(()) => wake.notify_one(),
+        Err(e) => tracing::error!(error = %e, "cannot flush the store ({what})"),
+    }
+}
+
+/// Makes batches durable, then wakes the uplink: snapshots first (encoded, written and synced),
+/// then the event messages (one sled flush). Drains what is already queued into one flush so that
+/// durability costs one fsync per burst, not per event.
+async fn write_events(
+    store: Store,
+    mut rx: mpsc::Receiver<Vec<Emitted>>,
+    topic: String,
+    snapshots: SaveOptions,
+    min_free: u64,
+    wake: Arc<Notify>,
+    (home_assistant, stored): (Option<HaStates>, control::StoredEvents),
+) {
+    while let Some(batch) = rx.recv().await {
+        let mut burst = batch;
+        while burst.len() < 1024 {
+            match rx.try_recv() {
+                Ok(more) => burst.extend(more),
+                Err(_) => break,
+            }
+        }
+        let (s, options) = (store.clone(), snapshots.clone());
+        let Ok(saved) = tokio::task::spawn_blocking(move || snapshot::save(&s, burst, &options)).await else {
+            tracing::error!("the snapshot writer panicked; events of this burst are lost");
+            continue;
+        };
+        if saved.skipped > 0 {
+            tracing::warn!(
+                skipped = saved.skipped,
+                after_s = SNAPSHOTS_AFTER_STOP.as_secs(),
+                "stopping: events still queued are stored without new snapshots, to stop in time"
+            );
+        }
+        let events = saved.events;
+        if let Err(e) = store.append(&events, &topic) {
+            if !e.is_disk_full() {
+                tracing::error!(error = %e, events = events.len(), "cannot store events; they are lost");
+                continue;
+            }
+            // Make room (the oldest events go) and try once more.
+            tracing::error!(error = %e, events = events.len(), "disk full: making room and retrying");
+            let freed = store.make_room(min_free.max(1)).and_then(|n| match n {
+                0 => store.evict_oldest(EMERGENCY_EVICTION),
+                n => Ok(n),
+            });
+            if let Err(e) = freed.and_then(|_| store.append(&events, &topic)) {
+                tracing::error!(error = %e, events = events.len(), "cannot store events; they are lost");
+                continue;
+            }
+        }
+        if let Err(e) = store.flush().await {
+            tracing::error!(error = %e, "cannot flush the store; events are not yet durable");
+            continue;
+        }
+        wake.notify_one();
+        if let Some(ha) = &home_assistant {
+            ha.record(&events);
+        }
+        if stored.receiver_count() > 0 {
+            let _ = stored.send(events.into()); // for `vigil events tail`
+        }
+    }
+}
+
+/// How long the service waits for a store another process holds (a `vigil events` command
+/// reading a stopped service's store) before it gives up.
+const STORE_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+async fn open_store(data_dir: &std::path::Path, shutdown: &CancellationToken) -> anyhow::Result<Store> {
+    let give_up = tokio::time::Instant::now() + STORE_LOCK_WAIT;
+    let mut warned = false;
+    loop {
+        match Store::open(data_dir) {
+            Err(StoreError::Locked(path)) if tokio::time::Instant::now() < give_up => {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(store = %path.display(), wait_s = STORE_LOCK_WAIT.as_secs(),
+                        "another process holds the store (a `vigil events` command?); waiting for it");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for the store"),
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// Events deleted to make room when a write failed and the disk did not look full.
+const EMERGENCY_EVICTION: usize = 100;
+
+fn log_stats(cameras: &[Arc<CameraStats>], sched: &SchedulerStats, store: &Store) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for c in cameras {
+        let s = c.snapshot();
+        tracing::info!(camera = %s.id, state = ?s.state, path = s.decode_path.as_deref().unwrap_or(""),
+            fps_in = format_args!("{:.1}", s.fps_in), fps_out = format_args!("{:.1}", s.fps_out),
+            frames_in = s.frames_in, missing = s.frames_missing, dropped_overwritten = s.dropped_overwritten,
+            dropped_before_keyframe = s.dropped_before_keyframe, dropped_decode_error = s.dropped_decode_error,
+            decode_errors = s.decode_errors, reconnects = s.reconnects, stalls = s.stalls,
+            since_last_frame_ms = s.since_last_frame_ms.unwrap_or(0),
+            last_error = s.last_error.as_deref().unwrap_or(""), "camera stats");
+    }
+    for c in &sched.cameras {
+        let s = c.snapshot();
+        tracing::info!(camera = %s.id, processed = s.processed, dropped_stale = s.dropped_stale,
+            dropped_error = s.dropped_error, deadline_misses = s.deadline_misses,
+            total_p50_ms = s.total.p50_ms, total_p95_ms = s.total.p95_ms, total_p99_ms = s.total.p99_ms,
+            queue_p95_ms = s.queue.p95_ms, preprocess_p95_ms = s.preprocess.p95_ms,
+            inference_p95_ms = s.inference.p95_ms, postprocess_p95_ms = s.postprocess.p95_ms, "inference stats");
+    }
+    tracing::info!(
+        processed = sched.processed(),
+        dropped_stale = sched.dropped_stale(),
+        deadline_misses = sched.deadline_misses(),
+        batches = sched.batches.load(Relaxed),
+        events = sched.events.load(Relaxed),
+        outbox = store.outbox_len(),
+        outbox_evicted = store.outbox_evicted(),
+        "inference totals"
+    );
+}

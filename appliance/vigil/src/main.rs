@@ -1,0 +1,262 @@
+//! The `vigil` command line. Errors are turned into messages and exit codes here, and only here.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use vigil_config::{BackendKind, Config, ConfigError};
+
+mod app;
+mod events_cli;
+mod worker;
+
+/// Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or input.
+const EXIT_FAILURE: u8 = 1;
+const EXIT_BAD_INPUT: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "vigil", version, about = "Edge video appliance: cameras → models → events → MQTT")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (without --config: the embedded demo configuration).
+    Run {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override mqtt.url.
+        #[arg(long)]
+        mqtt_url: Option<String>,
+        /// Override data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Check a configuration file; print every problem and exit 2 if there is any.
+    CheckConfig { file: PathBuf },
+    /// Print the embedded default configuration.
+    DefaultConfig,
+    /// Stored events: list, show, tail, export (from the running service, or its store when stopped).
+    Events(events_cli::EventsArgs),
+    /// Check a model bundle on a backend: reference input → output and detections compared
+    /// with the bundle's references. Exit 0 if they match, 1 if not, 2 for a bad bundle/config.
+    ModelCheck {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Check this bundle instead of the config's.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// auto, tensorrt or onnxruntime (default: the config's inference.backend).
+        #[arg(long)]
+        backend: Option<BackendKind>,
+    },
+    /// The operator's side: list devices, show one, send commands, watch events and metrics.
+    Fleet(vigil_ops::fleet::FleetArgs),
+    /// Measure capture and inference throughput against baselines run side by side.
+    Bench(vigil_ops::bench::BenchArgs),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("VIGIL_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Config::embedded_default(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_BAD_INPUT)
+            }
+        },
+        Command::DefaultConfig => {
+            print!("{}", vigil_config::EMBEDDED_DEFAULT);
+            ExitCode::SUCCESS
+        }
+        Command::Run { config, mqtt_url, data_dir } => {
+            // A file written by config/set that cannot even load goes back at once.
+            let refuse = |problems: String| {
+                eprintln!("{problems}");
+                let Some(path) = &config else { return ExitCode::from(EXIT_BAD_INPUT) };
+                let reason = format!("vigil cannot load it: {problems}");
+                match vigil_fleet::config_change::roll_back_unloadable(path, data_dir.as_deref(), &reason) {
+                    Ok(true) => ExitCode::from(vigil_fleet::commands::RESTART_EXIT_CODE),
+                    Ok(false) => ExitCode::from(EXIT_BAD_INPUT),
+                    Err(e) => {
+                        eprintln!("error: the configuration change could not be rolled back: {e}");
+                        ExitCode::from(EXIT_BAD_INPUT)
+                    }
+                }
+            };
+            let mut cfg = match load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return refuse(e.to_string()),
+            };
+            if let Some(url) = mqtt_url {
+                cfg.mqtt.url = url;
+            }
+            if let Some(dir) = &data_dir {
+                cfg.data_dir = dir.clone();
+            }
+            // Loading validated the file; these are the overrides' problems, not the file's.
+            let problems = cfg.validate();
+            if !problems.is_empty() {
+                problems.iter().for_each(|p| eprintln!("{p}"));
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            let data_dir = cfg.data_dir.clone();
+            match run_service(cfg, config) {
+                Ok(app::Ended::Stopped) => ExitCode::SUCCESS,
+                Ok(app::Ended::RestartRequested) => ExitCode::from(vigil_fleet::commands::RESTART_EXIT_CODE),
+                // A configuration on probation that cannot even run goes back at once.
+                Err(e) if vigil_fleet::config_change::on_probation(&data_dir) => {
+                    let reason = format!("vigil failed to start: {e:#}");
+                    eprintln!("error: {reason}");
+                    match vigil_fleet::config_change::roll_back(&data_dir, &reason) {
+                        Ok(()) => ExitCode::from(vigil_fleet::commands::RESTART_EXIT_CODE),
+                        Err(r) => {
+                            report(Err(anyhow::anyhow!("{e:#}; and the configuration could not be rolled back: {r}")))
+                        }
+                    }
+                }
+                Err(e) => report(Err(e)),
+            }
+        }
+        Command::Events(args) => report(events_cli::run(&args)),
+        Command::ModelCheck { config, bundle, backend } => model_check(config.as_deref(), bundle, backend),
+        Command::Fleet(args) => match vigil_ops::fleet::run(&args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+        Command::Bench(args) => report(vigil_ops::bench::run(&args)),
+    }
+}
+
+fn model_check(config: Option<&Path>, bundle: Option<PathBuf>, backend: Option<BackendKind>) -> ExitCode {
+    let mut cfg = match load_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    if let Some(b) = bundle {
+        cfg.model.bundle = b;
+    }
+    if let Some(b) = backend {
+        cfg.inference.backend = b;
+    }
+    let (bundle, mut detector) = match vigil_infer::load_detector(&cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    // Asked for one backend by name: the check is about that backend, so no fallback.
+    let wanted = match backend {
+        Some(BackendKind::Tensorrt) => Some("tensorrt"),
+        Some(BackendKind::Onnxruntime) => Some("onnxruntime"),
+        _ => None,
+    };
+    if let Some(w) = wanted.filter(|w| !detector.backend_name().starts_with(w)) {
+        eprintln!("error: --backend {w} was asked for but is not available here (see the warning above)");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    match vigil_infer::check::check_model(&bundle, &mut detector) {
+        Ok(c) => {
+            let m = &bundle.manifest.model;
+            println!(
+                "{} {} on {}: max |output − reference| {:.4} (tolerance {}), {} detections",
+                m.name, m.version, c.backend, c.max_abs_diff, c.tolerance, c.detections
+            );
+            c.problems.iter().for_each(|p| println!("  MISMATCH {p}"));
+            if c.passed() {
+                println!("ok");
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn run_service(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<app::Ended> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        app::run(cfg, config_path, shutdown).await
+    })
+}
+
+/// First SIGTERM/SIGINT: orderly shutdown within the deadline. Second: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop vigil with SIGKILL");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("signal received; stopping (send it again to exit at once)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    eprintln!("second signal: exiting now");
+    std::process::exit(130);
+}
