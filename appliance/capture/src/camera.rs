@@ -1,23 +1,18 @@
-//! One long-lived, retrying thread per camera. It owns its pipeline, rebuilds it after any fault
-//! (ERROR, unexpected EOS, or silence caught by the frame watchdog) with capped exponential
-//! backoff, and reports what it is doing in [`CameraStats`]; nothing else restarts it.
+//! One running camera pipeline ([`FrameSource`]): built from a camera's plan, pulled frame by
+//! frame, torn down on drop; and the probe that finds a stream's codec and size. The supervisor
+//! (`supervise.rs`) runs one after another.
 
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
-use tokio_util::sync::CancellationToken;
 
 use vigil_core::codec::Codec;
-use vigil_core::hub::FrameHub;
-use vigil_core::source::SourceUri;
-use vigil_core::stats::{CameraState, CameraStats};
+use vigil_core::stats::CameraStats;
 
 use crate::gate::Gate;
 use crate::pipeline::{self, PipelineSpec, Plan, DECODER_NAME, SINK_NAME, SOURCE_NAME, SRC_INFO_NAME};
@@ -27,8 +22,6 @@ use crate::timing::{FrameTiming, Sequencer, WallClock};
 use crate::{CaptureError, Frame};
 
 const PULL_TIMEOUT_MS: u64 = 100;
-/// How often a camera in backoff checks whether its source came back.
-const REACHABILITY_POLL: Duration = Duration::from_millis(250);
 /// A capture older than this when pulled means the timestamps are not capture times (a file
 /// decoded faster than real time): pull time is used instead.
 const MAX_PIPELINE_AGE: Duration = Duration::from_secs(5);
@@ -425,241 +418,5 @@ impl FrameSource {
 impl Drop for FrameSource {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
-    }
-}
-
-/// Runs one camera until cancelled (or, for a file played once, until its end), rebuilding the
-/// pipeline after every fault. Frames go to `hub`; state and counters to the hub's stats.
-pub fn spawn_camera(
-    spec: CameraSpec,
-    platform: Arc<Platform>,
-    hub: Arc<FrameHub<Frame>>,
-    cancel: CancellationToken,
-) -> std::io::Result<JoinHandle<()>> {
-    let stats = hub.stats()[spec.index].clone();
-    std::thread::Builder::new()
-        .name(format!("cam-{}", spec.id))
-        .spawn(move || Supervisor::new(spec, platform, stats).run(&hub, &cancel))
-}
-
-struct Supervisor {
-    spec: CameraSpec,
-    platform: Arc<Platform>,
-    stats: Arc<CameraStats>,
-    timeline: Timeline,
-    /// Learnt once and kept across rebuilds; cleared when the stream stops negotiating.
-    info: Option<StreamInfo>,
-    /// Index into the platform's decoder list; advanced when a decoder fails.
-    decoder: usize,
-    runs: u64,
-}
-
-impl Supervisor {
-    fn new(spec: CameraSpec, platform: Arc<Platform>, stats: Arc<CameraStats>) -> Self {
-        let info = spec.known_info();
-        Self { spec, platform, stats, timeline: Timeline::default(), info, decoder: 0, runs: 0 }
-    }
-
-    fn run(mut self, hub: &FrameHub<Frame>, cancel: &CancellationToken) {
-        let mut backoff = self.spec.supervision.backoff_min;
-        while !cancel.is_cancelled() {
-            self.stats.set_state(CameraState::Starting);
-            let (outcome, streamed) = self.run_once(hub, cancel);
-            match outcome {
-                Ok(SourceEnd::Finished) => {
-                    tracing::info!(camera = %self.spec.id, "source finished");
-                    self.stats.set_state(CameraState::Finished);
-                    return;
-                }
-                Ok(SourceEnd::Cancelled) => break,
-                Ok(SourceEnd::Restart) => {
-                    tracing::info!(camera = %self.spec.id, "restart requested");
-                    self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    if streamed.is_some_and(|d| d >= self.spec.supervision.backoff_reset) {
-                        backoff = self.spec.supervision.backoff_min;
-                    }
-                    self.on_fault(&e, streamed.is_some());
-                    let wait = jitter(backoff);
-                    tracing::warn!(camera = %self.spec.id, error = %e, retry_in_ms = wait.as_millis() as u64, "camera fault");
-                    // The state stays `stalled` or `failed` (set by on_fault) through the wait.
-                    if self.wait_backoff(wait, cancel) {
-                        break;
-                    }
-                    backoff = (backoff * 2).min(self.spec.supervision.backoff_max);
-                }
-            }
-        }
-        self.stats.set_state(CameraState::Stopped);
-    }
-
-    /// Records a fault (the state it leaves the camera in until the next start: `stalled` or
-    /// `failed`) and decides what the next start changes.
-    fn on_fault(&mut self, e: &CaptureError, had_frames: bool) {
-        let kind = match e {
-            CaptureError::Stream { kind, .. } => *kind,
-            _ => FaultKind::Failed,
-        };
-        // The error first: whoever sees the new state finds its reason beside it.
-        self.stats.set_error(&e.to_string());
-        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-        match kind {
-            FaultKind::Stalled => {
-                self.stats.stalls.fetch_add(1, Ordering::Relaxed);
-                self.stats.set_state(CameraState::Stalled);
-            }
-            _ => self.stats.set_state(CameraState::Failed),
-        }
-        if kind == FaultKind::Decoder && !had_frames {
-            let candidates = self.info.and_then(|i| self.platform.decoders(i.codec, self.spec.decoder.as_deref()).ok());
-            if let Some(list) = candidates {
-                if self.decoder + 1 < list.len() {
-                    tracing::warn!(camera = %self.spec.id, failed = list[self.decoder].element,
-                        next = list[self.decoder + 1].element, "decoder failed; falling back");
-                    self.decoder += 1;
-                }
-            }
-        }
-        if kind == FaultKind::Negotiation && self.spec.codec.is_none() {
-            self.info = None; // learn the stream again
-        }
-    }
-
-    fn run_once(
-        &mut self,
-        hub: &FrameHub<Frame>,
-        cancel: &CancellationToken,
-    ) -> (Result<SourceEnd, CaptureError>, Option<Duration>) {
-        let info = match self.info {
-            Some(info) => info,
-            None => match probe(&self.spec, self.spec.supervision.first_frame_timeout) {
-                Ok(info) => {
-                    tracing::info!(camera = %self.spec.id, codec = %info.codec, size = ?info.size, "stream probed");
-                    *self.info.insert(info)
-                }
-                Err(e) => return (Err(e), None),
-            },
-        };
-        let plan = match self.spec.plan(&self.platform, info, self.decoder) {
-            Ok(plan) => plan,
-            Err(e) => return (Err(e), None),
-        };
-        self.runs += 1;
-        let mut src = match FrameSource::start(&self.spec, &plan, &self.platform, self.runs, self.stats.clone()) {
-            Ok(s) => s,
-            Err(e) => return (Err(e), None),
-        };
-        self.stats.set_path(plan.path());
-        tracing::info!(camera = %self.spec.id, path = %plan.path(), pipeline = %src.description(), "pipeline started");
-        let outcome = self.pump(&mut src, hub, cancel);
-        (outcome, src.streamed_for())
-    }
-
-    fn pump(
-        &mut self,
-        src: &mut FrameSource,
-        hub: &FrameHub<Frame>,
-        cancel: &CancellationToken,
-    ) -> Result<SourceEnd, CaptureError> {
-        loop {
-            if cancel.is_cancelled() {
-                return Ok(SourceEnd::Cancelled);
-            }
-            if self.stats.take_restart_request() {
-                return Ok(SourceEnd::Restart);
-            }
-            match src.next_frame(&mut self.timeline) {
-                Ok(Some(frame)) => {
-                    if self.stats.state() != CameraState::Streaming {
-                        self.stats.set_state(CameraState::Streaming);
-                    }
-                    self.stats.record_in(frame.captured_mono);
-                    hub.put(frame);
-                }
-                Ok(None) => {}
-                Err(_) if src.at_end() && src.is_finite() => return Ok(SourceEnd::Finished),
-                Err(_) if src.at_end() && src.is_looped() => src.rewind()?,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Sleeps for `wait` unless cancelled (returns true) or the source comes back first: a
-    /// network camera answering on its port again, a file or device node reappearing.
-    fn wait_backoff(&self, wait: Duration, cancel: &CancellationToken) -> bool {
-        let until = Instant::now() + wait;
-        let was_reachable = reachable(&self.spec.source);
-        let mut next_check = Instant::now() + REACHABILITY_POLL;
-        while Instant::now() < until {
-            if cancel.is_cancelled() {
-                return true;
-            }
-            if self.stats.take_restart_request() {
-                return false;
-            }
-            if was_reachable == Some(false) && Instant::now() >= next_check {
-                if reachable(&self.spec.source) == Some(true) {
-                    tracing::info!(camera = %self.spec.id, "source is reachable again; reconnecting now");
-                    return false;
-                }
-                next_check = Instant::now() + REACHABILITY_POLL;
-            }
-            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(25)));
-        }
-        cancel.is_cancelled()
-    }
-}
-
-/// Whether a source can be reached right now, where that is cheap to tell: a TCP connection to
-/// an RTSP server, the existence of a file or device node. `None` for sources it cannot tell.
-fn reachable(source: &SourceUri) -> Option<bool> {
-    match source {
-        SourceUri::Rtsp { url, .. } => {
-            let rest = url.split_once("://")?.1;
-            let authority = rest.split('/').next()?;
-            let addr = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-                authority.to_owned()
-            } else {
-                format!("{authority}:554")
-            };
-            let target = addr.to_socket_addrs().ok()?.next()?;
-            Some(TcpStream::connect_timeout(&target, Duration::from_millis(300)).is_ok())
-        }
-        SourceUri::File { path, .. } => Some(path.exists()),
-        SourceUri::V4l2 { device, .. } => Some(device.exists()),
-        SourceUri::Csi { .. } | SourceUri::Test { .. } => None,
-    }
-}
-
-/// ±20 % jitter so that many cameras failing together do not retry in lockstep.
-fn jitter(d: Duration) -> Duration {
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0);
-    let factor = 0.8 + 0.4 * (f64::from(nanos % 1000) / 1000.0);
-    d.mul_f64(factor)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reachability_is_told_for_network_and_file_sources_only() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = SourceUri::parse(&format!("rtsp://127.0.0.1:{port}/cam")).unwrap();
-        assert_eq!(reachable(&up), Some(true));
-        drop(listener);
-        assert_eq!(reachable(&up), Some(false));
-        assert_eq!(reachable(&SourceUri::parse("file:///nonexistent.mp4").unwrap()), Some(false));
-        assert_eq!(reachable(&SourceUri::parse("test://ball").unwrap()), None);
-    }
-
-    #[test]
-    fn jitter_stays_within_twenty_percent() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_secs(1));
-            assert!(j >= Duration::from_millis(800) && j <= Duration::from_millis(1200), "{j:?}");
-        }
     }
 }

@@ -6,6 +6,7 @@ mod gate;
 pub mod pipeline;
 pub mod platform;
 mod spec;
+mod supervise;
 mod timing;
 
 use std::sync::Arc;
@@ -13,9 +14,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use gstreamer as gst;
 
-pub use camera::{probe, spawn_camera, FaultKind, FrameSource, SourceEnd, StreamInfo, Timeline};
+pub use camera::{probe, FaultKind, FrameSource, SourceEnd, StreamInfo, Timeline};
 pub use platform::Platform;
 pub use spec::{CameraSpec, Supervision};
+pub use supervise::spawn_camera;
 use vigil_core::hub::HubFrame;
 pub use vigil_core::image::FrameImage;
 use vigil_core::image::{Image, PixelLayout};

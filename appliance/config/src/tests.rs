@@ -1,0 +1,146 @@
+//! Parsing and checking `vigil.toml`.
+
+use super::*;
+
+fn bundle_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/bundles/shapes-v1")
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_str_at(text, Path::new("test.toml"), Path::new("/"))
+}
+
+fn valid() -> String {
+    format!(
+        "device_id = \"dev-1\"\n[model]\nbundle = \"{}\"\n[[camera]]\nid = \"a\"\nuri = \"test://ball\"\n",
+        bundle_dir().display()
+    )
+}
+
+#[test]
+fn a_minimal_config_gets_documented_defaults() {
+    let cfg = parse(&valid()).expect("valid config");
+    assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/vigil"));
+    assert_eq!(cfg.mqtt.url, "mqtt://127.0.0.1:1883");
+    assert_eq!(cfg.mqtt.max_inflight, 32);
+    assert_eq!(cfg.inference.threads, 1);
+    assert_eq!(cfg.client_id(), "vigil-dev-1");
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_name() {
+    let err = parse(&format!("{}\ncolour = 3\n", valid())).unwrap_err().to_string();
+    assert!(err.contains("unknown field") && err.contains("colour"), "{err}");
+    let err = parse(&valid().replace("uri =", "url =")).unwrap_err().to_string();
+    assert!(err.contains("url"), "{err}");
+}
+
+#[test]
+fn wrong_types_are_rejected_with_location() {
+    let err = parse(&valid().replace("[model]", "[model]\nlatency_budget_ms = \"fast\"")).unwrap_err().to_string();
+    assert!(err.contains("latency_budget_ms") && err.contains("line 3") && err.contains("expected u64"), "{err}");
+}
+
+#[test]
+fn every_problem_is_reported_by_field_path() {
+    let text = "device_id = \"bad id/with+wildcards\"\n[mqtt]\nurl = \"http://x\"\nmax_inflight = 0\n\
+                [model]\nbundle = \"/nonexistent/bundle\"\n\
+                [[camera]]\nid = \"a\"\nuri = \"gopher://x\"\n[[camera]]\nid = \"a\"\nuri = \"test://ball\"\n";
+    let Err(ConfigError::Invalid { problems, .. }) = parse(text) else { panic!("expected Invalid") };
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["device_id", "mqtt.url", "mqtt.max_inflight", "model.bundle", "camera[0].uri", "camera[1].id"],
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn capture_settings_and_camera_options_are_checked() {
+    let text = valid().replace(
+        "[[camera]]",
+        "[capture]\nbackoff_min_ms = 5000\nbackoff_max_ms = 1000\nwatchdog_ms = 50\n[[camera]]\n\
+         decoder = \"vaapih264dec\"\nuser = \"admin\"\ncodec = \"h264\"",
+    );
+    let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("expected Invalid") };
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["camera[0].decoder", "camera[0].user", "capture.watchdog_ms", "capture.backoff_max_ms"]);
+    assert!(problems[0].message.contains("avdec_h264"), "{problems:?}");
+    let err = parse(&valid().replace("uri =", "codec = \"vp9\"\nuri =")).unwrap_err().to_string();
+    assert!(err.contains("vp9") && err.contains("h264"), "{err}");
+}
+
+#[test]
+fn zones_rules_and_event_settings_are_checked() {
+    let text = valid().replace("[model]", "[events]\niou_threshold = 1.5\n[model]")
+        + "[[camera.zone]]\nname = \"door\"\npolygon = [[0.0, 0.0], [1.2, 0.0], [0.0, 1.0]]\n\
+           [[camera.zone]]\nname = \"door\"\npolygon = [[0.0, 0.0], [1.0, 0.0]]\n\
+           [[rule]]\nname = \"r\"\ncameras = [\"b\"]\nzones = [\"gate\"]\nmin_score = 2.0\nmin_frames = 0\n\
+           [[rule]]\nname = \"r\"\ndwell_s = -1.0\n";
+    let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("expected Invalid") };
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "camera[0].zone[0].polygon",
+            "camera[0].zone[1].name",
+            "camera[0].zone[1].polygon",
+            "events.iou_threshold",
+            "rule[0].cameras",
+            "rule[0].zones",
+            "rule[0].min_score",
+            "rule[0].min_frames",
+            "rule[1].name",
+            "rule[1].dwell_s",
+        ],
+        "{problems:?}"
+    );
+    assert!(problems[4].message.contains("`a`"), "names the cameras there are: {problems:?}");
+}
+
+#[test]
+fn tls_urls_require_tls_files() {
+    let text = valid().replace("[model]", "[mqtt]\nurl = \"mqtts://broker.example\"\n[model]");
+    let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("expected Invalid") };
+    assert_eq!(problems[0].path, "mqtt.tls");
+    let text = valid().replace(
+        "[model]",
+        "[mqtt]\nurl = \"mqtts://b\"\n[mqtt.tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"/nonexistent/c.pem\"\n[model]",
+    );
+    let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("expected Invalid") };
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["mqtt.tls.ca", "mqtt.tls.cert", "mqtt.tls"]);
+}
+
+#[test]
+fn broker_urls_parse_with_default_ports() {
+    assert_eq!(
+        BrokerUrl::parse("mqtt://localhost").unwrap(),
+        BrokerUrl { tls: false, host: "localhost".into(), port: 1883 }
+    );
+    assert_eq!(
+        BrokerUrl::parse("mqtts://10.0.0.1:9000").unwrap(),
+        BrokerUrl { tls: true, host: "10.0.0.1".into(), port: 9000 }
+    );
+    assert_eq!(BrokerUrl::parse("mqtt://[::1]:1884").unwrap().host, "::1");
+    assert!(BrokerUrl::parse("mqtt://host:99999").is_err());
+    assert!(BrokerUrl::parse("mqtt://host/path").is_err());
+    assert!(BrokerUrl::parse("localhost:1883").is_err());
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory() {
+    let text = "device_id = \"d\"\ndata_dir = \"data\"\n[model]\nbundle = \"b\"\n\
+                [[camera]]\nid = \"c\"\nuri = \"file://clips/x.mp4?loop=true\"\n";
+    let mut cfg: Config = toml::from_str(text).unwrap();
+    cfg.resolve_paths(Path::new("/etc/vigil"));
+    assert_eq!(cfg.data_dir, PathBuf::from("/etc/vigil/data"));
+    assert_eq!(cfg.model.bundle, PathBuf::from("/etc/vigil/b"));
+    assert_eq!(cfg.cameras[0].uri, "file:///etc/vigil/clips/x.mp4?loop=true");
+}
+
+#[test]
+fn the_embedded_default_parses() {
+    let cfg: Config = toml::from_str(EMBEDDED_DEFAULT).expect("embedded default parses");
+    assert!(!cfg.cameras.is_empty());
+}

@@ -1,0 +1,169 @@
+//! Keeping the store within its bounds: retention by age, count and bytes, and the free-space
+//! guard that evicts the oldest events when the file system runs low.
+
+use std::path::Path;
+
+use crate::*;
+
+/// Limits on the events kept (see [`Store::enforce_retention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age: Option<std::time::Duration>,
+    pub max_events: usize,
+    pub max_bytes: u64,
+}
+
+impl Retention {
+    pub fn from_config(c: &vigil_config::StoreConfig) -> Self {
+        Self {
+            max_age: (c.retention_days > 0).then(|| std::time::Duration::from_secs(c.retention_days * 86_400)),
+            max_events: c.max_events,
+            max_bytes: c.max_event_mb << 20,
+        }
+    }
+}
+
+/// Events deleted by one retention pass, by the limit that deleted them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub by_age: usize,
+    pub by_count: usize,
+    pub by_bytes: usize,
+}
+
+impl RetentionReport {
+    pub fn total(&self) -> usize {
+        self.by_age + self.by_count + self.by_bytes
+    }
+}
+
+impl Store {
+    /// Deletes the oldest events (by start time), with their snapshots, until none is older
+    /// than `retention.max_age` before `now_ns` and the count and bytes (records and snapshots)
+    /// are within bounds. Outbox copies are not touched: an event still waiting to be sent is
+    /// still sent. Not flushed (a deletion lost in a crash is done again).
+    pub fn enforce_retention(&self, retention: &Retention, now_ns: u64) -> Result<RetentionReport, StoreError> {
+        let cutoff = retention.max_age.map_or(0, |age| now_ns.saturating_sub(age.as_nanos() as u64));
+        let mut report = RetentionReport::default();
+        loop {
+            let Some((key, _)) = self.by_time.first()? else { break };
+            let at = u64::from_be_bytes(key[..8].try_into().expect("index keys start with 8 bytes of time"));
+            let reason = if at < cutoff {
+                &mut report.by_age
+            } else if self.event_count() > retention.max_events {
+                &mut report.by_count
+            } else if self.event_bytes() + self.snapshot_bytes() > retention.max_bytes {
+                &mut report.by_bytes
+            } else {
+                break;
+            };
+            *reason += 1;
+            self.delete_indexed(&key)?;
+        }
+        if report.total() > 0 {
+            tracing::info!(
+                by_age = report.by_age,
+                by_count = report.by_count,
+                by_bytes = report.by_bytes,
+                events = self.event_count(),
+                "retention deleted the oldest events"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Bytes free for vigil on the file system of the data directory.
+    pub fn free_space(&self) -> std::io::Result<u64> {
+        free_space(self.snapshots.parent().unwrap_or(Path::new("/")))
+    }
+
+    /// When the data directory's file system has less than `min_free` bytes free, deletes the
+    /// oldest events with their snapshots, a slice at a time, until it has (or no event is left).
+    /// Snapshot files give their space back at once; sled reuses the space of deleted records
+    /// for new ones. Returns how many events went.
+    pub fn make_room(&self, min_free: u64) -> Result<usize, StoreError> {
+        let mut evicted = 0;
+        loop {
+            let free = match self.free_space() {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the free space of the data directory");
+                    return Ok(evicted);
+                }
+            };
+            if free >= min_free || self.event_count() == 0 {
+                break;
+            }
+            // A slice: 2 % of the events, at least 20.
+            let slice = (self.event_count() / 50).max(20);
+            let n = self.evict_oldest(slice)?;
+            evicted += n;
+            if n == 0 {
+                break;
+            }
+            // Without snapshots, sled's own files do not shrink: stop after one slice per pass.
+            if self.snapshot_bytes() == 0 {
+                break;
+            }
+        }
+        if evicted > 0 {
+            tracing::warn!(
+                evicted,
+                events = self.event_count(),
+                free_mb = self.free_space().unwrap_or(0) >> 20,
+                min_free_mb = min_free >> 20,
+                "disk nearly full: the oldest events and their snapshots were deleted"
+            );
+        }
+        Ok(evicted)
+    }
+
+    /// Deletes the `n` oldest events (by start time) and their snapshots: room for the newest
+    /// when the disk is full. Returns how many went.
+    pub fn evict_oldest(&self, n: usize) -> Result<usize, StoreError> {
+        let mut done = 0;
+        while done < n {
+            let Some((key, _)) = self.by_time.first()? else { break };
+            self.delete_indexed(&key)?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Deletes the event under time-index key `key`, its index entry and its snapshot.
+    fn delete_indexed(&self, key: &[u8]) -> Result<(), StoreError> {
+        let id = &key[8..];
+        // Index entry and event go together: a crash cannot leave one without the other.
+        let removed = (&self.by_time, &self.events, &self.open_events)
+            .transaction(|(bt, ev, open)| {
+                bt.remove(key)?;
+                open.remove(id)?;
+                Ok::<_, ConflictableTransactionError<()>>(ev.remove(id)?)
+            })
+            .map_err(storage_error)?;
+        if let Some(v) = removed {
+            self.event_total.fetch_sub(1, Ordering::Relaxed);
+            sub_saturating(&self.event_bytes, v.len() as u64);
+        }
+        let file = self.snapshot_file(&String::from_utf8_lossy(id));
+        if let Ok(meta) = std::fs::metadata(&file) {
+            if std::fs::remove_file(&file).is_ok() {
+                sub_saturating(&self.snapshot_bytes, meta.len());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes available to an unprivileged writer on the file system holding `path`.
+pub fn free_space(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    // SAFETY: statvfs writes into the zeroed struct we own and reads the NUL-terminated path.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
+}
