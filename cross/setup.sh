@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares this Debian 12 x86_64 machine to cross-build vigil for aarch64 (Jetson) and run the
-# result under qemu-aarch64. Idempotent. Recipe measured in shared/FIELD-NOTES.md:
+# result under qemu-aarch64. Idempotent. The recipe (docs/cross.md), as measured on this machine:
 # - rustup cannot fetch other targets here, so Debian's rustc-web (with its arm64 std) compiles;
 # - GStreamer's arm64 -dev files come from multiarch, except libgstreamer-plugins-base1.0-dev,
 #   which is not Multi-Arch: same on bookworm and is unpacked into a private overlay instead.

@@ -6,7 +6,8 @@
 //! - on Jetson, `nvvidconv` (the VIC) scales out of NVMM into RGBA, and `videobox` adds the borders
 //!   (their size is computed from the source size, known from the probe or the camera mode);
 //! - elsewhere `videoscale add-borders=true` then `videoconvert` to RGB: scaling first is ~1.6× faster
-//!   than converting first (FIELD-NOTES).
+//!   than converting first (measured on the build machine: ≈119 fps against ≈74 fps for 1080p H.264
+//!   software decode into 640×640).
 //!
 //! Nothing here needs GStreamer newer than 1.16 (checked per profile by the tests).
 

@@ -15,16 +15,18 @@ use vigil_core::topic;
 
 #[derive(Debug, clap::Args)]
 pub struct FleetArgs {
+    // The connection options are global: they go before or after the subcommand
+    // (`vigil fleet --broker URL list` and `vigil fleet list --broker URL`).
     /// The fleet broker: mqtts://host:port (TLS) or mqtt://host:port (local demos).
-    #[arg(long, env = "VIGIL_FLEET_BROKER", default_value = "mqtt://127.0.0.1:1883")]
+    #[arg(long, global = true, env = "VIGIL_FLEET_BROKER", default_value = "mqtt://127.0.0.1:1883")]
     pub broker: String,
     /// CA bundle that signs the broker's certificate (mqtts://).
-    #[arg(long, env = "VIGIL_FLEET_CA")]
+    #[arg(long, global = true, env = "VIGIL_FLEET_CA")]
     pub ca: Option<PathBuf>,
     /// The operator's certificate and key (mutual TLS).
-    #[arg(long, env = "VIGIL_FLEET_CERT")]
+    #[arg(long, global = true, env = "VIGIL_FLEET_CERT")]
     pub cert: Option<PathBuf>,
-    #[arg(long, env = "VIGIL_FLEET_KEY")]
+    #[arg(long, global = true, env = "VIGIL_FLEET_KEY")]
     pub key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: FleetCommand,
@@ -233,5 +235,35 @@ pub fn run(args: &FleetArgs) -> anyhow::Result<u8> {
             )?;
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        fleet: FleetArgs,
+    }
+
+    #[test]
+    fn connection_options_go_before_or_after_the_subcommand() {
+        let before = ["fleet", "--broker", "mqtts://b:8883", "--ca", "ca.pem", "list"];
+        let after = ["fleet", "list", "--broker", "mqtts://b:8883", "--ca", "ca.pem", "--wait", "1s"];
+        let cmd = ["fleet", "cmd", "dev-1", "status", "--cert", "op.pem", "--key", "op.key", "--broker", "mqtts://b:8883"];
+        for argv in [&before[..], &after[..], &cmd[..]] {
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            assert_eq!(cli.fleet.broker, "mqtts://b:8883", "{argv:?}");
+        }
+        let cli = Cli::try_parse_from(cmd).unwrap();
+        assert_eq!((cli.fleet.cert, cli.fleet.key), (Some("op.pem".into()), Some("op.key".into())));
+        assert!(matches!(cli.fleet.command, FleetCommand::Cmd { ref device, .. } if device == "dev-1"));
+        let cli = Cli::try_parse_from(after).unwrap();
+        assert_eq!(cli.fleet.ca, Some(PathBuf::from("ca.pem")));
+        assert!(matches!(cli.fleet.command, FleetCommand::List { wait } if wait == Duration::from_secs(1)));
     }
 }
