@@ -12,6 +12,9 @@ CROSS_ENV := PKG_CONFIG_ALLOW_CROSS=1 \
 
 # TensorRT 10 and CUDA headers for tensorrt-sys where JetPack is absent (see tensorrt-sys/ci/headers.sh).
 TRT_ENV := target/trt-headers/env.sh
+# The GPU tests are #[ignore]d (shown as ignored where there is no GPU); on the GPU machine,
+# VIGIL_REQUIRE_GPU=1 runs them, and a missing GPU then fails them.
+GPU_TESTS := $(if $(filter 1,$(VIGIL_REQUIRE_GPU)),-- --include-ignored)
 WITH_TRT := source $(TRT_ENV) &&
 
 .PHONY: setup cross-setup trt-headers demo test lint unit aarch64 bench jetson-check
@@ -45,12 +48,15 @@ lint: trt-headers
 ## The workspace's tests (tensorrt-sys against the stub), then vigil's CUDA and TensorRT code.
 unit: trt-headers
 	$(WITH_TRT) cargo test --workspace --locked
-	$(WITH_TRT) cargo test -p vigil-infer --features tensorrt --locked --lib
-	$(WITH_TRT) cargo test -p vigil --features tensorrt --locked --test cuda
+	$(WITH_TRT) cargo test -p vigil-infer --features tensorrt --locked --lib $(GPU_TESTS)
+	$(WITH_TRT) cargo test -p vigil --features tensorrt --locked --test cuda $(GPU_TESTS)
 
 aarch64: cross-setup
 	$(CROSS_ENV) cargo build --release --locked -p vigil --target $(AARCH64)
 	file target/cross/$(AARCH64)/release/vigil
+	@# No path of the machine that built it may be compiled into the binary a device runs.
+	@if grep -qaF "$(CURDIR)" target/cross/$(AARCH64)/release/vigil; then \
+		echo "aarch64: the binary holds the build path $(CURDIR)"; exit 1; fi
 	GST_REGISTRY_FORK=no qemu-aarch64 -L / target/cross/$(AARCH64)/release/vigil --version
 	GST_REGISTRY_FORK=no qemu-aarch64 -L / target/cross/$(AARCH64)/release/vigil check-config appliance/config/demo.toml
 
@@ -58,7 +64,7 @@ aarch64: cross-setup
 ## this board and compare its outputs with the bundle's reference (docs/tensorrt.md).
 jetson-check:
 	VIGIL_TRT_REQUIRE_REAL=1 cargo build --release -p vigil --features tensorrt
-	target/release/vigil model-check --backend tensorrt
+	target/release/vigil model-check --config appliance/config/demo.toml --backend tensorrt
 
 ## Throughput against side-by-side baselines; figures go to docs/performance.md.
 bench: setup

@@ -40,6 +40,24 @@ fn a_config_named_by_a_relative_path_resolves_against_its_own_directory() {
 }
 
 #[test]
+fn run_without_a_configuration_reads_etc_vigil_or_says_what_to_do() {
+    let system = std::path::Path::new("/etc/vigil/vigil.toml");
+    assert!(!system.exists(), "this test needs a machine without {} (vigil would start on it)", system.display());
+    let (code, _, err) = vigil_cmd(&["run"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/etc/vigil/vigil.toml") && err.contains("--config") && err.contains("vigil demo"), "{err}");
+}
+
+#[test]
+fn the_demo_runs_only_in_a_source_checkout_and_says_so_elsewhere() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(vigil_bin()).arg("demo").current_dir(elsewhere.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("appliance/config/demo.toml") && err.contains("make demo"), "{err}");
+}
+
+#[test]
 fn check_config_names_unknown_keys_and_wrong_types() {
     let dir = tempfile::tempdir().unwrap();
     let path = config_with(dir.path(), &format!("{}\n[mqtt]\nurl = \"mqtt://x\"\nqos = 2\n", base_config()));

@@ -1,7 +1,12 @@
-//! CUDA pre-processing (feature `cuda`). On every machine: the kernels compile with NVRTC, and
-//! CUDA code reports a missing device as an error instead of panicking. Where a CUDA GPU is
-//! present: the kernels match the CPU reference (`transform::reference`) pixel by pixel, for
-//! RGBA and NV12 sources, letterboxed, into f32, f16 and s8.
+//! CUDA pre-processing (feature `cuda`) and TensorRT (feature `tensorrt`). On every machine: the
+//! kernels compile with NVRTC, and CUDA code reports a missing device as an error instead of
+//! panicking. On a machine with a CUDA GPU: the kernels match the CPU reference
+//! (`transform::reference`) pixel by pixel, for RGBA and NV12 sources, letterboxed, into f32, f16
+//! and s8; and a TensorRT engine built from the bundle matches the bundle's references.
+//!
+//! The GPU tests are `#[ignore]`d, so that a machine without a GPU shows them as ignored (never as
+//! passed). `VIGIL_REQUIRE_GPU=1 make unit` runs them (`--include-ignored`), and there a missing
+//! GPU fails them.
 //!
 //! Tolerances: f32 within 1e-5 (the same float operations in the same order; rounding of the
 //! division may differ by an ulp), f16 within one f16 ulp, s8 within one step.
@@ -41,8 +46,15 @@ fn the_kernels_compile_with_nvrtc() {
 #[test]
 fn without_a_device_cuda_says_so_instead_of_panicking() {
     match available() {
-        Ok(()) => println!("a CUDA device is present: the parity test runs here"),
+        Ok(()) => assert!(cudarc::driver::CudaContext::new(0).is_ok(), "available() said yes, so device 0 opens"),
         Err(why) => assert!(why.starts_with("no CUDA device"), "{why}"),
+    }
+}
+
+/// The GPU tests run only when asked for (`--include-ignored`): then a missing GPU is a failure.
+fn require_gpu(why_not: Result<(), String>) {
+    if let Err(why) = why_not {
+        panic!("this test needs a CUDA GPU and was asked to run (VIGIL_REQUIRE_GPU=1 or --ignored): {why}");
     }
 }
 
@@ -61,12 +73,10 @@ fn f16_to_f32(h: u16) -> f32 {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: VIGIL_REQUIRE_GPU=1 make unit runs it"]
 fn kernels_match_the_cpu_reference_pixel_by_pixel() {
     load_nvrtc();
-    if let Err(why) = available() {
-        println!("skipped: {why} (this comparison runs on a machine with a CUDA GPU)");
-        return;
-    }
+    require_gpu(available());
     let ctx = cudarc::driver::CudaContext::new(0).expect("device 0");
     let mut pre = CudaPreprocessor::new(ctx.default_stream()).expect("kernels load");
     let stream = pre.stream().clone();
@@ -123,4 +133,24 @@ fn kernels_match_the_cpu_reference_pixel_by_pixel() {
             }
         }
     }
+}
+
+#[cfg(feature = "tensorrt")]
+#[test]
+#[ignore = "needs a CUDA GPU and TensorRT: VIGIL_REQUIRE_GPU=1 make unit runs it"]
+fn a_tensorrt_engine_built_from_the_bundle_matches_its_references() {
+    use vigil_infer::tensorrt::{EngineOptions, TrtBackend};
+    use vigil_infer::{check, Bundle, Detector};
+
+    load_nvrtc();
+    require_gpu(vigil_infer::tensorrt::available());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let bundle = Bundle::load(&root.join("models/bundles/shapes-v1")).expect("the shipped bundle loads");
+    let cache = tempfile::tempdir().unwrap();
+    let options =
+        EngineOptions { cache_dir: cache.path().to_path_buf(), workspace_bytes: 1 << 30, dla_core: None, max_batch: 1 };
+    let backend = TrtBackend::new(&bundle, &options).expect("TensorRT builds the engine from the bundle's ONNX");
+    let mut detector = Detector::new(&bundle, Box::new(backend)).expect("the engine fits the bundle");
+    let result = check::check_model(&bundle, &mut detector).expect("the check runs");
+    assert!(result.passed(), "engine against the bundle's references: {:?}", result.problems);
 }

@@ -30,7 +30,7 @@ echo "demo: watching vigil/# — Ctrl-C to stop"
 mosquitto_sub -h 127.0.0.1 -p "$PORT" -v -t 'vigil/#' > >(python3 -u appliance/scripts/show_events.py) &
 pids+=($!)
 
-"$VIGIL" run --mqtt-url "mqtt://127.0.0.1:$PORT" --data-dir "$WORK/data" 2>"$WORK/vigil.log" &
+"$VIGIL" demo --mqtt-url "mqtt://127.0.0.1:$PORT" --data-dir "$WORK/data" 2>"$WORK/vigil.log" &
 pids+=($!)
 vigil_pid=$!
 

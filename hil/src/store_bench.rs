@@ -130,7 +130,8 @@ fn drain(backlog: usize, rt: &tokio::runtime::Runtime) -> Result<()> {
     }
     rt.block_on(store.flush())?;
     let (_broker, port) = mosquitto(dir.path())?;
-    let mut config = vigil_config::Config::embedded_default()?;
+    // Run by `make bench` in the source checkout: its demo configuration, with the bench's broker.
+    let mut config = vigil_config::Config::demo(&std::env::current_dir()?)?;
     config.device_id = "bench".into();
     config.mqtt.url = format!("mqtt://127.0.0.1:{port}");
     let wake = Arc::new(tokio::sync::Notify::new());

@@ -13,10 +13,12 @@ use vigil_core::codec::Codec;
 
 mod check;
 
-/// The demo configuration compiled into the binary; `vigil run` uses it when no `--config` is given.
-/// Its relative paths resolve against the directory the file had at build time.
+/// The demo configuration, as `vigil default-config` prints it: an annotated example.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../demo.toml");
-const EMBEDDED_DEFAULT_DIR: &str = env!("CARGO_MANIFEST_DIR");
+/// Where an installed vigil reads its configuration when none is named.
+pub const SYSTEM_CONFIG: &str = "/etc/vigil/vigil.toml";
+/// The demo configuration's place in a source checkout: `vigil demo` runs there.
+pub const DEMO_CONFIG: &str = "appliance/config/demo.toml";
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -464,6 +466,16 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{path} has {} problem(s):\n{}", problems.len(), list(problems))]
     Invalid { path: PathBuf, problems: Vec<Problem> },
+    #[error(
+        "no configuration: {SYSTEM_CONFIG} does not exist. Write one (`vigil default-config` prints an \
+         annotated example) or name one with --config FILE; to try vigil, run `vigil demo` in a source checkout"
+    )]
+    Missing,
+    #[error(
+        "the demo runs in a vigil source checkout: {DEMO_CONFIG} is not under {dir}; run `make demo` (or \
+         `vigil demo`) from the repository's top directory"
+    )]
+    NoDemo { dir: PathBuf },
 }
 
 fn list(problems: &[Problem]) -> String {
@@ -525,9 +537,42 @@ impl Config {
         Self::from_str_at(&text, path, &base)
     }
 
-    /// The embedded demo configuration, with paths relative to its source directory.
-    pub fn embedded_default() -> Result<Self, ConfigError> {
-        Self::from_str_at(EMBEDDED_DEFAULT, Path::new("<embedded default>"), Path::new(EMBEDDED_DEFAULT_DIR))
+    /// The configuration a command runs on: `path` if given, else [`SYSTEM_CONFIG`], which must
+    /// exist (nothing is guessed: a device without a configuration says so).
+    pub fn load_or_system(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(p) => Self::load(p),
+            None if Path::new(SYSTEM_CONFIG).exists() => Self::load(Path::new(SYSTEM_CONFIG)),
+            None => Err(ConfigError::Missing),
+        }
+    }
+
+    /// Every default, and the bundle at `bundle`: for a command that needs only the model and
+    /// the inference settings (`vigil model-check --bundle DIR` where no configuration exists).
+    /// Its one camera is a test pattern, as a configuration must name a camera.
+    pub fn for_bundle(bundle: &Path) -> Result<Self, ConfigError> {
+        let text = format!(
+            "device_id = \"model-check\"\n[model]\nbundle = {}\n[[camera]]\nid = \"test\"\nuri = \"test://ball\"\n",
+            toml::Value::String(bundle.display().to_string())
+        );
+        let here = std::env::current_dir().map_err(|source| ConfigError::Read { path: ".".into(), source })?;
+        Self::from_str_at(&text, Path::new("<defaults>"), &here)
+    }
+
+    /// The demo configuration of the source checkout at `root` ([`DEMO_CONFIG`]), its paths
+    /// relative to that file.
+    pub fn demo(root: &Path) -> Result<Self, ConfigError> {
+        let path = root.join(DEMO_CONFIG);
+        if !path.is_file() {
+            return Err(ConfigError::NoDemo { dir: root.to_path_buf() });
+        }
+        Self::load(&path)
+    }
+
+    /// The demo configuration of this source tree, for tests.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn for_tests() -> Self {
+        Self::demo(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")).expect("the demo configuration loads")
     }
 
     /// Parses `text` (named `origin` in errors) and resolves relative paths against `base`.

@@ -144,3 +144,29 @@ fn the_embedded_default_parses() {
     let cfg: Config = toml::from_str(EMBEDDED_DEFAULT).expect("embedded default parses");
     assert!(!cfg.cameras.is_empty());
 }
+
+#[test]
+fn the_demo_is_found_in_a_source_checkout_and_named_when_it_is_not() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let demo = Config::demo(&root).expect("the checkout's demo loads");
+    assert!(demo.model.bundle.ends_with("models/bundles/shapes-v1"), "{:?}", demo.model.bundle);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let err = Config::demo(elsewhere.path()).unwrap_err().to_string();
+    assert!(err.contains(DEMO_CONFIG) && err.contains("make demo"), "{err}");
+}
+
+#[test]
+fn without_a_named_file_the_system_configuration_is_read_or_its_absence_explained() {
+    let err = ConfigError::Missing.to_string();
+    assert!(err.contains(SYSTEM_CONFIG) && err.contains("--config") && err.contains("vigil demo"), "{err}");
+    if !Path::new(SYSTEM_CONFIG).exists() {
+        assert!(matches!(Config::load_or_system(None), Err(ConfigError::Missing)));
+    }
+}
+
+#[test]
+fn a_bundle_alone_gets_every_default() {
+    let cfg = Config::for_bundle(&bundle_dir()).expect("defaults with a bundle are valid");
+    assert_eq!(cfg.model.bundle, bundle_dir());
+    assert_eq!(cfg.inference.backend, BackendKind::Auto);
+}

@@ -462,7 +462,7 @@ mod tests {
         e.snapshot = Some(vigil_core::event::snapshot_path(&e.id));
         store.write_snapshot(&e.id, b"\xff\xd8jpeg").unwrap();
         store.append(std::slice::from_ref(&e), "t").unwrap();
-        let fleet = fleet(store, Config::embedded_default().unwrap());
+        let fleet = fleet(store, Config::for_tests());
 
         let got = fleet.execute(&Command::EventsGet { id: e.id.clone(), snapshot: false }).unwrap();
         assert_eq!(serde_json::from_value::<vigil_core::event::Event>(got["event"].clone()).unwrap(), e);
@@ -484,7 +484,7 @@ mod tests {
     #[test]
     fn config_get_redacts_camera_credentials() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::embedded_default().unwrap();
+        let mut config = Config::for_tests();
         config.cameras[0].uri = "rtsp://admin:secret@10.0.0.2/s".into();
         config.cameras[0].password = Some("hunter2".into());
         let fleet = fleet(Store::open(dir.path()).unwrap(), config);

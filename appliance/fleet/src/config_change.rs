@@ -246,7 +246,7 @@ mod tests {
 
     fn setup() -> (tempfile::TempDir, Config, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::embedded_default().unwrap();
+        let mut config = Config::for_tests();
         config.data_dir = dir.path().join("data");
         std::fs::create_dir_all(&config.data_dir).unwrap();
         let path = dir.path().join("vigil.toml");

@@ -405,7 +405,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         store.append(events, "t").unwrap();
         let fleet = Arc::new(Fleet {
-            config: Arc::new(Config::embedded_default().unwrap()),
+            config: Arc::new(Config::for_tests()),
             started: std::time::Instant::now(),
             cameras: Vec::new(),
             inference: Arc::new(vigil_pipeline::scheduler::SchedulerStats::new::<&str>(&[])),

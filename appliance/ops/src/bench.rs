@@ -54,9 +54,10 @@ pub struct BenchArgs {
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     capture::init_gstreamer()?;
+    // The bench runs in a source checkout: without --config, on its demo configuration.
     let cfg = match &args.config {
         Some(p) => Config::load(p)?,
-        None => Config::embedded_default()?,
+        None => Config::demo(&std::env::current_dir()?)?,
     };
     let (bundle, mut detector) = vigil_infer::load_detector(&cfg)?;
     let size = bundle.input_size();
@@ -150,7 +151,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         for cameras in [1usize, 4] {
             detector =
                 service_path(detector, &source, info.codec, &platform, size, cameras, budget, args.service_seconds)?;
-            if let Err(e) = service_memory(&clip, cameras, &tmp) {
+            if let Err(e) = service_memory(&clip, &cfg.model.bundle, cameras, &tmp) {
                 println!("  resident memory not measured: {e:#}");
             }
             let mut bare = Vec::with_capacity(100);
@@ -170,11 +171,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 /// Starts the real service (`vigil run`) on `cameras` real-time copies of the clip, with an
 /// unreachable broker (events pile up in the store, as in an outage), and reads its resident
 /// memory after 20 s.
-fn service_memory(clip: &Path, cameras: usize, tmp: &Path) -> anyhow::Result<()> {
+fn service_memory(clip: &Path, bundle: &Path, cameras: usize, tmp: &Path) -> anyhow::Result<()> {
     let dir = tmp.join(format!("rss-{cameras}"));
     std::fs::create_dir_all(&dir)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let bundle = Config::embedded_default()?.model.bundle;
     let mut text = format!(
         "device_id = \"rss\"\ndata_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n[model]\nbundle = \"{}\"\n",
         dir.join("data").display(),

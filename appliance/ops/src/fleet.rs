@@ -254,7 +254,8 @@ mod tests {
     fn connection_options_go_before_or_after_the_subcommand() {
         let before = ["fleet", "--broker", "mqtts://b:8883", "--ca", "ca.pem", "list"];
         let after = ["fleet", "list", "--broker", "mqtts://b:8883", "--ca", "ca.pem", "--wait", "1s"];
-        let cmd = ["fleet", "cmd", "dev-1", "status", "--cert", "op.pem", "--key", "op.key", "--broker", "mqtts://b:8883"];
+        let cmd =
+            ["fleet", "cmd", "dev-1", "status", "--cert", "op.pem", "--key", "op.key", "--broker", "mqtts://b:8883"];
         for argv in [&before[..], &after[..], &cmd[..]] {
             let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
             assert_eq!(cli.fleet.broker, "mqtts://b:8883", "{argv:?}");

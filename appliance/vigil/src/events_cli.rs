@@ -16,7 +16,7 @@ use vigil_store::{Store, StoreError};
 
 #[derive(Debug, clap::Args)]
 pub struct EventsArgs {
-    /// The configuration whose data_dir to read (default: the embedded demo configuration's).
+    /// The configuration whose data_dir to read (default: /etc/vigil/vigil.toml).
     #[arg(long, short, global = true)]
     pub config: Option<PathBuf>,
     /// Read this data directory instead of the config's.
@@ -245,10 +245,7 @@ impl Filter {
 pub fn run(args: &EventsArgs) -> anyhow::Result<()> {
     let dir = match &args.data_dir {
         Some(d) => d.clone(),
-        None => match &args.config {
-            Some(p) => vigil_config::Config::load(p)?.data_dir,
-            None => vigil_config::Config::embedded_default()?.data_dir,
-        },
+        None => vigil_config::Config::load_or_system(args.config.as_deref())?.data_dir,
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match &args.command {

@@ -36,20 +36,24 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the service (without --config: the embedded demo configuration).
+    /// Run the service on --config FILE, or on /etc/vigil/vigil.toml.
     Run {
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with = "demo")]
         config: Option<PathBuf>,
-        /// Override mqtt.url.
+        /// Run the demo configuration of the source checkout in the current directory instead.
         #[arg(long)]
-        mqtt_url: Option<String>,
-        /// Override data_dir.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        demo: bool,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Run the demo: `vigil run --demo` (a synthetic camera, the CPU backend), in a source checkout.
+    Demo {
+        #[command(flatten)]
+        overrides: Overrides,
     },
     /// Check a configuration file; print every problem and exit 2 if there is any.
     CheckConfig { file: PathBuf },
-    /// Print the embedded default configuration.
+    /// Print an annotated example configuration (the demo's).
     DefaultConfig,
     /// Stored events: list, show, tail, export (from the running service, or its store when stopped).
     Events(events_cli::EventsArgs),
@@ -71,6 +75,17 @@ enum Command {
     Bench(vigil_ops::bench::BenchArgs),
 }
 
+/// Settings a run takes from the command line over its configuration file.
+#[derive(clap::Args)]
+struct Overrides {
+    /// Override mqtt.url.
+    #[arg(long)]
+    mqtt_url: Option<String>,
+    /// Override data_dir.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("VIGIL_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
@@ -83,11 +98,12 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
-    match path {
-        Some(p) => Config::load(p),
-        None => Config::embedded_default(),
+fn load_config(path: Option<&Path>, demo: bool) -> Result<Config, ConfigError> {
+    if demo {
+        let here = std::env::current_dir().map_err(|source| ConfigError::Read { path: ".".into(), source })?;
+        return Config::demo(&here);
     }
+    Config::load_or_system(path)
 }
 
 fn main() -> ExitCode {
@@ -108,55 +124,8 @@ fn main() -> ExitCode {
             print!("{}", vigil_config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
         }
-        Command::Run { config, mqtt_url, data_dir } => {
-            // A file written by config/set that cannot even load goes back at once.
-            let refuse = |problems: String| {
-                eprintln!("{problems}");
-                let Some(path) = &config else { return ExitCode::from(EXIT_BAD_INPUT) };
-                let reason = format!("vigil cannot load it: {problems}");
-                match vigil_fleet::config_change::roll_back_unloadable(path, data_dir.as_deref(), &reason) {
-                    Ok(true) => ExitCode::from(vigil_fleet::commands::RESTART_EXIT_CODE),
-                    Ok(false) => ExitCode::from(EXIT_BAD_INPUT),
-                    Err(e) => {
-                        eprintln!("error: the configuration change could not be rolled back: {e}");
-                        ExitCode::from(EXIT_BAD_INPUT)
-                    }
-                }
-            };
-            let mut cfg = match load_config(config.as_deref()) {
-                Ok(c) => c,
-                Err(e) => return refuse(e.to_string()),
-            };
-            if let Some(url) = mqtt_url {
-                cfg.mqtt.url = url;
-            }
-            if let Some(dir) = &data_dir {
-                cfg.data_dir = dir.clone();
-            }
-            // Loading validated the file; these are the overrides' problems, not the file's.
-            let problems = cfg.validate();
-            if !problems.is_empty() {
-                problems.iter().for_each(|p| eprintln!("{p}"));
-                return ExitCode::from(EXIT_BAD_INPUT);
-            }
-            let data_dir = cfg.data_dir.clone();
-            match run_service(cfg, config) {
-                Ok(app::Ended::Stopped) => ExitCode::SUCCESS,
-                Ok(app::Ended::RestartRequested) => ExitCode::from(vigil_fleet::commands::RESTART_EXIT_CODE),
-                // A configuration on probation that cannot even run goes back at once.
-                Err(e) if vigil_fleet::config_change::on_probation(&data_dir) => {
-                    let reason = format!("vigil failed to start: {e:#}");
-                    eprintln!("error: {reason}");
-                    match vigil_fleet::config_change::roll_back(&data_dir, &reason) {
-                        Ok(()) => ExitCode::from(vigil_fleet::commands::RESTART_EXIT_CODE),
-                        Err(r) => {
-                            report(Err(anyhow::anyhow!("{e:#}; and the configuration could not be rolled back: {r}")))
-                        }
-                    }
-                }
-                Err(e) => report(Err(e)),
-            }
-        }
+        Command::Demo { overrides } => run(None, true, overrides),
+        Command::Run { config, demo, overrides } => run(config, demo, overrides),
         Command::Events(args) => report(events_cli::run(&args)),
         Command::ModelCheck { config, bundle, backend } => model_check(config.as_deref(), bundle, backend),
         Command::Fleet(args) => match vigil_ops::fleet::run(&args) {
@@ -170,8 +139,62 @@ fn main() -> ExitCode {
     }
 }
 
+/// `vigil run` (and `vigil demo`): the service until a signal, a restart command or a failure.
+fn run(config: Option<PathBuf>, demo: bool, overrides: Overrides) -> ExitCode {
+    // A file written by config/set that cannot even load goes back at once.
+    let refuse = |problems: String| {
+        eprintln!("{problems}");
+        let Some(path) = &config else { return ExitCode::from(EXIT_BAD_INPUT) };
+        let reason = format!("vigil cannot load it: {problems}");
+        match vigil_fleet::config_change::roll_back_unloadable(path, overrides.data_dir.as_deref(), &reason) {
+            Ok(true) => ExitCode::from(vigil_fleet::commands::RESTART_EXIT_CODE),
+            Ok(false) => ExitCode::from(EXIT_BAD_INPUT),
+            Err(e) => {
+                eprintln!("error: the configuration change could not be rolled back: {e}");
+                ExitCode::from(EXIT_BAD_INPUT)
+            }
+        }
+    };
+    let mut cfg = match load_config(config.as_deref(), demo) {
+        Ok(c) => c,
+        Err(e) => return refuse(e.to_string()),
+    };
+    if let Some(url) = overrides.mqtt_url {
+        cfg.mqtt.url = url;
+    }
+    if let Some(dir) = &overrides.data_dir {
+        cfg.data_dir = dir.clone();
+    }
+    // Loading validated the file; these are the overrides' problems, not the file's.
+    let problems = cfg.validate();
+    if !problems.is_empty() {
+        problems.iter().for_each(|p| eprintln!("{p}"));
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    let data_dir = cfg.data_dir.clone();
+    match run_service(cfg, config) {
+        Ok(app::Ended::Stopped) => ExitCode::SUCCESS,
+        Ok(app::Ended::RestartRequested) => ExitCode::from(vigil_fleet::commands::RESTART_EXIT_CODE),
+        // A configuration on probation that cannot even run goes back at once.
+        Err(e) if vigil_fleet::config_change::on_probation(&data_dir) => {
+            let reason = format!("vigil failed to start: {e:#}");
+            eprintln!("error: {reason}");
+            match vigil_fleet::config_change::roll_back(&data_dir, &reason) {
+                Ok(()) => ExitCode::from(vigil_fleet::commands::RESTART_EXIT_CODE),
+                Err(r) => report(Err(anyhow::anyhow!("{e:#}; and the configuration could not be rolled back: {r}"))),
+            }
+        }
+        Err(e) => report(Err(e)),
+    }
+}
+
 fn model_check(config: Option<&Path>, bundle: Option<PathBuf>, backend: Option<BackendKind>) -> ExitCode {
-    let mut cfg = match load_config(config) {
+    // A bundle checked where no configuration exists (an ML engineer's machine) gets the defaults.
+    let loaded = match (config, &bundle) {
+        (None, Some(b)) if !Path::new(vigil_config::SYSTEM_CONFIG).exists() => Config::for_bundle(b),
+        _ => load_config(config, false),
+    };
+    let mut cfg = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

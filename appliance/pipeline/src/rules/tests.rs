@@ -10,7 +10,7 @@ const MS: u64 = 1_000_000;
 const FRAME: u64 = 100 * MS;
 
 fn config(rules: Vec<RuleConfig>, zones: Vec<ZoneConfig>) -> Config {
-    let mut c = Config::embedded_default().unwrap();
+    let mut c = Config::for_tests();
     c.cameras.truncate(1);
     c.cameras[0].id = "cam".into();
     c.cameras[0].zones = zones;
@@ -21,7 +21,7 @@ fn config(rules: Vec<RuleConfig>, zones: Vec<ZoneConfig>) -> Config {
 }
 
 fn rule(name: &str) -> RuleConfig {
-    let mut r = Config::embedded_default().unwrap().effective_rules().remove(0);
+    let mut r = Config::for_tests().effective_rules().remove(0);
     r.name = name.into();
     r
 }
