@@ -6,9 +6,10 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use vigil_core::backoff::Backoff;
 use vigil_core::hub::FrameHub;
 use vigil_core::source::SourceUri;
 use vigil_core::stats::{CameraState, CameraStats};
@@ -54,7 +55,8 @@ impl Supervisor {
     }
 
     fn run(mut self, hub: &FrameHub<Frame>, cancel: &CancellationToken) {
-        let mut backoff = self.spec.supervision.backoff_min;
+        let sup = self.spec.supervision;
+        let mut backoff = Backoff::new(sup.backoff_min, sup.backoff_max);
         while !cancel.is_cancelled() {
             self.stats.set_state(CameraState::Starting);
             let (outcome, streamed) = self.run_once(hub, cancel);
@@ -71,16 +73,15 @@ impl Supervisor {
                 }
                 Err(e) => {
                     if streamed.is_some_and(|d| d >= self.spec.supervision.backoff_reset) {
-                        backoff = self.spec.supervision.backoff_min;
+                        backoff.reset();
                     }
                     self.on_fault(&e, streamed.is_some());
-                    let wait = jitter(backoff);
+                    let wait = backoff.next_wait();
                     tracing::warn!(camera = %self.spec.id, error = %e, retry_in_ms = wait.as_millis() as u64, "camera fault");
                     // The state stays `stalled` or `failed` (set by on_fault) through the wait.
                     if self.wait_backoff(wait, cancel) {
                         break;
                     }
-                    backoff = (backoff * 2).min(self.spec.supervision.backoff_max);
                 }
             }
         }
@@ -225,13 +226,6 @@ fn reachable(source: &SourceUri) -> Option<bool> {
     }
 }
 
-/// ±20 % jitter so that many cameras failing together do not retry in lockstep.
-fn jitter(d: Duration) -> Duration {
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0);
-    let factor = 0.8 + 0.4 * (f64::from(nanos % 1000) / 1000.0);
-    d.mul_f64(factor)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,13 +240,5 @@ mod tests {
         assert_eq!(reachable(&up), Some(false));
         assert_eq!(reachable(&SourceUri::parse("file:///nonexistent.mp4").unwrap()), Some(false));
         assert_eq!(reachable(&SourceUri::parse("test://ball").unwrap()), None);
-    }
-
-    #[test]
-    fn jitter_stays_within_twenty_percent() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_secs(1));
-            assert!(j >= Duration::from_millis(800) && j <= Duration::from_millis(1200), "{j:?}");
-        }
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! Every other vigil crate depends on this one; it depends on none of them.
 
+pub mod backoff;
 pub mod clock;
 pub mod codec;
 pub mod event;

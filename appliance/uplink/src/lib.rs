@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use vigil_config::{BrokerUrl, Config, TlsConfig};
+use vigil_core::backoff::Backoff;
 use vigil_core::stats::CameraState;
 use vigil_core::topic;
 use vigil_store::Store;
@@ -26,6 +27,12 @@ pub mod metrics;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The wait between connection attempts: 250 ms doubling to 30 s, ±20 % jitter, so that a fleet
+/// that lost its broker at once does not come back at once.
+fn reconnect_backoff() -> Backoff {
+    Backoff::new(BACKOFF_MIN, BACKOFF_MAX)
+}
 /// How long a stopping uplink keeps sending what is queued.
 const DRAIN_ON_STOP: Duration = Duration::from_secs(2);
 /// How long a clean shutdown waits for the broker to acknowledge the `offline` status.
@@ -230,18 +237,18 @@ impl Uplink {
 
     /// Runs until `cancel`; then publishes `offline` and disconnects.
     pub async fn run(self, cancel: CancellationToken) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = reconnect_backoff();
         while !cancel.is_cancelled() {
             let (client, eventloop) = AsyncClient::new(self.options.clone(), self.window + 8);
             match self.session(&client, eventloop, &cancel, &mut backoff).await {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost");
+                    let wait = backoff.next_wait();
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT connection lost");
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
@@ -253,7 +260,7 @@ impl Uplink {
         client: &AsyncClient,
         mut eventloop: EventLoop,
         cancel: &CancellationToken,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Result<(), rumqttc::ConnectionError> {
         let status_topic = topic::status(&self.device_id);
         // Publishes handed to rumqttc, waiting for their packet id (rumqttc reports them in order).
@@ -272,7 +279,7 @@ impl Uplink {
                         tracing::info!(outbox = self.store.outbox_len(), "MQTT connected");
                         self.status.connected_once.store(true, std::sync::atomic::Ordering::Relaxed);
                         connected = true;
-                        *backoff = BACKOFF_MIN;
+                        backoff.reset();
                         self.publish_online(client, &status_topic, &mut pending);
                         if self.commands.is_some() {
                             let _ = client.try_subscribe(topic::command_filter(&self.device_id), QoS::AtLeastOnce);
@@ -476,5 +483,19 @@ pub fn rustls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, UplinkErro
             builder.with_client_auth_cert(chain, key_der).map_err(|e| UplinkError::Tls(e.to_string()))
         }
         _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fleet_that_lost_its_broker_does_not_reconnect_in_lockstep() {
+        // Every device's first retry was exactly 250 ms before jitter; now they spread over ±20 %.
+        let firsts: Vec<Duration> = (0..20).map(|_| reconnect_backoff().next_wait()).collect();
+        let (lo, hi) = (firsts.iter().min().unwrap(), firsts.iter().max().unwrap());
+        assert!(*hi - *lo >= Duration::from_millis(20), "first retries bunched within {:?}: {firsts:?}", *hi - *lo);
+        assert!(*lo >= BACKOFF_MIN.mul_f64(0.8) && *hi <= BACKOFF_MIN.mul_f64(1.2), "{firsts:?}");
     }
 }
