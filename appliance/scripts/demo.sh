@@ -24,10 +24,14 @@ for _ in $(seq 50); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; 
 
 echo "demo: mosquitto on 127.0.0.1:$PORT; vigil on the synthetic camera (data in $WORK/data)"
 echo "demo: watching vigil/# — Ctrl-C to stop"
-# The formatter reads through a process substitution so that $! is the subscriber itself: killing
-# it ends the formatter too (EOF). With a pipeline, $! would be the formatter and the subscriber
-# would outlive the demo, keeping a piped or scripted demo from returning.
-mosquitto_sub -h 127.0.0.1 -p "$PORT" -v -t 'vigil/#' > >(python3 -u appliance/scripts/show_events.py) &
+# The subscriber writes into a FIFO that the formatter reads, so that both are processes of this
+# script: stopping the subscriber ends the formatter (EOF) and `wait` collects both. (Piped, $!
+# would be the formatter and the subscriber would outlive the demo, keeping a piped or scripted
+# demo from returning.)
+mkfifo "$WORK/events.fifo"
+python3 -u appliance/scripts/show_events.py <"$WORK/events.fifo" &
+pids+=($!)
+mosquitto_sub -h 127.0.0.1 -p "$PORT" -v -t 'vigil/#' >"$WORK/events.fifo" &
 pids+=($!)
 
 "$VIGIL" demo --mqtt-url "mqtt://127.0.0.1:$PORT" --data-dir "$WORK/data" 2>"$WORK/vigil.log" &

@@ -33,7 +33,7 @@ fn set_credentials(spec: &CameraSpec, pipeline: &gst::Bin) {
             src.set_property("user-id", user);
         }
         if let Some(password) = &spec.password {
-            src.set_property("user-pw", password);
+            src.set_property("user-pw", password.expose());
         }
     }
 }

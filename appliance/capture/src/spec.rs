@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use vigil_config::{CameraConfig, CaptureConfig, Config};
 use vigil_core::codec::Codec;
+use vigil_core::secret::Secret;
 use vigil_core::source::SourceUri;
 
 use crate::camera::StreamInfo;
@@ -50,7 +51,7 @@ pub struct CameraSpec {
     pub decoder: Option<String>,
     /// RTSP credentials (set as element properties, never written into a description or log).
     pub user: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// The model's input size: frames are letterboxed to it.
     pub size: (u32, u32),
     pub supervision: Supervision,
@@ -142,7 +143,7 @@ mod tests {
         );
         let spec = CameraSpec::from_config(&cfg, 0, (320, 320));
         assert_eq!(spec.user.as_deref(), Some("uri-user"));
-        assert_eq!(spec.password.as_deref(), Some("cfg-pw"));
+        assert_eq!(spec.password.as_ref().map(Secret::expose), Some("cfg-pw"));
         assert_eq!(spec.supervision.watchdog, Duration::from_millis(500));
         assert_eq!(spec.supervision.backoff_max, Duration::from_secs(10));
     }

@@ -2,7 +2,7 @@
 //! after any fault (ERROR, unexpected EOS, or silence caught by the frame watchdog) with capped
 //! exponential backoff, and reports what it is doing in [`CameraStats`]; nothing else restarts it.
 
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,11 +16,15 @@ use vigil_core::stats::{CameraState, CameraStats};
 
 use crate::camera::{probe, FaultKind, FrameSource, SourceEnd, StreamInfo, Timeline};
 use crate::platform::Platform;
+use crate::resolve::Resolver;
 use crate::spec::CameraSpec;
 use crate::{CaptureError, Frame};
 
 /// How often a camera in backoff checks whether its source came back.
 const REACHABILITY_POLL: Duration = Duration::from_millis(250);
+/// How long a reachability check waits for a name lookup, then for the TCP connection.
+const DNS_TIMEOUT: Duration = Duration::from_millis(200);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Runs one camera until cancelled (or, for a file played once, until its end), rebuilding the
 /// pipeline after every fault. Frames go to `hub`; state and counters to the hub's stats.
@@ -46,12 +50,22 @@ struct Supervisor {
     /// Index into the platform's decoder list; advanced when a decoder fails.
     decoder: usize,
     runs: u64,
+    resolver: Resolver,
 }
 
 impl Supervisor {
     fn new(spec: CameraSpec, platform: Arc<Platform>, stats: Arc<CameraStats>) -> Self {
         let info = spec.known_info();
-        Self { spec, platform, stats, timeline: Timeline::default(), info, decoder: 0, runs: 0 }
+        Self {
+            spec,
+            platform,
+            stats,
+            timeline: Timeline::default(),
+            info,
+            decoder: 0,
+            runs: 0,
+            resolver: Resolver::system(DNS_TIMEOUT),
+        }
     }
 
     fn run(mut self, hub: &FrameHub<Frame>, cancel: &CancellationToken) {
@@ -181,9 +195,9 @@ impl Supervisor {
 
     /// Sleeps for `wait` unless cancelled (returns true) or the source comes back first: a
     /// network camera answering on its port again, a file or device node reappearing.
-    fn wait_backoff(&self, wait: Duration, cancel: &CancellationToken) -> bool {
+    fn wait_backoff(&mut self, wait: Duration, cancel: &CancellationToken) -> bool {
         let until = Instant::now() + wait;
-        let was_reachable = reachable(&self.spec.source);
+        let was_reachable = reachable(&self.spec.source, &mut self.resolver);
         let mut next_check = Instant::now() + REACHABILITY_POLL;
         while Instant::now() < until {
             if cancel.is_cancelled() {
@@ -193,7 +207,7 @@ impl Supervisor {
                 return false;
             }
             if was_reachable == Some(false) && Instant::now() >= next_check {
-                if reachable(&self.spec.source) == Some(true) {
+                if reachable(&self.spec.source, &mut self.resolver) == Some(true) {
                     tracing::info!(camera = %self.spec.id, "source is reachable again; reconnecting now");
                     return false;
                 }
@@ -206,19 +220,14 @@ impl Supervisor {
 }
 
 /// Whether a source can be reached right now, where that is cheap to tell: a TCP connection to
-/// an RTSP server, the existence of a file or device node. `None` for sources it cannot tell.
-fn reachable(source: &SourceUri) -> Option<bool> {
+/// an RTSP server (its name looked up with a deadline), the existence of a file or device node.
+/// `None` for sources it cannot tell.
+fn reachable(source: &SourceUri, resolver: &mut Resolver) -> Option<bool> {
     match source {
-        SourceUri::Rtsp { url, .. } => {
-            let rest = url.split_once("://")?.1;
-            let authority = rest.split('/').next()?;
-            let addr = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-                authority.to_owned()
-            } else {
-                format!("{authority}:554")
-            };
-            let target = addr.to_socket_addrs().ok()?.next()?;
-            Some(TcpStream::connect_timeout(&target, Duration::from_millis(300)).is_ok())
+        SourceUri::Rtsp { .. } => {
+            let (host, port) = source.network_address()?;
+            let Some(target) = resolver.resolve(&host, port) else { return Some(false) };
+            Some(TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).is_ok())
         }
         SourceUri::File { path, .. } => Some(path.exists()),
         SourceUri::V4l2 { device, .. } => Some(device.exists()),
@@ -235,10 +244,14 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = SourceUri::parse(&format!("rtsp://127.0.0.1:{port}/cam")).unwrap();
-        assert_eq!(reachable(&up), Some(true));
+        // Credentials in the URI do not hide the address (`user:pw@host` used to be looked up).
+        let with_credentials = SourceUri::parse(&format!("rtsp://admin:p%2Fw@127.0.0.1:{port}/cam")).unwrap();
+        let mut resolver = Resolver::system(DNS_TIMEOUT);
+        assert_eq!(reachable(&up, &mut resolver), Some(true));
+        assert_eq!(reachable(&with_credentials, &mut resolver), Some(true));
         drop(listener);
-        assert_eq!(reachable(&up), Some(false));
-        assert_eq!(reachable(&SourceUri::parse("file:///nonexistent.mp4").unwrap()), Some(false));
-        assert_eq!(reachable(&SourceUri::parse("test://ball").unwrap()), None);
+        assert_eq!(reachable(&up, &mut resolver), Some(false));
+        assert_eq!(reachable(&SourceUri::parse("file:///nonexistent.mp4").unwrap(), &mut resolver), Some(false));
+        assert_eq!(reachable(&SourceUri::parse("test://ball").unwrap(), &mut resolver), None);
     }
 }

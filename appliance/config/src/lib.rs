@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use vigil_core::codec::Codec;
+use vigil_core::secret::Secret;
 
 mod check;
 
@@ -290,7 +291,7 @@ pub struct CameraConfig {
     pub user: Option<String>,
     /// RTSP password (keep this file readable by vigil only).
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Overrides `capture.watchdog_ms` for this camera.
     #[serde(default)]
     pub watchdog_ms: Option<u64>,

@@ -13,6 +13,7 @@ pub mod geometry;
 pub mod hub;
 pub mod image;
 pub mod picture;
+pub mod secret;
 pub mod source;
 pub mod stats;
 pub mod topic;

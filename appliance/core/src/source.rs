@@ -3,6 +3,10 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use percent_encoding::percent_decode_str;
+
+use crate::secret::Secret;
+
 /// How a file source is played.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pace {
@@ -34,13 +38,14 @@ pub enum SourceUri {
         looped: bool,
         pace: Pace,
     },
-    /// `url` never carries credentials: `user:password@` in the URI is moved to `user`/`password`.
+    /// `url` never carries credentials: `user:password@` in the URI is percent-decoded into
+    /// `user`/`password` (a `/`, `@` or `:` in them is written `%2F`, `%40`, `%3A`).
     Rtsp {
         url: String,
         transport: RtspTransport,
         latency_ms: u32,
         user: Option<String>,
-        password: Option<String>,
+        password: Option<Secret>,
     },
     V4l2 {
         device: PathBuf,
@@ -104,17 +109,14 @@ impl SourceUri {
             }
             "rtsp" | "rtsps" => {
                 allow(&["transport", "latency"])?;
-                let (user, password, rest) = split_credentials(body);
-                if rest.is_empty() || rest.starts_with('/') {
-                    return err(format!("`{shown}` names no host"));
-                }
+                let (url, user, password) = rtsp_url(scheme, body, &shown)?;
                 let transport = match take("transport") {
                     None | Some("tcp") => RtspTransport::Tcp,
                     Some("udp") => RtspTransport::Udp,
                     Some(v) => return err(format!("`transport={v}` in `{shown}`: use tcp or udp")),
                 };
                 let latency_ms = number(take("latency"), "latency", 0..=10_000)?.unwrap_or(200);
-                Ok(Self::Rtsp { url: format!("{scheme}://{rest}"), transport, latency_ms, user, password })
+                Ok(Self::Rtsp { url, transport, latency_ms, user, password })
             }
             "v4l2" => {
                 allow(&["width", "height", "fps"])?;
@@ -142,30 +144,56 @@ impl SourceUri {
         }
     }
 
-    /// The URI with any `user:password@` removed, for logs and status.
+    /// The URI with anything that may be a credential removed, for logs, status and errors:
+    /// everything between `://` and the last `@` before the options. A password holding an
+    /// unencoded `/` (which ends the authority for a URL parser) is still cut out.
     pub fn redacted(uri: &str) -> String {
         let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_owned() };
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        match rest[..authority_end].rfind('@') {
+        let before_options = rest.find('?').unwrap_or(rest.len());
+        match rest[..before_options].rfind('@') {
             Some(at) => format!("{scheme}://***{}", &rest[at..]),
             None => uri.to_owned(),
         }
     }
+
+    /// The network address to check a source's reachability on: an RTSP server's host and port.
+    pub fn network_address(&self) -> Option<(String, u16)> {
+        let Self::Rtsp { url, .. } = self else { return None };
+        let parsed = url::Url::parse(url).ok()?;
+        let host = parsed.host_str()?.trim_start_matches('[').trim_end_matches(']').to_owned();
+        Some((host, parsed.port().unwrap_or(554)))
+    }
 }
 
-/// Splits `user:password@host/...` into its parts.
-fn split_credentials(body: &str) -> (Option<String>, Option<String>, &str) {
-    let authority_end = body.find('/').unwrap_or(body.len());
-    match body[..authority_end].rfind('@') {
-        Some(at) => {
-            let (user, password) = match body[..at].split_once(':') {
-                Some((u, p)) => (u.to_owned(), Some(p.to_owned())),
-                None => (body[..at].to_owned(), None),
-            };
-            (Some(user), password, &body[at + 1..])
-        }
-        None => (None, None, body),
+/// An RTSP URI's body (without options) as a URL without credentials, and its credentials,
+/// percent-decoded.
+fn rtsp_url(scheme: &str, body: &str, shown: &str) -> Result<(String, Option<String>, Option<Secret>), UriError> {
+    let encode_hint = "write a `/`, `@` or `:` inside a user or password as %2F, %40 or %3A";
+    let mut url = url::Url::parse(&format!("{scheme}://{body}")).map_err(|e| {
+        // The message names the URI redacted: the parser's own text could quote a credential.
+        let why = match e {
+            url::ParseError::EmptyHost => "names no host".to_owned(),
+            url::ParseError::InvalidPort => format!("has no valid port after its host (or {encode_hint})"),
+            _ => format!("is not a valid URL ({encode_hint})"),
+        };
+        UriError(format!("`{shown}` {why}"))
+    })?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(UriError(format!("`{shown}` names no host")));
     }
+    let decode = |part: &str, what: &str| -> Result<String, UriError> {
+        percent_decode_str(part)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| UriError(format!("`{shown}`: the {what} is not UTF-8 once percent-decoded")))
+    };
+    let user = Some(url.username()).filter(|u| !u.is_empty()).map(|u| decode(u, "user")).transpose()?;
+    let password = url.password().map(|p| decode(p, "password").map(Secret::new)).transpose()?;
+    // Clearing the credentials cannot fail on a URL that has a host.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_query(None);
+    Ok((url.into(), user, password))
 }
 
 fn number(value: Option<&str>, key: &str, range: std::ops::RangeInclusive<u32>) -> Result<Option<u32>, UriError> {
@@ -259,7 +287,7 @@ mod tests {
             panic!("not rtsp")
         };
         assert_eq!(
-            (url.as_str(), user.as_deref(), password.as_deref()),
+            (url.as_str(), user.as_deref(), password.as_ref().map(Secret::expose)),
             ("rtsp://cam:554/s", Some("admin"), Some("s3cr@t"))
         );
         let e = SourceUri::parse("rtsp://admin:pw@/s").unwrap_err().to_string();
@@ -267,8 +295,40 @@ mod tests {
     }
 
     #[test]
-    fn credentials_never_reach_logs() {
+    fn percent_encoded_credentials_reach_the_camera_decoded() {
+        let SourceUri::Rtsp { url, user, password, .. } =
+            SourceUri::parse("rtsp://op%3Aone:p%40ss%2Fw%C3%B6rd@10.0.0.5/stream").unwrap()
+        else {
+            panic!("not rtsp")
+        };
+        assert_eq!(url, "rtsp://10.0.0.5/stream");
+        assert_eq!(user.as_deref(), Some("op:one"));
+        assert_eq!(password.as_ref().map(Secret::expose), Some("p@ss/wörd"));
+    }
+
+    #[test]
+    fn a_slash_in_a_password_is_refused_without_showing_the_password() {
+        let e = SourceUri::parse("rtsp://admin:s3cr/et@10.0.0.5/stream").unwrap_err().to_string();
+        assert!(!e.contains("s3cr") && !e.contains("et@"), "the password leaks: {e}");
+        assert!(e.contains("%2F") && e.contains("rtsp://***@10.0.0.5/stream"), "{e}");
+    }
+
+    #[test]
+    fn credentials_never_reach_logs_or_debug() {
         assert_eq!(SourceUri::redacted("rtsp://admin:secret@cam/s"), "rtsp://***@cam/s");
+        assert_eq!(SourceUri::redacted("rtsp://admin:s3cr/et@10.0.0.5/stream"), "rtsp://***@10.0.0.5/stream");
+        assert_eq!(SourceUri::redacted("rtsp://cam/s?transport=udp"), "rtsp://cam/s?transport=udp");
         assert_eq!(SourceUri::redacted("rtsp://cam/s"), "rtsp://cam/s");
+        let parsed = SourceUri::parse("rtsp://admin:hunter2@cam/s").unwrap();
+        assert!(!format!("{parsed:?}").contains("hunter2"), "{parsed:?}");
+    }
+
+    #[test]
+    fn an_rtsp_source_names_its_address() {
+        let at = |uri: &str| SourceUri::parse(uri).unwrap().network_address();
+        assert_eq!(at("rtsp://u:p@cam.local/s"), Some(("cam.local".to_owned(), 554)));
+        assert_eq!(at("rtsp://10.0.0.5:8554/s"), Some(("10.0.0.5".to_owned(), 8554)));
+        assert_eq!(at("rtsp://[::1]:8554/s"), Some(("::1".to_owned(), 8554)));
+        assert_eq!(at("test://ball"), None);
     }
 }

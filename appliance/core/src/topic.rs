@@ -13,6 +13,18 @@
 
 use std::fmt;
 
+/// The largest MQTT packet vigil sends: what the shipped fleet broker accepts (`max_packet_size
+/// 1000000` in `appliance/config/mosquitto/mosquitto.conf`). A broker refuses a larger packet by
+/// dropping the connection, so a message that would not fit is refused where it is made (a
+/// command reply becomes an error reply) and never queued.
+pub const MAX_PACKET_BYTES: usize = 1_000_000;
+
+/// An upper bound on the size of the QoS 1 PUBLISH packet of `payload` bytes on `topic`: fixed
+/// header (1 byte and up to 4 of remaining length), topic (2 + its length), packet id (2).
+pub fn publish_packet_bytes(topic: &str, payload: usize) -> usize {
+    1 + 4 + 2 + topic.len() + 2 + payload
+}
+
 /// The first level of every vigil topic.
 pub const ROOT: &str = "vigil";
 const HA_SUFFIX: &str = "_last_detection";

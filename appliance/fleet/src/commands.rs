@@ -251,10 +251,13 @@ pub struct Fleet {
     /// Cancelled to restart the whole service.
     pub restart: tokio_util::sync::CancellationToken,
     pub snapshots: vigil_pipeline::scheduler::SnapshotRequests,
-    /// The file the service was started with (`None`: the embedded demo configuration).
+    /// The file the service was started with (`None`: the demo).
     pub config_path: Option<std::path::PathBuf>,
     /// The running model's labels (rules of a new configuration must fit them).
     pub labels: Vec<String>,
+    /// Held from a `config/set`'s check to its commit: commands run several at once, and two
+    /// changes let through together would each keep the other's file as the one to roll back to.
+    pub changing: std::sync::Mutex<()>,
 }
 
 impl Fleet {
@@ -278,7 +281,7 @@ impl Fleet {
                 if let Some(cams) = value.get_mut("camera").and_then(|c| c.as_array_mut()) {
                     for cam in cams {
                         if cam.get("password").is_some_and(|p| !p.is_null()) {
-                            cam["password"] = "***".into();
+                            cam["password"] = vigil_core::secret::REDACTED.into();
                         }
                         if let Some(uri) = cam.get("uri").and_then(|u| u.as_str()) {
                             cam["uri"] = vigil_core::source::SourceUri::redacted(uri).into();
@@ -329,14 +332,19 @@ impl Fleet {
         loop {
             match rx.try_recv() {
                 Ok(snap) => {
+                    // Encoded here, on the command's thread, not on the scheduler's.
+                    let picture = &snap.picture;
+                    let jpeg = picture
+                        .encode_jpeg(self.config.events.snapshot_quality)
+                        .map_err(|e| format!("cannot encode the picture of `{camera}`: {e}"))?;
                     return Ok(serde_json::json!({
                         "camera": camera,
                         "captured_at": vigil_core::event::rfc3339(snap.captured_at_ns),
-                        "width": snap.width,
-                        "height": snap.height,
+                        "width": picture.width,
+                        "height": picture.height,
                         "content_type": "image/jpeg",
-                        "jpeg_base64": base64::engine::general_purpose::STANDARD.encode(&snap.jpeg),
-                    }))
+                        "jpeg_base64": base64::engine::general_purpose::STANDARD.encode(&jpeg),
+                    }));
                 }
                 Err(tokio::sync::oneshot::error::TryRecvError::Empty) if Instant::now() < until => {
                     std::thread::sleep(std::time::Duration::from_millis(20))
@@ -368,9 +376,12 @@ impl Fleet {
     /// after the health window. `Err` is the refusal.
     fn config_set(&self, request_id: &str, config: &serde_json::Value, window_s: u64) -> Result<(), String> {
         use crate::config_change as change;
-        let path = self.config_path.as_deref().ok_or(
-            "this vigil runs its embedded demo configuration; start it with --config FILE to change it remotely",
-        )?;
+        let path = self
+            .config_path
+            .as_deref()
+            .ok_or("this vigil runs the demo; start it with --config FILE to change its configuration remotely")?;
+        // One change at a time: the second waits here, then finds the first one's marker.
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         if change::on_probation(&self.config.data_dir) {
             return Err("another configuration change is on probation; wait for its reply".to_owned());
         }
@@ -396,10 +407,27 @@ impl Fleet {
             Ok(req) => Reply::new(&req.request_id, self.execute(&req.command)),
             Err(r) => Reply::error(r.request_id.as_deref().unwrap_or("invalid"), r.message),
         };
+        let mut message = reply.message(device);
+        let bytes = topic::publish_packet_bytes(&message.0, message.1.len());
+        let reply = if bytes > topic::MAX_PACKET_BYTES {
+            // Over the broker's packet limit it could never be sent: say so instead.
+            let too_large = Reply::error(
+                &reply.request_id,
+                format!(
+                    "the reply is {bytes} bytes, over the {}-byte MQTT packet limit; ask for less (events/get \
+                     without snapshot, a smaller events/query limit), or read it on the device with `vigil events`",
+                    topic::MAX_PACKET_BYTES
+                ),
+            );
+            message = too_large.message(device);
+            too_large
+        } else {
+            reply
+        };
         let at = humantime::format_rfc3339_millis(SystemTime::now());
         tracing::info!(command = name, request_id = %reply.request_id, ok = reply.ok, error = reply.error.as_deref().unwrap_or(""),
             at = %at, "fleet command");
-        Some(reply.message(device))
+        Some(message)
     }
 }
 
@@ -450,6 +478,47 @@ mod tests {
             snapshots: vigil_pipeline::scheduler::SnapshotRequests::default(),
             config_path: None,
             labels: Vec::new(),
+            changing: Default::default(),
+        }
+    }
+
+    #[test]
+    fn two_configuration_changes_at_once_let_exactly_one_through() {
+        // Each round: two config/set requests released together on two threads. Before the
+        // changes were serialized both passed the probation check, and the second kept the
+        // first one's file as `.previous`, so a rollback restored the wrong file.
+        for round in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = Config::for_tests();
+            config.data_dir = dir.path().join("data");
+            std::fs::create_dir_all(&config.data_dir).unwrap();
+            let path = dir.path().join("vigil.toml");
+            let original = toml::to_string(&config).unwrap();
+            std::fs::write(&path, &original).unwrap();
+            let labels = vec!["circle".to_owned(), "square".to_owned(), "triangle".to_owned()];
+            let mut f = fleet(Store::open(&config.data_dir.join("store")).unwrap(), config.clone());
+            f.config_path = Some(path.clone());
+            f.labels = labels;
+            let f = Arc::new(f);
+            let gate = Arc::new(std::sync::Barrier::new(2));
+            let runs: Vec<_> = ["a", "b"]
+                .into_iter()
+                .map(|id| {
+                    let (f, gate, mut asked) = (f.clone(), gate.clone(), serde_json::to_value(&config).unwrap());
+                    asked["mqtt"]["metrics_interval_s"] = if id == "a" { 11 } else { 22 }.into();
+                    std::thread::spawn(move || {
+                        gate.wait();
+                        f.config_set(id, &asked, 30)
+                    })
+                })
+                .collect();
+            let results: Vec<Result<(), String>> = runs.into_iter().map(|t| t.join().unwrap()).collect();
+            let through = results.iter().filter(|r| r.is_ok()).count();
+            assert_eq!(through, 1, "round {round}: {results:?}");
+            let refused = results.iter().find_map(|r| r.as_ref().err()).unwrap();
+            assert!(refused.contains("on probation"), "{refused}");
+            let kept = std::fs::read_to_string(crate::config_change::previous_path(&path)).unwrap();
+            assert_eq!(kept, original, "round {round}: the file kept to roll back to is the one before the change");
         }
     }
 
@@ -482,11 +551,33 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_over_the_packet_limit_becomes_an_error_reply_that_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut e = vigil_core::event::test_event(7);
+        e.snapshot = Some(vigil_core::event::snapshot_path(&e.id));
+        // 900 kB of JPEG is 1.2 MB of base64: over the broker's limit.
+        store.write_snapshot(&e.id, &vec![0xAB; 900_000]).unwrap();
+        store.append(std::slice::from_ref(&e), "t").unwrap();
+        let fleet = fleet(store, Config::for_tests());
+        let asked = format!(r#"{{"request_id":"big","args":{{"id":"{}","snapshot":true}}}}"#, e.id);
+        let (topic, payload) = fleet.answer("events/get", asked.as_bytes()).unwrap();
+        assert!(topic::publish_packet_bytes(&topic, payload.len()) <= topic::MAX_PACKET_BYTES);
+        let reply: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!((reply["ok"].as_bool(), reply["request_id"].as_str()), (Some(false), Some("big")));
+        assert!(reply["error"].as_str().unwrap().contains("packet limit"), "{reply}");
+        // Without the snapshot it fits and is answered.
+        let asked = format!(r#"{{"request_id":"small","args":{{"id":"{}"}}}}"#, e.id);
+        let (_, payload) = fleet.answer("events/get", asked.as_bytes()).unwrap();
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&payload).unwrap()["ok"], true);
+    }
+
+    #[test]
     fn config_get_redacts_camera_credentials() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_tests();
         config.cameras[0].uri = "rtsp://admin:secret@10.0.0.2/s".into();
-        config.cameras[0].password = Some("hunter2".into());
+        config.cameras[0].password = Some(vigil_core::secret::Secret::new("hunter2"));
         let fleet = fleet(Store::open(dir.path()).unwrap(), config);
         let got = fleet.execute(&Command::ConfigGet).unwrap().to_string();
         assert!(!got.contains("secret") && got.contains("rtsp://***@10.0.0.2/s"), "{got}");

@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use vigil_config::Config;
+use vigil_core::secret::Secret;
 
 pub const MARKER: &str = "config-change.json";
 /// Starts under a new configuration before it is rolled back without waiting for its window.
@@ -56,7 +57,7 @@ pub enum Startup {
     RollBackNow,
 }
 
-fn previous_path(config_path: &Path) -> PathBuf {
+pub(crate) fn previous_path(config_path: &Path) -> PathBuf {
     let mut p = config_path.as_os_str().to_owned();
     p.push(".previous");
     PathBuf::from(p)
@@ -93,7 +94,7 @@ pub fn prepare(current: &Config, requested: serde_json::Value, labels: &[String]
     // What config/get redacted keeps its current value.
     for cam in &mut new.cameras {
         if let Some(old) = current.cameras.iter().find(|c| c.id == cam.id) {
-            if cam.password.as_deref() == Some("***") {
+            if cam.password.as_ref().is_some_and(Secret::is_redacted) {
                 cam.password = old.password.clone();
             }
             if cam.uri == vigil_core::source::SourceUri::redacted(&old.uri) {
@@ -262,7 +263,7 @@ mod tests {
     fn bad_requests_are_refused_with_every_problem_and_secrets_are_kept() {
         let (_dir, mut config, _) = setup();
         config.cameras[0].uri = "rtsp://cam.local/stream".into();
-        config.cameras[0].password = Some("s3cret".into());
+        config.cameras[0].password = Some(Secret::new("s3cret"));
         let mut asked = serde_json::to_value(&config).unwrap();
         asked["device_id"] = "other".into();
         asked["mqtt"]["max_inflight"] = 0.into();
@@ -276,7 +277,7 @@ mod tests {
         asked["rule"] = serde_json::json!([]);
         asked["camera"][0]["password"] = "***".into();
         let new = prepare(&config, asked, &labels()).unwrap();
-        assert_eq!(new.cameras[0].password.as_deref(), Some("s3cret"));
+        assert_eq!(new.cameras[0].password.as_ref().map(Secret::expose), Some("s3cret"));
         assert_eq!(new.mqtt.max_inflight, 8);
         assert!(prepare(&config, serde_json::json!({"device_id": 5}), &labels()).unwrap_err().contains("not a vigil"));
     }

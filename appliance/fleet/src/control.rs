@@ -414,6 +414,7 @@ mod tests {
             snapshots: vigil_pipeline::scheduler::SnapshotRequests::default(),
             config_path: None,
             labels: Vec::new(),
+            changing: Default::default(),
         });
         let (stored, _) = broadcast::channel(4);
         let cancel = CancellationToken::new();

@@ -23,6 +23,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use vigil_core::event::{EndReason, Event, Phase};
+use vigil_core::topic::{publish_packet_bytes, MAX_PACKET_BYTES};
 
 mod migrate;
 pub mod query;
@@ -53,6 +54,11 @@ pub enum StoreError {
     TooNew { path: PathBuf, found: u64 },
     #[error("store I/O failed: {0}")]
     Io(#[from] sled::Error),
+    #[error(
+        "a {bytes}-byte message on {topic} is over the {MAX_PACKET_BYTES}-byte MQTT packet limit: it was not \
+         queued"
+    )]
+    TooLarge { topic: String, bytes: usize },
     #[error("store holds a malformed record under {key}: {message}")]
     Corrupt { key: String, message: String },
     #[error("cannot write snapshot {path}: {source}")]
@@ -125,6 +131,8 @@ pub struct Store {
     written_next: Arc<AtomicU64>,
     durable_next: Arc<AtomicU64>,
     outbox_evicted: Arc<AtomicU64>,
+    /// Outbox entries removed unsent because they could never be sent (too large, unreadable).
+    outbox_dropped: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -181,6 +189,7 @@ impl Store {
             outbox,
             outbox_limit: DEFAULT_OUTBOX_LIMIT,
             outbox_evicted: Arc::new(AtomicU64::new(0)),
+            outbox_dropped: Arc::new(AtomicU64::new(0)),
             db,
         })
     }
@@ -332,6 +341,10 @@ impl Store {
     /// Queues one message that is not an event (metrics, replies) in the outbox (not yet
     /// durable: call [`Store::flush`]).
     pub fn enqueue(&self, topic: &str, payload: &[u8]) -> Result<(), StoreError> {
+        let bytes = publish_packet_bytes(topic, payload.len());
+        if bytes > MAX_PACKET_BYTES {
+            return Err(StoreError::TooLarge { topic: topic.to_owned(), bytes });
+        }
         let _writes = self.lock_writes();
         let key = self.db.generate_id()?;
         let entry = OutboxEntry { topic: topic.to_owned(), payload: payload.to_vec() };
@@ -363,16 +376,49 @@ impl Store {
         if start >= end {
             return Ok(out);
         }
-        for item in self.outbox.range(start.to_be_bytes()..end.to_be_bytes()).take(limit) {
+        for item in self.outbox.range(start.to_be_bytes()..end.to_be_bytes()) {
+            if out.len() == limit {
+                break;
+            }
             let (k, v) = item?;
-            let key = u64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt { key: "outbox".into(), message: "key is not 8 bytes".into() })?,
-            );
-            out.push((key, OutboxEntry::decode(key, &v)?));
+            let Ok(raw) = <[u8; 8]>::try_from(k.as_ref()) else {
+                // Keys are written as 8 bytes only; anything else cannot be sent or acknowledged.
+                self.drop_raw_outbox_key(&k, "its key is not 8 bytes");
+                continue;
+            };
+            let key = u64::from_be_bytes(raw);
+            match OutboxEntry::decode(key, &v) {
+                Ok(entry) if publish_packet_bytes(&entry.topic, entry.payload.len()) > MAX_PACKET_BYTES => {
+                    let bytes = publish_packet_bytes(&entry.topic, entry.payload.len());
+                    self.outbox_drop(key, &format!("{bytes} bytes on {}, over the broker's limit", entry.topic))?;
+                }
+                Ok(entry) => out.push((key, entry)),
+                // Kept, it would be read first after every reconnect, forever.
+                Err(e) => self.outbox_drop(key, &e.to_string())?,
+            }
         }
         Ok(out)
+    }
+
+    /// Removes an entry that can never be sent (too large for the broker, unreadable), counted
+    /// in [`Store::outbox_dropped`] and logged: a poison entry must not block the outbox.
+    pub fn outbox_drop(&self, key: u64, why: &str) -> Result<(), StoreError> {
+        tracing::error!(key, why, "outbox entry dropped: it can never be sent");
+        self.outbox_dropped.fetch_add(1, Ordering::Relaxed);
+        self.outbox_remove(key)
+    }
+
+    fn drop_raw_outbox_key(&self, key: &[u8], why: &str) {
+        tracing::error!(key = ?key, why, "outbox entry dropped: it can never be sent");
+        self.outbox_dropped.fetch_add(1, Ordering::Relaxed);
+        if let Ok(Some(_)) = self.outbox.remove(key) {
+            self.outbox_count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Outbox entries removed unsent: too large to send, or unreadable.
+    pub fn outbox_dropped(&self) -> u64 {
+        self.outbox_dropped.load(Ordering::Relaxed)
     }
 
     /// Removes an acknowledged outbox entry. Not flushed: losing a removal in a crash only means

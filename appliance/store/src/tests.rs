@@ -307,3 +307,32 @@ fn outbox_entries_round_trip_and_reject_garbage() {
     assert!(OutboxEntry::decode(1, &[0]).is_err());
     assert!(OutboxEntry::decode(1, &[0, 9, b'a']).is_err());
 }
+
+#[tokio::test]
+async fn entries_that_can_never_be_sent_are_dropped_and_counted_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // Refused at the door: over the broker's packet limit.
+    let err = store.enqueue("vigil/d/reply/r", &vec![b'x'; MAX_PACKET_BYTES]).unwrap_err();
+    assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
+    assert_eq!(store.outbox_len(), 0);
+    // Already on disk (written by an older vigil, or damaged): an oversized entry and an
+    // unreadable one ahead of a good one.
+    let write_raw = |bytes: Vec<u8>| {
+        let key = store.db.generate_id().unwrap();
+        store.outbox.insert(key.to_be_bytes(), bytes).unwrap();
+        store.outbox_count.fetch_add(1, Ordering::Relaxed);
+        store.written_next.fetch_max(key + 1, Ordering::SeqCst);
+    };
+    write_raw(OutboxEntry { topic: "vigil/d/reply/r".into(), payload: vec![b'x'; MAX_PACKET_BYTES] }.encode());
+    write_raw(vec![0xFF]);
+    store.enqueue("vigil/d/events", b"{}").unwrap();
+    store.flush().await.unwrap();
+    let out = store.outbox_after(None, 10).unwrap();
+    assert_eq!(out.len(), 1, "only the good entry is offered");
+    assert_eq!(out[0].1.topic, "vigil/d/events");
+    assert_eq!((store.outbox_dropped(), store.outbox_len()), (2, 1));
+    // And they are gone: the next read (after a reconnect, from the start) does not meet them.
+    assert_eq!(store.outbox_after(None, 10).unwrap().len(), 1);
+    assert_eq!(store.outbox_dropped(), 2);
+}

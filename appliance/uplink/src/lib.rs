@@ -148,7 +148,7 @@ impl Uplink {
             .set_keep_alive(Duration::from_secs(config.mqtt.keep_alive_s))
             .set_clean_session(true)
             .set_inflight(config.mqtt.max_inflight.saturating_add(2))
-            .set_max_packet_size(1 << 20, 1 << 20)
+            .set_max_packet_size(1 << 20, topic::MAX_PACKET_BYTES)
             .set_last_will(LastWill::new(
                 topic::status(&config.device_id),
                 status.get().with_state("offline"),

@@ -34,6 +34,8 @@ pub struct CameraMetrics {
 pub struct InferenceTotals {
     pub batches: u64,
     pub events: u64,
+    /// Pictures of `update` messages shed because the store writer was behind.
+    pub pictures_shed: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,6 +43,8 @@ pub struct StoreMetrics {
     pub events: usize,
     pub outbox: usize,
     pub outbox_evicted: u64,
+    /// Entries removed unsent because they could never be sent (over the packet limit, unreadable).
+    pub outbox_dropped: u64,
     pub size_bytes: u64,
 }
 
@@ -68,11 +72,13 @@ impl Metrics {
             inference: InferenceTotals {
                 batches: inference.batches.load(Ordering::Relaxed),
                 events: inference.events.load(Ordering::Relaxed),
+                pictures_shed: inference.pictures_shed.load(Ordering::Relaxed),
             },
             store: StoreMetrics {
                 events: store.event_count(),
                 outbox: store.outbox_len(),
                 outbox_evicted: store.outbox_evicted(),
+                outbox_dropped: store.outbox_dropped(),
                 size_bytes: store.size_on_disk(),
             },
         }

@@ -15,13 +15,14 @@ use tokio_util::sync::CancellationToken;
 
 use vigil_capture::{self as capture, CameraSpec, Platform};
 use vigil_config::Config;
-use vigil_core::event::{unix_ns, Emitted, ModelRef};
+use vigil_core::event::{unix_ns, ModelRef};
 use vigil_core::hub::FrameHub;
 use vigil_core::source::SourceUri;
 use vigil_core::stats::CameraStats;
 use vigil_core::topic;
 use vigil_fleet::{commands, config_change, control};
 use vigil_infer::load_detector;
+use vigil_pipeline::queue::{event_queue, EventReceiver};
 use vigil_pipeline::scheduler::{Scheduler, SchedulerStats, SnapshotRequests, SystemClock};
 use vigil_pipeline::RuleSet;
 use vigil_store::snapshot::{self, SaveOptions};
@@ -33,6 +34,8 @@ use crate::worker::Worker;
 
 /// Batches of events between the scheduler and the store writer.
 const EVENT_QUEUE: usize = 64;
+/// Pictures (raw RGB) those batches may hold at once; past it `update` pictures are shed.
+const EVENT_QUEUE_BYTES: usize = 64 << 20;
 /// Whole-service shutdown deadline after the first signal.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 /// How long into a stop the store writer still encodes snapshots. A writer that has fallen
@@ -148,7 +151,7 @@ pub async fn run(
         )?);
     }
 
-    let (events_tx, events_rx) = mpsc::channel::<Vec<Emitted>>(EVENT_QUEUE);
+    let (events_tx, events_rx) = event_queue(EVENT_QUEUE, EVENT_QUEUE_BYTES);
     let camera_ids: Vec<&str> = cameras.iter().map(|c| &*c.0.id).collect();
     let sched_stats = Arc::new(SchedulerStats::new(&camera_ids));
     let snapshot_requests = SnapshotRequests::default();
@@ -164,7 +167,6 @@ pub async fn run(
         stats: sched_stats.clone(),
         events: events_tx,
         snapshots: snapshot_requests.clone(),
-        snapshot_quality: config.events.snapshot_quality,
     };
     let sched_cancel = capture_cancel.clone();
     let scheduler_thread =
@@ -219,6 +221,7 @@ pub async fn run(
         snapshots: snapshot_requests,
         config_path,
         labels: labels.to_vec(),
+        changing: Default::default(),
     });
     let probation =
         config_change_reply(change, &config, &store, &wake, &status, &stats, &restart, &capture_cancel).await;
@@ -446,7 +449,7 @@ async fn queue_and_flush(store: &Store, wake: &Notify, topic: &str, payload: &[u
 /// durability costs one fsync per burst, not per event.
 async fn write_events(
     store: Store,
-    mut rx: mpsc::Receiver<Vec<Emitted>>,
+    mut rx: EventReceiver,
     topic: String,
     snapshots: SaveOptions,
     min_free: u64,
@@ -457,8 +460,8 @@ async fn write_events(
         let mut burst = batch;
         while burst.len() < 1024 {
             match rx.try_recv() {
-                Ok(more) => burst.extend(more),
-                Err(_) => break,
+                Some(more) => burst.extend(more),
+                None => break,
             }
         }
         let (s, options) = (store.clone(), snapshots.clone());

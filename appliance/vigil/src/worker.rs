@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use vigil_capture::{Frame, FrameImage};
 use vigil_core::event::{unix_ns, Emitted, EndReason, Phase};
@@ -12,6 +11,7 @@ use vigil_core::geometry::Letterbox;
 use vigil_core::hub::FrameHub;
 use vigil_core::picture::SourceImage;
 use vigil_infer::Detector;
+use vigil_pipeline::queue::EventSender;
 use vigil_pipeline::scheduler::{ms, Scheduler, SchedulerStats, SnapshotRequests};
 use vigil_pipeline::{CameraEvents, FrameInfo};
 
@@ -23,13 +23,11 @@ pub struct Worker {
     /// The event state of each camera, by the camera's index.
     pub cameras: Vec<CameraEvents>,
     pub stats: Arc<SchedulerStats>,
-    /// Event messages (with their snapshots) for the store writer. Bounded: when the writer
-    /// falls behind, this worker waits (frames then age out and are dropped as stale); event
-    /// messages are never dropped.
-    pub events: mpsc::Sender<Vec<Emitted>>,
+    /// Event messages (with their pictures) for the store writer: bounded by batches and by
+    /// picture bytes (see `vigil_pipeline::queue` for what is shed and when this worker waits).
+    pub events: EventSender,
     /// Asks for a camera's next processed frame as JPEG (the `snapshot` command).
     pub snapshots: SnapshotRequests,
-    pub snapshot_quality: u8,
 }
 
 /// How often open events are checked for expiry while a camera delivers no frame.
@@ -81,7 +79,7 @@ impl Worker {
                     height: f.height,
                     letterbox: Letterbox::new(f.source_width, f.source_height, f.width, f.height),
                 };
-                self.snapshots.fulfil(f.camera, &info, &image, self.snapshot_quality);
+                self.snapshots.fulfil(f.camera, &info, &image);
                 let emitted = match self.cameras.get_mut(f.camera) {
                     Some(cam) => cam.observe(&info, &done.detections, Some(image)),
                     None => Vec::new(),
@@ -103,6 +101,8 @@ impl Worker {
         }
         let started = batch.iter().filter(|m| m.event.phase == Phase::New).count();
         self.stats.events.fetch_add(started as u64, std::sync::atomic::Ordering::Relaxed);
-        self.events.blocking_send(batch).is_ok()
+        let sent = self.events.send_blocking(batch);
+        self.stats.pictures_shed.store(self.events.shed(), std::sync::atomic::Ordering::Relaxed);
+        sent
     }
 }

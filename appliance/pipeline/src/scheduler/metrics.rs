@@ -218,6 +218,8 @@ pub struct SchedulerStats {
     pub batches: AtomicU64,
     /// Events started (`new` messages; updates and ends are not counted).
     pub events: AtomicU64,
+    /// Pictures of `update` messages shed because the store writer was behind.
+    pub pictures_shed: AtomicU64,
 }
 
 impl SchedulerStats {
@@ -226,6 +228,7 @@ impl SchedulerStats {
             cameras: camera_ids.iter().map(|id| CameraInferStats::new(id.as_ref())).collect(),
             batches: AtomicU64::new(0),
             events: AtomicU64::new(0),
+            pictures_shed: AtomicU64::new(0),
         }
     }
 

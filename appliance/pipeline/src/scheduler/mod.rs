@@ -27,7 +27,7 @@ pub use vigil_core::clock::{Clock, ManualClock, SystemClock};
 
 use vigil_core::geometry::Detection;
 use vigil_core::hub::{FrameHub, HubFrame};
-use vigil_core::picture::SourceImage;
+use vigil_core::picture::{SnapshotImage, SourceImage};
 
 use crate::rules::FrameInfo;
 
@@ -270,13 +270,12 @@ pub fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
-/// A camera's picture for the `snapshot` command: JPEG and when it was captured.
+/// A camera's picture for the `snapshot` command, as cut from the frame: the asker encodes it
+/// (JPEG encoding is milliseconds of CPU the scheduler's thread must not spend).
 #[derive(Debug, Clone)]
 pub struct CameraSnapshot {
-    pub jpeg: Vec<u8>,
+    pub picture: Arc<SnapshotImage>,
     pub captured_at_ns: u64,
-    pub width: u16,
-    pub height: u16,
 }
 
 /// Pending `snapshot` requests, by camera index: each is answered with the camera's next
@@ -304,7 +303,10 @@ impl SnapshotRequests {
         Some(rx)
     }
 
-    pub fn fulfil(&self, camera: usize, info: &FrameInfo, image: &SourceImage<'_>, quality: u8) {
+    /// Hands camera `camera`'s processed frame to whoever waits for it: a copy of the picture
+    /// (the frame's buffer goes back to GStreamer), not yet encoded. Nothing to do, and no copy,
+    /// when nobody waits.
+    pub fn fulfil(&self, camera: usize, info: &FrameInfo, image: &SourceImage<'_>) {
         let waiting: Vec<_> = {
             let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
             if !w.iter().any(|(c, _)| *c == camera) {
@@ -314,20 +316,9 @@ impl SnapshotRequests {
             *w = rest;
             mine
         };
-        let picture = image.crop();
-        match picture.encode_jpeg(quality) {
-            Ok(jpeg) => {
-                let snap = CameraSnapshot {
-                    jpeg,
-                    captured_at_ns: info.captured_at_ns,
-                    width: picture.width,
-                    height: picture.height,
-                };
-                for (_, tx) in waiting {
-                    let _ = tx.send(snap.clone());
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot encode a snapshot"), // the waiters time out
+        let snap = CameraSnapshot { picture: Arc::new(image.crop()), captured_at_ns: info.captured_at_ns };
+        for (_, tx) in waiting {
+            let _ = tx.send(snap.clone());
         }
     }
 }

@@ -403,3 +403,28 @@ fn stage_histograms_report_what_the_stages_cost() {
     assert_eq!(s.postprocess.p95_ms, 2.0);
     assert_eq!(s.total.max_ms, 40.0, "capture to ready, with no wait: {s:?}");
 }
+
+#[test]
+fn a_snapshot_request_gets_the_cropped_picture_unencoded_and_no_request_costs_no_copy() {
+    use vigil_core::geometry::Letterbox;
+    use vigil_core::image::Image;
+
+    let requests = SnapshotRequests::default();
+    let info = FrameInfo { seq: 1, pts_ns: None, captured_at_ns: 42, width: 640, height: 480 };
+    // A 640x480 source letterboxed into 64x64 RGB: 64x48 of picture between 8-row borders.
+    let pixels = vec![7u8; 64 * 64 * 3];
+    let image = SourceImage {
+        pixels: Image::rgb(&pixels, 64 * 3),
+        width: 64,
+        height: 64,
+        letterbox: Letterbox::new(640, 480, 64, 64),
+    };
+    requests.fulfil(0, &info, &image); // nobody waits: nothing happens
+    let mut rx = requests.request(0).expect("room for a request");
+    let mut other = requests.request(1).expect("room for a request");
+    requests.fulfil(0, &info, &image);
+    let snap = rx.try_recv().expect("answered by the next frame of its camera");
+    assert_eq!((snap.picture.width, snap.picture.height, snap.captured_at_ns), (64, 48, 42));
+    assert_eq!(snap.picture.rgb.len(), 64 * 48 * 3, "raw RGB: the asker encodes it");
+    assert!(other.try_recv().is_err(), "another camera's request waits for its own frame");
+}
