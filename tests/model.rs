@@ -163,7 +163,11 @@ fn copy_bundle(to: &Path) {
 
 #[test]
 fn model_check_passes_the_shipped_bundle_and_names_a_mismatch() {
-    let (code, out, err) = vigil_cmd(&["model-check", "--backend", "onnxruntime"], &[]);
+    // The demo configuration names the shipped bundle (without --config, vigil reads
+    // /etc/vigil/vigil.toml).
+    let demo = repo_root().join("appliance/config/demo.toml");
+    let demo = demo.to_str().unwrap();
+    let (code, out, err) = vigil_cmd(&["model-check", "--config", demo, "--backend", "onnxruntime"], &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("shapes 1.0.0 on onnxruntime-cpu") && out.trim_end().ends_with("ok"), "{out}");
 
@@ -179,7 +183,7 @@ fn model_check_passes_the_shipped_bundle_and_names_a_mismatch() {
     assert!(out.contains("MISMATCH detection 0 (triangle): score"), "{out}");
 
     // TensorRT asked for by name where it cannot run: a clear refusal, not a silent CPU run.
-    let (code, _, err) = vigil_cmd(&["model-check", "--backend", "tensorrt"], &[]);
+    let (code, _, err) = vigil_cmd(&["model-check", "--config", demo, "--backend", "tensorrt"], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("--backend tensorrt was asked for but is not available here"), "{err}");
 }

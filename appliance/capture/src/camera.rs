@@ -3,7 +3,7 @@
 //! (`supervise.rs`) runs one after another.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use gstreamer as gst;
@@ -11,14 +11,16 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
+use vigil_core::clock::mono_epoch;
 use vigil_core::codec::Codec;
 use vigil_core::stats::CameraStats;
+use vigil_core::wallclock::WallClock;
 
 use crate::gate::Gate;
 use crate::pipeline::{self, PipelineSpec, Plan, DECODER_NAME, SINK_NAME, SOURCE_NAME, SRC_INFO_NAME};
 use crate::platform::Platform;
 use crate::spec::{CameraSpec, Supervision};
-use crate::timing::{FrameTiming, Sequencer, WallClock};
+use crate::timing::{FrameTiming, Sequencer};
 use crate::{CaptureError, Frame};
 
 const PULL_TIMEOUT_MS: u64 = 100;
@@ -66,11 +68,6 @@ pub enum SourceEnd {
 pub struct Timeline {
     wall: WallClock,
     seq: Sequencer,
-}
-
-fn mono_epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
 }
 
 /// What a probe learnt about a source before its pipeline is built.

@@ -1,15 +1,24 @@
-//! The scheduler's notion of "now". Production reads the monotonic clock; the scheduler's tests
-//! inject a [`ManualClock`] that only moves when the test (or a scripted backend) moves it, so
-//! that guarantees about budgets are checked exactly, not against a busy machine's timing.
+//! Time, injected: every piece of logic that depends on time reads it from a [`Clock`]. The
+//! service runs on [`SystemClock`]; tests inject a [`ManualClock`] that moves only when told (its
+//! wall clock can also be stepped, as NTP steps a board's clock), so that guarantees about
+//! budgets, expiry and clock steps are checked exactly, not against a busy machine's timing.
+//!
+//! Durations are always measured on the monotonic clock ([`Clock::now`], or [`mono_ns`] of a
+//! capture instant); the wall clock ([`Clock::wall`]) only labels events.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 pub trait Clock: Send + Sync {
+    /// The monotonic clock: durations, deadlines, budgets, expiry.
     fn now(&self) -> Instant;
+    /// The wall clock (UTC): labels only. It may step, forwards or back.
+    fn wall(&self) -> SystemTime;
+    /// Waits `d` on this clock (a manual clock advances instead).
+    fn sleep(&self, d: Duration);
 }
 
-/// The monotonic clock capture times are taken on.
+/// The process's clocks.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
@@ -17,38 +26,77 @@ impl Clock for SystemClock {
     fn now(&self) -> Instant {
         Instant::now()
     }
+
+    fn wall(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d)
+    }
 }
 
-/// A clock that stands still until advanced.
+/// The monotonic origin of this process: [`mono_ns`] counts from it.
+pub fn mono_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// A monotonic instant as nanoseconds since [`mono_epoch`] (0 before it): how durations travel
+/// in records that also carry wall times.
+pub fn mono_ns(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(mono_epoch()).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A clock that stands still until advanced; its wall clock follows it, and can be stepped.
 #[derive(Debug)]
 pub struct ManualClock {
     origin: Instant,
-    elapsed: Mutex<Duration>,
+    wall_origin: SystemTime,
+    state: Mutex<ManualState>,
+}
+
+#[derive(Debug, Default)]
+struct ManualState {
+    elapsed: Duration,
+    /// Wall minus monotonic, relative to the origins, in nanoseconds (steps change it).
+    wall_offset_ns: i128,
 }
 
 impl ManualClock {
     pub fn new() -> Self {
-        Self { origin: Instant::now(), elapsed: Mutex::new(Duration::ZERO) }
+        Self::with_wall(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
     }
 
-    fn elapsed(&self) -> std::sync::MutexGuard<'_, Duration> {
-        self.elapsed.lock().unwrap_or_else(|p| p.into_inner())
+    /// A manual clock whose wall clock reads `wall` now.
+    pub fn with_wall(wall: SystemTime) -> Self {
+        Self { origin: Instant::now(), wall_origin: wall, state: Mutex::new(ManualState::default()) }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ManualState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn advance(&self, by: Duration) {
-        *self.elapsed() += by;
+        self.state().elapsed += by;
     }
 
     /// Moves the clock forward to `to`; never backwards.
     pub fn advance_to(&self, to: Instant) {
         let target = to.saturating_duration_since(self.origin);
-        let mut elapsed = self.elapsed();
-        *elapsed = (*elapsed).max(target);
+        let mut state = self.state();
+        state.elapsed = state.elapsed.max(target);
     }
 
     /// The clock's reading at `offset` after it was created.
     pub fn at(&self, offset: Duration) -> Instant {
         self.origin + offset
+    }
+
+    /// Steps the wall clock by `ns` (negative: back), as NTP does; the monotonic clock is
+    /// untouched.
+    pub fn step_wall(&self, ns: i128) {
+        self.state().wall_offset_ns += ns;
     }
 }
 
@@ -60,7 +108,21 @@ impl Default for ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
-        self.origin + *self.elapsed()
+        self.origin + self.state().elapsed
+    }
+
+    fn wall(&self) -> SystemTime {
+        let state = self.state();
+        let ns = state.elapsed.as_nanos() as i128 + state.wall_offset_ns;
+        if ns >= 0 {
+            self.wall_origin + Duration::from_nanos(ns as u64)
+        } else {
+            self.wall_origin - Duration::from_nanos(ns.unsigned_abs() as u64)
+        }
+    }
+
+    fn sleep(&self, d: Duration) {
+        self.advance(d);
     }
 }
 
@@ -79,5 +141,28 @@ mod tests {
         assert_eq!(c.now() - t0, Duration::from_millis(40), "advance_to never goes back");
         c.advance_to(c.at(Duration::from_secs(1)));
         assert_eq!(c.now() - t0, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_manual_wall_clock_follows_the_monotonic_one_and_steps_alone() {
+        let c = ManualClock::new();
+        let (t0, w0) = (c.now(), c.wall());
+        c.sleep(Duration::from_secs(2));
+        assert_eq!(
+            (c.now() - t0, c.wall().duration_since(w0).unwrap()),
+            (Duration::from_secs(2), Duration::from_secs(2))
+        );
+        c.step_wall(3_600_000_000_000);
+        assert_eq!(c.now() - t0, Duration::from_secs(2), "a wall step leaves the monotonic clock");
+        assert_eq!(c.wall().duration_since(w0).unwrap(), Duration::from_secs(3602));
+        c.step_wall(-7_200_000_000_000);
+        assert_eq!(w0.duration_since(c.wall()).unwrap(), Duration::from_secs(3598));
+    }
+
+    #[test]
+    fn monotonic_instants_travel_as_nanoseconds_since_the_epoch() {
+        let e = mono_epoch();
+        assert_eq!(mono_ns(e + Duration::from_millis(5)), 5_000_000);
+        assert_eq!(mono_ns(e.checked_sub(Duration::from_millis(5)).unwrap_or(e)), 0);
     }
 }

@@ -17,3 +17,4 @@ pub mod secret;
 pub mod source;
 pub mod stats;
 pub mod topic;
+pub mod wallclock;

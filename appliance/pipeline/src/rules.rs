@@ -184,17 +184,25 @@ impl RuleSet {
 pub struct FrameInfo {
     pub seq: u64,
     pub pts_ns: Option<u64>,
+    /// Capture time on the wall clock, ns since the Unix epoch: what events are labelled with.
     pub captured_at_ns: u64,
+    /// Capture time on the monotonic clock (`vigil_core::clock::mono_ns`): what every duration
+    /// (dwell, lost, cool-down, update interval) is measured on, so that a wall-clock step
+    /// changes labels only.
+    pub mono_ns: u64,
     /// Source frame size (detections are in these pixels).
     pub width: u32,
     pub height: u32,
 }
 
-/// A (rule, track) pair on its way to an event, or in one.
+/// A (rule, track) pair on its way to an event, or in one. `*_ns` are monotonic (durations),
+/// `*_wall` the wall-clock labels of the same observations.
 struct Candidate {
     frames: u32,
     first_ns: u64,
     last_ns: u64,
+    first_wall: u64,
+    last_wall: u64,
     best_score: f32,
     best_box: PixelBox,
     best_frame: FrameRef,
@@ -234,15 +242,15 @@ impl CameraEvents {
         detections: &[Detection],
         image: Option<SourceImage<'_>>,
     ) -> Vec<Emitted> {
-        let t = frame.captured_at_ns;
+        let (t, wall) = (frame.mono_ns, frame.captured_at_ns);
         let track_ids = self.tracker.update(detections, t);
         let (w, h) = (frame.width.max(1) as f32, frame.height.max(1) as f32);
-        // This frame, as an event's best observation names it (cloned only when one is best).
-        let frame_ref = FrameRef {
+        // This frame, as an event's best observation names it: made only when one is best.
+        let frame_ref = || FrameRef {
             seq: frame.seq,
             pts_ns: frame.pts_ns,
-            captured_at: rfc3339(t),
-            captured_at_ns: t,
+            captured_at: rfc3339(wall),
+            captured_at_ns: wall,
             width: frame.width,
             height: frame.height,
         };
@@ -272,21 +280,24 @@ impl CameraEvents {
                     frames: 0,
                     first_ns: t,
                     last_ns: t,
+                    first_wall: wall,
+                    last_wall: wall,
                     best_score: f32::NEG_INFINITY,
                     best_box: pixel_box,
-                    best_frame: frame_ref.clone(),
+                    best_frame: frame_ref(),
                     best_image: None,
                     zones: Vec::new(),
                     event: None,
                 });
                 c.frames += 1;
                 c.last_ns = t;
+                c.last_wall = wall;
                 if det.score > c.best_score {
                     let take_picture = self.settings.snapshots
                         && (c.best_image.is_none() || det.score >= c.best_score + SNAPSHOT_GAIN);
                     c.best_score = det.score;
                     c.best_box = pixel_box;
-                    c.best_frame = frame_ref.clone();
+                    c.best_frame = frame_ref();
                     if take_picture {
                         if let Some(img) = &image {
                             c.best_image = Some(Arc::new(img.crop_with_box(&det.bbox)));
@@ -306,8 +317,7 @@ impl CameraEvents {
                                 .get(det.class_id)
                                 .cloned()
                                 .unwrap_or_else(|| format!("class{}", det.class_id));
-                            let mut open =
-                                Open::new(&self.template, &rule.name, track, det.class_id, label, c.first_ns);
+                            let mut open = Open::new(&self.template, &rule.name, track, det.class_id, label, c);
                             out.push(open.emit(c, Phase::New, t));
                             c.event = Some(open);
                         }
@@ -327,9 +337,9 @@ impl CameraEvents {
         out
     }
 
-    /// Ends the events whose objects have not satisfied their rule for `lost_after` at `now_ns`,
-    /// and forgets such candidates. Called for every frame, and from a timer while a camera
-    /// delivers none.
+    /// Ends the events whose objects have not satisfied their rule for `lost_after` at `now_ns`
+    /// (monotonic, as [`FrameInfo::mono_ns`]), and forgets such candidates. Called for every
+    /// frame, and from a timer while a camera delivers none.
     pub fn expire(&mut self, now_ns: u64) -> Vec<Emitted> {
         let lost_after = self.settings.tracker.lost_after_ns;
         self.tracker.expire(now_ns);
@@ -372,16 +382,16 @@ fn sort_by_id(out: &mut [Emitted]) {
 }
 
 impl Open {
-    fn new(template: &Event, rule: &str, track_id: u64, class_id: usize, label: String, start_ns: u64) -> Self {
+    fn new(template: &Event, rule: &str, track_id: u64, class_id: usize, label: String, c: &Candidate) -> Self {
         let mut sent = template.clone();
         sent.id = new_event_id();
         sent.rule = rule.to_owned();
         sent.track_id = track_id;
         sent.class_id = class_id;
         sent.label = label;
-        sent.start = rfc3339(start_ns);
-        sent.start_ns = start_ns;
-        Self { sent, sent_at_ns: start_ns, snapshot_score: f32::NEG_INFINITY }
+        sent.start = rfc3339(c.first_wall);
+        sent.start_ns = c.first_wall;
+        Self { sent, sent_at_ns: c.first_ns, snapshot_score: f32::NEG_INFINITY }
     }
 
     /// The next message: the candidate's current state, with the picture if it is better than
@@ -398,8 +408,9 @@ impl Open {
         e.box_norm = [c.best_box.x1 / w, c.best_box.y1 / h, c.best_box.x2 / w, c.best_box.y2 / h];
         e.best = c.best_frame.clone();
         e.zones = c.zones.clone();
-        e.last = rfc3339(c.last_ns);
-        e.last_ns = c.last_ns;
+        e.last = rfc3339(c.last_wall);
+        e.last_ns = c.last_wall;
+        // On the monotonic clock: a wall-clock step does not change how long the object stayed.
         e.dwell_s = c.last_ns.saturating_sub(c.first_ns) as f32 / 1e9;
         e.frames = c.frames;
         let snapshot = match &c.best_image {

@@ -37,6 +37,8 @@ pub const SCHEMA_VERSION: u64 = 3;
 /// Outbox bound when none is configured (`mqtt.outbox_max_messages`).
 pub const DEFAULT_OUTBOX_LIMIT: usize = 100_000;
 const SCHEMA_KEY: &[u8] = b"schema_version";
+/// The counts a clean close wrote down ([`Store::close`]); absent while a store is open.
+const COUNTS_KEY: &[u8] = b"counts_at_close";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -52,6 +54,12 @@ pub enum StoreError {
              run the newer vigil or move the data directory aside"
     )]
     TooNew { path: PathBuf, found: u64 },
+    #[error(
+        "the store at {path} has schema {found}, older than this vigil's ({SCHEMA_VERSION}); it is read as it \
+         is, never migrated by a reader: start the vigil service once (it migrates the store), or read it \
+         with the vigil that wrote it"
+    )]
+    TooOld { path: PathBuf, found: u64 },
     #[error("store I/O failed: {0}")]
     Io(#[from] sled::Error),
     #[error(
@@ -133,11 +141,33 @@ pub struct Store {
     outbox_evicted: Arc<AtomicU64>,
     /// Outbox entries removed unsent because they could never be sent (too large, unreadable).
     outbox_dropped: Arc<AtomicU64>,
+    /// The free space under which the disk guard evicts again, after a slice that freed nothing
+    /// (see [`Store::make_room`]).
+    no_gain_floor: Arc<std::sync::Mutex<Option<u64>>>,
+}
+
+/// What an opener may do to a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// The service: migrate an older schema, tidy stray snapshot files.
+    Owner,
+    /// A reader (`vigil events` on a stopped service): no migration, no deletion.
+    Reader,
 }
 
 impl Store {
-    /// Opens (or creates) the store under `data_dir/store`.
+    /// Opens (or creates) the store under `data_dir/store`, migrating an older schema.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_as(data_dir, Access::Owner)
+    }
+
+    /// Opens the store to read it (`vigil events` while the service is stopped): no migration
+    /// and no deletion. A store of an older schema is refused with [`StoreError::TooOld`].
+    pub fn open_read_only(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_as(data_dir, Access::Reader)
+    }
+
+    fn open_as(data_dir: &Path, access: Access) -> Result<Self, StoreError> {
         let path = data_dir.join("store");
         let db = sled::Config::new().path(&path).mode(sled::Mode::HighThroughput).open().map_err(|source| {
             if is_lock_error(&source) {
@@ -159,37 +189,48 @@ impl Store {
         if found > SCHEMA_VERSION {
             return Err(StoreError::TooNew { path, found });
         }
-        migrate::migrate(&db, &meta, found)?;
+        match access {
+            Access::Owner => migrate::migrate(&db, &meta, found)?,
+            Access::Reader if found < SCHEMA_VERSION => return Err(StoreError::TooOld { path, found }),
+            Access::Reader => {}
+        }
         let outbox = db.open_tree("outbox")?;
         let next_key = match outbox.last()? {
             Some((k, _)) => k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0).saturating_add(1),
             None => 0,
         };
         let events = db.open_tree("events")?;
-        let (mut total, mut bytes) = (0usize, 0u64);
-        for item in events.iter() {
-            let (_, v) = item?;
-            total += 1;
-            bytes += v.len() as u64;
-        }
         let snapshots = data_dir.join("snapshots");
-        let snapshot_bytes = tidy_snapshots(&snapshots, &events)?;
+        // After a clean close the counts were written down: no scan of every event and file. An
+        // owner takes the record away (durably) before anything changes, so that a crash from
+        // here on is caught by the scan at the next start.
+        let counts = match meta.get(COUNTS_KEY)?.as_deref().and_then(Counts::decode) {
+            Some(c) => {
+                if access == Access::Owner {
+                    meta.remove(COUNTS_KEY)?;
+                    db.flush()?;
+                }
+                c
+            }
+            None => Counts::scan(&events, &outbox, &snapshots, access == Access::Owner)?,
+        };
         Ok(Self {
             by_time: db.open_tree(BY_TIME_TREE)?,
             open_events: db.open_tree(OPEN_TREE)?,
             snapshots,
-            snapshot_bytes: Arc::new(AtomicU64::new(snapshot_bytes)),
+            snapshot_bytes: Arc::new(AtomicU64::new(counts.snapshot_bytes)),
             events,
-            event_total: Arc::new(AtomicUsize::new(total)),
-            event_bytes: Arc::new(AtomicU64::new(bytes)),
+            event_total: Arc::new(AtomicUsize::new(counts.events as usize)),
+            event_bytes: Arc::new(AtomicU64::new(counts.event_bytes)),
             write_lock: Arc::new(std::sync::Mutex::new(())),
             written_next: Arc::new(AtomicU64::new(next_key)),
             durable_next: Arc::new(AtomicU64::new(next_key)),
-            outbox_count: Arc::new(AtomicUsize::new(outbox.len())),
+            outbox_count: Arc::new(AtomicUsize::new(counts.outbox as usize)),
             outbox,
             outbox_limit: DEFAULT_OUTBOX_LIMIT,
             outbox_evicted: Arc::new(AtomicU64::new(0)),
             outbox_dropped: Arc::new(AtomicU64::new(0)),
+            no_gain_floor: Arc::new(std::sync::Mutex::new(None)),
             db,
         })
     }
@@ -360,6 +401,21 @@ impl Store {
     }
 
     /// Makes everything written so far durable.
+    /// A clean close: writes the counts down (so the next open needs no scan) and flushes.
+    /// Whoever closes a store writes nothing more to it.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let _writes = self.lock_writes();
+        let counts = Counts {
+            events: self.event_count() as u64,
+            event_bytes: self.event_bytes(),
+            snapshot_bytes: self.snapshot_bytes(),
+            outbox: self.outbox_len() as u64,
+        };
+        self.db.open_tree("meta")?.insert(COUNTS_KEY, &counts.encode()[..])?;
+        drop(_writes);
+        self.flush().await
+    }
+
     pub async fn flush(&self) -> Result<(), StoreError> {
         let upto = self.written_next.load(Ordering::SeqCst);
         self.db.flush_async().await?;
@@ -457,7 +513,10 @@ impl Store {
         self.by_time.range(from_ns.to_be_bytes()..to_ns.to_be_bytes()).filter_map(move |item| {
             let lookup = || -> Result<Option<Event>, StoreError> {
                 let (k, _) = item?;
-                let id = &k[8..];
+                let id = k.get(8..).filter(|id| !id.is_empty()).ok_or_else(|| StoreError::Corrupt {
+                    key: format!("{BY_TIME_TREE}/{}", String::from_utf8_lossy(&k)),
+                    message: "a time-index key shorter than time‖id".into(),
+                })?;
                 self.events.get(id)?.map(|v| decode_event(id, &v)).transpose()
             };
             lookup().transpose()
@@ -499,9 +558,47 @@ const OPEN_TREE: &str = "events_open";
 /// Records a migration could not read, moved out of the way (kept, never deleted).
 const QUARANTINE_TREE: &str = "quarantine";
 
+/// What a clean close writes down, so that the next open need not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    events: u64,
+    event_bytes: u64,
+    snapshot_bytes: u64,
+    outbox: u64,
+}
+
+impl Counts {
+    fn encode(&self) -> [u8; 32] {
+        let mut out = [0; 32];
+        for (i, v) in [self.events, self.event_bytes, self.snapshot_bytes, self.outbox].into_iter().enumerate() {
+            out[i * 8..(i + 1) * 8].copy_from_slice(&v.to_be_bytes());
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let bytes: &[u8; 32] = bytes.try_into().ok()?;
+        let at = |i: usize| u64::from_be_bytes(bytes[i * 8..(i + 1) * 8].try_into().expect("8 bytes of 32"));
+        Some(Self { events: at(0), event_bytes: at(1), snapshot_bytes: at(2), outbox: at(3) })
+    }
+
+    /// Counts by reading everything (after a crash, or a store closed by an older vigil); the
+    /// owner also removes stray snapshot files on the way.
+    fn scan(events: &sled::Tree, outbox: &sled::Tree, snapshots: &Path, owner: bool) -> Result<Self, StoreError> {
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for item in events.iter() {
+            let (_, v) = item?;
+            n += 1;
+            bytes += v.len() as u64;
+        }
+        let snapshot_bytes = tidy_snapshots(snapshots, events, owner)?;
+        Ok(Self { events: n, event_bytes: bytes, snapshot_bytes, outbox: outbox.len() as u64 })
+    }
+}
+
 /// Removes snapshot files without an event (a crash between the file and its event, or a
-/// half-written `.tmp`) and returns the bytes of the rest.
-fn tidy_snapshots(dir: &Path, events: &sled::Tree) -> Result<u64, StoreError> {
+/// half-written `.tmp`) when `remove` (the owner), and returns the bytes of the rest.
+fn tidy_snapshots(dir: &Path, events: &sled::Tree, remove: bool) -> Result<u64, StoreError> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(0) };
     let mut bytes = 0;
     for entry in entries.flatten() {
@@ -513,6 +610,8 @@ fn tidy_snapshots(dir: &Path, events: &sled::Tree) -> Result<u64, StoreError> {
         };
         if keep {
             bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+        } else if !remove {
+            continue;
         } else if let Err(e) = std::fs::remove_file(entry.path()) {
             tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a stray snapshot file");
         }

@@ -37,6 +37,10 @@ impl RetentionReport {
     }
 }
 
+/// After a slice of evictions that freed nothing, how much further free space must fall before
+/// the next slice (or a twentieth of `min_free`, if more).
+pub const NO_GAIN_STEP: u64 = 1 << 20;
+
 impl Store {
     /// Deletes the oldest events (by start time), with their snapshots, until none is older
     /// than `retention.max_age` before `now_ns` and the count and bytes (records and snapshots)
@@ -47,7 +51,10 @@ impl Store {
         let mut report = RetentionReport::default();
         loop {
             let Some((key, _)) = self.by_time.first()? else { break };
-            let at = u64::from_be_bytes(key[..8].try_into().expect("index keys start with 8 bytes of time"));
+            let Some(at) = index_time(&key) else {
+                self.quarantine_index_key(&key)?;
+                continue;
+            };
             let reason = if at < cutoff {
                 &mut report.by_age
             } else if self.event_count() > retention.max_events {
@@ -79,33 +86,50 @@ impl Store {
 
     /// When the data directory's file system has less than `min_free` bytes free, deletes the
     /// oldest events with their snapshots, a slice at a time, until it has (or no event is left).
-    /// Snapshot files give their space back at once; sled reuses the space of deleted records
-    /// for new ones. Returns how many events went.
+    /// Returns how many events went.
+    ///
+    /// Snapshot files give their space back at once; sled does not: it keeps its files and
+    /// reuses the space of deleted records for new ones. So a slice that freed nothing (the
+    /// space is sled's own) is the last until free space falls a further step below where that
+    /// slice left it ([`NO_GAIN_STEP`]): new records then fill the reused space and no more. This
+    /// keeps a disk that sled's files fill from losing every event, a slice each second.
     pub fn make_room(&self, min_free: u64) -> Result<usize, StoreError> {
+        self.make_room_with(min_free, || self.free_space())
+    }
+
+    /// [`Store::make_room`] with the free space read by `free` (scripted in tests).
+    pub(crate) fn make_room_with(
+        &self,
+        min_free: u64,
+        free: impl Fn() -> std::io::Result<u64>,
+    ) -> Result<usize, StoreError> {
+        let read = || match free() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the free space of the data directory");
+                None
+            }
+        };
+        let mut floor = self.no_gain_floor.lock().unwrap_or_else(|p| p.into_inner());
         let mut evicted = 0;
-        loop {
-            let free = match self.free_space() {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the free space of the data directory");
-                    return Ok(evicted);
-                }
-            };
-            if free >= min_free || self.event_count() == 0 {
+        while let Some(before) = read() {
+            if before >= min_free || self.event_count() == 0 {
+                *floor = None;
+                break;
+            }
+            if floor.is_some_and(|f| before >= f) {
                 break;
             }
             // A slice: 2 % of the events, at least 20.
-            let slice = (self.event_count() / 50).max(20);
-            let n = self.evict_oldest(slice)?;
+            let n = self.evict_oldest((self.event_count() / 50).max(20))?;
             evicted += n;
-            if n == 0 {
-                break;
-            }
-            // Without snapshots, sled's own files do not shrink: stop after one slice per pass.
-            if self.snapshot_bytes() == 0 {
+            let Some(after) = read() else { break };
+            if n == 0 || after <= before {
+                *floor = Some(after.saturating_sub(NO_GAIN_STEP.max(min_free / 20)));
                 break;
             }
         }
+        drop(floor);
         if evicted > 0 {
             tracing::warn!(
                 evicted,
@@ -124,13 +148,31 @@ impl Store {
         let mut done = 0;
         while done < n {
             let Some((key, _)) = self.by_time.first()? else { break };
+            if index_time(&key).is_none() {
+                self.quarantine_index_key(&key)?;
+                continue;
+            }
             self.delete_indexed(&key)?;
             done += 1;
         }
         Ok(done)
     }
 
-    /// Deletes the event under time-index key `key`, its index entry and its snapshot.
+    /// Moves a time-index key that is not `time‖id` out of the index (kept in the quarantine
+    /// tree, never deleted): it cannot be ordered or followed, and left at the head of the index
+    /// it would stop retention for good.
+    fn quarantine_index_key(&self, key: &[u8]) -> Result<(), StoreError> {
+        tracing::error!(key = ?key, "malformed time-index key moved to quarantine");
+        let quarantine = self.db.open_tree(QUARANTINE_TREE)?;
+        let mut kept = format!("{BY_TIME_TREE}/").into_bytes();
+        kept.extend_from_slice(key);
+        quarantine.insert(kept, key)?;
+        self.by_time.remove(key)?;
+        Ok(())
+    }
+
+    /// Deletes the event under time-index key `key` (well-formed: see [`index_time`]), its index
+    /// entry and its snapshot.
     fn delete_indexed(&self, key: &[u8]) -> Result<(), StoreError> {
         let id = &key[8..];
         // Index entry and event go together: a crash cannot leave one without the other.
@@ -153,6 +195,11 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The start time of a time-index key (`time‖id`); `None` for a malformed one.
+pub(crate) fn index_time(key: &[u8]) -> Option<u64> {
+    (key.len() > 8).then(|| u64::from_be_bytes(key[..8].try_into().expect("8 bytes: checked above")))
 }
 
 /// Bytes available to an unprivileged writer on the file system holding `path`.

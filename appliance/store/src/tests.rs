@@ -79,9 +79,14 @@ fn legacy_record(n: u32, captured_at_ns: u64) -> (String, Vec<u8>) {
 
 /// Waits out sled's flusher, which may hold the file lock for a moment after a drop.
 fn open_again(dir: &Path) -> Result<Store, StoreError> {
+    open_again_with(dir, Store::open)
+}
+
+/// `open` of the store in `dir`, waiting out the lock a just-dropped handle's flusher may hold.
+fn open_again_with(dir: &Path, open: fn(&Path) -> Result<Store, StoreError>) -> Result<Store, StoreError> {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        match Store::open(dir) {
+        match open(dir) {
             Err(StoreError::Locked(_)) if std::time::Instant::now() < until => {
                 std::thread::sleep(std::time::Duration::from_millis(20))
             }
@@ -335,4 +340,113 @@ async fn entries_that_can_never_be_sent_are_dropped_and_counted_not_retried() {
     // And they are gone: the next read (after a reconnect, from the start) does not meet them.
     assert_eq!(store.outbox_after(None, 10).unwrap().len(), 1);
     assert_eq!(store.outbox_dropped(), 2);
+}
+
+#[tokio::test]
+async fn a_malformed_index_key_is_an_error_or_quarantined_never_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.append(&[event_at(1, 5_000)], "t").unwrap();
+    // A key too short to hold a time and an id.
+    store.by_time.insert(b"\x00\x01", b"").unwrap();
+    let read: Vec<Result<Event, StoreError>> = store.events_between(0, u64::MAX).collect();
+    let corrupt = read.iter().filter(|r| matches!(r, Err(StoreError::Corrupt { .. }))).count();
+    assert_eq!((corrupt, read.len()), (1, 2), "a read says what is wrong and goes on to the good entry: {read:?}");
+    // Retention moves it aside and carries on.
+    let retention = Retention { max_age: None, max_events: 0, max_bytes: u64::MAX };
+    let report = store.enforce_retention(&retention, 10_000).unwrap();
+    assert_eq!((report.by_count, store.event_count()), (1, 0));
+    let quarantine = store.db.open_tree(QUARANTINE_TREE).unwrap();
+    assert_eq!(quarantine.len(), 1, "kept, not deleted");
+    assert_eq!(store.by_time.len(), 0);
+    store.by_time.insert(b"\x07", b"").unwrap();
+    assert_eq!(store.evict_oldest(5).unwrap(), 0);
+    assert_eq!(quarantine.len(), 2);
+}
+
+#[tokio::test]
+async fn a_reader_neither_migrates_nor_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.append(&[event_at(1, 5_000)], "t").unwrap();
+        store.flush().await.unwrap();
+    }
+    // A stray snapshot file (no event): the owner would remove it; a reader leaves it.
+    let stray = dir.path().join("snapshots/stray.jpg");
+    std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    std::fs::write(&stray, b"jpeg").unwrap();
+    {
+        let reader = open_again_with(dir.path(), Store::open_read_only).unwrap();
+        assert_eq!(reader.events().count(), 1);
+    }
+    assert!(stray.exists(), "a reader deleted a file");
+    // An older schema is refused by a reader, and left as it was.
+    write_v1_store(dir.path(), &[legacy_record(1, 7)], true);
+    let err = open_again_with(dir.path(), Store::open_read_only).err().expect("refused");
+    assert!(matches!(err, StoreError::TooOld { found: 1, .. }), "{err}");
+    assert!(err.to_string().contains("start the vigil service once"), "{err}");
+    let meta = raw_db(dir.path()).open_tree("meta").unwrap();
+    assert_eq!(meta.get(SCHEMA_KEY).unwrap().as_deref(), Some(&1u64.to_be_bytes()[..]), "not migrated");
+}
+
+#[tokio::test]
+async fn after_a_clean_close_the_counts_are_read_not_rescanned_and_a_crash_rescans() {
+    let dir = tempfile::tempdir().unwrap();
+    let evs: Vec<Event> = (0..5).map(event).collect();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.append(&evs, "t").unwrap();
+        store.write_snapshot(&evs[0].id, b"jpeg").unwrap();
+        store.close().await.unwrap();
+    }
+    // Change the events behind the store's back: a reopen that trusts the record shows the
+    // recorded counts, which proves it did not count again.
+    raw_db(dir.path()).open_tree("events").unwrap().remove(evs[4].id.as_bytes()).unwrap();
+    {
+        let store = open_again(dir.path()).unwrap();
+        assert_eq!((store.event_count(), store.outbox_len(), store.snapshot_bytes()), (5, 5, 4));
+        // No close this time: a crash. The record is gone, so the next open counts.
+        store.flush().await.unwrap();
+    }
+    let store = open_again(dir.path()).unwrap();
+    assert_eq!((store.event_count(), store.outbox_len(), store.snapshot_bytes()), (4, 5, 4));
+}
+
+#[test]
+fn when_the_space_is_sleds_own_the_guard_does_not_evict_every_event_each_second() {
+    use std::cell::Cell;
+    const MB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.append(&(0..200).map(|n| event_at(n, u64::from(n))).collect::<Vec<_>>(), "t").unwrap();
+    // sled's files fill the disk: deleting records frees nothing.
+    let free = Cell::new(50 * MB);
+    let mut evicted = 0;
+    for _second in 0..60 {
+        evicted += store.make_room_with(100 * MB, || Ok(free.get())).unwrap();
+    }
+    assert_eq!(evicted, 20, "one slice, then the guard waits for free space to fall further");
+    // New records outgrow the reused space: free space falls by more than a step, one more slice.
+    free.set(50 * MB - 6 * MB);
+    for _second in 0..10 {
+        evicted += store.make_room_with(100 * MB, || Ok(free.get())).unwrap();
+    }
+    assert_eq!(evicted, 40);
+    // Where evicting does free space (snapshot files), slices go on until there is room.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.append(&(0..200).map(|n| event_at(n, u64::from(n))).collect::<Vec<_>>(), "t").unwrap();
+    let freed_per_slice = 10 * MB;
+    let reading = Cell::new(0u32);
+    let before = store.event_count();
+    let scripted = || {
+        let n = reading.get();
+        reading.set(n + 1);
+        // Readings alternate before/after a slice: each slice frees 10 MB from 44 MB up.
+        Ok(44 * MB + u64::from(n.div_ceil(2)) * freed_per_slice)
+    };
+    store.make_room_with(100 * MB, scripted).unwrap();
+    // 44 MB free, 10 MB more per slice: 6 slices reach 100 MB.
+    assert_eq!((before - store.event_count()) / 20, 6);
 }

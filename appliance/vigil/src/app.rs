@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use vigil_capture::{self as capture, CameraSpec, Platform};
 use vigil_config::Config;
-use vigil_core::event::{unix_ns, ModelRef};
+use vigil_core::clock::{Clock, SystemClock};
+use vigil_core::event::{unix_ns, Event, ModelRef};
 use vigil_core::hub::FrameHub;
 use vigil_core::source::SourceUri;
 use vigil_core::stats::CameraStats;
@@ -23,7 +24,7 @@ use vigil_core::topic;
 use vigil_fleet::{commands, config_change, control};
 use vigil_infer::load_detector;
 use vigil_pipeline::queue::{event_queue, EventReceiver};
-use vigil_pipeline::scheduler::{Scheduler, SchedulerStats, SnapshotRequests, SystemClock};
+use vigil_pipeline::scheduler::{Scheduler, SchedulerStats, SnapshotRequests};
 use vigil_pipeline::RuleSet;
 use vigil_store::snapshot::{self, SaveOptions};
 use vigil_store::{Retention, Store, StoreError};
@@ -155,18 +156,15 @@ pub async fn run(
     let camera_ids: Vec<&str> = cameras.iter().map(|c| &*c.0.id).collect();
     let sched_stats = Arc::new(SchedulerStats::new(&camera_ids));
     let snapshot_requests = SnapshotRequests::default();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let worker = Worker {
         hub: hub.clone(),
-        scheduler: Scheduler::new(
-            detector,
-            cameras.iter().map(|c| c.1).collect(),
-            Arc::new(SystemClock),
-            sched_stats.clone(),
-        ),
+        scheduler: Scheduler::new(detector, cameras.iter().map(|c| c.1).collect(), clock.clone(), sched_stats.clone()),
         cameras: camera_ids.iter().map(|id| rules.camera(id, &config.device_id, &model, labels.clone())).collect(),
         stats: sched_stats.clone(),
         events: events_tx,
         snapshots: snapshot_requests.clone(),
+        clock,
     };
     let sched_cancel = capture_cancel.clone();
     let scheduler_thread =
@@ -265,22 +263,22 @@ pub async fn run(
             std::future::ready(())
         })
     };
+    // Retention and the disk guard walk and delete sled records and files: blocking work, on
+    // blocking threads, never on the two async workers the uplink and the commands share.
     let retainer = {
         let store = store.clone();
         periodic(RETENTION_EVERY, capture_cancel.clone(), move || {
-            if let Err(e) = store.enforce_retention(&retention, unix_ns(std::time::SystemTime::now())) {
-                tracing::error!(error = %e, "retention pass failed");
-            }
-            std::future::ready(())
+            let store = store.clone();
+            blocking("retention pass", move || {
+                store.enforce_retention(&retention, unix_ns(std::time::SystemTime::now())).map(drop)
+            })
         })
     };
     let disk_guard = {
         let store = store.clone();
         periodic(DISK_CHECK_EVERY, capture_cancel.clone(), move || {
-            if let Err(e) = store.make_room(min_free) {
-                tracing::error!(error = %e, "cannot free disk space");
-            }
-            std::future::ready(())
+            let store = store.clone();
+            blocking("free-space guard", move || store.make_room(min_free).map(drop))
         })
     };
     let metrics = (config.mqtt.metrics_interval_s > 0).then(|| {
@@ -329,8 +327,13 @@ pub async fn run(
         let _ = tokio::time::timeout_at(deadline, c).await;
     }
     reporter.abort();
-    retainer.abort();
-    disk_guard.abort();
+    // These two end after their current pass (their blocking work cannot be aborted), before
+    // the store is closed.
+    for (name, task) in [("retention", retainer), ("free-space guard", disk_guard)] {
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            stuck.push(name.into());
+        }
+    }
     if let Some(p) = probation {
         p.abort();
     }
@@ -345,7 +348,10 @@ pub async fn run(
             stuck.push(format!("camera {}", cameras[i].0.id));
         }
     }
-    if let Err(e) = store.flush().await {
+    // With every writer stopped the store is closed cleanly (its counts written down, so the
+    // next start need not count); with one still running, only flushed (the next start counts).
+    let closed = if stuck.is_empty() { store.close().await } else { store.flush().await };
+    if let Err(e) = closed {
         tracing::error!(error = %e, "final store flush failed");
     }
     log_stats(&stats, &sched_stats, &store);
@@ -414,6 +420,31 @@ async fn config_change_reply(
     }
 }
 
+/// Appends `events`; on a full disk makes room (the oldest events go) and tries once more.
+fn append_making_room(store: &Store, events: &[Event], topic: &str, min_free: u64) -> Result<(), StoreError> {
+    match store.append(events, topic) {
+        Err(e) if e.is_disk_full() => {
+            tracing::error!(error = %e, events = events.len(), "disk full: making room and retrying");
+            let freed = match store.make_room(min_free.max(1))? {
+                0 => store.evict_oldest(EMERGENCY_EVICTION)?,
+                n => n,
+            };
+            tracing::warn!(freed, "room made for the newest events");
+            store.append(events, topic)
+        }
+        other => other,
+    }
+}
+
+/// Runs blocking store work on a blocking thread; logs its failure as `what`.
+async fn blocking(what: &'static str, work: impl FnOnce() -> Result<(), StoreError> + Send + 'static) {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "{what} failed"),
+        Err(e) => tracing::error!(error = %e, "{what} panicked"),
+    }
+}
+
 /// Runs `tick` every `period` (the first time one period after the start) until `cancel`.
 fn periodic<F, Fut>(period: Duration, cancel: CancellationToken, mut tick: F) -> tokio::task::JoinHandle<()>
 where
@@ -464,9 +495,16 @@ async fn write_events(
                 None => break,
             }
         }
-        let (s, options) = (store.clone(), snapshots.clone());
-        let Ok(saved) = tokio::task::spawn_blocking(move || snapshot::save(&s, burst, &options)).await else {
-            tracing::error!("the snapshot writer panicked; events of this burst are lost");
+        // Snapshots and the sled transactions are blocking work: one blocking thread per burst.
+        let (s, options, t) = (store.clone(), snapshots.clone(), topic.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let saved = snapshot::save(&s, burst, &options);
+            let appended = append_making_room(&s, &saved.events, &t, min_free);
+            (saved, appended)
+        })
+        .await;
+        let Ok((saved, appended)) = written else {
+            tracing::error!("the store writer panicked; events of this burst are lost");
             continue;
         };
         if saved.skipped > 0 {
@@ -477,21 +515,9 @@ async fn write_events(
             );
         }
         let events = saved.events;
-        if let Err(e) = store.append(&events, &topic) {
-            if !e.is_disk_full() {
-                tracing::error!(error = %e, events = events.len(), "cannot store events; they are lost");
-                continue;
-            }
-            // Make room (the oldest events go) and try once more.
-            tracing::error!(error = %e, events = events.len(), "disk full: making room and retrying");
-            let freed = store.make_room(min_free.max(1)).and_then(|n| match n {
-                0 => store.evict_oldest(EMERGENCY_EVICTION),
-                n => Ok(n),
-            });
-            if let Err(e) = freed.and_then(|_| store.append(&events, &topic)) {
-                tracing::error!(error = %e, events = events.len(), "cannot store events; they are lost");
-                continue;
-            }
+        if let Err(e) = appended {
+            tracing::error!(error = %e, events = events.len(), "cannot store events; they are lost");
+            continue;
         }
         if let Err(e) = store.flush().await {
             tracing::error!(error = %e, "cannot flush the store; events are not yet durable");

@@ -124,7 +124,7 @@ impl Source {
         if !dir.join("store").exists() {
             bail!("no store under {}; check data_dir (has vigil run there yet?)", dir.display());
         }
-        match Store::open(dir) {
+        match Store::open_read_only(dir) {
             Ok(s) => Ok(Source::Stopped(s)),
             Err(StoreError::Locked(path)) => bail!(
                 "the store at {} is in use, and no vigil answers on {}. vigil may be starting or stopping (try \
@@ -372,7 +372,7 @@ fn tail(dir: &Path, args: TailArgs, json: bool, out: &mut impl Write) -> anyhow:
             // Not running (or starting, or stopping): show the backlog from the store if it is
             // free; it is closed again before anything is printed, so that vigil can start.
             if backlog > 0 && dir.join("store").exists() {
-                match Store::open(dir) {
+                match Store::open_read_only(dir) {
                     Ok(store) => {
                         let q = EventsQuery {
                             camera: args.camera.clone(),

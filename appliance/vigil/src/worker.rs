@@ -2,10 +2,11 @@
 //! turned into events for the store writer. The scheduler's thread runs it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use vigil_capture::{Frame, FrameImage};
+use vigil_core::clock::{mono_ns, Clock};
 use vigil_core::event::{unix_ns, Emitted, EndReason, Phase};
 use vigil_core::geometry::Letterbox;
 use vigil_core::hub::FrameHub;
@@ -28,6 +29,8 @@ pub struct Worker {
     pub events: EventSender,
     /// Asks for a camera's next processed frame as JPEG (the `snapshot` command).
     pub snapshots: SnapshotRequests,
+    /// The clocks (the scheduler's): expiry is timed on the monotonic clock.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// How often open events are checked for expiry while a camera delivers no frame.
@@ -48,11 +51,11 @@ impl Worker {
                 "inference cost measured"
             );
         }
-        let mut last_expiry = Instant::now();
+        let mut last_expiry = self.clock.now();
         while !cancel.is_cancelled() {
-            if last_expiry.elapsed() >= EXPIRE_EVERY {
-                last_expiry = Instant::now();
-                let now = unix_ns(std::time::SystemTime::now());
+            if self.clock.now().saturating_duration_since(last_expiry) >= EXPIRE_EVERY {
+                last_expiry = self.clock.now();
+                let now = mono_ns(last_expiry);
                 let ended: Vec<Emitted> = self.cameras.iter_mut().flat_map(|c| c.expire(now)).collect();
                 if !self.send(ended) {
                     return;
@@ -70,6 +73,7 @@ impl Worker {
                     seq: f.seq,
                     pts_ns: f.pts.map(|p| p.as_nanos() as u64),
                     captured_at_ns: unix_ns(f.captured_at),
+                    mono_ns: mono_ns(f.captured_mono),
                     width: f.source_width,
                     height: f.source_height,
                 };

@@ -35,8 +35,10 @@ fn engine(c: &Config) -> CameraEvents {
     RuleSet::compile(c, &labels()).unwrap().camera("cam", "dev", &model, labels())
 }
 
+/// Frame `n` at 10 fps; its wall label and monotonic time agree (no clock step).
 fn frame(n: u64) -> FrameInfo {
-    FrameInfo { seq: n, pts_ns: Some(n * FRAME), captured_at_ns: 1_000 * MS + n * FRAME, width: 100, height: 100 }
+    let t = 1_000 * MS + n * FRAME;
+    FrameInfo { seq: n, pts_ns: Some(n * FRAME), captured_at_ns: t, mono_ns: t, width: 100, height: 100 }
 }
 
 /// A 10x10 box whose bottom-centre is at (x, y) in a 100x100 frame.
@@ -213,4 +215,47 @@ fn points_in_concave_polygons() {
     assert!(z.contains(0.9, 0.9));
     assert!(!z.contains(0.5, 0.5), "in the notch");
     assert!(!z.contains(1.5, 0.9));
+}
+
+/// One object in view for 6 s at 10 fps, then gone; the wall clock steps by `step_s` seconds at
+/// 3 s, and capture labels frames as it does (`WallClock`). Returns every message.
+fn tracked_through_a_wall_step(step_s: i64) -> Vec<Event> {
+    use vigil_core::wallclock::WallClock;
+    const S: i128 = 1_000_000_000;
+    let mut e = engine(&config(vec![rule("objects")], vec![]));
+    let mut labels = WallClock::default();
+    let wall_at_mono_zero: i128 = 1_800_000_000 * S;
+    let mut out = Vec::new();
+    for n in 0..70u64 {
+        let mono = 1_000 * MS + n * FRAME;
+        let step = if n >= 30 { i128::from(step_s) * S } else { 0 };
+        let wall_now = wall_at_mono_zero + i128::from(mono) + step;
+        let label = labels.map(i128::from(mono), i128::from(mono), wall_now) as u64;
+        let info = FrameInfo { seq: n, pts_ns: None, captured_at_ns: label, mono_ns: mono, width: 100, height: 100 };
+        let dets = if n < 60 { vec![at(0, 0.9, 50.0, 50.0)] } else { Vec::new() };
+        out.extend(e.observe(&info, &dets, None).into_iter().map(|m| m.event));
+    }
+    out
+}
+
+#[test]
+fn a_wall_clock_step_mid_track_changes_labels_only() {
+    let steady = tracked_through_a_wall_step(0);
+    assert_eq!(steady.first().map(|m| m.phase), Some(Phase::New));
+    for step_s in [3600, -3600] {
+        let msgs = tracked_through_a_wall_step(step_s);
+        let ids: std::collections::BTreeSet<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids.len(), 1, "step {step_s} s: one event, not a lost one and a new one: {:?}", phases(&msgs));
+        // The same lifecycle as without a step: no lost/new churn, no delayed or extra update.
+        assert_eq!(phases(&msgs), phases(&steady), "step {step_s} s");
+        let end = msgs.last().unwrap();
+        assert_eq!(end.end_reason, Some(EndReason::Lost));
+        assert!((end.dwell_s - steady.last().unwrap().dwell_s).abs() < 1e-6, "dwell {} s", end.dwell_s);
+        assert!((end.dwell_s - 5.9).abs() < 1e-3, "dwell is measured on the monotonic clock: {} s", end.dwell_s);
+        // Labels of one camera never go backwards.
+        for pair in msgs.windows(2) {
+            assert!(pair[1].last_ns >= pair[0].last_ns, "step {step_s} s: labels went back");
+        }
+        assert!(msgs.iter().all(|m| m.start_ns <= m.last_ns));
+    }
 }
