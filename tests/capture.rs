@@ -14,7 +14,7 @@ use vigil_capture::{self as capture, CameraSpec, Platform};
 use vigil_core::hub::FrameHub;
 use vigil_core::source::SourceUri;
 use vigil_core::stats::{CameraState, CameraStats};
-use vigil_testkit::RtspCam;
+use vigil_testkit::{RtspCam, Signal};
 
 use support::wait_until;
 
@@ -149,7 +149,7 @@ fn a_frozen_rtsp_server_is_caught_by_the_watchdog_and_recovered() {
     let rig = Rig::start(&[server.url()]);
     rig.wait_streaming(0, Duration::from_secs(15));
 
-    server.signal(libc::SIGSTOP);
+    server.signal(Signal::STOP);
     let frozen = Instant::now();
     // The server posts nothing (no error, no EOS): only the 2 s frame watchdog can tell.
     // 2 s plus the frames already buffered, teardown and a loaded machine's slack.
@@ -161,7 +161,7 @@ fn a_frozen_rtsp_server_is_caught_by_the_watchdog_and_recovered() {
     assert!(snap.last_error.as_deref().unwrap_or("").contains("stalled"), "{snap:?}");
 
     std::thread::sleep(Duration::from_secs(2));
-    server.signal(libc::SIGCONT);
+    server.signal(Signal::CONT);
     let thawed = Instant::now();
     let resumed = rig.next_frame_after(0, Duration::from_secs(15)).expect("frames resume after the thaw");
     println!(
@@ -230,7 +230,7 @@ fn corrupted_rtp_is_counted_and_recovered_at_a_keyframe() {
     let mut resumed_within = Vec::new();
     for round in 1..=2 {
         let errors = rig.stats[0].snapshot().decode_errors;
-        server.signal(libc::SIGUSR1);
+        server.signal(Signal::USR1);
         let counted = wait_until(Duration::from_secs(10), || rig.stats[0].snapshot().decode_errors > errors);
         assert!(counted, "round {round}: damage not counted: {:?}", rig.stats[0].snapshot());
         let damaged_at = Instant::now();

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use vigil_testkit::spawn_mosquitto;
 
+mod tls;
+#[allow(unused_imports)] // the TLS tests use it, the others do not
+pub use tls::TlsBroker;
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -128,115 +132,6 @@ impl Broker {
 }
 
 impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The shipped production broker configuration (appliance/config/mosquitto: TLS only, client
-/// certificates required, certificate CN as user name, the vigil ACL) on a free loopback port,
-/// with a fleet CA and certificates made for the test: the broker's (IP 127.0.0.1) and one per
-/// client name.
-pub struct TlsBroker {
-    child: Child,
-    pub port: u16,
-    dir: tempfile::TempDir,
-}
-
-/// `openssl req` arguments for a new P-256 key without a passphrase.
-const NEW_EC_KEY: &[&str] = &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Makes `<name>.key` and `<name>.pem`, signed by `fleet-ca`: a server certificate for
-/// 127.0.0.1, or a client certificate whose CN is `name`.
-fn issue(dir: &Path, name: &str, server: bool) {
-    let ext = if server {
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
-    } else {
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n"
-    };
-    std::fs::write(dir.join(format!("{name}.ext")), ext).expect("write extensions");
-    let cn = format!("/CN={}", if server { "127.0.0.1" } else { name });
-    let (key, csr, pem, ext) =
-        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
-    openssl(dir, &[&["req"][..], NEW_EC_KEY, &["-keyout", &key, "-out", &csr, "-subj", &cn]].concat());
-    let sign = ["x509", "-req", "-in", &csr, "-CA", "fleet-ca.pem", "-CAkey", "fleet-ca.key", "-CAcreateserial"];
-    openssl(dir, &[&sign[..], &["-days", "2", "-out", &pem, "-extfile", &ext]].concat());
-}
-
-impl TlsBroker {
-    pub fn start(clients: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path();
-        let ca = ["-keyout", "fleet-ca.key", "-out", "fleet-ca.pem", "-days", "2", "-subj", "/CN=vigil test fleet CA"];
-        openssl(d, &[&["req", "-x509"][..], NEW_EC_KEY, &ca].concat());
-        issue(d, "broker", true);
-        for name in clients {
-            issue(d, name, false);
-        }
-        // mosquitto started as root drops to its own user: it must be able to read the test's
-        // files (throwaway keys, so world-readable is fine).
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod tempdir");
-        for entry in std::fs::read_dir(d).expect("list tempdir") {
-            let path = entry.expect("entry").path();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        }
-        let shipped = repo_root().join("appliance/config/mosquitto");
-        let template = std::fs::read_to_string(shipped.join("mosquitto.conf")).expect("the shipped broker config");
-        for _ in 0..5 {
-            let port = free_port();
-            let conf = template
-                .replace("listener 8883", &format!("listener {port} 127.0.0.1"))
-                .replace("persistence true", "persistence false")
-                .replace("/etc/mosquitto/certs/", &format!("{}/", d.display()))
-                .replace("/etc/mosquitto/vigil.acl", &shipped.join("vigil.acl").display().to_string());
-            assert!(conf.contains(&format!("listener {port}")) && conf.contains("require_certificate true"));
-            std::fs::write(d.join("broker.conf"), conf).expect("write broker.conf");
-            let log = std::fs::File::create(d.join("broker.log")).expect("broker log");
-            if let Some(child) = spawn_mosquitto(&d.join("broker.conf"), port, log.into()) {
-                return Self { child, port, dir };
-            }
-        }
-        panic!("mosquitto (TLS) did not start: {}", std::fs::read_to_string(d.join("broker.log")).unwrap_or_default());
-    }
-
-    pub fn url(&self) -> String {
-        format!("mqtts://127.0.0.1:{}", self.port)
-    }
-
-    /// TLS settings for client `name` (None: CA only, no client certificate).
-    pub fn tls(&self, name: Option<&str>) -> vigil_config::TlsConfig {
-        let d = self.dir.path();
-        vigil_config::TlsConfig {
-            ca: d.join("fleet-ca.pem"),
-            cert: name.map(|n| d.join(format!("{n}.pem"))),
-            key: name.map(|n| d.join(format!("{n}.key"))),
-        }
-    }
-
-    /// The `[mqtt.tls]` section of a vigil.toml for device `name`.
-    pub fn tls_toml(&self, name: &str) -> String {
-        let t = self.tls(Some(name));
-        format!(
-            "[mqtt.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            t.ca.display(),
-            t.cert.unwrap().display(),
-            t.key.unwrap().display()
-        )
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for TlsBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -5,6 +5,7 @@ mod camera;
 mod gate;
 pub mod pipeline;
 pub mod platform;
+mod recovery;
 mod resolve;
 mod spec;
 mod supervise;

@@ -9,13 +9,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use vigil_core::backoff::Backoff;
 use vigil_core::hub::FrameHub;
 use vigil_core::source::SourceUri;
 use vigil_core::stats::{CameraState, CameraStats};
 
 use crate::camera::{probe, FaultKind, FrameSource, SourceEnd, StreamInfo, Timeline};
 use crate::platform::Platform;
+use crate::recovery::{Fault, Recovery};
 use crate::resolve::Resolver;
 use crate::spec::CameraSpec;
 use crate::{CaptureError, Frame};
@@ -47,30 +47,28 @@ struct Supervisor {
     timeline: Timeline,
     /// Learnt once and kept across rebuilds; cleared when the stream stops negotiating.
     info: Option<StreamInfo>,
-    /// Index into the platform's decoder list; advanced when a decoder fails.
-    decoder: usize,
+    /// The decisions after a fault: wait, decoder, probe again (`recovery.rs`).
+    recovery: Recovery,
     runs: u64,
     resolver: Resolver,
 }
 
 impl Supervisor {
     fn new(spec: CameraSpec, platform: Arc<Platform>, stats: Arc<CameraStats>) -> Self {
-        let info = spec.known_info();
+        let (info, recovery) = (spec.known_info(), Recovery::new(&spec.supervision));
         Self {
             spec,
             platform,
             stats,
             timeline: Timeline::default(),
             info,
-            decoder: 0,
+            recovery,
             runs: 0,
             resolver: Resolver::system(DNS_TIMEOUT),
         }
     }
 
     fn run(mut self, hub: &FrameHub<Frame>, cancel: &CancellationToken) {
-        let sup = self.spec.supervision;
-        let mut backoff = Backoff::new(sup.backoff_min, sup.backoff_max);
         while !cancel.is_cancelled() {
             self.stats.set_state(CameraState::Starting);
             let (outcome, streamed) = self.run_once(hub, cancel);
@@ -86,11 +84,7 @@ impl Supervisor {
                     self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    if streamed.is_some_and(|d| d >= self.spec.supervision.backoff_reset) {
-                        backoff.reset();
-                    }
-                    self.on_fault(&e, streamed.is_some());
-                    let wait = backoff.next_wait();
+                    let wait = self.on_fault(&e, streamed);
                     tracing::warn!(camera = %self.spec.id, error = %e, retry_in_ms = wait.as_millis() as u64, "camera fault");
                     // The state stays `stalled` or `failed` (set by on_fault) through the wait.
                     if self.wait_backoff(wait, cancel) {
@@ -103,35 +97,34 @@ impl Supervisor {
     }
 
     /// Records a fault (the state it leaves the camera in until the next start: `stalled` or
-    /// `failed`) and decides what the next start changes.
-    fn on_fault(&mut self, e: &CaptureError, had_frames: bool) {
+    /// `failed`), applies what [`Recovery`] decides for the next start, and returns the wait.
+    fn on_fault(&mut self, e: &CaptureError, streamed: Option<Duration>) -> Duration {
         let kind = match e {
             CaptureError::Stream { kind, .. } => *kind,
             _ => FaultKind::Failed,
         };
+        let candidates = self
+            .info
+            .and_then(|i| self.platform.decoders(i.codec, self.spec.decoder.as_deref()).ok())
+            .unwrap_or_default();
+        let before = self.recovery.decoder();
+        let fault = Fault { kind, frames_seen: streamed.is_some(), streamed };
+        let next = self.recovery.on_fault(fault, candidates.len(), self.spec.codec.is_some());
         // The error first: whoever sees the new state finds its reason beside it.
         self.stats.set_error(&e.to_string());
         self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-        match kind {
-            FaultKind::Stalled => {
-                self.stats.stalls.fetch_add(1, Ordering::Relaxed);
-                self.stats.set_state(CameraState::Stalled);
-            }
-            _ => self.stats.set_state(CameraState::Failed),
+        if next.state == CameraState::Stalled {
+            self.stats.stalls.fetch_add(1, Ordering::Relaxed);
         }
-        if kind == FaultKind::Decoder && !had_frames {
-            let candidates = self.info.and_then(|i| self.platform.decoders(i.codec, self.spec.decoder.as_deref()).ok());
-            if let Some(list) = candidates {
-                if self.decoder + 1 < list.len() {
-                    tracing::warn!(camera = %self.spec.id, failed = list[self.decoder].element,
-                        next = list[self.decoder + 1].element, "decoder failed; falling back");
-                    self.decoder += 1;
-                }
-            }
+        self.stats.set_state(next.state);
+        if next.decoder != before {
+            tracing::warn!(camera = %self.spec.id, failed = candidates[before].element,
+                next = candidates[next.decoder].element, "decoder failed; falling back");
         }
-        if kind == FaultKind::Negotiation && self.spec.codec.is_none() {
+        if next.reprobe {
             self.info = None; // learn the stream again
         }
+        next.wait
     }
 
     fn run_once(
@@ -149,7 +142,7 @@ impl Supervisor {
                 Err(e) => return (Err(e), None),
             },
         };
-        let plan = match self.spec.plan(&self.platform, info, self.decoder) {
+        let plan = match self.spec.plan(&self.platform, info, self.recovery.decoder()) {
             Ok(plan) => plan,
             Err(e) => return (Err(e), None),
         };

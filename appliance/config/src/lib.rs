@@ -4,7 +4,6 @@
 //! Validation collects *every* problem with its field path, so an operator fixes a file in one pass.
 //! Relative paths are resolved against the directory of the config file.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -12,7 +11,12 @@ use serde::{Deserialize, Serialize};
 use vigil_core::codec::Codec;
 use vigil_core::secret::Secret;
 
+mod broker;
 mod check;
+mod error;
+
+pub use broker::BrokerUrl;
+pub use error::{ConfigError, Problem};
 
 /// The demo configuration, as `vigil default-config` prints it: an annotated example.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../demo.toml");
@@ -444,83 +448,6 @@ fn default_workspace_mb() -> u64 {
 }
 fn default_threads() -> usize {
     1
-}
-
-/// One thing wrong with a configuration, located by its field path (`camera[1].uri`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a valid vigil config: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path} has {} problem(s):\n{}", problems.len(), list(problems))]
-    Invalid { path: PathBuf, problems: Vec<Problem> },
-    #[error(
-        "no configuration: {SYSTEM_CONFIG} does not exist. Write one (`vigil default-config` prints an \
-         annotated example) or name one with --config FILE; to try vigil, run `vigil demo` in a source checkout"
-    )]
-    Missing,
-    #[error(
-        "the demo runs in a vigil source checkout: {DEMO_CONFIG} is not under {dir}; run `make demo` (or \
-         `vigil demo`) from the repository's top directory"
-    )]
-    NoDemo { dir: PathBuf },
-}
-
-fn list(problems: &[Problem]) -> String {
-    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
-}
-
-/// Broker address parsed from `mqtt.url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-}
-
-impl BrokerUrl {
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| format!("`{url}` is not a URL; write mqtt://host:port or mqtts://host:port"))?;
-        let tls = match scheme {
-            "mqtt" | "tcp" => false,
-            "mqtts" | "ssl" => true,
-            other => return Err(format!("unknown scheme `{other}`; use mqtt:// (plain) or mqtts:// (TLS)")),
-        };
-        let rest = rest.trim_end_matches('/');
-        if rest.contains('/') || rest.contains('?') {
-            return Err(format!("`{url}` must be only scheme://host[:port], without a path or query"));
-        }
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                let port = p.parse::<u16>().map_err(|_| format!("port `{p}` is not a number from 1 to 65535"))?;
-                if port == 0 {
-                    return Err("port 0 is not a broker port".to_owned());
-                }
-                (h.to_owned(), port)
-            }
-            _ => (rest.to_owned(), if tls { 8883 } else { 1883 }),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-        if host.is_empty() {
-            return Err(format!("`{url}` names no host"));
-        }
-        Ok(Self { tls, host, port })
-    }
 }
 
 /// Letters, digits, `-` and `_`: safe inside MQTT topics, file names and log lines.

@@ -193,8 +193,9 @@ fn service_memory(clip: &Path, bundle: &Path, cameras: usize, tmp: &Path) -> any
         .spawn()?;
     std::thread::sleep(Duration::from_secs(20));
     let rss = resident_memory(child.id());
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
     let status = child.wait()?;
     let (now, peak) = rss.context("the service exited early")?;
     println!(

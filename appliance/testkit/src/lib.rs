@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+pub use rustix::process::Signal;
 
 /// The median of `v` (sorted in place); the mean of the middle two for an even count.
 pub fn median(v: &mut [f64]) -> f64 {
@@ -155,18 +156,17 @@ impl RtspCam {
         }
     }
 
-    /// Sends `signal` (SIGSTOP, SIGCONT) to the server.
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) with a pid we own and a plain signal number has no memory effects.
-        unsafe {
-            libc::kill(self.pid(), signal);
+    /// Sends `signal` (STOP, CONT, USR1) to the server.
+    pub fn signal(&self, signal: Signal) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid()) {
+            let _ = rustix::process::kill_process(pid, signal);
         }
     }
 }
 
 impl Drop for RtspCam {
     fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
+        self.signal(Signal::CONT);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -7,7 +7,6 @@
 //! oldest entry: a message the broker may already have is sent again with the same event id
 //! (at-least-once), and nothing is lost across disconnects or restarts.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +23,9 @@ use vigil_store::Store;
 
 pub mod homeassistant;
 pub mod metrics;
+mod window;
+
+use window::Window;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -116,14 +118,6 @@ pub enum UplinkError {
     Tls(String),
 }
 
-/// What a published packet id stands for, until its PUBACK arrives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tag {
-    Outbox(u64),
-    /// Published directly (status, Home Assistant): nothing to remove on PUBACK.
-    Direct,
-}
-
 pub struct Uplink {
     options: MqttOptions,
     device_id: String,
@@ -187,7 +181,7 @@ impl Uplink {
 
     /// Hands Home Assistant messages to rumqttc (retained): the discovery configs and every
     /// state after a connect, only changed states otherwise.
-    fn publish_home_assistant(&self, client: &AsyncClient, pending: &mut VecDeque<Tag>, on_connect: bool) {
+    fn publish_home_assistant(&self, client: &AsyncClient, window: &mut Window, on_connect: bool) {
         use crate::homeassistant as ha;
         let Some((prefix, cameras, states)) = &self.home_assistant else { return };
         let mut messages: Vec<(String, Vec<u8>)> = Vec::new();
@@ -204,7 +198,7 @@ impl Uplink {
         }
         for (i, (topic, payload)) in messages.into_iter().enumerate() {
             if client.try_publish(topic, QoS::AtLeastOnce, true, payload).is_ok() {
-                pending.push_back(Tag::Direct);
+                window.handed_direct();
             } else if i >= configs {
                 // rumqttc's queue is full: keep the state for the next round.
                 states.mark_dirty(&taken[i - configs].0);
@@ -238,9 +232,10 @@ impl Uplink {
     /// Runs until `cancel`; then publishes `offline` and disconnects.
     pub async fn run(self, cancel: CancellationToken) {
         let mut backoff = reconnect_backoff();
+        let mut window = Window::new(self.window);
         while !cancel.is_cancelled() {
             let (client, eventloop) = AsyncClient::new(self.options.clone(), self.window + 8);
-            match self.session(&client, eventloop, &cancel, &mut backoff).await {
+            match self.session(&client, eventloop, &cancel, &mut backoff, &mut window).await {
                 Ok(()) => return,
                 Err(e) => {
                     let wait = backoff.next_wait();
@@ -261,17 +256,13 @@ impl Uplink {
         mut eventloop: EventLoop,
         cancel: &CancellationToken,
         backoff: &mut Backoff,
+        window: &mut Window,
     ) -> Result<(), rumqttc::ConnectionError> {
         let status_topic = topic::status(&self.device_id);
-        // Publishes handed to rumqttc, waiting for their packet id (rumqttc reports them in order).
-        let mut pending: VecDeque<Tag> = VecDeque::new();
-        // Packet id → what it carries, until PUBACK.
-        let mut inflight: HashMap<u16, Tag> = HashMap::new();
-        let mut cursor: Option<u64> = None;
         let mut connected = false;
         loop {
             if connected {
-                self.fill_window(client, &mut pending, &inflight, &mut cursor);
+                self.fill_window(client, window);
             }
             tokio::select! {
                 event = eventloop.poll() => match event? {
@@ -280,23 +271,25 @@ impl Uplink {
                         self.status.connected_once.store(true, std::sync::atomic::Ordering::Relaxed);
                         connected = true;
                         backoff.reset();
-                        self.publish_online(client, &status_topic, &mut pending);
+                        // A new connection: nothing is in flight; send again from the oldest entry.
+                        window.reconnected();
+                        self.publish_online(client, &status_topic, window);
                         if self.commands.is_some() {
                             let _ = client.try_subscribe(topic::command_filter(&self.device_id), QoS::AtLeastOnce);
                         }
-                        self.publish_home_assistant(client, &mut pending, true);
+                        self.publish_home_assistant(client, window, true);
                     }
                     Event::Incoming(Packet::Publish(p)) => self.on_publish(&p.topic, &p.payload, p.retain),
-                    other => self.track_publish(&other, &mut pending, &mut inflight),
+                    other => self.track_publish(&other, window),
                 },
                 _ = self.wake.notified(), if connected => {}
                 _ = async { match &self.home_assistant { Some((_, _, s)) => s.changed.notified().await, None => std::future::pending().await } }, if connected => {
-                    self.publish_home_assistant(client, &mut pending, false);
+                    self.publish_home_assistant(client, window, false);
                 }
-                _ = self.status.changed.notified(), if connected => self.publish_online(client, &status_topic, &mut pending),
+                _ = self.status.changed.notified(), if connected => self.publish_online(client, &status_topic, window),
                 _ = cancel.cancelled() => {
                     if connected {
-                        self.drain(client, &mut eventloop, &mut pending, &mut inflight, &mut cursor).await;
+                        self.drain(client, &mut eventloop, window).await;
                     }
                     self.goodbye(client, &mut eventloop, &status_topic).await;
                     return Ok(());
@@ -306,23 +299,19 @@ impl Uplink {
     }
 
     /// Hands the retained `online` status, as it is now, to rumqttc.
-    fn publish_online(&self, client: &AsyncClient, topic: &str, pending: &mut VecDeque<Tag>) {
+    fn publish_online(&self, client: &AsyncClient, topic: &str, window: &mut Window) {
         if client.try_publish(topic, QoS::AtLeastOnce, true, self.status.get().with_state("online")).is_ok() {
-            pending.push_back(Tag::Direct);
+            window.handed_direct();
         }
     }
 
     /// Follows a publish from rumqttc's queue (its packet id) to its PUBACK, when the outbox
     /// entry it carried is removed.
-    fn track_publish(&self, event: &Event, pending: &mut VecDeque<Tag>, inflight: &mut HashMap<u16, Tag>) {
+    fn track_publish(&self, event: &Event, window: &mut Window) {
         match event {
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                if let Some(tag) = pending.pop_front() {
-                    inflight.insert(*pkid, tag);
-                }
-            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => window.sent(*pkid),
             Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some(Tag::Outbox(key)) = inflight.remove(&ack.pkid) {
+                if let Some(key) = window.acked(ack.pkid) {
                     if let Err(e) = self.store.outbox_remove(key) {
                         tracing::error!(error = %e, "cannot remove an acknowledged message from the outbox");
                     }
@@ -334,23 +323,16 @@ impl Uplink {
 
     /// On the way out: sends what the outbox still holds (the events ended by the shutdown
     /// among them), for at most [`DRAIN_ON_STOP`]. What is left is sent at the next start.
-    async fn drain(
-        &self,
-        client: &AsyncClient,
-        eventloop: &mut EventLoop,
-        pending: &mut VecDeque<Tag>,
-        inflight: &mut HashMap<u16, Tag>,
-        cursor: &mut Option<u64>,
-    ) {
+    async fn drain(&self, client: &AsyncClient, eventloop: &mut EventLoop, window: &mut Window) {
         let drained = tokio::time::timeout(DRAIN_ON_STOP, async {
             loop {
-                self.fill_window(client, pending, inflight, cursor);
-                let more = self.store.outbox_after(*cursor, 1).map(|e| !e.is_empty()).unwrap_or(false);
-                if pending.is_empty() && inflight.is_empty() && !more {
+                self.fill_window(client, window);
+                let more = self.store.outbox_after(window.cursor(), 1).map(|e| !e.is_empty()).unwrap_or(false);
+                if window.is_idle() && !more {
                     return;
                 }
                 match eventloop.poll().await {
-                    Ok(ev) => self.track_publish(&ev, pending, inflight),
+                    Ok(ev) => self.track_publish(&ev, window),
                     Err(_) => return,
                 }
             }
@@ -365,18 +347,12 @@ impl Uplink {
     }
 
     /// Hands outbox entries to rumqttc until the window of unacknowledged messages is full.
-    fn fill_window(
-        &self,
-        client: &AsyncClient,
-        pending: &mut VecDeque<Tag>,
-        inflight: &HashMap<u16, Tag>,
-        cursor: &mut Option<u64>,
-    ) {
-        let room = self.window.saturating_sub(pending.len() + inflight.len());
+    fn fill_window(&self, client: &AsyncClient, window: &mut Window) {
+        let room = window.room();
         if room == 0 {
             return;
         }
-        let entries = match self.store.outbox_after(*cursor, room) {
+        let entries = match self.store.outbox_after(window.cursor(), room) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the outbox");
@@ -388,8 +364,7 @@ impl Uplink {
                 // rumqttc's request queue is sized above the window, so this means it is closing.
                 return;
             }
-            pending.push_back(Tag::Outbox(key));
-            *cursor = Some(key);
+            window.handed(key);
         }
     }
 
