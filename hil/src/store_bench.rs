@@ -8,6 +8,10 @@
 //!    (QoS 1, acknowledged), in messages per second.
 //! 3. Snapshot writes: a burst of event snapshots (640x480 JPEGs, encoded, written and synced)
 //!    saved by one thread against several, rounds alternating; medians and their ratio.
+//! 4. Space under steady churn: hours of simulated time in which events arrive at a steady rate,
+//!    each goes through `new`, `update` and `end`, the outbox is acknowledged, and retention
+//!    deletes as fast as events arrive. The on-disk size of sled's files against the live bytes
+//!    they hold (its space amplification), and the same for SQLite side by side.
 
 use std::net::TcpListener;
 use std::process::{Child, Stdio};
@@ -40,6 +44,144 @@ struct Args {
     /// Threads compared with one in the snapshot measurement (default: the cores, at most 4).
     #[arg(long)]
     snapshot_threads: Option<usize>,
+    /// Simulated hours of steady churn in the space measurement (0: skip).
+    #[arg(long, default_value_t = 2)]
+    churn_hours: u64,
+    /// Events per simulated second in the space measurement.
+    #[arg(long, default_value_t = 5)]
+    churn_rate: u64,
+    /// Events kept by retention in the space measurement.
+    #[arg(long, default_value_t = 10_000)]
+    churn_keep: usize,
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Steady churn through vigil's store for `hours` of simulated time; returns the on-disk bytes
+/// of its directory against the live bytes (event records) every simulated 10 minutes.
+fn sled_churn(hours: u64, rate: u64, keep: usize, rt: &tokio::runtime::Runtime) -> Result<Vec<(u64, u64)>> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path())?;
+    let retention = vigil_store::Retention { max_age: None, max_events: keep, max_bytes: u64::MAX };
+    let mut samples = Vec::new();
+    let mut n = 0usize;
+    for second in 0..hours * 3600 {
+        let mut batch = Vec::new();
+        for _ in 0..rate {
+            let mut e = event(n);
+            n += 1;
+            for phase in [vigil_core::event::Phase::New, vigil_core::event::Phase::Update] {
+                e.phase = phase;
+                batch.push(e.clone());
+            }
+            e.phase = vigil_core::event::Phase::End;
+            batch.push(e);
+        }
+        store.append(&batch, "vigil/bench/events")?;
+        rt.block_on(store.flush())?;
+        // The broker acknowledged everything.
+        for (key, _) in store.outbox_after(None, usize::MAX)? {
+            store.outbox_remove(key)?;
+        }
+        if second % 60 == 59 {
+            store.enforce_retention(&retention, 0)?;
+        }
+        if second % 600 == 599 {
+            samples.push((dir_bytes(dir.path()), store.event_bytes()));
+        }
+    }
+    Ok(samples)
+}
+
+/// The same churn in SQLite (WAL, synchronous=FULL, a checkpoint every simulated minute).
+fn sqlite_churn(hours: u64, rate: u64, keep: usize) -> Result<Vec<(u64, u64)>> {
+    let dir = tempfile::tempdir()?;
+    let mut db = rusqlite::Connection::open(dir.path().join("events.db"))?;
+    db.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+         CREATE TABLE events (id TEXT PRIMARY KEY, captured_at_ns INTEGER NOT NULL, json BLOB NOT NULL);
+         CREATE INDEX events_by_time ON events (captured_at_ns, id);
+         CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL);",
+    )?;
+    let mut samples = Vec::new();
+    let mut n = 0usize;
+    for second in 0..hours * 3600 {
+        let tx = db.transaction()?;
+        for _ in 0..rate {
+            let e = event(n);
+            n += 1;
+            let json = serde_json::to_vec(&e)?;
+            for _phase in 0..3 {
+                tx.execute(
+                    "INSERT OR REPLACE INTO events (id, captured_at_ns, json) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![e.id, e.start_ns as i64, json],
+                )?;
+                tx.execute("INSERT INTO outbox (topic, payload) VALUES (?1, ?2)", rusqlite::params!["t", json])?;
+            }
+        }
+        tx.execute("DELETE FROM outbox", [])?;
+        tx.commit()?;
+        if second % 60 == 59 {
+            db.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY captured_at_ns LIMIT \
+                 max(0, (SELECT count(*) FROM events) - ?1))",
+                rusqlite::params![keep as i64],
+            )?;
+            db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        }
+        if second % 600 == 599 {
+            let live: i64 = db.query_row("SELECT coalesce(sum(length(json)), 0) FROM events", [], |r| r.get(0))?;
+            samples.push((dir_bytes(dir.path()), live as u64));
+        }
+    }
+    Ok(samples)
+}
+
+fn churn(hours: u64, rate: u64, keep: usize, rt: &tokio::runtime::Runtime) -> Result<()> {
+    println!(
+        "== space under steady churn: {hours} simulated hours, {rate} events/s (new, update, end each), \
+         retention keeps {keep}"
+    );
+    let sled = sled_churn(hours, rate, keep, rt)?;
+    let sqlite = sqlite_churn(hours, rate, keep)?;
+    let amp = |(disk, live): (u64, u64)| disk as f64 / live.max(1) as f64;
+    for (i, (a, b)) in sled.iter().zip(&sqlite).enumerate() {
+        println!(
+            "t = {:>3} min: sled {:>6.1} MiB on disk for {:>5.1} MiB live (x{:.2})   SQLite {:>6.1} MiB for {:>5.1} MiB (x{:.2})",
+            (i + 1) * 10,
+            a.0 as f64 / 1048576.0,
+            a.1 as f64 / 1048576.0,
+            amp(*a),
+            b.0 as f64 / 1048576.0,
+            b.1 as f64 / 1048576.0,
+            amp(*b)
+        );
+    }
+    if let (Some(a), Some(b)) = (sled.last(), sqlite.last()) {
+        let peak = sled.iter().map(|s| s.0).max().unwrap_or(0);
+        println!(
+            "space amplification at the end: sled x{:.2} / SQLite WAL x{:.2} = ratio {:.2}; sled's peak {:.1} MiB",
+            amp(*a),
+            amp(*b),
+            amp(*a) / amp(*b),
+            peak as f64 / 1048576.0
+        );
+    }
+    Ok(())
 }
 
 /// An ended event message as vigil stores and sends it (about the size of a real one).
@@ -228,6 +370,9 @@ fn main() -> Result<()> {
     if args.snapshots > 0 {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         snapshots(args.snapshots, args.snapshot_threads.unwrap_or(cores.min(4)), args.rounds)?;
+    }
+    if args.churn_hours > 0 {
+        churn(args.churn_hours, args.churn_rate, args.churn_keep, &rt)?;
     }
     Ok(())
 }

@@ -175,6 +175,8 @@ impl RuleSet {
             tracker: Tracker::new(self.settings.tracker),
             settings: self.settings,
             open: HashMap::new(),
+            here: Vec::new(),
+            seen: Vec::new(),
         }
     }
 }
@@ -209,7 +211,8 @@ struct Candidate {
     /// A copy of the best observation's picture, taken when snapshots are on and a picture
     /// was given.
     best_image: Option<Arc<SnapshotImage>>,
-    zones: Vec<String>,
+    /// The zones it is in at its latest observation: indexes into the camera's zones.
+    zones: Vec<usize>,
     event: Option<Open>,
 }
 
@@ -232,6 +235,10 @@ pub struct CameraEvents {
     settings: Settings,
     open: HashMap<(usize, u64), Candidate>,
     cooldown_until: Vec<u64>,
+    /// Scratch space reused for every detection (no allocation per frame in steady state): the
+    /// zones the detection is in, and those a rule sees it in.
+    here: Vec<usize>,
+    seen: Vec<usize>,
 }
 
 impl CameraEvents {
@@ -260,22 +267,22 @@ impl CameraEvents {
             let pixel_box = PixelBox { x1: det.bbox.x1, y1: det.bbox.y1, x2: det.bbox.x2, y2: det.bbox.y2 };
             // Where the object stands: the bottom-centre of its box.
             let (fx, fy) = ((det.bbox.x1 + det.bbox.x2) / 2.0 / w, det.bbox.y2 / h);
-            let here: Vec<usize> = (0..self.zones.len()).filter(|&z| self.zones[z].contains(fx, fy)).collect();
+            self.here.clear();
+            self.here.extend((0..self.zones.len()).filter(|&z| self.zones[z].contains(fx, fy)));
             for r in 0..self.rules.len() {
                 let rule = &self.rules[r];
                 if det.score < rule.min_score || rule.classes.as_ref().is_some_and(|c| !c.contains(&det.class_id)) {
                     continue;
                 }
-                let zones: Vec<String> = if rule.zones.is_empty() {
-                    here.iter().map(|&z| self.zones[z].name.clone()).collect()
+                self.seen.clear();
+                if rule.zones.is_empty() {
+                    self.seen.extend_from_slice(&self.here);
                 } else {
-                    let inside: Vec<String> =
-                        rule.zones.iter().filter(|z| here.contains(z)).map(|&z| self.zones[z].name.clone()).collect();
-                    if inside.is_empty() {
+                    self.seen.extend(rule.zones.iter().filter(|z| self.here.contains(z)));
+                    if self.seen.is_empty() {
                         continue;
                     }
-                    inside
-                };
+                }
                 let c = self.open.entry((r, track)).or_insert_with(|| Candidate {
                     frames: 0,
                     first_ns: t,
@@ -304,8 +311,11 @@ impl CameraEvents {
                         }
                     }
                 }
-                let zones_changed = c.zones != zones;
-                c.zones = zones;
+                // Allocates only when the zones change.
+                let zones_changed = c.zones != self.seen;
+                if zones_changed {
+                    c.zones.clone_from(&self.seen);
+                }
                 match c.event.take() {
                     None => {
                         let ready = c.frames >= rule.min_frames
@@ -318,7 +328,7 @@ impl CameraEvents {
                                 .cloned()
                                 .unwrap_or_else(|| format!("class{}", det.class_id));
                             let mut open = Open::new(&self.template, &rule.name, track, det.class_id, label, c);
-                            out.push(open.emit(c, Phase::New, t));
+                            out.push(open.emit(c, Phase::New, t, &self.zones));
                             c.event = Some(open);
                         }
                     }
@@ -326,7 +336,7 @@ impl CameraEvents {
                         let improved = c.best_score > open.sent.best_score || c.frames > open.sent.frames;
                         let due = t.saturating_sub(open.sent_at_ns) >= self.settings.update_interval_ns;
                         if zones_changed || (due && improved) {
-                            out.push(open.emit(c, Phase::Update, t));
+                            out.push(open.emit(c, Phase::Update, t, &self.zones));
                         }
                         c.event = Some(open);
                     }
@@ -350,7 +360,7 @@ impl CameraEvents {
             let mut c = self.open.remove(&key).expect("listed above");
             if let Some(mut open) = c.event.take() {
                 let reason = if self.tracker.is_tracked(key.1) { EndReason::Left } else { EndReason::Lost };
-                out.push(open.end(&c, reason));
+                out.push(open.end(&c, reason, &self.zones));
                 self.cooldown_until[key.0] = c.last_ns.saturating_add(self.rules[key.0].cooldown_ns);
             }
         }
@@ -363,7 +373,7 @@ impl CameraEvents {
         let mut out = Vec::new();
         for (_, mut c) in self.open.drain() {
             if let Some(mut open) = c.event.take() {
-                out.push(open.end(&c, reason));
+                out.push(open.end(&c, reason, &self.zones));
             }
         }
         sort_by_id(&mut out);
@@ -396,7 +406,7 @@ impl Open {
 
     /// The next message: the candidate's current state, with the picture if it is better than
     /// the last one sent.
-    fn emit(&mut self, c: &Candidate, phase: Phase, now_ns: u64) -> Emitted {
+    fn emit(&mut self, c: &Candidate, phase: Phase, now_ns: u64, zones: &[Zone]) -> Emitted {
         let e = &mut self.sent;
         if phase != Phase::New {
             e.revision += 1;
@@ -407,7 +417,7 @@ impl Open {
         let (w, h) = (c.best_frame.width.max(1) as f32, c.best_frame.height.max(1) as f32);
         e.box_norm = [c.best_box.x1 / w, c.best_box.y1 / h, c.best_box.x2 / w, c.best_box.y2 / h];
         e.best = c.best_frame.clone();
-        e.zones = c.zones.clone();
+        e.zones = c.zones.iter().map(|&z| zones[z].name.clone()).collect();
         e.last = rfc3339(c.last_wall);
         e.last_ns = c.last_wall;
         // On the monotonic clock: a wall-clock step does not change how long the object stayed.
@@ -425,8 +435,8 @@ impl Open {
         Emitted { event: e.clone(), snapshot }
     }
 
-    fn end(&mut self, c: &Candidate, reason: EndReason) -> Emitted {
-        let mut msg = self.emit(c, Phase::End, c.last_ns);
+    fn end(&mut self, c: &Candidate, reason: EndReason, zones: &[Zone]) -> Emitted {
+        let mut msg = self.emit(c, Phase::End, c.last_ns, zones);
         msg.event.close(reason);
         msg
     }
