@@ -71,12 +71,17 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Steady churn through vigil's store for `hours` of simulated time; returns the on-disk bytes
-/// of its directory against the live bytes (event records) every simulated 10 minutes.
-fn sled_churn(hours: u64, rate: u64, keep: usize, rt: &tokio::runtime::Runtime) -> Result<Vec<(u64, u64)>> {
+/// Steady churn through vigil's store for `hours` of simulated time under `retention`; returns
+/// the on-disk bytes of its directory against the live bytes (event records) every simulated
+/// 10 minutes.
+fn sled_churn(
+    hours: u64,
+    rate: u64,
+    retention: &vigil_store::Retention,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Vec<(u64, u64)>> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path())?;
-    let retention = vigil_store::Retention { max_age: None, max_events: keep, max_bytes: u64::MAX };
     let mut samples = Vec::new();
     let mut n = 0usize;
     for second in 0..hours * 3600 {
@@ -98,7 +103,7 @@ fn sled_churn(hours: u64, rate: u64, keep: usize, rt: &tokio::runtime::Runtime) 
             store.outbox_remove(key)?;
         }
         if second % 60 == 59 {
-            store.enforce_retention(&retention, 0)?;
+            store.enforce_retention(retention, 0)?;
         }
         if second % 600 == 599 {
             samples.push((dir_bytes(dir.path()), store.event_bytes()));
@@ -110,13 +115,7 @@ fn sled_churn(hours: u64, rate: u64, keep: usize, rt: &tokio::runtime::Runtime) 
 /// The same churn in SQLite (WAL, synchronous=FULL, a checkpoint every simulated minute).
 fn sqlite_churn(hours: u64, rate: u64, keep: usize) -> Result<Vec<(u64, u64)>> {
     let dir = tempfile::tempdir()?;
-    let mut db = rusqlite::Connection::open(dir.path().join("events.db"))?;
-    db.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
-         CREATE TABLE events (id TEXT PRIMARY KEY, captured_at_ns INTEGER NOT NULL, json BLOB NOT NULL);
-         CREATE INDEX events_by_time ON events (captured_at_ns, id);
-         CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL);",
-    )?;
+    let mut db = sqlite_store(dir.path())?;
     let mut samples = Vec::new();
     let mut n = 0usize;
     for second in 0..hours * 3600 {
@@ -156,7 +155,8 @@ fn churn(hours: u64, rate: u64, keep: usize, rt: &tokio::runtime::Runtime) -> Re
         "== space under steady churn: {hours} simulated hours, {rate} events/s (new, update, end each), \
          retention keeps {keep}"
     );
-    let sled = sled_churn(hours, rate, keep, rt)?;
+    let by_count = vigil_store::Retention { max_age: None, max_events: keep, max_bytes: u64::MAX, record_factor: 1 };
+    let sled = sled_churn(hours, rate, &by_count, rt)?;
     let sqlite = sqlite_churn(hours, rate, keep)?;
     let amp = |(disk, live): (u64, u64)| disk as f64 / live.max(1) as f64;
     for (i, (a, b)) in sled.iter().zip(&sqlite).enumerate() {
@@ -181,6 +181,24 @@ fn churn(hours: u64, rate: u64, keep: usize, rt: &tokio::runtime::Runtime) -> Re
             peak as f64 / 1048576.0
         );
     }
+    // The same churn under a byte bound, as the service sets it (records counted at
+    // SLED_SPACE_FACTOR): does the store's directory stay under it?
+    let bound = 16u64 << 20;
+    let by_bytes = vigil_store::Retention {
+        max_age: None,
+        max_events: usize::MAX,
+        max_bytes: bound,
+        record_factor: vigil_store::SLED_SPACE_FACTOR,
+    };
+    let bounded = sled_churn(hours, rate, &by_bytes, rt)?;
+    let peak = bounded.iter().map(|s| s.0).max().unwrap_or(0);
+    println!(
+        "bounded by store.max_event_mb = {} MiB (records at x{}): sled's directory peaked at {:.1} MiB = {:.2} of the bound",
+        bound >> 20,
+        vigil_store::SLED_SPACE_FACTOR,
+        peak as f64 / 1048576.0,
+        peak as f64 / bound as f64
+    );
     Ok(())
 }
 
@@ -216,16 +234,22 @@ fn sled_rate(events: &[Event], batch: usize, rt: &tokio::runtime::Runtime) -> Re
     Ok(events.len() as f64 / t.elapsed().as_secs_f64())
 }
 
-/// The same durable writes into SQLite (WAL, synchronous=FULL): event row, time index, outbox row.
-fn sqlite_rate(events: &[Event], batch: usize) -> Result<f64> {
-    let dir = tempfile::tempdir()?;
-    let mut db = rusqlite::Connection::open(dir.path().join("events.db"))?;
+/// The SQLite baseline's store in `dir`: WAL, `synchronous=FULL`, the tables vigil's store has.
+fn sqlite_store(dir: &std::path::Path) -> Result<rusqlite::Connection> {
+    let db = rusqlite::Connection::open(dir.join("events.db"))?;
     db.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
          CREATE TABLE events (id TEXT PRIMARY KEY, captured_at_ns INTEGER NOT NULL, json BLOB NOT NULL);
          CREATE INDEX events_by_time ON events (captured_at_ns, id);
          CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL);",
     )?;
+    Ok(db)
+}
+
+/// The same durable writes into SQLite (WAL, synchronous=FULL): event row, time index, outbox row.
+fn sqlite_rate(events: &[Event], batch: usize) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let mut db = sqlite_store(dir.path())?;
     let t = Instant::now();
     for chunk in events.chunks(batch) {
         let tx = db.transaction()?;

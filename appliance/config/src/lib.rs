@@ -160,6 +160,13 @@ pub struct MqttConfig {
     pub tls: Option<TlsConfig>,
 }
 
+impl MqttConfig {
+    /// How often the `metrics` message goes out; `None` where `metrics_interval_s = 0` turns it off.
+    pub fn metrics_every(&self) -> Option<std::time::Duration> {
+        (self.metrics_interval_s > 0).then(|| std::time::Duration::from_secs(self.metrics_interval_s))
+    }
+}
+
 impl Default for MqttConfig {
     fn default() -> Self {
         Self {
@@ -315,7 +322,8 @@ pub struct StoreConfig {
     /// At most this many events.
     #[serde(default = "default_max_events")]
     pub max_events: usize,
-    /// At most this many megabytes of event records and snapshots.
+    /// At most this many megabytes of the data directory for events: snapshot files, and the
+    /// store's files (each byte of event record counted at sled's measured space amplification).
     #[serde(default = "default_max_event_mb")]
     pub max_event_mb: u64,
     /// Keep at least this many megabytes free on the data directory's file system: below it the
@@ -323,6 +331,13 @@ pub struct StoreConfig {
     /// write fails).
     #[serde(default = "default_min_free_mb")]
     pub min_free_mb: u64,
+}
+
+impl StoreConfig {
+    /// How old an event may get; `None` where `retention_days = 0` keeps them regardless.
+    pub fn max_age(&self) -> Option<std::time::Duration> {
+        (self.retention_days > 0).then(|| std::time::Duration::from_secs(self.retention_days.saturating_mul(86_400)))
+    }
 }
 
 impl Default for StoreConfig {

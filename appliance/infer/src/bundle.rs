@@ -4,9 +4,12 @@
 //! A bundle is checked completely before use: schema, shapes against labels, the model file's
 //! SHA-256. A bad bundle is refused with every problem named, never half-loaded.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 
 use super::OutputLayout;
@@ -39,8 +42,111 @@ pub struct ModelSection {
     pub onnx_fp32: Option<PathBuf>,
     /// Hex SHA-256 of `onnx`.
     pub sha256: String,
-    /// Backends this model is known to work on.
-    pub backends: Vec<String>,
+    /// Backends this model is known to work on (names vigil does not know are left out).
+    pub backends: Vec<Choice<BundleBackend>>,
+}
+
+/// A manifest value that must be one of a few, kept as written when it is none of them, so that
+/// an unsupported value is reported among every other problem of the bundle (by
+/// [`Bundle::load`]), not as the first parse error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice<T> {
+    Known(T),
+    Unsupported(String),
+}
+
+impl<T: Copy> Choice<T> {
+    pub fn known(&self) -> Option<T> {
+        match self {
+            Choice::Known(t) => Some(*t),
+            Choice::Unsupported(_) => None,
+        }
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Choice<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let written = String::deserialize(d)?;
+        let known: Result<T, serde::de::value::Error> =
+            T::deserialize(serde::de::value::StrDeserializer::new(&written));
+        Ok(known.map_or(Choice::Unsupported(written), Choice::Known))
+    }
+}
+
+/// A backend a bundle can declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BundleBackend {
+    Onnxruntime,
+    Tensorrt,
+}
+
+impl fmt::Display for BundleBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Onnxruntime => "onnxruntime",
+            Self::Tensorrt => "tensorrt",
+        })
+    }
+}
+
+/// The input tensor's memory layout (only NCHW is read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TensorLayout {
+    #[serde(rename = "NCHW")]
+    Nchw,
+}
+
+/// The input's channel order (only RGB is produced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ColorOrder {
+    #[serde(rename = "RGB")]
+    Rgb,
+}
+
+/// The input tensor's element type as the ONNX model takes it (quantization happens inside the
+/// QDQ model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum InputDtype {
+    #[serde(rename = "f32")]
+    F32,
+}
+
+/// How a frame is fitted to the input: GStreamer's `videoscale add-borders` centres it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum LetterboxMode {
+    #[serde(rename = "center")]
+    Center,
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = String;
+
+    /// A format by its manifest name; the error names the ones vigil decodes.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "vigil-grid-v1" => Ok(Self::VigilGridV1),
+            "yolov5" => Ok(Self::YoloV5),
+            "yolov8" => Ok(Self::YoloV8),
+            "yolox" => Ok(Self::Yolox),
+            other => {
+                Err(format!("output.format `{other}` is not supported (one of vigil-grid-v1, yolov5, yolov8, yolox)"))
+            }
+        }
+    }
+}
+
+/// The output layouts vigil decodes (see [`OutputLayout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum OutputFormat {
+    #[serde(rename = "vigil-grid-v1")]
+    VigilGridV1,
+    #[serde(rename = "yolov5")]
+    YoloV5,
+    #[serde(rename = "yolov8")]
+    YoloV8,
+    #[serde(rename = "yolox")]
+    Yolox,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -48,13 +154,13 @@ pub struct ModelSection {
 pub struct InputSection {
     pub name: String,
     pub shape: Vec<i64>,
-    pub layout: String,
-    pub color: String,
-    pub dtype: String,
+    pub layout: Choice<TensorLayout>,
+    pub color: Choice<ColorOrder>,
+    pub dtype: Choice<InputDtype>,
     pub scale: f32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
-    pub letterbox: String,
+    pub letterbox: Choice<LetterboxMode>,
     pub pad_value: u8,
 }
 
@@ -62,7 +168,7 @@ pub struct InputSection {
 #[serde(deny_unknown_fields)]
 pub struct OutputSection {
     pub name: String,
-    pub format: String,
+    pub format: Choice<OutputFormat>,
     pub shape: Vec<i64>,
 }
 
@@ -78,7 +184,13 @@ pub struct PostprocessSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetSection {
-    pub latency_ms: u64,
+    /// Capture → detections budget (`latency_ms` in the manifest, at least 1).
+    #[serde(rename = "latency_ms", deserialize_with = "milliseconds")]
+    pub latency: Duration,
+}
+
+fn milliseconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +203,14 @@ pub struct ReferenceSection {
     pub detections: PathBuf,
     /// Largest absolute difference allowed between a backend's output and `output_int8`.
     pub tolerance: f32,
+}
+
+/// The value as written, if it is not one vigil supports.
+fn unsupported<T>(c: &Choice<T>) -> Option<&str> {
+    match c {
+        Choice::Known(_) => None,
+        Choice::Unsupported(v) => Some(v),
+    }
 }
 
 /// A loaded, checked bundle.
@@ -155,12 +275,12 @@ impl Bundle {
             problems.push(format!("input.shape {:?} must be [1, 3, H, W]", i.shape));
         }
         for (field, value, allowed) in [
-            ("input.layout", &i.layout, "NCHW"),
-            ("input.color", &i.color, "RGB"),
-            ("input.dtype", &i.dtype, "f32"),
-            ("input.letterbox", &i.letterbox, "center"),
+            ("input.layout", unsupported(&i.layout), "NCHW"),
+            ("input.color", unsupported(&i.color), "RGB"),
+            ("input.dtype", unsupported(&i.dtype), "f32"),
+            ("input.letterbox", unsupported(&i.letterbox), "center"),
         ] {
-            if value != allowed {
+            if let Some(value) = value {
                 problems.push(format!("{field} `{value}` is not supported (only `{allowed}`)"));
             }
         }
@@ -187,7 +307,7 @@ impl Bundle {
         if pp.max_detections == 0 {
             problems.push("postprocess.max_detections must be at least 1".to_owned());
         }
-        if m.budget.latency_ms == 0 {
+        if m.budget.latency.is_zero() {
             problems.push("budget.latency_ms must be at least 1".to_owned());
         }
         problems
@@ -195,7 +315,20 @@ impl Bundle {
 
     fn output_layout_unchecked(&self) -> Result<OutputLayout, String> {
         let m = &self.manifest;
-        OutputLayout::new(&m.output.format, &m.output.shape, m.postprocess.labels.len(), self.input_size())
+        match &m.output.format {
+            Choice::Known(format) => {
+                OutputLayout::new(*format, &m.output.shape, m.postprocess.labels.len(), self.input_size())
+            }
+            // Parsed again for its error, which names the formats vigil decodes.
+            Choice::Unsupported(other) => other
+                .parse::<OutputFormat>()
+                .and_then(|f| OutputLayout::new(f, &m.output.shape, m.postprocess.labels.len(), self.input_size())),
+        }
+    }
+
+    /// The backends the bundle declares that vigil knows.
+    pub fn backends(&self) -> Vec<BundleBackend> {
+        self.manifest.model.backends.iter().filter_map(Choice::known).collect()
     }
 
     /// How to decode the model's output (checked when the bundle was loaded).

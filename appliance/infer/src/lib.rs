@@ -13,7 +13,7 @@ pub mod postprocess;
 pub mod tensorrt;
 pub mod transform;
 
-pub use bundle::{Bundle, BundleError};
+pub use bundle::{Bundle, BundleBackend, BundleError, Choice, OutputFormat};
 pub use load::load_detector;
 pub use onnxruntime::{find_ort_library, OrtBackend};
 pub use postprocess::{BBox, Detection, Letterbox, OutputLayout};
@@ -70,16 +70,17 @@ pub struct BackendChoice {
 /// the bundle declares (`supported`) and whether TensorRT can run here (`tensorrt`: why not).
 pub fn choose_backend(
     requested: BackendKind,
-    supported: &[String],
+    supported: &[BundleBackend],
     tensorrt: Result<(), String>,
 ) -> Result<BackendChoice, InferError> {
-    let declares = |name: &str| supported.iter().any(|s| s == name);
-    let trt_why_not = match (&tensorrt, declares("tensorrt")) {
+    let declares = |b: BundleBackend| supported.contains(&b);
+    let supported: Vec<String> = supported.iter().map(ToString::to_string).collect();
+    let trt_why_not = match (&tensorrt, declares(BundleBackend::Tensorrt)) {
         (Ok(()), true) => None,
         (Ok(()), false) => Some(format!("the model bundle does not declare tensorrt (it declares {supported:?})")),
         (Err(why), _) => Some(why.clone()),
     };
-    let ort_ok = declares("onnxruntime");
+    let ort_ok = declares(BundleBackend::Onnxruntime);
     let pick = |backend, fallback| Ok(BackendChoice { backend, fallback });
     match (requested, trt_why_not) {
         (BackendKind::Auto | BackendKind::Tensorrt, None) => pick(BackendKind::Tensorrt, None),
@@ -357,12 +358,12 @@ mod tests {
 
     #[test]
     fn backend_choice_follows_the_request_the_bundle_and_the_machine() {
-        let both = ["onnxruntime".to_owned(), "tensorrt".to_owned()];
-        let ort_only = ["onnxruntime".to_owned()];
-        let trt_only = ["tensorrt".to_owned()];
+        let both = [BundleBackend::Onnxruntime, BundleBackend::Tensorrt];
+        let ort_only = [BundleBackend::Onnxruntime];
+        let trt_only = [BundleBackend::Tensorrt];
         let no_gpu = || Err("no CUDA device".to_owned());
         let choose =
-            |req, sup: &[String], trt| choose_backend(req, sup, trt).map(|c| (c.backend, c.fallback.is_some()));
+            |req, sup: &[BundleBackend], trt| choose_backend(req, sup, trt).map(|c| (c.backend, c.fallback.is_some()));
         assert_eq!(choose(BackendKind::Auto, &both, Ok(())).unwrap(), (BackendKind::Tensorrt, false));
         assert_eq!(choose(BackendKind::Auto, &both, no_gpu()).unwrap(), (BackendKind::Onnxruntime, false));
         assert_eq!(choose(BackendKind::Auto, &ort_only, Ok(())).unwrap(), (BackendKind::Onnxruntime, false));

@@ -3,12 +3,13 @@
 
 use vigil_config::{BackendKind, Config};
 
-use crate::{choose_backend, find_ort_library, Backend, Bundle, Detector, InferError, OrtBackend};
+use crate::{choose_backend, find_ort_library, Backend, Bundle, BundleBackend, Detector, InferError, OrtBackend};
 
 /// Loads the bundle and the backend chosen for it: the model the whole service runs.
 pub fn load_detector(config: &Config) -> Result<(Bundle, Detector), InferError> {
     let bundle = Bundle::load(&config.model.bundle)?;
-    let choice = choose_backend(config.inference.backend, &bundle.manifest.model.backends, tensorrt_available())?;
+    let backends = bundle.backends();
+    let choice = choose_backend(config.inference.backend, &backends, tensorrt_available())?;
     if let Some(why) = &choice.fallback {
         tracing::warn!(requested = config.inference.backend.name(), using = choice.backend.name(), "{why}");
     }
@@ -20,7 +21,7 @@ pub fn load_detector(config: &Config) -> Result<(Bundle, Detector), InferError> 
         BackendKind::Tensorrt => match tensorrt_backend(config, &bundle) {
             Ok(b) => b,
             // The engine could not be built or loaded: keep the cameras running on the CPU.
-            Err(e) if bundle.manifest.model.backends.iter().any(|b| b == "onnxruntime") => {
+            Err(e) if backends.contains(&BundleBackend::Onnxruntime) => {
                 tracing::warn!(error = %e, "TensorRT cannot run this model; using ONNX Runtime (CPU)");
                 ort()?
             }

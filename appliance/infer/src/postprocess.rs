@@ -4,6 +4,8 @@
 
 pub use vigil_core::geometry::{BBox, Detection, Letterbox};
 
+use crate::bundle::OutputFormat;
+
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
@@ -72,16 +74,14 @@ pub enum OutputLayout {
 const YOLOX_STRIDES: [u32; 3] = [8, 16, 32];
 
 impl OutputLayout {
-    pub const FORMATS: &'static [&'static str] = &["vigil-grid-v1", "yolov5", "yolov8", "yolox"];
-
     /// The layout for `format`, checked against the output `shape`, the number of `classes` and
     /// the model's input size; the error says what was expected.
-    pub fn new(format: &str, shape: &[i64], classes: usize, input: (u32, u32)) -> Result<Self, String> {
+    pub fn new(format: OutputFormat, shape: &[i64], classes: usize, input: (u32, u32)) -> Result<Self, String> {
         let c = classes as i64;
         let dims = |n: usize| shape.len() == n && shape[0] == 1 && shape[1..].iter().all(|&d| d > 0);
         let (in_w, in_h) = input;
         match format {
-            "vigil-grid-v1" => {
+            OutputFormat::VigilGridV1 => {
                 if !dims(4) || shape[1] != 5 + c {
                     return Err(format!("output.shape {shape:?} must be [1, 5 + {classes} labels, G, G]"));
                 }
@@ -91,13 +91,13 @@ impl OutputLayout {
                 }
                 Ok(Self::VigilGrid { classes, grid_h: gh as usize, grid_w: gw as usize, stride: (in_w / gw) as f32 })
             }
-            "yolov5" => {
+            OutputFormat::YoloV5 => {
                 if !dims(3) || shape[2] != 5 + c {
                     return Err(format!("output.shape {shape:?} must be [1, N, 5 + {classes} labels] for yolov5"));
                 }
                 Ok(Self::YoloV5 { classes, boxes: shape[1] as usize })
             }
-            "yolov8" => {
+            OutputFormat::YoloV8 => {
                 if !dims(3) || shape[1] != 4 + c {
                     return Err(format!(
                         "output.shape {shape:?} must be [1, 4 + {classes} labels, N] for yolov8 (channel-major, \
@@ -106,7 +106,7 @@ impl OutputLayout {
                 }
                 Ok(Self::YoloV8 { classes, boxes: shape[2] as usize })
             }
-            "yolox" => {
+            OutputFormat::Yolox => {
                 if !dims(3) || shape[2] != 5 + c {
                     return Err(format!("output.shape {shape:?} must be [1, N, 5 + {classes} labels] for yolox"));
                 }
@@ -125,7 +125,6 @@ impl OutputLayout {
                 }
                 Ok(Self::Yolox { classes, grids })
             }
-            other => Err(format!("output.format `{other}` is not supported (one of {:?})", Self::FORMATS)),
         }
     }
 
@@ -289,7 +288,7 @@ mod tests {
     #[test]
     fn yolov5_rows_decode_with_objectness_times_class() {
         // 3 rows × (5 + 2 classes): one strong class-1 object, one weak, one below threshold.
-        let layout = OutputLayout::new("yolov5", &[1, 3, 7], 2, (320, 320)).unwrap();
+        let layout = OutputLayout::new(OutputFormat::YoloV5, &[1, 3, 7], 2, (320, 320)).unwrap();
         #[rustfmt::skip]
         let out = [
             100.0, 50.0, 40.0, 20.0, 0.9, 0.1, 0.8,
@@ -305,7 +304,7 @@ mod tests {
     #[test]
     fn yolov8_is_channel_major_without_objectness() {
         // 4 + 3 classes channels × 2 anchors; anchor 1 is class 2 at 0.7.
-        let layout = OutputLayout::new("yolov8", &[1, 7, 2], 3, (640, 640)).unwrap();
+        let layout = OutputLayout::new(OutputFormat::YoloV8, &[1, 7, 2], 3, (640, 640)).unwrap();
         #[rustfmt::skip]
         let out = [
             10.0, 300.0,   // cx
@@ -319,14 +318,14 @@ mod tests {
         let dets = layout.decode(&out, 0.5);
         assert_eq!(dets.len(), 1);
         assert_box(&dets[0], 2, 0.7, b(270.0, 185.0, 330.0, 215.0));
-        assert!(OutputLayout::new("yolov8", &[1, 2, 7], 3, (640, 640)).is_err(), "row-major is refused");
+        assert!(OutputLayout::new(OutputFormat::YoloV8, &[1, 2, 7], 3, (640, 640)).is_err(), "row-major is refused");
     }
 
     #[test]
     fn yolox_anchor_points_decode_on_their_own_grid() {
         // A 64×64 input: strides 8, 16, 32 give 8×8 + 4×4 + 2×2 = 84 anchor points.
         let classes = 1;
-        let layout = OutputLayout::new("yolox", &[1, 84, 6], classes, (64, 64)).unwrap();
+        let layout = OutputLayout::new(OutputFormat::Yolox, &[1, 84, 6], classes, (64, 64)).unwrap();
         let mut out = vec![0.0f32; 84 * 6];
         // Point (gy=1, gx=0) of the stride-16 grid: index 64 + 1·4 + 0 = 68.
         let row = &mut out[68 * 6..69 * 6];
@@ -335,16 +334,18 @@ mod tests {
         assert_eq!(dets.len(), 1);
         // centre ((0 + 0.5)·16, (1 + 0.25)·16) = (8, 20); size (2·16, 1·16) = (32, 16).
         assert_box(&dets[0], 0, 0.72, b(-8.0, 12.0, 24.0, 28.0));
-        let err = OutputLayout::new("yolox", &[1, 100, 6], classes, (64, 64)).unwrap_err();
+        let err = OutputLayout::new(OutputFormat::Yolox, &[1, 100, 6], classes, (64, 64)).unwrap_err();
         assert!(err.contains("84 anchor points"), "{err}");
     }
 
     #[test]
     fn layouts_refuse_shapes_that_do_not_fit_the_labels() {
-        assert!(OutputLayout::new("yolov5", &[1, 10, 8], 2, (320, 320)).unwrap_err().contains("5 + 2"));
-        assert!(OutputLayout::new("vigil-grid-v1", &[1, 8, 40, 40], 3, (320, 320)).is_ok());
-        assert!(OutputLayout::new("vigil-grid-v1", &[1, 8, 30, 30], 3, (320, 320)).unwrap_err().contains("evenly"));
-        assert!(OutputLayout::new("ssd", &[1, 8], 3, (320, 320)).unwrap_err().contains("not supported"));
+        assert!(OutputLayout::new(OutputFormat::YoloV5, &[1, 10, 8], 2, (320, 320)).unwrap_err().contains("5 + 2"));
+        assert!(OutputLayout::new(OutputFormat::VigilGridV1, &[1, 8, 40, 40], 3, (320, 320)).is_ok());
+        assert!(OutputLayout::new(OutputFormat::VigilGridV1, &[1, 8, 30, 30], 3, (320, 320))
+            .unwrap_err()
+            .contains("evenly"));
+        assert!("ssd".parse::<OutputFormat>().unwrap_err().contains("not supported"));
     }
 
     #[test]

@@ -264,6 +264,9 @@ impl CameraEvents {
         let mut out = Vec::new();
         for (det, track) in detections.iter().zip(track_ids) {
             let Some(track) = track else { continue };
+            // This detection's picture, cut at most once per frame and shared by every rule that
+            // takes it (a copy of the frame each).
+            let mut picture: Option<Arc<SnapshotImage>> = None;
             let pixel_box = PixelBox { x1: det.bbox.x1, y1: det.bbox.y1, x2: det.bbox.x2, y2: det.bbox.y2 };
             // Where the object stands: the bottom-centre of its box.
             let (fx, fy) = ((det.bbox.x1 + det.bbox.x2) / 2.0 / w, det.bbox.y2 / h);
@@ -307,7 +310,8 @@ impl CameraEvents {
                     c.best_frame = frame_ref();
                     if take_picture {
                         if let Some(img) = &image {
-                            c.best_image = Some(Arc::new(img.crop_with_box(&det.bbox)));
+                            let cut = picture.get_or_insert_with(|| Arc::new(img.crop_with_box(&det.bbox)));
+                            c.best_image = Some(cut.clone());
                         }
                     }
                 }

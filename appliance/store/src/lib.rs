@@ -33,7 +33,7 @@ pub mod snapshot;
 
 pub use migrate::MIGRATIONS;
 pub use outbox::OutboxEntry;
-pub use retention::{free_space, Retention, RetentionReport};
+pub use retention::{free_space, Retention, RetentionReport, SLED_SPACE_FACTOR};
 
 pub const SCHEMA_VERSION: u64 = 3;
 /// Outbox bound when none is configured (`mqtt.outbox_max_messages`).

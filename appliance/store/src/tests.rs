@@ -178,7 +178,7 @@ fn retention_deletes_the_oldest_by_age_count_and_bytes() {
     evs.reverse();
     store.append(&evs, "t").unwrap();
     let per_event = store.event_bytes() / 10;
-    let loose = Retention { max_age: None, max_events: 100, max_bytes: u64::MAX };
+    let loose = Retention { max_age: None, max_events: 100, max_bytes: u64::MAX, record_factor: 1 };
     assert_eq!(store.enforce_retention(&loose, 10 * sec).unwrap().total(), 0);
 
     // Age: at t = 10 s, keep what is at most 6.5 s old (captured at 3.5 s or later).
@@ -285,7 +285,8 @@ async fn snapshots_count_toward_retention_and_go_with_their_events() {
         store.sync_snapshots().unwrap();
         assert_eq!(store.snapshot_bytes(), 35_000);
         // Room for about two events with their pictures.
-        let r = Retention { max_age: None, max_events: 100, max_bytes: 2 * 10_000 + store.event_bytes() };
+        let r =
+            Retention { max_age: None, max_events: 100, max_bytes: 2 * 10_000 + store.event_bytes(), record_factor: 1 };
         assert_eq!(store.enforce_retention(&r, 0).unwrap().by_bytes, 2);
         assert!(!store.snapshot_file(&evs[0].id).exists(), "deleted with its event");
         assert_eq!(store.snapshot_bytes(), 20_000);
@@ -353,7 +354,7 @@ async fn a_malformed_index_key_is_an_error_or_quarantined_never_a_panic() {
     let corrupt = read.iter().filter(|r| matches!(r, Err(StoreError::Corrupt { .. }))).count();
     assert_eq!((corrupt, read.len()), (1, 2), "a read says what is wrong and goes on to the good entry: {read:?}");
     // Retention moves it aside and carries on.
-    let retention = Retention { max_age: None, max_events: 0, max_bytes: u64::MAX };
+    let retention = Retention { max_age: None, max_events: 0, max_bytes: u64::MAX, record_factor: 1 };
     let report = store.enforce_retention(&retention, 10_000).unwrap();
     assert_eq!((report.by_count, store.event_count()), (1, 0));
     let quarantine = store.db.open_tree(QUARANTINE_TREE).unwrap();
@@ -449,4 +450,23 @@ fn when_the_space_is_sleds_own_the_guard_does_not_evict_every_event_each_second(
     store.make_room_with(100 * MB, scripted).unwrap();
     // 44 MB free, 10 MB more per slice: 6 slices reach 100 MB.
     assert_eq!((before - store.event_count()) / 20, 6);
+}
+
+#[test]
+fn the_byte_bound_counts_records_at_sleds_space_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.append(&(0..10).map(|n| event_at(n, u64::from(n))).collect::<Vec<_>>(), "t").unwrap();
+    let per_event = store.event_bytes() / 10;
+    // Room for 5 records' footprint on disk: 5 × their size × the factor.
+    let bound = Retention {
+        max_age: None,
+        max_events: 100,
+        max_bytes: 5 * per_event * SLED_SPACE_FACTOR + 4,
+        record_factor: SLED_SPACE_FACTOR,
+    };
+    let report = store.enforce_retention(&bound, 0).unwrap();
+    assert_eq!((report.by_bytes, store.event_count()), (5, 5));
+    // From the configuration, the factor is sled's.
+    assert_eq!(Retention::from_config(&vigil_config::StoreConfig::default()).record_factor, SLED_SPACE_FACTOR);
 }

@@ -130,9 +130,11 @@ pub async fn run(
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let budget =
-                c.latency_budget_ms.or(config.model.latency_budget_ms).unwrap_or(bundle.manifest.budget.latency_ms);
-            (CameraSpec::from_config(&config, i, bundle.input_size()), Duration::from_millis(budget))
+            let budget = c
+                .latency_budget_ms
+                .or(config.model.latency_budget_ms)
+                .map_or(bundle.manifest.budget.latency, Duration::from_millis);
+            (CameraSpec::from_config(&config, i, bundle.input_size()), budget)
         })
         .collect();
     let stats: Vec<Arc<CameraStats>> = cameras.iter().map(|(spec, _)| Arc::new(CameraStats::new(&spec.id))).collect();
@@ -281,12 +283,12 @@ pub async fn run(
             blocking("free-space guard", move || store.make_room(min_free).map(drop))
         })
     };
-    let metrics = (config.mqtt.metrics_interval_s > 0).then(|| {
+    let metrics = config.mqtt.metrics_every().map(|every| {
         let (stats, sched, store, wake) = (stats.clone(), sched_stats.clone(), store.clone(), wake.clone());
         let device_id = config.device_id.clone();
         let topic = topic::metrics(&device_id);
         let started = std::time::Instant::now();
-        periodic(Duration::from_secs(config.mqtt.metrics_interval_s), capture_cancel.clone(), move || {
+        periodic(every, capture_cancel.clone(), move || {
             let m = metrics::Metrics::collect(&device_id, started, &stats, &sched, &store);
             let payload = serde_json::to_vec(&m).expect("metrics always serialise");
             let (store, wake, topic) = (store.clone(), wake.clone(), topic.clone());

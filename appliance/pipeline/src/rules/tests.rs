@@ -197,6 +197,23 @@ fn snapshots_are_taken_when_the_best_improves_and_sent_with_the_message() {
 }
 
 #[test]
+fn rules_watching_the_same_object_share_one_copy_of_its_picture() {
+    let c = config(vec![rule("a"), rule("b")], vec![]);
+    let mut e = engine(&c);
+    let lb = Letterbox::new(100, 100, 100, 100);
+    let pixels = vec![128u8; 100 * 100 * 3];
+    let img = SourceImage { pixels: Image::rgb(&pixels, 300), width: 100, height: 100, letterbox: lb };
+    let mut news = Vec::new();
+    for n in 0..10u64 {
+        let out = e.observe(&frame(n), &[at(0, 0.9, 50.0, 50.0)], Some(img));
+        news.extend(out.into_iter().filter(|m| m.event.phase == Phase::New));
+    }
+    assert_eq!(news.len(), 2, "one event per rule");
+    let (a, b) = (news[0].snapshot.as_ref().unwrap(), news[1].snapshot.as_ref().unwrap());
+    assert!(Arc::ptr_eq(a, b), "the frame was copied once, not once per rule");
+}
+
+#[test]
 fn rules_naming_unknown_labels_are_refused_with_the_model_labels() {
     let mut r = rule("people");
     r.labels = vec!["person".into()];
