@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use vigil_core::backoff::Backoff;
+use vigil_core::clock::Clock;
 use vigil_core::stats::CameraState;
 
 use crate::camera::FaultKind;
@@ -75,6 +76,58 @@ impl Recovery {
         }
     }
 }
+
+/// Why a backoff wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitEnd {
+    /// The whole wait passed.
+    Elapsed,
+    Cancelled,
+    /// A restart was asked for (fleet command, tests).
+    Restart,
+    /// A source that was unreachable when the wait began answers again.
+    Reachable,
+}
+
+/// Waits `wait` on `clock` in steps of at most [`WAIT_STEP`]. Ends early when `cancelled`, when
+/// `restart` says a restart was asked for, or, for a source that was unreachable when the wait
+/// began, when `reachable` (asked every `poll`) says it answers again: that is what brings a
+/// camera back soon after its server returns without hammering a dead server with rebuilds.
+pub(crate) fn wait_out(
+    clock: &dyn Clock,
+    wait: Duration,
+    poll: Duration,
+    cancelled: impl Fn() -> bool,
+    mut restart: impl FnMut() -> bool,
+    mut reachable: impl FnMut() -> Option<bool>,
+) -> WaitEnd {
+    let until = clock.now() + wait;
+    let was_reachable = reachable();
+    let mut next_check = clock.now() + poll;
+    while clock.now() < until {
+        if cancelled() {
+            return WaitEnd::Cancelled;
+        }
+        if restart() {
+            return WaitEnd::Restart;
+        }
+        if was_reachable == Some(false) && clock.now() >= next_check {
+            if reachable() == Some(true) {
+                return WaitEnd::Reachable;
+            }
+            next_check = clock.now() + poll;
+        }
+        clock.sleep(until.saturating_duration_since(clock.now()).min(WAIT_STEP));
+    }
+    if cancelled() {
+        WaitEnd::Cancelled
+    } else {
+        WaitEnd::Elapsed
+    }
+}
+
+/// The longest a backoff wait sleeps between its checks.
+pub(crate) const WAIT_STEP: Duration = Duration::from_millis(25);
 
 #[cfg(test)]
 mod tests {
@@ -155,6 +208,72 @@ mod tests {
         assert!(!r.on_fault(fault(FaultKind::Negotiation, true, Some(100)), 3, true).reprobe);
         for kind in [FaultKind::Stalled, FaultKind::Failed, FaultKind::Decoder] {
             assert!(!r.on_fault(fault(kind, true, Some(100)), 3, false).reprobe, "{kind:?}");
+        }
+    }
+
+    mod waits {
+        use std::cell::Cell;
+
+        use vigil_core::clock::ManualClock;
+
+        use super::*;
+
+        const POLL: Duration = Duration::from_millis(250);
+
+        #[test]
+        fn with_nothing_happening_the_whole_wait_passes() {
+            let clock = ManualClock::new();
+            let t0 = clock.now();
+            let end = wait_out(&clock, 2000 * MS, POLL, || false, || false, || Some(false));
+            assert_eq!(end, WaitEnd::Elapsed);
+            assert_eq!(clock.now() - t0, 2000 * MS);
+        }
+
+        #[test]
+        fn a_source_that_answers_again_ends_the_wait_at_the_next_poll() {
+            let clock = ManualClock::new();
+            let t0 = clock.now();
+            let polls = Cell::new(0);
+            // Down at the start; back 600 ms in: seen by the poll at 750 ms.
+            let reachable = || {
+                polls.set(polls.get() + 1);
+                Some(clock.now() - t0 >= 600 * MS)
+            };
+            let end = wait_out(&clock, 10_000 * MS, POLL, || false, || false, reachable);
+            assert_eq!(end, WaitEnd::Reachable);
+            assert_eq!(clock.now() - t0, 750 * MS);
+            assert_eq!(polls.get(), 4, "at the start, then every 250 ms");
+        }
+
+        #[test]
+        fn a_source_that_was_reachable_is_not_polled_and_does_not_cut_the_wait() {
+            let clock = ManualClock::new();
+            let polls = Cell::new(0);
+            let reachable = || {
+                polls.set(polls.get() + 1);
+                Some(true)
+            };
+            assert_eq!(wait_out(&clock, 1000 * MS, POLL, || false, || false, reachable), WaitEnd::Elapsed);
+            assert_eq!(polls.get(), 1, "asked once, at the start");
+            // A source that cannot tell (CSI, test patterns) waits it out too.
+            assert_eq!(wait_out(&clock, 1000 * MS, POLL, || false, || false, || None), WaitEnd::Elapsed);
+        }
+
+        #[test]
+        fn a_restart_request_or_a_cancel_ends_the_wait_at_once() {
+            let clock = ManualClock::new();
+            let t0 = clock.now();
+            let asked = Cell::new(false);
+            let restart = || {
+                let was = asked.get();
+                asked.set(clock.now() - t0 >= 100 * MS);
+                was
+            };
+            assert_eq!(wait_out(&clock, 10_000 * MS, POLL, || false, restart, || Some(false)), WaitEnd::Restart);
+            assert!(clock.now() - t0 <= 100 * MS + WAIT_STEP);
+            let t1 = clock.now();
+            assert_eq!(wait_out(&clock, 10_000 * MS, POLL, || true, || false, || Some(false)), WaitEnd::Cancelled);
+            assert_eq!(clock.now(), t1);
         }
     }
 }

@@ -6,16 +6,17 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use vigil_core::clock::{Clock, SystemClock};
 use vigil_core::hub::FrameHub;
 use vigil_core::source::SourceUri;
 use vigil_core::stats::{CameraState, CameraStats};
 
 use crate::camera::{probe, FaultKind, FrameSource, SourceEnd, StreamInfo, Timeline};
 use crate::platform::Platform;
-use crate::recovery::{Fault, Recovery};
+use crate::recovery::{wait_out, Fault, Recovery, WaitEnd};
 use crate::resolve::Resolver;
 use crate::spec::CameraSpec;
 use crate::{CaptureError, Frame};
@@ -51,6 +52,8 @@ struct Supervisor {
     recovery: Recovery,
     runs: u64,
     resolver: Resolver,
+    /// Backoff waits are timed on it.
+    clock: Arc<dyn Clock>,
 }
 
 impl Supervisor {
@@ -65,6 +68,7 @@ impl Supervisor {
             recovery,
             runs: 0,
             resolver: Resolver::system(DNS_TIMEOUT),
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -187,28 +191,22 @@ impl Supervisor {
     }
 
     /// Sleeps for `wait` unless cancelled (returns true) or the source comes back first: a
-    /// network camera answering on its port again, a file or device node reappearing.
+    /// network camera answering on its port again, a file or device node reappearing
+    /// ([`wait_out`], on the supervisor's clock).
     fn wait_backoff(&mut self, wait: Duration, cancel: &CancellationToken) -> bool {
-        let until = Instant::now() + wait;
-        let was_reachable = reachable(&self.spec.source, &mut self.resolver);
-        let mut next_check = Instant::now() + REACHABILITY_POLL;
-        while Instant::now() < until {
-            if cancel.is_cancelled() {
-                return true;
-            }
-            if self.stats.take_restart_request() {
-                return false;
-            }
-            if was_reachable == Some(false) && Instant::now() >= next_check {
-                if reachable(&self.spec.source, &mut self.resolver) == Some(true) {
-                    tracing::info!(camera = %self.spec.id, "source is reachable again; reconnecting now");
-                    return false;
-                }
-                next_check = Instant::now() + REACHABILITY_POLL;
-            }
-            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(25)));
+        let (source, resolver, stats) = (&self.spec.source, &mut self.resolver, &self.stats);
+        let end = wait_out(
+            self.clock.as_ref(),
+            wait,
+            REACHABILITY_POLL,
+            || cancel.is_cancelled(),
+            || stats.take_restart_request(),
+            || reachable(source, resolver),
+        );
+        if end == WaitEnd::Reachable {
+            tracing::info!(camera = %self.spec.id, "source is reachable again; reconnecting now");
         }
-        cancel.is_cancelled()
+        end == WaitEnd::Cancelled
     }
 }
 
