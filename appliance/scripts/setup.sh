@@ -13,6 +13,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
   gstreamer1.0-rtsp libgstrtspserver-1.0-dev
   mosquitto mosquitto-clients
+  libfaketime
 )
 
 missing=()

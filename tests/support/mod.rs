@@ -175,11 +175,19 @@ pub struct Vigil {
 
 impl Vigil {
     pub fn start(config: &Path, log_dir: &Path) -> Self {
+        Self::start_with_env(config, log_dir, &[])
+    }
+
+    /// As [`Vigil::start`], with these environment variables set for vigil.
+    pub fn start_with_env(config: &Path, log_dir: &Path, env: &[(&str, &Path)]) -> Self {
         let log = log_dir.join("vigil.log");
         let file = std::fs::File::create(&log).expect("create log file");
         let mut cmd = Command::new(vigil_bin());
         cmd.args(["run", "--config"]).arg(config).stdout(Stdio::null()).stderr(file);
         cmd.env("VIGIL_LOG", "info,ort=warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         Self { child: cmd.spawn().expect("spawn vigil"), log }
     }
 
