@@ -207,3 +207,18 @@ async fn tail_sends_the_backlog_then_each_stored_burst_and_says_what_it_missed()
     run.cancel.cancel();
     tokio::time::timeout(Duration::from_secs(10), reader).await.unwrap().unwrap();
 }
+
+/// On tokio's paused clock: the minute passes at once, and exactly.
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_is_closed_after_a_minute_and_not_before() {
+    use tokio::io::AsyncReadExt;
+    let run = serve(&[]).await;
+    let mut idle = tokio::net::UnixStream::connect(socket_path(run.dir.path())).await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(2 * IDLE_TIMEOUT, idle.read_to_end(&mut rest)).await.unwrap().unwrap();
+    assert_eq!(n, 0, "closed without a word");
+    let waited = t0.elapsed();
+    assert!(waited >= IDLE_TIMEOUT && waited < IDLE_TIMEOUT + Duration::from_secs(1), "closed after {waited:?}");
+    run.cancel.cancel();
+}
