@@ -89,16 +89,21 @@ fn two_configuration_changes_at_once_let_exactly_one_through() {
     }
 }
 
+/// A fleet over a store in `dir` holding one event whose snapshot file holds `jpeg`.
+fn fleet_with_event(dir: &std::path::Path, jpeg: &[u8]) -> (Fleet, vigil_core::event::Event) {
+    let store = Store::open(dir).unwrap();
+    let mut e = vigil_core::event::test_event(7);
+    e.snapshot = Some(vigil_core::event::snapshot_path(&e.id));
+    store.write_snapshot(&e.id, jpeg).unwrap();
+    store.append(std::slice::from_ref(&e), "t").unwrap();
+    (fleet(store, Config::for_tests()), e)
+}
+
 #[test]
 fn events_get_returns_the_event_and_its_snapshot_or_says_it_is_gone() {
     use base64::Engine as _;
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let mut e = vigil_core::event::test_event(7);
-    e.snapshot = Some(vigil_core::event::snapshot_path(&e.id));
-    store.write_snapshot(&e.id, b"\xff\xd8jpeg").unwrap();
-    store.append(std::slice::from_ref(&e), "t").unwrap();
-    let fleet = fleet(store, Config::for_tests());
+    let (fleet, e) = fleet_with_event(dir.path(), b"\xff\xd8jpeg");
 
     let got = fleet.execute(&Command::EventsGet { id: e.id.clone(), snapshot: false }).unwrap();
     assert_eq!(serde_json::from_value::<vigil_core::event::Event>(got["event"].clone()).unwrap(), e);
@@ -120,13 +125,8 @@ fn events_get_returns_the_event_and_its_snapshot_or_says_it_is_gone() {
 #[test]
 fn a_reply_over_the_packet_limit_becomes_an_error_reply_that_fits() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let mut e = vigil_core::event::test_event(7);
-    e.snapshot = Some(vigil_core::event::snapshot_path(&e.id));
     // 900 kB of JPEG is 1.2 MB of base64: over the broker's limit.
-    store.write_snapshot(&e.id, &vec![0xAB; 900_000]).unwrap();
-    store.append(std::slice::from_ref(&e), "t").unwrap();
-    let fleet = fleet(store, Config::for_tests());
+    let (fleet, e) = fleet_with_event(dir.path(), &vec![0xAB; 900_000]);
     let asked = format!(r#"{{"request_id":"big","args":{{"id":"{}","snapshot":true}}}}"#, e.id);
     let (topic, payload) = fleet.answer("events/get", asked.as_bytes()).unwrap();
     assert!(topic::publish_packet_bytes(&topic, payload.len()) <= topic::MAX_PACKET_BYTES);
