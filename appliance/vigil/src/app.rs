@@ -89,10 +89,12 @@ pub async fn run(
     if change == config_change::Startup::RollBackNow {
         return Ok(Ended::RestartRequested);
     }
+    // The service's clocks: the scheduler, expiry and retention's "now" all read this one.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let retention = Retention::from_config(&config.store);
     let min_free = config.store.min_free_mb << 20;
     store.make_room(min_free)?;
-    store.enforce_retention(&retention, unix_ns(std::time::SystemTime::now()))?;
+    store.enforce_retention(&retention, unix_ns(clock.wall()))?;
     let model = ModelRef {
         name: bundle.manifest.model.name.clone(),
         version: bundle.manifest.model.version.clone(),
@@ -158,7 +160,6 @@ pub async fn run(
     let camera_ids: Vec<&str> = cameras.iter().map(|c| &*c.0.id).collect();
     let sched_stats = Arc::new(SchedulerStats::new(&camera_ids));
     let snapshot_requests = SnapshotRequests::default();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let worker = Worker {
         hub: hub.clone(),
         scheduler: Scheduler::new(detector, cameras.iter().map(|c| c.1).collect(), clock.clone(), sched_stats.clone()),
@@ -166,7 +167,7 @@ pub async fn run(
         stats: sched_stats.clone(),
         events: events_tx,
         snapshots: snapshot_requests.clone(),
-        clock,
+        clock: clock.clone(),
     };
     let sched_cancel = capture_cancel.clone();
     let scheduler_thread =
@@ -270,10 +271,8 @@ pub async fn run(
     let retainer = {
         let store = store.clone();
         periodic(RETENTION_EVERY, capture_cancel.clone(), move || {
-            let store = store.clone();
-            blocking("retention pass", move || {
-                store.enforce_retention(&retention, unix_ns(std::time::SystemTime::now())).map(drop)
-            })
+            let (store, now) = (store.clone(), unix_ns(clock.wall()));
+            blocking("retention pass", move || store.enforce_retention(&retention, now).map(drop))
         })
     };
     let disk_guard = {
