@@ -175,13 +175,22 @@ fn zone_changes_are_sent_at_once_and_finish_ends_open_events() {
     assert_eq!(e.open_events(), 0);
 }
 
+/// `pixels` (100x100 RGB) as a processed frame's picture, without letterbox borders.
+fn grey_picture(pixels: &[u8]) -> SourceImage<'_> {
+    SourceImage {
+        pixels: Image::rgb(pixels, 300),
+        width: 100,
+        height: 100,
+        letterbox: Letterbox::new(100, 100, 100, 100),
+    }
+}
+
 #[test]
 fn snapshots_are_taken_when_the_best_improves_and_sent_with_the_message() {
     let c = config(vec![], vec![]);
     let mut e = engine(&c);
-    let lb = Letterbox::new(100, 100, 100, 100);
     let pixels = vec![128u8; 100 * 100 * 3];
-    let img = SourceImage { pixels: Image::rgb(&pixels, 300), width: 100, height: 100, letterbox: lb };
+    let img = grey_picture(&pixels);
     let mut sent = Vec::new();
     for n in 0..25u64 {
         let score = if n < 12 { 0.5 } else { 0.9 };
@@ -200,9 +209,8 @@ fn snapshots_are_taken_when_the_best_improves_and_sent_with_the_message() {
 fn rules_watching_the_same_object_share_one_copy_of_its_picture() {
     let c = config(vec![rule("a"), rule("b")], vec![]);
     let mut e = engine(&c);
-    let lb = Letterbox::new(100, 100, 100, 100);
     let pixels = vec![128u8; 100 * 100 * 3];
-    let img = SourceImage { pixels: Image::rgb(&pixels, 300), width: 100, height: 100, letterbox: lb };
+    let img = grey_picture(&pixels);
     let mut news = Vec::new();
     for n in 0..10u64 {
         let out = e.observe(&frame(n), &[at(0, 0.9, 50.0, 50.0)], Some(img));
