@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use rumqttc::{Client, Connection, Event, MqttOptions, Packet, QoS, Transport};
 
 use vigil_config::{BrokerUrl, TlsConfig};
-use vigil_core::topic;
+use vigil_core::topic::{self, Topic};
 
 #[derive(Debug, clap::Args)]
 pub struct FleetArgs {
@@ -140,8 +140,10 @@ pub fn run(args: &FleetArgs) -> anyhow::Result<u8> {
                 &[topic::status("+")],
                 Some(Instant::now() + *wait),
                 |topic, payload| {
-                    if let (Some(id), Ok(v)) = (topic.split('/').nth(1), serde_json::from_slice(payload)) {
-                        devices.insert(id.to_owned(), v);
+                    if let (Some(Topic::Status { device }), Ok(v)) =
+                        (Topic::parse(topic, ""), serde_json::from_slice(payload))
+                    {
+                        devices.insert(device.to_owned(), v);
                     }
                     true
                 },
