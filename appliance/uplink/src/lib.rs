@@ -473,4 +473,37 @@ mod tests {
         assert!(*hi - *lo >= Duration::from_millis(20), "first retries bunched within {:?}: {firsts:?}", *hi - *lo);
         assert!(*lo >= BACKOFF_MIN.mul_f64(0.8) && *hi <= BACKOFF_MIN.mul_f64(1.2), "{firsts:?}");
     }
+
+    /// On tokio's paused clock, a minute of a broker that takes each connection and hangs up at
+    /// once: the attempts follow the backoff (7 to 9: 0.25 + 0.5 + 1 + … s), not a loop (over
+    /// 150 with the waits cut a thousandfold).
+    #[tokio::test(start_paused = true)]
+    async fn a_broker_that_hangs_up_is_retried_on_the_backoff_not_in_a_loop() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                counter.fetch_add(1, Ordering::SeqCst);
+                drop(conn); // hang up before CONNACK
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = vigil_config::Config::for_tests();
+        config.mqtt.url = format!("mqtt://127.0.0.1:{port}");
+        let store = Store::open(dir.path()).unwrap();
+        let status = SharedStatus::new(new_status(&config, None));
+        let uplink = Uplink::new(&config, status, store, Arc::new(Notify::new())).unwrap();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(uplink.run(cancel.clone()));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        // Real time (not the paused clock) for the accepting thread to count the last ones.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let attempts = accepted.load(Ordering::SeqCst);
+        assert!((5..=12).contains(&attempts), "{attempts} connection attempts in a virtual minute");
+    }
 }
