@@ -25,6 +25,12 @@ pub fn publish_packet_bytes(topic: &str, payload: usize) -> usize {
     1 + 4 + 2 + topic.len() + 2 + payload
 }
 
+/// The packet size of `payload` bytes on `topic` when it is over [`MAX_PACKET_BYTES`]: a
+/// message that could never be sent.
+pub fn oversized(topic: &str, payload: usize) -> Option<usize> {
+    Some(publish_packet_bytes(topic, payload)).filter(|&bytes| bytes > MAX_PACKET_BYTES)
+}
+
 /// The first level of every vigil topic.
 pub const ROOT: &str = "vigil";
 const HA_SUFFIX: &str = "_last_detection";
@@ -42,19 +48,6 @@ pub enum Topic<'a> {
 }
 
 impl<'a> Topic<'a> {
-    /// The device a topic belongs to.
-    pub fn device(&self) -> &'a str {
-        match *self {
-            Topic::Status { device }
-            | Topic::Events { device }
-            | Topic::Metrics { device }
-            | Topic::Command { device, .. }
-            | Topic::Reply { device, .. }
-            | Topic::HaState { device, .. }
-            | Topic::HaConfig { device, .. } => device,
-        }
-    }
-
     /// Reads a vigil topic; `None` for anything else. A command name may span levels
     /// (`config/get`); every other part is one non-empty level. Home Assistant discovery topics
     /// are read for `ha_prefix` only (their first level is the operator's choice).

@@ -397,7 +397,7 @@ impl Fleet {
     /// is answered after its health window.
     pub fn answer(&self, name: &str, payload: &[u8]) -> Option<(String, Vec<u8>)> {
         let device = &self.config.device_id;
-        let reply = match parse(name, payload) {
+        let mut reply = match parse(name, payload) {
             Ok(Request { request_id, command: Command::ConfigSet { config, health_window_s } }) => {
                 match self.config_set(&request_id, &config, health_window_s) {
                     Ok(()) => return None,
@@ -408,10 +408,9 @@ impl Fleet {
             Err(r) => Reply::error(r.request_id.as_deref().unwrap_or("invalid"), r.message),
         };
         let mut message = reply.message(device);
-        let bytes = topic::publish_packet_bytes(&message.0, message.1.len());
-        let reply = if bytes > topic::MAX_PACKET_BYTES {
+        if let Some(bytes) = topic::oversized(&message.0, message.1.len()) {
             // Over the broker's packet limit it could never be sent: say so instead.
-            let too_large = Reply::error(
+            reply = Reply::error(
                 &reply.request_id,
                 format!(
                     "the reply is {bytes} bytes, over the {}-byte MQTT packet limit; ask for less (events/get \
@@ -419,11 +418,8 @@ impl Fleet {
                     topic::MAX_PACKET_BYTES
                 ),
             );
-            message = too_large.message(device);
-            too_large
-        } else {
-            reply
-        };
+            message = reply.message(device);
+        }
         let at = humantime::format_rfc3339_millis(SystemTime::now());
         tracing::info!(command = name, request_id = %reply.request_id, ok = reply.ok, error = reply.error.as_deref().unwrap_or(""),
             at = %at, "fleet command");

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use vigil_core::topic::{publish_packet_bytes, MAX_PACKET_BYTES};
+use vigil_core::topic;
 
 use crate::{Store, StoreError};
 
@@ -74,8 +74,7 @@ impl Store {
     /// Queues one message that is not an event (metrics, replies) in the outbox (not yet
     /// durable: call [`Store::flush`]).
     pub fn enqueue(&self, topic: &str, payload: &[u8]) -> Result<(), StoreError> {
-        let bytes = publish_packet_bytes(topic, payload.len());
-        if bytes > MAX_PACKET_BYTES {
+        if let Some(bytes) = topic::oversized(topic, payload.len()) {
             return Err(StoreError::TooLarge { topic: topic.to_owned(), bytes });
         }
         let _writes = self.lock_writes();
@@ -103,37 +102,36 @@ impl Store {
             let (k, v) = item?;
             let Ok(raw) = <[u8; 8]>::try_from(k.as_ref()) else {
                 // Keys are written as 8 bytes only; anything else cannot be sent or acknowledged.
-                self.drop_raw_outbox_key(&k, "its key is not 8 bytes");
+                self.drop_unsendable(&k, "its key is not 8 bytes")?;
                 continue;
             };
             let key = u64::from_be_bytes(raw);
+            // Kept, an entry that can never be sent would be read first after every reconnect,
+            // forever.
             match OutboxEntry::decode(key, &v) {
-                Ok(entry) if publish_packet_bytes(&entry.topic, entry.payload.len()) > MAX_PACKET_BYTES => {
-                    let bytes = publish_packet_bytes(&entry.topic, entry.payload.len());
-                    self.outbox_drop(key, &format!("{bytes} bytes on {}, over the broker's limit", entry.topic))?;
-                }
-                Ok(entry) => out.push((key, entry)),
-                // Kept, it would be read first after every reconnect, forever.
-                Err(e) => self.outbox_drop(key, &e.to_string())?,
+                Ok(entry) => match topic::oversized(&entry.topic, entry.payload.len()) {
+                    Some(bytes) => {
+                        let why = format!("{bytes} bytes on {}, over the broker's limit", entry.topic);
+                        self.drop_unsendable(&k, &why)?;
+                    }
+                    None => out.push((key, entry)),
+                },
+                Err(e) => self.drop_unsendable(&k, &e.to_string())?,
             }
         }
         Ok(out)
     }
 
-    /// Removes an entry that can never be sent (too large for the broker, unreadable), counted
-    /// in [`Store::outbox_dropped`] and logged: a poison entry must not block the outbox.
-    pub fn outbox_drop(&self, key: u64, why: &str) -> Result<(), StoreError> {
-        tracing::error!(key, why, "outbox entry dropped: it can never be sent");
-        self.outbox_dropped.fetch_add(1, Ordering::Relaxed);
-        self.outbox_remove(key)
-    }
-
-    pub(crate) fn drop_raw_outbox_key(&self, key: &[u8], why: &str) {
+    /// Removes the entry under `key` that can never be sent (too large for the broker,
+    /// unreadable), counted in [`Store::outbox_dropped`] and logged: a poison entry must not block
+    /// the outbox.
+    fn drop_unsendable(&self, key: &[u8], why: &str) -> Result<(), StoreError> {
         tracing::error!(key = ?key, why, "outbox entry dropped: it can never be sent");
         self.outbox_dropped.fetch_add(1, Ordering::Relaxed);
-        if let Ok(Some(_)) = self.outbox.remove(key) {
+        if self.outbox.remove(key)?.is_some() {
             self.outbox_count.fetch_sub(1, Ordering::Relaxed);
         }
+        Ok(())
     }
 
     /// Outbox entries removed unsent: too large to send, or unreadable.
