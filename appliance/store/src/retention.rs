@@ -17,11 +17,12 @@ pub struct Retention {
     pub record_factor: u64,
 }
 
-/// sled's space amplification under steady churn: its files hold 3.3 to 3.8 times the live
+/// sled's space amplification under steady churn: its files hold 3.3 to 3.9 times the live
 /// bytes of the records in them once retention deletes as fast as events arrive (measured by
 /// `vigil-store-bench`, docs/performance.md; SQLite under the same churn: 1.5). sled does not give
 /// deleted space back to the file system but reuses it, so the ratio stays flat. Counting each
-/// record byte at this factor keeps the data directory under `store.max_event_mb`.
+/// record byte at this factor keeps the data directory under `store.max_event_mb` (above ~40 MiB:
+/// sled's files also have a fixed part of about 8 MiB).
 pub const SLED_SPACE_FACTOR: u64 = 4;
 
 impl Retention {
@@ -61,12 +62,7 @@ impl Store {
     pub fn enforce_retention(&self, retention: &Retention, now_ns: u64) -> Result<RetentionReport, StoreError> {
         let cutoff = retention.max_age.map_or(0, |age| now_ns.saturating_sub(age.as_nanos() as u64));
         let mut report = RetentionReport::default();
-        loop {
-            let Some((key, _)) = self.by_time.first()? else { break };
-            let Some(at) = index_time(&key) else {
-                self.quarantine_index_key(&key)?;
-                continue;
-            };
+        while let Some((at, key)) = self.oldest_indexed()? {
             let reason = if at < cutoff {
                 &mut report.by_age
             } else if self.event_count() > retention.max_events {
@@ -161,15 +157,23 @@ impl Store {
     pub fn evict_oldest(&self, n: usize) -> Result<usize, StoreError> {
         let mut done = 0;
         while done < n {
-            let Some((key, _)) = self.by_time.first()? else { break };
-            if index_time(&key).is_none() {
-                self.quarantine_index_key(&key)?;
-                continue;
-            }
+            let Some((_, key)) = self.oldest_indexed()? else { break };
             self.delete_indexed(&key)?;
             done += 1;
         }
         Ok(done)
+    }
+
+    /// The oldest well-formed entry of the time index, as (start time, key); malformed keys met
+    /// at the head on the way are quarantined.
+    fn oldest_indexed(&self) -> Result<Option<(u64, sled::IVec)>, StoreError> {
+        while let Some((key, _)) = self.by_time.first()? {
+            match index_time(&key) {
+                Some(at) => return Ok(Some((at, key))),
+                None => self.quarantine_index_key(&key)?,
+            }
+        }
+        Ok(None)
     }
 
     /// Moves a time-index key that is not `time‖id` out of the index (kept in the quarantine
