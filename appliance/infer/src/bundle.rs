@@ -62,6 +62,14 @@ impl<T: Copy> Choice<T> {
             Choice::Unsupported(_) => None,
         }
     }
+
+    /// The value as written, if it is not one vigil supports.
+    pub fn unsupported(&self) -> Option<&str> {
+        match self {
+            Choice::Known(_) => None,
+            Choice::Unsupported(v) => Some(v),
+        }
+    }
 }
 
 impl<'de, T: DeserializeOwned> Deserialize<'de> for Choice<T> {
@@ -205,14 +213,6 @@ pub struct ReferenceSection {
     pub tolerance: f32,
 }
 
-/// The value as written, if it is not one vigil supports.
-fn unsupported<T>(c: &Choice<T>) -> Option<&str> {
-    match c {
-        Choice::Known(_) => None,
-        Choice::Unsupported(v) => Some(v),
-    }
-}
-
 /// A loaded, checked bundle.
 #[derive(Debug, Clone)]
 pub struct Bundle {
@@ -275,10 +275,10 @@ impl Bundle {
             problems.push(format!("input.shape {:?} must be [1, 3, H, W]", i.shape));
         }
         for (field, value, allowed) in [
-            ("input.layout", unsupported(&i.layout), "NCHW"),
-            ("input.color", unsupported(&i.color), "RGB"),
-            ("input.dtype", unsupported(&i.dtype), "f32"),
-            ("input.letterbox", unsupported(&i.letterbox), "center"),
+            ("input.layout", i.layout.unsupported(), "NCHW"),
+            ("input.color", i.color.unsupported(), "RGB"),
+            ("input.dtype", i.dtype.unsupported(), "f32"),
+            ("input.letterbox", i.letterbox.unsupported(), "center"),
         ] {
             if let Some(value) = value {
                 problems.push(format!("{field} `{value}` is not supported (only `{allowed}`)"));
