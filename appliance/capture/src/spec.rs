@@ -99,11 +99,11 @@ impl Supervision {
     /// The supervision timings of one camera: `[capture]`, with the camera's own watchdog.
     pub fn from_config(capture: &CaptureConfig, camera: &CameraConfig) -> Self {
         Self {
-            watchdog: Duration::from_millis(camera.watchdog_ms.unwrap_or(capture.watchdog_ms)),
-            first_frame_timeout: Duration::from_millis(capture.first_frame_timeout_ms),
-            backoff_min: Duration::from_millis(capture.backoff_min_ms),
-            backoff_max: Duration::from_millis(capture.backoff_max_ms),
-            backoff_reset: Duration::from_secs(capture.backoff_reset_s),
+            watchdog: camera.watchdog.unwrap_or(capture.watchdog),
+            first_frame_timeout: capture.first_frame_timeout,
+            backoff_min: capture.backoff_min,
+            backoff_max: capture.backoff_max,
+            backoff_reset: capture.backoff_reset,
         }
     }
 }
@@ -112,7 +112,7 @@ impl CameraSpec {
     /// Camera `index` of a validated `config`, letterboxing to `size` (the model's input).
     pub fn from_config(config: &Config, index: usize, size: (u32, u32)) -> Self {
         let cam = &config.cameras[index];
-        let source = SourceUri::parse(&cam.uri).expect("validated with the config");
+        let source = cam.uri.source().expect("validated with the config").clone();
         let mut spec = CameraSpec::new(index, &cam.id, source, size);
         spec.codec = cam.codec;
         spec.decoder = cam.decoder.clone();

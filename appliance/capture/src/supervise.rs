@@ -217,7 +217,7 @@ fn reachable(source: &SourceUri, resolver: &mut Resolver) -> Option<bool> {
     match source {
         SourceUri::Rtsp { .. } => {
             let (host, port) = source.network_address()?;
-            let Some(target) = resolver.resolve(&host, port) else { return Some(false) };
+            let Some(target) = resolver.resolve(host, port) else { return Some(false) };
             Some(TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).is_ok())
         }
         SourceUri::File { path, .. } => Some(path.exists()),

@@ -1,6 +1,7 @@
 //! Checks of a parsed configuration: every problem, by field path, so that an operator fixes a
 //! file in one pass.
 
+use crate::units::in_ms;
 use vigil_core::codec::known_decoders;
 use vigil_core::source::SourceUri;
 
@@ -28,9 +29,7 @@ impl Config {
                 bad("mqtt.client_id", "must be 1-128 characters".to_owned());
             }
         }
-        if !(5..=3600).contains(&self.mqtt.keep_alive_s) {
-            bad("mqtt.keep_alive_s", format!("{} is outside 5..=3600 seconds", self.mqtt.keep_alive_s));
-        }
+        check_range(&mut bad, "mqtt.keep_alive_s", self.mqtt.keep_alive.as_secs(), 5..=3600);
         if !(1..=1024).contains(&self.mqtt.max_inflight) {
             bad("mqtt.max_inflight", format!("{} is outside 1..=1024", self.mqtt.max_inflight));
         }
@@ -45,11 +44,8 @@ impl Config {
                 format!("`{prefix}` must be a topic prefix without wildcards or outer slashes"),
             );
         }
-        if self.mqtt.metrics_interval_s > 86_400 {
-            bad(
-                "mqtt.metrics_interval_s",
-                format!("{} is more than a day (0 turns metrics off)", self.mqtt.metrics_interval_s),
-            );
+        if let Some(every) = self.mqtt.metrics_every.filter(|d| d.as_secs() > 86_400) {
+            bad("mqtt.metrics_interval_s", format!("{} is more than a day (0 turns metrics off)", every.as_secs()));
         }
         if !(100..=10_000_000).contains(&self.mqtt.outbox_max_messages) {
             bad("mqtt.outbox_max_messages", format!("{} is outside 100..=10000000", self.mqtt.outbox_max_messages));
@@ -72,7 +68,7 @@ impl Config {
                 format!("{} holds no manifest.toml; point it at a model bundle directory", self.model.bundle.display()),
             );
         }
-        check_budget(&mut bad, "model.latency_budget_ms", self.model.latency_budget_ms);
+        check_budget(&mut bad, "model.latency_budget_ms", self.model.latency_budget);
         if self.inference.threads == 0 || self.inference.threads > 64 {
             bad("inference.threads", format!("{} is outside 1..=64", self.inference.threads));
         }
@@ -98,10 +94,10 @@ impl Config {
             if self.cameras[..i].iter().any(|c| c.id == cam.id) {
                 bad(&format!("camera[{i}].id"), format!("`{}` is used by an earlier camera", cam.id));
             }
-            if let Err(e) = SourceUri::parse(&cam.uri) {
+            if let Err(e) = cam.uri.source() {
                 bad(&format!("camera[{i}].uri"), e.to_string());
             }
-            check_budget(&mut bad, &format!("camera[{i}].latency_budget_ms"), cam.latency_budget_ms);
+            check_budget(&mut bad, &format!("camera[{i}].latency_budget_ms"), cam.latency_budget);
             if let Some(d) = &cam.decoder {
                 if !known_decoders().contains(&d.as_str()) {
                     bad(
@@ -110,12 +106,12 @@ impl Config {
                     );
                 }
             }
-            let rtsp = matches!(SourceUri::parse(&cam.uri), Ok(SourceUri::Rtsp { .. }));
+            let rtsp = matches!(cam.uri.source(), Ok(SourceUri::Rtsp { .. }));
             if (cam.user.is_some() || cam.password.is_some()) && !rtsp {
                 bad(&format!("camera[{i}].user"), "user and password apply to rtsp:// cameras only".to_owned());
             }
-            if let Some(ms) = cam.watchdog_ms {
-                check_range(&mut bad, &format!("camera[{i}].watchdog_ms"), ms, 100..=600_000);
+            if let Some(d) = cam.watchdog {
+                check_range(&mut bad, &format!("camera[{i}].watchdog_ms"), in_ms(d), 100..=600_000);
             }
             for (z, zone) in cam.zones.iter().enumerate() {
                 let at = format!("camera[{i}].zone[{z}]");
@@ -138,8 +134,8 @@ impl Config {
         if !(0.05..=0.95).contains(&e.iou_threshold) {
             bad("events.iou_threshold", format!("{} is outside 0.05..=0.95", e.iou_threshold));
         }
-        check_range(&mut bad, "events.lost_after_ms", e.lost_after_ms, 100..=600_000);
-        check_range(&mut bad, "events.update_interval_s", e.update_interval_s, 1..=3_600);
+        check_range(&mut bad, "events.lost_after_ms", in_ms(e.lost_after), 100..=600_000);
+        check_range(&mut bad, "events.update_interval_s", e.update_interval.as_secs(), 1..=3_600);
         check_range(&mut bad, "events.snapshot_quality", u64::from(e.snapshot_quality), 1..=100);
         for (r, rule) in self.rules.iter().enumerate() {
             let at = format!("rule[{r}]");
@@ -166,22 +162,22 @@ impl Config {
                 bad(&format!("{at}.min_score"), format!("{} is outside 0..=1", rule.min_score));
             }
             check_range(&mut bad, &format!("{at}.min_frames"), u64::from(rule.min_frames), 1..=10_000);
-            for (field, v) in [("dwell_s", rule.dwell_s), ("cooldown_s", rule.cooldown_s)] {
-                if !(0.0..=86_400.0).contains(&v) {
-                    bad(&format!("{at}.{field}"), format!("{v} is outside 0..=86400 seconds"));
+            for (field, v) in [("dwell_s", rule.dwell), ("cooldown_s", rule.cooldown)] {
+                if v > Duration::from_secs(86_400) {
+                    bad(&format!("{at}.{field}"), format!("{} is outside 0..=86400 seconds", v.as_secs_f64()));
                 }
             }
         }
         let c = &self.capture;
-        check_range(&mut bad, "capture.watchdog_ms", c.watchdog_ms, 100..=600_000);
-        check_range(&mut bad, "capture.first_frame_timeout_ms", c.first_frame_timeout_ms, 100..=600_000);
-        check_range(&mut bad, "capture.backoff_min_ms", c.backoff_min_ms, 10..=600_000);
-        check_range(&mut bad, "capture.backoff_max_ms", c.backoff_max_ms, 10..=3_600_000);
-        check_range(&mut bad, "capture.backoff_reset_s", c.backoff_reset_s, 1..=86_400);
-        if c.backoff_max_ms < c.backoff_min_ms {
+        check_range(&mut bad, "capture.watchdog_ms", in_ms(c.watchdog), 100..=600_000);
+        check_range(&mut bad, "capture.first_frame_timeout_ms", in_ms(c.first_frame_timeout), 100..=600_000);
+        check_range(&mut bad, "capture.backoff_min_ms", in_ms(c.backoff_min), 10..=600_000);
+        check_range(&mut bad, "capture.backoff_max_ms", in_ms(c.backoff_max), 10..=3_600_000);
+        check_range(&mut bad, "capture.backoff_reset_s", c.backoff_reset.as_secs(), 1..=86_400);
+        if c.backoff_max < c.backoff_min {
             bad(
                 "capture.backoff_max_ms",
-                format!("{} is below backoff_min_ms ({})", c.backoff_max_ms, c.backoff_min_ms),
+                format!("{} is below backoff_min_ms ({})", in_ms(c.backoff_max), in_ms(c.backoff_min)),
             );
         }
         out
@@ -200,8 +196,8 @@ fn check_range(bad: &mut impl FnMut(&str, String), path: &str, value: u64, range
     }
 }
 
-fn check_budget(bad: &mut impl FnMut(&str, String), path: &str, value: Option<u64>) {
-    if let Some(ms) = value {
+fn check_budget(bad: &mut impl FnMut(&str, String), path: &str, value: Option<Duration>) {
+    if let Some(ms) = value.map(in_ms) {
         if !(1..=60_000).contains(&ms) {
             bad(path, format!("{ms} ms is outside 1..=60000"));
         }

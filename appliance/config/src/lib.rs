@@ -5,15 +5,18 @@
 //! Relative paths are resolved against the directory of the config file.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use vigil_core::codec::Codec;
 use vigil_core::secret::Secret;
+use vigil_core::source::CameraUri;
 
 mod broker;
 mod check;
 mod error;
+pub mod units;
 
 pub use broker::BrokerUrl;
 pub use error::{ConfigError, Problem};
@@ -63,12 +66,12 @@ pub struct EventsConfig {
     #[serde(default = "default_iou_threshold")]
     pub iou_threshold: f32,
     /// An object unseen (or outside the rule) this long ends its event.
-    #[serde(default = "default_lost_after_ms")]
-    pub lost_after_ms: u64,
+    #[serde(rename = "lost_after_ms", with = "units::ms", default = "default_lost_after")]
+    pub lost_after: Duration,
     /// An open event is re-sent (`update`) at most this often while it changes; a change of
     /// zones is sent at once.
-    #[serde(default = "default_update_interval_s")]
-    pub update_interval_s: u64,
+    #[serde(rename = "update_interval_s", with = "units::secs", default = "default_update_interval")]
+    pub update_interval: Duration,
     /// Store a JPEG of each event's best observation.
     #[serde(default = "default_true")]
     pub snapshots: bool,
@@ -82,8 +85,8 @@ impl Default for EventsConfig {
         Self {
             track: true,
             iou_threshold: default_iou_threshold(),
-            lost_after_ms: default_lost_after_ms(),
-            update_interval_s: default_update_interval_s(),
+            lost_after: default_lost_after(),
+            update_interval: default_update_interval(),
             snapshots: true,
             snapshot_quality: default_snapshot_quality(),
         }
@@ -113,12 +116,12 @@ pub struct RuleConfig {
     #[serde(default = "default_min_frames")]
     pub min_frames: u32,
     /// Seconds the object must stay (dwell, loitering) before its event starts.
-    #[serde(default)]
-    pub dwell_s: f64,
+    #[serde(rename = "dwell_s", with = "units::secs_f64", default)]
+    pub dwell: Duration,
     /// Seconds after an event of this rule ends on a camera during which the rule starts no
     /// new event there.
-    #[serde(default)]
-    pub cooldown_s: f64,
+    #[serde(rename = "cooldown_s", with = "units::secs_f64", default)]
+    pub cooldown: Duration,
 }
 
 /// A named area of a camera's picture: a polygon in normalised coordinates (0..1, origin top-left).
@@ -138,8 +141,8 @@ pub struct MqttConfig {
     /// Defaults to `vigil-<device_id>`.
     #[serde(default)]
     pub client_id: Option<String>,
-    #[serde(default = "default_keep_alive_s")]
-    pub keep_alive_s: u64,
+    #[serde(rename = "keep_alive_s", with = "units::secs", default = "default_keep_alive")]
+    pub keep_alive: Duration,
     /// Unacknowledged QoS 1 publishes allowed at once (the outbox drain window).
     #[serde(default = "default_inflight")]
     pub max_inflight: u16,
@@ -147,9 +150,9 @@ pub struct MqttConfig {
     /// dropped from the outbox (their events stay in the store) and counted.
     #[serde(default = "default_outbox_max")]
     pub outbox_max_messages: usize,
-    /// Seconds between `metrics` messages; 0 turns them off.
-    #[serde(default = "default_metrics_interval")]
-    pub metrics_interval_s: u64,
+    /// Seconds between `metrics` messages (`metrics_interval_s`); 0 turns them off (`None`).
+    #[serde(rename = "metrics_interval_s", with = "units::secs_or_off", default = "default_metrics_interval")]
+    pub metrics_every: Option<Duration>,
     /// Home Assistant MQTT discovery: each camera appears as a "last detection" sensor.
     #[serde(default)]
     pub home_assistant: bool,
@@ -160,22 +163,15 @@ pub struct MqttConfig {
     pub tls: Option<TlsConfig>,
 }
 
-impl MqttConfig {
-    /// How often the `metrics` message goes out; `None` where `metrics_interval_s = 0` turns it off.
-    pub fn metrics_every(&self) -> Option<std::time::Duration> {
-        (self.metrics_interval_s > 0).then(|| std::time::Duration::from_secs(self.metrics_interval_s))
-    }
-}
-
 impl Default for MqttConfig {
     fn default() -> Self {
         Self {
             url: default_mqtt_url(),
             client_id: None,
-            keep_alive_s: default_keep_alive_s(),
+            keep_alive: default_keep_alive(),
             max_inflight: default_inflight(),
             outbox_max_messages: default_outbox_max(),
-            metrics_interval_s: default_metrics_interval(),
+            metrics_every: default_metrics_interval(),
             home_assistant: false,
             home_assistant_prefix: default_ha_prefix(),
             tls: None,
@@ -201,9 +197,9 @@ pub struct TlsConfig {
 pub struct ModelConfig {
     /// Directory holding a model bundle (`manifest.toml` + ONNX files).
     pub bundle: PathBuf,
-    /// Capture → detections budget in milliseconds; defaults to the bundle's `budget.latency_ms`.
-    #[serde(default)]
-    pub latency_budget_ms: Option<u64>,
+    /// Capture → detections budget (`latency_budget_ms`); defaults to the bundle's `budget.latency_ms`.
+    #[serde(rename = "latency_budget_ms", with = "units::opt_ms", default)]
+    pub latency_budget: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -287,10 +283,10 @@ pub struct CameraConfig {
     pub id: String,
     /// `file:///path.mp4[?loop=true&pace=fast]`, `rtsp://…`, `v4l2:///dev/videoN`, `csi://N`,
     /// `test://<videotestsrc pattern>`.
-    pub uri: String,
-    /// Overrides the model's budget for this camera.
-    #[serde(default)]
-    pub latency_budget_ms: Option<u64>,
+    pub uri: CameraUri,
+    /// Overrides the model's budget for this camera (`latency_budget_ms`).
+    #[serde(rename = "latency_budget_ms", with = "units::opt_ms", default)]
+    pub latency_budget: Option<Duration>,
     /// `h264`, `h265`, `mjpeg` or `raw`; learnt from the stream when not given.
     #[serde(default)]
     pub codec: Option<Codec>,
@@ -304,8 +300,8 @@ pub struct CameraConfig {
     #[serde(default)]
     pub password: Option<Secret>,
     /// Overrides `capture.watchdog_ms` for this camera.
-    #[serde(default)]
-    pub watchdog_ms: Option<u64>,
+    #[serde(rename = "watchdog_ms", with = "units::opt_ms", default)]
+    pub watchdog: Option<Duration>,
     /// Zones rules can refer to.
     #[serde(default, rename = "zone")]
     pub zones: Vec<ZoneConfig>,
@@ -316,9 +312,9 @@ pub struct CameraConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Events older than this many days are deleted; 0 keeps them regardless of age.
-    #[serde(default = "default_retention_days")]
-    pub retention_days: u64,
+    /// Events older than `retention_days` days are deleted; 0 (`None`) keeps them regardless of age.
+    #[serde(rename = "retention_days", with = "units::days_or_off", default = "default_retention")]
+    pub max_age: Option<Duration>,
     /// At most this many events.
     #[serde(default = "default_max_events")]
     pub max_events: usize,
@@ -333,17 +329,10 @@ pub struct StoreConfig {
     pub min_free_mb: u64,
 }
 
-impl StoreConfig {
-    /// How old an event may get; `None` where `retention_days = 0` keeps them regardless.
-    pub fn max_age(&self) -> Option<std::time::Duration> {
-        (self.retention_days > 0).then(|| std::time::Duration::from_secs(self.retention_days.saturating_mul(86_400)))
-    }
-}
-
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            retention_days: default_retention_days(),
+            max_age: default_retention(),
             max_events: default_max_events(),
             max_event_mb: default_max_event_mb(),
             min_free_mb: default_min_free_mb(),
@@ -351,8 +340,8 @@ impl Default for StoreConfig {
     }
 }
 
-fn default_retention_days() -> u64 {
-    30
+fn default_retention() -> Option<Duration> {
+    Some(Duration::from_secs(30 * 86_400))
 }
 fn default_max_events() -> usize {
     1_000_000
@@ -369,57 +358,57 @@ fn default_min_free_mb() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct CaptureConfig {
     /// A streaming camera silent this long is declared stalled and restarted.
-    #[serde(default = "default_watchdog_ms")]
-    pub watchdog_ms: u64,
+    #[serde(rename = "watchdog_ms", with = "units::ms", default = "default_watchdog")]
+    pub watchdog: Duration,
     /// Time a (re)started camera gets for its first frame.
-    #[serde(default = "default_first_frame_ms")]
-    pub first_frame_timeout_ms: u64,
+    #[serde(rename = "first_frame_timeout_ms", with = "units::ms", default = "default_first_frame")]
+    pub first_frame_timeout: Duration,
     /// Backoff between restarts: doubles from the minimum up to the maximum, with ±20 % jitter.
-    #[serde(default = "default_backoff_min_ms")]
-    pub backoff_min_ms: u64,
-    #[serde(default = "default_backoff_max_ms")]
-    pub backoff_max_ms: u64,
+    #[serde(rename = "backoff_min_ms", with = "units::ms", default = "default_backoff_min")]
+    pub backoff_min: Duration,
+    #[serde(rename = "backoff_max_ms", with = "units::ms", default = "default_backoff_max")]
+    pub backoff_max: Duration,
     /// Streaming this long without a fault resets the backoff.
-    #[serde(default = "default_backoff_reset_s")]
-    pub backoff_reset_s: u64,
+    #[serde(rename = "backoff_reset_s", with = "units::secs", default = "default_backoff_reset")]
+    pub backoff_reset: Duration,
 }
 
 impl Default for CaptureConfig {
     fn default() -> Self {
         Self {
-            watchdog_ms: default_watchdog_ms(),
-            first_frame_timeout_ms: default_first_frame_ms(),
-            backoff_min_ms: default_backoff_min_ms(),
-            backoff_max_ms: default_backoff_max_ms(),
-            backoff_reset_s: default_backoff_reset_s(),
+            watchdog: default_watchdog(),
+            first_frame_timeout: default_first_frame(),
+            backoff_min: default_backoff_min(),
+            backoff_max: default_backoff_max(),
+            backoff_reset: default_backoff_reset(),
         }
     }
 }
 
-fn default_watchdog_ms() -> u64 {
-    2_000
+fn default_watchdog() -> Duration {
+    Duration::from_secs(2)
 }
-fn default_first_frame_ms() -> u64 {
-    10_000
+fn default_first_frame() -> Duration {
+    Duration::from_secs(10)
 }
-fn default_backoff_min_ms() -> u64 {
-    250
+fn default_backoff_min() -> Duration {
+    Duration::from_millis(250)
 }
-fn default_backoff_max_ms() -> u64 {
-    10_000
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(10)
 }
-fn default_backoff_reset_s() -> u64 {
-    30
+fn default_backoff_reset() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_iou_threshold() -> f32 {
     0.3
 }
-fn default_lost_after_ms() -> u64 {
-    1_500
+fn default_lost_after() -> Duration {
+    Duration::from_millis(1_500)
 }
-fn default_update_interval_s() -> u64 {
-    5
+fn default_update_interval() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_true() -> bool {
     true
@@ -437,8 +426,8 @@ fn default_data_dir() -> PathBuf {
 fn default_mqtt_url() -> String {
     "mqtt://127.0.0.1:1883".to_owned()
 }
-fn default_keep_alive_s() -> u64 {
-    30
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_inflight() -> u16 {
     32
@@ -446,8 +435,8 @@ fn default_inflight() -> u16 {
 fn default_outbox_max() -> usize {
     100_000
 }
-fn default_metrics_interval() -> u64 {
-    30
+fn default_metrics_interval() -> Option<Duration> {
+    Some(Duration::from_secs(30))
 }
 fn default_ha_prefix() -> String {
     "homeassistant".to_owned()
@@ -551,9 +540,9 @@ impl Config {
             tls.key.as_mut().map(fix);
         }
         for cam in &mut self.cameras {
-            if let Some(rest) = cam.uri.strip_prefix("file://") {
+            if let Some(rest) = cam.uri.as_written().strip_prefix("file://") {
                 if !rest.starts_with('/') {
-                    cam.uri = format!("file://{}", base.join(rest).display());
+                    cam.uri = CameraUri::new(format!("file://{}", base.join(rest).display()));
                 }
             }
         }
@@ -580,8 +569,8 @@ impl Config {
             zones: Vec::new(),
             min_score: 0.0,
             min_frames: default_min_frames(),
-            dwell_s: 0.0,
-            cooldown_s: 0.0,
+            dwell: Duration::ZERO,
+            cooldown: Duration::ZERO,
         }]
     }
 

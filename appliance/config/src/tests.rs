@@ -76,7 +76,7 @@ fn zones_rules_and_event_settings_are_checked() {
         + "[[camera.zone]]\nname = \"door\"\npolygon = [[0.0, 0.0], [1.2, 0.0], [0.0, 1.0]]\n\
            [[camera.zone]]\nname = \"door\"\npolygon = [[0.0, 0.0], [1.0, 0.0]]\n\
            [[rule]]\nname = \"r\"\ncameras = [\"b\"]\nzones = [\"gate\"]\nmin_score = 2.0\nmin_frames = 0\n\
-           [[rule]]\nname = \"r\"\ndwell_s = -1.0\n";
+           [[rule]]\nname = \"r\"\ndwell_s = 90000.5\n";
     let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("expected Invalid") };
     let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
     assert_eq!(
@@ -96,6 +96,9 @@ fn zones_rules_and_event_settings_are_checked() {
         "{problems:?}"
     );
     assert!(problems[4].message.contains("`a`"), "names the cameras there are: {problems:?}");
+    // A negative duration is not one: refused while parsing, naming the key.
+    let err = parse(&valid().replace("[model]", "[[rule]]\nname = \"r\"\ncooldown_s = -1.0\n[model]")).unwrap_err();
+    assert!(err.to_string().contains("cooldown_s"), "{err}");
 }
 
 #[test]
@@ -136,7 +139,7 @@ fn relative_paths_resolve_against_the_config_directory() {
     cfg.resolve_paths(Path::new("/etc/vigil"));
     assert_eq!(cfg.data_dir, PathBuf::from("/etc/vigil/data"));
     assert_eq!(cfg.model.bundle, PathBuf::from("/etc/vigil/b"));
-    assert_eq!(cfg.cameras[0].uri, "file:///etc/vigil/clips/x.mp4?loop=true");
+    assert_eq!(cfg.cameras[0].uri.as_written(), "file:///etc/vigil/clips/x.mp4?loop=true");
 }
 
 #[test]

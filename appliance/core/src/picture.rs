@@ -28,30 +28,45 @@ impl SourceImage<'_> {
     /// The picture without the letterbox borders, as tight RGB, with `bbox` (source pixels)
     /// outlined.
     pub fn crop_with_box(&self, bbox: &BBox) -> SnapshotImage {
-        let mut img = self.crop();
+        let mut img = SnapshotImage { rgb: Vec::new(), width: 0, height: 0 };
+        self.crop_with_box_into(bbox, &mut img);
+        img
+    }
+
+    /// [`Self::crop_with_box`] into `img`, reusing its buffer (no allocation when it is large
+    /// enough: an event's earlier best picture, replaced by a better one).
+    pub fn crop_with_box_into(&self, bbox: &BBox, img: &mut SnapshotImage) {
+        self.crop_into(img);
         let (w, h) = (img.width as usize, img.height as usize);
         let scale = self.letterbox.scale;
         let to_px = |v: f32, max: usize| ((v * scale).round().max(0.0) as usize).min(max - 1);
         img.outline(to_px(bbox.x1, w), to_px(bbox.y1, h), to_px(bbox.x2, w), to_px(bbox.y2, h));
-        img
     }
 
     /// The picture without the letterbox borders, as tight RGB.
     pub fn crop(&self) -> SnapshotImage {
+        let mut img = SnapshotImage { rgb: Vec::new(), width: 0, height: 0 };
+        self.crop_into(&mut img);
+        img
+    }
+
+    fn crop_into(&self, img: &mut SnapshotImage) {
         let lb = &self.letterbox;
         let x0 = (lb.pad_x as usize).min(self.width as usize);
         let y0 = (lb.pad_y as usize).min(self.height as usize);
         let w = ((lb.source_width as f32 * lb.scale).round() as usize).clamp(1, self.width as usize - x0);
         let h = ((lb.source_height as f32 * lb.scale).round() as usize).clamp(1, self.height as usize - y0);
         let Image { data, stride, bytes_per_pixel: bpp } = self.pixels;
-        let mut rgb = Vec::with_capacity(w * h * 3);
+        let rgb = &mut img.rgb;
+        rgb.clear();
+        rgb.reserve_exact(w * h * 3);
         for y in y0..y0 + h {
             let row = &data[y * stride + x0 * bpp..];
             for px in row.chunks_exact(bpp).take(w) {
                 rgb.extend_from_slice(&px[..3]);
             }
         }
-        SnapshotImage { rgb, width: w as u16, height: h as u16 }
+        (img.width, img.height) = (w as u16, h as u16);
     }
 }
 

@@ -1,4 +1,5 @@
-//! Camera source URIs: what a `[[camera]].uri` may say, parsed once and checked at config time.
+//! Camera source URIs: what a `[[camera]].uri` may say, parsed once, when the configuration is
+//! read ([`CameraUri`]), and used from then on as a typed [`SourceUri`].
 
 use std::fmt;
 use std::path::PathBuf;
@@ -39,9 +40,12 @@ pub enum SourceUri {
         pace: Pace,
     },
     /// `url` never carries credentials: `user:password@` in the URI is percent-decoded into
-    /// `user`/`password` (a `/`, `@` or `:` in them is written `%2F`, `%40`, `%3A`).
+    /// `user`/`password` (a `/`, `@` or `:` in them is written `%2F`, `%40`, `%3A`). `host` and
+    /// `port` (554 unless given) are where reachability is checked.
     Rtsp {
         url: String,
+        host: String,
+        port: u16,
         transport: RtspTransport,
         latency_ms: u32,
         user: Option<String>,
@@ -109,14 +113,14 @@ impl SourceUri {
             }
             "rtsp" | "rtsps" => {
                 allow(&["transport", "latency"])?;
-                let (url, user, password) = rtsp_url(scheme, body, &shown)?;
+                let RtspParts { url, host, port, user, password } = rtsp_url(scheme, body, &shown)?;
                 let transport = match take("transport") {
                     None | Some("tcp") => RtspTransport::Tcp,
                     Some("udp") => RtspTransport::Udp,
                     Some(v) => return err(format!("`transport={v}` in `{shown}`: use tcp or udp")),
                 };
                 let latency_ms = number(take("latency"), "latency", 0..=10_000)?.unwrap_or(200);
-                Ok(Self::Rtsp { url, transport, latency_ms, user, password })
+                Ok(Self::Rtsp { url, host, port, transport, latency_ms, user, password })
             }
             "v4l2" => {
                 allow(&["width", "height", "fps"])?;
@@ -157,17 +161,94 @@ impl SourceUri {
     }
 
     /// The network address to check a source's reachability on: an RTSP server's host and port.
-    pub fn network_address(&self) -> Option<(String, u16)> {
-        let Self::Rtsp { url, .. } = self else { return None };
-        let parsed = url::Url::parse(url).ok()?;
-        let host = parsed.host_str()?.trim_start_matches('[').trim_end_matches(']').to_owned();
-        Some((host, parsed.port().unwrap_or(554)))
+    pub fn network_address(&self) -> Option<(&str, u16)> {
+        match self {
+            Self::Rtsp { host, port, .. } => Some((host, *port)),
+            _ => None,
+        }
     }
 }
 
-/// An RTSP URI's body (without options) as a URL without credentials, and its credentials,
-/// percent-decoded.
-fn rtsp_url(scheme: &str, body: &str, shown: &str) -> Result<(String, Option<String>, Option<Secret>), UriError> {
+/// A `[[camera]].uri` as written, parsed once when the configuration is read. The text is kept
+/// to write the configuration back (it may hold credentials: `Debug` and [`CameraUri::redacted`]
+/// never show them); a URI that does not parse keeps its error for the configuration check to
+/// report beside every other problem.
+#[derive(Clone)]
+pub struct CameraUri {
+    text: String,
+    parsed: Result<SourceUri, UriError>,
+}
+
+impl CameraUri {
+    pub fn new(text: impl Into<String>) -> Self {
+        let text = text.into();
+        let parsed = SourceUri::parse(&text);
+        Self { text, parsed }
+    }
+
+    /// The URI as written, credentials included: for writing the configuration back only.
+    pub fn as_written(&self) -> &str {
+        &self.text
+    }
+
+    /// The source, or why the URI is not one.
+    pub fn source(&self) -> Result<&SourceUri, &UriError> {
+        self.parsed.as_ref()
+    }
+
+    /// The URI without credentials, for logs, status, errors and `config/get`.
+    pub fn redacted(&self) -> String {
+        SourceUri::redacted(&self.text)
+    }
+}
+
+impl PartialEq for CameraUri {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl fmt::Debug for CameraUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CameraUri").field(&self.redacted()).finish()
+    }
+}
+
+impl From<&str> for CameraUri {
+    fn from(text: &str) -> Self {
+        Self::new(text)
+    }
+}
+
+impl From<String> for CameraUri {
+    fn from(text: String) -> Self {
+        Self::new(text)
+    }
+}
+
+impl serde::Serialize for CameraUri {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CameraUri {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::new)
+    }
+}
+
+struct RtspParts {
+    url: String,
+    host: String,
+    port: u16,
+    user: Option<String>,
+    password: Option<Secret>,
+}
+
+/// An RTSP URI's body (without options) as a URL without credentials, its address, and its
+/// credentials, percent-decoded.
+fn rtsp_url(scheme: &str, body: &str, shown: &str) -> Result<RtspParts, UriError> {
     let encode_hint = "write a `/`, `@` or `:` inside a user or password as %2F, %40 or %3A";
     let mut url = url::Url::parse(&format!("{scheme}://{body}")).map_err(|e| {
         // The message names the URI redacted: the parser's own text could quote a credential.
@@ -178,9 +259,11 @@ fn rtsp_url(scheme: &str, body: &str, shown: &str) -> Result<(String, Option<Str
         };
         UriError(format!("`{shown}` {why}"))
     })?;
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(UriError(format!("`{shown}` names no host")));
-    }
+    let host = match url.host_str() {
+        Some(h) if !h.is_empty() => h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        _ => return Err(UriError(format!("`{shown}` names no host"))),
+    };
+    let port = url.port().unwrap_or(554);
     let decode = |part: &str, what: &str| -> Result<String, UriError> {
         percent_decode_str(part)
             .decode_utf8()
@@ -193,7 +276,7 @@ fn rtsp_url(scheme: &str, body: &str, shown: &str) -> Result<(String, Option<Str
     let _ = url.set_username("");
     let _ = url.set_password(None);
     url.set_query(None);
-    Ok((url.into(), user, password))
+    Ok(RtspParts { url: url.into(), host, port, user, password })
 }
 
 fn number(value: Option<&str>, key: &str, range: std::ops::RangeInclusive<u32>) -> Result<Option<u32>, UriError> {
@@ -257,6 +340,8 @@ mod tests {
             SourceUri::parse("rtsp://cam.local:554/stream?transport=udp&latency=50").unwrap(),
             SourceUri::Rtsp {
                 url: "rtsp://cam.local:554/stream".into(),
+                host: "cam.local".into(),
+                port: 554,
                 transport: RtspTransport::Udp,
                 latency_ms: 50,
                 user: None,
@@ -325,10 +410,26 @@ mod tests {
 
     #[test]
     fn an_rtsp_source_names_its_address() {
-        let at = |uri: &str| SourceUri::parse(uri).unwrap().network_address();
+        let at = |uri: &str| SourceUri::parse(uri).unwrap().network_address().map(|(h, p)| (h.to_owned(), p));
         assert_eq!(at("rtsp://u:p@cam.local/s"), Some(("cam.local".to_owned(), 554)));
         assert_eq!(at("rtsp://10.0.0.5:8554/s"), Some(("10.0.0.5".to_owned(), 8554)));
         assert_eq!(at("rtsp://[::1]:8554/s"), Some(("::1".to_owned(), 8554)));
         assert_eq!(at("test://ball"), None);
+    }
+
+    #[test]
+    fn a_camera_uri_is_parsed_once_and_written_back_as_given() {
+        #[derive(serde::Deserialize, serde::Serialize)]
+        struct Cam {
+            uri: CameraUri,
+        }
+        let cam: Cam = serde_json::from_str(r#"{"uri": "rtsp://admin:p%40ss@cam/s?transport=udp"}"#).unwrap();
+        let Ok(SourceUri::Rtsp { password, transport, .. }) = cam.uri.source() else { panic!("not rtsp") };
+        assert_eq!((password.as_ref().map(Secret::expose), *transport), (Some("p@ss"), RtspTransport::Udp));
+        assert_eq!(serde_json::to_string(&cam).unwrap(), r#"{"uri":"rtsp://admin:p%40ss@cam/s?transport=udp"}"#);
+        assert_eq!(format!("{:?}", cam.uri), r#"CameraUri("rtsp://***@cam/s?transport=udp")"#);
+        // A bad URI still deserialises: the configuration check reports it with the others.
+        let bad: Cam = serde_json::from_str(r#"{"uri": "http://x"}"#).unwrap();
+        assert!(bad.uri.source().unwrap_err().to_string().contains("unknown scheme"));
     }
 }

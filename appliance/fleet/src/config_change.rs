@@ -97,7 +97,7 @@ pub fn prepare(current: &Config, requested: serde_json::Value, labels: &[String]
             if cam.password.as_ref().is_some_and(Secret::is_redacted) {
                 cam.password = old.password.clone();
             }
-            if cam.uri == vigil_core::source::SourceUri::redacted(&old.uri) {
+            if cam.uri.as_written() == old.uri.redacted() {
                 cam.uri = old.uri.clone();
             }
         }
@@ -222,6 +222,33 @@ pub fn on_start(config: &Config) -> Startup {
     Startup::Probation { request_id: p.request_id, window: Duration::from_secs(p.window_s) }
 }
 
+/// The end of a probation window.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Healthy,
+    /// Why the change goes back.
+    Unhealthy(String),
+}
+
+/// Waits out a probation `window` on tokio's clock (paused in tests), then asks `health` what is
+/// wrong. `None`: vigil stopped first, and the change stays on probation for the next start.
+pub async fn probation(
+    window: Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+    health: impl FnOnce() -> Vec<String>,
+) -> Option<Verdict> {
+    tokio::select! {
+        _ = cancel.cancelled() => return None,
+        _ = tokio::time::sleep(window) => {}
+    }
+    let problems = health();
+    Some(if problems.is_empty() {
+        Verdict::Healthy
+    } else {
+        Verdict::Unhealthy(format!("unhealthy within {} s: {}", window.as_secs(), problems.join("; ")))
+    })
+}
+
 /// What is wrong with a running service at the end of its window; empty when healthy.
 pub fn health_problems(
     mqtt_connected: bool,
@@ -320,6 +347,32 @@ mod tests {
         let restored = Config::load(&path).unwrap();
         assert!(matches!(on_start(&restored), Startup::RolledBack { reason, .. } if reason.contains("bad TOML")));
         assert!(!roll_back_unloadable(&path, None, "x").unwrap(), "and only once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_is_judged_once_at_the_end_of_the_window_and_not_when_vigil_stops_first() {
+        use tokio::time::Instant;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let window = Duration::from_secs(60);
+        let started = Instant::now();
+        let mut judged_at = None;
+        let verdict = probation(window, &cancel, || {
+            judged_at = Some(Instant::now());
+            vec!["camera `a` delivered no frame".to_owned()]
+        })
+        .await;
+        assert_eq!(judged_at.map(|t| t - started), Some(window), "judged when the window ends, not before");
+        assert_eq!(verdict, Some(Verdict::Unhealthy("unhealthy within 60 s: camera `a` delivered no frame".into())));
+        assert_eq!(probation(window, &cancel, Vec::new).await, Some(Verdict::Healthy));
+
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(59)).await;
+            stop.cancel();
+        });
+        let started = Instant::now();
+        let verdict = probation(window, &cancel, || panic!("judged after vigil stopped")).await;
+        assert_eq!((verdict, started.elapsed()), (None, Duration::from_secs(59)));
     }
 
     #[test]

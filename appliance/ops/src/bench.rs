@@ -142,7 +142,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("pre + inference + post:   p50 {f50:.2} ms  p95 {f95:.2} ms  mean {fmean:.2} ms");
     println!("pre + post overhead:      p50 {:+.2} ms (ratio of p50s {:.3})", f50 - b50, f50 / b50);
     if args.service_seconds > 0 {
-        let budget = cfg.model.latency_budget_ms.map_or(bundle.manifest.budget.latency, Duration::from_millis);
+        let budget = cfg.model.latency_budget.unwrap_or(bundle.manifest.budget.latency);
         println!(
             "== service path: real-time cameras (clip looped at 30 fps) → budget scheduler → {} (budget {} ms)",
             detector.backend_name(),

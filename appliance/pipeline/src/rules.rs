@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::bail;
 
@@ -75,8 +76,8 @@ struct Settings {
     snapshots: bool,
 }
 
-fn secs_to_ns(s: f64) -> u64 {
-    (s * 1e9) as u64
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl RuleSet {
@@ -113,8 +114,8 @@ impl RuleSet {
                     zones: zone_ids,
                     min_score: rule.min_score,
                     min_frames: rule.min_frames.max(1),
-                    dwell_ns: secs_to_ns(rule.dwell_s),
-                    cooldown_ns: secs_to_ns(rule.cooldown_s),
+                    dwell_ns: duration_ns(rule.dwell),
+                    cooldown_ns: duration_ns(rule.cooldown),
                 });
             }
             cameras.insert(cam.id.clone(), (zones, compiled));
@@ -126,9 +127,9 @@ impl RuleSet {
                 tracker: TrackerSettings {
                     // Without tracking no detection matches a track: each starts its own.
                     iou_threshold: if e.track { e.iou_threshold } else { f32::INFINITY },
-                    lost_after_ns: e.lost_after_ms * 1_000_000,
+                    lost_after_ns: duration_ns(e.lost_after),
                 },
-                update_interval_ns: e.update_interval_s * 1_000_000_000,
+                update_interval_ns: duration_ns(e.update_interval),
                 snapshots: e.snapshots,
             },
         })
@@ -265,7 +266,7 @@ impl CameraEvents {
         for (det, track) in detections.iter().zip(track_ids) {
             let Some(track) = track else { continue };
             // This detection's picture, cut at most once per frame and shared by every rule that
-            // takes it (a copy of the frame each).
+            // takes it.
             let mut picture: Option<Arc<SnapshotImage>> = None;
             let pixel_box = PixelBox { x1: det.bbox.x1, y1: det.bbox.y1, x2: det.bbox.x2, y2: det.bbox.y2 };
             // Where the object stands: the bottom-centre of its box.
@@ -308,11 +309,23 @@ impl CameraEvents {
                     c.best_score = det.score;
                     c.best_box = pixel_box;
                     c.best_frame = frame_ref();
-                    if take_picture {
-                        if let Some(img) = &image {
-                            let cut = picture.get_or_insert_with(|| Arc::new(img.crop_with_box(&det.bbox)));
-                            c.best_image = Some(cut.clone());
-                        }
+                    if let Some(img) = image.as_ref().filter(|_| take_picture) {
+                        let cut = match &picture {
+                            Some(cut) => cut.clone(),
+                            None => {
+                                // The candidate's earlier best picture, when no message holds it
+                                // any more, is overwritten in place: a copy, no allocation.
+                                let cut = match c.best_image.as_mut().and_then(Arc::get_mut) {
+                                    Some(old) => {
+                                        img.crop_with_box_into(&det.bbox, old);
+                                        c.best_image.clone().expect("just written")
+                                    }
+                                    None => Arc::new(img.crop_with_box(&det.bbox)),
+                                };
+                                picture.insert(cut).clone()
+                            }
+                        };
+                        c.best_image = Some(cut);
                     }
                 }
                 // Allocates only when the zones change.

@@ -28,7 +28,7 @@ pub const SLED_SPACE_FACTOR: u64 = 4;
 impl Retention {
     pub fn from_config(c: &vigil_config::StoreConfig) -> Self {
         Self {
-            max_age: c.max_age(),
+            max_age: c.max_age,
             max_events: c.max_events,
             max_bytes: c.max_event_mb << 20,
             record_factor: SLED_SPACE_FACTOR,

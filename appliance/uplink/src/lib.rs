@@ -139,7 +139,7 @@ impl Uplink {
         let mut options = MqttOptions::new(config.client_id(), url.host.clone(), url.port);
         let window = usize::from(config.mqtt.max_inflight);
         options
-            .set_keep_alive(Duration::from_secs(config.mqtt.keep_alive_s))
+            .set_keep_alive(config.mqtt.keep_alive)
             .set_clean_session(true)
             .set_inflight(config.mqtt.max_inflight.saturating_add(2))
             .set_max_packet_size(1 << 20, topic::MAX_PACKET_BYTES)

@@ -18,7 +18,6 @@ use vigil_config::Config;
 use vigil_core::clock::{Clock, SystemClock};
 use vigil_core::event::{unix_ns, Event, ModelRef};
 use vigil_core::hub::FrameHub;
-use vigil_core::source::SourceUri;
 use vigil_core::stats::CameraStats;
 use vigil_core::topic;
 use vigil_fleet::{commands, config_change, control};
@@ -80,7 +79,21 @@ pub async fn run(
     let rules = RuleSet::compile(&config, &labels)?;
     let store = open_store(&config.data_dir, &shutdown).await?.with_outbox_limit(config.mqtt.outbox_max_messages);
     let events_topic = topic::events(&config.device_id);
-    let reopened = store.close_open_events(&events_topic)?;
+    // The service's clocks: the scheduler, expiry and retention's "now" all read this one.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let retention = Retention::from_config(&config.store);
+    let min_free = config.store.min_free_mb << 20;
+    // Events an unclean stop left open are ended, then the limits enforced, on a blocking thread.
+    let reopened = {
+        let (store, topic, now) = (store.clone(), events_topic.clone(), unix_ns(clock.wall()));
+        tokio::task::spawn_blocking(move || -> Result<usize, StoreError> {
+            let reopened = store.close_open_events(&topic)?;
+            store.make_room(min_free)?;
+            store.enforce_retention(&retention, now)?;
+            Ok(reopened)
+        })
+        .await??
+    };
     if reopened > 0 {
         store.flush().await?;
         tracing::warn!(events = reopened, "events left open by an unclean stop were ended (reason `restart`)");
@@ -89,12 +102,6 @@ pub async fn run(
     if change == config_change::Startup::RollBackNow {
         return Ok(Ended::RestartRequested);
     }
-    // The service's clocks: the scheduler, expiry and retention's "now" all read this one.
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let retention = Retention::from_config(&config.store);
-    let min_free = config.store.min_free_mb << 20;
-    store.make_room(min_free)?;
-    store.enforce_retention(&retention, unix_ns(clock.wall()))?;
     let model = ModelRef {
         name: bundle.manifest.model.name.clone(),
         version: bundle.manifest.model.version.clone(),
@@ -132,10 +139,7 @@ pub async fn run(
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let budget = c
-                .latency_budget_ms
-                .or(config.model.latency_budget_ms)
-                .map_or(bundle.manifest.budget.latency, Duration::from_millis);
+            let budget = c.latency_budget.or(config.model.latency_budget).unwrap_or(bundle.manifest.budget.latency);
             (CameraSpec::from_config(&config, i, bundle.input_size()), budget)
         })
         .collect();
@@ -147,7 +151,7 @@ pub async fn run(
     let uplink_cancel = CancellationToken::new();
     let mut camera_threads = Vec::new();
     for (i, (spec, _)) in cameras.iter().enumerate() {
-        tracing::info!(camera = %spec.id, uri = %SourceUri::redacted(&config.cameras[i].uri), "camera configured");
+        tracing::info!(camera = %spec.id, uri = %config.cameras[i].uri.redacted(), "camera configured");
         camera_threads.push(capture::spawn_camera(
             spec.clone(),
             platform.clone(),
@@ -282,7 +286,7 @@ pub async fn run(
             blocking("free-space guard", move || store.make_room(min_free).map(drop))
         })
     };
-    let metrics = config.mqtt.metrics_every().map(|every| {
+    let metrics = config.mqtt.metrics_every.map(|every| {
         let (stats, sched, store, wake) = (stats.clone(), sched_stats.clone(), store.clone(), wake.clone());
         let device_id = config.device_id.clone();
         let topic = topic::metrics(&device_id);
@@ -398,23 +402,22 @@ async fn config_change_reply(
             let cameras = cameras.to_vec();
             let data_dir = config.data_dir.clone();
             Some(tokio::spawn(async move {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(window) => {}
-                }
-                let problems = change::health_problems(status.has_connected(), &cameras);
-                if problems.is_empty() {
-                    change::accept(&data_dir);
-                    tracing::info!(request_id = %request_id, "new configuration healthy: kept");
-                    let value = serde_json::json!({ "applied": true, "health_window_s": window.as_secs() });
-                    let (topic, payload) = reply(&request_id, Ok(value));
-                    queue_and_flush(&store, &wake, &topic, &payload, "config/set reply").await;
-                    return;
-                }
-                let reason = format!("unhealthy within {} s: {}", window.as_secs(), problems.join("; "));
-                match change::roll_back(&data_dir, &reason) {
-                    Ok(()) => restart.cancel(),
-                    Err(e) => tracing::error!(error = %e, "cannot roll the configuration back; keeping the new one"),
+                let health = || change::health_problems(status.has_connected(), &cameras);
+                match change::probation(window, &cancel, health).await {
+                    None => {}
+                    Some(change::Verdict::Healthy) => {
+                        change::accept(&data_dir);
+                        tracing::info!(request_id = %request_id, "new configuration healthy: kept");
+                        let value = serde_json::json!({ "applied": true, "health_window_s": window.as_secs() });
+                        let (topic, payload) = reply(&request_id, Ok(value));
+                        queue_and_flush(&store, &wake, &topic, &payload, "config/set reply").await;
+                    }
+                    Some(change::Verdict::Unhealthy(reason)) => match change::roll_back(&data_dir, &reason) {
+                        Ok(()) => restart.cancel(),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot roll the configuration back; keeping the new one")
+                        }
+                    },
                 }
             }))
         }
@@ -542,7 +545,8 @@ async fn open_store(data_dir: &std::path::Path, shutdown: &CancellationToken) ->
     let give_up = tokio::time::Instant::now() + STORE_LOCK_WAIT;
     let mut warned = false;
     loop {
-        match Store::open(data_dir) {
+        let dir = data_dir.to_owned();
+        match tokio::task::spawn_blocking(move || Store::open(&dir)).await? {
             Err(StoreError::Locked(path)) if tokio::time::Instant::now() < give_up => {
                 if !std::mem::replace(&mut warned, true) {
                     tracing::warn!(store = %path.display(), wait_s = STORE_LOCK_WAIT.as_secs(),

@@ -15,8 +15,8 @@ fn config(rules: Vec<RuleConfig>, zones: Vec<ZoneConfig>) -> Config {
     c.cameras[0].id = "cam".into();
     c.cameras[0].zones = zones;
     c.rules = rules;
-    c.events.lost_after_ms = 500;
-    c.events.update_interval_s = 1;
+    c.events.lost_after = Duration::from_millis(500);
+    c.events.update_interval = Duration::from_secs(1);
     c
 }
 
@@ -129,8 +129,8 @@ fn labels_min_score_dwell_and_cooldown_are_applied() {
     let mut r = rule("loiter");
     r.labels = vec!["square".into()];
     r.min_score = 0.6;
-    r.dwell_s = 2.0;
-    r.cooldown_s = 3.0;
+    r.dwell = Duration::from_secs(2);
+    r.cooldown = Duration::from_secs(3);
     let c = config(vec![r], vec![]);
     let mut e = engine(&c);
     // A circle (wrong label) and a square scoring too low: nothing.
@@ -219,6 +219,25 @@ fn rules_watching_the_same_object_share_one_copy_of_its_picture() {
     assert_eq!(news.len(), 2, "one event per rule");
     let (a, b) = (news[0].snapshot.as_ref().unwrap(), news[1].snapshot.as_ref().unwrap());
     assert!(Arc::ptr_eq(a, b), "the frame was copied once, not once per rule");
+}
+
+#[test]
+fn a_better_picture_overwrites_the_candidates_own_copy_without_allocating() {
+    let mut slow = rule("slow");
+    slow.min_frames = 8;
+    let c = config(vec![slow], vec![]);
+    let mut e = engine(&c);
+    let mut buffers = Vec::new();
+    for n in 0..6u8 {
+        let pixels = vec![n * 10; 100 * 100 * 3];
+        let score = 0.5 + 0.05 * f32::from(n);
+        let out = e.observe(&frame(n.into()), &[at(0, score, 50.0, 50.0)], Some(grey_picture(&pixels)));
+        assert!(out.is_empty(), "no event before min_frames");
+        let best = e.open.values().next().unwrap().best_image.as_ref().unwrap();
+        assert_eq!(best.rgb[0], n * 10, "the picture is frame {n}'s");
+        buffers.push(best.rgb.as_ptr());
+    }
+    assert!(buffers.windows(2).all(|w| w[0] == w[1]), "one buffer, overwritten in place: {buffers:?}");
 }
 
 #[test]
