@@ -52,13 +52,16 @@ unit: trt-headers
 	$(WITH_TRT) cargo test -p vigil --features tensorrt --locked --test cuda $(GPU_TESTS)
 
 aarch64: cross-setup
-	$(CROSS_ENV) cargo build --release --locked -p vigil --target $(AARCH64)
+	$(CROSS_ENV) cargo build --release --locked -p vigil -p vigil-ota --target $(AARCH64)
 	file target/cross/$(AARCH64)/release/vigil
 	@# No path of the machine that built it may be compiled into the binary a device runs.
 	@if grep -qaF "$(CURDIR)" target/cross/$(AARCH64)/release/vigil; then \
 		echo "aarch64: the binary holds the build path $(CURDIR)"; exit 1; fi
 	GST_REGISTRY_FORK=no qemu-aarch64 -L / target/cross/$(AARCH64)/release/vigil --version
 	GST_REGISTRY_FORK=no qemu-aarch64 -L / target/cross/$(AARCH64)/release/vigil check-config appliance/config/demo.toml
+	@# tough's signatures run on aws-lc-rs: make and read an ed25519 key with the aarch64 build.
+	rm -f target/cross/qemu-check.der
+	qemu-aarch64 -L / target/cross/$(AARCH64)/release/vigil-ota keygen target/cross/qemu-check.der
 
 ## On a Jetson (JetPack 6, TensorRT 10.x installed): build with TensorRT, build the engine for
 ## this board and compare its outputs with the bundle's reference (docs/tensorrt.md).

@@ -12,40 +12,14 @@ pub struct TlsBroker {
     dir: tempfile::TempDir,
 }
 
-/// `openssl req` arguments for a new P-256 key without a passphrase.
-const NEW_EC_KEY: &[&str] = &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Makes `<name>.key` and `<name>.pem`, signed by `fleet-ca`: a server certificate for
-/// 127.0.0.1, or a client certificate whose CN is `name`.
-fn issue(dir: &Path, name: &str, server: bool) {
-    let ext = if server {
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
-    } else {
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n"
-    };
-    std::fs::write(dir.join(format!("{name}.ext")), ext).expect("write extensions");
-    let cn = format!("/CN={}", if server { "127.0.0.1" } else { name });
-    let (key, csr, pem, ext) =
-        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
-    openssl(dir, &[&["req"][..], NEW_EC_KEY, &["-keyout", &key, "-out", &csr, "-subj", &cn]].concat());
-    let sign = ["x509", "-req", "-in", &csr, "-CA", "fleet-ca.pem", "-CAkey", "fleet-ca.key", "-CAcreateserial"];
-    openssl(dir, &[&sign[..], &["-days", "2", "-out", &pem, "-extfile", &ext]].concat());
-}
-
 impl TlsBroker {
     pub fn start(clients: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        let ca = ["-keyout", "fleet-ca.key", "-out", "fleet-ca.pem", "-days", "2", "-subj", "/CN=vigil test fleet CA"];
-        openssl(d, &[&["req", "-x509"][..], NEW_EC_KEY, &ca].concat());
-        issue(d, "broker", true);
+        let ca = vigil_testkit::pki::TestCa::new(d, "fleet-ca");
+        ca.issue("broker", true);
         for name in clients {
-            issue(d, name, false);
+            ca.issue(name, false);
         }
         // mosquitto started as root drops to its own user: it must be able to read the test's
         // files (throwaway keys, so world-readable is fine).

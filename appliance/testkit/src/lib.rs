@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+pub mod pki;
 pub use rustix::process::Signal;
 
 /// The median of `v` (sorted in place); the mean of the middle two for an even count.

@@ -429,36 +429,14 @@ pub fn check_identity(cert: &std::path::Path, device_id: &str) -> Result<(), Upl
 }
 
 fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, UplinkError> {
-    std::fs::read(path).map_err(|e| UplinkError::Tls(format!("cannot read {}: {e}", path.display())))
+    vigil_tls::read_pem(path).map_err(UplinkError::Tls)
 }
 
 /// A rustls client configuration on the ring provider: the CA bundle verifies the broker, and a
 /// client certificate, when configured, proves the device (mutual TLS).
 pub fn rustls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, UplinkError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut read_pem(&tls.ca)?.as_slice()) {
-        let cert = cert.map_err(|e| UplinkError::Tls(format!("{}: {e}", tls.ca.display())))?;
-        roots.add(cert).map_err(|e| UplinkError::Tls(format!("{}: {e}", tls.ca.display())))?;
-    }
-    if roots.is_empty() {
-        return Err(UplinkError::Tls(format!("{} holds no PEM certificate", tls.ca.display())));
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| UplinkError::Tls(e.to_string()))?
-        .with_root_certificates(roots);
-    match (&tls.cert, &tls.key) {
-        (Some(cert), Some(key)) => {
-            let chain = rustls_pemfile::certs(&mut read_pem(cert)?.as_slice())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| UplinkError::Tls(format!("{}: {e}", cert.display())))?;
-            let key_der = rustls_pemfile::private_key(&mut read_pem(key)?.as_slice())
-                .map_err(|e| UplinkError::Tls(format!("{}: {e}", key.display())))?
-                .ok_or_else(|| UplinkError::Tls(format!("{} holds no private key", key.display())))?;
-            builder.with_client_auth_cert(chain, key_der).map_err(|e| UplinkError::Tls(e.to_string()))
-        }
-        _ => Ok(builder.with_no_client_auth()),
-    }
+    let client = tls.cert.as_deref().zip(tls.key.as_deref());
+    vigil_tls::client_config(&tls.ca, client).map_err(UplinkError::Tls)
 }
 
 #[cfg(test)]

@@ -1,0 +1,55 @@
+//! A throwaway certificate authority for tests, made with the `openssl` command: a CA, server
+//! certificates for 127.0.0.1, and client certificates whose CN is their name (P-256 keys, two
+//! days' validity). Shared by the mTLS broker tests, the OTA tests' HTTPS server and the rig.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `openssl req` arguments for a new P-256 key without a passphrase.
+const NEW_EC_KEY: &[&str] = &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
+/// A CA in `dir` (`<ca>.pem`, `<ca>.key`) that issues `<name>.pem` and `<name>.key` there.
+pub struct TestCa {
+    dir: PathBuf,
+    ca: String,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl TestCa {
+    /// A new CA named `ca` (its files are `<ca>.pem` and `<ca>.key` in `dir`).
+    pub fn new(dir: &Path, ca: &str) -> Self {
+        let (pem, key, subj) = (format!("{ca}.pem"), format!("{ca}.key"), format!("/CN=vigil test {ca}"));
+        let args = ["-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subj];
+        openssl(dir, &[&["req", "-x509"][..], NEW_EC_KEY, &args].concat());
+        Self { dir: dir.to_owned(), ca: ca.to_owned() }
+    }
+
+    /// The CA certificate (PEM).
+    pub fn ca_pem(&self) -> PathBuf {
+        self.dir.join(format!("{}.pem", self.ca))
+    }
+
+    /// Makes `<name>.key` and `<name>.pem`, signed by the CA: a server certificate for
+    /// 127.0.0.1, or a client certificate whose CN is `name`. Returns (certificate, key).
+    pub fn issue(&self, name: &str, server: bool) -> (PathBuf, PathBuf) {
+        let dir = &self.dir;
+        let ext = if server {
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+        } else {
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n"
+        };
+        std::fs::write(dir.join(format!("{name}.ext")), ext).expect("write extensions");
+        let cn = format!("/CN={}", if server { "127.0.0.1" } else { name });
+        let (key, csr, pem, ext) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+        openssl(dir, &[&["req"][..], NEW_EC_KEY, &["-keyout", &key, "-out", &csr, "-subj", &cn]].concat());
+        let (ca_pem, ca_key) = (format!("{}.pem", self.ca), format!("{}.key", self.ca));
+        let sign = ["x509", "-req", "-in", &csr, "-CA", &ca_pem, "-CAkey", &ca_key, "-CAcreateserial"];
+        openssl(dir, &[&sign[..], &["-days", "2", "-out", &pem, "-extfile", &ext]].concat());
+        (dir.join(pem), dir.join(key))
+    }
+}

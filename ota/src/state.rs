@@ -1,0 +1,168 @@
+//! The device's OTA state directory, written crash-safely (each file synced and renamed into
+//! place, then the directory synced):
+//!
+//! ```text
+//! <state>/trusted/root.json            the newest trusted root (the shipped root is the fallback)
+//! <state>/trusted/timestamp.json       the last trusted timestamp, snapshot and targets: TUF's
+//! <state>/trusted/snapshot.json        rollback checks compare new metadata with these
+//! <state>/trusted/targets.json
+//! <state>/trusted/latest_known_time.json
+//! <state>/minimum.json                 anti-rollback: the lowest version accepted, per target name
+//! <state>/downloads/                   partial downloads (`.part`) and their validators
+//! ```
+//!
+//! tough keeps its own datastore with plain writes; it is given a scratch copy of `trusted/` for
+//! each refresh, and what it trusted afterwards is copied back here through the synced path. A
+//! crash in between leaves the previous state whole.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use semver::Version;
+
+use crate::error::OtaError;
+
+/// The files of tough's datastore that are kept between refreshes.
+pub const TRUSTED_FILES: [&str; 5] =
+    ["root.json", "timestamp.json", "snapshot.json", "targets.json", "latest_known_time.json"];
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating) the state directory.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, OtaError> {
+        let root = root.into();
+        for dir in [root.clone(), root.join("trusted"), root.join("downloads")] {
+            std::fs::create_dir_all(&dir).map_err(OtaError::io("cannot create", &dir))?;
+        }
+        Ok(Self { root })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn trusted(&self) -> PathBuf {
+        self.root.join("trusted")
+    }
+
+    pub fn downloads(&self) -> PathBuf {
+        self.root.join("downloads")
+    }
+
+    /// The bytes of a trusted metadata file, if there is one.
+    pub fn trusted_file(&self, name: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.trusted().join(name)).ok()
+    }
+
+    /// A fresh scratch datastore for tough holding a copy of the trusted files.
+    pub fn scratch(&self) -> Result<tempfile::TempDir, OtaError> {
+        let dir = tempfile::Builder::new()
+            .prefix(".refresh-")
+            .tempdir_in(&self.root)
+            .map_err(OtaError::io("cannot create a scratch directory in", &self.root))?;
+        for name in TRUSTED_FILES {
+            let from = self.trusted().join(name);
+            if from.exists() {
+                std::fs::copy(&from, dir.path().join(name)).map_err(OtaError::io("cannot copy", &from))?;
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Keeps what tough trusted in `scratch` (root first: a crash after it leaves a newer root
+    /// with older metadata, which the next refresh replaces).
+    pub fn keep_trusted(&self, scratch: &Path) -> Result<(), OtaError> {
+        for name in TRUSTED_FILES {
+            let from = scratch.join(name);
+            let Ok(bytes) = std::fs::read(&from) else { continue };
+            write_synced(&self.trusted().join(name), &bytes)?;
+        }
+        sync_dir(&self.trusted())
+    }
+
+    /// Removes leftovers of refreshes a crash interrupted.
+    pub fn tidy(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".refresh-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    /// The lowest version this device accepts per target name.
+    pub fn minimums(&self) -> Result<BTreeMap<String, Version>, OtaError> {
+        let path = self.root.join("minimum.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                OtaError::Config(format!(
+                    "{} is unreadable ({e}); it holds the anti-rollback minimums: restore it from a backup, \
+                     or delete it to accept any signed version once",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(OtaError::io("cannot read", path)(e)),
+        }
+    }
+
+    /// Raises the minimum for `name` to `version` (a signed downgrade lowers it).
+    pub fn set_minimum(&self, name: &str, version: &Version) -> Result<(), OtaError> {
+        let mut all = self.minimums()?;
+        all.insert(name.to_owned(), version.clone());
+        let path = self.root.join("minimum.json");
+        write_synced(&path, &serde_json::to_vec_pretty(&all).expect("versions serialise"))?;
+        sync_dir(&self.root)
+    }
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename.
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), OtaError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    vigil_core::fsutil::write_atomically(path, Path::new(&tmp), bytes).map_err(OtaError::io("cannot write", path))
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), OtaError> {
+    vigil_core::fsutil::sync_dir(dir).map_err(OtaError::io("cannot sync", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimums_persist_and_an_unreadable_file_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path().join("ota")).unwrap();
+        assert!(s.minimums().unwrap().is_empty());
+        s.set_minimum("people", &Version::new(1, 2, 0)).unwrap();
+        s.set_minimum("vigil", &Version::new(0, 3, 0)).unwrap();
+        let again = StateDir::open(dir.path().join("ota")).unwrap();
+        assert_eq!(again.minimums().unwrap()["people"], Version::new(1, 2, 0));
+        std::fs::write(dir.path().join("ota/minimum.json"), b"{").unwrap();
+        let e = again.minimums().unwrap_err().to_string();
+        assert!(e.contains("anti-rollback") && e.contains("restore it"), "{e}");
+    }
+
+    #[test]
+    fn a_scratch_copy_is_kept_back_file_by_file_and_leftovers_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        std::fs::write(s.trusted().join("timestamp.json"), b"old").unwrap();
+        let scratch = s.scratch().unwrap();
+        assert_eq!(std::fs::read(scratch.path().join("timestamp.json")).unwrap(), b"old");
+        std::fs::write(scratch.path().join("timestamp.json"), b"new").unwrap();
+        std::fs::write(scratch.path().join("root.json"), b"root").unwrap();
+        s.keep_trusted(scratch.path()).unwrap();
+        assert_eq!(s.trusted_file("timestamp.json").unwrap(), b"new");
+        assert_eq!(s.trusted_file("root.json").unwrap(), b"root");
+        let path = scratch.keep();
+        s.tidy();
+        assert!(!path.exists(), "a crashed refresh's scratch directory is removed");
+    }
+}

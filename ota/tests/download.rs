@@ -1,0 +1,150 @@
+//! Downloads over a real HTTPS server: a good update, resume across an interruption and a
+//! restart, a server that ignores `Range`, a clock that is not synchronized, and the
+//! `vigil-ota` tool end to end (operator commands and the device-side fetch).
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use support::*;
+use vigil_ota::time::NeverSynchronized;
+use vigil_ota::OtaError;
+
+const LEN: usize = 3 << 20;
+
+#[tokio::test]
+async fn a_download_cut_off_resumes_where_it_stopped_even_after_a_restart() {
+    let f = Fixture::new(1, 1, LEN).await;
+    f.server.set(|b| b.cut_target_after = Some(1 << 20));
+    let dest = f.dest("people.bin");
+    {
+        let u = f.updater();
+        let trusted = u.refresh().await.unwrap();
+        let offer = u.choose(&trusted, &Fixture::device(), MODEL, None).unwrap();
+        let e = u.download(&trusted, &offer, &dest).await.unwrap_err();
+        assert!(matches!(e, OtaError::Transport(_)) && e.is_retryable(), "{e}");
+        assert!(!dest.exists());
+    } // the process "restarts": a new updater on the same state directory
+    let u = f.updater();
+    let trusted = u.refresh().await.unwrap();
+    let offer = u.choose(&trusted, &Fixture::device(), MODEL, None).unwrap();
+    u.download(&trusted, &offer, &dest).await.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), payload(LEN, 1), "the whole file, byte for byte");
+    let (done, total, resumed_from) = u.progress().get();
+    assert_eq!((done, total), (LEN as u64, LEN as u64));
+    assert!((1 << 19..=1 << 20).contains(&resumed_from), "resumed at {resumed_from}");
+    let ranges: Vec<_> = f.server.requests().into_iter().filter(|(p, _)| p.starts_with("targets/")).collect();
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!(ranges[1].1, Some(format!("bytes={resumed_from}-")), "the second request asked for the rest");
+    assert_eq!(std::fs::read_dir(f.path().join("device/state/downloads")).unwrap().count(), 0, "no part left");
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_range_gets_the_download_started_over() {
+    let f = Fixture::new(1, 1, LEN).await;
+    f.server.set(|b| b.cut_target_after = Some(1 << 20));
+    let dest = f.dest("people.bin");
+    let u = f.updater();
+    let trusted = u.refresh().await.unwrap();
+    let offer = u.choose(&trusted, &Fixture::device(), MODEL, None).unwrap();
+    u.download(&trusted, &offer, &dest).await.unwrap_err();
+    f.server.set(|b| b.ignore_range = true);
+    u.download(&trusted, &offer, &dest).await.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), payload(LEN, 1));
+    assert_eq!(u.progress().get().2, 0, "nothing was taken from the earlier try");
+}
+
+#[tokio::test]
+async fn an_unsynchronized_clock_delays_the_update_and_says_why() {
+    let f = Fixture::new(1, 1, 4096).await;
+    let u = f.updater_with(f.config(), Arc::new(NeverSynchronized));
+    let e = u.refresh().await.err().expect("refused");
+    assert!(matches!(e, OtaError::ClockNotSynchronized(_)) && e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("waits for NTP"), "{e}");
+    assert!(f.server.requests().is_empty(), "nothing is fetched with an untrusted clock");
+}
+
+#[tokio::test]
+async fn an_unreadable_kept_root_falls_back_to_the_shipped_one() {
+    let f = Fixture::new(1, 1, 4096).await;
+    f.updater().refresh().await.unwrap();
+    std::fs::write(f.path().join("device/state/trusted/root.json"), b"{\"torn").unwrap();
+    let trusted = f.updater().refresh().await.unwrap();
+    assert_eq!(trusted.versions().0, 1);
+}
+
+fn tool(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil-ota")).args(args).output().expect("vigil-ota runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tool_builds_a_repository_and_a_device_fetches_from_it() {
+    let f = Fixture::new(1, 1, 4096).await;
+    let d = f.path();
+    let s = |p: std::path::PathBuf| p.display().to_string();
+    let keys = &f.keys.roles;
+    let model_file = d.join("files/people-2.0.0.tar");
+    std::fs::write(&model_file, payload(200_000, 7)).unwrap();
+    let (ok, out) = tool(&[
+        "add",
+        "--repo",
+        &s(f.repo()),
+        &s(model_file.clone()),
+        "--kind",
+        "model",
+        "--name",
+        MODEL,
+        "--version",
+        "2.0.0",
+        "--backend",
+        "onnxruntime",
+        "--targets-key",
+        &s(keys.targets.clone()),
+        "--snapshot-key",
+        &s(keys.snapshot.clone()),
+        "--timestamp-key",
+        &s(keys.timestamp.clone()),
+    ]);
+    assert!(ok && out.contains("added models/people-2.0.0 (200000 bytes"), "{out}");
+    let (ok, out) = tool(&["status", "--repo", &s(f.repo())]);
+    assert!(ok && out.contains("models/people-2.0.0") && out.contains("model people 2.0.0"), "{out}");
+    let (ok, out) = tool(&["refresh", "--repo", &s(f.repo()), "--timestamp-key", &s(keys.timestamp.clone())]);
+    assert!(ok && out.contains("timestamp version"), "{out}");
+
+    let fetch = |out_file: &str| {
+        let metadata = f.server.url("metadata").to_string();
+        let targets = f.server.url("targets").to_string();
+        let ca = s(f.server.ca.clone());
+        let root = s(d.join("device/shipped-root.json"));
+        let state = s(d.join("device/tool-state"));
+        let dest = s(d.join("device").join(out_file));
+        tool(&[
+            "fetch",
+            "--metadata-url",
+            &metadata,
+            "--targets-url",
+            &targets,
+            "--root",
+            &root,
+            "--ca",
+            &ca,
+            "--state",
+            &state,
+            "--name",
+            MODEL,
+            "--out",
+            &dest,
+            "--accept",
+            "--assume-synchronized",
+        ])
+    };
+    // The tool runs its own runtime: keep this test's off the blocking call.
+    let (ok, out) = tokio::task::block_in_place(|| fetch("people-2.0.0.tar"));
+    assert!(ok && out.contains("people 2.0.0 (200000 bytes)"), "{out}");
+    assert_eq!(std::fs::read(d.join("device/people-2.0.0.tar")).unwrap(), payload(200_000, 7));
+    let (ok, out) = tool(&["keygen", &s(d.join("keys/root0.der"))]);
+    assert!(!ok && out.contains("must not exist"), "keygen never overwrites a key: {out}");
+}
