@@ -52,6 +52,9 @@ unit: trt-headers
 	$(WITH_TRT) cargo test -p vigil --features tensorrt --locked --test cuda $(GPU_TESTS)
 
 aarch64: cross-setup
+	@# One build: tough's rustls features unify into vigil's, but vigil uses the ring provider
+	@# only and its binary is byte-for-byte the same size either way (measured); two builds
+	@# would compile the shared crates twice.
 	$(CROSS_ENV) cargo build --release --locked -p vigil -p vigil-ota --target $(AARCH64)
 	file target/cross/$(AARCH64)/release/vigil
 	@# No path of the machine that built it may be compiled into the binary a device runs.
