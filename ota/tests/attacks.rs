@@ -222,7 +222,9 @@ async fn key_rotation() {
     vigil_ota::repo::keygen(&new_key).await.unwrap();
     // Signed by the old key and the new one: devices follow.
     let old = f.keys.root.clone();
-    vigil_ota::repo::rotate(&f.repo(), &old, std::slice::from_ref(&new_key), 1, &f.keys.roles, &f.expiry).await.unwrap();
+    vigil_ota::repo::rotate(&f.repo(), &old, std::slice::from_ref(&new_key), 1, &f.keys.roles, &f.expiry)
+        .await
+        .unwrap();
     let u = f.updater();
     let trusted = u.refresh().await.unwrap();
     assert_eq!(trusted.versions().0, 2, "the device trusts root 2");
@@ -231,7 +233,9 @@ async fn key_rotation() {
     // A root 3 signed by a key the device has never trusted, alone, is refused.
     let rogue = f.path().join("keys/rogue.der");
     vigil_ota::repo::keygen(&rogue).await.unwrap();
-    vigil_ota::repo::rotate(&f.repo(), std::slice::from_ref(&rogue), &[rogue.clone()], 1, &f.keys.roles, &f.expiry).await.unwrap();
+    vigil_ota::repo::rotate(&f.repo(), std::slice::from_ref(&rogue), &[rogue.clone()], 1, &f.keys.roles, &f.expiry)
+        .await
+        .unwrap();
     let e = refused(&f).await;
     assert!(matches!(&e, OtaError::Untrusted(why) if why.contains("root")), "{e}");
 }
