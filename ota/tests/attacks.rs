@@ -233,9 +233,16 @@ async fn key_rotation() {
     // A root 3 signed by a key the device has never trusted, alone, is refused.
     let rogue = f.path().join("keys/rogue.der");
     vigil_ota::repo::keygen(&rogue).await.unwrap();
-    vigil_ota::repo::rotate(&f.repo(), std::slice::from_ref(&rogue), &[rogue.clone()], 1, &f.keys.roles, &f.expiry)
-        .await
-        .unwrap();
+    vigil_ota::repo::rotate(
+        &f.repo(),
+        std::slice::from_ref(&rogue),
+        std::slice::from_ref(&rogue),
+        1,
+        &f.keys.roles,
+        &f.expiry,
+    )
+    .await
+    .unwrap();
     let e = refused(&f).await;
     assert!(matches!(&e, OtaError::Untrusted(why) if why.contains("root")), "{e}");
 }
