@@ -5,6 +5,7 @@ mod camera;
 mod gate;
 pub mod pipeline;
 pub mod platform;
+pub mod still;
 mod recovery;
 mod resolve;
 mod spec;

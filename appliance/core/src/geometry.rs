@@ -37,7 +37,17 @@ pub struct Detection {
     pub bbox: BBox,
 }
 
-/// The geometry of a centred letterbox: `input = source * scale + pad`.
+/// Where a letterboxed image sits in the model's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Anchor {
+    /// Centred, the borders split evenly (GStreamer, vigil's own models).
+    #[default]
+    Center,
+    /// In the top-left corner, the borders right and below (some exporters' convention).
+    TopLeft,
+}
+
+/// The geometry of a letterbox: `input = source * scale + pad`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Letterbox {
     pub scale: f32,
@@ -63,6 +73,16 @@ impl Letterbox {
         }
     }
 
+    /// The same fit with the image at `anchor` (the scale and scaled size are those of
+    /// [`Letterbox::new`]; only the borders move).
+    pub fn anchored(source_width: u32, source_height: u32, input_w: u32, input_h: u32, anchor: Anchor) -> Self {
+        let centred = Self::new(source_width, source_height, input_w, input_h);
+        match anchor {
+            Anchor::Center => centred,
+            Anchor::TopLeft => Self { pad_x: 0.0, pad_y: 0.0, ..centred },
+        }
+    }
+
     /// Size of the scaled image inside the borders.
     pub fn scaled_size(&self) -> (u32, u32) {
         (
@@ -81,5 +101,24 @@ impl Letterbox {
             x2: ((b.x2 - self.pad_x) / self.scale).clamp(0.0, w),
             y2: ((b.y2 - self.pad_y) / self.scale).clamp(0.0, h),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_top_left_letterbox_keeps_the_scale_and_moves_the_borders() {
+        let centred = Letterbox::new(640, 480, 320, 320);
+        let corner = Letterbox::anchored(640, 480, 320, 320, Anchor::TopLeft);
+        assert_eq!((centred.scale, centred.pad_x, centred.pad_y), (0.5, 0.0, 40.0));
+        assert_eq!((corner.scale, corner.pad_x, corner.pad_y), (0.5, 0.0, 0.0));
+        assert_eq!(corner.scaled_size(), centred.scaled_size());
+        // The same object, drawn at each anchor's place, maps back to the same source box.
+        let at = |lb: &Letterbox| lb.to_source(&BBox { x1: 10.0, y1: lb.pad_y + 20.0, x2: 30.0, y2: lb.pad_y + 60.0 });
+        assert_eq!(at(&centred), at(&corner));
+        assert_eq!(at(&corner), BBox { x1: 20.0, y1: 40.0, x2: 60.0, y2: 120.0 });
+        assert_eq!(Letterbox::anchored(640, 480, 320, 320, Anchor::Center), centred);
     }
 }

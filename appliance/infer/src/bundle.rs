@@ -105,26 +105,45 @@ pub enum TensorLayout {
     Nchw,
 }
 
-/// The input's channel order (only RGB is produced).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// The input's channel order: the order of the tensor's three planes (and of `mean` and `std`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub enum ColorOrder {
     #[serde(rename = "RGB")]
     Rgb,
+    /// OpenCV-trained models (YOLOX exports, many Caffe-era models).
+    #[serde(rename = "BGR")]
+    Bgr,
 }
 
 /// The input tensor's element type as the ONNX model takes it (quantization happens inside the
 /// QDQ model).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub enum InputDtype {
     #[serde(rename = "f32")]
     F32,
+    /// Half precision (models exported with `half=True`); vigil converts while building the tensor.
+    #[serde(rename = "f16")]
+    F16,
 }
 
-/// How a frame is fitted to the input: GStreamer's `videoscale add-borders` centres it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// Where a frame sits in the input once fitted (aspect kept). vigil's GStreamer path scales and
+/// centres it; the tensor is built at the bundle's anchor with its pad value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub enum LetterboxMode {
     #[serde(rename = "center")]
     Center,
+    /// The image in the top-left corner, padding right and below (YOLOX's preprocessing).
+    #[serde(rename = "top-left")]
+    TopLeft,
+}
+
+impl LetterboxMode {
+    pub fn anchor(self) -> vigil_core::geometry::Anchor {
+        match self {
+            Self::Center => vigil_core::geometry::Anchor::Center,
+            Self::TopLeft => vigil_core::geometry::Anchor::TopLeft,
+        }
+    }
 }
 
 impl std::str::FromStr for OutputFormat {
@@ -275,17 +294,14 @@ impl Bundle {
             problems.push(format!("input.shape {:?} must be [1, 3, H, W]", i.shape));
         }
         for (field, value, allowed) in [
-            ("input.layout", i.layout.unsupported(), "NCHW"),
-            ("input.color", i.color.unsupported(), "RGB"),
-            ("input.dtype", i.dtype.unsupported(), "f32"),
-            ("input.letterbox", i.letterbox.unsupported(), "center"),
+            ("input.layout", i.layout.unsupported(), "`NCHW`"),
+            ("input.color", i.color.unsupported(), "`RGB` or `BGR`"),
+            ("input.dtype", i.dtype.unsupported(), "`f32` or `f16`"),
+            ("input.letterbox", i.letterbox.unsupported(), "`center` or `top-left`"),
         ] {
             if let Some(value) = value {
-                problems.push(format!("{field} `{value}` is not supported (only `{allowed}`)"));
+                problems.push(format!("{field} `{value}` is not supported (use {allowed})"));
             }
-        }
-        if i.pad_value != 0 {
-            problems.push("input.pad_value must be 0: GStreamer's letterbox pads with black".to_owned());
         }
         let positive = |v: f32| v.is_finite() && v > 0.0;
         if !positive(i.scale) || !i.std.iter().all(|s| positive(*s)) {

@@ -182,6 +182,9 @@ impl CudaPreprocessor {
         kind: InputType,
         out: &mut CudaViewMut<'_, T>,
     ) -> Result<(), String> {
+        if t.bgr {
+            return Err("the kernel writes RGB planes; a BGR bundle is pre-processed on the CPU".to_owned());
+        }
         let need = Self::output_bytes(t, kind);
         let have = out.len() * std::mem::size_of::<T>();
         if have < need {

@@ -8,6 +8,7 @@ pub mod cuda;
 pub mod engine_cache;
 mod load;
 mod onnxruntime;
+pub mod pack;
 pub mod postprocess;
 #[cfg(feature = "tensorrt")]
 pub mod tensorrt;
@@ -15,7 +16,7 @@ pub mod transform;
 
 pub use bundle::{Bundle, BundleBackend, BundleError, Choice, OutputFormat};
 pub use load::load_detector;
-pub use onnxruntime::{find_ort_library, OrtBackend};
+pub use onnxruntime::{describe_model, find_ort_library, OrtBackend};
 pub use postprocess::{BBox, Detection, Letterbox, OutputLayout};
 
 use vigil_config::BackendKind;
@@ -101,10 +102,20 @@ pub fn choose_backend(
     }
 }
 
-/// Converts a letterboxed packed RGB/RGBA image into normalized NCHW f32:
-/// `(pixel * scale - mean[c]) / std[c]`, through a per-channel lookup table.
+/// Converts a letterboxed packed RGB/RGBA image into normalized NCHW f32 as the bundle
+/// declares it: `(pixel * scale - mean[c]) / std[c]` through a per-channel lookup table, the
+/// planes in the bundle's channel order (RGB or BGR), the image at the bundle's anchor and the
+/// rest of the tensor at its pad value.
+///
+/// The frames come from GStreamer scaled and centred with black borders ([`Letterbox::new`]):
+/// the borders are not read; the scaled image is copied to where the model wants it.
 pub struct Preprocessor {
     lut: [[f32; 256]; 3],
+    /// The image channel each tensor plane takes (RGB: 0, 1, 2; BGR: 2, 1, 0).
+    source_channel: [usize; 3],
+    /// The pad value, normalized, per plane.
+    pad: [f32; 3],
+    anchor: vigil_core::geometry::Anchor,
     width: usize,
     height: usize,
 }
@@ -118,8 +129,14 @@ impl Preprocessor {
                 *slot = (v as f32 * i.scale - i.mean[c]) / i.std[c];
             }
         }
+        let source_channel = match i.color.known() {
+            Some(bundle::ColorOrder::Bgr) => [2, 1, 0],
+            _ => [0, 1, 2],
+        };
+        let anchor = i.letterbox.known().map(bundle::LetterboxMode::anchor).unwrap_or_default();
+        let pad = [0, 1, 2].map(|c| lut[c][i.pad_value as usize]);
         let (w, h) = bundle.input_size();
-        Self { lut, width: w as usize, height: h as usize }
+        Self { lut, source_channel, pad, anchor, width: w as usize, height: h as usize }
     }
 
     /// Values one image takes.
@@ -131,20 +148,41 @@ impl Preprocessor {
         self.len() == 0
     }
 
-    /// Fills `out` (exactly [`Self::len`] values) from `image`.
-    pub fn run(&self, image: Image<'_>, out: &mut [f32]) {
+    /// Where the model wants a frame of `source` size: the letterbox boxes are mapped back with.
+    pub fn model_letterbox(&self, source: (u32, u32)) -> Letterbox {
+        Letterbox::anchored(source.0, source.1, self.width as u32, self.height as u32, self.anchor)
+    }
+
+    /// Fills `out` (exactly [`Self::len`] values) from `image`, a frame of `source` size
+    /// letterboxed (centred) to the input size.
+    pub fn run(&self, image: Image<'_>, source: (u32, u32), out: &mut [f32]) {
         let plane = self.width * self.height;
         assert_eq!(out.len(), 3 * plane, "one image's worth of input");
-        let (r, rest) = out.split_at_mut(plane);
-        let (g, b) = rest.split_at_mut(plane);
+        let (w, h) = (self.width as u32, self.height as u32);
+        let given = Letterbox::new(source.0, source.1, w, h);
+        let wanted = self.model_letterbox(source);
+        let (fw, fh) = given.scaled_size();
+        let (fw, fh) = (fw.min(w) as usize, fh.min(h) as usize);
+        let (gx, gy) = (given.pad_x as usize, given.pad_y as usize);
+        let (mx, my) = (wanted.pad_x as usize, wanted.pad_y as usize);
         let bpp = image.bytes_per_pixel;
-        for y in 0..self.height {
-            let row = &image.data[y * image.stride..y * image.stride + self.width * bpp];
-            let o = y * self.width;
-            for (x, px) in row.chunks_exact(bpp).enumerate() {
-                r[o + x] = self.lut[0][px[0] as usize];
-                g[o + x] = self.lut[1][px[1] as usize];
-                b[o + x] = self.lut[2][px[2] as usize];
+        let (p0, rest) = out.split_at_mut(plane);
+        let (p1, p2) = rest.split_at_mut(plane);
+        let mut planes = [p0, p1, p2];
+        for (c, p) in planes.iter_mut().enumerate() {
+            p.fill(self.pad[c]);
+        }
+        let [s0, s1, s2] = self.source_channel;
+        let [l0, l1, l2] = &self.lut;
+        let [o0, o1, o2] = planes;
+        for row in 0..fh {
+            let src = &image.data[(gy + row) * image.stride + gx * bpp..][..fw * bpp];
+            let at = (my + row) * self.width + mx;
+            let (o0, o1, o2) = (&mut o0[at..at + fw], &mut o1[at..at + fw], &mut o2[at..at + fw]);
+            for (x, px) in src.chunks_exact(bpp).enumerate() {
+                o0[x] = l0[px[s0] as usize];
+                o1[x] = l1[px[s1] as usize];
+                o2[x] = l2[px[s2] as usize];
             }
         }
     }
@@ -205,7 +243,8 @@ impl Detector {
         self.letterboxes.len()
     }
 
-    /// Pre-processes a letterboxed image into batch slot `slot`.
+    /// Pre-processes an image letterboxed (centred, as [`Letterbox::new`] says) into batch slot
+    /// `slot`; the boxes found there are mapped back with the model's own letterbox.
     pub fn load(&mut self, slot: usize, image: Image<'_>, letterbox: Letterbox) -> Result<(), InferError> {
         let (w, h) = self.input_size;
         let need = (h as usize - 1) * image.stride + w as usize * image.bytes_per_pixel;
@@ -221,10 +260,11 @@ impl Detector {
         let chunk = self.input.get_mut(slot * len..(slot + 1) * len).ok_or_else(|| {
             InferError::Run(format!("batch slot {slot} is beyond the engine's batch of {}", self.letterboxes.len()))
         })?;
+        let source = (letterbox.source_width, letterbox.source_height);
         if !self.backend.load_on_device(slot, &image)? {
-            self.pre.run(image, chunk);
+            self.pre.run(image, source, chunk);
         }
-        self.letterboxes[slot] = letterbox;
+        self.letterboxes[slot] = self.pre.model_letterbox(source);
         Ok(())
     }
 
@@ -384,11 +424,76 @@ mod tests {
             .expect("the shipped bundle loads")
     }
 
+    /// The shipped bundle with other pre-processing conventions written into its manifest.
+    fn bundle_with(dir: &std::path::Path, color: &str, letterbox: &str, pad: u8) -> Bundle {
+        let shipped = shipped_bundle();
+        for entry in std::fs::read_dir(&shipped.dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+            }
+        }
+        let text = std::fs::read_to_string(dir.join("manifest.toml")).unwrap();
+        let text = text
+            .replace("color = \"RGB\"", &format!("color = \"{color}\""))
+            .replace("letterbox = \"center\"", &format!("letterbox = \"{letterbox}\""))
+            .replace("pad_value = 0", &format!("pad_value = {pad}"));
+        std::fs::write(dir.join("manifest.toml"), text).unwrap();
+        Bundle::load(dir).expect("the conventions are accepted")
+    }
+
+    #[test]
+    fn the_cpu_preprocessing_follows_each_convention_as_the_reference_transform_does() {
+        // A 320×160 frame into 320×320 is not resampled (scale 1): GStreamer's centred letterbox
+        // of it and the reference transform of the frame itself must give the same tensor.
+        let (sw, sh) = (320u32, 160u32);
+        let frame: Vec<u8> = (0..sw * sh)
+            .flat_map(|i| {
+                let (x, y) = (i % sw, i / sw);
+                [(x % 251) as u8, (y * 3 % 256) as u8, ((x + 2 * y) % 256) as u8, 255]
+            })
+            .collect();
+        // What GStreamer hands over: the frame centred, black above and below.
+        let mut boxed = vec![0u8; 320 * 320 * 4];
+        boxed[80 * 320 * 4..240 * 320 * 4].copy_from_slice(&frame);
+        for (color, letterbox, pad) in [("RGB", "center", 0), ("BGR", "top-left", 114), ("BGR", "center", 114), ("RGB", "top-left", 7)] {
+            let dir = tempfile::tempdir().unwrap();
+            let bundle = bundle_with(dir.path(), color, letterbox, pad);
+            let pre = Preprocessor::new(&bundle);
+            let mut got = vec![0.0; pre.len()];
+            pre.run(Image { data: &boxed, stride: 320 * 4, bytes_per_pixel: 4 }, (sw, sh), &mut got);
+            let i = &bundle.manifest.input;
+            let anchor = i.letterbox.known().unwrap().anchor();
+            let t = transform::Transform::new((sw, sh), (320, 320), i.scale, i.mean, i.std, pad)
+                .with_conventions(anchor, color == "BGR");
+            let mut want = vec![0.0; t.len()];
+            transform::reference(&transform::Pixels::Rgba { data: &frame, stride: sw as usize * 4 }, &t, &mut want);
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-6, "{color} {letterbox} pad {pad}: off by {worst}");
+            // And boxes go back through the model's own letterbox.
+            let lb = pre.model_letterbox((sw, sh));
+            assert_eq!(lb.pad_y, if letterbox == "center" { 80.0 } else { 0.0 });
+        }
+    }
+
+    #[test]
+    fn unknown_conventions_are_refused_with_the_ones_vigil_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        bundle_with(dir.path(), "RGB", "center", 0);
+        let manifest = dir.path().join("manifest.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap().replace("color = \"RGB\"", "color = \"HSV\"");
+        std::fs::write(&manifest, text.replace("dtype = \"f32\"", "dtype = \"f64\"")).unwrap();
+        let e = Bundle::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("input.color `HSV` is not supported (use `RGB` or `BGR`)"), "{e}");
+        assert!(e.contains("input.dtype `f64` is not supported (use `f32` or `f16`)"), "{e}");
+    }
+
     #[test]
     fn rgba_and_rgb_images_preprocess_alike() {
         let bundle = shipped_bundle();
         let pre = Preprocessor::new(&bundle);
         let (w, h) = bundle.input_size();
+        let source = (w, h);
         let (w, h) = (w as usize, h as usize);
         // RGB rows padded to 4 bytes, as GStreamer lays them out; RGBA rows are never padded.
         let rgb_stride = (w * 3).div_ceil(4) * 4;
@@ -402,8 +507,8 @@ mod tests {
             }
         }
         let (mut a, mut b) = (vec![0.0; pre.len()], vec![0.0; pre.len()]);
-        pre.run(Image::rgb(&rgb, rgb_stride), &mut a);
-        pre.run(Image { data: &rgba, stride: w * 4, bytes_per_pixel: 4 }, &mut b);
+        pre.run(Image::rgb(&rgb, rgb_stride), source, &mut a);
+        pre.run(Image { data: &rgba, stride: w * 4, bytes_per_pixel: 4 }, source, &mut b);
         assert_eq!(a.len(), 3 * w * h);
         assert_eq!(a, b);
         assert_ne!(a[1], a[w * h + 1], "channels land in their own planes");

@@ -124,6 +124,8 @@ pub struct OrtBackend {
     output_name: String,
     output_len: usize,
     max_batch: usize,
+    /// The model takes f16 input: the f32 tensor is converted into this buffer.
+    half_input: Option<Vec<half::f16>>,
 }
 
 impl OrtBackend {
@@ -150,8 +152,38 @@ impl OrtBackend {
             output_name: m.output.name.clone(),
             output_len: bundle.output_len(),
             max_batch: if dynamic_batch { max_batch.max(1) } else { 1 },
+            half_input: (m.input.dtype.known() == Some(crate::bundle::InputDtype::F16)).then(Vec::new),
         })
     }
+}
+
+/// One input or output of an ONNX model, as ONNX Runtime reads it: dynamic dimensions are −1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<i64>,
+    /// `f32`, `f16`, or ONNX Runtime's name for another element type.
+    pub dtype: String,
+}
+
+/// The inputs and outputs of the ONNX model at `path`.
+pub fn describe_model(path: &Path, library: &Path) -> Result<(Vec<Tensor>, Vec<Tensor>), InferError> {
+    let env = environment(library)?;
+    let session = build_session(&env, path, 1).map_err(|e| InferError::Model {
+        model: path.display().to_string(),
+        message: format!("ONNX Runtime cannot load it: {e}"),
+    })?;
+    let tensor = |o: &ort::session::Outlet| Tensor {
+        name: o.name().to_owned(),
+        shape: o.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default(),
+        dtype: match o.dtype().tensor_type() {
+            Some(ort::value::TensorElementType::Float32) => "f32".to_owned(),
+            Some(ort::value::TensorElementType::Float16) => "f16".to_owned(),
+            Some(other) => format!("{other:?}"),
+            None => "not a tensor".to_owned(),
+        },
+    };
+    Ok((session.inputs().iter().map(tensor).collect(), session.outputs().iter().map(tensor).collect()))
 }
 
 fn build_session(env: &ort::environment::Environment, path: &Path, threads: usize) -> Result<Session, String> {
@@ -183,26 +215,40 @@ impl Backend for OrtBackend {
         }
         let mut shape = self.input_shape.clone();
         shape[0] = batch as i64;
-        let tensor =
-            TensorRef::from_array_view((shape, input)).map_err(|e| InferError::Run(format!("input tensor: {e}")))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => tensor])
-            .map_err(|e| InferError::Run(e.to_string()))?;
+        let bad_input = |e: ort::Error| InferError::Run(format!("input tensor: {e}"));
+        let outputs = match &mut self.half_input {
+            Some(half) => {
+                half.clear();
+                half.extend(input.iter().map(|&v| half::f16::from_f32(v)));
+                let tensor = TensorRef::from_array_view((shape, half.as_slice())).map_err(bad_input)?;
+                self.session.run(ort::inputs![self.input_name.as_str() => tensor])
+            }
+            None => {
+                let tensor = TensorRef::from_array_view((shape, input)).map_err(bad_input)?;
+                self.session.run(ort::inputs![self.input_name.as_str() => tensor])
+            }
+        }
+        .map_err(|e| InferError::Run(e.to_string()))?;
         let value = outputs
             .get(self.output_name.as_str())
             .ok_or_else(|| InferError::Run(format!("no output `{}`", self.output_name)))?;
-        let (_, data) =
-            value.try_extract_tensor::<f32>().map_err(|e| InferError::Run(format!("output tensor: {e}")))?;
-        if data.len() != batch * self.output_len {
+        output.clear();
+        match value.try_extract_tensor::<f32>() {
+            Ok((_, data)) => output.extend_from_slice(data),
+            // A half-precision export's output.
+            Err(_) => {
+                let (_, data) =
+                    value.try_extract_tensor::<half::f16>().map_err(|e| InferError::Run(format!("output tensor: {e}")))?;
+                output.extend(data.iter().map(|v| v.to_f32()));
+            }
+        }
+        if output.len() != batch * self.output_len {
             return Err(InferError::Run(format!(
                 "output has {} values, the manifest's shape says {} per image",
-                data.len(),
+                output.len(),
                 self.output_len
             )));
         }
-        output.clear();
-        output.extend_from_slice(data);
         Ok(())
     }
 }

@@ -228,8 +228,21 @@ impl TrtBackend {
             }
         };
         let i = &m.input;
+        if i.dtype.known() == Some(super::bundle::InputDtype::F16) {
+            return Err(model_err(
+                "the model takes f16 input; vigil's TensorRT path feeds f32 (build the engine from an f32-input \
+                 model, or run this bundle on onnxruntime)"
+                    .to_owned(),
+            ));
+        }
         let (w, h) = bundle.input_size();
         let transform = Transform::new((w, h), (w, h), i.scale, i.mean, i.std, i.pad_value);
+        // The kernel normalizes the frame GStreamer letterboxed (centred, black): other
+        // conventions are built on the CPU, by the reference transform's rules.
+        let kernel_fits = i.color.known() == Some(super::bundle::ColorOrder::Rgb)
+            && i.letterbox.known() == Some(super::bundle::LetterboxMode::Center)
+            && i.pad_value == 0;
+        let gpu_pre = gpu_pre.filter(|_| kernel_fits);
         let alloc = |n: usize| stream.alloc_zeros::<f32>(n).map_err(|e| lib(format!("CUDA memory: {e}")));
         let input = alloc(max_batch * input_len);
         let output = alloc(max_batch * output_per_image);

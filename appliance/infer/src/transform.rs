@@ -1,6 +1,7 @@
 //! The full pre-processing transform, defined once: a decoded frame at source size (RGBA or
-//! NV12) → letterboxed to the model input (bilinear, aspect kept, centred) → `(v·scale − mean)/std`
-//! → NCHW in the dtype the engine wants (f32, f16, or s8 with the input's quantization scale).
+//! NV12) → letterboxed to the model input (bilinear, aspect kept, centred or top-left as the
+//! bundle says) → `(v·scale − mean)/std` → NCHW planes in RGB or BGR order, in the dtype the
+//! engine wants (f32, f16, or s8 with the input's quantization scale).
 //!
 //! [`reference`] is the CPU implementation of exactly this, written for clarity. It is the
 //! reference the CUDA kernels in `infer::cuda` are compared against pixel by pixel (on a machine
@@ -37,6 +38,8 @@ pub struct Transform {
     pub mean: [f32; 3],
     pub std: [f32; 3],
     pub pad_value: u8,
+    /// The planes in B, G, R order (`mean` and `std` in that order too).
+    pub bgr: bool,
 }
 
 impl Transform {
@@ -51,7 +54,15 @@ impl Transform {
             mean,
             std,
             pad_value,
+            bgr: false,
         }
+    }
+
+    /// The same transform with the image at `anchor` and, for `bgr`, the planes in B, G, R order.
+    pub fn with_conventions(mut self, anchor: vigil_core::geometry::Anchor, bgr: bool) -> Self {
+        self.letterbox = Letterbox::anchored(self.src_w, self.src_h, self.dst_w, self.dst_h, anchor);
+        self.bgr = bgr;
+        self
     }
 
     /// Values in one NCHW image.
@@ -135,7 +146,8 @@ pub fn reference(src: &Pixels<'_>, t: &Transform, out: &mut [f32]) {
             } else {
                 [f32::from(t.pad_value); 3]
             };
-            for (c, v) in rgb.into_iter().enumerate() {
+            let ordered = if t.bgr { [rgb[2], rgb[1], rgb[0]] } else { rgb };
+            for (c, v) in ordered.into_iter().enumerate() {
                 out[c * w * h + y * w + x] = norm(c, v);
             }
         }
@@ -186,6 +198,21 @@ mod tests {
             let v = out[y * 8 + 3];
             let want = if (2..6).contains(&y) { 200.0 } else { 114.0 };
             assert_eq!(v, want, "row {y}");
+        }
+    }
+
+    #[test]
+    fn a_top_left_bgr_transform_puts_the_image_in_the_corner_and_blue_first() {
+        // 16×8 into 8×8: scale 0.5, the image in rows 0..4, pad 114 below.
+        let data = rgba(16, 8, |_, _| [200, 100, 50, 255]);
+        let t = Transform::new((16, 8), (8, 8), 1.0, [0.0; 3], [1.0; 3], 114)
+            .with_conventions(vigil_core::geometry::Anchor::TopLeft, true);
+        let mut out = vec![0.0; t.len()];
+        reference(&Pixels::Rgba { data: &data, stride: 64 }, &t, &mut out);
+        let at = |c: usize, y: usize| out[c * 64 + y * 8 + 3];
+        for y in 0..8 {
+            let want = if y < 4 { [50.0, 100.0, 200.0] } else { [114.0; 3] };
+            assert_eq!([at(0, y), at(1, y), at(2, y)], want, "row {y}");
         }
     }
 

@@ -12,6 +12,7 @@ use vigil_config::{BackendKind, Config, ConfigError};
 
 mod app;
 mod events_cli;
+mod model_cli;
 mod worker;
 
 /// Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or input.
@@ -69,6 +70,9 @@ enum Command {
         #[arg(long)]
         backend: Option<BackendKind>,
     },
+    /// Model bundles: `vigil model pack` turns an ONNX export into a checked bundle.
+    #[command(subcommand)]
+    Model(model_cli::ModelCommand),
     /// The operator's side: list devices, show one, send commands, watch events and metrics.
     Fleet(vigil_ops::fleet::FleetArgs),
     /// Measure capture and inference throughput against baselines run side by side.
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
         Command::Run { config, demo, overrides } => run(config, demo, overrides),
         Command::Events(args) => report(events_cli::run(&args)),
         Command::ModelCheck { config, bundle, backend } => model_check(config.as_deref(), bundle, backend),
+        Command::Model(command) => report(model_cli::run(&command)),
         Command::Fleet(args) => match vigil_ops::fleet::run(&args) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
