@@ -5,10 +5,10 @@ mod camera;
 mod gate;
 pub mod pipeline;
 pub mod platform;
-pub mod still;
 mod recovery;
 mod resolve;
 mod spec;
+pub mod still;
 mod supervise;
 mod timing;
 

@@ -45,13 +45,12 @@ pub fn decode_frame(path: &Path, index: u64) -> Result<Still, String> {
             Some(sample) if seen == index => break still_of(&sample),
             Some(_) => seen += 1,
             None => {
-                let why = pipeline
-                    .bus()
-                    .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
-                    .and_then(|m| match m.view() {
-                        gst::MessageView::Error(e) => Some(e.error().to_string()),
-                        _ => None,
-                    });
+                let why = pipeline.bus().and_then(|b| b.pop_filtered(&[gst::MessageType::Error])).and_then(|m| match m
+                    .view()
+                {
+                    gst::MessageView::Error(e) => Some(e.error().to_string()),
+                    _ => None,
+                });
                 break Err(match why {
                     Some(e) => format!("cannot decode {}: {e}", path.display()),
                     None => format!("{} has {seen} frames; frame {index} does not exist", path.display()),

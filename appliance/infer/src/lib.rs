@@ -456,7 +456,9 @@ mod tests {
         // What GStreamer hands over: the frame centred, black above and below.
         let mut boxed = vec![0u8; 320 * 320 * 4];
         boxed[80 * 320 * 4..240 * 320 * 4].copy_from_slice(&frame);
-        for (color, letterbox, pad) in [("RGB", "center", 0), ("BGR", "top-left", 114), ("BGR", "center", 114), ("RGB", "top-left", 7)] {
+        for (color, letterbox, pad) in
+            [("RGB", "center", 0), ("BGR", "top-left", 114), ("BGR", "center", 114), ("RGB", "top-left", 7)]
+        {
             let dir = tempfile::tempdir().unwrap();
             let bundle = bundle_with(dir.path(), color, letterbox, pad);
             let pre = Preprocessor::new(&bundle);

@@ -173,7 +173,7 @@ pub fn describe_model(path: &Path, library: &Path) -> Result<(Vec<Tensor>, Vec<T
         model: path.display().to_string(),
         message: format!("ONNX Runtime cannot load it: {e}"),
     })?;
-    let tensor = |o: &ort::session::Outlet| Tensor {
+    let tensor = |o: &ort::value::Outlet| Tensor {
         name: o.name().to_owned(),
         shape: o.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default(),
         dtype: match o.dtype().tensor_type() {
@@ -237,8 +237,9 @@ impl Backend for OrtBackend {
             Ok((_, data)) => output.extend_from_slice(data),
             // A half-precision export's output.
             Err(_) => {
-                let (_, data) =
-                    value.try_extract_tensor::<half::f16>().map_err(|e| InferError::Run(format!("output tensor: {e}")))?;
+                let (_, data) = value
+                    .try_extract_tensor::<half::f16>()
+                    .map_err(|e| InferError::Run(format!("output tensor: {e}")))?;
                 output.extend(data.iter().map(|v| v.to_f32()));
             }
         }

@@ -176,7 +176,8 @@ fn decoded_output(
         }
         _ => {
             let found: Vec<String> = fits.iter().map(|(o, f)| format!("`{}` as {}", o.name, format_name(*f))).collect();
-            problems.push(format!("more than one reading fits ({}); choose with --output and --format", found.join(", ")));
+            problems
+                .push(format!("more than one reading fits ({}); choose with --output and --format", found.join(", ")));
             None
         }
     }
@@ -206,14 +207,23 @@ struct Model<'a> {
 
 fn manifest(req: &PackRequest, model: &Model<'_>) -> String {
     let Model { input, size, dtype, output, format, sha256: sha, quantized } = *model;
-    let list = |v: &[String]| v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
-    let floats = |v: &[f32; 3]| format!("[{}, {}, {}]", v[0], v[1], v[2]);
+    // TOML strings (a description may hold quotes or control characters).
+    let q = |s: &str| toml::Value::from(s).to_string();
+    let list = |v: &[String]| v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
+    let floats = |v: &[f32; 3]| format!("[{:?}, {:?}, {:?}]", v[0], v[1], v[2]);
     let backends: Vec<String> = req.backends.iter().map(ToString::to_string).collect();
     let mut m = String::new();
     let _ = writeln!(m, "schema = {}", crate::bundle::SCHEMA);
-    let _ = writeln!(m, "[model]\nname = {:?}\nversion = {:?}\ndescription = {:?}", req.name, req.version, req.description);
+    let _ = writeln!(
+        m,
+        "[model]\nname = {}\nversion = {}\ndescription = {}",
+        q(&req.name),
+        q(&req.version),
+        q(&req.description)
+    );
     let what = if quantized { "INT8 QDQ" } else { "not quantized: TensorRT builds it in FP16" };
-    let _ = writeln!(m, "onnx = \"model.onnx\"          # {what}\nsha256 = \"{sha}\"\nbackends = [{}]", list(&backends));
+    let _ =
+        writeln!(m, "onnx = \"model.onnx\"          # {what}\nsha256 = \"{sha}\"\nbackends = [{}]", list(&backends));
     let color = match req.color {
         ColorOrder::Rgb => "RGB",
         ColorOrder::Bgr => "BGR",
@@ -228,9 +238,9 @@ fn manifest(req: &PackRequest, model: &Model<'_>) -> String {
     };
     let _ = writeln!(
         m,
-        "[input]\nname = {:?}\nshape = [1, 3, {}, {}]\nlayout = \"NCHW\"\ncolor = \"{color}\"\ndtype = \"{dtype}\"\n\
-         scale = {}\nmean = {}\nstd = {}\nletterbox = \"{letterbox}\"\npad_value = {}",
-        input.name,
+        "[input]\nname = {}\nshape = [1, 3, {}, {}]\nlayout = \"NCHW\"\ncolor = \"{color}\"\ndtype = \"{dtype}\"\n\
+         scale = {:?}\nmean = {}\nstd = {}\nletterbox = \"{letterbox}\"\npad_value = {}",
+        q(&input.name),
         size.1,
         size.0,
         req.scale,
@@ -239,10 +249,16 @@ fn manifest(req: &PackRequest, model: &Model<'_>) -> String {
         req.pad_value
     );
     let shape: Vec<String> = output.shape.iter().map(ToString::to_string).collect();
-    let _ = writeln!(m, "[output]\nname = {:?}\nformat = \"{}\"\nshape = [{}]", output.name, format_name(format), shape.join(", "));
     let _ = writeln!(
         m,
-        "[postprocess]\nlabels = [{}]\nscore_threshold = {}\nnms_iou = {}\nmax_detections = {}",
+        "[output]\nname = {}\nformat = \"{}\"\nshape = [{}]",
+        q(&output.name),
+        format_name(format),
+        shape.join(", ")
+    );
+    let _ = writeln!(
+        m,
+        "[postprocess]\nlabels = [{}]\nscore_threshold = {:?}\nnms_iou = {:?}\nmax_detections = {}",
         list(&req.labels),
         req.score_threshold,
         req.nms_iou,
@@ -332,7 +348,7 @@ fn pack_into(req: &PackRequest, frame: &Frame<'_>, library: &Path) -> Result<Pac
     std::fs::write(req.out.join("reference/detections.json"), pretty).map_err(io)?;
     let reference = format!(
         "[reference]\ninput = \"reference/input.f32\"\noutput_int8 = \"reference/output.f32\"\n\
-         detections = \"reference/detections.json\"\ntolerance = {}   # max |output − reference| another backend may show\n",
+         detections = \"reference/detections.json\"\ntolerance = {:?}   # max |output − reference| another backend may show\n",
         req.tolerance
     );
     std::fs::write(req.out.join("manifest.toml"), format!("{head}{reference}")).map_err(io)?;

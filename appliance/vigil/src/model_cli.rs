@@ -90,7 +90,9 @@ pub struct PackArgs {
     /// Capture → detections budget for this model, in milliseconds.
     #[arg(long, default_value_t = 100)]
     budget_ms: u64,
-    /// Largest |output − reference| another backend may show (TensorRT on a Jetson).
+    /// Largest |output − reference| another backend may show (TensorRT on a Jetson): measure it
+    /// there with `vigil model-check --backend tensorrt` and raise this if needed (INT8 engines
+    /// differ from ONNX Runtime by more than FP32 ones).
     #[arg(long, default_value_t = 0.05)]
     tolerance: f32,
     /// Backends the bundle declares (repeat); default both.
@@ -121,7 +123,8 @@ pub fn run(command: &ModelCommand) -> anyhow::Result<()> {
     };
     let still = vigil_capture::still::decode_frame(source, index).map_err(anyhow::Error::msg)?;
     let library = vigil_infer::find_ort_library(a.ort_library.as_deref())?;
-    let backends = if a.backends.is_empty() { vec![Backend::Onnxruntime, Backend::Tensorrt] } else { a.backends.clone() };
+    let backends =
+        if a.backends.is_empty() { vec![Backend::Onnxruntime, Backend::Tensorrt] } else { a.backends.clone() };
     let triple = |v: &[f32]| [v[0], v[1], v[2]];
     let req = PackRequest {
         onnx: a.onnx.clone(),
@@ -162,7 +165,11 @@ pub fn run(command: &ModelCommand) -> anyhow::Result<()> {
     println!(
         "{}: {} model, {}x{} input, {} output; {} detection(s) on the reference frame; checked on ONNX Runtime",
         packed.dir.display(),
-        if packed.quantized { "INT8 QDQ" } else { "not quantized (TensorRT will build FP16; see models/README.md for INT8)" },
+        if packed.quantized {
+            "INT8 QDQ"
+        } else {
+            "not quantized (TensorRT will build FP16; see models/README.md for INT8)"
+        },
         packed.input.0,
         packed.input.1,
         a.format.as_deref().unwrap_or(match packed.format {
