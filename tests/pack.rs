@@ -106,3 +106,98 @@ fn the_exporters_conventions_are_written_to_the_manifest() {
     let last_row = &input[plane - w as usize..plane];
     assert!(last_row.iter().all(|&v| (v - 114.0 / 255.0).abs() < 1e-6), "{:?}", &last_row[..4]);
 }
+
+#[test]
+fn a_half_precision_export_runs_on_onnx_runtime_and_finds_what_fp32_finds() {
+    // The shipped FP32 model with f16 input and output (tests/fixtures, made by
+    // models/recipe/half_io.py), and the FP32 model itself, packed from the same frame.
+    let dir = tempfile::tempdir().unwrap();
+    let half = repo_root().join("tests/fixtures/shapes-fp32-half-io.onnx");
+    let clip = eval_clip();
+    let pack_model = |model: &Path, out: &Path| {
+        let mut args = vec!["model", "pack", model.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        args.extend(["--name", "shapes", "--clip", clip.to_str().unwrap(), "--frame", "40"]);
+        args.extend_from_slice(SHAPES);
+        vigil_cmd(&args, &[])
+    };
+    let (code, stdout, stderr) = pack_model(&half, &dir.path().join("half"));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("not quantized"), "an FP32 model is reported as such: {stdout}");
+    let text = std::fs::read_to_string(dir.path().join("half/manifest.toml")).unwrap();
+    assert!(text.contains("dtype = \"f16\""), "{text}");
+    let (code, stdout, stderr) = pack_model(&bundle_dir().join("model.fp32.onnx"), &dir.path().join("fp32"));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let dets = |b: &str| -> Vec<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(dir.path().join(b).join("reference/detections.json")).unwrap()).unwrap()
+    };
+    let (half, full) = (dets("half"), dets("fp32"));
+    assert!(!full.is_empty());
+    assert_eq!(half.len(), full.len(), "{half:?} vs {full:?}");
+    for (h, f) in half.iter().zip(&full) {
+        assert_eq!(h["label"], f["label"]);
+        for k in 0..4 {
+            let (a, b) = (h["box"][k].as_f64().unwrap(), f["box"][k].as_f64().unwrap());
+            assert!((a - b).abs() < 1.0, "box {k}: {a} vs {b}");
+        }
+    }
+}
+
+/// `vigil model compare`'s report, parsed: (precision, recall).
+fn precision_recall(report: &str) -> (f32, f32) {
+    let num = |key: &str| -> f32 {
+        let at = report.find(key).unwrap_or_else(|| panic!("no `{key}` in {report}")) + key.len();
+        report[at..].split(|c: char| c == ',' || c.is_whitespace()).find(|s| !s.is_empty()).unwrap().parse().unwrap()
+    };
+    (num("precision "), num("recall "))
+}
+
+#[test]
+fn an_fp32_export_is_quantized_on_real_frames_and_the_accuracy_change_is_reported() {
+    // The engineer's path: pack the FP32 export, write calibration tensors from a clip with the
+    // bundle's own pre-processing, quantize (models/tools/quantize.py), pack the INT8 model,
+    // and compare it with the FP32 one on the held-back frames.
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).to_str().unwrap().to_owned();
+    let clip = eval_clip();
+    let clip = clip.to_str().unwrap();
+    let fp32 = bundle_dir().join("model.fp32.onnx");
+    let labels = ["--labels", "circle,square,triangle", "--pad-value", "0", "--clip", clip, "--frame", "40"];
+    let run = |args: &[&str]| {
+        let (code, stdout, stderr) = vigil_cmd(args, &[]);
+        assert_eq!(code, 0, "vigil {args:?}: {stdout}{stderr}");
+        stdout
+    };
+    run(&[&["model", "pack", fp32.to_str().unwrap(), "--out", &d("fp32"), "--name", "shapes"][..], &labels].concat());
+    let out =
+        run(&["model", "calibration", "--bundle", &d("fp32"), "--clip", clip, "--every", "3", "--out", &d("calib")]);
+    assert!(out.contains("60 tensors [1, 3, 320, 320]"), "{out}");
+    let python = repo_root().join(".venv/bin/python");
+    let quantize = std::process::Command::new(python)
+        .arg(repo_root().join("models/tools/quantize.py"))
+        .args(["--fp32", &d("fp32/model.onnx"), "--tensors", &d("calib"), "--out", &d("model.int8.onnx")])
+        .args(["--holdout", "5", "--exclude", "conv7"])
+        .output()
+        .expect("python runs (make setup)");
+    let text = String::from_utf8_lossy(&quantize.stdout).into_owned() + &String::from_utf8_lossy(&quantize.stderr);
+    assert!(quantize.status.success() && text.contains("calibrated on 48 tensors, 12 held back"), "{text}");
+    let out = run(&[
+        &["model", "pack", &d("model.int8.onnx"), "--out", &d("int8"), "--name", "shapes", "--tolerance", "2"][..],
+        &labels,
+    ]
+    .concat());
+    assert!(out.contains("INT8 QDQ model"), "{out}");
+    let report =
+        run(&["model", "compare", "--reference", &d("fp32"), "--candidate", &d("int8"), "--tensors", &d("calib")]);
+    let (precision, recall) = precision_recall(&report);
+    assert!(report.starts_with("12 tensors") && precision >= 0.95 && recall >= 0.95, "{report}");
+
+    // A candidate that quietly detects far less (its score threshold raised) is reported so.
+    let manifest = dir.path().join("int8/manifest.toml");
+    let text =
+        std::fs::read_to_string(&manifest).unwrap().replace("score_threshold = 0.25", "score_threshold = 0.9999");
+    std::fs::write(&manifest, text).unwrap();
+    let report =
+        run(&["model", "compare", "--reference", &d("fp32"), "--candidate", &d("int8"), "--tensors", &d("calib")]);
+    let (_, recall) = precision_recall(&report);
+    assert!(recall < 0.5, "the drop shows: {report}");
+}

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 ORT_VERSION=1.32.0
+ONNX_VERSION=1.23.2
 APT_PACKAGES=(
   pkg-config gcc g++ libclang-dev
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
@@ -37,5 +38,10 @@ if ! ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* >/
   echo "setup: installing onnxruntime $ORT_VERSION into .venv"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "onnxruntime==$ORT_VERSION"
+fi
+# onnx: models/tools/quantize.py (ONNX Runtime's quantiser needs it); the recipe's pin.
+if ! .venv/bin/python -c "import onnx; assert onnx.__version__ == '$ONNX_VERSION'" 2>/dev/null; then
+  echo "setup: installing onnx $ONNX_VERSION into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check "onnx==$ONNX_VERSION"
 fi
 ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n1

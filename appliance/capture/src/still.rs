@@ -18,6 +18,20 @@ pub struct Still {
 
 /// Frame `index` (0: the first) of the picture or clip at `path`.
 pub fn decode_frame(path: &Path, index: u64) -> Result<Still, String> {
+    let mut found = None;
+    let seen = each_frame(path, |i, still| {
+        if i == index {
+            found = Some(still);
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    found.ok_or_else(|| format!("{} has {seen} frames; frame {index} does not exist", path.display()))
+}
+
+/// Calls `f` with each decoded frame of `path` and its index, in order, while it returns
+/// `Ok(true)`. Returns the number of frames decoded.
+pub fn each_frame(path: &Path, mut f: impl FnMut(u64, Still) -> Result<bool, String>) -> Result<u64, String> {
     gst::init().map_err(|e| format!("GStreamer could not start: {e}"))?;
     if !path.is_file() {
         return Err(format!("{} does not exist", path.display()));
@@ -35,15 +49,19 @@ pub fn decode_frame(path: &Path, index: u64) -> Result<Still, String> {
         .by_name("sink")
         .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
         .ok_or_else(|| "no appsink".to_owned())?;
-    let stop = |p: &gst::Pipeline| {
-        let _ = p.set_state(gst::State::Null);
-    };
     pipeline.set_state(gst::State::Playing).map_err(|e| format!("cannot decode {}: {e}", path.display()))?;
     let mut seen = 0u64;
     let result = loop {
         match sink.try_pull_sample(gst::ClockTime::from_seconds(20)) {
-            Some(sample) if seen == index => break still_of(&sample),
-            Some(_) => seen += 1,
+            Some(sample) => {
+                let go_on = still_of(&sample).and_then(|still| f(seen, still));
+                seen += 1;
+                match go_on {
+                    Ok(true) => {}
+                    Ok(false) => break Ok(seen),
+                    Err(e) => break Err(e),
+                }
+            }
             None => {
                 let why = pipeline.bus().and_then(|b| b.pop_filtered(&[gst::MessageType::Error])).and_then(|m| match m
                     .view()
@@ -51,14 +69,14 @@ pub fn decode_frame(path: &Path, index: u64) -> Result<Still, String> {
                     gst::MessageView::Error(e) => Some(e.error().to_string()),
                     _ => None,
                 });
-                break Err(match why {
-                    Some(e) => format!("cannot decode {}: {e}", path.display()),
-                    None => format!("{} has {seen} frames; frame {index} does not exist", path.display()),
-                });
+                break match why {
+                    Some(e) => Err(format!("cannot decode {}: {e}", path.display())),
+                    None => Ok(seen),
+                };
             }
         }
     };
-    stop(&pipeline);
+    let _ = pipeline.set_state(gst::State::Null);
     result
 }
 

@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod check;
+pub mod compare;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod engine_cache;

@@ -268,6 +268,20 @@ fn manifest(req: &PackRequest, model: &Model<'_>) -> String {
     m
 }
 
+/// `frame` as `bundle`'s model takes it: the CPU reference transform with the bundle's
+/// conventions (what the device's pre-processing is checked against), f32 NCHW.
+pub fn input_tensor(bundle: &Bundle, frame: &Frame<'_>) -> Vec<f32> {
+    let i = &bundle.manifest.input;
+    let anchor = i.letterbox.known().map(LetterboxMode::anchor).unwrap_or_default();
+    let bgr = i.color.known() == Some(ColorOrder::Bgr);
+    let transform =
+        Transform::new((frame.width, frame.height), bundle.input_size(), i.scale, i.mean, i.std, i.pad_value)
+            .with_conventions(anchor, bgr);
+    let mut tensor = vec![0.0f32; transform.len()];
+    transform::reference(&Pixels::Rgba { data: frame.rgba, stride: frame.width as usize * 4 }, &transform, &mut tensor);
+    tensor
+}
+
 /// Packs `req.onnx` into `req.out`, computing the reference from `frame` with ONNX Runtime
 /// (`library`). A refused model leaves no bundle behind.
 pub fn pack(req: &PackRequest, frame: &Frame<'_>, library: &Path) -> Result<Packed, PackError> {
@@ -321,11 +335,8 @@ fn pack_into(req: &PackRequest, frame: &Frame<'_>, library: &Path) -> Result<Pac
     std::fs::write(req.out.join("manifest.toml"), &head).map_err(io)?;
 
     // The reference: the frame through the CPU reference transform, the model on ONNX Runtime.
-    let transform = Transform::new((frame.width, frame.height), size, req.scale, req.mean, req.std, req.pad_value)
-        .with_conventions(req.letterbox.anchor(), req.color == ColorOrder::Bgr);
-    let mut tensor = vec![0.0f32; transform.len()];
-    transform::reference(&Pixels::Rgba { data: frame.rgba, stride: frame.width as usize * 4 }, &transform, &mut tensor);
     let bundle = Bundle::load(&req.out).map_err(|e| refuse(vec![e.to_string()]))?;
+    let tensor = input_tensor(&bundle, frame);
     let backend = OrtBackend::new(&bundle, library, 1, 1).map_err(|e| refuse(vec![e.to_string()]))?;
     let mut detector = Detector::new(&bundle, Box::new(backend)).map_err(|e| refuse(vec![e.to_string()]))?;
     let out = detector.infer_raw(&tensor).map_err(|e| refuse(vec![e.to_string()]))?.to_vec();

@@ -13,7 +13,48 @@ pub enum ModelCommand {
     /// Packs an ONNX export into a bundle: reads its inputs and outputs, recognises the output
     /// layout, writes the manifest, SHA-256 and reference tensors from a real frame, and checks
     /// the result as `vigil model-check` does.
-    Pack(PackArgs),
+    Pack(Box<PackArgs>),
+    /// Writes calibration tensors for quantising a bundle's model: frames of clips, pre-processed
+    /// by the bundle's conventions, as raw f32 NCHW files (models/tools/quantize.py reads them).
+    Calibration(CalibrationArgs),
+    /// A candidate bundle against a reference bundle (an INT8 model against its FP32 original) on
+    /// the same tensors: the candidate's detections' precision and recall against the reference's.
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+pub struct CalibrationArgs {
+    /// The bundle whose conventions pre-process the frames (the FP32 model's bundle).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// A clip or picture (repeat); recordings of the device's own cameras calibrate best.
+    #[arg(long = "clip", required = true)]
+    clips: Vec<PathBuf>,
+    /// Take every Nth frame.
+    #[arg(long, default_value_t = 10)]
+    every: u64,
+    /// At most this many tensors in all.
+    #[arg(long, default_value_t = 500)]
+    max: usize,
+    /// The directory to write `NNNNN.f32` files into.
+    #[arg(long, short)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct CompareArgs {
+    #[arg(long)]
+    reference: PathBuf,
+    #[arg(long)]
+    candidate: PathBuf,
+    /// Tensors written by `vigil model calibration`.
+    #[arg(long)]
+    tensors: PathBuf,
+    /// Compare on every Nth tensor only (those quantize.py held back from calibration); 1: all.
+    #[arg(long, default_value_t = 5)]
+    holdout: usize,
+    #[arg(long)]
+    ort_library: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -114,7 +155,88 @@ fn labels(spec: &str) -> anyhow::Result<Vec<String>> {
 }
 
 pub fn run(command: &ModelCommand) -> anyhow::Result<()> {
-    let ModelCommand::Pack(a) = command;
+    match command {
+        ModelCommand::Pack(a) => pack(a),
+        ModelCommand::Calibration(a) => calibration(a),
+        ModelCommand::Compare(a) => compare(a),
+    }
+}
+
+fn calibration(a: &CalibrationArgs) -> anyhow::Result<()> {
+    let bundle = vigil_infer::Bundle::load(&a.bundle)?;
+    if a.out.exists() && std::fs::read_dir(&a.out)?.next().is_some() {
+        anyhow::bail!("{} exists and is not empty; write the tensors into a new directory", a.out.display());
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let every = a.every.max(1);
+    let mut written = 0usize;
+    for clip in &a.clips {
+        vigil_capture::still::each_frame(clip, |i, still| {
+            if i % every != 0 {
+                return Ok(true);
+            }
+            let frame = Frame { width: still.width, height: still.height, rgba: &still.rgba };
+            let tensor = vigil_infer::pack::input_tensor(&bundle, &frame);
+            let bytes: Vec<u8> = tensor.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let path = a.out.join(format!("{written:05}.f32"));
+            std::fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            written += 1;
+            Ok(written < a.max)
+        })
+        .map_err(anyhow::Error::msg)?;
+        if written >= a.max {
+            break;
+        }
+    }
+    let (w, h) = bundle.input_size();
+    println!("{written} tensors [1, 3, {h}, {w}] f32 in {}", a.out.display());
+    Ok(())
+}
+
+fn compare(a: &CompareArgs) -> anyhow::Result<()> {
+    let library = vigil_infer::find_ort_library(a.ort_library.as_deref())?;
+    let detector = |dir: &PathBuf| -> anyhow::Result<vigil_infer::Detector> {
+        let bundle = vigil_infer::Bundle::load(dir)?;
+        let backend = vigil_infer::OrtBackend::new(&bundle, &library, 1, 1)?;
+        Ok(vigil_infer::Detector::new(&bundle, Box::new(backend))?)
+    };
+    let (mut reference, mut candidate) = (detector(&a.reference)?, detector(&a.candidate)?);
+    if reference.input_size() != candidate.input_size() || reference.labels() != candidate.labels() {
+        anyhow::bail!("the two bundles differ in input size or labels; compare versions of one model");
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&a.tensors)
+        .with_context(|| format!("cannot read {}", a.tensors.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "f32"))
+        .collect();
+    files.sort();
+    let holdout = a.holdout.max(1);
+    let chosen: Vec<PathBuf> =
+        files.into_iter().enumerate().filter(|(i, _)| i % holdout == holdout - 1).map(|(_, p)| p).collect();
+    if chosen.is_empty() {
+        anyhow::bail!("no tensors to compare on in {}", a.tensors.display());
+    }
+    let tensors = chosen.iter().map(|p| {
+        let bytes = std::fs::read(p).unwrap_or_default();
+        bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<f32>>()
+    });
+    let c = vigil_infer::compare::compare(&mut reference, &mut candidate, tensors)?;
+    println!(
+        "{} tensors: reference {} detections, candidate {}, matched {} (IoU >= {}, same class); \
+         precision {:.3}, recall {:.3}, mean score change {:.4}",
+        c.tensors,
+        c.reference_detections,
+        c.candidate_detections,
+        c.matched,
+        vigil_infer::compare::MATCH_IOU,
+        c.precision(),
+        c.recall(),
+        c.mean_score_change
+    );
+    Ok(())
+}
+
+fn pack(a: &PackArgs) -> anyhow::Result<()> {
     let format = a.format.as_deref().map(str::parse::<OutputFormat>).transpose().map_err(anyhow::Error::msg)?;
     let (source, index) = match (&a.image, &a.clip) {
         (Some(image), _) => (image, 0),
