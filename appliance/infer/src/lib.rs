@@ -1,6 +1,7 @@
 //! Inference: the `Backend` seam, pre-processing of letterboxed RGB frames into the model's input
 //! tensor, and post-processing of its output into source-frame detections.
 
+pub mod accept;
 pub mod bundle;
 pub mod check;
 pub mod compare;
