@@ -42,6 +42,9 @@ pub enum OtaError {
     /// The downloaded bytes are not what was signed (too long, wrong hash): discarded.
     #[error("the download of `{name}` is not what was signed ({why}); it was discarded")]
     Verification { name: String, why: String },
+    /// A bundle archive that would unpack to something other than plain files inside its slot.
+    #[error("the archive {name} is refused: {why}; nothing was unpacked")]
+    BadArchive { name: String, why: String },
     #[error("{what} {}: {source}", path.display())]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("{0}")]
@@ -75,6 +78,7 @@ impl OtaError {
             Self::Incompatible { .. } => "incompatible",
             Self::Downgrade { .. } => "downgrade",
             Self::Verification { .. } => "verification",
+            Self::BadArchive { .. } => "bad_archive",
             Self::Io { .. } => "io",
             Self::Config(_) => "config",
         }

@@ -11,6 +11,7 @@
 //!
 //! What the device does with a staged target (acceptance, swap, canary) is the caller's.
 
+pub mod archive;
 pub mod client;
 pub mod error;
 pub mod repo;

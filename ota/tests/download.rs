@@ -74,6 +74,18 @@ async fn an_unreadable_kept_root_falls_back_to_the_shipped_one() {
     assert_eq!(trusted.versions().0, 1);
 }
 
+/// `vigil-ota add` of `file` as model `people` `version`, signed with the fixture's keys.
+fn tool_add(f: &Fixture, file: &std::path::Path, version: &str, extra: &[&str]) -> (bool, String) {
+    let s = |p: &std::path::Path| p.display().to_string();
+    let keys = &f.keys.roles;
+    let (repo, file) = (s(&f.repo()), s(file));
+    let (targets, snapshot, timestamp) = (s(&keys.targets), s(&keys.snapshot), s(&keys.timestamp));
+    let mut args = vec!["add", "--repo", &repo, &file, "--kind", "model", "--name", MODEL, "--version", version];
+    args.extend(["--targets-key", &targets, "--snapshot-key", &snapshot, "--timestamp-key", &timestamp]);
+    args.extend_from_slice(extra);
+    tool(&args)
+}
+
 fn tool(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_vigil-ota")).args(args).output().expect("vigil-ota runs");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -88,26 +100,7 @@ async fn the_tool_builds_a_repository_and_a_device_fetches_from_it() {
     let keys = &f.keys.roles;
     let model_file = d.join("files/people-2.0.0.tar");
     std::fs::write(&model_file, payload(200_000, 7)).unwrap();
-    let (ok, out) = tool(&[
-        "add",
-        "--repo",
-        &s(f.repo()),
-        &s(model_file.clone()),
-        "--kind",
-        "model",
-        "--name",
-        MODEL,
-        "--version",
-        "2.0.0",
-        "--backend",
-        "onnxruntime",
-        "--targets-key",
-        &s(keys.targets.clone()),
-        "--snapshot-key",
-        &s(keys.snapshot.clone()),
-        "--timestamp-key",
-        &s(keys.timestamp.clone()),
-    ]);
+    let (ok, out) = tool_add(&f, &model_file, "2.0.0", &["--backend", "onnxruntime"]);
     assert!(ok && out.contains("added models/people-2.0.0 (200000 bytes"), "{out}");
     let (ok, out) = tool(&["status", "--repo", &s(f.repo())]);
     assert!(ok && out.contains("models/people-2.0.0") && out.contains("model people 2.0.0"), "{out}");
@@ -147,4 +140,29 @@ async fn the_tool_builds_a_repository_and_a_device_fetches_from_it() {
     assert_eq!(std::fs::read(d.join("device/people-2.0.0.tar")).unwrap(), payload(200_000, 7));
     let (ok, out) = tool(&["keygen", &s(d.join("keys/root0.der"))]);
     assert!(!ok && out.contains("must not exist"), "keygen never overwrites a key: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_directory_travels_as_an_archive_and_unpacks_into_a_new_slot() {
+    let f = Fixture::new(1, 1, 4096).await;
+    let d = f.path();
+    let bundle = d.join("files/people-3.0.0");
+    std::fs::create_dir_all(bundle.join("reference")).unwrap();
+    std::fs::write(bundle.join("manifest.toml"), "schema = 1\n").unwrap();
+    std::fs::write(bundle.join("model.onnx"), payload(100_000, 3)).unwrap();
+    std::fs::write(bundle.join("reference/input.f32"), payload(1000, 4)).unwrap();
+    let (ok, out) = tokio::task::block_in_place(|| tool_add(&f, &bundle, "3.0.0", &[]));
+    assert!(ok && out.contains("added models/people-3.0.0"), "{out}");
+    let u = f.updater();
+    let trusted = u.refresh().await.unwrap();
+    let offer = u.choose(&trusted, &Fixture::device(), MODEL, None).unwrap();
+    assert_eq!(offer.meta.version.to_string(), "3.0.0");
+    let archive = f.dest("people-3.0.0.tar");
+    u.download(&trusted, &offer, &archive).await.unwrap();
+    let slot = f.dest("models/people-3.0.0");
+    std::fs::create_dir_all(slot.parent().unwrap()).unwrap();
+    vigil_ota::archive::unpack(&archive, &slot, Default::default()).unwrap();
+    for file in ["manifest.toml", "model.onnx", "reference/input.f32"] {
+        assert_eq!(std::fs::read(slot.join(file)).unwrap(), std::fs::read(bundle.join(file)).unwrap(), "{file}");
+    }
 }

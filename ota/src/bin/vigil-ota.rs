@@ -44,7 +44,8 @@ enum Command {
     Add {
         #[arg(long)]
         repo: PathBuf,
-        /// The file to add (a bundle archive, or the vigil executable).
+        /// The file to add: a model bundle directory (packed into a tar archive here), a bundle
+        /// archive, or the vigil executable.
         file: PathBuf,
         #[arg(long, value_enum)]
         kind: KindArg,
@@ -273,6 +274,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             // The fields are checked as a device will read them.
             TargetMeta::from_custom(&meta.to_custom()).map_err(anyhow::Error::msg)?;
+            // A bundle directory travels as a deterministic tar archive.
+            let packed = if file.is_dir() {
+                let tmp = tempfile::Builder::new().prefix(".bundle-").suffix(".tar").tempfile_in(&dir)?;
+                vigil_ota::archive::pack_dir(&file, tmp.path())?;
+                Some(tmp)
+            } else {
+                None
+            };
+            let file = packed.as_ref().map_or(file, |t| t.path().to_owned());
             let size = std::fs::metadata(&file)?.len();
             let pb = bar(size * 2, "hashing and copying");
             let hash =
