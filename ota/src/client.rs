@@ -65,7 +65,7 @@ pub struct Trusted {
 }
 
 impl Trusted {
-    /// The version of the timestamp, snapshot and targets metadata (for reports).
+    /// The versions of the root, timestamp, snapshot and targets metadata (for reports).
     pub fn versions(&self) -> (u64, u64, u64, u64) {
         (
             self.repo.root().signed.version.get(),

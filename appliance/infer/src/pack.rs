@@ -286,9 +286,12 @@ pub fn input_tensor(bundle: &Bundle, frame: &Frame<'_>) -> Vec<f32> {
 /// (`library`). A refused model leaves no bundle behind.
 pub fn pack(req: &PackRequest, frame: &Frame<'_>, library: &Path) -> Result<Packed, PackError> {
     let existed = req.out.exists();
+    if existed && std::fs::read_dir(&req.out).map_or(true, |mut d| d.next().is_some()) {
+        let why = format!("{} exists and is not empty; pack into a new directory", req.out.display());
+        return Err(PackError { onnx: req.onnx.clone(), problems: vec![why] });
+    }
     let result = pack_into(req, frame, library);
-    let wrote = result.as_ref().is_err_and(|e| !e.problems.iter().any(|p| p.contains("is not empty")));
-    if wrote && req.out.exists() {
+    if result.is_err() && req.out.exists() {
         let _ = std::fs::remove_dir_all(&req.out);
         if existed {
             let _ = std::fs::create_dir(&req.out);
@@ -311,9 +314,6 @@ fn pack_into(req: &PackRequest, frame: &Frame<'_>, library: &Path) -> Result<Pac
     }
     if frame.rgba.len() != frame.width as usize * frame.height as usize * 4 || frame.width == 0 {
         problems.push("the reference frame is empty or not RGBA".to_owned());
-    }
-    if req.out.exists() && std::fs::read_dir(&req.out).map_or(true, |mut d| d.next().is_some()) {
-        problems.push(format!("{} exists and is not empty; pack into a new directory", req.out.display()));
     }
     let bytes = std::fs::read(&req.onnx).map_err(|e| refuse(vec![format!("cannot read it: {e}")]))?;
     let (inputs, outputs) = describe_model(&req.onnx, library).map_err(|e| refuse(vec![e.to_string()]))?;
