@@ -201,6 +201,8 @@ pub struct Detector {
     nms_iou: f32,
     max_detections: usize,
     input_size: (u32, u32),
+    /// The model and its backend: what the scheduler estimates costs per.
+    cost_key: String,
     /// `max_batch` images' worth of input, and the letterbox of the frame in each slot.
     input: Vec<f32>,
     letterboxes: Vec<Letterbox>,
@@ -214,7 +216,9 @@ impl Detector {
         let pre = Preprocessor::new(bundle);
         let batch = backend.max_batch().max(1);
         let (w, h) = bundle.input_size();
+        let cost_key = format!("{} {} on {}", m.model.name, m.model.version, backend.name());
         Ok(Self {
+            cost_key,
             backend,
             input: vec![0.0; batch * pre.len()],
             letterboxes: vec![Letterbox::new(w, h, w, h); batch],
@@ -320,8 +324,8 @@ impl Detector {
 impl<F: FrameImage> Stages<F> for Detector {
     type Error = InferError;
 
-    fn backend(&self) -> &str {
-        self.backend.name()
+    fn cost_key(&self) -> &str {
+        &self.cost_key
     }
 
     fn max_batch(&self) -> usize {

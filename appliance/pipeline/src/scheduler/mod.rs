@@ -36,8 +36,9 @@ use crate::rules::FrameInfo;
 pub trait Stages<F> {
     /// Why a stage failed (the backend's error).
     type Error: std::fmt::Display;
-    /// Backend name: costs are estimated per backend.
-    fn backend(&self) -> &str;
+    /// What costs are estimated per: the model and the backend it runs on (two models on one
+    /// backend cost differently, and a swapped-in model must not inherit the old one's costs).
+    fn cost_key(&self) -> &str;
     /// The largest batch the engine takes.
     fn max_batch(&self) -> usize;
     fn preprocess(&mut self, slot: usize, frame: &F) -> Result<(), Self::Error>;
@@ -56,6 +57,36 @@ pub struct Done<F> {
 
 /// Warm-up inferences per batch size; the first is not counted (allocations, lazy init).
 const WARM_UP_RUNS: usize = 4;
+
+/// Engine costs of a set of stages, measured where they were warmed: on the scheduler's thread
+/// before it starts, or on another thread while the current stages serve (a model about to be
+/// swapped in).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarmCosts {
+    key: String,
+    /// (batch size, measured engine times)
+    runs: Vec<(usize, Vec<Duration>)>,
+}
+
+/// Measures `stages` on whatever their input buffers hold, for batch sizes 1 and the largest,
+/// so that the first real frame is planned with a known cost. `clock` times the runs.
+pub fn measure<F, S: Stages<F>>(stages: &mut S, clock: &dyn Clock) -> Result<WarmCosts, S::Error> {
+    let max = stages.max_batch().max(1);
+    let sizes: &[usize] = if max > 1 { &[1, max] } else { &[1] };
+    let mut runs = Vec::new();
+    for &batch in sizes {
+        let mut times = Vec::with_capacity(WARM_UP_RUNS - 1);
+        for run in 0..WARM_UP_RUNS {
+            let t0 = clock.now();
+            stages.infer(batch)?;
+            if run > 0 {
+                times.push(clock.now() - t0);
+            }
+        }
+        runs.push((batch, times));
+    }
+    Ok(WarmCosts { key: stages.cost_key().to_owned(), runs })
+}
 /// While every waiting frame is dropped because the predicted cost does not fit any budget, the
 /// engine is re-measured this often ([`PROBE_RUNS`] runs on its idle input), so that a slowdown
 /// that has passed (a throttled GPU, a busy CPU) stops locking cameras out. No frame is risked
@@ -108,22 +139,30 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
         &self.policy
     }
 
-    /// Measures the engine on whatever its input buffers hold, for batch sizes 1 and the
-    /// largest, so that the first real frame is planned with a known cost.
+    /// Measures the engine before the first round (see [`measure`]).
     pub fn warm_up(&mut self) -> Result<(), S::Error> {
-        let max = self.stages.max_batch().max(1);
-        let sizes: &[usize] = if max > 1 { &[1, max] } else { &[1] };
-        for &batch in sizes {
-            for run in 0..WARM_UP_RUNS {
-                let t0 = self.clock.now();
-                self.stages.infer(batch)?;
-                if run > 0 {
-                    let cost = self.clock.now() - t0 + self.per_frame_overhead.get() * batch as u32;
-                    self.record_cost(batch, cost);
-                }
+        let costs = measure(&mut self.stages, self.clock.as_ref())?;
+        self.learn(&costs);
+        Ok(())
+    }
+
+    fn learn(&mut self, costs: &WarmCosts) {
+        for (batch, times) in &costs.runs {
+            for t in times {
+                let cost = *t + self.per_frame_overhead.get() * *batch as u32;
+                self.policy.cost.record(&costs.key, *batch, cost);
             }
         }
-        Ok(())
+        self.last_measured = Some(self.clock.now());
+    }
+
+    /// Puts `new` in place of the current stages, between two rounds: it serves from the next
+    /// one, planned with `costs` (measured on it while the current stages served, see
+    /// [`measure`]), so that no frame waits for a warm-up and none is planned on the old model's
+    /// costs. Returns the stages it replaced (kept, warm, for a rollback).
+    pub fn swap(&mut self, new: S, costs: &WarmCosts) -> S {
+        self.learn(costs);
+        std::mem::replace(&mut self.stages, new)
     }
 
     fn probe(&mut self) {
@@ -136,7 +175,7 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
             }
             *sample = self.clock.now() - t0 + self.per_frame_overhead.get();
         }
-        let backend = self.stages.backend().to_owned();
+        let backend = self.stages.cost_key().to_owned();
         self.policy.cost.reestimate(&backend, &samples);
         self.last_measured = Some(self.clock.now());
     }
@@ -148,7 +187,7 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
     }
 
     fn record_cost(&mut self, batch: usize, cost: Duration) {
-        let backend = self.stages.backend().to_owned();
+        let backend = self.stages.cost_key().to_owned();
         self.policy.cost.record(&backend, batch, cost);
         self.last_measured = Some(self.clock.now());
     }
@@ -161,8 +200,8 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
         if self.pending.is_empty() {
             return Vec::new();
         }
-        let plan = self.policy.plan(now, &self.pending, self.stages.backend(), self.stages.max_batch());
-        let alone = self.policy.cost.predict(self.stages.backend(), 1);
+        let plan = self.policy.plan(now, &self.pending, self.stages.cost_key(), self.stages.max_batch());
+        let alone = self.policy.cost.predict(self.stages.cost_key(), 1);
         for &camera in &plan.drop {
             let captured = self.pending.iter().find(|p| p.0 == camera).map(|p| p.1);
             if captured.and_then(|c| hub.take_exact(camera, c)).is_some() {
@@ -249,7 +288,7 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
                 tracing::warn!(camera = %stats.id, total_ms = ms(times.total), budget_ms = ms(budget),
                     queue_ms = ms(times.queue), preprocess_ms = ms(times.preprocess),
                     inference_ms = ms(times.inference), postprocess_ms = ms(times.postprocess), batch = size,
-                    predicted_ms = ms(self.policy.cost.predict(self.stages.backend(), size)),
+                    predicted_ms = ms(self.policy.cost.predict(self.stages.cost_key(), size)),
                     "deadline miss: finished past the budget, results discarded");
                 continue;
             }

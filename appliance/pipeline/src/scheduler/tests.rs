@@ -33,6 +33,9 @@ type InferCost = Box<dyn FnMut(usize, u64) -> Duration>;
 
 struct Scripted {
     clock: Arc<ManualClock>,
+    /// Names this engine's costs, and marks its detections (class id) to tell engines apart.
+    key: &'static str,
+    marker: usize,
     max_batch: usize,
     preprocess: Duration,
     postprocess: Duration,
@@ -42,15 +45,24 @@ struct Scripted {
 
 impl Scripted {
     fn new(clock: &Arc<ManualClock>, max_batch: usize, infer: InferCost) -> Self {
-        Self { clock: clock.clone(), max_batch, preprocess: 2 * MS, postprocess: 2 * MS, infer, calls: 0 }
+        Self {
+            clock: clock.clone(),
+            key: "scripted",
+            marker: 0,
+            max_batch,
+            preprocess: 2 * MS,
+            postprocess: 2 * MS,
+            infer,
+            calls: 0,
+        }
     }
 }
 
 impl Stages<SimFrame> for Scripted {
     type Error = std::convert::Infallible;
 
-    fn backend(&self) -> &str {
-        "scripted"
+    fn cost_key(&self) -> &str {
+        self.key
     }
 
     fn max_batch(&self) -> usize {
@@ -70,7 +82,8 @@ impl Stages<SimFrame> for Scripted {
 
     fn postprocess(&mut self, _: usize, _: &SimFrame) -> Vec<Detection> {
         self.clock.advance(self.postprocess);
-        Vec::new()
+        let bbox = vigil_core::geometry::BBox { x1: 0.0, y1: 0.0, x2: 1.0, y2: 1.0 };
+        vec![Detection { class_id: self.marker, score: 1.0, bbox }]
     }
 }
 
@@ -85,6 +98,8 @@ struct Outcome {
     stats: Arc<SchedulerStats>,
     camera_stats: Vec<Arc<CameraStats>>,
     pending_at_end: usize,
+    /// Every reported frame's capture time and the marker of the engine that served it.
+    served_by: Vec<(Instant, usize)>,
 }
 
 impl Outcome {
@@ -133,6 +148,18 @@ fn simulate(
     stages: Scripted,
     duration: Duration,
 ) -> Outcome {
+    simulate_with(clock, cameras, budgets, stages, duration, |_| {})
+}
+
+/// [`simulate`], calling `between` before every round (to swap engines, say).
+fn simulate_with(
+    clock: &Arc<ManualClock>,
+    cameras: &[(f64, Duration)],
+    budgets: &[Duration],
+    stages: Scripted,
+    duration: Duration,
+    mut between: impl FnMut(&mut Scheduler<SimFrame, Scripted>),
+) -> Outcome {
     let ids: Vec<String> = (0..cameras.len()).map(|i| format!("cam{i}")).collect();
     let camera_stats: Vec<Arc<CameraStats>> = ids.iter().map(|id| Arc::new(CameraStats::new(id))).collect();
     let hub = FrameHub::<SimFrame>::new(camera_stats.clone());
@@ -148,6 +175,7 @@ fn simulate(
     let mut pending = Vec::new();
     let mut ready_at = Vec::new();
     let mut late_deliveries = 0;
+    let mut served_by = Vec::new();
     while clock.now() < end {
         let now = clock.now();
         for (camera, at) in next.iter_mut().enumerate() {
@@ -157,6 +185,7 @@ fn simulate(
                 *at += periods[camera];
             }
         }
+        between(&mut sched);
         let results = sched.step(&hub);
         let delivered = clock.now();
         for d in results {
@@ -164,6 +193,7 @@ fn simulate(
                 late_deliveries += 1;
             }
             ready_at.push(delivered);
+            served_by.push((d.frame.captured, d.detections[0].class_id));
             done[d.frame.camera].push(d.times);
         }
         hub.pending(&mut pending);
@@ -172,7 +202,7 @@ fn simulate(
         }
     }
     hub.pending(&mut pending);
-    Outcome { done, ready_at, late_deliveries, captured, stats, camera_stats, pending_at_end: pending.len() }
+    Outcome { done, ready_at, late_deliveries, captured, stats, camera_stats, pending_at_end: pending.len(), served_by }
 }
 
 fn constant(cost: Duration) -> InferCost {
@@ -427,4 +457,45 @@ fn a_snapshot_request_gets_the_cropped_picture_unencoded_and_no_request_costs_no
     assert_eq!((snap.picture.width, snap.picture.height, snap.captured_at_ns), (64, 48, 42));
     assert_eq!(snap.picture.rgb.len(), 64 * 48 * 3, "raw RGB: the asker encodes it");
     assert!(other.try_recv().is_err(), "another camera's request waits for its own frame");
+}
+
+#[test]
+fn a_model_swapped_in_between_rounds_loses_no_frame_and_makes_none_late() {
+    // Two cameras at 15 fps, budget 100 ms. Engine A (20 ms) serves; engine B (25 ms), warmed
+    // beforehand as it would be on another thread while A serves, is swapped in at 10 s.
+    let clock = Arc::new(ManualClock::new());
+    let mut b = Scripted::new(&clock, 1, constant(25 * MS));
+    (b.key, b.marker) = ("model B on scripted", 1);
+    let b_costs = measure(&mut b, clock.as_ref()).unwrap();
+    let mut b = Some(b);
+    let mut old = None;
+    let start = clock.now();
+    let swap_at = start + Duration::from_secs(10);
+    let cameras = [(15.0, Duration::ZERO), (15.0, Duration::from_millis(33))];
+    let mut a = Scripted::new(&clock, 1, constant(20 * MS));
+    a.key = "model A on scripted";
+    let out = simulate_with(&clock, &cameras, &[100 * MS; 2], a, Duration::from_secs(20), |sched| {
+        if clock.now() >= swap_at {
+            if let Some(b) = b.take() {
+                old = Some(sched.swap(b, &b_costs));
+                // From its first round, B is planned with its own costs (not zero, not A's);
+                // A's stay known for a rollback.
+                let cost = &sched.policy().cost;
+                assert!(cost.predict("model B on scripted", 1) >= 25 * MS, "B's costs were learnt before it served");
+                assert!(cost.predict("model A on scripted", 1) >= 20 * MS);
+            }
+        }
+    });
+    assert_eq!(out.stats.deadline_misses(), 0, "no frame late");
+    assert_eq!(out.late_deliveries, 0);
+    assert_eq!(out.stats.dropped_stale() + out.stats.dropped_error(), 0, "no frame dropped");
+    let overwritten: u64 = out.camera_stats.iter().map(|s| s.dropped_overwritten.load(Ordering::Relaxed)).sum();
+    assert_eq!(overwritten, 0, "no frame replaced unseen");
+    let processed: u64 = out.processed().iter().sum();
+    assert_eq!(processed + out.pending_at_end as u64, out.captured.iter().sum::<u64>(), "every frame served");
+    // A served every frame captured well before the swap, B every frame after it.
+    assert!(out.served_by.iter().filter(|(t, _)| *t < swap_at - 200 * MS).all(|(_, m)| *m == 0));
+    assert!(out.served_by.iter().filter(|(t, _)| *t > swap_at + 200 * MS).all(|(_, m)| *m == 1));
+    assert_eq!(old.map(|s: Scripted| s.marker), Some(0), "the old engine comes back, for a rollback");
+    out.assert_accounted();
 }
