@@ -2,6 +2,7 @@
 //! latency budgets, the per-camera tracker, and the rules that turn tracked detections into
 //! events with a lifecycle.
 
+pub mod canary;
 pub mod queue;
 pub mod rules;
 pub mod scheduler;

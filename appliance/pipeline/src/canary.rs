@@ -1,0 +1,214 @@
+//! The canary after a model is activated: the new model's figures over a window of frames,
+//! compared with the previous model's on the same cameras before the swap. A model that passed
+//! acceptance can still quietly detect less in the field (a higher threshold, the wrong classes,
+//! a scene it was not trained on); the canary catches it by comparing what matters downstream:
+//! deadline misses, errors, detections per frame, and the distribution of scores (PSI).
+
+/// Score histogram bins over 0..=1.
+pub const SCORE_BINS: usize = 10;
+
+/// One model's figures over a window of frames.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Window {
+    pub frames: u64,
+    pub deadline_misses: u64,
+    pub errors: u64,
+    pub detections: u64,
+    pub scores: [u64; SCORE_BINS],
+}
+
+impl Window {
+    /// A frame served, with the scores of its detections.
+    pub fn frame(&mut self, scores: impl IntoIterator<Item = f32>) {
+        self.frames += 1;
+        for s in scores {
+            self.detections += 1;
+            let bin = ((s.clamp(0.0, 1.0) * SCORE_BINS as f32) as usize).min(SCORE_BINS - 1);
+            self.scores[bin] += 1;
+        }
+    }
+
+    pub fn deadline_miss(&mut self) {
+        self.deadline_misses += 1;
+    }
+
+    pub fn error(&mut self) {
+        self.errors += 1;
+    }
+
+    fn attempts(&self) -> u64 {
+        self.frames + self.deadline_misses + self.errors
+    }
+
+    fn rate(&self, n: u64) -> f64 {
+        n as f64 / self.attempts().max(1) as f64
+    }
+
+    pub fn detections_per_frame(&self) -> f64 {
+        self.detections as f64 / self.frames.max(1) as f64
+    }
+}
+
+/// Population stability index between two histograms (0: the same; < 0.1 stable, > 0.25 a major
+/// shift, by the usual reading). Empty bins count as half an observation so that the index
+/// stays finite.
+pub fn psi(expected: &[u64], actual: &[u64]) -> f64 {
+    let (te, ta) = (expected.iter().sum::<u64>() as f64, actual.iter().sum::<u64>() as f64);
+    if te == 0.0 || ta == 0.0 {
+        return 0.0;
+    }
+    expected
+        .iter()
+        .zip(actual)
+        .map(|(&e, &a)| {
+            let pe = (e as f64).max(0.5) / te;
+            let pa = (a as f64).max(0.5) / ta;
+            (pa - pe) * (pa / pe).ln()
+        })
+        .sum()
+}
+
+/// When a canary fails. Configured per device, and overridable per push.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    /// Frames the new model must serve before it is judged.
+    pub min_frames: u64,
+    /// Largest rise in the share of deadline misses (0.02: two points).
+    pub max_miss_rate_rise: f64,
+    /// Largest share of frames failing with an error.
+    pub max_error_rate: f64,
+    /// Smallest detections-per-frame ratio, new over previous (0.7: 30 % fewer fails).
+    pub min_detection_ratio: f64,
+    /// Largest PSI between the score distributions.
+    pub max_score_psi: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            min_frames: 300,
+            max_miss_rate_rise: 0.02,
+            max_error_rate: 0.01,
+            min_detection_ratio: 0.7,
+            max_score_psi: 0.25,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Not enough frames yet.
+    Wait,
+    Pass,
+    /// Roll back: each reason with its figures.
+    Fail(Vec<String>),
+}
+
+/// Judges `candidate` (the new model since activation) against `baseline` (the previous model on
+/// the same cameras before it).
+pub fn judge(baseline: &Window, candidate: &Window, t: &Thresholds) -> Verdict {
+    if candidate.frames < t.min_frames {
+        return Verdict::Wait;
+    }
+    let mut why = Vec::new();
+    let (miss_old, miss_new) = (baseline.rate(baseline.deadline_misses), candidate.rate(candidate.deadline_misses));
+    if miss_new - miss_old > t.max_miss_rate_rise {
+        why.push(format!(
+            "deadline misses rose from {:.1} % to {:.1} % of frames (allowed: +{:.1} points)",
+            miss_old * 100.0,
+            miss_new * 100.0,
+            t.max_miss_rate_rise * 100.0
+        ));
+    }
+    let errors = candidate.rate(candidate.errors);
+    if errors > t.max_error_rate {
+        why.push(format!("{:.1} % of frames failed (allowed: {:.1} %)", errors * 100.0, t.max_error_rate * 100.0));
+    }
+    let (old, new) = (baseline.detections_per_frame(), candidate.detections_per_frame());
+    if old > 0.0 && new / old < t.min_detection_ratio {
+        why.push(format!(
+            "{new:.2} detections per frame against {old:.2} for the previous model ({:.0} %, allowed down to {:.0} %)",
+            100.0 * new / old,
+            100.0 * t.min_detection_ratio
+        ));
+    }
+    let shift = psi(&baseline.scores, &candidate.scores);
+    if shift > t.max_score_psi {
+        why.push(format!("the score distribution shifted: PSI {shift:.2} (allowed: {:.2})", t.max_score_psi));
+    }
+    if why.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(why)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `frames` frames, each with detections of these scores.
+    fn window(frames: u64, per_frame: &[f32]) -> Window {
+        let mut w = Window::default();
+        for _ in 0..frames {
+            w.frame(per_frame.iter().copied());
+        }
+        w
+    }
+
+    /// `frames` frames of 2 or 3 detections with scores spread over 0.5..1 (a deterministic
+    /// xorshift from `seed`): one model's behaviour, sampled twice with two seeds.
+    fn spread(frames: u64, seed: u32) -> Window {
+        let mut x = seed.max(1);
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let mut w = Window::default();
+        for _ in 0..frames {
+            let n = 2 + next() % 2;
+            let scores: Vec<f32> = (0..n).map(|_| 0.5 + (next() % 1000) as f32 / 2000.0).collect();
+            w.frame(scores);
+        }
+        w
+    }
+
+    #[test]
+    fn the_same_behaviour_passes_and_too_few_frames_wait() {
+        let old = spread(1000, 7);
+        let t = Thresholds::default();
+        assert_eq!(judge(&old, &spread(299, 11), &t), Verdict::Wait);
+        assert_eq!(judge(&old, &spread(400, 11), &t), Verdict::Pass);
+        assert!(psi(&old.scores, &spread(400, 11).scores) < 0.1, "two samples of one behaviour are stable");
+        assert!(psi(&old.scores, &old.scores).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_model_that_detects_far_less_fails_with_its_figures() {
+        // Its score threshold raised: only the most confident detection survives.
+        let old = window(1000, &[0.9, 0.8, 0.6]);
+        let Verdict::Fail(why) = judge(&old, &window(400, &[0.9]), &Thresholds::default()) else { panic!("must fail") };
+        assert!(why.iter().any(|w| w.contains("1.00 detections per frame against 3.00")), "{why:?}");
+        assert!(why.iter().any(|w| w.contains("PSI")), "the score distribution moved too: {why:?}");
+    }
+
+    #[test]
+    fn misses_errors_and_a_score_shift_each_fail() {
+        let t = Thresholds::default();
+        let old = window(1000, &[0.9, 0.7]);
+        let mut slow = window(400, &[0.9, 0.7]);
+        (0..40).for_each(|_| slow.deadline_miss());
+        let Verdict::Fail(why) = judge(&old, &slow, &t) else { panic!("misses") };
+        assert!(why[0].contains("deadline misses rose from 0.0 % to 9.1 %"), "{why:?}");
+        let mut failing = window(400, &[0.9, 0.7]);
+        (0..10).for_each(|_| failing.error());
+        let Verdict::Fail(why) = judge(&old, &failing, &t) else { panic!("errors") };
+        assert!(why[0].contains("2.4 % of frames failed"), "{why:?}");
+        // Same count, scores collapsed towards the threshold: a different model in disguise.
+        let Verdict::Fail(why) = judge(&old, &window(400, &[0.35, 0.31]), &t) else { panic!("shift") };
+        assert_eq!(why.len(), 1);
+        assert!(why[0].contains("PSI"), "{why:?}");
+    }
+}
