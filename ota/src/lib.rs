@@ -14,6 +14,7 @@
 pub mod archive;
 pub mod client;
 pub mod error;
+pub mod journal;
 pub mod repo;
 pub mod state;
 pub mod target;
