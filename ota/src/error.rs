@@ -26,6 +26,10 @@ pub enum OtaError {
     /// or a link too poor for the update).
     #[error("the update server sent {bytes} bytes in {secs} s, below the minimum of {min_rate} bytes/s; gave up (the download resumes on the next try)")]
     TooSlow { bytes: u64, secs: u64, min_rate: u64 },
+    /// The download could not be kept on this device (a full or failing disk); the partial file
+    /// is discarded.
+    #[error("cannot keep the download on this device: {0}; free space where vigil keeps its state")]
+    Storage(String),
     #[error("no target `{0}` in the signed repository")]
     NoSuchTarget(String),
     /// A target's vigil fields are missing or invalid: the repository was built wrongly.
@@ -73,6 +77,7 @@ impl OtaError {
             Self::Untrusted(_) => "untrusted",
             Self::Transport(_) => "transport",
             Self::TooSlow { .. } => "too_slow",
+            Self::Storage(_) => "storage",
             Self::NoSuchTarget(_) => "no_such_target",
             Self::BadTarget { .. } => "bad_target",
             Self::Incompatible { .. } => "incompatible",
@@ -92,6 +97,9 @@ impl OtaError {
 pub(crate) fn from_tough(e: &tough::error::Error) -> OtaError {
     if let Some(slow) = find_source::<crate::transport::SlowRetrieval>(e) {
         return OtaError::TooSlow { bytes: slow.bytes, secs: slow.secs, min_rate: slow.min_rate };
+    }
+    if let Some(disk) = find_source::<crate::transport::StorageError>(e) {
+        return OtaError::Storage(disk.0.clone());
     }
     if find_source::<crate::transport::NetError>(e).is_some() {
         return OtaError::Transport(chain(e));

@@ -60,6 +60,18 @@ impl std::fmt::Display for NetError {
 
 impl std::error::Error for NetError {}
 
+/// The device could not keep the download (its own disk): not the network's fault.
+#[derive(Debug)]
+pub struct StorageError(pub String);
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StorageError {}
+
 /// The server sent less than the minimum rate over a window.
 #[derive(Debug)]
 pub struct SlowRetrieval {
@@ -371,7 +383,7 @@ fn net(url: &Url, why: String) -> TransportError {
 }
 
 fn local(url: &Url, path: &Path, e: std::io::Error) -> TransportError {
-    TransportError::new_with_cause(TransportErrorKind::Other, url, NetError(format!("{}: {e}", path.display())))
+    TransportError::new_with_cause(TransportErrorKind::Other, url, StorageError(format!("{}: {e}", path.display())))
 }
 
 /// reqwest's error with its sources (the useful part is often the innermost).

@@ -166,3 +166,18 @@ async fn a_bundle_directory_travels_as_an_archive_and_unpacks_into_a_new_slot() 
         assert_eq!(std::fs::read(slot.join(file)).unwrap(), std::fs::read(bundle.join(file)).unwrap(), "{file}");
     }
 }
+
+#[tokio::test]
+async fn a_download_the_device_cannot_keep_is_a_storage_error_not_a_network_one() {
+    let f = Fixture::new(1, 1, 4096).await;
+    let u = f.updater();
+    let trusted = u.refresh().await.unwrap();
+    let offer = u.choose(&trusted, &Fixture::device(), MODEL, None).unwrap();
+    // Where partial downloads go is not a directory any more (a stand-in for a broken disk).
+    let downloads = f.path().join("device/state/downloads");
+    std::fs::remove_dir_all(&downloads).unwrap();
+    std::fs::write(&downloads, b"").unwrap();
+    let e = u.download(&trusted, &offer, &f.dest("people.bin")).await.unwrap_err();
+    assert!(matches!(e, OtaError::Storage(_)) && !e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("free space"), "{e}");
+}
