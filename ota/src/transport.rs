@@ -49,44 +49,23 @@ impl Default for Timeouts {
 
 /// A failure of the network or the server (retry later; a download resumes). Content that is
 /// not what was signed is never one of these.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct NetError(pub String);
 
-impl std::fmt::Display for NetError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for NetError {}
-
 /// The device could not keep the download (its own disk): not the network's fault.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct StorageError(pub String);
 
-impl std::fmt::Display for StorageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StorageError {}
-
 /// The server sent less than the minimum rate over a window.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{bytes} bytes in {secs} s, below {min_rate} bytes/s")]
 pub struct SlowRetrieval {
     pub bytes: u64,
     pub secs: u64,
     pub min_rate: u64,
 }
-
-impl std::fmt::Display for SlowRetrieval {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} bytes in {} s, below {} bytes/s", self.bytes, self.secs, self.min_rate)
-    }
-}
-
-impl std::error::Error for SlowRetrieval {}
 
 /// Bytes of the current target download so far (resumed bytes included) and its signed length.
 #[derive(Debug, Default)]
