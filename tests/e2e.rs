@@ -187,6 +187,22 @@ fn the_retained_status_follows_the_cameras_states() {
     let clip = clip_uri();
     let ghost = file_uri(&dir.path().join("missing.mp4"));
     let config = write_config(dir.path(), "st", &broker.url(), &[("clip", clip), ("ghost", ghost)]);
+    // A model slot installed over the air and made active: the service runs it, not the
+    // configured bundle (the same model under another version, so that the status tells).
+    let slot = dir.path().join("data/models/shapes-1.0.1");
+    std::fs::create_dir_all(slot.join("reference")).unwrap();
+    for entry in
+        std::fs::read_dir(bundle_dir()).unwrap().chain(std::fs::read_dir(bundle_dir().join("reference")).unwrap())
+    {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, slot.join(path.strip_prefix(bundle_dir()).unwrap())).unwrap();
+        }
+    }
+    let manifest = std::fs::read_to_string(slot.join("manifest.toml")).unwrap();
+    std::fs::write(slot.join("manifest.toml"), manifest.replace("version = \"1.0.0\"", "version = \"1.0.1\"")).unwrap();
+    let active = vigil_infer::slots::Active { slot: slot.clone(), previous: None };
+    vigil_infer::slots::write_active(&dir.path().join("data"), &active).unwrap();
     let vigil = Vigil::start(&config, dir.path());
     let state_of = |s: &serde_json::Value, cam: &str| {
         s["cameras"]
@@ -208,6 +224,7 @@ fn the_retained_status_follows_the_cameras_states() {
         })
     });
     assert!(seen, "{:#?}\n{}", statuses(), vigil.log());
+    assert_eq!(statuses()[0]["model"]["version"], "1.0.1", "the active slot runs");
     // When the clip ends, a new status says so, without waiting for the periodic refresh.
     let finished = wait_until(Duration::from_secs(30), || {
         statuses().iter().any(|s| state_of(s, "clip").as_deref() == Some("finished"))

@@ -12,12 +12,13 @@ mod load;
 mod onnxruntime;
 pub mod pack;
 pub mod postprocess;
+pub mod slots;
 #[cfg(feature = "tensorrt")]
 pub mod tensorrt;
 pub mod transform;
 
 pub use bundle::{Bundle, BundleBackend, BundleError, Choice, OutputFormat};
-pub use load::load_detector;
+pub use load::{load_detector, load_detector_from};
 pub use onnxruntime::{describe_model, find_ort_library, OrtBackend};
 pub use postprocess::{BBox, Detection, Letterbox, OutputLayout};
 

@@ -13,6 +13,7 @@ use anyhow::Context;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::model::load_active_model;
 use vigil_capture::{self as capture, CameraSpec, Platform};
 use vigil_config::Config;
 use vigil_core::clock::{Clock, SystemClock};
@@ -21,7 +22,6 @@ use vigil_core::hub::FrameHub;
 use vigil_core::stats::CameraStats;
 use vigil_core::topic;
 use vigil_fleet::{commands, config_change, control};
-use vigil_infer::load_detector;
 use vigil_pipeline::queue::{event_queue, EventReceiver};
 use vigil_pipeline::scheduler::{Scheduler, SchedulerStats, SnapshotRequests};
 use vigil_pipeline::RuleSet;
@@ -72,7 +72,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Ended> {
     capture::init_gstreamer()?;
-    let (bundle, detector) = load_detector(&config)?;
+    let (bundle, detector) = load_active_model(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let labels: Arc<[String]> = detector.labels().into();

@@ -12,6 +12,7 @@ use vigil_config::{BackendKind, Config, ConfigError};
 
 mod app;
 mod events_cli;
+mod model;
 mod model_cli;
 mod worker;
 
