@@ -77,3 +77,4 @@ bench: setup
 	cargo build --release -p vigil -p vigil-hil
 	target/release/vigil bench
 	target/release/vigil-store-bench
+	target/release/vigil-ota-bench

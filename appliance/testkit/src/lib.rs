@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+#[cfg(feature = "https")]
+pub mod https;
 pub mod pki;
 pub use rustix::process::Signal;
 
