@@ -97,8 +97,7 @@ impl Journal {
 
     /// Writes the journal durably; call it before the phase's work starts.
     pub fn save(&self, dir: &Path) -> Result<(), OtaError> {
-        crate::state::write_synced(&dir.join(FILE), &serde_json::to_vec_pretty(self).expect("journals serialise"))?;
-        crate::state::sync_dir(dir)
+        crate::state::write_synced(&dir.join(FILE), &serde_json::to_vec_pretty(self).expect("journals serialise"))
     }
 
     pub fn clear(dir: &Path) -> Result<(), OtaError> {

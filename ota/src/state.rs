@@ -81,7 +81,7 @@ impl StateDir {
             let Ok(bytes) = std::fs::read(&from) else { continue };
             write_synced(&self.trusted().join(name), &bytes)?;
         }
-        sync_dir(&self.trusted())
+        Ok(())
     }
 
     /// Removes leftovers of refreshes a crash interrupted.
@@ -115,16 +115,13 @@ impl StateDir {
         let mut all = self.minimums()?;
         all.insert(name.to_owned(), version.clone());
         let path = self.root.join("minimum.json");
-        write_synced(&path, &serde_json::to_vec_pretty(&all).expect("versions serialise"))?;
-        sync_dir(&self.root)
+        write_synced(&path, &serde_json::to_vec_pretty(&all).expect("versions serialise"))
     }
 }
 
-/// Writes `bytes` to `path` through a synced temporary file and a rename.
+/// Replaces `path` with `bytes` durably (the file and its directory entry).
 pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), OtaError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    vigil_core::fsutil::write_atomically(path, Path::new(&tmp), bytes).map_err(OtaError::io("cannot write", path))
+    vigil_core::fsutil::write_durably(path, bytes).map_err(OtaError::io("cannot write", path))
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), OtaError> {

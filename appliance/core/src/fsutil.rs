@@ -30,6 +30,17 @@ pub fn write_atomically_with<E: From<std::io::Error>>(
     written
 }
 
+/// Replaces `path` durably with `bytes`: through `<path>.tmp`, synced and renamed, then the
+/// directory entry synced. A reader, or a restart after a crash, sees the old file or the new.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    write_atomically(path, Path::new(&tmp), bytes)?;
+    // A bare file name (`--config vigil.toml`) has the empty path as its parent.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    sync_dir(dir)
+}
+
 /// Makes the entries of `dir` (renames, new files) durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()

@@ -63,16 +63,6 @@ pub(crate) fn previous_path(config_path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Replaces `path` durably: the file and its directory entry.
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    vigil_core::fsutil::write_atomically(path, Path::new(&tmp), bytes)?;
-    // A bare file name (`--config vigil.toml`) has the empty path as its parent.
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    vigil_core::fsutil::sync_dir(dir)
-}
-
 fn read_marker(data_dir: &Path) -> Option<Pending> {
     let text = std::fs::read(data_dir.join(MARKER)).ok()?;
     match serde_json::from_slice(&text) {
@@ -85,7 +75,7 @@ fn read_marker(data_dir: &Path) -> Option<Pending> {
 }
 
 fn write_marker(data_dir: &Path, p: &Pending) -> std::io::Result<()> {
-    write_synced(&data_dir.join(MARKER), &serde_json::to_vec_pretty(p).expect("markers serialise"))
+    vigil_core::fsutil::write_durably(&data_dir.join(MARKER), &serde_json::to_vec_pretty(p).expect("markers serialise"))
 }
 
 /// The new configuration a `config/set` request asks for, checked; `Err` names every problem.
@@ -129,7 +119,7 @@ pub fn prepare(current: &Config, requested: serde_json::Value, labels: &[String]
 pub fn commit(new: &Config, config_path: &Path, request_id: &str, window: Duration) -> std::io::Result<()> {
     let text = toml::to_string(new).map_err(std::io::Error::other)?;
     let previous = std::fs::read(config_path)?;
-    write_synced(&previous_path(config_path), &previous)?;
+    vigil_core::fsutil::write_durably(&previous_path(config_path), &previous)?;
     write_marker(
         &new.data_dir,
         &Pending {
@@ -144,14 +134,14 @@ pub fn commit(new: &Config, config_path: &Path, request_id: &str, window: Durati
         "# Written by vigil for config/set request {request_id}; the file before it is {}.previous\n",
         config_path.file_name().unwrap_or_default().to_string_lossy()
     );
-    write_synced(config_path, format!("{header}{text}").as_bytes())
+    vigil_core::fsutil::write_durably(config_path, format!("{header}{text}").as_bytes())
 }
 
 /// Puts the previous configuration back and records why in the marker.
 pub fn roll_back(data_dir: &Path, reason: &str) -> std::io::Result<()> {
     let Some(mut p) = read_marker(data_dir) else { return Ok(()) };
     let previous = std::fs::read(previous_path(&p.config_path))?;
-    write_synced(&p.config_path, &previous)?;
+    vigil_core::fsutil::write_durably(&p.config_path, &previous)?;
     p.rolled_back = Some(reason.to_owned());
     write_marker(data_dir, &p)?;
     tracing::error!(request_id = %p.request_id, reason, "configuration change rolled back");

@@ -191,6 +191,25 @@ pub struct InputSection {
     pub pad_value: u8,
 }
 
+impl InputSection {
+    /// Where the frame sits in the input (a loaded bundle's value is always a known one).
+    pub fn anchor(&self) -> vigil_core::geometry::Anchor {
+        self.letterbox.known().map(LetterboxMode::anchor).unwrap_or_default()
+    }
+
+    /// The planes are in B, G, R order.
+    pub fn bgr(&self) -> bool {
+        self.color.known() == Some(ColorOrder::Bgr)
+    }
+
+    /// A pre-processing transform from a `source`-sized frame into the `input` size, with the
+    /// bundle's values and conventions.
+    pub fn transform(&self, source: (u32, u32), input: (u32, u32)) -> crate::transform::Transform {
+        crate::transform::Transform::new(source, input, self.scale, self.mean, self.std, self.pad_value)
+            .with_conventions(self.anchor(), self.bgr())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSection {

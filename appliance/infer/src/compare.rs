@@ -38,25 +38,12 @@ impl Comparison {
     }
 }
 
-fn iou(a: &Detection, b: &Detection) -> f32 {
-    let (a, b) = (&a.bbox, &b.bbox);
-    let w = (a.x2.min(b.x2) - a.x1.max(b.x1)).max(0.0);
-    let h = (a.y2.min(b.y2) - a.y1.max(b.y1)).max(0.0);
-    let inter = w * h;
-    let union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter;
-    if union > 0.0 {
-        inter / union
-    } else {
-        0.0
-    }
-}
-
 /// Greedy one-to-one matching, best overlap first: (matched pairs' score changes).
 pub fn match_detections(reference: &[Detection], candidate: &[Detection]) -> Vec<f32> {
     let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
     for (i, r) in reference.iter().enumerate() {
         for (j, c) in candidate.iter().enumerate() {
-            let o = iou(r, c);
+            let o = r.bbox.iou(&c.bbox);
             if r.class_id == c.class_id && o >= MATCH_IOU {
                 pairs.push((o, i, j));
             }

@@ -132,11 +132,8 @@ impl Preprocessor {
                 *slot = (v as f32 * i.scale - i.mean[c]) / i.std[c];
             }
         }
-        let source_channel = match i.color.known() {
-            Some(bundle::ColorOrder::Bgr) => [2, 1, 0],
-            _ => [0, 1, 2],
-        };
-        let anchor = i.letterbox.known().map(bundle::LetterboxMode::anchor).unwrap_or_default();
+        let source_channel = if i.bgr() { [2, 1, 0] } else { [0, 1, 2] };
+        let anchor = i.anchor();
         let pad = [0, 1, 2].map(|c| lut[c][i.pad_value as usize]);
         let (w, h) = bundle.input_size();
         Self { lut, source_channel, pad, anchor, width: w as usize, height: h as usize }

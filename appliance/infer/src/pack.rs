@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bundle::{BundleBackend, ColorOrder, InputDtype, LetterboxMode, OutputFormat};
 use crate::onnxruntime::{describe_model, Tensor};
-use crate::transform::{self, Pixels, Transform};
+use crate::transform::{self, Pixels};
 use crate::{Bundle, Detector, OrtBackend, OutputLayout};
 
 /// Everything a bundle needs besides the ONNX file.
@@ -271,12 +271,7 @@ fn manifest(req: &PackRequest, model: &Model<'_>) -> String {
 /// `frame` as `bundle`'s model takes it: the CPU reference transform with the bundle's
 /// conventions (what the device's pre-processing is checked against), f32 NCHW.
 pub fn input_tensor(bundle: &Bundle, frame: &Frame<'_>) -> Vec<f32> {
-    let i = &bundle.manifest.input;
-    let anchor = i.letterbox.known().map(LetterboxMode::anchor).unwrap_or_default();
-    let bgr = i.color.known() == Some(ColorOrder::Bgr);
-    let transform =
-        Transform::new((frame.width, frame.height), bundle.input_size(), i.scale, i.mean, i.std, i.pad_value)
-            .with_conventions(anchor, bgr);
+    let transform = bundle.manifest.input.transform((frame.width, frame.height), bundle.input_size());
     let mut tensor = vec![0.0f32; transform.len()];
     transform::reference(&Pixels::Rgba { data: frame.rgba, stride: frame.width as usize * 4 }, &transform, &mut tensor);
     tensor

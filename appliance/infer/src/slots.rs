@@ -43,8 +43,7 @@ pub fn write_active(data_dir: &Path, active: &Active) -> std::io::Result<()> {
     let dir = models_dir(data_dir);
     std::fs::create_dir_all(&dir)?;
     let bytes = serde_json::to_vec_pretty(active).expect("slots serialise");
-    vigil_core::fsutil::write_atomically(&dir.join(ACTIVE), &dir.join(".active.json.tmp"), &bytes)?;
-    vigil_core::fsutil::sync_dir(&dir)
+    vigil_core::fsutil::write_durably(&dir.join(ACTIVE), &bytes)
 }
 
 /// The bundle the service runs: the active slot if it loads, else the slot before it, else the

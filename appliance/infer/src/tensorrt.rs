@@ -239,9 +239,7 @@ impl TrtBackend {
         let transform = Transform::new((w, h), (w, h), i.scale, i.mean, i.std, i.pad_value);
         // The kernel normalizes the frame GStreamer letterboxed (centred, black): other
         // conventions are built on the CPU, by the reference transform's rules.
-        let kernel_fits = i.color.known() == Some(super::bundle::ColorOrder::Rgb)
-            && i.letterbox.known() == Some(super::bundle::LetterboxMode::Center)
-            && i.pad_value == 0;
+        let kernel_fits = !i.bgr() && i.anchor() == vigil_core::geometry::Anchor::Center && i.pad_value == 0;
         let gpu_pre = gpu_pre.filter(|_| kernel_fits);
         let alloc = |n: usize| stream.alloc_zeros::<f32>(n).map_err(|e| lib(format!("CUDA memory: {e}")));
         let input = alloc(max_batch * input_len);
