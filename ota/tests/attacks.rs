@@ -31,8 +31,7 @@ async fn refused(f: &Fixture) -> OtaError {
 /// The device has refreshed once and accepted 1.0.0.
 async fn settled(f: &Fixture) {
     let u = f.updater();
-    let trusted = u.refresh().await.unwrap();
-    let offer = u.choose(&trusted, &Fixture::device(), MODEL, None).unwrap();
+    let (trusted, offer) = newest(&u).await;
     u.download(&trusted, &offer, &f.dest("people-1.0.0")).await.unwrap();
     u.accept(&offer).unwrap();
 }
@@ -186,8 +185,7 @@ async fn slow_retrieval() {
     config.timeouts.rate_window = Duration::from_secs(1);
     let before = f.device_state();
     let u = f.updater_with(config, std::sync::Arc::new(vigil_ota::time::AssumeSynchronized));
-    let trusted = u.refresh().await.unwrap();
-    let offer = u.choose(&trusted, &Fixture::device(), MODEL, None).unwrap();
+    let (trusted, offer) = newest(&u).await;
     let e = u.download(&trusted, &offer, &f.dest("slow")).await.unwrap_err();
     assert!(matches!(e, OtaError::TooSlow { min_rate: 8192, .. }) && e.is_retryable(), "{e}");
     assert!(!f.dest("slow").exists());

@@ -20,15 +20,13 @@ async fn a_download_cut_off_resumes_where_it_stopped_even_after_a_restart() {
     let dest = f.dest("people.bin");
     {
         let u = f.updater();
-        let trusted = u.refresh().await.unwrap();
-        let offer = u.choose(&trusted, &Fixture::device(), MODEL, None).unwrap();
+        let (trusted, offer) = newest(&u).await;
         let e = u.download(&trusted, &offer, &dest).await.unwrap_err();
         assert!(matches!(e, OtaError::Transport(_)) && e.is_retryable(), "{e}");
         assert!(!dest.exists());
     } // the process "restarts": a new updater on the same state directory
     let u = f.updater();
-    let trusted = u.refresh().await.unwrap();
-    let offer = u.choose(&trusted, &Fixture::device(), MODEL, None).unwrap();
+    let (trusted, offer) = newest(&u).await;
     u.download(&trusted, &offer, &dest).await.unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), payload(LEN, 1), "the whole file, byte for byte");
     let (done, total, resumed_from) = u.progress().get();
@@ -46,8 +44,7 @@ async fn a_server_that_ignores_range_gets_the_download_started_over() {
     f.server.set(|b| b.cut_target_after = Some(1 << 20));
     let dest = f.dest("people.bin");
     let u = f.updater();
-    let trusted = u.refresh().await.unwrap();
-    let offer = u.choose(&trusted, &Fixture::device(), MODEL, None).unwrap();
+    let (trusted, offer) = newest(&u).await;
     u.download(&trusted, &offer, &dest).await.unwrap_err();
     f.server.set(|b| b.ignore_range = true);
     u.download(&trusted, &offer, &dest).await.unwrap();
@@ -154,8 +151,7 @@ async fn a_bundle_directory_travels_as_an_archive_and_unpacks_into_a_new_slot() 
     let (ok, out) = tokio::task::block_in_place(|| tool_add(&f, &bundle, "3.0.0", &[]));
     assert!(ok && out.contains("added models/people-3.0.0"), "{out}");
     let u = f.updater();
-    let trusted = u.refresh().await.unwrap();
-    let offer = u.choose(&trusted, &Fixture::device(), MODEL, None).unwrap();
+    let (trusted, offer) = newest(&u).await;
     assert_eq!(offer.meta.version.to_string(), "3.0.0");
     let archive = f.dest("people-3.0.0.tar");
     u.download(&trusted, &offer, &archive).await.unwrap();
@@ -171,8 +167,7 @@ async fn a_bundle_directory_travels_as_an_archive_and_unpacks_into_a_new_slot() 
 async fn a_download_the_device_cannot_keep_is_a_storage_error_not_a_network_one() {
     let f = Fixture::new(1, 1, 4096).await;
     let u = f.updater();
-    let trusted = u.refresh().await.unwrap();
-    let offer = u.choose(&trusted, &Fixture::device(), MODEL, None).unwrap();
+    let (trusted, offer) = newest(&u).await;
     // Where partial downloads go is not a directory any more (a stand-in for a broken disk).
     let downloads = f.path().join("device/state/downloads");
     std::fs::remove_dir_all(&downloads).unwrap();

@@ -29,12 +29,8 @@ enum Command {
     Init {
         #[arg(long)]
         repo: PathBuf,
-        /// A root key (repeat for several); keep them offline.
-        #[arg(long = "root-key", required = true)]
-        root_keys: Vec<PathBuf>,
-        /// Root keys that must sign a new root.
-        #[arg(long, default_value_t = 1)]
-        threshold: u64,
+        #[command(flatten)]
+        root: RootKeys,
         #[command(flatten)]
         roles: Roles,
         #[command(flatten)]
@@ -98,11 +94,9 @@ enum Command {
         /// Current root keys that sign the change (their threshold must be met).
         #[arg(long = "signing-key", required = true)]
         signing_keys: Vec<PathBuf>,
-        /// The new root's root keys (repeat).
-        #[arg(long = "root-key", required = true)]
-        root_keys: Vec<PathBuf>,
-        #[arg(long, default_value_t = 1)]
-        threshold: u64,
+        /// The new root's keys.
+        #[command(flatten)]
+        root: RootKeys,
         #[command(flatten)]
         roles: Roles,
         #[command(flatten)]
@@ -128,6 +122,17 @@ enum Command {
 enum KindArg {
     Model,
     Binary,
+}
+
+/// A root's keys: the root keys and how many of them must sign a root.
+#[derive(Args)]
+struct RootKeys {
+    /// A root key (repeat for several); keep them offline.
+    #[arg(long = "root-key", required = true)]
+    root_keys: Vec<PathBuf>,
+    /// Root keys that must sign a new root.
+    #[arg(long, default_value_t = 1)]
+    threshold: u64,
 }
 
 #[derive(Args)]
@@ -235,8 +240,8 @@ fn bar(total: u64, what: &str) -> ProgressBar {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keygen { out } => println!("{}", repo::keygen(&out).await?),
-        Command::Init { repo: dir, root_keys, threshold, roles, expiry } => {
-            repo::init(&dir, &root_keys, threshold, &(&roles).into(), &(&expiry).into()).await?;
+        Command::Init { repo: dir, root, roles, expiry } => {
+            repo::init(&dir, &root.root_keys, root.threshold, &(&roles).into(), &(&expiry).into()).await?;
             println!(
                 "repository created at {}; ship {} with the devices",
                 dir.display(),
@@ -297,9 +302,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => println!("timestamp version {ts}"),
             }
         }
-        Command::Rotate { repo: dir, signing_keys, root_keys, threshold, roles, expiry } => {
-            let r =
-                repo::rotate(&dir, &signing_keys, &root_keys, threshold, &(&roles).into(), &(&expiry).into()).await?;
+        Command::Rotate { repo: dir, signing_keys, root, roles, expiry } => {
+            let (roles, expiry) = ((&roles).into(), (&expiry).into());
+            let r = repo::rotate(&dir, &signing_keys, &root.root_keys, root.threshold, &roles, &expiry).await?;
             if (r.old_signatures as u64) < r.old_threshold {
                 println!(
                     "root version {} written with {} of the {} signatures of current root keys that devices require: \

@@ -17,6 +17,13 @@ use vigil_ota::transport::Timeouts;
 use vigil_ota::{Updater, UpdaterConfig};
 pub use vigil_testkit::https::Server;
 
+/// Refreshes and chooses the newest `people` that fits [`Fixture::device`].
+pub async fn newest(u: &Updater) -> (vigil_ota::client::Trusted, vigil_ota::Offer) {
+    let trusted = u.refresh().await.expect("the repository is trusted");
+    let offer = u.choose(&trusted, &Fixture::device(), MODEL, None).expect("a target fits the device");
+    (trusted, offer)
+}
+
 /// Signing keys of a test repository.
 pub struct Keys {
     pub root: Vec<PathBuf>,
