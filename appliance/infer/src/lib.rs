@@ -18,7 +18,7 @@ pub mod tensorrt;
 pub mod transform;
 
 pub use bundle::{Bundle, BundleBackend, BundleError, Choice, OutputFormat};
-pub use load::{load_detector, load_detector_from};
+pub use load::{load_detector, load_detector_with};
 pub use onnxruntime::{describe_model, find_ort_library, OrtBackend};
 pub use postprocess::{BBox, Detection, Letterbox, OutputLayout};
 

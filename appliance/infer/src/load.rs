@@ -7,13 +7,12 @@ use crate::{choose_backend, find_ort_library, Backend, Bundle, BundleBackend, De
 
 /// Loads the configuration's bundle and the backend chosen for it.
 pub fn load_detector(config: &Config) -> Result<(Bundle, Detector), InferError> {
-    load_detector_from(config, &config.model.bundle)
+    load_detector_with(config, Bundle::load(&config.model.bundle)?)
 }
 
-/// Loads the bundle in `dir` (the active model slot, see [`crate::slots`]) on the backend the
-/// configuration chooses for it: the model the whole service runs.
-pub fn load_detector_from(config: &Config, dir: &std::path::Path) -> Result<(Bundle, Detector), InferError> {
-    let bundle = Bundle::load(dir)?;
+/// Loads `bundle` (already checked: the active model slot, see [`crate::slots`]) on the
+/// backend the configuration chooses for it: the model the whole service runs.
+pub fn load_detector_with(config: &Config, bundle: Bundle) -> Result<(Bundle, Detector), InferError> {
     let backends = bundle.backends();
     let choice = choose_backend(config.inference.backend, &backends, tensorrt_available())?;
     if let Some(why) = &choice.fallback {

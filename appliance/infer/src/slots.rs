@@ -46,21 +46,21 @@ pub fn write_active(data_dir: &Path, active: &Active) -> std::io::Result<()> {
     vigil_core::fsutil::write_durably(&dir.join(ACTIVE), &bytes)
 }
 
-/// The bundle the service runs: the active slot if it loads, else the slot before it, else the
-/// configuration's bundle; with why, when it is not the first choice.
-pub fn bundle_to_run(config: &Config) -> (PathBuf, Option<String>) {
-    let configured = config.model.bundle.clone();
-    let Some(active) = read_active(&config.data_dir) else { return (configured, None) };
+/// The active slot's bundle, loaded (checked once, here), or the slot before it when the
+/// active one does not load; with why, when it is not the first choice. `None`: run the
+/// configuration's bundle (with why, when a slot was set and none loads).
+pub fn active_bundle(config: &Config) -> (Option<Bundle>, Option<String>) {
+    let Some(active) = read_active(&config.data_dir) else { return (None, None) };
     let mut why = Vec::new();
     for slot in std::iter::once(&active.slot).chain(active.previous.as_ref()) {
         match Bundle::load(slot) {
-            Ok(_) if why.is_empty() => return (slot.clone(), None),
-            Ok(_) => return (slot.clone(), Some(why.join("; "))),
+            Ok(b) if why.is_empty() => return (Some(b), None),
+            Ok(b) => return (Some(b), Some(why.join("; "))),
             Err(e) => why.push(format!("slot {} does not load ({e})", slot.display())),
         }
     }
-    why.push(format!("running the configured bundle {}", configured.display()));
-    (configured, Some(why.join("; ")))
+    why.push(format!("running the configured bundle {}", config.model.bundle.display()));
+    (None, Some(why.join("; ")))
 }
 
 #[cfg(test)]
@@ -77,24 +77,28 @@ mod tests {
         let mut config = Config::for_tests();
         config.data_dir = dir.path().to_owned();
         config.model.bundle = dir.path().join("configured");
-        assert_eq!(bundle_to_run(&config), (config.model.bundle.clone(), None), "no slot: the configured bundle");
+        let run = |config: &Config| {
+            let (bundle, why) = active_bundle(config);
+            (bundle.map_or_else(|| config.model.bundle.clone(), |b| b.dir), why)
+        };
+        assert_eq!(run(&config), (config.model.bundle.clone(), None), "no slot: the configured bundle");
 
         write_active(dir.path(), &Active { slot: shipped(), previous: None }).unwrap();
-        assert_eq!(bundle_to_run(&config), (shipped(), None));
+        assert_eq!(run(&config), (shipped(), None));
 
         let broken = dir.path().join("models/people-2.0.0");
         std::fs::create_dir_all(&broken).unwrap();
         write_active(dir.path(), &Active { slot: broken.clone(), previous: Some(shipped()) }).unwrap();
-        let (run, why) = bundle_to_run(&config);
-        assert_eq!(run, shipped(), "the slot before it");
+        let (ran, why) = run(&config);
+        assert_eq!(ran, shipped(), "the slot before it");
         assert!(why.unwrap().contains("people-2.0.0 does not load"));
 
         write_active(dir.path(), &Active { slot: broken, previous: None }).unwrap();
-        let (run, why) = bundle_to_run(&config);
-        assert_eq!(run, config.model.bundle);
+        let (ran, why) = run(&config);
+        assert_eq!(ran, config.model.bundle);
         assert!(why.unwrap().contains("running the configured bundle"));
 
         std::fs::write(dir.path().join("models").join(ACTIVE), b"{torn").unwrap();
-        assert_eq!(bundle_to_run(&config), (config.model.bundle.clone(), None), "a torn pointer is ignored");
+        assert_eq!(run(&config), (config.model.bundle.clone(), None), "a torn pointer is ignored");
     }
 }

@@ -5,11 +5,15 @@ use vigil_config::Config;
 use vigil_infer::{Bundle, Detector, InferError};
 
 pub fn load_active_model(config: &Config) -> Result<(Bundle, Detector), InferError> {
-    let (dir, why) = vigil_infer::slots::bundle_to_run(config);
+    let (slot, why) = vigil_infer::slots::active_bundle(config);
+    let dir = slot.as_ref().map_or(config.model.bundle.as_path(), |b| b.dir.as_path());
     match why {
         Some(why) => tracing::error!(bundle = %dir.display(), "{why}"),
-        None if dir != config.model.bundle => tracing::info!(bundle = %dir.display(), "running the active model slot"),
+        None if slot.is_some() => tracing::info!(bundle = %dir.display(), "running the active model slot"),
         None => {}
     }
-    vigil_infer::load_detector_from(config, &dir)
+    match slot {
+        Some(bundle) => vigil_infer::load_detector_with(config, bundle),
+        None => vigil_infer::load_detector(config),
+    }
 }
