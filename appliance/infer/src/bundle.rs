@@ -397,12 +397,23 @@ impl Bundle {
             file: path.clone(),
             source,
         })?;
-        if bytes.len() % 4 != 0 {
-            return Err(BundleError::Invalid {
-                dir: self.dir.clone(),
-                problems: vec![format!("{} is not a whole number of f32 values", path.display())],
-            });
-        }
-        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        f32_values(&bytes).ok_or_else(|| BundleError::Invalid {
+            dir: self.dir.clone(),
+            problems: vec![format!("{} is not a whole number of f32 values", path.display())],
+        })
     }
+}
+
+/// Raw little-endian f32 values, as reference tensors and calibration tensors are stored;
+/// `None` when the bytes are not a whole number of them.
+pub fn f32_values(bytes: &[u8]) -> Option<Vec<f32>> {
+    bytes
+        .len()
+        .is_multiple_of(4)
+        .then(|| bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// `values` as raw little-endian f32 bytes (see [`f32_values`]).
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::bundle::{BundleBackend, ColorOrder, InputDtype, LetterboxMode, OutputFormat};
+use crate::bundle::{f32_bytes, BundleBackend, ColorOrder, InputDtype, LetterboxMode, OutputFormat};
 use crate::onnxruntime::{describe_model, Tensor};
 use crate::transform::{self, Pixels};
 use crate::{Bundle, Detector, OrtBackend, OutputLayout};
@@ -187,10 +187,6 @@ fn decoded_output(
 fn is_qdq(bytes: &[u8]) -> bool {
     let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     has(b"QuantizeLinear") && has(b"DequantizeLinear")
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// What the bundle's model is, for its manifest.

@@ -177,9 +177,9 @@ fn calibration(a: &CalibrationArgs) -> anyhow::Result<()> {
             }
             let frame = Frame { width: still.width, height: still.height, rgba: &still.rgba };
             let tensor = vigil_infer::pack::input_tensor(&bundle, &frame);
-            let bytes: Vec<u8> = tensor.iter().flat_map(|v| v.to_le_bytes()).collect();
             let path = a.out.join(format!("{written:05}.f32"));
-            std::fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            std::fs::write(&path, vigil_infer::bundle::f32_bytes(&tensor))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             written += 1;
             Ok(written < a.max)
         })
@@ -217,8 +217,8 @@ fn compare(a: &CompareArgs) -> anyhow::Result<()> {
         anyhow::bail!("no tensors to compare on in {}", a.tensors.display());
     }
     let tensors = chosen.iter().map(|p| {
-        let bytes = std::fs::read(p).unwrap_or_default();
-        bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<f32>>()
+        // An unreadable file feeds no values, which the model refuses, naming the shape.
+        std::fs::read(p).ok().and_then(|b| vigil_infer::bundle::f32_values(&b)).unwrap_or_default()
     });
     let c = vigil_infer::compare::compare(&mut reference, &mut candidate, tensors)?;
     println!(
