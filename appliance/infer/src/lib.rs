@@ -169,8 +169,16 @@ impl Preprocessor {
         let (p0, rest) = out.split_at_mut(plane);
         let (p1, p2) = rest.split_at_mut(plane);
         let mut planes = [p0, p1, p2];
+        // The pad value goes where the image does not: the rows above and below it, and the
+        // columns beside it (each value is written once).
+        let (top, image_end) = (my * self.width, (my + fh) * self.width);
         for (c, p) in planes.iter_mut().enumerate() {
-            p.fill(self.pad[c]);
+            p[..top].fill(self.pad[c]);
+            p[image_end..].fill(self.pad[c]);
+            for row in p[top..image_end].chunks_exact_mut(self.width) {
+                row[..mx].fill(self.pad[c]);
+                row[mx + fw..].fill(self.pad[c]);
+            }
         }
         let [s0, s1, s2] = self.source_channel;
         let [l0, l1, l2] = &self.lut;
