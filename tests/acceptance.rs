@@ -49,18 +49,8 @@ fn a_model_too_slow_for_a_cameras_budget_is_refused_naming_the_camera() {
 #[test]
 fn a_model_whose_outputs_are_wrong_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(bundle_dir()).unwrap() {
-        let entry = entry.unwrap();
-        if entry.path().is_file() {
-            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-        }
-    }
+    copy_bundle(dir.path());
     let refs = dir.path().join("reference");
-    std::fs::create_dir_all(&refs).unwrap();
-    for entry in std::fs::read_dir(bundle_dir().join("reference")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), refs.join(entry.file_name())).unwrap();
-    }
     // The reference says the model should output zeros everywhere: this model does not.
     let out = refs.join("output.int8model.f32");
     let len = std::fs::metadata(&out).unwrap().len() as usize;

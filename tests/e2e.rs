@@ -190,15 +190,7 @@ fn the_retained_status_follows_the_cameras_states() {
     // A model slot installed over the air and made active: the service runs it, not the
     // configured bundle (the same model under another version, so that the status tells).
     let slot = dir.path().join("data/models/shapes-1.0.1");
-    std::fs::create_dir_all(slot.join("reference")).unwrap();
-    for entry in
-        std::fs::read_dir(bundle_dir()).unwrap().chain(std::fs::read_dir(bundle_dir().join("reference")).unwrap())
-    {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, slot.join(path.strip_prefix(bundle_dir()).unwrap())).unwrap();
-        }
-    }
+    copy_bundle(&slot);
     let manifest = std::fs::read_to_string(slot.join("manifest.toml")).unwrap();
     std::fs::write(slot.join("manifest.toml"), manifest.replace("version = \"1.0.0\"", "version = \"1.0.1\"")).unwrap();
     let active = vigil_infer::slots::Active { slot: slot.clone(), previous: None };

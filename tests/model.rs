@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gstreamer as gst;
@@ -146,18 +145,6 @@ fn gstreamer_letterboxes_exactly_where_boxes_are_mapped_back_from() {
         let sx = lb.pad_x + sw as f32 * lb.scale;
         let sy = lb.pad_y + sh as f32 * lb.scale;
         assert!((x1 as f32 + 1.0 - sx).abs() <= 1.0 && (y1 as f32 + 1.0 - sy).abs() <= 1.0, "{sw}x{sh}: image end");
-    }
-}
-
-fn copy_bundle(to: &Path) {
-    for sub in ["", "reference"] {
-        std::fs::create_dir_all(to.join(sub)).unwrap();
-        for entry in std::fs::read_dir(bundle_dir().join(sub)).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_file() {
-                std::fs::copy(&p, to.join(sub).join(p.file_name().unwrap())).unwrap();
-            }
-        }
     }
 }
 

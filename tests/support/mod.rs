@@ -43,6 +43,19 @@ pub fn looping_clip_uri() -> String {
     clip_uri() + "?loop=true"
 }
 
+/// A copy of the shipped bundle (its files and its reference directory) in `to`.
+pub fn copy_bundle(to: &Path) {
+    for sub in ["", "reference"] {
+        std::fs::create_dir_all(to.join(sub)).unwrap();
+        for entry in std::fs::read_dir(bundle_dir().join(sub)).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_file() {
+                std::fs::copy(&p, to.join(sub).join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+}
+
 pub fn vigil_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vigil"))
 }
