@@ -61,6 +61,12 @@ pub struct Journal {
     /// Whether the final outcome has been sent to the fleet.
     #[serde(default)]
     pub reported: bool,
+    /// The canary thresholds asked for, and the previous model's figures it is judged against,
+    /// as the service writes them (kept so that a canary restarted after a crash judges alike).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<serde_json::Value>,
 }
 
 /// What a starting device does about the journal it finds.
@@ -174,6 +180,8 @@ mod tests {
             reason: None,
             canary_restarts: 0,
             reported: false,
+            canary: None,
+            baseline: None,
         }
     }
 

@@ -176,7 +176,9 @@ impl FrameSource {
         stats: Arc<CameraStats>,
     ) -> Result<Self, CaptureError> {
         let build_err = |message: String| CaptureError::Build { camera: spec.id.to_string(), message };
-        let pspec = pipeline::describe(&spec.source, plan, platform, spec.size.0, spec.size.1).map_err(build_err)?;
+        // A model update may have changed the input size since the camera started (re-planned).
+        let (w, h) = stats.input_size().unwrap_or(spec.size);
+        let pspec = pipeline::describe(&spec.source, plan, platform, w, h).map_err(build_err)?;
         let element = gst::parse::launch(&pspec.description).map_err(|e| build_err(e.to_string()))?;
         let pipeline = element
             .downcast::<gst::Pipeline>()

@@ -50,6 +50,9 @@ impl Config {
         if !(100..=10_000_000).contains(&self.mqtt.outbox_max_messages) {
             bad("mqtt.outbox_max_messages", format!("{} is outside 100..=10000000", self.mqtt.outbox_max_messages));
         }
+        if let Some(ota) = &self.ota {
+            check_ota(&mut bad, ota);
+        }
         if let Some(tls) = &self.mqtt.tls {
             for (field, path) in [("ca", Some(&tls.ca)), ("cert", tls.cert.as_ref()), ("key", tls.key.as_ref())] {
                 if let Some(p) = path {
@@ -201,5 +204,29 @@ fn check_budget(bad: &mut impl FnMut(&str, String), path: &str, value: Option<Du
         if !(1..=60_000).contains(&ms) {
             bad(path, format!("{ms} ms is outside 1..=60000"));
         }
+    }
+}
+
+fn check_ota(bad: &mut impl FnMut(&str, String), ota: &OtaConfig) {
+    let host = ota.server.strip_prefix("https://").and_then(|r| r.split('/').next()).unwrap_or("");
+    if host.is_empty() || !ota.server.ends_with('/') || ota.server.contains(char::is_whitespace) {
+        bad("ota.server", format!("`{}` must be an https:// URL ending with `/`", ota.server));
+    }
+    for (field, path) in [("root", Some(&ota.root)), ("ca", Some(&ota.ca)), ("cert", ota.cert.as_ref()), ("key", ota.key.as_ref())] {
+        if let Some(p) = path.filter(|p| !p.is_file()) {
+            bad(&format!("ota.{field}"), format!("{} does not exist or is not a file", p.display()));
+        }
+    }
+    if ota.cert.is_some() != ota.key.is_some() {
+        bad("ota", "give `cert` and `key` together for a client certificate, or neither".to_owned());
+    }
+    if !(1..=1000).contains(&ota.accept_runs) {
+        bad("ota.accept_runs", format!("{} is outside 1..=1000", ota.accept_runs));
+    }
+    if let Some(every) = ota.check_every.filter(|d| d.as_secs() < 60) {
+        bad("ota.check_interval_s", format!("{} is under a minute (0 turns periodic checks off)", every.as_secs()));
+    }
+    for (field, message) in ota.canary.problems() {
+        bad(&format!("ota.canary.{field}"), message);
     }
 }

@@ -16,10 +16,12 @@ use vigil_core::source::CameraUri;
 mod broker;
 mod check;
 mod error;
+mod ota;
 pub mod units;
 
 pub use broker::BrokerUrl;
 pub use error::{ConfigError, Problem};
+pub use ota::{CanaryConfig, ClockTrust, OtaConfig};
 
 /// The demo configuration, as `vigil default-config` prints it: an annotated example.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../demo.toml");
@@ -52,6 +54,9 @@ pub struct Config {
     pub rules: Vec<RuleConfig>,
     #[serde(default, rename = "camera")]
     pub cameras: Vec<CameraConfig>,
+    /// Signed model updates; without it `ota/apply` is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ota: Option<OtaConfig>,
 }
 
 /// How detections become events: tracking, updates and snapshots (docs/config.md).
@@ -538,6 +543,13 @@ impl Config {
             fix(&mut tls.ca);
             tls.cert.as_mut().map(fix);
             tls.key.as_mut().map(fix);
+        }
+        if let Some(ota) = &mut self.ota {
+            for p in [&mut ota.root, &mut ota.ca] {
+                fix(p);
+            }
+            ota.cert.as_mut().map(fix);
+            ota.key.as_mut().map(fix);
         }
         for cam in &mut self.cameras {
             if let Some(rest) = cam.uri.as_written().strip_prefix("file://") {

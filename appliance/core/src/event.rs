@@ -80,6 +80,9 @@ pub enum EndReason {
     Restart,
     /// Made from a detection record of store schema 2 by the migration to schema 3.
     Migrated,
+    /// A new model was activated (or a canary rolled back): the model that saw the object
+    /// stopped serving; the new model's detections open events of their own.
+    ModelChanged,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 //! vigil/<device>/status            retained online/offline (also the last will)
 //! vigil/<device>/events            event lifecycle messages
 //! vigil/<device>/metrics           the periodic metrics message
+//! vigil/<device>/ota               retained: the over-the-air update in progress or the last one
 //! vigil/<device>/cmd/<name>        fleet commands to the device
 //! vigil/<device>/reply/<request>   the device's replies
 //! vigil/<device>/ha/<camera>       Home Assistant: a camera's last detection
@@ -41,6 +42,7 @@ pub enum Topic<'a> {
     Status { device: &'a str },
     Events { device: &'a str },
     Metrics { device: &'a str },
+    Ota { device: &'a str },
     Command { device: &'a str, name: &'a str },
     Reply { device: &'a str, request: &'a str },
     HaState { device: &'a str, camera: &'a str },
@@ -61,6 +63,7 @@ impl<'a> Topic<'a> {
                     "status" => Some(Topic::Status { device }),
                     "events" => Some(Topic::Events { device }),
                     "metrics" => Some(Topic::Metrics { device }),
+                    "ota" => Some(Topic::Ota { device }),
                     _ => None,
                 },
                 Some(("cmd", name)) if name.split('/').all(|l| !l.is_empty()) => Some(Topic::Command { device, name }),
@@ -85,6 +88,7 @@ impl fmt::Display for Topic<'_> {
             Topic::Status { device } => write!(f, "{ROOT}/{device}/status"),
             Topic::Events { device } => write!(f, "{ROOT}/{device}/events"),
             Topic::Metrics { device } => write!(f, "{ROOT}/{device}/metrics"),
+            Topic::Ota { device } => write!(f, "{ROOT}/{device}/ota"),
             Topic::Command { device, name } => write!(f, "{ROOT}/{device}/cmd/{name}"),
             Topic::Reply { device, request } => write!(f, "{ROOT}/{device}/reply/{request}"),
             Topic::HaState { device, camera } => write!(f, "{ROOT}/{device}/ha/{camera}"),
@@ -108,6 +112,11 @@ pub fn events(device: &str) -> String {
 /// `vigil/<device>/metrics`.
 pub fn metrics(device: &str) -> String {
     Topic::Metrics { device }.to_string()
+}
+
+/// `vigil/<device>/ota` (retained).
+pub fn ota(device: &str) -> String {
+    Topic::Ota { device }.to_string()
 }
 
 /// `vigil/<device>/cmd/<name>`.
@@ -141,6 +150,7 @@ mod tests {
             Topic::Status { device: "gate-01" },
             Topic::Events { device: "gate-01" },
             Topic::Metrics { device: "gate-01" },
+            Topic::Ota { device: "gate-01" },
             Topic::Command { device: "gate-01", name: "restart" },
             Topic::Command { device: "gate-01", name: "config/get" },
             Topic::Reply { device: "gate-01", request: "r-1" },
@@ -158,6 +168,7 @@ mod tests {
         assert_eq!(status("d"), "vigil/d/status");
         assert_eq!(events("d"), "vigil/d/events");
         assert_eq!(metrics("d"), "vigil/d/metrics");
+        assert_eq!(ota("d"), "vigil/d/ota");
         assert_eq!(command("d", "restart"), "vigil/d/cmd/restart");
         assert_eq!(command_filter("d"), "vigil/d/cmd/#");
         assert_eq!(reply("d", "r"), "vigil/d/reply/r");

@@ -20,8 +20,20 @@ use vigil_store::Store;
 
 /// Largest request accepted.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
-pub const COMMANDS: &[&str] =
-    &["status", "config/get", "config/set", "restart", "snapshot", "events/query", "events/get", "events/tail"];
+pub const COMMANDS: &[&str] = &[
+    "status",
+    "config/get",
+    "config/set",
+    "restart",
+    "snapshot",
+    "events/query",
+    "events/get",
+    "events/tail",
+    "ota/apply",
+];
+
+mod ota;
+pub use ota::{ApplyArgs, UpdateRequest, Updates};
 
 /// How long `snapshot` waits for the camera's next processed frame.
 const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -54,6 +66,8 @@ pub enum Command {
     /// Follow events as they are stored, after the newest `last` (local control socket only:
     /// over MQTT, subscribe to `vigil/<device_id>/events`).
     EventsTail(TailArgs),
+    /// Install a signed model target (answered at once; progress on `vigil/<id>/ota`).
+    OtaApply(ApplyArgs),
 }
 
 /// The error for an event id that is not stored.
@@ -205,6 +219,11 @@ pub fn parse(name: &str, payload: &[u8]) -> Result<Request, Refusal> {
             }
             Command::EventsTail(a)
         }
+        "ota/apply" => {
+            let a: ApplyArgs = serde_json::from_value(args).map_err(bad_args)?;
+            a.check().map_err(|e| refuse(Some(id.clone()), e))?;
+            Command::OtaApply(a)
+        }
         other => {
             return Err(refuse(Some(id), format!("unknown command `{other}`; known: {}", COMMANDS.join(", "))));
         }
@@ -258,6 +277,8 @@ pub struct Fleet {
     /// Held from a `config/set`'s check to its commit: commands run several at once, and two
     /// changes let through together would each keep the other's file as the one to roll back to.
     pub changing: std::sync::Mutex<()>,
+    /// The updater (`None`: no `[ota]` section, or not running).
+    pub updates: Option<Updates>,
 }
 
 impl Fleet {
@@ -296,6 +317,7 @@ impl Fleet {
             }
             Command::Snapshot { camera } => self.snapshot(camera),
             Command::ConfigSet { .. } => Err("config/set is answered by Fleet::answer".to_owned()),
+            Command::OtaApply(_) => Err("ota/apply is answered by Fleet::answer".to_owned()),
             Command::Restart { camera: None } => {
                 self.restart.cancel();
                 Ok(serde_json::json!({ "restarting": "service", "exit_code": RESTART_EXIT_CODE }))
@@ -403,6 +425,9 @@ impl Fleet {
                     Ok(()) => return None,
                     Err(error) => Reply::error(&request_id, error),
                 }
+            }
+            Ok(Request { request_id, command: Command::OtaApply(args) }) => {
+                Reply::new(&request_id, ota::apply(&self.config, self.updates.as_ref(), &request_id, &args))
             }
             Ok(req) => Reply::new(&req.request_id, self.execute(&req.command)),
             Err(r) => Reply::error(r.request_id.as_deref().unwrap_or("invalid"), r.message),

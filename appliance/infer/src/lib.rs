@@ -260,7 +260,9 @@ impl Detector {
     pub fn load(&mut self, slot: usize, image: Image<'_>, letterbox: Letterbox) -> Result<(), InferError> {
         let (w, h) = self.input_size;
         let need = (h as usize - 1) * image.stride + w as usize * image.bytes_per_pixel;
-        if image.data.len() < need || !(3..=4).contains(&image.bytes_per_pixel) {
+        // Too tall: a frame letterboxed for another model (capture is being re-planned).
+        let too_tall = image.data.len() >= (h as usize + 1) * image.stride;
+        if image.data.len() < need || too_tall || !(3..=4).contains(&image.bytes_per_pixel) {
             return Err(InferError::Run(format!(
                 "frame of {} bytes ({} per pixel, stride {}) is not a {w}x{h} RGB/RGBA image",
                 image.data.len(),

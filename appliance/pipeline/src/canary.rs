@@ -8,7 +8,7 @@
 pub const SCORE_BINS: usize = 10;
 
 /// One model's figures over a window of frames.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Window {
     pub frames: u64,
     pub deadline_misses: u64,
@@ -34,6 +34,17 @@ impl Window {
 
     pub fn error(&mut self) {
         self.errors += 1;
+    }
+
+    /// Adds `other`'s figures to these.
+    pub fn merge(&mut self, other: &Window) {
+        self.frames += other.frames;
+        self.deadline_misses += other.deadline_misses;
+        self.errors += other.errors;
+        self.detections += other.detections;
+        for (a, b) in self.scores.iter_mut().zip(other.scores) {
+            *a += b;
+        }
     }
 
     fn attempts(&self) -> u64 {
@@ -81,6 +92,18 @@ pub struct Thresholds {
     pub min_detection_ratio: f64,
     /// Largest PSI between the score distributions.
     pub max_score_psi: f64,
+}
+
+impl From<&vigil_config::CanaryConfig> for Thresholds {
+    fn from(c: &vigil_config::CanaryConfig) -> Self {
+        Self {
+            min_frames: c.min_frames,
+            max_miss_rate_rise: c.max_miss_rate_rise,
+            max_error_rate: c.max_error_rate,
+            min_detection_ratio: c.min_detection_ratio,
+            max_score_psi: c.max_score_psi,
+        }
+    }
 }
 
 impl Default for Thresholds {
@@ -140,6 +163,71 @@ pub fn judge(baseline: &Window, candidate: &Window, t: &Thresholds) -> Verdict {
         Verdict::Pass
     } else {
         Verdict::Fail(why)
+    }
+}
+
+/// What the scheduler's thread records for the canary: the serving model's recent frames (two
+/// rotating windows of `size` frames, so the baseline is always the last `size` to `2 × size`
+/// frames), and, from an activation until the verdict, the new model's frames apart.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    size: u64,
+    older: Window,
+    newer: Window,
+    /// (the previous model's recent frames, the new model's frames since activation)
+    canary: Option<(Window, Window)>,
+}
+
+impl Recorder {
+    pub fn new(size: u64) -> Self {
+        Self { size: size.max(1), older: Window::default(), newer: Window::default(), canary: None }
+    }
+
+    fn serving(&mut self) -> &mut Window {
+        if let Some((_, candidate)) = &mut self.canary {
+            return candidate;
+        }
+        if self.newer.attempts() >= self.size {
+            self.older = std::mem::take(&mut self.newer);
+        }
+        &mut self.newer
+    }
+
+    pub fn frame(&mut self, scores: impl IntoIterator<Item = f32>) {
+        self.serving().frame(scores);
+    }
+
+    pub fn deadline_misses(&mut self, n: u64) {
+        self.serving().deadline_misses += n;
+    }
+
+    pub fn errors(&mut self, n: u64) {
+        self.serving().errors += n;
+    }
+
+    /// The serving model's recent frames.
+    pub fn recent(&self) -> Window {
+        let mut w = self.older.clone();
+        w.merge(&self.newer);
+        w
+    }
+
+    /// A model was just activated: `baseline` (the previous model's figures) is what it is judged
+    /// against; its own frames are counted apart from now on.
+    pub fn start_canary(&mut self, baseline: Window) {
+        self.canary = Some((baseline, Window::default()));
+    }
+
+    /// (baseline, candidate) while a canary runs.
+    pub fn canary(&self) -> Option<(Window, Window)> {
+        self.canary.clone()
+    }
+
+    /// The verdict is in: the model serving from now on starts a fresh recent window.
+    pub fn end_canary(&mut self) {
+        self.canary = None;
+        self.older = Window::default();
+        self.newer = Window::default();
     }
 }
 
@@ -210,5 +298,26 @@ mod tests {
         let Verdict::Fail(why) = judge(&old, &window(400, &[0.35, 0.31]), &t) else { panic!("shift") };
         assert_eq!(why.len(), 1);
         assert!(why[0].contains("PSI"), "{why:?}");
+    }
+
+    #[test]
+    fn the_recorder_keeps_recent_frames_and_counts_a_canary_apart() {
+        let mut r = Recorder::new(10);
+        for _ in 0..25 {
+            r.frame([0.9]);
+        }
+        r.deadline_misses(2);
+        let recent = r.recent();
+        assert_eq!((recent.frames, recent.deadline_misses), (15, 2), "the last 10 to 20 attempts");
+        r.start_canary(recent.clone());
+        r.frame([0.5, 0.6]);
+        r.errors(1);
+        let (baseline, candidate) = r.canary().unwrap();
+        assert_eq!(baseline, recent);
+        assert_eq!((candidate.frames, candidate.detections, candidate.errors), (1, 2, 1));
+        r.end_canary();
+        assert_eq!(r.canary(), None);
+        r.frame([]);
+        assert_eq!(r.recent().frames, 1, "the model now serving starts afresh");
     }
 }

@@ -131,6 +131,9 @@ pub struct Uplink {
     commands: Option<tokio::sync::mpsc::Sender<(String, Vec<u8>)>>,
     /// Home Assistant discovery: prefix, camera ids, and the sensors' latest states.
     home_assistant: Option<(String, Vec<String>, crate::homeassistant::HaStates)>,
+    /// A retained state kept on the broker (the OTA state): published on each connection and
+    /// whenever it changes; empty publishes nothing.
+    retained: Option<(String, tokio::sync::watch::Receiver<Vec<u8>>)>,
 }
 
 impl Uplink {
@@ -165,6 +168,7 @@ impl Uplink {
             wake,
             commands: None,
             home_assistant: None,
+            retained: None,
         })
     }
 
@@ -208,6 +212,27 @@ impl Uplink {
                 );
             }
         }
+    }
+
+    /// Keeps `state` retained on `topic`: sent on each connection and on each change. A change
+    /// that finds rumqttc's queue full is sent once there is room (only the newest value).
+    pub fn with_retained(mut self, topic: String, state: tokio::sync::watch::Receiver<Vec<u8>>) -> Self {
+        self.retained = Some((topic, state));
+        self
+    }
+
+    /// Hands the retained state to rumqttc; false when its queue is full.
+    fn publish_retained(&self, client: &AsyncClient, window: &mut Window) -> bool {
+        let Some((topic, state)) = &self.retained else { return true };
+        let payload = state.borrow().clone();
+        if payload.is_empty() {
+            return true;
+        }
+        let handed = client.try_publish(topic.clone(), QoS::AtLeastOnce, true, payload).is_ok();
+        if handed {
+            window.handed_direct();
+        }
+        handed
     }
 
     /// Subscribes to `vigil/<device_id>/cmd/#` on every connection and hands requests to `tx`.
@@ -260,8 +285,14 @@ impl Uplink {
     ) -> Result<(), rumqttc::ConnectionError> {
         let status_topic = topic::status(&self.device_id);
         let mut connected = false;
+        let mut retained = self.retained.as_ref().map(|(_, rx)| rx.clone());
+        // The retained state is owed to the broker (a new connection, a change not yet handed over).
+        let mut retained_owed = false;
         loop {
             if connected {
+                if retained_owed {
+                    retained_owed = !self.publish_retained(client, window);
+                }
                 self.fill_window(client, window);
             }
             tokio::select! {
@@ -278,6 +309,7 @@ impl Uplink {
                             let _ = client.try_subscribe(topic::command_filter(&self.device_id), QoS::AtLeastOnce);
                         }
                         self.publish_home_assistant(client, window, true);
+                        retained_owed = true;
                     }
                     Event::Incoming(Packet::Publish(p)) => self.on_publish(&p.topic, &p.payload, p.retain),
                     other => self.track_publish(&other, window),
@@ -287,6 +319,12 @@ impl Uplink {
                     self.publish_home_assistant(client, window, false);
                 }
                 _ = self.status.changed.notified(), if connected => self.publish_online(client, &status_topic, window),
+                changed = async { match retained.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } } => {
+                    match changed {
+                        Ok(()) => retained_owed = true,
+                        Err(_) => retained = None, // the sender is gone: nothing more will change
+                    }
+                }
                 _ = cancel.cancelled() => {
                     if connected {
                         self.drain(client, &mut eventloop, window).await;

@@ -30,6 +30,7 @@ use vigil_store::{Retention, Store, StoreError};
 use vigil_uplink::homeassistant::HaStates;
 use vigil_uplink::{self as uplink, metrics, StatusModel, Uplink};
 
+use crate::updates::Updates;
 use crate::worker::Worker;
 
 /// Batches of events between the scheduler and the store writer.
@@ -72,6 +73,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Ended> {
     capture::init_gstreamer()?;
+    // An update the last run left unfinished: a rollback puts the previous model back first.
+    let update_start = vigil_update::before_model_loads(&config);
     let (bundle, detector) = load_active_model(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
@@ -160,6 +163,13 @@ pub async fn run(
         )?);
     }
 
+    let serving = vigil_update::Serving {
+        model: model.clone(),
+        dir: bundle.dir.clone(),
+        labels: labels.to_vec(),
+        input_size: bundle.input_size(),
+    };
+    let updates = Updates::new(&config, serving, stats.clone(), status.clone());
     let (events_tx, events_rx) = event_queue(EVENT_QUEUE, EVENT_QUEUE_BYTES);
     let camera_ids: Vec<&str> = cameras.iter().map(|c| &*c.0.id).collect();
     let sched_stats = Arc::new(SchedulerStats::new(&camera_ids));
@@ -172,6 +182,8 @@ pub async fn run(
         events: events_tx,
         snapshots: snapshot_requests.clone(),
         clock: clock.clone(),
+        swaps: updates.swaps,
+        canary: updates.canary,
     };
     let sched_cancel = capture_cancel.clone();
     let scheduler_thread =
@@ -214,7 +226,9 @@ pub async fn run(
             std::future::ready(())
         })
     };
+    let uplink = uplink.with_retained(topic::ota(&config.device_id), updates.state);
     let uplink = tokio::spawn(uplink.run(uplink_cancel.clone()));
+    let updater = updates.task.spawn(update_start, capture_cancel.clone());
     let restart = CancellationToken::new();
     let fleet = Arc::new(commands::Fleet {
         config: Arc::new(config.clone()),
@@ -227,9 +241,19 @@ pub async fn run(
         config_path,
         labels: labels.to_vec(),
         changing: Default::default(),
+        updates: Some(updates.fleet),
     });
-    let probation =
-        config_change_reply(change, &config, &store, &wake, &status, &stats, &restart, &capture_cancel).await;
+    let probation = crate::probation::config_change_reply(
+        change,
+        &config,
+        &store,
+        &wake,
+        &status,
+        &stats,
+        &restart,
+        &capture_cancel,
+    )
+    .await;
     // It goes with the uplink, last, so that `events/tail` shows the shutdown's `end` messages.
     let control = control.map(|c| c.spawn(fleet.clone(), stored_tx, uplink_cancel.clone()));
     let commander = {
@@ -344,6 +368,7 @@ pub async fn run(
     }
     status_keeper.abort();
     commander.abort();
+    updater.abort();
     if let Some(m) = metrics {
         m.abort();
     }
@@ -365,62 +390,6 @@ pub async fn run(
         Ok(ended)
     } else {
         anyhow::bail!("shutdown deadline passed; still running: {}", stuck.join(", "))
-    }
-}
-
-/// The reply a configuration change is owed: at once for one rolled back before this start; for
-/// one on probation, after its window, from a task (returned) that accepts it or rolls it back
-/// and restarts.
-#[allow(clippy::too_many_arguments)]
-async fn config_change_reply(
-    change: config_change::Startup,
-    config: &Config,
-    store: &Store,
-    wake: &Arc<Notify>,
-    status: &uplink::SharedStatus,
-    cameras: &[Arc<CameraStats>],
-    restart: &CancellationToken,
-    cancel: &CancellationToken,
-) -> Option<tokio::task::JoinHandle<()>> {
-    use config_change::{self as change, Startup};
-    let device_id = config.device_id.clone();
-    let reply = move |request_id: &str, outcome: Result<serde_json::Value, String>| {
-        commands::Reply::new(request_id, outcome).message(&device_id)
-    };
-    match change {
-        Startup::None | Startup::RollBackNow => None,
-        Startup::RolledBack { request_id, reason } => {
-            let msg = format!("configuration rolled back to the previous one: {reason}");
-            let (topic, payload) = reply(&request_id, Err(msg));
-            queue_and_flush(store, wake, &topic, &payload, "config/set reply").await;
-            None
-        }
-        Startup::Probation { request_id, window } => {
-            tracing::warn!(request_id = %request_id, window_s = window.as_secs(), "new configuration on probation");
-            let (store, wake, status, restart, cancel) =
-                (store.clone(), wake.clone(), status.clone(), restart.clone(), cancel.clone());
-            let cameras = cameras.to_vec();
-            let data_dir = config.data_dir.clone();
-            Some(tokio::spawn(async move {
-                let health = || change::health_problems(status.has_connected(), &cameras);
-                match change::probation(window, &cancel, health).await {
-                    None => {}
-                    Some(change::Verdict::Healthy) => {
-                        change::accept(&data_dir);
-                        tracing::info!(request_id = %request_id, "new configuration healthy: kept");
-                        let value = serde_json::json!({ "applied": true, "health_window_s": window.as_secs() });
-                        let (topic, payload) = reply(&request_id, Ok(value));
-                        queue_and_flush(&store, &wake, &topic, &payload, "config/set reply").await;
-                    }
-                    Some(change::Verdict::Unhealthy(reason)) => match change::roll_back(&data_dir, &reason) {
-                        Ok(()) => restart.cancel(),
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot roll the configuration back; keeping the new one")
-                        }
-                    },
-                }
-            }))
-        }
     }
 }
 
@@ -468,7 +437,7 @@ where
 }
 
 /// Queues one non-event message in the outbox, makes it durable and wakes the uplink.
-async fn queue_and_flush(store: &Store, wake: &Notify, topic: &str, payload: &[u8], what: &str) {
+pub(crate) async fn queue_and_flush(store: &Store, wake: &Notify, topic: &str, payload: &[u8], what: &str) {
     if let Err(e) = store.enqueue(topic, payload) {
         tracing::error!(error = %e, "cannot queue the {what}");
         return;

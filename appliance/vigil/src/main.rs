@@ -14,6 +14,8 @@ mod app;
 mod events_cli;
 mod model;
 mod model_cli;
+mod probation;
+mod updates;
 mod worker;
 
 /// Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or input.

@@ -13,8 +13,10 @@ use vigil_core::hub::FrameHub;
 use vigil_core::picture::SourceImage;
 use vigil_infer::Detector;
 use vigil_pipeline::queue::EventSender;
+use vigil_pipeline::canary::Recorder;
 use vigil_pipeline::scheduler::{ms, Scheduler, SchedulerStats, SnapshotRequests};
 use vigil_pipeline::{CameraEvents, FrameInfo};
+use vigil_update::{Swap, Swapped};
 
 /// The production worker: the detector on the real clock, its results turned into events for
 /// the store writer.
@@ -31,6 +33,18 @@ pub struct Worker {
     pub snapshots: SnapshotRequests,
     /// The clocks (the scheduler's): expiry is timed on the monotonic clock.
     pub clock: Arc<dyn Clock>,
+    /// Models warmed by the updater, put in place between two rounds.
+    pub swaps: std::sync::mpsc::Receiver<Swap>,
+    /// Each frame's outcome, for the canary after a model update.
+    pub canary: Arc<std::sync::Mutex<Recorder>>,
+}
+
+/// A swap whose cost in frames is still being counted: answered after the first round of the
+/// new model.
+struct SwapInFlight {
+    old: Detector,
+    lost_before: u64,
+    done: tokio::sync::oneshot::Sender<Swapped>,
 }
 
 /// How often open events are checked for expiry while a camera delivers no frame.
@@ -52,7 +66,15 @@ impl Worker {
             );
         }
         let mut last_expiry = self.clock.now();
+        let mut in_flight: Option<SwapInFlight> = None;
+        let mut counted = self.outcomes();
         while !cancel.is_cancelled() {
+            if let Ok(swap) = self.swaps.try_recv() {
+                let Some(ended) = self.swap(swap, &mut in_flight) else { return };
+                if !self.send(ended) {
+                    return;
+                }
+            }
             if self.clock.now().saturating_duration_since(last_expiry) >= EXPIRE_EVERY {
                 last_expiry = self.clock.now();
                 let now = mono_ns(last_expiry);
@@ -67,7 +89,17 @@ impl Worker {
                 }
                 continue;
             }
-            for done in self.scheduler.step(&self.hub) {
+            let served = self.scheduler.step(&self.hub);
+            self.record_canary(&served, &mut counted);
+            if let Some(s) = in_flight.take() {
+                if served.is_empty() {
+                    in_flight = Some(s);
+                } else {
+                    let frames_lost = self.lost().saturating_sub(s.lost_before);
+                    let _ = s.done.send(Swapped { old: s.old, frames_lost });
+                }
+            }
+            for done in served {
                 let f = &done.frame;
                 let info = FrameInfo {
                     seq: f.seq,
@@ -96,6 +128,53 @@ impl Worker {
         }
         let ended: Vec<Emitted> = self.cameras.iter_mut().flat_map(|c| c.finish(EndReason::Shutdown)).collect();
         self.send(ended);
+    }
+
+    /// Puts `swap`'s model in place (between two rounds): the events the old model opened end
+    /// (`model_changed`), the cameras take the new event state, the canary counts apart from
+    /// here. Returns the ended events; `None` if the updater is gone.
+    fn swap(&mut self, swap: Swap, in_flight: &mut Option<SwapInFlight>) -> Option<Vec<Emitted>> {
+        let lost_before = self.lost();
+        let Swap { detector, costs, cameras, done } = swap;
+        let mut ended: Vec<Emitted> = self.cameras.iter_mut().flat_map(|c| c.finish(EndReason::ModelChanged)).collect();
+        ended.sort_by(|a, b| a.event.id.cmp(&b.event.id));
+        self.cameras = cameras;
+        let old = self.scheduler.swap(detector, &costs);
+        {
+            let mut canary = self.canary.lock().unwrap_or_else(|p| p.into_inner());
+            let baseline = canary.recent();
+            canary.start_canary(baseline);
+        }
+        tracing::info!(backend = self.scheduler.stages().backend_name(), ended = ended.len(), "model swapped in between two rounds");
+        if let Some(earlier) = in_flight.replace(SwapInFlight { old, lost_before, done }) {
+            // Two swaps before a frame was served: the first is answered now.
+            let _ = earlier.done.send(Swapped { old: earlier.old, frames_lost: 0 });
+        }
+        Some(ended)
+    }
+
+    /// Frames lost so far, however: overwritten while waiting, stale, late, failed.
+    fn lost(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let overwritten: u64 = self.hub.stats().iter().map(|c| c.dropped_overwritten.load(Relaxed)).sum();
+        overwritten + self.stats.dropped_stale() + self.stats.deadline_misses() + self.stats.dropped_error()
+    }
+
+    /// (deadline misses, errors) so far.
+    fn outcomes(&self) -> (u64, u64) {
+        (self.stats.deadline_misses(), self.stats.dropped_error())
+    }
+
+    /// Records a round's frames, misses and errors for the canary.
+    fn record_canary(&self, served: &[vigil_pipeline::scheduler::Done<Frame>], counted: &mut (u64, u64)) {
+        let now = self.outcomes();
+        let mut canary = self.canary.lock().unwrap_or_else(|p| p.into_inner());
+        canary.deadline_misses(now.0.saturating_sub(counted.0));
+        canary.errors(now.1.saturating_sub(counted.1));
+        *counted = now;
+        for done in served {
+            canary.frame(done.detections.iter().map(|d| d.score));
+        }
     }
 
     /// Hands messages to the writer; false when it is gone (shutting down).

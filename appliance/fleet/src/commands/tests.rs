@@ -46,6 +46,7 @@ fn fleet(store: Store, config: Config) -> Fleet {
         config_path: None,
         labels: Vec::new(),
         changing: Default::default(),
+        updates: None,
     }
 }
 

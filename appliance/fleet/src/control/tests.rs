@@ -27,6 +27,7 @@ async fn serve(events: &[Event]) -> Running {
         config_path: None,
         labels: Vec::new(),
         changing: Default::default(),
+        updates: None,
     });
     let (stored, _) = broadcast::channel(4);
     let cancel = CancellationToken::new();

@@ -1,0 +1,668 @@
+//! One update, step by step (see the crate's documentation), and the task that takes requests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use vigil_config::{CanaryConfig, ClockTrust, Config, OtaConfig};
+use vigil_core::event::ModelRef;
+use vigil_fleet::commands::UpdateRequest;
+use vigil_infer::accept::{self, Limits};
+use vigil_infer::{slots, Bundle, Detector};
+use vigil_ota::journal::{Journal, Phase};
+use vigil_ota::time::{AssumeSynchronized, KernelClock, TimeSource};
+use vigil_ota::transport::Timeouts;
+use vigil_ota::{Device, Kind, Offer, OtaError, Updater, UpdaterConfig};
+use vigil_pipeline::canary::{self, Thresholds, Window};
+use vigil_pipeline::scheduler::{measure, WarmCosts};
+use vigil_pipeline::RuleSet;
+
+use crate::start::StartAction;
+use crate::{Host, Serving, Swap, Swapped};
+
+/// Tries of a step that failed for a reason that may pass (network, clock), and the waits.
+const TRIES: u32 = 5;
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+/// How long the scheduler's thread may take to put a model in place (it checks between rounds).
+const SWAP_WAIT: Duration = Duration::from_secs(10);
+/// How long cameras get to stream again after a re-plan for a new input size.
+const REPLAN_WAIT: Duration = Duration::from_secs(30);
+const CANARY_TICK: Duration = Duration::from_secs(1);
+
+/// Why an update stopped before its end: the phase it ends in and the reason, or (a periodic
+/// check) nothing newer to install.
+enum Stop {
+    End(Phase, String),
+    NothingNew,
+}
+
+type Step<T> = Result<T, Stop>;
+
+fn failed(reason: impl Into<String>) -> Stop {
+    Stop::End(Phase::Failed, reason.into())
+}
+
+/// Takes update requests until `cancel`; first finishes what `resume` says the last run left.
+pub async fn run(
+    host: Arc<Host>,
+    mut requests: tokio::sync::mpsc::Receiver<UpdateRequest>,
+    resume: StartAction,
+    cancel: CancellationToken,
+) {
+    let work = async {
+        resume_update(&host, resume).await;
+        let mut periodic = host.config.ota.as_ref().and_then(|o| o.check_every).map(tokio::time::interval);
+        if let Some(i) = &mut periodic {
+            i.tick().await;
+        }
+        loop {
+            let request = tokio::select! {
+                r = requests.recv() => match r { Some(r) => r, None => return },
+                _ = async { match &mut periodic { Some(i) => i.tick().await, None => std::future::pending().await } } => {
+                    if host.busy.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        continue;
+                    }
+                    let serving = host.serving();
+                    let canary = host.config.ota.as_ref().map(|o| o.canary.clone()).unwrap_or_default();
+                    UpdateRequest { request_id: "periodic".into(), name: serving.model.name, version: None, canary }
+                }
+            };
+            let journal = Journal {
+                request_id: request.request_id.clone(),
+                target: String::new(),
+                name: request.name.clone(),
+                version: request.version.clone().unwrap_or_default(),
+                phase: Phase::Downloading,
+                slot: None,
+                previous: None,
+                reason: None,
+                canary_restarts: 0,
+                reported: false,
+                canary: Some(serde_json::to_value(&request.canary).expect("canary settings serialise")),
+                baseline: None,
+            };
+            update(&host, journal, request.request_id == "periodic").await;
+            host.busy.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = work => {}
+    }
+}
+
+/// Carries out what the journal found at start says.
+async fn resume_update(host: &Host, action: StartAction) {
+    match action {
+        StartAction::Nothing => {}
+        StartAction::Report(j) => host.publish(&j, None),
+        StartAction::Continue(j) => {
+            tracing::warn!(name = %j.name, version = %j.version, phase = ?j.phase, "resuming the model update vigil stopped in");
+            host.busy.store(true, std::sync::atomic::Ordering::SeqCst);
+            update(host, j, false).await;
+        }
+        StartAction::Canary(mut j) => {
+            host.busy.store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::warn!(name = %j.name, version = %j.version, restarts = j.canary_restarts, "watching the new model again from a fresh canary window");
+            let outcome = restart_canary(host, &mut j).await;
+            finish(host, &mut j, outcome);
+        }
+    }
+}
+
+/// Runs one update to its outcome, journalled and published at each step. A periodic check
+/// (`periodic`) says nothing and keeps the last outcome's record until it finds a newer version.
+async fn update(host: &Host, mut j: Journal, periodic: bool) {
+    let dir = host.dir();
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::error!(error = %e, "cannot create {}; no update is possible", dir.display());
+    }
+    let outcome = steps(host, &mut j, periodic).await;
+    finish(host, &mut j, outcome);
+}
+
+/// Records the outcome: journal, log, retained state.
+fn finish(host: &Host, j: &mut Journal, outcome: Step<Option<serde_json::Value>>) {
+    let dir = host.dir();
+    let (phase, reason, detail) = match outcome {
+        Ok(detail) => (Phase::Successful, j.reason.clone().unwrap_or_default(), detail),
+        Err(Stop::End(phase, reason)) => (phase, reason, None),
+        Err(Stop::NothingNew) => {
+            tracing::debug!(name = %j.name, "periodic check: nothing newer");
+            return;
+        }
+    };
+    j.reported = true;
+    if let Err(e) = j.end(&dir, phase, reason.clone()) {
+        tracing::error!(error = %e, "cannot record the update's outcome");
+    }
+    match phase {
+        Phase::Successful => tracing::info!(name = %j.name, version = %j.version, "model update successful: {reason}"),
+        _ => tracing::error!(name = %j.name, version = %j.version, state = ?phase, "model update ended: {reason}"),
+    }
+    host.publish(j, detail);
+}
+
+fn updater(config: &Config, ota: &OtaConfig) -> Result<Updater, OtaError> {
+    let server = ota.server.trim_end_matches('/');
+    let url = |part: &str| {
+        format!("{server}/{part}/")
+            .parse()
+            .map_err(|e| OtaError::Config(format!("ota.server `{}`: {e}", ota.server)))
+    };
+    let time: Arc<dyn TimeSource> = match ota.clock {
+        ClockTrust::Kernel => Arc::new(KernelClock),
+        ClockTrust::Trusted => Arc::new(AssumeSynchronized),
+    };
+    let config = UpdaterConfig {
+        metadata_url: url("metadata")?,
+        targets_url: url("targets")?,
+        state_dir: crate::ota_dir(&config.data_dir),
+        shipped_root: ota.root.clone(),
+        ca: ota.ca.clone(),
+        client_cert: ota.cert.clone().zip(ota.key.clone()),
+        timeouts: Timeouts::default(),
+        limits: vigil_ota::client::default_limits(),
+    };
+    Updater::new(config, time)
+}
+
+/// Retries `attempt` while it fails for a reason that may pass, publishing why.
+async fn retrying<T, F, Fut>(host: &Host, j: &Journal, what: &str, mut attempt: F) -> Step<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, OtaError>>,
+{
+    let mut wait = RETRY_FIRST;
+    for tried in 1..=TRIES {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() && tried < TRIES => {
+                tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "{what} failed; retrying");
+                host.publish(j, Some(serde_json::json!({ "retrying": format!("{what}: {e}"), "try": tried })));
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RETRY_MAX);
+            }
+            Err(e) => return Err(failed(format!("{what}: {e}"))),
+        }
+    }
+    unreachable!("the last try returns")
+}
+
+/// This device, for target compatibility.
+fn device(serving: &Serving) -> Device {
+    let mut backends = vec!["onnxruntime".to_owned()];
+    if serving.model.backend != "onnxruntime" {
+        backends.push(serving.model.backend.clone());
+    }
+    Device::detect(backends)
+}
+
+async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serde_json::Value>> {
+    let dir = host.dir();
+    let ota = host.config.ota.clone().ok_or_else(|| failed("the configuration has no [ota] section"))?;
+    let save = |j: &Journal| j.save(&dir).map_err(|e| failed(format!("cannot write the update journal: {e}")));
+    let serving = host.serving();
+    let updater = updater(&host.config, &ota).map_err(|e| failed(e.to_string()))?;
+    // Downloading: the signed metadata, the choice, the target (resumed where a part is kept).
+    j.phase = Phase::Downloading;
+    if !periodic {
+        save(j)?;
+        host.publish(j, None);
+    }
+    let trusted = match retrying(host, j, "refreshing the signed metadata", || updater.refresh()).await {
+        Err(Stop::End(_, why)) if periodic => {
+            tracing::warn!("periodic update check: {why}");
+            return Err(Stop::NothingNew);
+        }
+        other => other?,
+    };
+    let version = match j.version.as_str() {
+        "" => None,
+        v => Some(v.parse::<semver::Version>().map_err(|e| failed(format!("version `{v}`: {e}")))?),
+    };
+    let offer = match updater.choose(&trusted, &device(&serving), &j.name, version.as_ref()) {
+        Ok(o) => o,
+        Err(_) if periodic => return Err(Stop::NothingNew),
+        Err(e) => return Err(failed(e.to_string())),
+    };
+    if offer.meta.kind != Kind::Model {
+        return Err(failed(format!(
+            "`{}` is a {} target; ota/apply installs models (binary updates are not built yet)",
+            offer.target, offer.meta.kind
+        )));
+    }
+    j.target = offer.target.clone();
+    j.version = offer.meta.version.to_string();
+    let current = serving.model.version.parse::<semver::Version>().ok();
+    if periodic && current.is_some_and(|c| offer.meta.version <= c) {
+        return Err(Stop::NothingNew);
+    }
+    if serving.model.name == j.name && serving.model.version == j.version {
+        return Err(Stop::End(Phase::Successful, format!("{} {} is already serving", j.name, j.version)));
+    }
+    save(j)?;
+    host.publish(j, Some(serde_json::json!({ "bytes": 0, "total": offer.length })));
+    let archive = dir.join(format!("{}-{}.tar", j.name, j.version));
+    download(host, j, &updater, &trusted, &offer, &archive).await?;
+
+    // Verifying: TUF checked the length and hash as it came; the archive is unpacked as hostile
+    // into a new slot, and the bundle inside checked (manifest, model hash).
+    j.phase = Phase::Verifying;
+    save(j)?;
+    host.publish(j, None);
+    let slot = slots::models_dir(&host.config.data_dir).join(format!("{}-{}", j.name, j.version));
+    let bundle = stage(&archive, &slot, &serving.dir).await?;
+    let m = &bundle.manifest.model;
+    if m.name != j.name || m.version != j.version {
+        remove_slot(&slot, &serving.dir);
+        return Err(failed(format!(
+            "the bundle's manifest says {} {}, the signed target {} {}: re-pack it with the target's name and version",
+            m.name, m.version, j.name, j.version
+        )));
+    }
+    j.slot = Some(slot.clone());
+    save(j)?;
+
+    // Accepting: on this device's backend, off the scheduler's thread.
+    j.phase = Phase::Accepting;
+    save(j)?;
+    host.publish(j, None);
+    let accepted = accept_here(host.config.clone(), bundle, ota.accept_runs, ota.min_available_mb << 20).await;
+    let (new, detail) = match accepted {
+        Ok(a) => a,
+        Err(stop) => {
+            remove_slot(&slot, &serving.dir);
+            return Err(stop);
+        }
+    };
+    host.publish(j, Some(detail.clone()));
+
+    // The canary compares with the previous model on the same cameras: it needs its figures.
+    let settings = canary_settings(j);
+    wait_for_baseline(host, j, &settings).await;
+
+    // Activating: the hot swap, then the pointer.
+    j.phase = Phase::Activating;
+    j.previous = Some(serving.dir.clone());
+    save(j)?;
+    host.publish(j, None);
+    let previous = activate(host, j, new, &serving).await?;
+    updater.accept(&offer).map_err(|e| failed(format!("cannot record the new minimum version: {e}")))?;
+    let _ = std::fs::remove_file(&archive);
+
+    // Canary.
+    let outcome = watch(host, j, &settings).await;
+    conclude(host, j, outcome, Some(previous)).await
+}
+
+/// The download, with progress published every second.
+async fn download(
+    host: &Host,
+    j: &Journal,
+    updater: &Updater,
+    trusted: &vigil_ota::client::Trusted,
+    offer: &Offer,
+    archive: &Path,
+) -> Step<()> {
+    let progress = updater.progress();
+    let ticker = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (bytes, total, resumed_at) = progress.get();
+            host.publish(j, Some(serde_json::json!({ "bytes": bytes, "total": total, "resumed_at": resumed_at })));
+        }
+    };
+    let fetch = retrying(host, j, "downloading the target", || updater.download(trusted, offer, archive));
+    tokio::select! {
+        r = fetch => r,
+        _ = ticker => unreachable!("the ticker never ends"),
+    }
+}
+
+/// Unpacks `archive` into `slot` (a leftover of an interrupted try is replaced) and loads it.
+async fn stage(archive: &Path, slot: &Path, serving: &Path) -> Step<Bundle> {
+    if slot == serving {
+        return Err(failed(format!("{} is the serving model's own directory", slot.display())));
+    }
+    let (archive, slot) = (archive.to_owned(), slot.to_owned());
+    tokio::task::spawn_blocking(move || {
+        if slot.exists() {
+            std::fs::remove_dir_all(&slot).map_err(|e| failed(format!("cannot replace {}: {e}", slot.display())))?;
+        }
+        vigil_ota::archive::unpack(&archive, &slot, Default::default()).map_err(|e| failed(e.to_string()))?;
+        Bundle::load(&slot).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&slot);
+            failed(format!("the bundle is not usable: {e}"))
+        })
+    })
+    .await
+    .map_err(|_| failed("unpacking panicked"))?
+}
+
+fn remove_slot(slot: &Path, serving: &Path) {
+    if slot != serving {
+        let _ = std::fs::remove_dir_all(slot);
+    }
+}
+
+/// A model accepted on this device, warmed, with its event state built.
+struct Accepted {
+    detector: Detector,
+    costs: WarmCosts,
+    rules: RuleSet,
+    serving: Serving,
+}
+
+/// Acceptance (reference check, latency against every camera's budget, memory with both
+/// models loaded), the rules against the new labels, and the cost measurement for the swap.
+async fn accept_here(
+    config: Arc<Config>,
+    bundle: Bundle,
+    runs: usize,
+    min_available: u64,
+) -> Step<(Accepted, serde_json::Value)> {
+    tokio::task::spawn_blocking(move || {
+        let dir = bundle.dir.clone();
+        let new_budget = bundle.manifest.budget.latency;
+        let (bundle, mut detector) = vigil_infer::load_detector_with(&config, bundle)
+            .map_err(|e| failed(format!("the model does not load on this device: {e}")))?;
+        let rules = RuleSet::compile(&config, detector.labels())
+            .map_err(|e| failed(format!("the configuration's rules do not fit the new model's labels: {e:#}")))?;
+        let budgets = config
+            .cameras
+            .iter()
+            .map(|c| (c.id.clone(), c.latency_budget.or(config.model.latency_budget).unwrap_or(new_budget)))
+            .collect();
+        let limits = Limits { budgets, runs, min_available };
+        let a = accept::accept(&bundle, &mut detector, &limits, accept::time_inference, accept::memory_available)
+            .map_err(|e| failed(format!("acceptance could not run: {e}")))?;
+        let detail = serde_json::json!({
+            "backend": a.check.backend,
+            "max_abs_diff": a.check.max_abs_diff,
+            "tolerance": a.check.tolerance,
+            "latency_p50_ms": a.latency_p50.as_secs_f64() * 1e3,
+            "latency_p95_ms": a.latency_p95.as_secs_f64() * 1e3,
+            "available_mb": a.available_after.map(|b| b >> 20),
+        });
+        if !a.accepted() {
+            return Err(failed(format!("acceptance failed: {}", a.problems.join("; "))));
+        }
+        let clock = vigil_core::clock::SystemClock;
+        let costs = measure::<Never, _>(&mut detector, &clock).map_err(|e| failed(format!("warm-up failed: {e}")))?;
+        let m = &bundle.manifest.model;
+        let serving = Serving {
+            model: ModelRef { name: m.name.clone(), version: m.version.clone(), backend: detector.backend_name().to_owned() },
+            dir,
+            labels: detector.labels().to_vec(),
+            input_size: detector.input_size(),
+        };
+        Ok((Accepted { detector, costs, rules, serving }, detail))
+    })
+    .await
+    .map_err(|_| failed("acceptance panicked"))?
+}
+
+/// No frame: the cost measurement runs the engine on its idle input only.
+enum Never {}
+
+impl vigil_core::image::FrameImage for Never {
+    fn image(&self) -> vigil_core::image::Image<'_> {
+        match *self {}
+    }
+    fn source_size(&self) -> (u32, u32) {
+        match *self {}
+    }
+}
+
+/// Hands `new` to the scheduler's thread and waits for the old model back.
+async fn swap_in(host: &Host, new: Accepted) -> Step<Swapped> {
+    let Accepted { detector, costs, rules, serving } = new;
+    let labels: Arc<[String]> = serving.labels.clone().into();
+    let cameras = host
+        .cameras
+        .iter()
+        .map(|c| rules.camera(&c.id, &host.config.device_id, &serving.model, labels.clone()))
+        .collect();
+    let (done, answered) = tokio::sync::oneshot::channel();
+    let swap = Swap { detector, costs, cameras, done };
+    host.swaps
+        .try_send(swap)
+        .map_err(|_| failed("the scheduler is not taking models (vigil is stopping?); nothing changed"))?;
+    let swapped = tokio::time::timeout(SWAP_WAIT, answered)
+        .await
+        .map_err(|_| failed(format!("the scheduler did not take the new model within {} s", SWAP_WAIT.as_secs())))?
+        .map_err(|_| failed("the scheduler stopped before taking the new model"))?;
+    let input_changed = host.serving().input_size != serving.input_size;
+    host.set_serving(serving.clone());
+    if input_changed {
+        replan(host, serving.input_size).await;
+        // Frames of the old size failed while capture was re-planned: the canary starts again
+        // from here, so that it judges the model, not the re-plan.
+        let mut recorder = host.recorder();
+        if let Some((baseline, _)) = recorder.canary() {
+            recorder.start_canary(baseline);
+        }
+    }
+    Ok(swapped)
+}
+
+/// Rebuilds every camera's pipeline for a new input size and waits for them to stream again.
+async fn replan(host: &Host, size: (u32, u32)) {
+    use vigil_core::stats::CameraState;
+    tracing::warn!(width = size.0, height = size.1, "the new model takes another input size: re-planning capture");
+    let before: Vec<u64> =
+        host.cameras.iter().map(|c| c.reconnects.load(std::sync::atomic::Ordering::Relaxed)).collect();
+    for c in &host.cameras {
+        c.replan(size);
+    }
+    let give_up = tokio::time::Instant::now() + REPLAN_WAIT;
+    while tokio::time::Instant::now() < give_up {
+        let done = host.cameras.iter().zip(&before).all(|(c, &n)| {
+            c.reconnects.load(std::sync::atomic::Ordering::Relaxed) > n && c.state() == CameraState::Streaming
+        });
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::warn!("not every camera streams again after the re-plan; the canary judges what comes");
+}
+
+/// The previous model, kept warm for a rollback, and what it served as.
+struct Previous {
+    detector: Detector,
+    serving: Serving,
+}
+
+async fn activate(host: &Host, j: &mut Journal, new: Accepted, serving: &Serving) -> Step<Previous> {
+    let dir = host.dir();
+    let slot = new.serving.dir.clone();
+    let swapped = swap_in(host, new).await?;
+    let active = slots::Active { slot: slot.clone(), previous: Some(serving.dir.clone()) };
+    if let Err(e) = slots::write_active(&host.config.data_dir, &active) {
+        // Serving, but a restart would bring the old model back: put it back now.
+        let reason = format!("cannot record the active model ({e}); the previous model was put back");
+        let _ = roll_back_to(host, Previous { detector: swapped.old, serving: serving.clone() }).await;
+        return Err(failed(reason));
+    }
+    let baseline = host.recorder().canary().map(|(b, _)| b).unwrap_or_default();
+    j.baseline = Some(serde_json::to_value(&baseline).expect("windows serialise"));
+    j.phase = Phase::Canary;
+    j.save(&dir).map_err(|e| failed(format!("cannot write the update journal: {e}")))?;
+    host.publish(j, Some(serde_json::json!({ "frames_lost_at_swap": swapped.frames_lost })));
+    tracing::info!(frames_lost = swapped.frames_lost, slot = %slot.display(), "new model serving; canary started");
+    Ok(Previous { detector: swapped.old, serving: serving.clone() })
+}
+
+/// Waits (at most the canary's `max_wait`) until the serving model has served `min_frames`
+/// frames since it started, so that the canary has a baseline to compare with.
+async fn wait_for_baseline(host: &Host, j: &Journal, settings: &CanaryConfig) {
+    let give_up = tokio::time::Instant::now() + settings.max_wait;
+    loop {
+        let frames = host.recorder().recent().frames;
+        if frames >= settings.min_frames {
+            return;
+        }
+        if tokio::time::Instant::now() >= give_up {
+            tracing::warn!(frames, "the previous model served few frames; the canary compares with what there is");
+            return;
+        }
+        host.publish(j, Some(serde_json::json!({ "baseline_frames": frames, "of": settings.min_frames })));
+        tokio::time::sleep(CANARY_TICK).await;
+    }
+}
+
+fn canary_settings(j: &Journal) -> CanaryConfig {
+    j.canary.clone().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
+}
+
+/// The canary's verdict: Ok(figures) to keep the model, Err((reason, figures)) to roll back.
+async fn watch(host: &Host, j: &Journal, settings: &CanaryConfig) -> Result<serde_json::Value, (String, serde_json::Value)> {
+    let thresholds = Thresholds::from(settings);
+    let started = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(CANARY_TICK).await;
+        let (baseline, candidate) = host.recorder().canary().unwrap_or_default();
+        let figures = figures(&baseline, &candidate, settings);
+        match canary::judge(&baseline, &candidate, &thresholds) {
+            canary::Verdict::Pass => return Ok(figures),
+            canary::Verdict::Fail(why) => return Err((format!("canary failed: {}", why.join("; ")), figures)),
+            canary::Verdict::Wait if started.elapsed() >= settings.max_wait => {
+                return Err((
+                    format!(
+                        "the canary saw {} of the {} frames it needs in {} s (are the cameras streaming?); \
+                         the previous model was put back",
+                        candidate.frames,
+                        settings.min_frames,
+                        settings.max_wait.as_secs()
+                    ),
+                    figures,
+                ));
+            }
+            canary::Verdict::Wait => host.publish(j, Some(figures)),
+        }
+    }
+}
+
+fn figures(baseline: &Window, candidate: &Window, settings: &CanaryConfig) -> serde_json::Value {
+    let side = |w: &Window| {
+        serde_json::json!({
+            "frames": w.frames,
+            "deadline_misses": w.deadline_misses,
+            "errors": w.errors,
+            "detections_per_frame": w.detections_per_frame(),
+        })
+    };
+    serde_json::json!({
+        "canary": {
+            "min_frames": settings.min_frames,
+            "previous": side(baseline),
+            "new": side(candidate),
+            "score_psi": canary::psi(&baseline.scores, &candidate.scores),
+        }
+    })
+}
+
+/// Keeps the new model or puts the previous one back, by the canary's verdict.
+async fn conclude(
+    host: &Host,
+    j: &mut Journal,
+    outcome: Result<serde_json::Value, (String, serde_json::Value)>,
+    previous: Option<Previous>,
+) -> Step<Option<serde_json::Value>> {
+    match outcome {
+        Ok(figures) => {
+            host.recorder().end_canary();
+            j.reason = Some("the canary passed".to_owned());
+            drop(previous);
+            tidy_slots(&host.config.data_dir);
+            Ok(Some(figures))
+        }
+        Err((reason, figures)) => {
+            let previous = match previous {
+                Some(p) => p,
+                None => load_previous(host, j).await?,
+            };
+            let new_slot = j.slot.clone();
+            roll_back_to(host, previous).await?;
+            if let Some(slot) = new_slot {
+                remove_slot(&slot, &host.serving().dir);
+            }
+            host.publish(j, Some(figures));
+            Err(Stop::End(Phase::RolledBack, reason))
+        }
+    }
+}
+
+/// Puts `previous` back in place of the serving model, and the pointer with it.
+async fn roll_back_to(host: &Host, previous: Previous) -> Step<()> {
+    let Previous { mut detector, serving } = previous;
+    let costs = tokio::task::spawn_blocking(move || {
+        let costs = measure::<Never, _>(&mut detector, &vigil_core::clock::SystemClock);
+        (detector, costs)
+    })
+    .await
+    .map_err(|_| failed("measuring the previous model panicked"))?;
+    let (detector, costs) = costs;
+    let costs = costs.map_err(|e| failed(format!("the previous model fails to run: {e}")))?;
+    let rules = RuleSet::compile(&host.config, &serving.labels)
+        .map_err(|e| failed(format!("the rules no longer fit the previous model: {e:#}")))?;
+    let accepted = Accepted { detector, costs, rules, serving: serving.clone() };
+    swap_in(host, accepted).await?;
+    host.recorder().end_canary();
+    slots::write_active(&host.config.data_dir, &slots::Active { slot: serving.dir.clone(), previous: None })
+        .map_err(|e| failed(format!("the previous model serves again, but the pointer was not written: {e}")))?;
+    tracing::warn!(model = %serving.model.name, version = %serving.model.version, "previous model serving again");
+    Ok(())
+}
+
+/// The previous model of `j`, loaded and warmed (after a restart, for a rollback).
+async fn load_previous(host: &Host, j: &Journal) -> Step<Previous> {
+    let dir = j.previous.clone().ok_or_else(|| failed("the journal names no previous model to roll back to"))?;
+    let config = host.config.clone();
+    tokio::task::spawn_blocking(move || {
+        let bundle = Bundle::load(&dir).map_err(|e| failed(format!("the previous model does not load: {e}")))?;
+        let (bundle, detector) = vigil_infer::load_detector_with(&config, bundle)
+            .map_err(|e| failed(format!("the previous model does not load: {e}")))?;
+        let m = &bundle.manifest.model;
+        let serving = Serving {
+            model: ModelRef { name: m.name.clone(), version: m.version.clone(), backend: detector.backend_name().to_owned() },
+            dir,
+            labels: detector.labels().to_vec(),
+            input_size: detector.input_size(),
+        };
+        Ok(Previous { detector, serving })
+    })
+    .await
+    .map_err(|_| failed("loading the previous model panicked"))?
+}
+
+/// After a restart in the canary: load the previous model (kept warm for a rollback), judge
+/// the new one from a fresh window against the baseline kept in the journal.
+async fn restart_canary(host: &Host, j: &mut Journal) -> Step<Option<serde_json::Value>> {
+    let previous = load_previous(host, j).await?;
+    let baseline: Window = j.baseline.clone().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+    host.recorder().start_canary(baseline);
+    j.phase = Phase::Canary;
+    let _ = j.save(&host.dir());
+    host.publish(j, None);
+    let settings = canary_settings(j);
+    let outcome = watch(host, j, &settings).await;
+    conclude(host, j, outcome, Some(previous)).await
+}
+
+/// Removes model slots that are neither active nor the rollback target.
+fn tidy_slots(data_dir: &Path) {
+    let keep: Vec<PathBuf> = slots::read_active(data_dir).map(|a| [Some(a.slot), a.previous]).into_iter().flatten().flatten().collect();
+    let Ok(entries) = std::fs::read_dir(slots::models_dir(data_dir)) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() && !keep.contains(&path) {
+            tracing::info!(slot = %path.display(), "removing a model slot no longer needed");
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Model updates on the device: `ota/apply` → download (TUF, resumable) → verify and stage into a
+//! new slot → acceptance on this device's backend → hot swap between two scheduler rounds →
+//! canary against the previous model → kept, or rolled back to the previous model (kept warm
+//! until the verdict). Each step is written to the journal (`vigil_ota::journal`) before it
+//! starts and published on the retained `vigil/<id>/ota` topic, so that the fleet sees it and a
+//! device killed at any step resumes, abandons or rolls back cleanly at its next start.
+//!
+//! The scheduler's thread owns the serving model; this crate never touches it. It hands a
+//! warmed [`Swap`] to that thread, which puts it in place between two rounds and hands the old
+//! model back ([`Swapped`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use vigil_config::Config;
+use vigil_core::event::ModelRef;
+use vigil_core::stats::CameraStats;
+use vigil_infer::Detector;
+use vigil_ota::journal::{Journal, Phase};
+use vigil_pipeline::canary::Recorder;
+use vigil_pipeline::scheduler::WarmCosts;
+use vigil_pipeline::CameraEvents;
+
+mod flow;
+mod start;
+
+pub use flow::run;
+pub use start::{before_model_loads, StartAction};
+
+/// A warmed model for the scheduler's thread to put in place between two rounds.
+pub struct Swap {
+    pub detector: Detector,
+    pub costs: WarmCosts,
+    /// Each camera's event state under the new model (rules compiled against its labels).
+    pub cameras: Vec<CameraEvents>,
+    /// Answered once the new model has served a round (or the scheduler stopped: dropped).
+    pub done: tokio::sync::oneshot::Sender<Swapped>,
+}
+
+/// What the scheduler's thread hands back after a swap.
+pub struct Swapped {
+    /// The model that served before, still loaded and warm (the rollback target).
+    pub old: Detector,
+    /// Frames lost from the last round before the swap to the first round after it: newer
+    /// frames overwriting waiting ones, frames dropped as stale, deadline misses, errors.
+    pub frames_lost: u64,
+}
+
+/// The model serving now: what an update replaces and a rollback restores.
+#[derive(Debug, Clone)]
+pub struct Serving {
+    pub model: ModelRef,
+    /// Its bundle directory (a slot, or the configured bundle).
+    pub dir: PathBuf,
+    pub labels: Vec<String>,
+    pub input_size: (u32, u32),
+}
+
+/// What the service lends the updater.
+pub struct Host {
+    pub config: Arc<Config>,
+    /// To the scheduler's thread (capacity 1).
+    pub swaps: std::sync::mpsc::SyncSender<Swap>,
+    /// The scheduler's thread records every frame's outcome here.
+    pub canary: Arc<Mutex<Recorder>>,
+    pub cameras: Vec<Arc<CameraStats>>,
+    /// The retained `ota` state (JSON).
+    pub state: tokio::sync::watch::Sender<Vec<u8>>,
+    /// Set while an update is under way (`ota/apply` refuses a second).
+    pub busy: Arc<AtomicBool>,
+    pub serving: Mutex<Serving>,
+    /// Told when another model starts serving (the retained status names it).
+    pub on_model: Box<dyn Fn(&ModelRef) + Send + Sync>,
+}
+
+impl Host {
+    /// The updater's own directory: the TUF state, downloads, the journal.
+    pub fn dir(&self) -> PathBuf {
+        ota_dir(&self.config.data_dir)
+    }
+
+    pub fn serving(&self) -> Serving {
+        self.serving.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_serving(&self, s: Serving) {
+        (self.on_model)(&s.model);
+        *self.serving.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    fn recorder(&self) -> std::sync::MutexGuard<'_, Recorder> {
+        self.canary.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes `journal` (and `extra` figures) on the retained topic.
+    fn publish(&self, journal: &Journal, extra: Option<serde_json::Value>) {
+        let state = PublicState::of(journal, extra);
+        let _ = self.state.send(serde_json::to_vec(&state).expect("the OTA state serialises"));
+        if journal.phase.is_final() {
+            self.busy.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+/// `<data_dir>/ota`.
+pub fn ota_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("ota")
+}
+
+/// The retained `vigil/<id>/ota` message.
+#[derive(Debug, Serialize)]
+pub struct PublicState<'a> {
+    pub request_id: &'a str,
+    pub name: &'a str,
+    pub version: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub target: &'a str,
+    pub state: Phase,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+    /// Progress and figures of the step (bytes downloaded, acceptance latency, canary windows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+    pub at: String,
+}
+
+impl<'a> PublicState<'a> {
+    fn of(j: &'a Journal, detail: Option<serde_json::Value>) -> Self {
+        Self {
+            request_id: &j.request_id,
+            name: &j.name,
+            version: &j.version,
+            target: &j.target,
+            state: j.phase,
+            reason: j.reason.as_deref(),
+            detail,
+            at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        }
+    }
+}

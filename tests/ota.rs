@@ -1,0 +1,288 @@
+//! Model updates over the air, end to end: the real vigil binary with a looping camera, a real
+//! mosquitto, a signed TUF repository served by a real HTTPS server (test CA, free port).
+//! `ota/apply` → downloading → verifying → accepting → activating → canary → an outcome, on the
+//! retained `vigil/<id>/ota` topic.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rumqttc::QoS;
+use support::*;
+use vigil_ota::repo::{self, Expiry, RoleKeyFiles};
+use vigil_ota::target::{Compat, Kind, TargetMeta};
+use vigil_testkit::https::Server;
+
+/// A full loop of the clip (15 fps × 12 s): the canary compares the two models over the same
+/// scenes.
+const CANARY_FRAMES: u64 = 180;
+
+/// A signed repository served over HTTPS, a broker, and a device configured to update from them.
+struct Rig {
+    rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    roles: RoleKeyFiles,
+    server: Server,
+    _broker: Broker,
+    config: PathBuf,
+    operator: rumqttc::Client,
+    watch: Subscriber,
+}
+
+impl Rig {
+    fn new(device: &str, ota_extra: &str) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        for sub in ["keys", "repo", "pki", "bundles"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let key = |n: &str| d.join("keys").join(n);
+        let roles = RoleKeyFiles { targets: key("targets"), snapshot: key("snapshot"), timestamp: key("timestamp") };
+        let server = rt.block_on(async {
+            for k in [key("root"), roles.targets.clone(), roles.snapshot.clone(), roles.timestamp.clone()] {
+                repo::keygen(&k).await.unwrap();
+            }
+            repo::init(&d.join("repo"), &[key("root")], 1, &roles, &Expiry::default()).await.unwrap();
+            Server::start(d.join("repo"), &d.join("pki")).await
+        });
+        let broker = Broker::start();
+        let config = write_config(&d, device, &broker.url(), &[("yard", looping_clip_uri())]);
+        append_config(
+            &config,
+            &format!(
+                "[ota]\nserver = \"https://127.0.0.1:{}/\"\nroot = \"{}\"\nca = \"{}\"\nclock = \"trusted\"\n{ota_extra}\
+                 [ota.canary]\nmin_frames = {CANARY_FRAMES}\nmax_wait_s = 60\n",
+                server.port,
+                d.join("repo/metadata/1.root.json").display(),
+                server.ca.display()
+            ),
+        );
+        let port = broker.port;
+        let watch = Subscriber::start(port, &format!("vigil/{device}/#"));
+        let (operator, mut connection) = rumqttc::Client::new(mqtt_options(port, None), 10);
+        std::thread::spawn(move || for _ in connection.iter() {});
+        Self { rt, dir, roles, server, _broker: broker, config, operator, watch }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// A copy of the shipped bundle as `version`, changed by `edit` (manifest text → new text),
+    /// signed into the repository as `models/shapes-<version>.tar`.
+    fn publish(&self, version: &str, edit: impl FnOnce(String) -> String) {
+        let bundle = self.prepare(version, edit);
+        self.sign(&bundle, version);
+    }
+
+    /// The bundle directory of [`Rig::publish`], not signed yet.
+    fn prepare(&self, version: &str, edit: impl FnOnce(String) -> String) -> PathBuf {
+        let bundle = self.path(&format!("bundles/shapes-{version}"));
+        copy_bundle(&bundle);
+        let manifest = bundle.join("manifest.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap().replace("version = \"1.0.0\"", &format!("version = \"{version}\""));
+        std::fs::write(&manifest, edit(text)).unwrap();
+        bundle
+    }
+
+    /// Packs the bundle directory `bundle` and signs it into the repository as `version`.
+    fn sign(&self, bundle: &Path, version: &str) {
+        let archive = self.path(&format!("bundles/shapes-{version}.tar"));
+        vigil_ota::archive::pack_dir(bundle, &archive).unwrap();
+        let meta = TargetMeta {
+            kind: Kind::Model,
+            name: "shapes".into(),
+            version: version.parse().unwrap(),
+            compat: Compat::default(),
+            allow_downgrade: false,
+        };
+        let name = format!("models/shapes-{version}.tar");
+        self.rt
+            .block_on(repo::add(&self.path("repo"), &archive, &name, &meta, &self.roles, &Expiry::default(), |_| {}))
+            .unwrap();
+    }
+
+    fn apply(&self, device: &str, request_id: &str, version: &str) {
+        let payload = format!(r#"{{"request_id": "{request_id}", "args": {{"name": "shapes", "version": "{version}"}}}}"#);
+        let topic = format!("vigil/{device}/cmd/ota/apply");
+        let reply = format!("vigil/{device}/reply/{request_id}");
+        // Commands are not retained: send until the service has subscribed and answers.
+        let answered = wait_until(Duration::from_secs(30), || {
+            self.operator.publish(&topic, QoS::AtLeastOnce, false, payload.clone().into_bytes()).unwrap();
+            wait_until(Duration::from_secs(1), || self.watch.count(&reply) > 0)
+        });
+        assert!(answered, "no reply to ota/apply");
+        let r: serde_json::Value = serde_json::from_slice(&self.watch.on(&reply)[0]).unwrap();
+        assert_eq!(r["ok"], true, "{r}");
+    }
+
+    /// Every OTA state published so far.
+    fn states(&self, device: &str) -> Vec<serde_json::Value> {
+        self.watch.on(&format!("vigil/{device}/ota")).iter().map(|p| serde_json::from_slice(p).unwrap()).collect()
+    }
+
+    /// Waits for an outcome of `request_id` (`successful`, `failed` or `rolled_back`).
+    fn outcome(&self, device: &str, request_id: &str, within: Duration, vigil: &Vigil) -> serde_json::Value {
+        let final_state = |s: &serde_json::Value| {
+            s["request_id"] == request_id && ["successful", "failed", "rolled_back"].contains(&s["state"].as_str().unwrap_or(""))
+        };
+        let found = wait_until(within, || self.states(device).iter().any(final_state));
+        assert!(found, "no outcome within {within:?}; states: {:#?}\nlog:\n{}", self.states(device), vigil.log());
+        self.states(device).into_iter().find(final_state).unwrap()
+    }
+
+    fn data(&self) -> PathBuf {
+        self.path("data")
+    }
+}
+
+/// Events on the device's topic: (model version, phase, end reason).
+fn events(rig: &Rig, device: &str) -> Vec<(String, String, String)> {
+    rig.watch
+        .on(&format!("vigil/{device}/events"))
+        .iter()
+        .map(|p| {
+            let e: serde_json::Value = serde_json::from_slice(p).unwrap();
+            let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+            (s(&e["model"]["version"]), s(&e["phase"]), s(&e["end_reason"]))
+        })
+        .collect()
+}
+
+fn active_slot(data: &Path) -> Option<PathBuf> {
+    let bytes = std::fs::read(data.join("models/active.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v["slot"].as_str().map(PathBuf::from)
+}
+
+#[test]
+fn a_good_model_update_swaps_in_with_no_frame_lost_and_events_go_on_under_the_new_model() {
+    let device = "ota-good";
+    let rig = Rig::new(device, "");
+    rig.publish("1.0.1", |m| m);
+    let vigil = Vigil::start(&rig.config, rig.dir.path());
+    assert!(wait_until(Duration::from_secs(30), || !events(&rig, device).is_empty()), "events under the first model");
+    rig.apply(device, "up-1", "1.0.1");
+    let end = rig.outcome(device, "up-1", Duration::from_secs(90), &vigil);
+    assert_eq!(end["state"], "successful", "{end:#}\nlog:\n{}", vigil.log());
+    let states: Vec<String> = rig.states(device).iter().map(|s| s["state"].as_str().unwrap().to_owned()).collect();
+    for step in ["downloading", "verifying", "accepting", "activating", "canary", "successful"] {
+        assert!(states.iter().any(|s| s == step), "{step} was published: {states:?}");
+    }
+    let swapped = rig.states(device).into_iter().find(|s| s["detail"]["frames_lost_at_swap"].is_u64()).unwrap();
+    assert_eq!(swapped["detail"]["frames_lost_at_swap"], 0, "no frame lost to the swap: {swapped}");
+    let canary = &end["detail"]["canary"];
+    assert!(canary["new"]["frames"].as_u64().unwrap() >= CANARY_FRAMES, "{end}");
+    // Events go on under the new model; the old model's open events ended `model_changed`.
+    let before = events(&rig, device).len();
+    assert!(wait_until(Duration::from_secs(20), || events(&rig, device)[before..].iter().any(|e| e.0 == "1.0.1" && e.1 == "new")));
+    assert!(events(&rig, device).iter().all(|e| e.2 != "model_changed" || e.0 == "1.0.0"));
+    assert_eq!(active_slot(&rig.data()), Some(rig.data().join("models/shapes-1.0.1")));
+    let status: serde_json::Value = serde_json::from_slice(rig.watch.on(&format!("vigil/{device}/status")).last().unwrap()).unwrap();
+    assert_eq!(status["model"]["version"], "1.0.1");
+    // A restart runs the active slot.
+    let (code, log) = vigil.terminate();
+    assert!(code.success(), "{log}");
+    let vigil = Vigil::start(&rig.config, rig.dir.path());
+    assert!(wait_until(Duration::from_secs(20), || vigil.log().contains("running the active model slot")), "{}", vigil.log());
+}
+
+#[test]
+fn models_that_fail_acceptance_are_never_activated_and_the_reply_says_why() {
+    let device = "ota-refused";
+    let rig = Rig::new(device, "");
+    // Wrong outputs: the reference output does not match what the model computes.
+    let bundle = rig.prepare("1.1.1", |m| m);
+    let reference = bundle.join("reference/output.int8model.f32");
+    let mut bytes = std::fs::read(&reference).unwrap();
+    bytes.iter_mut().step_by(4).for_each(|b| *b = b.wrapping_add(77));
+    std::fs::write(&reference, bytes).unwrap();
+    rig.sign(&bundle, "1.1.1");
+    // Too slow for the budget: the camera has none of its own, so the bundle's 1 ms applies.
+    rig.publish("1.2.0", |m| m.replace("latency_ms = 100", "latency_ms = 1"));
+    // The wrong contract: other labels, which the configured rule does not know.
+    rig.publish("1.3.0", |m| m.replace("[\"circle\", \"square\", \"triangle\"]", "[\"cat\", \"dog\", \"bird\"]"));
+    let text = std::fs::read_to_string(&rig.config).unwrap();
+    let rule = "[[rule]]\nname = \"shapes\"\nlabels = [\"circle\", \"square\"]\n";
+    std::fs::write(&rig.config, text.replacen("[[camera]]", &format!("{rule}[[camera]]"), 1)).unwrap();
+
+    let vigil = Vigil::start(&rig.config, rig.dir.path());
+    for (id, version, why) in [
+        ("bad-out", "1.1.1", "reference check"),
+        ("slow", "1.2.0", "too slow for camera `yard`"),
+        ("labels", "1.3.0", "rules do not fit the new model's labels"),
+    ] {
+        rig.apply(device, id, version);
+        let end = rig.outcome(device, id, Duration::from_secs(60), &vigil);
+        assert_eq!(end["state"], "failed", "{end:#}");
+        assert!(end["reason"].as_str().unwrap().contains(why), "{id}: {end:#}");
+        let states: Vec<_> = rig.states(device).into_iter().filter(|s| s["request_id"] == id).collect();
+        assert!(states.iter().all(|s| s["state"] != "activating" && s["state"] != "canary"), "never activated");
+        assert_eq!(active_slot(&rig.data()), None, "no slot made active");
+        assert!(!rig.data().join(format!("models/shapes-{version}")).exists(), "the refused slot is removed");
+    }
+    let status: serde_json::Value = serde_json::from_slice(rig.watch.on(&format!("vigil/{device}/status")).last().unwrap()).unwrap();
+    assert_eq!(status["model"]["version"], "1.0.0");
+    let before = events(&rig, device).len();
+    assert!(wait_until(Duration::from_secs(20), || events(&rig, device).len() > before), "still detecting");
+    assert!(events(&rig, device).iter().all(|e| e.0 == "1.0.0"));
+    drop(vigil);
+}
+
+#[test]
+fn a_model_that_passes_acceptance_but_detects_far_less_is_rolled_back_by_the_canary() {
+    let device = "ota-canary";
+    let rig = Rig::new(device, "");
+    // The same weights with the score threshold raised: the reference detections (all above
+    // 0.997) still pass; in the field most detections go.
+    rig.publish("1.0.2", |m| m.replace("score_threshold = 0.5", "score_threshold = 0.995"));
+    let vigil = Vigil::start(&rig.config, rig.dir.path());
+    rig.apply(device, "quiet", "1.0.2");
+    let end = rig.outcome(device, "quiet", Duration::from_secs(120), &vigil);
+    assert_eq!(end["state"], "rolled_back", "{end:#}\nlog:\n{}", vigil.log());
+    let reason = end["reason"].as_str().unwrap();
+    assert!(reason.contains("detections per frame"), "{reason}");
+    let canary = &end["detail"]["canary"];
+    assert!(canary["new"]["detections_per_frame"].as_f64() < canary["previous"]["detections_per_frame"].as_f64(), "{end}");
+    assert_eq!(active_slot(&rig.data()).map(|p| p.file_name().unwrap().to_owned()), Some("shapes-v1".into()));
+    let status: serde_json::Value = serde_json::from_slice(rig.watch.on(&format!("vigil/{device}/status")).last().unwrap()).unwrap();
+    assert_eq!(status["model"]["version"], "1.0.0", "the previous model serves again");
+    let before = events(&rig, device).len();
+    assert!(wait_until(Duration::from_secs(20), || events(&rig, device)[before..].iter().any(|e| e.0 == "1.0.0" && e.1 == "new")));
+    drop(vigil);
+}
+
+#[test]
+fn killed_at_each_step_the_device_comes_back_serving_and_the_update_resumes() {
+    // Slow enough to be caught in each step: a trickled download, 400 timed acceptance runs.
+    let device = "ota-kill";
+    let rig = Rig::new(device, "accept_runs = 400\n");
+    for (i, step) in ["downloading", "accepting", "canary"].into_iter().enumerate() {
+        let version = format!("1.0.{}", i + 10);
+        rig.publish(&version, |m| m);
+        rig.server.set(|b| b.trickle = (step == "downloading").then_some((16 << 10, Duration::from_millis(100))));
+        let vigil = Vigil::start(&rig.config, rig.dir.path());
+        let id = format!("kill-{step}");
+        rig.apply(device, &id, &version);
+        let reached = wait_until(Duration::from_secs(90), || {
+            rig.states(device).iter().any(|s| s["request_id"] == id.as_str() && s["state"] == step)
+        });
+        assert!(reached, "{step} reached: {:#?}\n{}", rig.states(device), vigil.log());
+        let log = vigil.kill9();
+        rig.server.set(|b| b.trickle = None);
+        let vigil = Vigil::start(&rig.config, rig.dir.path());
+        let end = rig.outcome(device, &id, Duration::from_secs(120), &vigil);
+        assert_eq!(end["state"], "successful", "killed in {step}: {end:#}\nfirst log:\n{log}\nlog:\n{}", vigil.log());
+        assert_eq!(end["version"], version.as_str());
+        assert_eq!(active_slot(&rig.data()), Some(rig.data().join(format!("models/shapes-{version}"))));
+        let before = events(&rig, device).len();
+        assert!(
+            wait_until(Duration::from_secs(20), || events(&rig, device)[before..].iter().any(|e| e.0 == version)),
+            "serving {version} after being killed in {step}"
+        );
+        let (code, log) = vigil.terminate();
+        assert!(code.success(), "{log}");
+    }
+}
