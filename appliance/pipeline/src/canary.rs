@@ -150,7 +150,7 @@ pub fn judge(baseline: &Window, candidate: &Window, t: &Thresholds) -> Verdict {
     let (old, new) = (baseline.detections_per_frame(), candidate.detections_per_frame());
     if old > 0.0 && new / old < t.min_detection_ratio {
         why.push(format!(
-            "{new:.2} detections per frame against {old:.2} for the previous model ({:.0} %, allowed down to {:.0} %)",
+            "{new:.2} detections per frame against {old:.2} for the previous model ({:.1} %, allowed down to {:.1} %)",
             100.0 * new / old,
             100.0 * t.min_detection_ratio
         ));

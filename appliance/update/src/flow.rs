@@ -35,6 +35,8 @@ const CANARY_TICK: Duration = Duration::from_secs(1);
 /// check) nothing newer to install.
 enum Stop {
     End(Phase, String),
+    /// Rolled back by the canary, with its figures.
+    RolledBack(String, serde_json::Value),
     NothingNew,
 }
 
@@ -129,6 +131,7 @@ fn finish(host: &Host, j: &mut Journal, outcome: Step<Option<serde_json::Value>>
     let (phase, reason, detail) = match outcome {
         Ok(detail) => (Phase::Successful, j.reason.clone().unwrap_or_default(), detail),
         Err(Stop::End(phase, reason)) => (phase, reason, None),
+        Err(Stop::RolledBack(reason, figures)) => (Phase::RolledBack, reason, Some(figures)),
         Err(Stop::NothingNew) => {
             tracing::debug!(name = %j.name, "periodic check: nothing newer");
             return;
@@ -591,8 +594,7 @@ async fn conclude(
             if let Some(slot) = new_slot {
                 remove_slot(&slot, &host.serving().dir);
             }
-            host.publish(j, Some(figures));
-            Err(Stop::End(Phase::RolledBack, reason))
+            Err(Stop::RolledBack(reason, figures))
         }
     }
 }
