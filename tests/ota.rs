@@ -266,7 +266,12 @@ fn killed_at_each_step_the_device_comes_back_serving_and_the_update_resumes() {
         let id = format!("kill-{step}");
         rig.apply(device, &id, &version);
         let reached = wait_until(Duration::from_secs(90), || {
-            rig.states(device).iter().any(|s| s["request_id"] == id.as_str() && s["state"] == step)
+            // A download is caught with some of it on the disk.
+            rig.states(device).iter().any(|s| {
+                s["request_id"] == id.as_str()
+                    && s["state"] == step
+                    && (step != "downloading" || s["detail"]["bytes"].as_u64().unwrap_or(0) > 0)
+            })
         });
         assert!(reached, "{step} reached: {:#?}\n{}", rig.states(device), vigil.log());
         let log = vigil.kill9();
@@ -275,6 +280,13 @@ fn killed_at_each_step_the_device_comes_back_serving_and_the_update_resumes() {
         let end = rig.outcome(device, &id, Duration::from_secs(120), &vigil);
         assert_eq!(end["state"], "successful", "killed in {step}: {end:#}\nfirst log:\n{log}\nlog:\n{}", vigil.log());
         assert_eq!(end["version"], version.as_str());
+        if step == "downloading" {
+            let target = format!("shapes-{version}.tar");
+            let resumed = rig.server.requests().iter().any(|(path, range)| {
+                path.starts_with("targets/") && path.ends_with(&target) && range.is_some()
+            });
+            assert!(resumed, "the download resumed with a Range request: {:?}", rig.server.requests());
+        }
         assert_eq!(active_slot(&rig.data()), Some(rig.data().join(format!("models/shapes-{version}"))));
         let before = events(&rig, device).len();
         assert!(
