@@ -13,6 +13,7 @@ rules=(
     "vigil-store:    gstreamer ort rumqttc rustls cudarc tensorrt-sys vigil-capture vigil-infer vigil-uplink"
     "vigil-uplink:   gstreamer ort cudarc tensorrt-sys vigil-capture vigil-infer vigil-fleet"
     "vigil-fleet:    gstreamer ort rumqttc cudarc tensorrt-sys vigil-capture vigil-infer vigil-uplink"
+    "vigil-update:   gstreamer rumqttc vigil-capture vigil-uplink vigil-testkit"
     "vigil-tls:      tokio aws-lc-rs vigil-"
     "vigil-ota:      gstreamer ort sled rumqttc cudarc tensorrt-sys vigil-config vigil-capture vigil-infer vigil-pipeline vigil-store vigil-uplink vigil-fleet vigil-testkit"
 )

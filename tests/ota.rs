@@ -82,7 +82,9 @@ impl Rig {
         let bundle = self.path(&format!("bundles/shapes-{version}"));
         copy_bundle(&bundle);
         let manifest = bundle.join("manifest.toml");
-        let text = std::fs::read_to_string(&manifest).unwrap().replace("version = \"1.0.0\"", &format!("version = \"{version}\""));
+        let text = std::fs::read_to_string(&manifest)
+            .unwrap()
+            .replace("version = \"1.0.0\"", &format!("version = \"{version}\""));
         std::fs::write(&manifest, edit(text)).unwrap();
         bundle
     }
@@ -105,7 +107,8 @@ impl Rig {
     }
 
     fn apply(&self, device: &str, request_id: &str, version: &str) {
-        let payload = format!(r#"{{"request_id": "{request_id}", "args": {{"name": "shapes", "version": "{version}"}}}}"#);
+        let payload =
+            format!(r#"{{"request_id": "{request_id}", "args": {{"name": "shapes", "version": "{version}"}}}}"#);
         let topic = format!("vigil/{device}/cmd/ota/apply");
         let reply = format!("vigil/{device}/reply/{request_id}");
         // Commands are not retained: send until the service has subscribed and answers.
@@ -126,7 +129,8 @@ impl Rig {
     /// Waits for an outcome of `request_id` (`successful`, `failed` or `rolled_back`).
     fn outcome(&self, device: &str, request_id: &str, within: Duration, vigil: &Vigil) -> serde_json::Value {
         let final_state = |s: &serde_json::Value| {
-            s["request_id"] == request_id && ["successful", "failed", "rolled_back"].contains(&s["state"].as_str().unwrap_or(""))
+            s["request_id"] == request_id
+                && ["successful", "failed", "rolled_back"].contains(&s["state"].as_str().unwrap_or(""))
         };
         let found = wait_until(within, || self.states(device).iter().any(final_state));
         assert!(found, "no outcome within {within:?}; states: {:#?}\nlog:\n{}", self.states(device), vigil.log());
@@ -177,16 +181,23 @@ fn a_good_model_update_swaps_in_with_no_frame_lost_and_events_go_on_under_the_ne
     assert!(canary["new"]["frames"].as_u64().unwrap() >= CANARY_FRAMES, "{end}");
     // Events go on under the new model; the old model's open events ended `model_changed`.
     let before = events(&rig, device).len();
-    assert!(wait_until(Duration::from_secs(20), || events(&rig, device)[before..].iter().any(|e| e.0 == "1.0.1" && e.1 == "new")));
+    assert!(wait_until(Duration::from_secs(20), || events(&rig, device)[before..]
+        .iter()
+        .any(|e| e.0 == "1.0.1" && e.1 == "new")));
     assert!(events(&rig, device).iter().all(|e| e.2 != "model_changed" || e.0 == "1.0.0"));
     assert_eq!(active_slot(&rig.data()), Some(rig.data().join("models/shapes-1.0.1")));
-    let status: serde_json::Value = serde_json::from_slice(rig.watch.on(&format!("vigil/{device}/status")).last().unwrap()).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_slice(rig.watch.on(&format!("vigil/{device}/status")).last().unwrap()).unwrap();
     assert_eq!(status["model"]["version"], "1.0.1");
     // A restart runs the active slot.
     let (code, log) = vigil.terminate();
     assert!(code.success(), "{log}");
     let vigil = Vigil::start(&rig.config, rig.dir.path());
-    assert!(wait_until(Duration::from_secs(20), || vigil.log().contains("running the active model slot")), "{}", vigil.log());
+    assert!(
+        wait_until(Duration::from_secs(20), || vigil.log().contains("running the active model slot")),
+        "{}",
+        vigil.log()
+    );
 }
 
 #[test]
@@ -222,7 +233,8 @@ fn models_that_fail_acceptance_are_never_activated_and_the_reply_says_why() {
         assert_eq!(active_slot(&rig.data()), None, "no slot made active");
         assert!(!rig.data().join(format!("models/shapes-{version}")).exists(), "the refused slot is removed");
     }
-    let status: serde_json::Value = serde_json::from_slice(rig.watch.on(&format!("vigil/{device}/status")).last().unwrap()).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_slice(rig.watch.on(&format!("vigil/{device}/status")).last().unwrap()).unwrap();
     assert_eq!(status["model"]["version"], "1.0.0");
     let before = events(&rig, device).len();
     assert!(wait_until(Duration::from_secs(20), || events(&rig, device).len() > before), "still detecting");
@@ -244,12 +256,18 @@ fn a_model_that_passes_acceptance_but_detects_far_less_is_rolled_back_by_the_can
     let reason = end["reason"].as_str().unwrap();
     assert!(reason.contains("detections per frame"), "{reason}");
     let canary = &end["detail"]["canary"];
-    assert!(canary["new"]["detections_per_frame"].as_f64() < canary["previous"]["detections_per_frame"].as_f64(), "{end}");
+    assert!(
+        canary["new"]["detections_per_frame"].as_f64() < canary["previous"]["detections_per_frame"].as_f64(),
+        "{end}"
+    );
     assert_eq!(active_slot(&rig.data()).map(|p| p.file_name().unwrap().to_owned()), Some("shapes-v1".into()));
-    let status: serde_json::Value = serde_json::from_slice(rig.watch.on(&format!("vigil/{device}/status")).last().unwrap()).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_slice(rig.watch.on(&format!("vigil/{device}/status")).last().unwrap()).unwrap();
     assert_eq!(status["model"]["version"], "1.0.0", "the previous model serves again");
     let before = events(&rig, device).len();
-    assert!(wait_until(Duration::from_secs(20), || events(&rig, device)[before..].iter().any(|e| e.0 == "1.0.0" && e.1 == "new")));
+    assert!(wait_until(Duration::from_secs(20), || events(&rig, device)[before..]
+        .iter()
+        .any(|e| e.0 == "1.0.0" && e.1 == "new")));
     drop(vigil);
 }
 
@@ -282,9 +300,11 @@ fn killed_at_each_step_the_device_comes_back_serving_and_the_update_resumes() {
         assert_eq!(end["version"], version.as_str());
         if step == "downloading" {
             let target = format!("shapes-{version}.tar");
-            let resumed = rig.server.requests().iter().any(|(path, range)| {
-                path.starts_with("targets/") && path.ends_with(&target) && range.is_some()
-            });
+            let resumed = rig
+                .server
+                .requests()
+                .iter()
+                .any(|(path, range)| path.starts_with("targets/") && path.ends_with(&target) && range.is_some());
             assert!(resumed, "the download resumed with a Range request: {:?}", rig.server.requests());
         }
         assert_eq!(active_slot(&rig.data()), Some(rig.data().join(format!("models/shapes-{version}"))));

@@ -212,7 +212,9 @@ fn check_ota(bad: &mut impl FnMut(&str, String), ota: &OtaConfig) {
     if host.is_empty() || !ota.server.ends_with('/') || ota.server.contains(char::is_whitespace) {
         bad("ota.server", format!("`{}` must be an https:// URL ending with `/`", ota.server));
     }
-    for (field, path) in [("root", Some(&ota.root)), ("ca", Some(&ota.ca)), ("cert", ota.cert.as_ref()), ("key", ota.key.as_ref())] {
+    for (field, path) in
+        [("root", Some(&ota.root)), ("ca", Some(&ota.ca)), ("cert", ota.cert.as_ref()), ("key", ota.key.as_ref())]
+    {
         if let Some(p) = path.filter(|p| !p.is_file()) {
             bad(&format!("ota.{field}"), format!("{} does not exist or is not a file", p.display()));
         }

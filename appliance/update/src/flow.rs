@@ -151,9 +151,7 @@ fn finish(host: &Host, j: &mut Journal, outcome: Step<Option<serde_json::Value>>
 fn updater(config: &Config, ota: &OtaConfig) -> Result<Updater, OtaError> {
     let server = ota.server.trim_end_matches('/');
     let url = |part: &str| {
-        format!("{server}/{part}/")
-            .parse()
-            .map_err(|e| OtaError::Config(format!("ota.server `{}`: {e}", ota.server)))
+        format!("{server}/{part}/").parse().map_err(|e| OtaError::Config(format!("ota.server `{}`: {e}", ota.server)))
     };
     let time: Arc<dyn TimeSource> = match ota.clock {
         ClockTrust::Kernel => Arc::new(KernelClock),
@@ -397,7 +395,11 @@ async fn accept_here(
         let costs = measure::<Never, _>(&mut detector, &clock).map_err(|e| failed(format!("warm-up failed: {e}")))?;
         let m = &bundle.manifest.model;
         let serving = Serving {
-            model: ModelRef { name: m.name.clone(), version: m.version.clone(), backend: detector.backend_name().to_owned() },
+            model: ModelRef {
+                name: m.name.clone(),
+                version: m.version.clone(),
+                backend: detector.backend_name().to_owned(),
+            },
             dir,
             labels: detector.labels().to_vec(),
             input_size: detector.input_size(),
@@ -523,7 +525,11 @@ fn canary_settings(j: &Journal) -> CanaryConfig {
 }
 
 /// The canary's verdict: Ok(figures) to keep the model, Err((reason, figures)) to roll back.
-async fn watch(host: &Host, j: &Journal, settings: &CanaryConfig) -> Result<serde_json::Value, (String, serde_json::Value)> {
+async fn watch(
+    host: &Host,
+    j: &Journal,
+    settings: &CanaryConfig,
+) -> Result<serde_json::Value, (String, serde_json::Value)> {
     let thresholds = Thresholds::from(settings);
     let started = tokio::time::Instant::now();
     loop {
@@ -631,7 +637,11 @@ async fn load_previous(host: &Host, j: &Journal) -> Step<Previous> {
             .map_err(|e| failed(format!("the previous model does not load: {e}")))?;
         let m = &bundle.manifest.model;
         let serving = Serving {
-            model: ModelRef { name: m.name.clone(), version: m.version.clone(), backend: detector.backend_name().to_owned() },
+            model: ModelRef {
+                name: m.name.clone(),
+                version: m.version.clone(),
+                backend: detector.backend_name().to_owned(),
+            },
             dir,
             labels: detector.labels().to_vec(),
             input_size: detector.input_size(),
@@ -658,7 +668,8 @@ async fn restart_canary(host: &Host, j: &mut Journal) -> Step<Option<serde_json:
 
 /// Removes model slots that are neither active nor the rollback target.
 fn tidy_slots(data_dir: &Path) {
-    let keep: Vec<PathBuf> = slots::read_active(data_dir).map(|a| [Some(a.slot), a.previous]).into_iter().flatten().flatten().collect();
+    let keep: Vec<PathBuf> =
+        slots::read_active(data_dir).map(|a| [Some(a.slot), a.previous]).into_iter().flatten().flatten().collect();
     let Ok(entries) = std::fs::read_dir(slots::models_dir(data_dir)) else { return };
     for e in entries.flatten() {
         let path = e.path();

@@ -32,7 +32,8 @@ impl Updates {
         let (swap_tx, swaps) = std::sync::mpsc::sync_channel(1);
         let (tx, requests) = tokio::sync::mpsc::channel(REQUESTS);
         let (state_tx, state) = tokio::sync::watch::channel(Vec::new());
-        let window = config.ota.as_ref().map_or(vigil_config::CanaryConfig::default().min_frames, |o| o.canary.min_frames);
+        let window =
+            config.ota.as_ref().map_or(vigil_config::CanaryConfig::default().min_frames, |o| o.canary.min_frames);
         let canary = Arc::new(Mutex::new(Recorder::new(window)));
         let busy = Arc::new(AtomicBool::new(false));
         let host = Arc::new(Host {
@@ -44,7 +45,8 @@ impl Updates {
             busy: busy.clone(),
             serving: Mutex::new(serving),
             on_model: Box::new(move |m| {
-                let model = StatusModel { name: m.name.clone(), version: m.version.clone(), backend: m.backend.clone() };
+                let model =
+                    StatusModel { name: m.name.clone(), version: m.version.clone(), backend: m.backend.clone() };
                 status.update(|s| {
                     s.model = Some(model);
                     true

@@ -12,8 +12,8 @@ use vigil_core::geometry::Letterbox;
 use vigil_core::hub::FrameHub;
 use vigil_core::picture::SourceImage;
 use vigil_infer::Detector;
-use vigil_pipeline::queue::EventSender;
 use vigil_pipeline::canary::Recorder;
+use vigil_pipeline::queue::EventSender;
 use vigil_pipeline::scheduler::{ms, Scheduler, SchedulerStats, SnapshotRequests};
 use vigil_pipeline::{CameraEvents, FrameInfo};
 use vigil_update::{Swap, Swapped};
@@ -145,7 +145,11 @@ impl Worker {
             let baseline = canary.recent();
             canary.start_canary(baseline);
         }
-        tracing::info!(backend = self.scheduler.stages().backend_name(), ended = ended.len(), "model swapped in between two rounds");
+        tracing::info!(
+            backend = self.scheduler.stages().backend_name(),
+            ended = ended.len(),
+            "model swapped in between two rounds"
+        );
         if let Some(earlier) = in_flight.replace(SwapInFlight { old, lost_before, done }) {
             // Two swaps before a frame was served: the first is answered now.
             let _ = earlier.done.send(Swapped { old: earlier.old, frames_lost: 0 });

@@ -45,8 +45,8 @@ impl ApplyArgs {
             return Err("ota/apply: `name` must be 1-64 letters, digits, '-', '_' or '.'".to_owned());
         }
         if let Some(v) = &self.version {
-            if v.len() > 64 || !v.split(['.', '-', '+']).next().is_some_and(|major| major.parse::<u64>().is_ok()) {
-                return Err(format!("ota/apply: `version` `{v}` is not a semantic version such as 1.2.0"));
+            if let Err(e) = semver::Version::parse(v) {
+                return Err(format!("ota/apply: `version` `{v}` is not a semantic version such as 1.2.0 ({e})"));
             }
         }
         Ok(())
@@ -54,14 +54,16 @@ impl ApplyArgs {
 }
 
 /// The canary thresholds for a request: `[ota.canary]` with the request's keys over it.
-fn canary_for(base: &CanaryConfig, over: Option<&serde_json::Map<String, serde_json::Value>>) -> Result<CanaryConfig, String> {
+fn canary_for(
+    base: &CanaryConfig,
+    over: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<CanaryConfig, String> {
     let Some(over) = over else { return Ok(base.clone()) };
     let mut value = serde_json::to_value(base).expect("canary settings serialise");
     for (k, v) in over {
         value[k] = v.clone();
     }
-    let canary: CanaryConfig =
-        serde_json::from_value(value).map_err(|e| format!("ota/apply: bad `canary`: {e}"))?;
+    let canary: CanaryConfig = serde_json::from_value(value).map_err(|e| format!("ota/apply: bad `canary`: {e}"))?;
     match canary.problems().first() {
         Some((field, message)) => Err(format!("ota/apply: canary.{field}: {message}")),
         None => Ok(canary),
@@ -69,7 +71,12 @@ fn canary_for(base: &CanaryConfig, over: Option<&serde_json::Map<String, serde_j
 }
 
 /// Hands `args` to the updater; the reply says where to follow it.
-pub fn apply(config: &Config, updates: Option<&Updates>, request_id: &str, args: &ApplyArgs) -> Result<serde_json::Value, String> {
+pub fn apply(
+    config: &Config,
+    updates: Option<&Updates>,
+    request_id: &str,
+    args: &ApplyArgs,
+) -> Result<serde_json::Value, String> {
     let (Some(ota), Some(updates)) = (&config.ota, updates) else {
         return Err("this device has no [ota] section in its configuration: add one (docs/ota.md) to take \
                     over-the-air updates"
@@ -119,9 +126,8 @@ mod tests {
         let args = ApplyArgs { name: "shapes".into(), version: Some("1.0.1".into()), canary: None };
         let e = apply(&config, Some(&updates), "r1", &args).unwrap_err();
         assert!(e.contains("no [ota] section"), "{e}");
-        config.ota = Some(toml::from_str(
-            "server = \"https://u.example/\"\nroot = \"/r.json\"\nca = \"/ca.pem\"",
-        ).unwrap());
+        config.ota =
+            Some(toml::from_str("server = \"https://u.example/\"\nroot = \"/r.json\"\nca = \"/ca.pem\"").unwrap());
         let ok = apply(&config, Some(&updates), "r1", &args).unwrap();
         assert_eq!(ok["follow"], "vigil/demo/ota");
         let queued = rx.try_recv().unwrap();
