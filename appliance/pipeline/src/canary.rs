@@ -197,6 +197,12 @@ impl Recorder {
         self.serving().frame(scores);
     }
 
+    /// Sizes the recent windows for a canary of `min_frames` (a request may ask for another
+    /// size than the configured one); takes effect as the windows turn over.
+    pub fn resize(&mut self, min_frames: u64) {
+        self.size = min_frames.max(1);
+    }
+
     pub fn deadline_misses(&mut self, n: u64) {
         self.serving().deadline_misses += n;
     }
@@ -319,5 +325,8 @@ mod tests {
         assert_eq!(r.canary(), None);
         r.frame([]);
         assert_eq!(r.recent().frames, 1, "the model now serving starts afresh");
+        r.resize(100);
+        (0..150).for_each(|_| r.frame([]));
+        assert_eq!(r.recent().frames, 151, "a larger canary keeps a larger baseline");
     }
 }

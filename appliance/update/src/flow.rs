@@ -505,6 +505,7 @@ async fn activate(host: &Host, j: &mut Journal, new: Accepted, serving: &Serving
 /// Waits (at most the canary's `max_wait`) until the serving model has served `min_frames`
 /// frames since it started, so that the canary has a baseline to compare with.
 async fn wait_for_baseline(host: &Host, j: &Journal, settings: &CanaryConfig) {
+    host.recorder().resize(settings.min_frames);
     let give_up = tokio::time::Instant::now() + settings.max_wait;
     loop {
         let frames = host.recorder().recent().frames;
