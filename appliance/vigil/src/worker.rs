@@ -44,8 +44,14 @@ pub struct Worker {
 struct SwapInFlight {
     old: Detector,
     lost_before: u64,
+    /// When the swap was made: with no frame to serve (cameras down) it is answered after
+    /// [`SWAP_ANSWER_WITHIN`] all the same.
+    at: std::time::Instant,
     done: tokio::sync::oneshot::Sender<Swapped>,
 }
+
+/// The longest a swap waits for the new model's first round before it is answered.
+const SWAP_ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
 /// How often open events are checked for expiry while a camera delivers no frame.
 const EXPIRE_EVERY: Duration = Duration::from_millis(250);
@@ -70,10 +76,16 @@ impl Worker {
         let mut counted = self.outcomes();
         while !cancel.is_cancelled() {
             if let Ok(swap) = self.swaps.try_recv() {
-                let Some(ended) = self.swap(swap, &mut in_flight) else { return };
+                let ended = self.swap(swap, &mut in_flight);
                 if !self.send(ended) {
                     return;
                 }
+            }
+            if in_flight
+                .as_ref()
+                .is_some_and(|s| self.clock.now().saturating_duration_since(s.at) >= SWAP_ANSWER_WITHIN)
+            {
+                self.answer(in_flight.take());
             }
             if self.clock.now().saturating_duration_since(last_expiry) >= EXPIRE_EVERY {
                 last_expiry = self.clock.now();
@@ -91,13 +103,8 @@ impl Worker {
             }
             let served = self.scheduler.step(&self.hub);
             self.record_canary(&served, &mut counted);
-            if let Some(s) = in_flight.take() {
-                if served.is_empty() {
-                    in_flight = Some(s);
-                } else {
-                    let frames_lost = self.lost().saturating_sub(s.lost_before);
-                    let _ = s.done.send(Swapped { old: s.old, frames_lost });
-                }
+            if !served.is_empty() {
+                self.answer(in_flight.take());
             }
             for done in served {
                 let f = &done.frame;
@@ -132,8 +139,8 @@ impl Worker {
 
     /// Puts `swap`'s model in place (between two rounds): the events the old model opened end
     /// (`model_changed`), the cameras take the new event state, the canary counts apart from
-    /// here. Returns the ended events; `None` if the updater is gone.
-    fn swap(&mut self, swap: Swap, in_flight: &mut Option<SwapInFlight>) -> Option<Vec<Emitted>> {
+    /// here. Returns the ended events.
+    fn swap(&mut self, swap: Swap, in_flight: &mut Option<SwapInFlight>) -> Vec<Emitted> {
         let lost_before = self.lost();
         let Swap { detector, costs, cameras, done } = swap;
         let mut ended: Vec<Emitted> = self.cameras.iter_mut().flat_map(|c| c.finish(EndReason::ModelChanged)).collect();
@@ -150,11 +157,18 @@ impl Worker {
             ended = ended.len(),
             "model swapped in between two rounds"
         );
-        if let Some(earlier) = in_flight.replace(SwapInFlight { old, lost_before, done }) {
-            // Two swaps before a frame was served: the first is answered now.
-            let _ = earlier.done.send(Swapped { old: earlier.old, frames_lost: 0 });
+        let earlier = in_flight.replace(SwapInFlight { old, lost_before, at: self.clock.now(), done });
+        // Two swaps before a frame was served: the first is answered now.
+        self.answer(earlier);
+        ended
+    }
+
+    /// Hands the old model back to the updater, with the frames lost since the swap.
+    fn answer(&self, swap: Option<SwapInFlight>) {
+        if let Some(s) = swap {
+            let frames_lost = self.lost().saturating_sub(s.lost_before);
+            let _ = s.done.send(Swapped { old: s.old, frames_lost });
         }
-        Some(ended)
     }
 
     /// Frames lost so far, however: overwritten while waiting, stale, late, failed.
