@@ -87,6 +87,25 @@ pub enum Resume {
 }
 
 impl Journal {
+    /// A new update of `name` (`version`: empty for the newest that fits), asked for by
+    /// `request_id`, about to download.
+    pub fn new(request_id: &str, name: &str, version: &str) -> Self {
+        Self {
+            request_id: request_id.to_owned(),
+            target: String::new(),
+            name: name.to_owned(),
+            version: version.to_owned(),
+            phase: Phase::Downloading,
+            slot: None,
+            previous: None,
+            reason: None,
+            canary_restarts: 0,
+            reported: false,
+            canary: None,
+            baseline: None,
+        }
+    }
+
     pub fn load(dir: &Path) -> Result<Option<Self>, OtaError> {
         let path = dir.join(FILE);
         match std::fs::read(&path) {
@@ -170,18 +189,11 @@ mod tests {
 
     fn journal(phase: Phase) -> Journal {
         Journal {
-            request_id: "r1".into(),
             target: "models/people-1.1.0".into(),
-            name: "people".into(),
-            version: "1.1.0".into(),
             phase,
             slot: Some("/data/models/people-1.1.0".into()),
             previous: Some("/data/models/people-1.0.0".into()),
-            reason: None,
-            canary_restarts: 0,
-            reported: false,
-            canary: None,
-            baseline: None,
+            ..Journal::new("r1", "people", "1.1.0")
         }
     }
 

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use vigil_config::{CanaryConfig, ClockTrust, Config, OtaConfig};
-use vigil_core::event::ModelRef;
 use vigil_fleet::commands::UpdateRequest;
 use vigil_infer::accept::{self, Limits};
 use vigil_infer::{slots, Bundle, Detector};
@@ -63,7 +62,7 @@ pub async fn run(
             let request = tokio::select! {
                 r = requests.recv() => match r { Some(r) => r, None => return },
                 _ = async { match &mut periodic { Some(i) => i.tick().await, None => std::future::pending().await } } => {
-                    if host.busy.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    if host.set_busy(true) {
                         continue;
                     }
                     let serving = host.serving();
@@ -71,22 +70,10 @@ pub async fn run(
                     UpdateRequest { request_id: "periodic".into(), name: serving.model.name, version: None, canary }
                 }
             };
-            let journal = Journal {
-                request_id: request.request_id.clone(),
-                target: String::new(),
-                name: request.name.clone(),
-                version: request.version.clone().unwrap_or_default(),
-                phase: Phase::Downloading,
-                slot: None,
-                previous: None,
-                reason: None,
-                canary_restarts: 0,
-                reported: false,
-                canary: Some(serde_json::to_value(&request.canary).expect("canary settings serialise")),
-                baseline: None,
-            };
+            let mut journal =
+                Journal::new(&request.request_id, &request.name, request.version.as_deref().unwrap_or_default());
+            journal.canary = Some(serde_json::to_value(&request.canary).expect("canary settings serialise"));
             update(&host, journal, request.request_id == "periodic").await;
-            host.busy.store(false, std::sync::atomic::Ordering::SeqCst);
         }
     };
     tokio::select! {
@@ -102,11 +89,11 @@ async fn resume_update(host: &Host, action: StartAction) {
         StartAction::Report(j) => host.publish(&j, None),
         StartAction::Continue(j) => {
             tracing::warn!(name = %j.name, version = %j.version, phase = ?j.phase, "resuming the model update vigil stopped in");
-            host.busy.store(true, std::sync::atomic::Ordering::SeqCst);
+            host.set_busy(true);
             update(host, j, false).await;
         }
         StartAction::Canary(mut j) => {
-            host.busy.store(true, std::sync::atomic::Ordering::SeqCst);
+            host.set_busy(true);
             tracing::warn!(name = %j.name, version = %j.version, restarts = j.canary_restarts, "watching the new model again from a fresh canary window");
             let outcome = restart_canary(host, &mut j).await;
             finish(host, &mut j, outcome);
@@ -125,8 +112,9 @@ async fn update(host: &Host, mut j: Journal, periodic: bool) {
     finish(host, &mut j, outcome);
 }
 
-/// Records the outcome: journal, log, retained state.
+/// Records the outcome: journal, log, retained state; the next update may start.
 fn finish(host: &Host, j: &mut Journal, outcome: Step<Option<serde_json::Value>>) {
+    host.set_busy(false);
     let dir = host.dir();
     let (phase, reason, detail) = match outcome {
         Ok(detail) => (Phase::Successful, j.reason.clone().unwrap_or_default(), detail),
@@ -201,6 +189,13 @@ fn device(serving: &Serving) -> Device {
     Device::detect(backends)
 }
 
+/// Moves `j` to `phase`: written to the journal before the step's work starts, then published.
+fn enter(host: &Host, j: &mut Journal, phase: Phase) -> Step<()> {
+    j.enter(&host.dir(), phase).map_err(|e| failed(format!("cannot write the update journal: {e}")))?;
+    host.publish(j, None);
+    Ok(())
+}
+
 async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serde_json::Value>> {
     let dir = host.dir();
     let ota = host.config.ota.clone().ok_or_else(|| failed("the configuration has no [ota] section"))?;
@@ -208,10 +203,11 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
     let serving = host.serving();
     let updater = updater(&host.config, &ota).map_err(|e| failed(e.to_string()))?;
     // Downloading: the signed metadata, the choice, the target (resumed where a part is kept).
-    j.phase = Phase::Downloading;
-    if !periodic {
-        save(j)?;
-        host.publish(j, None);
+    // A periodic check writes nothing until it has found a newer version.
+    if periodic {
+        j.phase = Phase::Downloading;
+    } else {
+        enter(host, j, Phase::Downloading)?;
     }
     let trusted = match retrying(host, j, "refreshing the signed metadata", || updater.refresh()).await {
         Err(Stop::End(_, why)) if periodic => {
@@ -251,9 +247,7 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
 
     // Verifying: TUF checked the length and hash as it came; the archive is unpacked as hostile
     // into a new slot, and the bundle inside checked (manifest, model hash).
-    j.phase = Phase::Verifying;
-    save(j)?;
-    host.publish(j, None);
+    enter(host, j, Phase::Verifying)?;
     let slot = slots::models_dir(&host.config.data_dir).join(format!("{}-{}", j.name, j.version));
     let bundle = stage(&archive, &slot, &serving.dir).await?;
     let m = &bundle.manifest.model;
@@ -265,12 +259,9 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
         )));
     }
     j.slot = Some(slot.clone());
-    save(j)?;
 
     // Accepting: on this device's backend, off the scheduler's thread.
-    j.phase = Phase::Accepting;
-    save(j)?;
-    host.publish(j, None);
+    enter(host, j, Phase::Accepting)?;
     let accepted = accept_here(host.config.clone(), bundle, ota.accept_runs, ota.min_available_mb << 20).await;
     let (new, detail) = match accepted {
         Ok(a) => a,
@@ -286,17 +277,15 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
     wait_for_baseline(host, j, &settings).await;
 
     // Activating: the hot swap, then the pointer.
-    j.phase = Phase::Activating;
     j.previous = Some(serving.dir.clone());
-    save(j)?;
-    host.publish(j, None);
+    enter(host, j, Phase::Activating)?;
     let previous = activate(host, j, new, &serving).await?;
     updater.accept(&offer).map_err(|e| failed(format!("cannot record the new minimum version: {e}")))?;
     let _ = std::fs::remove_file(&archive);
 
     // Canary.
     let outcome = watch(host, j, &settings).await;
-    conclude(host, j, outcome, Some(previous)).await
+    conclude(host, j, outcome, previous).await
 }
 
 /// The download, with progress published every second.
@@ -366,7 +355,6 @@ async fn accept_here(
     min_available: u64,
 ) -> Step<(Accepted, serde_json::Value)> {
     tokio::task::spawn_blocking(move || {
-        let dir = bundle.dir.clone();
         let new_budget = bundle.manifest.budget.latency;
         let (bundle, mut detector) = vigil_infer::load_detector_with(&config, bundle)
             .map_err(|e| failed(format!("the model does not load on this device: {e}")))?;
@@ -393,17 +381,7 @@ async fn accept_here(
         }
         let clock = vigil_core::clock::SystemClock;
         let costs = measure::<Never, _>(&mut detector, &clock).map_err(|e| failed(format!("warm-up failed: {e}")))?;
-        let m = &bundle.manifest.model;
-        let serving = Serving {
-            model: ModelRef {
-                name: m.name.clone(),
-                version: m.version.clone(),
-                backend: detector.backend_name().to_owned(),
-            },
-            dir,
-            labels: detector.labels().to_vec(),
-            input_size: detector.input_size(),
-        };
+        let serving = Serving::of(&bundle, &detector);
         Ok((Accepted { detector, costs, rules, serving }, detail))
     })
     .await
@@ -483,7 +461,6 @@ struct Previous {
 }
 
 async fn activate(host: &Host, j: &mut Journal, new: Accepted, serving: &Serving) -> Step<Previous> {
-    let dir = host.dir();
     let slot = new.serving.dir.clone();
     let swapped = swap_in(host, new).await?;
     let active = slots::Active { slot: slot.clone(), previous: Some(serving.dir.clone()) };
@@ -495,8 +472,7 @@ async fn activate(host: &Host, j: &mut Journal, new: Accepted, serving: &Serving
     }
     let baseline = host.recorder().canary().map(|(b, _)| b).unwrap_or_default();
     j.baseline = Some(serde_json::to_value(&baseline).expect("windows serialise"));
-    j.phase = Phase::Canary;
-    j.save(&dir).map_err(|e| failed(format!("cannot write the update journal: {e}")))?;
+    j.enter(&host.dir(), Phase::Canary).map_err(|e| failed(format!("cannot write the update journal: {e}")))?;
     host.publish(j, Some(serde_json::json!({ "frames_lost_at_swap": swapped.frames_lost })));
     tracing::info!(frames_lost = swapped.frames_lost, slot = %slot.display(), "new model serving; canary started");
     Ok(Previous { detector: swapped.old, serving: serving.clone() })
@@ -581,7 +557,7 @@ async fn conclude(
     host: &Host,
     j: &mut Journal,
     outcome: Result<serde_json::Value, (String, serde_json::Value)>,
-    previous: Option<Previous>,
+    previous: Previous,
 ) -> Step<Option<serde_json::Value>> {
     match outcome {
         Ok(figures) => {
@@ -592,10 +568,6 @@ async fn conclude(
             Ok(Some(figures))
         }
         Err((reason, figures)) => {
-            let previous = match previous {
-                Some(p) => p,
-                None => load_previous(host, j).await?,
-            };
             let new_slot = j.slot.clone();
             roll_back_to(host, previous).await?;
             if let Some(slot) = new_slot {
@@ -636,18 +608,7 @@ async fn load_previous(host: &Host, j: &Journal) -> Step<Previous> {
         let bundle = Bundle::load(&dir).map_err(|e| failed(format!("the previous model does not load: {e}")))?;
         let (bundle, detector) = vigil_infer::load_detector_with(&config, bundle)
             .map_err(|e| failed(format!("the previous model does not load: {e}")))?;
-        let m = &bundle.manifest.model;
-        let serving = Serving {
-            model: ModelRef {
-                name: m.name.clone(),
-                version: m.version.clone(),
-                backend: detector.backend_name().to_owned(),
-            },
-            dir,
-            labels: detector.labels().to_vec(),
-            input_size: detector.input_size(),
-        };
-        Ok(Previous { detector, serving })
+        Ok(Previous { serving: Serving::of(&bundle, &detector), detector })
     })
     .await
     .map_err(|_| failed("loading the previous model panicked"))?
@@ -659,12 +620,13 @@ async fn restart_canary(host: &Host, j: &mut Journal) -> Step<Option<serde_json:
     let previous = load_previous(host, j).await?;
     let baseline: Window = j.baseline.clone().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
     host.recorder().start_canary(baseline);
-    j.phase = Phase::Canary;
-    let _ = j.save(&host.dir());
+    // Best effort: the journal already says the canary runs (or, killed while activating, the
+    // pointer does; the next start finds the same).
+    let _ = j.enter(&host.dir(), Phase::Canary);
     host.publish(j, None);
     let settings = canary_settings(j);
     let outcome = watch(host, j, &settings).await;
-    conclude(host, j, outcome, Some(previous)).await
+    conclude(host, j, outcome, previous).await
 }
 
 /// Removes model slots that are neither active nor the rollback target.

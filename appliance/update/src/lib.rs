@@ -58,6 +58,23 @@ pub struct Serving {
     pub input_size: (u32, u32),
 }
 
+impl Serving {
+    /// What `detector`, loaded from `bundle`, serves as.
+    pub fn of(bundle: &vigil_infer::Bundle, detector: &Detector) -> Self {
+        let m = &bundle.manifest.model;
+        Self {
+            model: ModelRef {
+                name: m.name.clone(),
+                version: m.version.clone(),
+                backend: detector.backend_name().to_owned(),
+            },
+            dir: bundle.dir.clone(),
+            labels: detector.labels().to_vec(),
+            input_size: detector.input_size(),
+        }
+    }
+}
+
 /// What the service lends the updater.
 pub struct Host {
     pub config: Arc<Config>,
@@ -98,9 +115,11 @@ impl Host {
     fn publish(&self, journal: &Journal, extra: Option<serde_json::Value>) {
         let state = PublicState::of(journal, extra);
         let _ = self.state.send(serde_json::to_vec(&state).expect("the OTA state serialises"));
-        if journal.phase.is_final() {
-            self.busy.store(false, Ordering::SeqCst);
-        }
+    }
+
+    /// Marks an update as under way (`true`) or over; returns whether one was under way.
+    fn set_busy(&self, busy: bool) -> bool {
+        self.busy.swap(busy, Ordering::SeqCst)
     }
 }
 

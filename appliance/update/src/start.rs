@@ -84,31 +84,31 @@ mod tests {
 
     fn journal(phase: Phase, slot: PathBuf, previous: PathBuf) -> Journal {
         Journal {
-            request_id: "r1".into(),
             target: "models/shapes-1.0.1.tar".into(),
-            name: "shapes".into(),
-            version: "1.0.1".into(),
             phase,
             slot: Some(slot),
             previous: Some(previous),
-            reason: None,
-            canary_restarts: 0,
-            reported: false,
-            canary: None,
-            baseline: None,
+            ..Journal::new("r1", "shapes", "1.0.1")
         }
     }
 
-    #[test]
-    fn repeated_crashes_in_the_canary_roll_back_before_the_model_loads() {
+    /// A data directory with the new model's slot made, and the configuration pointing at it:
+    /// (the directory, the configuration, the new slot, the previous slot, the OTA directory).
+    fn device() -> (tempfile::TempDir, Config, PathBuf, PathBuf, PathBuf) {
         let d = tempfile::tempdir().unwrap();
         let mut config = Config::for_tests();
         config.data_dir = d.path().to_owned();
         let (new, old) = (d.path().join("models/shapes-1.0.1"), d.path().join("models/shapes-1.0.0"));
         std::fs::create_dir_all(&new).unwrap();
-        slots::write_active(d.path(), &slots::Active { slot: new.clone(), previous: Some(old.clone()) }).unwrap();
         let dir = crate::ota_dir(d.path());
         std::fs::create_dir_all(&dir).unwrap();
+        (d, config, new, old, dir)
+    }
+
+    #[test]
+    fn repeated_crashes_in_the_canary_roll_back_before_the_model_loads() {
+        let (d, config, new, old, dir) = device();
+        slots::write_active(d.path(), &slots::Active { slot: new.clone(), previous: Some(old.clone()) }).unwrap();
         journal(Phase::Canary, new.clone(), old.clone()).save(&dir).unwrap();
         for _ in 0..vigil_ota::journal::MAX_CANARY_RESTARTS {
             assert!(matches!(before_model_loads(&config), StartAction::Canary(_)));
@@ -127,13 +127,7 @@ mod tests {
 
     #[test]
     fn a_crash_while_activating_abandons_unless_the_new_model_was_made_active() {
-        let d = tempfile::tempdir().unwrap();
-        let mut config = Config::for_tests();
-        config.data_dir = d.path().to_owned();
-        let (new, old) = (d.path().join("models/shapes-1.0.1"), d.path().join("models/shapes-1.0.0"));
-        std::fs::create_dir_all(&new).unwrap();
-        let dir = crate::ota_dir(d.path());
-        std::fs::create_dir_all(&dir).unwrap();
+        let (d, config, new, old, dir) = device();
         journal(Phase::Activating, new.clone(), old.clone()).save(&dir).unwrap();
         let StartAction::Report(j) = before_model_loads(&config) else { panic!("abandoned") };
         assert_eq!(j.phase, Phase::Failed);

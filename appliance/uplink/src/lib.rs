@@ -102,6 +102,12 @@ pub struct StatusModel {
     pub backend: String,
 }
 
+impl From<&vigil_core::event::ModelRef> for StatusModel {
+    fn from(m: &vigil_core::event::ModelRef) -> Self {
+        Self { name: m.name.clone(), version: m.version.clone(), backend: m.backend.clone() }
+    }
+}
+
 impl Status {
     fn with_state(&self, state: &'static str) -> Vec<u8> {
         let mut s = self.clone();

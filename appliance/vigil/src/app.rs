@@ -17,7 +17,7 @@ use crate::model::load_active_model;
 use vigil_capture::{self as capture, CameraSpec, Platform};
 use vigil_config::Config;
 use vigil_core::clock::{Clock, SystemClock};
-use vigil_core::event::{unix_ns, Event, ModelRef};
+use vigil_core::event::{unix_ns, Event};
 use vigil_core::hub::FrameHub;
 use vigil_core::stats::CameraStats;
 use vigil_core::topic;
@@ -105,11 +105,8 @@ pub async fn run(
     if change == config_change::Startup::RollBackNow {
         return Ok(Ended::RestartRequested);
     }
-    let model = ModelRef {
-        name: bundle.manifest.model.name.clone(),
-        version: bundle.manifest.model.version.clone(),
-        backend: detector.backend_name().to_owned(),
-    };
+    let serving = vigil_update::Serving::of(&bundle, &detector);
+    let model = serving.model.clone();
     tracing::info!(model = %model.name, version = %model.version, backend = %model.backend,
         events = store.event_count(), outbox = store.outbox_len(), "vigil starting");
 
@@ -117,10 +114,7 @@ pub async fn run(
     // (a certificate issued to another device would lose every message) stops vigil at once.
     let wake = Arc::new(Notify::new());
     let ha_states = HaStates::default();
-    let status = uplink::SharedStatus::new(uplink::new_status(
-        &config,
-        Some(StatusModel { name: model.name.clone(), version: model.version.clone(), backend: model.backend.clone() }),
-    ));
+    let status = uplink::SharedStatus::new(uplink::new_status(&config, Some(StatusModel::from(&model))));
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<(String, Vec<u8>)>(COMMAND_QUEUE);
     // `vigil events …` reaches the running service here (the store is this process's alone).
     let control = control::Server::bind(&config.data_dir)
@@ -163,12 +157,6 @@ pub async fn run(
         )?);
     }
 
-    let serving = vigil_update::Serving {
-        model: model.clone(),
-        dir: bundle.dir.clone(),
-        labels: labels.to_vec(),
-        input_size: bundle.input_size(),
-    };
     let updates = Updates::new(&config, serving, stats.clone(), status.clone());
     let (events_tx, events_rx) = event_queue(EVENT_QUEUE, EVENT_QUEUE_BYTES);
     let camera_ids: Vec<&str> = cameras.iter().map(|c| &*c.0.id).collect();

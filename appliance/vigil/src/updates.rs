@@ -45,8 +45,7 @@ impl Updates {
             busy: busy.clone(),
             serving: Mutex::new(serving),
             on_model: Box::new(move |m| {
-                let model =
-                    StatusModel { name: m.name.clone(), version: m.version.clone(), backend: m.backend.clone() };
+                let model = StatusModel::from(m);
                 status.update(|s| {
                     s.model = Some(model);
                     true
