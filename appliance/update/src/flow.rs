@@ -59,21 +59,21 @@ pub async fn run(
             i.tick().await;
         }
         loop {
-            let request = tokio::select! {
-                r = requests.recv() => match r { Some(r) => r, None => return },
+            let (request, periodic) = tokio::select! {
+                r = requests.recv() => match r { Some(r) => (r, false), None => return },
                 _ = async { match &mut periodic { Some(i) => i.tick().await, None => std::future::pending().await } } => {
                     if host.set_busy(true) {
                         continue;
                     }
                     let serving = host.serving();
                     let canary = host.config.ota.as_ref().map(|o| o.canary.clone()).unwrap_or_default();
-                    UpdateRequest { request_id: "periodic".into(), name: serving.model.name, version: None, canary }
+                    (UpdateRequest { request_id: "periodic".into(), name: serving.model.name, version: None, canary }, true)
                 }
             };
             let mut journal =
                 Journal::new(&request.request_id, &request.name, request.version.as_deref().unwrap_or_default());
             journal.canary = Some(serde_json::to_value(&request.canary).expect("canary settings serialise"));
-            update(&host, journal, request.request_id == "periodic").await;
+            update(&host, journal, periodic).await;
         }
     };
     tokio::select! {
