@@ -1,7 +1,8 @@
 //! Model updates over the air, end to end: the real vigil binary with a looping camera, a real
 //! mosquitto, a signed TUF repository served by a real HTTPS server (test CA, free port).
 //! `ota/apply` → downloading → verifying → accepting → activating → canary → an outcome, on the
-//! retained `vigil/<id>/ota` topic.
+//! retained `vigil/<id>/ota` topic; and `vigil fleet ota push` rolling an update out to three
+//! such devices in waves.
 
 mod support;
 
@@ -24,10 +25,29 @@ struct Rig {
     dir: tempfile::TempDir,
     roles: RoleKeyFiles,
     server: Server,
-    _broker: Broker,
+    broker: Broker,
     config: PathBuf,
     operator: rumqttc::Client,
     watch: Subscriber,
+}
+
+/// A device's configuration in `dir` (data in `dir/data`): the looping clip as camera `yard`, the
+/// rig's broker, and updates from the rig's server trusting the repository's first root.
+fn device_config(dir: &Path, device: &str, rig: (&Broker, &Server, &Path), ota_extra: &str) -> PathBuf {
+    let (broker, server, repo) = rig;
+    let config = write_config(dir, device, &broker.url(), &[("yard", looping_clip_uri())]);
+    let root = repo.join("metadata/1.root.json");
+    append_config(
+        &config,
+        &format!(
+            "[ota]\nserver = \"https://127.0.0.1:{}/\"\nroot = \"{}\"\nca = \"{}\"\nclock = \"trusted\"\n{ota_extra}\
+             [ota.canary]\nmin_frames = {CANARY_FRAMES}\nmax_wait_s = 60\n",
+            server.port,
+            root.display(),
+            server.ca.display()
+        ),
+    );
+    config
 }
 
 impl Rig {
@@ -48,22 +68,18 @@ impl Rig {
             Server::start(d.join("repo"), &d.join("pki")).await
         });
         let broker = Broker::start();
-        let config = write_config(&d, device, &broker.url(), &[("yard", looping_clip_uri())]);
-        append_config(
-            &config,
-            &format!(
-                "[ota]\nserver = \"https://127.0.0.1:{}/\"\nroot = \"{}\"\nca = \"{}\"\nclock = \"trusted\"\n{ota_extra}\
-                 [ota.canary]\nmin_frames = {CANARY_FRAMES}\nmax_wait_s = 60\n",
-                server.port,
-                d.join("repo/metadata/1.root.json").display(),
-                server.ca.display()
-            ),
-        );
-        let port = broker.port;
-        let watch = Subscriber::start(port, &format!("vigil/{device}/#"));
-        let (operator, mut connection) = rumqttc::Client::new(mqtt_options(port, None), 10);
+        let config = device_config(&d, device, (&broker, &server, &d.join("repo")), ota_extra);
+        let watch = Subscriber::start(broker.port, "vigil/#");
+        let (operator, mut connection) = rumqttc::Client::new(mqtt_options(broker.port, None), 10);
         std::thread::spawn(move || for _ in connection.iter() {});
-        Self { rt, dir, roles, server, _broker: broker, config, operator, watch }
+        Self { rt, dir, roles, server, broker, config, operator, watch }
+    }
+
+    /// Another device on the same broker and update server, in its own directory.
+    fn add_device(&self, device: &str) -> PathBuf {
+        let dir = self.path(device);
+        std::fs::create_dir_all(&dir).unwrap();
+        device_config(&dir, device, (&self.broker, &self.server, &self.path("repo")), "")
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -139,6 +155,33 @@ impl Rig {
 
     fn data(&self) -> PathBuf {
         self.path("data")
+    }
+
+    /// `vigil fleet ota push shapes <version>` against the rig's broker, as the operator runs it;
+    /// its report and progress go to `<log>.out` and `<log>.err`.
+    fn push(&self, version: &str, state: &Path, extra: &[&str], log: &str) -> std::process::Child {
+        let file = |ext: &str| std::fs::File::create(self.path(&format!("{log}.{ext}"))).unwrap();
+        std::process::Command::new(vigil_bin())
+            .args(["fleet", "--broker", &self.broker.url(), "ota", "push", "shapes", version, "--state"])
+            .arg(state)
+            .args(extra)
+            .stdout(file("out"))
+            .stderr(file("err"))
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits (up to 4 min) for a [`Rig::push`]: its exit code, report and progress.
+    fn finish(&self, mut child: std::process::Child, log: &str) -> (Option<i32>, String, String) {
+        if !wait_until(Duration::from_secs(240), || child.try_wait().unwrap().is_some()) {
+            let _ = child.kill();
+        }
+        let code = child.wait().unwrap().code();
+        (code, self.read(&format!("{log}.out")), self.read(&format!("{log}.err")))
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
     }
 }
 
@@ -316,4 +359,89 @@ fn killed_at_each_step_the_device_comes_back_serving_and_the_update_resumes() {
         let (code, log) = vigil.terminate();
         assert!(code.success(), "{log}");
     }
+}
+
+/// A rollout state file as JSON, once it exists and parses.
+fn rollout_state(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+#[test]
+fn a_fleet_rollout_goes_in_waves_survives_the_operator_restarting_and_stops_at_a_model_that_fails() {
+    let devices = ["wave-1", "wave-2", "wave-3"];
+    let rig = Rig::new(devices[0], "");
+    let configs: Vec<PathBuf> =
+        std::iter::once(rig.config.clone()).chain(devices[1..].iter().map(|d| rig.add_device(d))).collect();
+    rig.publish("1.0.1", |m| m);
+    let bad = rig.prepare("1.0.2", |m| m);
+    let reference = bad.join("reference/output.int8model.f32");
+    let values = std::fs::metadata(&reference).unwrap().len() / 4;
+    std::fs::write(&reference, (0..values).flat_map(|_| 1000.0f32.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    rig.sign(&bad, "1.0.2");
+    let vigils: Vec<Vigil> = configs.iter().map(|c| Vigil::start(c, c.parent().unwrap())).collect();
+    let status = |d: &str| -> serde_json::Value {
+        rig.watch
+            .on(&format!("vigil/{d}/status"))
+            .last()
+            .map_or(serde_json::Value::Null, |p| serde_json::from_slice(p).unwrap())
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || devices.iter().all(|d| status(d)["state"] == "online")),
+        "every device online"
+    );
+
+    // The operator's machine goes down while the second wave runs; the same command goes on.
+    let state = rig.path("rollout-1.0.1.json");
+    // A canary of a full loop of the clip and a second (the two windows see the same scenes).
+    let mut first = rig.push("1.0.1", &state, &["--canary", r#"{"min_frames": 195}"#], "push-a");
+    let caught = wait_until(Duration::from_secs(120), || {
+        rollout_state(&state).is_some_and(|s| {
+            let d = &s["devices"]["wave-2"];
+            d["state"] == "updating" && d["phase"] != "queued"
+        })
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(caught, "the second wave ran: {:#?}\n{}", rollout_state(&state), rig.read("push-a.err"));
+    let (code, report, progress) = rig.finish(rig.push("1.0.1", &state, &[], "push-b"), "push-b");
+    assert_eq!(code, Some(0), "{report}\n{progress}");
+    assert!(progress.contains("going on with the rollout"), "{progress}");
+    assert!(report.contains("rollout of shapes 1.0.1: complete") && report.contains("3 successful"), "{report}");
+    let s = rollout_state(&state).unwrap();
+    let request_id = s["request_id"].as_str().unwrap();
+    for (i, d) in devices.iter().enumerate() {
+        let device = &s["devices"][d];
+        assert_eq!(
+            (device["state"].as_str(), device["wave"].as_u64()),
+            (Some("successful"), Some(i as u64 + 1)),
+            "{s:#}"
+        );
+        assert_eq!(device["frames_lost_at_swap"], 0, "{s:#}");
+        assert_eq!(device["canary"]["min_frames"], 195, "the rollout's canary size: {s:#}");
+        assert!(device["canary"]["new"]["frames"].as_u64().unwrap() >= 195, "{s:#}");
+        assert_eq!(status(d)["model"]["version"], "1.0.1");
+        // One command each: the restarted tool followed wave-2's update instead of sending it again.
+        assert_eq!(rig.watch.on(&format!("vigil/{d}/reply/{request_id}")).len(), 1, "{d}");
+    }
+    for pair in devices.windows(2) {
+        let (a, b) = (&s["devices"][pair[0]], &s["devices"][pair[1]]);
+        assert!(b["sent_at"].as_str() >= a["ended_at"].as_str(), "{} waited for {}: {s:#}", pair[1], pair[0]);
+    }
+
+    // A model that fails acceptance on the first device stops the rollout there.
+    let state = rig.path("rollout-1.0.2.json");
+    let (code, report, progress) = rig.finish(rig.push("1.0.2", &state, &[], "push-c"), "push-c");
+    assert_eq!(code, Some(1), "{report}\n{progress}");
+    assert!(report.contains("ABORTED") && report.contains("reference check"), "{report}");
+    let s = rollout_state(&state).unwrap();
+    let request_id = s["request_id"].as_str().unwrap();
+    assert_eq!(s["devices"]["wave-1"]["state"], "failed", "{s:#}");
+    for d in &devices[1..] {
+        assert_eq!(s["devices"][d]["state"], "pending", "{s:#}");
+        assert!(rig.watch.on(&format!("vigil/{d}/reply/{request_id}")).is_empty(), "{d} was not sent 1.0.2");
+    }
+    for d in devices {
+        assert_eq!(status(d)["model"]["version"], "1.0.1", "{d} serves 1.0.1 still");
+    }
+    drop(vigils);
 }

@@ -1,5 +1,6 @@
 //! `vigil fleet`: the operator's side of the MQTT interface. Lists devices from their retained
-//! `status`, shows one, sends a command and waits for its reply, and watches events or metrics.
+//! `status`, shows one, sends a command and waits for its reply, watches events or metrics, and
+//! rolls a model update out in waves (`vigil fleet ota`, in `push.rs`).
 //! It talks to the fleet broker with the operator's own certificate (mutual TLS) or, for a
 //! local demo broker, plain TCP.
 
@@ -62,13 +63,18 @@ pub enum FleetCommand {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// Model updates across the fleet: `push` a signed target in waves, `report` on a rollout.
+    Ota {
+        #[command(subcommand)]
+        command: crate::push::OtaCommand,
+    },
 }
 
 /// Exit statuses of `vigil fleet cmd`.
 pub const REFUSED: u8 = 1;
 pub const NO_REPLY: u8 = 2;
 
-fn connect(args: &FleetArgs) -> anyhow::Result<(Client, Connection)> {
+pub(crate) fn connect(args: &FleetArgs) -> anyhow::Result<(Client, Connection)> {
     let url = BrokerUrl::parse(&args.broker).map_err(|e| anyhow::anyhow!("--broker: {e}"))?;
     let id = format!("vigil-fleet-{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
     let mut opts = MqttOptions::new(id, url.host, url.port);
@@ -237,6 +243,7 @@ pub fn run(args: &FleetArgs) -> anyhow::Result<u8> {
             )?;
             Ok(0)
         }
+        FleetCommand::Ota { command } => crate::push::run(args, command),
     }
 }
 

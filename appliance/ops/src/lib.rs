@@ -1,6 +1,8 @@
 //! The operator's tools, outside the device's libraries: `vigil fleet` (an MQTT client that lists
-//! devices, sends commands and watches their messages) and `vigil bench` (throughput against
-//! side-by-side baselines).
+//! devices, sends commands, watches their messages and rolls model updates out in waves) and
+//! `vigil bench` (throughput against side-by-side baselines).
 
 pub mod bench;
 pub mod fleet;
+pub mod push;
+pub mod rollout;

@@ -310,10 +310,12 @@ impl Uplink {
                         backoff.reset();
                         // A new connection: nothing is in flight; send again from the oldest entry.
                         window.reconnected();
-                        self.publish_online(client, &status_topic, window);
+                        // Subscribed before `online` goes out: the broker takes packets in order,
+                        // so a command sent once the status says `online` reaches the device.
                         if self.commands.is_some() {
                             let _ = client.try_subscribe(topic::command_filter(&self.device_id), QoS::AtLeastOnce);
                         }
+                        self.publish_online(client, &status_topic, window);
                         self.publish_home_assistant(client, window, true);
                         retained_owed = true;
                     }
