@@ -123,18 +123,23 @@ impl Rig {
     }
 
     fn apply(&self, device: &str, request_id: &str, version: &str) {
-        let payload =
-            format!(r#"{{"request_id": "{request_id}", "args": {{"name": "shapes", "version": "{version}"}}}}"#);
-        let topic = format!("vigil/{device}/cmd/ota/apply");
+        let args = serde_json::json!({ "name": "shapes", "version": version });
+        let r = self.command(device, request_id, "ota/apply", args);
+        assert_eq!(r["ok"], true, "{r}");
+    }
+
+    /// Sends command `name` and returns its reply.
+    fn command(&self, device: &str, request_id: &str, name: &str, args: serde_json::Value) -> serde_json::Value {
+        let payload = serde_json::json!({ "request_id": request_id, "args": args }).to_string();
+        let topic = format!("vigil/{device}/cmd/{name}");
         let reply = format!("vigil/{device}/reply/{request_id}");
         // Commands are not retained: send until the service has subscribed and answers.
         let answered = wait_until(Duration::from_secs(30), || {
             self.operator.publish(&topic, QoS::AtLeastOnce, false, payload.clone().into_bytes()).unwrap();
             wait_until(Duration::from_secs(1), || self.watch.count(&reply) > 0)
         });
-        assert!(answered, "no reply to ota/apply");
-        let r: serde_json::Value = serde_json::from_slice(&self.watch.on(&reply)[0]).unwrap();
-        assert_eq!(r["ok"], true, "{r}");
+        assert!(answered, "no reply to {name}");
+        serde_json::from_slice(&self.watch.on(&reply)[0]).unwrap()
     }
 
     /// Every OTA state published so far.
@@ -275,6 +280,7 @@ fn models_that_fail_acceptance_are_never_activated_and_the_reply_says_why() {
         assert!(states.iter().all(|s| s["state"] != "activating" && s["state"] != "canary"), "never activated");
         assert_eq!(active_slot(&rig.data()), None, "no slot made active");
         assert!(!rig.data().join(format!("models/shapes-{version}")).exists(), "the refused slot is removed");
+        assert!(!rig.data().join(format!("ota/shapes-{version}.tar")).exists(), "and its archive");
     }
     let status: serde_json::Value =
         serde_json::from_slice(rig.watch.on(&format!("vigil/{device}/status")).last().unwrap()).unwrap();
@@ -337,12 +343,24 @@ fn killed_at_each_step_the_device_comes_back_serving_and_the_update_resumes() {
         assert!(reached, "{step} reached: {:#?}\n{}", rig.states(device), vigil.log());
         let log = vigil.kill9();
         rig.server.set(|b| b.trickle = None);
+        let target = format!("shapes-{version}.tar");
+        let fetches = || {
+            rig.server
+                .requests()
+                .iter()
+                .filter(|(path, _)| path.starts_with("targets/") && path.ends_with(&target))
+                .count()
+        };
+        let fetched_before = fetches();
         let vigil = Vigil::start(&rig.config, rig.dir.path());
         let end = rig.outcome(device, &id, Duration::from_secs(120), &vigil);
         assert_eq!(end["state"], "successful", "killed in {step}: {end:#}\nfirst log:\n{log}\nlog:\n{}", vigil.log());
         assert_eq!(end["version"], version.as_str());
+        if step == "accepting" {
+            assert_eq!(fetches(), fetched_before, "the archive downloaded before the kill is not fetched again");
+        }
+        assert!(!rig.data().join(format!("ota/{target}")).exists(), "the archive is removed at the outcome");
         if step == "downloading" {
-            let target = format!("shapes-{version}.tar");
             let resumed = rig
                 .server
                 .requests()
@@ -359,6 +377,54 @@ fn killed_at_each_step_the_device_comes_back_serving_and_the_update_resumes() {
         let (code, log) = vigil.terminate();
         assert!(code.success(), "{log}");
     }
+}
+
+#[test]
+fn a_model_with_another_input_size_re_plans_capture_without_a_restart() {
+    let device = "ota-size";
+    let rig = Rig::new(device, "");
+    // The shipped weights at 384×384 (tests/fixtures/shapes-int8-384.onnx, made by
+    // models/recipe/input_size.py), packed the way an ML engineer packs an export.
+    let bundle = rig.path("bundles/shapes-1.1.0");
+    let labels = ["--labels", "circle,square,triangle", "--format", "vigil-grid-v1", "--pad-value", "0"];
+    let packed = std::process::Command::new(vigil_bin())
+        .args(["model", "pack"])
+        .arg(repo_root().join("tests/fixtures/shapes-int8-384.onnx"))
+        .args(["--name", "shapes", "--version", "1.1.0", "--score-threshold", "0.5"])
+        .args(labels)
+        .arg("--clip")
+        .arg(eval_clip())
+        .args(["--frame", "30", "-o"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(packed.status.success(), "{}", String::from_utf8_lossy(&packed.stderr));
+    rig.sign(&bundle, "1.1.0");
+    let mut vigil = Vigil::start(&rig.config, rig.dir.path());
+    let snapshot_size = |id: &str| {
+        let r = rig.command(device, id, "snapshot", serde_json::json!({ "camera": "yard" }));
+        assert_eq!(r["ok"], true, "{r}");
+        (r["result"]["width"].as_u64().unwrap(), r["result"]["height"].as_u64().unwrap())
+    };
+    // Snapshots are the model's input with the letterbox removed: the 4:3 clip at the model's width.
+    assert_eq!(snapshot_size("before"), (320, 240), "the camera is planned for the shipped model");
+    rig.apply(device, "bigger", "1.1.0");
+    let end = rig.outcome(device, "bigger", Duration::from_secs(120), &vigil);
+    assert_eq!(end["state"], "successful", "{end:#}\nlog:\n{}", vigil.log());
+    assert!(vigil.log().contains("re-planning capture"), "{}", vigil.log());
+    // Frames still letterboxed for 320×320 are letterboxed again for the new model, not refused.
+    let swapped = rig.states(device).into_iter().find(|s| s["detail"]["frames_lost_at_swap"].is_u64()).unwrap();
+    assert_eq!(swapped["detail"]["frames_lost_at_swap"], 0, "{swapped}");
+    assert!(vigil.is_running(), "the service was not restarted");
+    assert_eq!(snapshot_size("after"), (384, 288), "capture letterboxes to the new model's input");
+    let before = events(&rig, device).len();
+    assert!(
+        wait_until(Duration::from_secs(20), || events(&rig, device)[before..].iter().any(|e| e.0 == "1.1.0")),
+        "events under the 384×384 model"
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(rig.watch.on(&format!("vigil/{device}/status")).last().unwrap()).unwrap();
+    assert_eq!(status["model"]["version"], "1.1.0");
 }
 
 /// A rollout state file as JSON, once it exists and parses.

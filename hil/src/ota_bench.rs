@@ -1,10 +1,18 @@
-//! `vigil-ota-bench`: a model update from command to staged slot (TUF refresh, download over
-//! HTTPS, length and hash verified, the archive unpacked into a new slot, synced), against
-//! `sha256sum` reading the same archive, in the same run. Over loopback the network is not the
-//! limit, so the ratio is vigil's own cost per byte. Acceptance is measured by `vigil model
-//! check` and the acceptance tests, not here.
+//! `vigil-ota-bench`, in two parts, each against `sha256sum` reading the same archive in the same
+//! run (over loopback the network is not the limit, so the ratio is vigil's own cost per byte):
+//!
+//! 1. The library: a model update from command to staged slot (TUF refresh, download over HTTPS,
+//!    length and hash verified, the archive unpacked into a new slot, synced).
+//! 2. The running service (the release `vigil` binary, one camera looping the shapes clip, a
+//!    local mosquitto): `ota/apply` of the shipped model padded to the same size → staged,
+//!    accepted, serving, with the frames lost at the swap; then a model that detects less (its
+//!    score threshold raised), from its activation to its rollback by the canary, against the
+//!    canary's window (the frames it must see at the camera's rate).
 
 use std::path::Path;
+
+#[path = "ota_bench/service.rs"]
+mod service;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +34,9 @@ struct Args {
     mb: usize,
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Skip part 2 (the running service).
+    #[arg(long)]
+    library_only: bool,
 }
 
 /// `len` bytes that do not compress (a model's weights do not).
@@ -44,12 +55,22 @@ fn noise(len: usize) -> Vec<u8> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(run(&args))
+    let dir = tempfile::tempdir()?;
+    let repo = rt.block_on(library(&args, dir.path()))?;
+    if !args.library_only {
+        // The HTTPS server goes on serving from the runtime's workers.
+        service::run(&args, dir.path(), &repo, &rt)?;
+    }
+    Ok(())
 }
 
-async fn run(args: &Args) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let d = dir.path();
+/// The signed repository and its server, for part 2.
+struct Repo {
+    server: Server,
+    roles: RoleKeyFiles,
+}
+
+async fn library(args: &Args, d: &Path) -> anyhow::Result<Repo> {
     for sub in ["keys", "repo", "pki", "bundle"] {
         std::fs::create_dir_all(d.join(sub))?;
     }
@@ -117,7 +138,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     let (o, s) = (vigil_testkit::median(&mut ota), vigil_testkit::median(&mut sha));
     println!("median: command → staged slot {o:.3} s, sha256sum {s:.3} s, ratio {:.2}", o / s);
-    Ok(())
+    Ok(Repo { server, roles })
 }
 
 /// How long `sha256sum` takes to read `file` once.

@@ -13,12 +13,10 @@
 //!    deletes as fast as events arrive. The on-disk size of sled's files against the live bytes
 //!    they hold (its space amplification), and the same for SQLite side by side.
 
-use std::net::TcpListener;
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
 use vigil_core::event::{Emitted, Event};
 use vigil_core::picture::SnapshotImage;
@@ -273,24 +271,6 @@ fn sqlite_rate(events: &[Event], batch: usize) -> Result<f64> {
     Ok(events.len() as f64 / t.elapsed().as_secs_f64())
 }
 
-struct Mosquitto(Child);
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn mosquitto(dir: &std::path::Path) -> Result<(Mosquitto, u16)> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(&conf, vigil_testkit::local_broker_conf(port) + "persistence false\n")?;
-    let child = vigil_testkit::spawn_mosquitto(&conf, port, Stdio::null()).context("mosquitto did not start")?;
-    let broker = Mosquitto(child);
-    Ok((broker, port))
-}
-
 fn drain(backlog: usize, rt: &tokio::runtime::Runtime) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(&dir.path().join("data"))?.with_outbox_limit(backlog.max(1));
@@ -299,7 +279,8 @@ fn drain(backlog: usize, rt: &tokio::runtime::Runtime) -> Result<()> {
         store.enqueue("vigil/bench/events", &payload)?;
     }
     rt.block_on(store.flush())?;
-    let (_broker, port) = mosquitto(dir.path())?;
+    let broker = vigil_testkit::LocalBroker::start(dir.path())?;
+    let port = broker.port;
     // Run by `make bench` in the source checkout: its demo configuration, with the bench's broker.
     let mut config = vigil_config::Config::demo(&std::env::current_dir()?)?;
     config.device_id = "bench".into();

@@ -269,6 +269,18 @@ impl Updater {
     }
 }
 
+impl Offer {
+    /// Whether `file` already holds this target: its signed length and SHA-256 (a download that
+    /// finished before a restart). Reads the file once; anything else is `false`.
+    pub fn is_in(&self, file: &Path) -> bool {
+        if std::fs::metadata(file).map_or(true, |m| m.len() != self.length) {
+            return false;
+        }
+        crate::repo::hash_file(file, |_| {})
+            .is_ok_and(|(len, hash)| len == self.length && hex::encode(hash) == self.sha256)
+    }
+}
+
 /// A target's vigil fields, if they parse; the name must be one that stays in the targets
 /// directory.
 fn offer(name: &TargetName, target: &Target) -> Result<Offer, OtaError> {
@@ -300,5 +312,37 @@ impl tough::Transport for RecordingTransport {
     async fn fetch(&self, url: Url) -> Result<tough::TransportStream, tough::TransportError> {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(url.clone());
         self.inner.fetch(url).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::{Compat, Kind};
+
+    #[test]
+    fn a_kept_download_counts_only_with_the_signed_length_and_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.tar");
+        std::fs::write(&file, b"abc").unwrap();
+        let meta = TargetMeta {
+            kind: Kind::Model,
+            name: "m".into(),
+            version: "1.0.0".parse().unwrap(),
+            compat: Compat::default(),
+            allow_downgrade: false,
+        };
+        let offer = Offer {
+            target: "models/m.tar".into(),
+            meta,
+            length: 3,
+            // SHA-256 of "abc".
+            sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into(),
+        };
+        assert!(offer.is_in(&file));
+        assert!(!Offer { length: 4, ..offer.clone() }.is_in(&file), "another length");
+        std::fs::write(&file, b"abd").unwrap();
+        assert!(!offer.is_in(&file), "other bytes of the same length");
+        assert!(!offer.is_in(&dir.path().join("missing.tar")));
     }
 }

@@ -82,6 +82,10 @@ impl FrameImage for Frame {
     fn source_size(&self) -> (u32, u32) {
         (self.source_width, self.source_height)
     }
+
+    fn image_size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
 }
 
 impl HubFrame for Frame {

@@ -40,4 +40,7 @@ pub trait FrameImage {
     fn image(&self) -> Image<'_>;
     /// The frame's size before letterboxing: detections are mapped back to it.
     fn source_size(&self) -> (u32, u32);
+    /// The size capture letterboxed it to: the model's input size, or the previous model's
+    /// while capture is re-planned for a new one.
+    fn image_size(&self) -> (u32, u32);
 }

@@ -193,6 +193,9 @@ impl CudaPreprocessor {
         let (plane0, plane1, nv12, stride0, stride1) = match *src {
             Pixels::Rgba { data, stride } => (data, &[0u8][..], 0i32, stride, 0),
             Pixels::Nv12 { y, y_stride, uv, uv_stride } => (y, uv, 1, y_stride, uv_stride),
+            Pixels::Rgb { .. } => {
+                return Err("the kernel reads RGBA or NV12; packed RGB is pre-processed on the CPU".to_owned())
+            }
         };
         // The kernel trusts sizes and strides: check that every pixel it may read is there.
         let fits = |plane: &[u8], stride: usize, w: u32, h: u32, step: usize| {

@@ -207,6 +207,9 @@ pub struct Detector {
     nms_iou: f32,
     max_detections: usize,
     input_size: (u32, u32),
+    /// The bundle's pre-processing, for frames letterboxed to another size (see
+    /// [`Detector::load_other_size`]).
+    conventions: bundle::InputSection,
     /// The model and its backend: what the scheduler estimates costs per.
     cost_key: String,
     /// `max_batch` images' worth of input, and the letterbox of the frame in each slot.
@@ -236,6 +239,7 @@ impl Detector {
             nms_iou: m.postprocess.nms_iou,
             max_detections: m.postprocess.max_detections,
             input_size: (w, h),
+            conventions: m.input.clone(),
         })
     }
 
@@ -278,6 +282,43 @@ impl Detector {
         if !self.backend.load_on_device(slot, &image)? {
             self.pre.run(image, source, chunk);
         }
+        self.letterboxes[slot] = self.pre.model_letterbox(source);
+        Ok(())
+    }
+
+    /// Pre-processes into batch slot `slot` a frame that capture letterboxed (centred) to
+    /// another size, `image_size` — the previous model's, until capture is re-planned after a
+    /// model update: the picture inside its borders is letterboxed again, bilinear on the CPU
+    /// ([`transform::reference`]), so that no frame is refused while the cameras catch up.
+    pub fn load_other_size(
+        &mut self,
+        slot: usize,
+        image: Image<'_>,
+        image_size: (u32, u32),
+        source: (u32, u32),
+    ) -> Result<(), InferError> {
+        let (fw, fh) = image_size;
+        let bpp = image.bytes_per_pixel;
+        let rows_fit = fw > 0 && fh > 0 && image.data.len() >= (fh as usize - 1) * image.stride + fw as usize * bpp;
+        if !rows_fit || !(3..=4).contains(&bpp) || source.0 == 0 || source.1 == 0 {
+            return Err(InferError::Run(format!(
+                "frame of {} bytes ({bpp} per pixel, stride {}) is not a {fw}x{fh} RGB/RGBA image",
+                image.data.len(),
+                image.stride
+            )));
+        }
+        let given = Letterbox::new(source.0, source.1, fw, fh);
+        let (pw, ph) = given.scaled_size();
+        let (pw, ph) = (pw.clamp(1, fw), ph.clamp(1, fh));
+        let start = given.pad_y as usize * image.stride + given.pad_x as usize * bpp;
+        let (data, stride) = (&image.data[start..], image.stride);
+        let picture =
+            if bpp == 4 { transform::Pixels::Rgba { data, stride } } else { transform::Pixels::Rgb { data, stride } };
+        let len = self.pre.len();
+        let chunk = self.input.get_mut(slot * len..(slot + 1) * len).ok_or_else(|| {
+            InferError::Run(format!("batch slot {slot} is beyond the engine's batch of {}", self.letterboxes.len()))
+        })?;
+        transform::reference(&picture, &self.conventions.transform((pw, ph), self.input_size), chunk);
         self.letterboxes[slot] = self.pre.model_letterbox(source);
         Ok(())
     }
@@ -343,6 +384,9 @@ impl<F: FrameImage> Stages<F> for Detector {
     fn preprocess(&mut self, slot: usize, frame: &F) -> Result<(), InferError> {
         let (w, h) = self.input_size;
         let (source_w, source_h) = frame.source_size();
+        if frame.image_size() != (w, h) {
+            return self.load_other_size(slot, frame.image(), frame.image_size(), (source_w, source_h));
+        }
         self.load(slot, frame.image(), Letterbox::new(source_w, source_h, w, h))
     }
 
@@ -408,6 +452,53 @@ mod tests {
         assert!(seen[..len].iter().all(|&v| v == 0.0), "slot 0 was the device's to fill");
         assert!(seen[len..2 * len].iter().all(|&v| (v - 1.0).abs() < 1e-6), "slot 1: white on the CPU");
         assert!(det.detections(0).is_empty() && det.detections(1).is_empty());
+    }
+
+    /// A frame as capture hands it over: packed RGB letterboxed to `size`.
+    struct Captured {
+        rgb: Vec<u8>,
+        size: (u32, u32),
+        source: (u32, u32),
+    }
+
+    impl FrameImage for Captured {
+        fn image(&self) -> Image<'_> {
+            Image::rgb(&self.rgb, self.size.0 as usize * 3)
+        }
+        fn source_size(&self) -> (u32, u32) {
+            self.source
+        }
+        fn image_size(&self) -> (u32, u32) {
+            self.size
+        }
+    }
+
+    #[test]
+    fn a_frame_letterboxed_for_the_previous_model_is_letterboxed_again_not_refused() {
+        let bundle = shipped_bundle();
+        assert_eq!(bundle.input_size(), (320, 320));
+        let backend = DeviceLoading { output_len: bundle.output_len(), ..DeviceLoading::default() };
+        let mut det = Detector::new(&bundle, Box::new(backend.clone())).unwrap();
+        // A 256×192 picture; capture planned for a 256×256 model put it between 32-row borders.
+        let (sw, sh) = (256usize, 192usize);
+        let pixel = |x: usize, y: usize| [(x % 256) as u8, (y * 3 % 256) as u8, ((x + y) % 256) as u8];
+        let picture: Vec<u8> = (0..sh).flat_map(|y| (0..sw).flat_map(move |x| pixel(x, y))).collect();
+        let mut old = vec![0u8; 256 * 256 * 3];
+        old[32 * 256 * 3..][..picture.len()].copy_from_slice(&picture);
+        let frame = Captured { rgb: old, size: (256, 256), source: (sw as u32, sh as u32) };
+        Stages::<Captured>::preprocess(&mut det, 0, &frame).unwrap();
+        det.run(1).unwrap();
+        // The same as the picture letterboxed straight into the model's input.
+        let mut want = vec![0.0; 3 * 320 * 320];
+        let direct = transform::Pixels::Rgb { data: &picture, stride: sw * 3 };
+        transform::reference(&direct, &bundle.manifest.input.transform((256, 192), (320, 320)), &mut want);
+        assert_eq!(*backend.seen.lock().unwrap(), want);
+        assert_eq!(det.letterboxes[0], det.pre.model_letterbox((256, 192)), "boxes map back to the source");
+        // At the model's own size a frame takes the usual path; a frame too short for its size is refused.
+        let direct_frame = Captured { rgb: vec![0; 320 * 320 * 3], size: (320, 320), source: (320, 320) };
+        Stages::<Captured>::preprocess(&mut det, 0, &direct_frame).unwrap();
+        let short = Captured { rgb: vec![0; 100], size: (256, 256), source: (256, 192) };
+        assert!(Stages::<Captured>::preprocess(&mut det, 0, &short).is_err());
     }
 
     #[test]

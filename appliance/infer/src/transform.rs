@@ -21,8 +21,21 @@ use super::Letterbox;
 /// A frame in host memory.
 #[derive(Debug, Clone, Copy)]
 pub enum Pixels<'a> {
-    Rgba { data: &'a [u8], stride: usize },
-    Nv12 { y: &'a [u8], y_stride: usize, uv: &'a [u8], uv_stride: usize },
+    Rgba {
+        data: &'a [u8],
+        stride: usize,
+    },
+    /// Packed RGB (the CPU capture path); the kernels take RGBA and NV12 only.
+    Rgb {
+        data: &'a [u8],
+        stride: usize,
+    },
+    Nv12 {
+        y: &'a [u8],
+        y_stride: usize,
+        uv: &'a [u8],
+        uv_stride: usize,
+    },
 }
 
 /// Everything the transform needs besides the pixels.
@@ -113,8 +126,9 @@ impl Plane<'_> {
 /// RGB (0..=255, unrounded) at source coordinate (sx, sy).
 fn rgb_at(src: &Pixels<'_>, t: &Transform, sx: f32, sy: f32) -> [f32; 3] {
     match *src {
-        Pixels::Rgba { data, stride } => {
-            let plane = Plane { data, stride, w: t.src_w, h: t.src_h, step: 4 };
+        Pixels::Rgba { data, stride } | Pixels::Rgb { data, stride } => {
+            let step = if matches!(src, Pixels::Rgba { .. }) { 4 } else { 3 };
+            let plane = Plane { data, stride, w: t.src_w, h: t.src_h, step };
             [0, 1, 2].map(|c| plane.sample(c, sx, sy))
         }
         Pixels::Nv12 { y, y_stride, uv, uv_stride } => {

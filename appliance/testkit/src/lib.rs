@@ -1,6 +1,7 @@
 //! Helpers the benchmarks and the test suites share: a handle on the synthetic RTSP camera
 //! (`vigil-rtsp-cam`, built from `hil/`), which they kill, freeze and restart, a way to start
-//! a local mosquitto and its configuration, and the median the benchmarks report.
+//! a local mosquitto ([`LocalBroker`] for the benchmarks) and its configuration, and the median
+//! the benchmarks report.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -67,6 +68,30 @@ pub fn spawn_mosquitto(conf: &Path, port: u16, log: Stdio) -> Option<Child> {
     let _ = child.kill();
     let _ = child.wait();
     None
+}
+
+/// A mosquitto for a benchmark: without persistence, on a free loopback port, its
+/// configuration in `dir`; killed when dropped.
+pub struct LocalBroker {
+    child: Child,
+    pub port: u16,
+}
+
+impl LocalBroker {
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(&conf, local_broker_conf(port) + "persistence false\n")?;
+        let child = spawn_mosquitto(&conf, port, Stdio::null()).context("mosquitto did not start")?;
+        Ok(Self { child, port })
+    }
+}
+
+impl Drop for LocalBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Where `vigil-rtsp-cam` is: next to the running executable or one directory up (cargo puts

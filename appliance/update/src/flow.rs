@@ -112,10 +112,19 @@ async fn update(host: &Host, mut j: Journal, periodic: bool) {
     finish(host, &mut j, outcome);
 }
 
+/// Where the update's archive is kept from its download to its outcome.
+fn archive_path(dir: &Path, j: &Journal) -> PathBuf {
+    dir.join(format!("{}-{}.tar", j.name, j.version))
+}
+
 /// Records the outcome: journal, log, retained state; the next update may start.
 fn finish(host: &Host, j: &mut Journal, outcome: Step<Option<serde_json::Value>>) {
     host.set_busy(false);
     let dir = host.dir();
+    if !matches!(outcome, Err(Stop::NothingNew)) && !j.version.is_empty() {
+        // Whatever the outcome, the archive is done with (the slot holds what it carried).
+        let _ = std::fs::remove_file(archive_path(&dir, j));
+    }
     let (phase, reason, detail) = match outcome {
         Ok(detail) => (Phase::Successful, j.reason.clone().unwrap_or_default(), detail),
         Err(Stop::End(phase, reason)) => (phase, reason, None),
@@ -242,8 +251,14 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
     }
     save(j)?;
     host.publish(j, Some(serde_json::json!({ "bytes": 0, "total": offer.length })));
-    let archive = dir.join(format!("{}-{}.tar", j.name, j.version));
-    download(host, j, &updater, &trusted, &offer, &archive).await?;
+    let archive = archive_path(&dir, j);
+    // Downloaded before a restart (killed while verifying or accepting): not fetched again.
+    let (kept, path) = (offer.clone(), archive.clone());
+    if tokio::task::spawn_blocking(move || kept.is_in(&path)).await.unwrap_or(false) {
+        tracing::info!(target = %offer.target, "the target was downloaded before the restart; not fetched again");
+    } else {
+        download(host, j, &updater, &trusted, &offer, &archive).await?;
+    }
 
     // Verifying: TUF checked the length and hash as it came; the archive is unpacked as hostile
     // into a new slot, and the bundle inside checked (manifest, model hash).
@@ -281,7 +296,6 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
     enter(host, j, Phase::Activating)?;
     let previous = activate(host, j, new, &serving).await?;
     updater.accept(&offer).map_err(|e| failed(format!("cannot record the new minimum version: {e}")))?;
-    let _ = std::fs::remove_file(&archive);
 
     // Canary.
     let outcome = watch(host, j, &settings).await;
@@ -398,6 +412,9 @@ impl vigil_core::image::FrameImage for Never {
     fn source_size(&self) -> (u32, u32) {
         match *self {}
     }
+    fn image_size(&self) -> (u32, u32) {
+        match *self {}
+    }
 }
 
 /// Hands `new` to the scheduler's thread and waits for the old model back.
@@ -422,8 +439,9 @@ async fn swap_in(host: &Host, new: Accepted) -> Step<Swapped> {
     host.set_serving(serving.clone());
     if input_changed {
         replan(host, serving.input_size).await;
-        // Frames of the old size failed while capture was re-planned: the canary starts again
-        // from here, so that it judges the model, not the re-plan.
+        // Until now frames came letterboxed for the old size and were letterboxed again on the
+        // CPU (and each camera paused while its pipeline was rebuilt): the canary starts again
+        // from here, so that it judges the model on frames as capture now makes them.
         let mut recorder = host.recorder();
         if let Some((baseline, _)) = recorder.canary() {
             recorder.start_canary(baseline);
