@@ -45,9 +45,11 @@ lint: trt-headers
 	$(WITH_TRT) cargo clippy -p vigil -p vigil-infer --all-targets --features vigil/tensorrt --locked -- -D warnings
 	.ci/check-boundaries.sh
 
-## The workspace's tests (tensorrt-sys against the stub), then vigil's CUDA and TensorRT code.
+## The workspace's tests (tensorrt-sys against the stub), the systemd unit's offline checks, then
+## vigil's CUDA and TensorRT code.
 unit: trt-headers
 	$(WITH_TRT) cargo test --workspace --locked
+	.ci/check-unit.sh target/debug/vigil
 	$(WITH_TRT) cargo test -p vigil-infer --features tensorrt --locked --lib $(GPU_TESTS)
 	$(WITH_TRT) cargo test -p vigil --features tensorrt --locked --test cuda $(GPU_TESTS)
 

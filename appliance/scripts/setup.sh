@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing vigil needs on Debian 12 / Ubuntu 22.04 (as root):
-# GStreamer with its software decoders, mosquitto, and ONNX Runtime (from the PyPI wheel, in
+# GStreamer with its software decoders, mosquitto, systemd-analyze (the unit's checks), and ONNX Runtime (from the PyPI wheel, in
 # ./.venv). Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,6 +15,7 @@ APT_PACKAGES=(
   gstreamer1.0-rtsp libgstrtspserver-1.0-dev
   mosquitto mosquitto-clients
   libfaketime
+  systemd
 )
 
 missing=()

@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 #[cfg(feature = "https")]
 pub mod https;
 pub mod pki;
+pub mod supervisor;
 pub use rustix::process::Signal;
 
 /// The median of `v` (sorted in place); the mean of the middle two for an even count.

@@ -75,7 +75,8 @@ pub async fn run(
     capture::init_gstreamer()?;
     // An update the last run left unfinished: a rollback puts the previous model back first.
     let update_start = vigil_update::before_model_loads(&config);
-    let (bundle, detector) = load_active_model(&config)?;
+    // Under systemd the start deadline moves on while this runs (a TensorRT engine build).
+    let (bundle, detector) = crate::systemd::extending_start(|| load_active_model(&config))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let labels: Arc<[String]> = detector.labels().into();
@@ -156,6 +157,9 @@ pub async fn run(
             capture_cancel.clone(),
         )?);
     }
+
+    // Shared with systemd's watchdog, which checks that each thread still lives.
+    let camera_threads = Arc::new(std::sync::Mutex::new(camera_threads));
 
     let updates = Updates::new(&config, serving, stats.clone(), status.clone());
     let (events_tx, events_rx) = event_queue(EVENT_QUEUE, EVENT_QUEUE_BYTES);
@@ -311,6 +315,29 @@ pub async fn run(
         })
     });
 
+    // Started: the store is open, the cameras and the scheduler run.
+    let status_line = {
+        let (stats, status) = (stats.clone(), status.clone());
+        move || status_line(&stats, &status)
+    };
+    crate::systemd::ready(&status_line());
+    let watchdog = crate::systemd::watchdog_period().map(|period| {
+        let sched = sched_stats.clone();
+        let threads = camera_threads.clone();
+        let ids: Vec<String> = cameras.iter().map(|c| c.0.id.to_string()).collect();
+        let dead = move || {
+            let threads = threads.lock().unwrap_or_else(|p| p.into_inner());
+            threads.iter().zip(&ids).filter(|(t, _)| t.is_finished()).map(|(_, id)| id.clone()).collect()
+        };
+        crate::systemd::spawn_watchdog(
+            period,
+            move || sched.turns.load(std::sync::atomic::Ordering::Relaxed),
+            dead,
+            status_line,
+            capture_cancel.clone(),
+        )
+    });
+
     let ended = tokio::select! {
         _ = shutdown.cancelled() => Ended::Stopped,
         _ = restart.cancelled() => {
@@ -322,6 +349,10 @@ pub async fn run(
         }
     };
     tracing::info!("shutting down");
+    crate::systemd::stopping();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
     tokio::spawn(async move {
         tokio::time::sleep(SNAPSHOTS_AFTER_STOP).await;
@@ -360,6 +391,7 @@ pub async fn run(
     if let Some(m) = metrics {
         m.abort();
     }
+    let camera_threads = std::mem::take(&mut *camera_threads.lock().unwrap_or_else(|p| p.into_inner()));
     for (i, t) in camera_threads.into_iter().enumerate() {
         let join = tokio::task::spawn_blocking(move || t.join());
         if tokio::time::timeout_at(deadline, join).await.is_err() {
@@ -379,6 +411,17 @@ pub async fn run(
     } else {
         anyhow::bail!("shutdown deadline passed; still running: {}", stuck.join(", "))
     }
+}
+
+/// `systemctl status`'s line: cameras streaming, the model serving, the broker.
+fn status_line(cameras: &[Arc<CameraStats>], status: &uplink::SharedStatus) -> String {
+    let streaming = cameras.iter().filter(|c| c.state() == vigil_core::stats::CameraState::Streaming).count();
+    let model = status
+        .get()
+        .model
+        .map_or("no model".to_owned(), |m| format!("model {} {} on {}", m.name, m.version, m.backend));
+    let broker = if status.has_connected() { "broker reached" } else { "broker not reached yet" };
+    format!("{streaming}/{} cameras streaming; {model}; {broker}", cameras.len())
 }
 
 /// Appends `events`; on a full disk makes room (the oldest events go) and tries once more.

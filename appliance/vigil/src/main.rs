@@ -15,6 +15,7 @@ mod events_cli;
 mod model;
 mod model_cli;
 mod probation;
+mod systemd;
 mod updates;
 mod worker;
 

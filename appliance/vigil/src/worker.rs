@@ -75,6 +75,7 @@ impl Worker {
         let mut in_flight: Option<SwapInFlight> = None;
         let mut counted = self.outcomes();
         while !cancel.is_cancelled() {
+            self.stats.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Ok(swap) = self.swaps.try_recv() {
                 let ended = self.swap(swap, &mut in_flight);
                 if !self.send(ended) {

@@ -216,6 +216,9 @@ pub struct CameraInferSnapshot {
 pub struct SchedulerStats {
     pub cameras: Vec<CameraInferStats>,
     pub batches: AtomicU64,
+    /// Turns of the scheduler's loop (at least one every 100 ms, frames or not): systemd's
+    /// watchdog is fed only while this moves.
+    pub turns: AtomicU64,
     /// Events started (`new` messages; updates and ends are not counted).
     pub events: AtomicU64,
     /// Pictures of `update` messages shed because the store writer was behind.
@@ -227,6 +230,7 @@ impl SchedulerStats {
         Self {
             cameras: camera_ids.iter().map(|id| CameraInferStats::new(id.as_ref())).collect(),
             batches: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
             events: AtomicU64::new(0),
             pictures_shed: AtomicU64::new(0),
         }

@@ -1,0 +1,436 @@
+//! A service supervisor for tests and the HIL rig's local target, following what systemd does
+//! with vigil's unit where systemd cannot be PID 1 (docs/systemd.md):
+//!
+//! - `Type=notify`: the service is started once it sends `READY=1` on `NOTIFY_SOCKET` within
+//!   `TimeoutStartSec` (each `EXTEND_TIMEOUT_USEC=` moves that deadline to now + its value);
+//!   otherwise it is killed and the start failed.
+//! - `WatchdogSec`: `WATCHDOG_USEC` is passed; once started, a service that sends no
+//!   `WATCHDOG=1` within it gets `SIGABRT` (systemd's default `WatchdogSignal`), a failure.
+//! - `ExecStartPre=`: run before each start; a failure fails the start (the service is not run).
+//! - `Restart=on-failure` after `RestartSec`: a non-zero exit status, a signal other than a clean
+//!   stop, a start timeout and a watchdog timeout are failures.
+//! - `StartLimitBurst=` starts within `StartLimitIntervalSec=`: one more start is refused and
+//!   the unit gives up (`start-limit-hit`).
+//! - A stop sends `SIGTERM` and waits `TimeoutStopSec`, then `SIGKILL`.
+//!
+//! Not modelled: `NotifyAccess=` (any sender on the socket counts), cgroups (only the main
+//! process is signalled), `OnFailure=` units, `SuccessExitStatus=`.
+
+use std::ffi::OsString;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The unit's settings that the supervisor follows.
+#[derive(Debug, Clone)]
+pub struct Unit {
+    /// `ExecStartPre=`: each runs to completion before every start.
+    pub exec_start_pre: Vec<Vec<OsString>>,
+    /// `ExecStart=`: the program and its arguments.
+    pub exec_start: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+    /// The service's stderr goes here (appended across starts).
+    pub log: PathBuf,
+    pub timeout_start: Duration,
+    pub timeout_stop: Duration,
+    pub watchdog: Option<Duration>,
+    /// `Restart=on-failure` (else `no`).
+    pub restart_on_failure: bool,
+    pub restart_sec: Duration,
+    pub start_limit_burst: usize,
+    pub start_limit_interval: Duration,
+}
+
+impl Unit {
+    /// systemd's defaults for a `Type=notify` service running `program args…`.
+    pub fn new(program: impl Into<OsString>, args: &[&str], log: &Path) -> Self {
+        let mut exec_start = vec![program.into()];
+        exec_start.extend(args.iter().map(OsString::from));
+        Self {
+            exec_start_pre: Vec::new(),
+            exec_start,
+            env: Vec::new(),
+            log: log.to_owned(),
+            timeout_start: Duration::from_secs(90),
+            timeout_stop: Duration::from_secs(90),
+            watchdog: None,
+            restart_on_failure: true,
+            restart_sec: Duration::from_millis(100),
+            start_limit_burst: 5,
+            start_limit_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What happened, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// An `ExecStartPre=` command exited with this status (`None`: killed by a signal).
+    PreExited(Option<i32>),
+    Spawned {
+        pid: u32,
+    },
+    Ready,
+    Status(String),
+    Watchdog,
+    ExtendTimeout(Duration),
+    Stopping,
+    /// Not READY within the start timeout: killed.
+    StartTimeout,
+    /// No `WATCHDOG=1` within the watchdog period: `SIGABRT`.
+    WatchdogTimeout,
+    /// The main process ended: its exit status, or the signal that killed it.
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// Too many starts within the interval: the unit gave up.
+    StartLimitHit,
+}
+
+/// A running supervisor; stops its service (`SIGTERM`) when dropped.
+pub struct Supervisor {
+    records: Arc<Mutex<Vec<(Instant, Record)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pid: Arc<Mutex<Option<u32>>>,
+}
+
+impl Supervisor {
+    /// Starts supervising `unit`; `dir` holds the notification socket.
+    pub fn start(unit: Unit, dir: &Path) -> std::io::Result<Self> {
+        let socket_path = dir.join(format!("notify-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket_path);
+        let socket = UnixDatagram::bind(&socket_path)?;
+        socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let pid = Arc::new(Mutex::new(None));
+        let run = Run { unit, socket, socket_path, records: records.clone(), stop: stop.clone(), pid: pid.clone() };
+        let thread = std::thread::Builder::new().name("supervisor".into()).spawn(move || run.run())?;
+        Ok(Self { records, stop, thread: Some(thread), pid })
+    }
+
+    /// Everything recorded so far.
+    pub fn records(&self) -> Vec<Record> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    /// Records with the time each happened.
+    pub fn timeline(&self) -> Vec<(Instant, Record)> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits up to `within` for a record that `want` accepts.
+    pub fn wait_for(&self, within: Duration, want: impl Fn(&Record) -> bool) -> bool {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if self.records().iter().any(&want) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The main process now, if one runs.
+    pub fn pid(&self) -> Option<u32> {
+        *self.pid.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the supervisor has given up or stopped.
+    pub fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Stops the service as `systemctl stop` does and waits for the supervisor to end.
+    pub fn stop(mut self) -> Vec<Record> {
+        self.shut();
+        self.records()
+    }
+
+    fn shut(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+struct Run {
+    unit: Unit,
+    socket: UnixDatagram,
+    socket_path: PathBuf,
+    records: Arc<Mutex<Vec<(Instant, Record)>>>,
+    stop: Arc<AtomicBool>,
+    pid: Arc<Mutex<Option<u32>>>,
+}
+
+/// How one start ended.
+enum Ended {
+    Failed,
+    Clean,
+    Stopped,
+}
+
+impl Run {
+    fn record(&self, r: Record) {
+        self.records.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), r));
+    }
+
+    fn run(self) {
+        let mut starts: Vec<Instant> = Vec::new();
+        loop {
+            starts.retain(|t| t.elapsed() < self.unit.start_limit_interval);
+            if starts.len() >= self.unit.start_limit_burst {
+                self.record(Record::StartLimitHit);
+                break;
+            }
+            starts.push(Instant::now());
+            let ended = self.once();
+            if matches!(ended, Ended::Stopped) || self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if matches!(ended, Ended::Clean) || !self.unit.restart_on_failure {
+                break;
+            }
+            std::thread::sleep(self.unit.restart_sec);
+        }
+        let _ = std::fs::remove_file(&self.socket_path);
+    }
+
+    /// One start: the pre-start commands, then the service until it ends or is stopped.
+    fn once(&self) -> Ended {
+        for pre in &self.unit.exec_start_pre {
+            let status = Command::new(&pre[0]).args(&pre[1..]).envs(self.unit.env.iter().cloned()).status();
+            let code = status.as_ref().ok().and_then(|s| s.code());
+            self.record(Record::PreExited(code));
+            if code != Some(0) {
+                return Ended::Failed;
+            }
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.unit.log);
+        let mut command = Command::new(&self.unit.exec_start[0]);
+        command
+            .args(&self.unit.exec_start[1..])
+            .envs(self.unit.env.iter().cloned())
+            .env("NOTIFY_SOCKET", &self.socket_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.map_or(Stdio::null(), Stdio::from));
+        if let Some(w) = self.unit.watchdog {
+            command.env("WATCHDOG_USEC", w.as_micros().to_string());
+        }
+        let mut child = match command.spawn() {
+            Ok(c) => c,
+            Err(_) => {
+                self.record(Record::Exited { code: Some(203), signal: None }); // systemd's EXEC status
+                return Ended::Failed;
+            }
+        };
+        self.record(Record::Spawned { pid: child.id() });
+        *self.pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(child.id());
+        let ended = self.watch(&mut child);
+        *self.pid.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        ended
+    }
+
+    fn watch(&self, child: &mut Child) -> Ended {
+        let mut start_deadline = Some(Instant::now() + self.unit.timeout_start);
+        let mut last_ping = Instant::now();
+        loop {
+            for r in self.receive() {
+                match r {
+                    Record::Ready => {
+                        start_deadline = None;
+                        last_ping = Instant::now();
+                    }
+                    Record::Watchdog => last_ping = Instant::now(),
+                    Record::ExtendTimeout(by) if start_deadline.is_some() => start_deadline = Some(Instant::now() + by),
+                    _ => {}
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                self.receive();
+                return self.exited(status, false);
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                signal(child, rustix::process::Signal::TERM);
+                let status = self.reap(child, self.unit.timeout_stop);
+                self.exited(status, true);
+                return Ended::Stopped;
+            }
+            if start_deadline.is_some_and(|d| Instant::now() > d) {
+                self.record(Record::StartTimeout);
+                signal(child, rustix::process::Signal::TERM);
+                let status = self.reap(child, self.unit.timeout_stop);
+                self.exited(status, true);
+                return Ended::Failed;
+            }
+            if let Some(w) = self.unit.watchdog.filter(|_| start_deadline.is_none()) {
+                if last_ping.elapsed() > w {
+                    self.record(Record::WatchdogTimeout);
+                    signal(child, rustix::process::Signal::ABORT);
+                    let status = self.reap(child, self.unit.timeout_stop);
+                    self.exited(status, true);
+                    return Ended::Failed;
+                }
+            }
+        }
+    }
+
+    /// Reads the notifications waiting (up to 20 ms for the first) and records them.
+    fn receive(&self) -> Vec<Record> {
+        let mut buf = [0u8; 4096];
+        let Ok(n) = self.socket.recv(&mut buf) else { return Vec::new() };
+        let got: Vec<Record> = String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .filter_map(|line| match line.split_once('=')? {
+                ("READY", "1") => Some(Record::Ready),
+                ("WATCHDOG", "1") => Some(Record::Watchdog),
+                ("STOPPING", "1") => Some(Record::Stopping),
+                ("STATUS", s) => Some(Record::Status(s.to_owned())),
+                ("EXTEND_TIMEOUT_USEC", us) => {
+                    us.parse().ok().map(|us| Record::ExtendTimeout(Duration::from_micros(us)))
+                }
+                _ => None,
+            })
+            .collect();
+        for r in &got {
+            self.record(r.clone());
+        }
+        got
+    }
+
+    /// Waits for `child` to exit, `SIGKILL` after `grace`; what it sends meanwhile is recorded.
+    fn reap(&self, child: &mut Child, grace: Duration) -> std::process::ExitStatus {
+        let until = Instant::now() + grace;
+        loop {
+            self.receive();
+            if let Ok(Some(status)) = child.try_wait() {
+                self.receive();
+                return status;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                return child.wait().expect("a killed child is reaped");
+            }
+        }
+    }
+
+    /// Records the exit; a failure unless it exited 0 (or was stopped by `SIGTERM` on request).
+    fn exited(&self, status: std::process::ExitStatus, asked_to_stop: bool) -> Ended {
+        use std::os::unix::process::ExitStatusExt;
+        let (code, sig) = (status.code(), status.signal());
+        self.record(Record::Exited { code, signal: sig });
+        let clean = code == Some(0) || (asked_to_stop && sig == Some(rustix::process::Signal::TERM.as_raw()));
+        if clean {
+            Ended::Clean
+        } else {
+            Ended::Failed
+        }
+    }
+}
+
+fn signal(child: &Child, sig: rustix::process::Signal) {
+    // Our own child, not reaped yet: the pid is still its own.
+    if let Some(pid) = i32::try_from(child.id()).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A service in Python that sends `messages` on `NOTIFY_SOCKET`, 100 ms apart, then sleeps.
+    fn notifier(messages: &[&str], dir: &Path) -> Unit {
+        let list = messages.iter().map(|m| format!("b'{m}'")).collect::<Vec<_>>().join(", ");
+        let script = format!(
+            "import os, socket, time\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             for m in [{list}]:\n    s.sendto(m, os.environ['NOTIFY_SOCKET'])\n    time.sleep(0.1)\ntime.sleep(60)\n"
+        );
+        Unit::new("python3", &["-c", &script], &dir.join("service.log"))
+    }
+
+    fn count(records: &[Record], want: impl Fn(&Record) -> bool) -> usize {
+        records.iter().filter(|r| want(r)).count()
+    }
+
+    #[test]
+    fn a_service_that_fails_at_start_is_restarted_until_the_start_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut unit = Unit::new("sh", &["-c", "exit 3"], &dir.path().join("log"));
+        unit.start_limit_burst = 3;
+        let sup = Supervisor::start(unit, dir.path()).unwrap();
+        assert!(sup.wait_for(Duration::from_secs(10), |r| *r == Record::StartLimitHit), "{:?}", sup.records());
+        let records = sup.records();
+        assert_eq!(count(&records, |r| matches!(r, Record::Spawned { .. })), 3, "{records:?}");
+        assert_eq!(count(&records, |r| *r == Record::Exited { code: Some(3), signal: None }), 3, "{records:?}");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(sup.finished());
+    }
+
+    #[test]
+    fn a_service_that_never_becomes_ready_is_stopped_at_the_start_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut unit = notifier(&["STATUS=loading"], dir.path());
+        unit.timeout_start = Duration::from_millis(500);
+        unit.restart_on_failure = false;
+        let sup = Supervisor::start(unit, dir.path()).unwrap();
+        let term = Some(rustix::process::Signal::TERM.as_raw());
+        assert!(sup.wait_for(Duration::from_secs(10), |r| *r == Record::Exited { code: None, signal: term }));
+        let records = sup.records();
+        assert!(records.contains(&Record::Status("loading".into())), "{records:?}");
+        assert!(records.contains(&Record::StartTimeout) && !records.contains(&Record::Ready), "{records:?}");
+    }
+
+    #[test]
+    fn extending_the_start_timeout_moves_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let extend = "EXTEND_TIMEOUT_USEC=1000000";
+        let mut unit = notifier(&[extend, extend, extend, extend, extend, extend, extend, "READY=1"], dir.path());
+        unit.timeout_start = Duration::from_millis(300);
+        let sup = Supervisor::start(unit, dir.path()).unwrap();
+        assert!(sup.wait_for(Duration::from_secs(5), |r| *r == Record::Ready), "{:?}", sup.records());
+        assert!(!sup.records().contains(&Record::StartTimeout), "ready after 0.8 s, beyond the first 0.3 s");
+    }
+
+    #[test]
+    fn a_service_that_stops_feeding_the_watchdog_is_aborted_and_started_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut unit = notifier(&["READY=1", "WATCHDOG=1", "WATCHDOG=1", "WATCHDOG=1", "WATCHDOG=1"], dir.path());
+        unit.watchdog = Some(Duration::from_millis(600));
+        let sup = Supervisor::start(unit, dir.path()).unwrap();
+        let abort = Some(rustix::process::Signal::ABORT.as_raw());
+        let restarted = sup
+            .wait_for(Duration::from_secs(10), |_| count(&sup.records(), |r| matches!(r, Record::Spawned { .. })) >= 2);
+        assert!(restarted, "{:?}", sup.records());
+        let records = sup.stop();
+        assert!(count(&records, |r| *r == Record::Watchdog) >= 4, "{records:?}");
+        let timeout = records.iter().position(|r| *r == Record::WatchdogTimeout).expect("a watchdog timeout");
+        assert_eq!(records[timeout + 1], Record::Exited { code: None, signal: abort }, "{records:?}");
+    }
+
+    #[test]
+    fn a_failing_pre_start_command_fails_the_start_and_the_service_does_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut unit = notifier(&["READY=1"], dir.path());
+        unit.exec_start_pre = vec![vec!["sh".into(), "-c".into(), "exit 1".into()]];
+        unit.restart_on_failure = false;
+        let sup = Supervisor::start(unit, dir.path()).unwrap();
+        assert!(sup.wait_for(Duration::from_secs(5), |r| *r == Record::PreExited(Some(1))));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!sup.records().iter().any(|r| matches!(r, Record::Spawned { .. })), "{:?}", sup.records());
+        assert!(sup.finished());
+    }
+}

@@ -1,0 +1,65 @@
+//! vigil under a supervisor that follows systemd's `Type=notify`, watchdog and restart rules
+//! (`vigil_testkit::supervisor`; systemd cannot be PID 1 here), with the unit's settings from
+//! `appliance/vigil/package/vigil.service`: READY once started, a status line, watchdog pings,
+//! STOPPING and a clean exit on stop; a process that stops making progress is aborted by the
+//! watchdog and started again.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use vigil_testkit::supervisor::{Record, Supervisor, Unit};
+
+fn unit(config: &std::path::Path, dir: &std::path::Path) -> Unit {
+    let mut unit = Unit::new(vigil_bin(), &["run", "--config", config.to_str().unwrap()], &dir.join("vigil.log"));
+    unit.env.push(("VIGIL_LOG".into(), "info,ort=warn".into()));
+    unit.timeout_start = Duration::from_secs(60);
+    unit.timeout_stop = Duration::from_secs(30);
+    unit.watchdog = Some(Duration::from_secs(3));
+    unit
+}
+
+#[test]
+fn vigil_tells_its_supervisor_when_it_is_ready_how_it_is_and_that_it_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let config = write_config(dir.path(), "sd-1", &broker.url(), &[("yard", "test://ball".to_owned())]);
+    let sup = Supervisor::start(unit(&config, dir.path()), dir.path()).unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("vigil.log")).unwrap_or_default();
+    assert!(sup.wait_for(Duration::from_secs(60), |r| *r == Record::Ready), "{:?}\n{}", sup.records(), log());
+    // The status line names the cameras, the model and the broker.
+    let streaming = sup.wait_for(Duration::from_secs(20), |r| {
+        matches!(r, Record::Status(s) if s.starts_with("1/1 cameras streaming; model shapes 1.0.0 on onnxruntime-cpu; broker reached"))
+    });
+    assert!(streaming, "{:?}", sup.records());
+    // Pinged every half period (1.5 s) while the scheduler turns.
+    std::thread::sleep(Duration::from_secs(4));
+    let pings = sup.records().iter().filter(|r| **r == Record::Watchdog).count();
+    assert!(pings >= 2, "{pings} pings in 4 s: {:?}", sup.records());
+    let records = sup.stop();
+    let stopping = records.iter().position(|r| *r == Record::Stopping).expect("STOPPING=1 on stop");
+    assert_eq!(records.last(), Some(&Record::Exited { code: Some(0), signal: None }), "{records:?}\n{}", log());
+    assert!(stopping < records.len() - 1);
+    assert!(!records.contains(&Record::WatchdogTimeout), "{records:?}");
+}
+
+#[test]
+fn a_vigil_that_stops_making_progress_is_aborted_by_the_watchdog_and_started_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let config = write_config(dir.path(), "sd-2", &broker.url(), &[("yard", "test://ball".to_owned())]);
+    let sup = Supervisor::start(unit(&config, dir.path()), dir.path()).unwrap();
+    assert!(sup.wait_for(Duration::from_secs(60), |r| *r == Record::Ready), "{:?}", sup.records());
+    // Frozen: no thread runs, so no ping goes out.
+    let pid = i32::try_from(sup.pid().unwrap()).unwrap();
+    // SAFETY: kill(2) on the supervisor's child, which it has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let again =
+        sup.wait_for(Duration::from_secs(60), |_| sup.records().iter().filter(|r| **r == Record::Ready).count() == 2);
+    let records = sup.stop();
+    assert!(again, "{records:?}");
+    let timeout = records.iter().position(|r| *r == Record::WatchdogTimeout).expect("the watchdog fired");
+    assert!(matches!(records[timeout + 1], Record::Exited { code: None, .. }), "{records:?}");
+    assert!(matches!(records[timeout + 2], Record::Spawned { .. }), "started again: {records:?}");
+}
