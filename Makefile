@@ -59,6 +59,8 @@ aarch64: cross-setup
 	@# would compile the shared crates twice.
 	$(CROSS_ENV) cargo build --release --locked -p vigil -p vigil-ota --target $(AARCH64)
 	file target/cross/$(AARCH64)/release/vigil
+	@# JetPack 6 has glibc 2.35 and GStreamer 1.20 (this machine builds on 2.36 and 1.22).
+	.ci/check-abi.sh target/cross/$(AARCH64)/release/vigil
 	@# No path of the machine that built it may be compiled into the binary a device runs.
 	@if grep -qaF "$(CURDIR)" target/cross/$(AARCH64)/release/vigil; then \
 		echo "aarch64: the binary holds the build path $(CURDIR)"; exit 1; fi
