@@ -17,7 +17,7 @@ TRT_ENV := target/trt-headers/env.sh
 GPU_TESTS := $(if $(filter 1,$(VIGIL_REQUIRE_GPU)),-- --include-ignored)
 WITH_TRT := source $(TRT_ENV) &&
 
-.PHONY: setup cross-setup trt-headers demo test lint unit aarch64 bench jetson-check
+.PHONY: setup cross-setup trt-headers demo test lint unit aarch64 bench jetson-check deb
 
 ## Install what is missing (apt, ONNX Runtime wheel); idempotent.
 setup:
@@ -45,11 +45,13 @@ lint: trt-headers
 	$(WITH_TRT) cargo clippy -p vigil -p vigil-infer --all-targets --features vigil/tensorrt --locked -- -D warnings
 	.ci/check-boundaries.sh
 
-## The workspace's tests (tensorrt-sys against the stub), the systemd unit's offline checks, then
-## vigil's CUDA and TensorRT code.
+## The workspace's tests (tensorrt-sys against the stub), the systemd unit's offline checks, the
+## .deb built, linted, installed, upgraded, removed and purged here, then vigil's CUDA and
+## TensorRT code.
 unit: trt-headers
 	$(WITH_TRT) cargo test --workspace --locked
 	.ci/check-unit.sh target/debug/vigil
+	.ci/check-deb.sh
 	$(WITH_TRT) cargo test -p vigil-infer --features tensorrt --locked --lib $(GPU_TESTS)
 	$(WITH_TRT) cargo test -p vigil --features tensorrt --locked --test cuda $(GPU_TESTS)
 
@@ -75,6 +77,12 @@ aarch64: cross-setup
 jetson-check:
 	VIGIL_TRT_REQUIRE_REAL=1 cargo build --release -p vigil --features tensorrt
 	target/release/vigil model-check --config appliance/config/demo.toml --backend tensorrt
+
+## The release .deb for this machine's architecture (docs/packaging.md), in target/debian/.
+deb: setup trt-headers
+	$(WITH_TRT) cargo build --release --locked -p vigil
+	.ci/stage-deb.sh
+	cargo deb -p vigil --no-build
 
 ## Throughput against side-by-side baselines; figures go to docs/performance.md.
 bench: setup

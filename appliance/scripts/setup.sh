@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing vigil needs on Debian 12 / Ubuntu 22.04 (as root):
-# GStreamer with its software decoders, mosquitto, systemd-analyze (the unit's checks), and ONNX Runtime (from the PyPI wheel, in
+# GStreamer with its software decoders, mosquitto, systemd-analyze (the unit's checks), lintian
+# and cargo-deb (the .deb's checks), and ONNX Runtime (from the PyPI wheel, in
 # ./.venv). Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,7 +16,7 @@ APT_PACKAGES=(
   gstreamer1.0-rtsp libgstrtspserver-1.0-dev
   mosquitto mosquitto-clients
   libfaketime
-  systemd
+  systemd lintian
 )
 
 missing=()
@@ -32,6 +33,10 @@ fi
 if ! command -v cargo >/dev/null; then
   echo "setup: no cargo on PATH; install Rust >= 1.92 (rustup) and run again" >&2
   exit 1
+fi
+if ! cargo deb --version 2>/dev/null | grep -q '^cargo-deb 3\.'; then
+  echo "setup: installing cargo-deb 3"
+  cargo install -q cargo-deb --version "^3" --locked
 fi
 
 if ! ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* >/dev/null 2>&1 \
