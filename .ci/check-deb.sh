@@ -11,6 +11,7 @@
 # (the same files and libraries; a release build would add minutes to CI); `make deb` builds
 # the release package.
 set -euo pipefail
+[[ $(id -u) == 0 ]] || { echo "check-deb: installs the package on this machine: run as root" >&2; exit 1; }
 out=target/deb-check
 binary=target/debug/vigil
 [[ -x $binary ]] || { echo "check-deb: $binary is not built" >&2; exit 1; }
@@ -47,7 +48,8 @@ dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/vigil/vigil
 lintian --fail-on error,warning "$deb" ||
   fail "lintian found problems (above)"
 
-# Install.
+# Install (and purge it again whatever happens below, so that a failed check leaves nothing).
+trap 'dpkg -P vigil >/dev/null 2>&1 || true' EXIT
 dpkg -i "$deb" >"$out/install.log" 2>&1 || { cat "$out/install.log" >&2; fail "dpkg -i failed"; }
 id -nG vigil | tr ' ' '\n' | grep -qx video || fail "user vigil is not in group video"
 id -nG vigil | tr ' ' '\n' | grep -qx render || fail "user vigil is not in group render"

@@ -63,3 +63,29 @@ fn a_vigil_that_stops_making_progress_is_aborted_by_the_watchdog_and_started_aga
     assert!(matches!(records[timeout + 1], Record::Exited { code: None, .. }), "{records:?}");
     assert!(matches!(records[timeout + 2], Record::Spawned { .. }), "started again: {records:?}");
 }
+
+#[test]
+fn a_camera_whose_file_has_ended_does_not_stop_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    // The 12 s clip, played once: its camera finishes and its thread ends.
+    let config = write_config(dir.path(), "sd-3", &broker.url(), &[("yard", clip_uri())]);
+    let sup = Supervisor::start(unit(&config, dir.path()), dir.path()).unwrap();
+    let streamed = |r: &Record| matches!(r, Record::Status(s) if s.starts_with("1/1 cameras streaming"));
+    let done = |r: &Record| matches!(r, Record::Status(s) if s.starts_with("0/1 cameras streaming"));
+    // The index of the first `0/1` status after a `1/1` one: the clip has ended.
+    let ended = |records: &[Record]| {
+        let streaming = records.iter().position(streamed)?;
+        records[streaming..].iter().position(done).map(|i| streaming + i)
+    };
+    assert!(
+        sup.wait_for(Duration::from_secs(60), |_| ended(&sup.records()).is_some()),
+        "the clip streamed and ended: {:?}",
+        sup.records()
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let records = sup.stop();
+    let pings_after = records[ended(&records).unwrap()..].iter().filter(|r| **r == Record::Watchdog).count();
+    assert!(pings_after >= 2, "{pings_after} pings in the 5 s after the clip ended: {records:?}");
+    assert!(!records.contains(&Record::WatchdogTimeout), "{records:?}");
+}

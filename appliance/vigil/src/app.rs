@@ -323,11 +323,16 @@ pub async fn run(
     crate::systemd::ready(&status_line());
     let watchdog = crate::systemd::watchdog_period().map(|period| {
         let sched = sched_stats.clone();
-        let threads = camera_threads.clone();
-        let ids: Vec<String> = cameras.iter().map(|c| c.0.id.to_string()).collect();
+        let (threads, stats) = (camera_threads.clone(), stats.clone());
+        // A file played once ends its thread (`finished`): that camera is done, not dead.
         let dead = move || {
             let threads = threads.lock().unwrap_or_else(|p| p.into_inner());
-            threads.iter().zip(&ids).filter(|(t, _)| t.is_finished()).map(|(_, id)| id.clone()).collect()
+            threads
+                .iter()
+                .zip(&stats)
+                .filter(|(t, s)| t.is_finished() && s.state() != vigil_core::stats::CameraState::Finished)
+                .map(|(_, s)| s.id.to_string())
+                .collect()
         };
         crate::systemd::spawn_watchdog(
             period,

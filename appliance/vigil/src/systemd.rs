@@ -4,8 +4,9 @@
 //!   camera streams: an unreachable camera must not hold the service in "activating");
 //! - `STATUS=` a line for `systemctl status`: cameras streaming, the model, the uplink;
 //! - `WATCHDOG=1` only while the pipeline progresses — the scheduler turns (it does at least
-//!   every 100 ms, frames or not) and every camera thread lives — never from a timer alone, so a
-//!   deadlocked scheduler or a dead camera thread gets the service restarted;
+//!   every 100 ms, frames or not) and every camera thread lives (a file played to its end
+//!   finishes its thread: that is not a death) — never from a timer alone, so a deadlocked
+//!   scheduler or a dead camera thread gets the service restarted;
 //! - `EXTEND_TIMEOUT_USEC=` while the model loads (a TensorRT engine build on a first start takes
 //!   minutes on an Orin);
 //! - `STOPPING=1` when it stops.
