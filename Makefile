@@ -68,6 +68,8 @@ aarch64: cross-setup
 		echo "aarch64: the binary holds the build path $(CURDIR)"; exit 1; fi
 	GST_REGISTRY_FORK=no qemu-aarch64 -L / target/cross/$(AARCH64)/release/vigil --version
 	GST_REGISTRY_FORK=no qemu-aarch64 -L / target/cross/$(AARCH64)/release/vigil check-config appliance/config/demo.toml
+	@# The whole path: a test:// camera, ONNX Runtime's aarch64 library, sled, mosquitto, an event.
+	.ci/qemu-smoke.sh target/cross/$(AARCH64)/release/vigil
 	@# tough's signatures run on aws-lc-rs: make and read an ed25519 key with the aarch64 build.
 	rm -f target/cross/qemu-check.der
 	qemu-aarch64 -L / target/cross/$(AARCH64)/release/vigil-ota keygen target/cross/qemu-check.der

@@ -33,4 +33,38 @@ if [ ! -f "$L/pkgconfig/gstreamer-video-1.0.pc" ]; then
   for l in "$L"/*.so; do ln -sf "/usr/lib/aarch64-linux-gnu/$(readlink "$l")" "$l"; done
   sed -i "s|^prefix=/usr\$|prefix=$OVERLAY/usr|" "$L"/pkgconfig/*.pc
 fi
+# ONNX Runtime's aarch64 library, from the same PyPI release as the x86_64 one (make setup), for
+# the qemu smoke run (.ci/qemu-smoke.sh).
+ORT_VERSION=$(sed -n 's/^ORT_VERSION=//p' appliance/scripts/setup.sh)
+ORT_DIR=target/cross/ort
+if [ ! -f "$ORT_DIR/libonnxruntime.so.$ORT_VERSION" ]; then
+  echo "cross: fetching onnxruntime $ORT_VERSION for aarch64 (PyPI wheel)"
+  tmp=$(mktemp -d)
+  .venv/bin/pip download -q --disable-pip-version-check "onnxruntime==$ORT_VERSION" --no-deps --only-binary=:all: \
+    --platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 --platform manylinux2014_aarch64 \
+    --python-version 3.11 -d "$tmp"
+  mkdir -p "$ORT_DIR"
+  .venv/bin/python - "$tmp"/onnxruntime-*.whl "$ORT_DIR" <<'PY'
+import sys, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith("onnxruntime/capi/libonnxruntime.so."):
+            with open(f"{out}/{name.rsplit('/', 1)[1]}", "wb") as f:
+                f.write(z.read(name))
+PY
+  rm -rf "$tmp"
+fi
+# ONNX Runtime's CPU detection reads /proc/cpuinfo and the CPUs in /sys; under qemu-user on
+# x86_64 it reads the host's and dies (SIGSEGV). qemu looks a path up under its -L prefix first
+# and falls back to the real one, so this prefix holds only an aarch64 /proc/cpuinfo (an Orin's
+# Cortex-A78AE) and a single CPU in /sys (with the host's count it still dies).
+QEMU_ROOT=target/cross/qemu-root
+mkdir -p "$QEMU_ROOT/proc" "$QEMU_ROOT/sys/devices/system/cpu"
+echo 0 >"$QEMU_ROOT/sys/devices/system/cpu/possible"
+echo 0 >"$QEMU_ROOT/sys/devices/system/cpu/present"
+printf '%s\n' "processor	: 0" "BogoMIPS	: 62.50" \
+  "Features	: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp" \
+  "CPU implementer	: 0x41" "CPU architecture: 8" "CPU variant	: 0x0" "CPU part	: 0xd42" "CPU revision	: 1" "" \
+  >"$QEMU_ROOT/proc/cpuinfo"
 echo "cross: ready (rustc $(/usr/bin/rustc --version | cut -d' ' -f2), overlay $OVERLAY)"
