@@ -38,6 +38,7 @@ fi
 ORT_VERSION=$(sed -n 's/^ORT_VERSION=//p' appliance/scripts/setup.sh)
 ORT_DIR=target/cross/ort
 if [ ! -f "$ORT_DIR/libonnxruntime.so.$ORT_VERSION" ]; then
+  [ -x .venv/bin/pip ] || { echo "cross: no .venv here; run make setup first" >&2; exit 1; }
   echo "cross: fetching onnxruntime $ORT_VERSION for aarch64 (PyPI wheel)"
   tmp=$(mktemp -d)
   .venv/bin/pip download -q --disable-pip-version-check "onnxruntime==$ORT_VERSION" --no-deps --only-binary=:all: \
