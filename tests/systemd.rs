@@ -20,12 +20,19 @@ fn unit(config: &std::path::Path, dir: &std::path::Path) -> Unit {
     unit
 }
 
-#[test]
-fn vigil_tells_its_supervisor_when_it_is_ready_how_it_is_and_that_it_lives() {
+/// vigil as device `device` with one camera at `uri`, under the supervisor; the directory (its
+/// log is `vigil.log` there) and the broker live as long as the test holds them.
+fn supervised(device: &str, uri: &str) -> (tempfile::TempDir, Broker, Supervisor) {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start();
-    let config = write_config(dir.path(), "sd-1", &broker.url(), &[("yard", "test://ball".to_owned())]);
+    let config = write_config(dir.path(), device, &broker.url(), &[("yard", uri.to_owned())]);
     let sup = Supervisor::start(unit(&config, dir.path()), dir.path()).unwrap();
+    (dir, broker, sup)
+}
+
+#[test]
+fn vigil_tells_its_supervisor_when_it_is_ready_how_it_is_and_that_it_lives() {
+    let (dir, _broker, sup) = supervised("sd-1", "test://ball");
     let log = || std::fs::read_to_string(dir.path().join("vigil.log")).unwrap_or_default();
     assert!(sup.wait_for(Duration::from_secs(60), |r| *r == Record::Ready), "{:?}\n{}", sup.records(), log());
     // The status line names the cameras, the model and the broker.
@@ -46,10 +53,7 @@ fn vigil_tells_its_supervisor_when_it_is_ready_how_it_is_and_that_it_lives() {
 
 #[test]
 fn a_vigil_that_stops_making_progress_is_aborted_by_the_watchdog_and_started_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start();
-    let config = write_config(dir.path(), "sd-2", &broker.url(), &[("yard", "test://ball".to_owned())]);
-    let sup = Supervisor::start(unit(&config, dir.path()), dir.path()).unwrap();
+    let (_dir, _broker, sup) = supervised("sd-2", "test://ball");
     assert!(sup.wait_for(Duration::from_secs(60), |r| *r == Record::Ready), "{:?}", sup.records());
     // Frozen: no thread runs, so no ping goes out.
     let pid = i32::try_from(sup.pid().unwrap()).unwrap();
@@ -66,11 +70,8 @@ fn a_vigil_that_stops_making_progress_is_aborted_by_the_watchdog_and_started_aga
 
 #[test]
 fn a_camera_whose_file_has_ended_does_not_stop_the_watchdog() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start();
     // The 12 s clip, played once: its camera finishes and its thread ends.
-    let config = write_config(dir.path(), "sd-3", &broker.url(), &[("yard", clip_uri())]);
-    let sup = Supervisor::start(unit(&config, dir.path()), dir.path()).unwrap();
+    let (_dir, _broker, sup) = supervised("sd-3", &clip_uri());
     let streamed = |r: &Record| matches!(r, Record::Status(s) if s.starts_with("1/1 cameras streaming"));
     let done = |r: &Record| matches!(r, Record::Status(s) if s.starts_with("0/1 cameras streaming"));
     // The index of the first `0/1` status after a `1/1` one: the clip has ended.

@@ -45,15 +45,7 @@ pub fn looping_clip_uri() -> String {
 
 /// A copy of the shipped bundle (its files and its reference directory) in `to`.
 pub fn copy_bundle(to: &Path) {
-    for sub in ["", "reference"] {
-        std::fs::create_dir_all(to.join(sub)).unwrap();
-        for entry in std::fs::read_dir(bundle_dir().join(sub)).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_file() {
-                std::fs::copy(&p, to.join(sub).join(p.file_name().unwrap())).unwrap();
-            }
-        }
-    }
+    vigil_testkit::copy_bundle(&bundle_dir(), to).expect("copy the shipped bundle");
 }
 
 pub fn vigil_bin() -> PathBuf {

@@ -465,6 +465,12 @@ pub fn is_valid_id(id: &str) -> bool {
 }
 
 impl Config {
+    /// `camera`'s latency budget: its own, else `model.latency_budget_ms`, else `bundle`'s (the
+    /// model's manifest).
+    pub fn camera_budget(&self, camera: &CameraConfig, bundle: Duration) -> Duration {
+        camera.latency_budget.or(self.model.latency_budget).unwrap_or(bundle)
+    }
+
     /// Reads, parses, resolves relative paths and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;

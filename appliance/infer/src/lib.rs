@@ -267,17 +267,9 @@ impl Detector {
         // Too tall: a frame letterboxed for another model (capture is being re-planned).
         let too_tall = image.data.len() >= (h as usize + 1) * image.stride;
         if image.data.len() < need || too_tall || !(3..=4).contains(&image.bytes_per_pixel) {
-            return Err(InferError::Run(format!(
-                "frame of {} bytes ({} per pixel, stride {}) is not a {w}x{h} RGB/RGBA image",
-                image.data.len(),
-                image.bytes_per_pixel,
-                image.stride
-            )));
+            return Err(not_an_image(&image, (w, h)));
         }
-        let len = self.pre.len();
-        let chunk = self.input.get_mut(slot * len..(slot + 1) * len).ok_or_else(|| {
-            InferError::Run(format!("batch slot {slot} is beyond the engine's batch of {}", self.letterboxes.len()))
-        })?;
+        let chunk = slot_input(&mut self.input, slot, self.pre.len())?;
         let source = (letterbox.source_width, letterbox.source_height);
         if !self.backend.load_on_device(slot, &image)? {
             self.pre.run(image, source, chunk);
@@ -301,11 +293,7 @@ impl Detector {
         let bpp = image.bytes_per_pixel;
         let rows_fit = fw > 0 && fh > 0 && image.data.len() >= (fh as usize - 1) * image.stride + fw as usize * bpp;
         if !rows_fit || !(3..=4).contains(&bpp) || source.0 == 0 || source.1 == 0 {
-            return Err(InferError::Run(format!(
-                "frame of {} bytes ({bpp} per pixel, stride {}) is not a {fw}x{fh} RGB/RGBA image",
-                image.data.len(),
-                image.stride
-            )));
+            return Err(not_an_image(&image, image_size));
         }
         let given = Letterbox::new(source.0, source.1, fw, fh);
         let (pw, ph) = given.scaled_size();
@@ -314,10 +302,7 @@ impl Detector {
         let (data, stride) = (&image.data[start..], image.stride);
         let picture =
             if bpp == 4 { transform::Pixels::Rgba { data, stride } } else { transform::Pixels::Rgb { data, stride } };
-        let len = self.pre.len();
-        let chunk = self.input.get_mut(slot * len..(slot + 1) * len).ok_or_else(|| {
-            InferError::Run(format!("batch slot {slot} is beyond the engine's batch of {}", self.letterboxes.len()))
-        })?;
+        let chunk = slot_input(&mut self.input, slot, self.pre.len())?;
         transform::reference(&picture, &self.conventions.transform((pw, ph), self.input_size), chunk);
         self.letterboxes[slot] = self.pre.model_letterbox(source);
         Ok(())
@@ -367,6 +352,26 @@ impl Detector {
         self.backend.infer(input, 1, &mut self.output)?;
         Ok(&self.output)
     }
+}
+
+/// Batch slot `slot`'s part of `input` (`len` values an image).
+fn slot_input(input: &mut [f32], slot: usize, len: usize) -> Result<&mut [f32], InferError> {
+    let batch = input.len() / len.max(1);
+    input
+        .get_mut(slot * len..(slot + 1) * len)
+        .ok_or_else(|| InferError::Run(format!("batch slot {slot} is beyond the engine's batch of {batch}")))
+}
+
+/// The error for a frame whose bytes do not hold a `size` RGB or RGBA image.
+fn not_an_image(image: &Image<'_>, size: (u32, u32)) -> InferError {
+    InferError::Run(format!(
+        "frame of {} bytes ({} per pixel, stride {}) is not a {}x{} RGB/RGBA image",
+        image.data.len(),
+        image.bytes_per_pixel,
+        image.stride,
+        size.0,
+        size.1
+    ))
 }
 
 /// The detector is the scheduler's stages for any letterboxed frame.

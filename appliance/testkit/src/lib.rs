@@ -71,6 +71,20 @@ pub fn spawn_mosquitto(conf: &Path, port: u16, log: Stdio) -> Option<Child> {
     None
 }
 
+/// Copies a model bundle (its files and its `reference/` directory) from `from` into `to`.
+pub fn copy_bundle(from: &Path, to: &Path) -> std::io::Result<()> {
+    for sub in ["", "reference"] {
+        std::fs::create_dir_all(to.join(sub))?;
+        for entry in std::fs::read_dir(from.join(sub))? {
+            let p = entry?.path();
+            if let (true, Some(name)) = (p.is_file(), p.file_name()) {
+                std::fs::copy(&p, to.join(sub).join(name))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A mosquitto for a benchmark: without persistence, on a free loopback port, its
 /// configuration in `dir`; killed when dropped.
 pub struct LocalBroker {

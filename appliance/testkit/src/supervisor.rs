@@ -93,7 +93,7 @@ pub enum Record {
 
 /// A running supervisor; stops its service (`SIGTERM`) when dropped.
 pub struct Supervisor {
-    records: Arc<Mutex<Vec<(Instant, Record)>>>,
+    records: Arc<Mutex<Vec<Record>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     pid: Arc<Mutex<Option<u32>>>,
@@ -116,11 +116,6 @@ impl Supervisor {
 
     /// Everything recorded so far.
     pub fn records(&self) -> Vec<Record> {
-        self.records.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, r)| r.clone()).collect()
-    }
-
-    /// Records with the time each happened.
-    pub fn timeline(&self) -> Vec<(Instant, Record)> {
         self.records.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -170,7 +165,7 @@ struct Run {
     unit: Unit,
     socket: UnixDatagram,
     socket_path: PathBuf,
-    records: Arc<Mutex<Vec<(Instant, Record)>>>,
+    records: Arc<Mutex<Vec<Record>>>,
     stop: Arc<AtomicBool>,
     pid: Arc<Mutex<Option<u32>>>,
 }
@@ -184,7 +179,7 @@ enum Ended {
 
 impl Run {
     fn record(&self, r: Record) {
-        self.records.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), r));
+        self.records.lock().unwrap_or_else(|p| p.into_inner()).push(r);
     }
 
     fn run(self) {

@@ -374,11 +374,7 @@ async fn accept_here(
             .map_err(|e| failed(format!("the model does not load on this device: {e}")))?;
         let rules = RuleSet::compile(&config, detector.labels())
             .map_err(|e| failed(format!("the configuration's rules do not fit the new model's labels: {e:#}")))?;
-        let budgets = config
-            .cameras
-            .iter()
-            .map(|c| (c.id.clone(), c.latency_budget.or(config.model.latency_budget).unwrap_or(new_budget)))
-            .collect();
+        let budgets = config.cameras.iter().map(|c| (c.id.clone(), config.camera_budget(c, new_budget))).collect();
         let limits = Limits { budgets, runs, min_available };
         let a = accept::accept(&bundle, &mut detector, &limits, accept::time_inference, accept::memory_available)
             .map_err(|e| failed(format!("acceptance could not run: {e}")))?;

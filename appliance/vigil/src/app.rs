@@ -137,7 +137,7 @@ pub async fn run(
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let budget = c.latency_budget.or(config.model.latency_budget).unwrap_or(bundle.manifest.budget.latency);
+            let budget = config.camera_budget(c, bundle.manifest.budget.latency);
             (CameraSpec::from_config(&config, i, bundle.input_size()), budget)
         })
         .collect();

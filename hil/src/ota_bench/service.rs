@@ -126,15 +126,7 @@ fn publish(
     edit: impl FnOnce(String) -> String,
 ) -> anyhow::Result<PathBuf> {
     let bundle = d.join(format!("shapes-{version}"));
-    for sub in ["", "reference"] {
-        std::fs::create_dir_all(bundle.join(sub))?;
-        for entry in std::fs::read_dir(shipped.join(sub))? {
-            let p = entry?.path();
-            if p.is_file() {
-                std::fs::copy(&p, bundle.join(sub).join(p.file_name().expect("a file name")))?;
-            }
-        }
-    }
+    vigil_testkit::copy_bundle(shipped, &bundle)?;
     let manifest = bundle.join("manifest.toml");
     let text = std::fs::read_to_string(&manifest)?.replace("version = \"1.0.0\"", &format!("version = \"{version}\""));
     std::fs::write(&manifest, edit(text))?;
