@@ -17,7 +17,7 @@ TRT_ENV := target/trt-headers/env.sh
 GPU_TESTS := $(if $(filter 1,$(VIGIL_REQUIRE_GPU)),-- --include-ignored)
 WITH_TRT := source $(TRT_ENV) &&
 
-.PHONY: setup cross-setup trt-headers demo test lint unit aarch64 bench jetson-check deb
+.PHONY: setup cross-setup trt-headers demo test lint unit aarch64 bench jetson-check deb next-vigil
 
 ## Install what is missing (apt, ONNX Runtime wheel); idempotent.
 setup:
@@ -48,12 +48,22 @@ lint: trt-headers
 ## The workspace's tests (tensorrt-sys against the stub), the systemd unit's offline checks, the
 ## .deb built, linted, installed, upgraded, removed and purged here, then vigil's CUDA and
 ## TensorRT code.
-unit: trt-headers
+unit: trt-headers next-vigil
 	$(WITH_TRT) cargo test --workspace --locked
 	.ci/check-unit.sh target/debug/vigil
 	.ci/check-deb.sh
 	$(WITH_TRT) cargo test -p vigil-infer --features tensorrt --locked --lib $(GPU_TESTS)
 	$(WITH_TRT) cargo test -p vigil --features tensorrt --locked --test cuda $(GPU_TESTS)
+
+## The second vigil tests/ab.rs installs over the air: the same code, reporting the next patch
+## version (VIGIL_VERSION, see appliance/vigil/build.rs), stripped. Building it relinks only the
+## vigil crate, and so does the test build after it.
+NEXT_VIGIL_VERSION := $(shell awk -F'"' '/^version = /{split($$2, v, "."); print v[1] "." v[2] "." v[3] + 1; exit}' Cargo.toml)
+next-vigil: trt-headers
+	$(WITH_TRT) VIGIL_VERSION=$(NEXT_VIGIL_VERSION) cargo build --locked -p vigil --bin vigil
+	mkdir -p target/fixtures
+	objcopy --strip-debug target/debug/vigil target/fixtures/vigil-next.new
+	mv target/fixtures/vigil-next.new target/fixtures/vigil-next
 
 aarch64: cross-setup
 	@# One build: tough's rustls features unify into vigil's, but vigil uses the ring provider

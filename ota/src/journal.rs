@@ -45,11 +45,15 @@ pub struct Journal {
     pub target: String,
     pub name: String,
     pub version: String,
+    /// A model, or vigil's own binary (whose slots and rollback are `vigil_update`'s, not the
+    /// journal's: [`Journal::on_start`] is for models).
+    #[serde(default)]
+    pub kind: crate::Kind,
     pub phase: Phase,
-    /// Where the new model is unpacked, once it is.
+    /// Where the new model is unpacked (the new binary staged), once it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<PathBuf>,
-    /// The model that served before (the rollback target).
+    /// The model that served before (the rollback target); for a binary, the one that ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PathBuf>,
     /// Why it failed or was rolled back, with the figures.
@@ -95,6 +99,7 @@ impl Journal {
             target: String::new(),
             name: name.to_owned(),
             version: version.to_owned(),
+            kind: crate::Kind::Model,
             phase: Phase::Downloading,
             slot: None,
             previous: None,

@@ -20,10 +20,11 @@ use serde::{Deserialize, Serialize};
 /// The key under a target's `custom` object that holds [`TargetMeta`].
 pub const CUSTOM_KEY: &str = "vigil";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// A model bundle (a directory packed as a tar archive).
+    #[default]
     Model,
     /// A vigil executable.
     Binary,
@@ -141,7 +142,8 @@ impl Device {
             arch: std::env::consts::ARCH.to_owned(),
             jetpack: l4t.as_ref().and_then(jetpack_of_l4t),
             backends,
-            vigil: Version::parse(env!("CARGO_PKG_VERSION")).expect("the crate version is semver"),
+            vigil: Version::parse(vigil_core::build::version())
+                .expect("vigil's version is semver (checked at build time)"),
         }
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use vigil_testkit::spawn_mosquitto;
 
+pub mod ota;
 mod tls;
 #[allow(unused_imports)] // the TLS tests use it, the others do not
 pub use tls::TlsBroker;

@@ -231,4 +231,7 @@ fn check_ota(bad: &mut impl FnMut(&str, String), ota: &OtaConfig) {
     for (field, message) in ota.canary.problems() {
         bad(&format!("ota.canary.{field}"), message);
     }
+    if !(1..=3600).contains(&ota.binary_health_window.as_secs()) {
+        bad("ota.binary_health_window_s", format!("{} is outside 1..=3600", ota.binary_health_window.as_secs()));
+    }
 }

@@ -480,6 +480,28 @@ impl Config {
         Self::from_str_at(&text, path, &base)
     }
 
+    /// `data_dir` as the file at `path` sets it (resolved like [`Config::load`]), reading
+    /// nothing else: the A/B slot guard and launcher (docs/ota.md) run the packaged vigil, which
+    /// must find the slots even under a configuration only a newer, OTA'd vigil understands.
+    pub fn data_dir_of(path: &Path) -> Result<PathBuf, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let dir = match table.get("data_dir") {
+            None => return Ok(default_data_dir()),
+            Some(toml::Value::String(s)) => PathBuf::from(s),
+            Some(other) => {
+                return Err(ConfigError::Parse {
+                    path: path.into(),
+                    message: format!("data_dir must be a string, not {}", other.type_str()),
+                })
+            }
+        };
+        let absolute = std::path::absolute(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Ok(absolute.parent().map_or(dir.clone(), |base| base.join(&dir)))
+    }
+
     /// The configuration a command runs on: `path` if given, else [`SYSTEM_CONFIG`], which must
     /// exist (nothing is guessed: a device without a configuration says so).
     pub fn load_or_system(path: Option<&Path>) -> Result<Self, ConfigError> {

@@ -40,6 +40,10 @@ pub struct OtaConfig {
     pub accept_runs: usize,
     #[serde(default)]
     pub canary: CanaryConfig,
+    /// A new vigil binary keeps its slot once it has run this long with every camera streaming
+    /// and the broker connected; otherwise the previous binary is restored.
+    #[serde(rename = "binary_health_window_s", with = "units::secs", default = "default_binary_health_window")]
+    pub binary_health_window: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -113,6 +117,9 @@ impl CanaryConfig {
     }
 }
 
+fn default_binary_health_window() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_min_available_mb() -> u64 {
     256
 }

@@ -173,3 +173,20 @@ fn a_bundle_alone_gets_every_default() {
     assert_eq!(cfg.model.bundle, bundle_dir());
     assert_eq!(cfg.inference.backend, BackendKind::Auto);
 }
+
+#[test]
+fn data_dir_of_reads_only_data_dir_so_a_newer_configuration_still_finds_the_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vigil.toml");
+    // A key this vigil does not know (a newer one's) and no camera: `load` refuses it.
+    std::fs::write(&path, "device_id = \"d\"\ndata_dir = \"state\"\nfuture_key = 1\n").unwrap();
+    assert!(Config::load(&path).is_err());
+    assert_eq!(Config::data_dir_of(&path).unwrap(), dir.path().join("state"));
+    std::fs::write(&path, "device_id = \"d\"\n").unwrap();
+    assert_eq!(Config::data_dir_of(&path).unwrap(), PathBuf::from("/var/lib/vigil"));
+    std::fs::write(&path, "data_dir = 3\n").unwrap();
+    let e = Config::data_dir_of(&path).unwrap_err().to_string();
+    assert!(e.contains("data_dir must be a string, not integer"), "{e}");
+    std::fs::write(&path, "data_dir = \"/srv/vigil\"\n").unwrap();
+    assert_eq!(Config::data_dir_of(&path).unwrap(), PathBuf::from("/srv/vigil"));
+}

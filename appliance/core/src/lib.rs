@@ -5,6 +5,7 @@
 //! Every other vigil crate depends on this one; it depends on none of them.
 
 pub mod backoff;
+pub mod build;
 pub mod clock;
 pub mod codec;
 pub mod event;

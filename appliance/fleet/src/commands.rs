@@ -287,7 +287,7 @@ impl Fleet {
         match command {
             Command::Status => Ok(serde_json::json!({
                 "device_id": self.config.device_id,
-                "version": env!("CARGO_PKG_VERSION"),
+                "version": vigil_core::build::version(),
                 "uptime_s": self.started.elapsed().as_secs(),
                 "cameras": self.cameras.iter().map(|c| {
                     let s = c.snapshot();

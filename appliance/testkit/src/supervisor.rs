@@ -32,7 +32,7 @@ pub struct Unit {
     /// `ExecStart=`: the program and its arguments.
     pub exec_start: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
-    /// The service's stderr goes here (appended across starts).
+    /// The service's stderr and its `ExecStartPre=` commands' output go here (appended).
     pub log: PathBuf,
     pub timeout_start: Duration,
     pub timeout_stop: Duration,
@@ -63,6 +63,61 @@ impl Unit {
             start_limit_interval: Duration::from_secs(10),
         }
     }
+}
+
+impl Unit {
+    /// The settings of the unit file at `path` that the supervisor follows (`ExecStartPre=`,
+    /// `ExecStart=`, `Restart=`, `RestartSec=`, `TimeoutStartSec=`, `TimeoutStopSec=`,
+    /// `WatchdogSec=`, `StartLimitBurst=`, `StartLimitIntervalSec=`), with each `(from, to)` of
+    /// `replace` applied to the command lines' words (a test's binary and configuration for
+    /// `/usr/bin/vigil` and `/etc/vigil/vigil.toml`). Other keys are left to systemd.
+    pub fn from_file(path: &Path, replace: &[(&str, &str)], log: &Path) -> std::io::Result<Self> {
+        let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        let text = std::fs::read_to_string(path)?;
+        let mut unit = Unit::new("", &[], log);
+        unit.exec_start.clear();
+        unit.restart_on_failure = false;
+        let command = |value: &str| -> Vec<OsString> {
+            value
+                .split_whitespace()
+                .map(|w| replace.iter().find(|(from, _)| *from == w).map_or(w, |(_, to)| to).into())
+                .collect()
+        };
+        for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#') && !l.starts_with('[')) {
+            let Some((key, value)) = line.split_once('=') else { continue };
+            let time = || parse_time(value).ok_or_else(|| bad(format!("{key}={value}: not a time span")));
+            let count = || value.parse::<usize>().map_err(|_| bad(format!("{key}={value}: not a number")));
+            match key {
+                "ExecStartPre" => unit.exec_start_pre.push(command(value)),
+                "ExecStart" => unit.exec_start = command(value),
+                "Restart" => unit.restart_on_failure = value == "on-failure",
+                "RestartSec" => unit.restart_sec = time()?,
+                "TimeoutStartSec" => unit.timeout_start = time()?,
+                "TimeoutStopSec" => unit.timeout_stop = time()?,
+                "WatchdogSec" => unit.watchdog = Some(time()?),
+                "StartLimitBurst" => unit.start_limit_burst = count()?,
+                "StartLimitIntervalSec" => unit.start_limit_interval = time()?,
+                _ => {}
+            }
+        }
+        if unit.exec_start.is_empty() {
+            return Err(bad(format!("{} has no ExecStart=", path.display())));
+        }
+        Ok(unit)
+    }
+}
+
+/// A systemd time span of one number and unit: `500ms`, `5s`, `10min`, `2h` (bare: seconds).
+fn parse_time(value: &str) -> Option<Duration> {
+    let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let n: u64 = value[..split].parse().ok()?;
+    Some(match &value[split..] {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "min" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return None,
+    })
 }
 
 /// What happened, in order.
@@ -205,15 +260,22 @@ impl Run {
 
     /// One start: the pre-start commands, then the service until it ends or is stopped.
     fn once(&self) -> Ended {
+        let log = || std::fs::OpenOptions::new().create(true).append(true).open(&self.unit.log);
         for pre in &self.unit.exec_start_pre {
-            let status = Command::new(&pre[0]).args(&pre[1..]).envs(self.unit.env.iter().cloned()).status();
+            // Its output goes to the service's log, as the journal keeps both.
+            let status = Command::new(&pre[0])
+                .args(&pre[1..])
+                .envs(self.unit.env.iter().cloned())
+                .stdin(Stdio::null())
+                .stdout(log().map_or(Stdio::null(), Stdio::from))
+                .stderr(log().map_or(Stdio::null(), Stdio::from))
+                .status();
             let code = status.as_ref().ok().and_then(|s| s.code());
             self.record(Record::PreExited(code));
             if code != Some(0) {
                 return Ended::Failed;
             }
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.unit.log);
         let mut command = Command::new(&self.unit.exec_start[0]);
         command
             .args(&self.unit.exec_start[1..])
@@ -221,7 +283,7 @@ impl Run {
             .env("NOTIFY_SOCKET", &self.socket_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log.map_or(Stdio::null(), Stdio::from));
+            .stderr(log().map_or(Stdio::null(), Stdio::from));
         if let Some(w) = self.unit.watchdog {
             command.env("WATCHDOG_USEC", w.as_micros().to_string());
         }
@@ -427,5 +489,47 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         assert!(!sup.records().iter().any(|r| matches!(r, Record::Spawned { .. })), "{:?}", sup.records());
         assert!(sup.finished());
+    }
+}
+
+#[cfg(test)]
+mod unit_file_tests {
+    use super::*;
+
+    #[test]
+    fn a_unit_file_gives_its_commands_with_words_replaced_and_its_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.service");
+        std::fs::write(
+            &path,
+            "[Unit]\nStartLimitIntervalSec=10min\nStartLimitBurst=8\n[Service]\n# ExecStart=/bin/false\n\
+             ExecStartPre=/usr/bin/vigil slots guard --config /etc/vigil/vigil.toml\n\
+             ExecStart=/usr/bin/vigil run --config /etc/vigil/vigil.toml\nRestart=on-failure\nRestartSec=5s\n\
+             TimeoutStartSec=120s\nWatchdogSec=30\n",
+        )
+        .unwrap();
+        let unit =
+            Unit::from_file(&path, &[("/usr/bin/vigil", "/t/vigil"), ("/etc/vigil/vigil.toml", "/t/c.toml")], &path)
+                .unwrap();
+        let words = |c: &[OsString]| c.iter().map(|w| w.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ");
+        assert_eq!(
+            unit.exec_start_pre.iter().map(|c| words(c)).collect::<Vec<_>>(),
+            ["/t/vigil slots guard --config /t/c.toml"]
+        );
+        assert_eq!(words(&unit.exec_start), "/t/vigil run --config /t/c.toml");
+        assert!(unit.restart_on_failure);
+        assert_eq!(
+            (unit.restart_sec, unit.timeout_start, unit.watchdog, unit.start_limit_burst, unit.start_limit_interval),
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(120),
+                Some(Duration::from_secs(30)),
+                8,
+                Duration::from_secs(600)
+            )
+        );
+        std::fs::write(&path, "[Service]\nRestartSec=5 s\nExecStart=/x\n").unwrap();
+        let e = Unit::from_file(&path, &[], &path).unwrap_err().to_string();
+        assert!(e.contains("RestartSec=5 s: not a time span"), "{e}");
     }
 }

@@ -32,16 +32,19 @@ const CANARY_TICK: Duration = Duration::from_secs(1);
 
 /// Why an update stopped before its end: the phase it ends in and the reason, or (a periodic
 /// check) nothing newer to install.
-enum Stop {
+pub(crate) enum Stop {
     End(Phase, String),
     /// Rolled back by the canary, with its figures.
     RolledBack(String, serde_json::Value),
     NothingNew,
+    /// vigil restarts (into a new binary, or back to the previous one); the update goes on, or
+    /// is reported, from the next start.
+    Restarting,
 }
 
-type Step<T> = Result<T, Stop>;
+pub(crate) type Step<T> = Result<T, Stop>;
 
-fn failed(reason: impl Into<String>) -> Stop {
+pub(crate) fn failed(reason: impl Into<String>) -> Stop {
     Stop::End(Phase::Failed, reason.into())
 }
 
@@ -92,6 +95,11 @@ async fn resume_update(host: &Host, action: StartAction) {
             host.set_busy(true);
             update(host, j, false).await;
         }
+        StartAction::BinaryTrial(mut j) => {
+            host.set_busy(true);
+            let outcome = crate::binary::trial(host, &mut j).await;
+            finish(host, &mut j, outcome);
+        }
         StartAction::Canary(mut j) => {
             host.set_busy(true);
             tracing::warn!(name = %j.name, version = %j.version, restarts = j.canary_restarts, "watching the new model again from a fresh canary window");
@@ -126,6 +134,11 @@ fn finish(host: &Host, j: &mut Journal, outcome: Step<Option<serde_json::Value>>
         let _ = std::fs::remove_file(archive_path(&dir, j));
     }
     let (phase, reason, detail) = match outcome {
+        // Still under way: vigil is stopping, and busy until it has.
+        Err(Stop::Restarting) => {
+            host.set_busy(true);
+            return;
+        }
         Ok(detail) => (Phase::Successful, j.reason.clone().unwrap_or_default(), detail),
         Err(Stop::End(phase, reason)) => (phase, reason, None),
         Err(Stop::RolledBack(reason, figures)) => (Phase::RolledBack, reason, Some(figures)),
@@ -139,13 +152,17 @@ fn finish(host: &Host, j: &mut Journal, outcome: Step<Option<serde_json::Value>>
         tracing::error!(error = %e, "cannot record the update's outcome");
     }
     match phase {
-        Phase::Successful => tracing::info!(name = %j.name, version = %j.version, "model update successful: {reason}"),
-        _ => tracing::error!(name = %j.name, version = %j.version, state = ?phase, "model update ended: {reason}"),
+        Phase::Successful => {
+            tracing::info!(name = %j.name, version = %j.version, kind = %j.kind, "update successful: {reason}")
+        }
+        _ => {
+            tracing::error!(name = %j.name, version = %j.version, kind = %j.kind, state = ?phase, "update ended: {reason}")
+        }
     }
     host.publish(j, detail);
 }
 
-fn updater(config: &Config, ota: &OtaConfig) -> Result<Updater, OtaError> {
+pub(crate) fn updater(config: &Config, ota: &OtaConfig) -> Result<Updater, OtaError> {
     let server = ota.server.trim_end_matches('/');
     let url = |part: &str| {
         format!("{server}/{part}/").parse().map_err(|e| OtaError::Config(format!("ota.server `{}`: {e}", ota.server)))
@@ -199,7 +216,7 @@ fn device(serving: &Serving) -> Device {
 }
 
 /// Moves `j` to `phase`: written to the journal before the step's work starts, then published.
-fn enter(host: &Host, j: &mut Journal, phase: Phase) -> Step<()> {
+pub(crate) fn enter(host: &Host, j: &mut Journal, phase: Phase) -> Step<()> {
     j.enter(&host.dir(), phase).map_err(|e| failed(format!("cannot write the update journal: {e}")))?;
     host.publish(j, None);
     Ok(())
@@ -234,20 +251,21 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
         Err(_) if periodic => return Err(Stop::NothingNew),
         Err(e) => return Err(failed(e.to_string())),
     };
-    if offer.meta.kind != Kind::Model {
-        return Err(failed(format!(
-            "`{}` is a {} target; ota/apply installs models (binary updates are not built yet)",
-            offer.target, offer.meta.kind
-        )));
-    }
+    j.kind = offer.meta.kind;
     j.target = offer.target.clone();
     j.version = offer.meta.version.to_string();
-    let current = serving.model.version.parse::<semver::Version>().ok();
-    if periodic && current.is_some_and(|c| offer.meta.version <= c) {
-        return Err(Stop::NothingNew);
-    }
-    if serving.model.name == j.name && serving.model.version == j.version {
-        return Err(Stop::End(Phase::Successful, format!("{} {} is already serving", j.name, j.version)));
+    match offer.meta.kind {
+        Kind::Binary if periodic => return Err(Stop::NothingNew),
+        Kind::Binary => crate::binary::check_offer(host, &offer)?,
+        Kind::Model => {
+            let current = serving.model.version.parse::<semver::Version>().ok();
+            if periodic && current.is_some_and(|c| offer.meta.version <= c) {
+                return Err(Stop::NothingNew);
+            }
+            if serving.model.name == j.name && serving.model.version == j.version {
+                return Err(Stop::End(Phase::Successful, format!("{} {} is already serving", j.name, j.version)));
+            }
+        }
     }
     save(j)?;
     host.publish(j, Some(serde_json::json!({ "bytes": 0, "total": offer.length })));
@@ -258,6 +276,9 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
         tracing::info!(target = %offer.target, "the target was downloaded before the restart; not fetched again");
     } else {
         download(host, j, &updater, &trusted, &offer, &archive).await?;
+    }
+    if offer.meta.kind == Kind::Binary {
+        return crate::binary::install(host, j, &offer, &archive).await;
     }
 
     // Verifying: TUF checked the length and hash as it came; the archive is unpacked as hostile

@@ -1,4 +1,6 @@
-//! Model updates on the device: `ota/apply` → download (TUF, resumable) → verify and stage into a
+//! Updates on the device: of models, and of vigil's own binary (`binary`, `slots`).
+//!
+//! Model updates: `ota/apply` → download (TUF, resumable) → verify and stage into a
 //! new slot → acceptance on this device's backend → hot swap between two scheduler rounds →
 //! canary against the previous model → kept, or rolled back to the previous model (kept warm
 //! until the verdict). Each step is written to the journal (`vigil_ota::journal`) before it
@@ -23,7 +25,9 @@ use vigil_pipeline::canary::Recorder;
 use vigil_pipeline::scheduler::WarmCosts;
 use vigil_pipeline::CameraEvents;
 
+mod binary;
 mod flow;
+pub mod slots;
 mod start;
 
 pub use flow::run;
@@ -90,6 +94,13 @@ pub struct Host {
     pub serving: Mutex<Serving>,
     /// Told when another model starts serving (the retained status names it).
     pub on_model: Box<dyn Fn(&ModelRef) + Send + Sync>,
+    /// The configuration file vigil runs on (`None`: the embedded demo): a new binary must
+    /// accept it.
+    pub config_path: Option<PathBuf>,
+    /// Cancelled to have vigil exit for its supervisor to start it again (into a new binary).
+    pub restart: tokio_util::sync::CancellationToken,
+    /// Whether the broker has accepted a connection since the start (a new binary's health).
+    pub connected: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl Host {

@@ -1,6 +1,6 @@
 //! What a starting vigil does about an update the last run left unfinished. Called before the
 //! model loads: a rollback rewrites the active-model pointer first, so that the model loaded is
-//! the one that should serve.
+//! the one that should serve. A binary update's journal is `binary::on_start`'s.
 
 use vigil_config::Config;
 use vigil_infer::slots;
@@ -16,6 +16,9 @@ pub enum StartAction {
     Continue(Journal),
     /// The new model serves: watch it from a fresh canary window.
     Canary(Journal),
+    /// This is a new vigil binary on trial: watch its health, then keep it or put the previous
+    /// one back.
+    BinaryTrial(Journal),
 }
 
 /// Reads the journal and settles what must be settled before the model loads.
@@ -30,6 +33,9 @@ pub fn before_model_loads(config: &Config) -> StartAction {
             return StartAction::Nothing;
         }
     };
+    if journal.kind == vigil_ota::Kind::Binary {
+        return crate::binary::on_start(&config.data_dir, &dir, journal, crate::slots::running_slot());
+    }
     let active = slots::read_active(&config.data_dir).map(|a| a.slot);
     let resume = match journal.on_start(&dir, active.as_deref()) {
         Ok(r) => r,

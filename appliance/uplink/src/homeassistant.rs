@@ -43,7 +43,7 @@ pub fn sensor_config(device_id: &str, camera: &str) -> serde_json::Value {
             "name": format!("{device_id} {camera}"),
             "manufacturer": "vigil",
             "model": "camera",
-            "sw_version": env!("CARGO_PKG_VERSION"),
+            "sw_version": vigil_core::build::version(),
         },
     })
 }

@@ -436,7 +436,7 @@ pub fn new_status(config: &Config, model: Option<StatusModel>) -> Status {
     Status {
         state: "online",
         device_id: config.device_id.clone(),
-        version: env!("CARGO_PKG_VERSION"),
+        version: vigil_core::build::version(),
         started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         uptime_s: 0,
         model,

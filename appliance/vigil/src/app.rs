@@ -161,7 +161,8 @@ pub async fn run(
     // Shared with systemd's watchdog, which checks that each thread still lives.
     let camera_threads = Arc::new(std::sync::Mutex::new(camera_threads));
 
-    let updates = Updates::new(&config, serving, stats.clone(), status.clone());
+    let restart = CancellationToken::new();
+    let updates = Updates::new(&config, serving, stats.clone(), status.clone(), config_path.clone(), restart.clone());
     let (events_tx, events_rx) = event_queue(EVENT_QUEUE, EVENT_QUEUE_BYTES);
     let camera_ids: Vec<&str> = cameras.iter().map(|c| &*c.0.id).collect();
     let sched_stats = Arc::new(SchedulerStats::new(&camera_ids));
@@ -221,7 +222,6 @@ pub async fn run(
     let uplink = uplink.with_retained(topic::ota(&config.device_id), updates.state);
     let uplink = tokio::spawn(uplink.run(uplink_cancel.clone()));
     let updater = updates.task.spawn(update_start, capture_cancel.clone());
-    let restart = CancellationToken::new();
     let fleet = Arc::new(commands::Fleet {
         config: Arc::new(config.clone()),
         started: std::time::Instant::now(),

@@ -15,16 +15,20 @@ mod events_cli;
 mod model;
 mod model_cli;
 mod probation;
+mod slots_cli;
 mod systemd;
 mod updates;
 mod worker;
+
+/// This build's version: the crate's, or `VIGIL_VERSION` at build time (build.rs checks it).
+const VERSION: &str = env!("VIGIL_BUILD_VERSION");
 
 /// Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or input.
 const EXIT_FAILURE: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "vigil", version, about = "Edge video appliance: cameras → models → events → MQTT")]
+#[command(name = "vigil", version = VERSION, about = "Edge video appliance: cameras → models → events → MQTT")]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
@@ -81,6 +85,9 @@ enum Command {
     Fleet(vigil_ops::fleet::FleetArgs),
     /// Measure capture and inference throughput against baselines run side by side.
     Bench(vigil_ops::bench::BenchArgs),
+    /// vigil's own binary in its A/B slots: `guard` (systemd's ExecStartPre) and `status`.
+    #[command(subcommand)]
+    Slots(slots_cli::SlotsCommand),
 }
 
 /// Settings a run takes from the command line over its configuration file.
@@ -115,6 +122,7 @@ fn load_config(path: Option<&Path>, demo: bool) -> Result<Config, ConfigError> {
 }
 
 fn main() -> ExitCode {
+    vigil_core::build::set_version(VERSION);
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
@@ -145,11 +153,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Bench(args) => report(vigil_ops::bench::run(&args)),
+        Command::Slots(command) => slots_cli::run(&command),
     }
 }
 
 /// `vigil run` (and `vigil demo`): the service until a signal, a restart command or a failure.
 fn run(config: Option<PathBuf>, demo: bool, overrides: Overrides) -> ExitCode {
+    // The packaged binary hands over to a newer one in an A/B slot (returns if it does not).
+    if !demo {
+        slots_cli::launch(config.as_deref(), overrides.data_dir.as_deref());
+    }
     // A file written by config/set that cannot even load goes back at once.
     let refuse = |problems: String| {
         eprintln!("{problems}");

@@ -1,4 +1,4 @@
-//! The model updater's place in the service: the channels between it, the scheduler's thread,
+//! The updater's place in the service: the channels between it, the scheduler's thread,
 //! the fleet commands and the uplink (see `vigil_update`).
 
 use std::sync::atomic::AtomicBool;
@@ -28,7 +28,14 @@ pub struct Updates {
 }
 
 impl Updates {
-    pub fn new(config: &Config, serving: Serving, cameras: Vec<Arc<CameraStats>>, status: SharedStatus) -> Self {
+    pub fn new(
+        config: &Config,
+        serving: Serving,
+        cameras: Vec<Arc<CameraStats>>,
+        status: SharedStatus,
+        config_path: Option<std::path::PathBuf>,
+        restart: CancellationToken,
+    ) -> Self {
         let (swap_tx, swaps) = std::sync::mpsc::sync_channel(1);
         let (tx, requests) = tokio::sync::mpsc::channel(REQUESTS);
         let (state_tx, state) = tokio::sync::watch::channel(Vec::new());
@@ -44,6 +51,12 @@ impl Updates {
             state: state_tx,
             busy: busy.clone(),
             serving: Mutex::new(serving),
+            config_path,
+            restart,
+            connected: Box::new({
+                let status = status.clone();
+                move || status.has_connected()
+            }),
             on_model: Box::new(move |m| {
                 let model = StatusModel::from(m);
                 status.update(|s| {
