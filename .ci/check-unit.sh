@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks vigil's systemd unit offline (no systemd as PID 1 needed):
 # - `systemd-analyze verify` prints nothing (it exits 0 on unknown keys and typos, so any output
-#   fails); ExecStart must exist, so a copy pointing at the built binary is verified;
+#   fails); ExecStart and ExecStartPre must exist, so a copy pointing at the built binary is verified;
 # - `systemd-analyze security --offline=yes` rates its exposure at most 2.0.
 set -euo pipefail
 unit=appliance/vigil/package/vigil.service
@@ -10,7 +10,7 @@ max_exposure=2.0
 [[ -x $binary ]] || { echo "check-unit: $binary is not built (cargo build -p vigil)" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-sed "s|^ExecStart=/usr/bin/vigil |ExecStart=$(realpath "$binary") |" "$unit" >"$work/vigil.service"
+sed -E "s#^(ExecStart|ExecStartPre)=/usr/bin/vigil #\1=$(realpath "$binary") #" "$unit" >"$work/vigil.service"
 grep -q "^ExecStart=$(realpath "$binary") " "$work/vigil.service" ||
   { echo "check-unit: $unit has no ExecStart=/usr/bin/vigil line" >&2; exit 1; }
 out=$(systemd-analyze verify "$work/vigil.service" 2>&1) || true

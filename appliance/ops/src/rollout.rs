@@ -193,6 +193,8 @@ pub struct DeviceStatus {
     pub online: bool,
     /// The model it serves: name and version.
     pub model: Option<(String, String)>,
+    /// The vigil it runs.
+    pub vigil: Option<String>,
 }
 
 impl DeviceStatus {
@@ -202,16 +204,29 @@ impl DeviceStatus {
             (Some(n), Some(ver)) => Some((n.to_owned(), ver.to_owned())),
             _ => None,
         };
-        Some(Self { online: v["state"] == "online", model })
+        let vigil = v["version"].as_str().map(str::to_owned);
+        Some(Self { online: v["state"] == "online", model, vigil })
+    }
+
+    /// The version it runs of `name`: a model's name, or `vigil` for vigil's own binary.
+    pub fn runs(&self, name: &str) -> Option<&str> {
+        if name == VIGIL {
+            return self.vigil.as_deref();
+        }
+        self.model.as_ref().filter(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
+
+/// The target name of vigil's own binary.
+const VIGIL: &str = "vigil";
 
 /// Which devices a rollout is for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Selection {
     /// These, whatever they run.
     Devices(Vec<String>),
-    /// Every device whose retained status names the target's model.
+    /// Every device whose retained status names the target's model (every device, for
+    /// `vigil` itself).
     RunningModel,
 }
 
@@ -289,7 +304,7 @@ impl Rollout {
             Selection::RunningModel => {
                 let ids: Vec<String> = statuses
                     .iter()
-                    .filter(|(_, s)| s.model.as_ref().is_some_and(|(n, _)| *n == plan.name))
+                    .filter(|(_, s)| s.runs(&plan.name).is_some())
                     .map(|(id, _)| id.clone())
                     .collect();
                 if ids.is_empty() {
@@ -305,11 +320,12 @@ impl Rollout {
         };
         let mut devices = BTreeMap::new();
         for id in ids {
-            let ran = statuses.get(&id).and_then(|s| s.model.clone()).filter(|(n, _)| *n == plan.name).map(|m| m.1);
+            let ran = statuses.get(&id).and_then(|s| s.runs(&plan.name)).map(str::to_owned);
             let current = ran.as_deref().and_then(|v| semver::Version::parse(v).ok()).is_some_and(|v| v >= target);
             let mut device = Device::new(if current { DeviceState::Current } else { DeviceState::Pending });
             if current {
-                device.reason = Some(format!("already serves {}", ran.as_deref().unwrap_or_default()));
+                let verb = if plan.name == VIGIL { "runs" } else { "serves" };
+                device.reason = Some(format!("already {verb} {}", ran.as_deref().unwrap_or_default()));
             }
             device.ran = ran;
             devices.insert(id, device);
@@ -696,7 +712,7 @@ mod tests {
     }
 
     fn serving(online: bool, version: &str) -> DeviceStatus {
-        DeviceStatus { online, model: Some(("shapes".into(), version.into())) }
+        DeviceStatus { online, model: Some(("shapes".into(), version.into())), vigil: Some("0.1.0".into()) }
     }
 
     /// `dev-1` … `dev-n`, online, serving shapes 1.0.0.
@@ -932,7 +948,10 @@ mod tests {
         let mut statuses = fleet(2);
         statuses.insert("dev-3".into(), serving(true, "1.0.1"));
         statuses.insert("dev-4".into(), serving(true, "2.0.0"));
-        statuses.insert("other".into(), DeviceStatus { online: true, model: Some(("faces".into(), "1.0.0".into())) });
+        statuses.insert(
+            "other".into(),
+            DeviceStatus { online: true, model: Some(("faces".into(), "1.0.0".into())), vigil: Some("0.2.0".into()) },
+        );
         let mut r = rollout(&statuses, "100%", 0);
         assert_eq!(r.devices.keys().collect::<Vec<_>>(), ["dev-1", "dev-2", "dev-3", "dev-4"]);
         assert_eq!((state(&r, "dev-3"), state(&r, "dev-4")), (DeviceState::Current, DeviceState::Current));
@@ -953,6 +972,13 @@ mod tests {
         latest.version = "latest".into();
         let e = Rollout::new(latest, Selection::RunningModel, &statuses, "p".into(), at(0)).unwrap_err();
         assert!(e.contains("not a semantic version"), "{e}");
+        // vigil's own binary: every device, by the vigil version it runs.
+        let mut binary = plan("100%", 0);
+        (binary.name, binary.version) = ("vigil".into(), "0.2.0".into());
+        let r = Rollout::new(binary, Selection::RunningModel, &statuses, "p".into(), at(0)).unwrap();
+        assert_eq!(r.devices.len(), 5);
+        assert_eq!((state(&r, "dev-1"), state(&r, "other")), (DeviceState::Pending, DeviceState::Current));
+        assert_eq!(r.devices["other"].reason.as_deref(), Some("already runs 0.2.0"));
     }
 
     #[test]
