@@ -17,7 +17,7 @@ TRT_ENV := target/trt-headers/env.sh
 GPU_TESTS := $(if $(filter 1,$(VIGIL_REQUIRE_GPU)),-- --include-ignored)
 WITH_TRT := source $(TRT_ENV) &&
 
-.PHONY: setup cross-setup trt-headers demo test lint unit aarch64 bench jetson-check deb next-vigil
+.PHONY: setup cross-setup trt-headers demo test lint unit aarch64 bench jetson-check deb deb-jetpack next-vigil
 
 ## Install what is missing (apt, ONNX Runtime wheel); idempotent.
 setup:
@@ -52,6 +52,7 @@ unit: trt-headers next-vigil
 	$(WITH_TRT) cargo test --workspace --locked
 	.ci/check-unit.sh target/debug/vigil
 	.ci/check-deb.sh
+	.ci/check-deb-jetpack.sh
 	$(WITH_TRT) cargo test -p vigil-infer --features tensorrt --locked --lib $(GPU_TESTS)
 	$(WITH_TRT) cargo test -p vigil --features tensorrt --locked --test cuda $(GPU_TESTS)
 
@@ -95,6 +96,12 @@ deb: setup trt-headers
 	$(WITH_TRT) cargo build --release --locked -p vigil
 	.ci/stage-deb.sh
 	cargo deb -p vigil --no-build
+
+## The JetPack 6 package (arm64) from the cross build: CPU backend and GStreamer (NVDEC through
+## L4T's plugins). The TensorRT build is made on a Jetson (docs/packaging.md).
+deb-jetpack: aarch64
+	.ci/stage-deb.sh arm64
+	CARGO_TARGET_DIR=target/cross cargo deb -p vigil --variant jetpack --target $(AARCH64) --no-build
 
 ## Throughput against side-by-side baselines; figures go to docs/performance.md.
 bench: setup

@@ -40,12 +40,14 @@ pub struct Plan {
     pub nvvidconv: bool,
     /// The decoded frame size when known before starting (probe or camera mode).
     pub source_size: Option<(u32, u32)>,
+    /// `max-threads` of a software (FFmpeg) decoder; 0 leaves FFmpeg's own choice (one per core).
+    pub decode_threads: u32,
 }
 
 impl Plan {
     /// The plan for `codec` with `decoder` (`None` for raw video) on `platform`.
     pub fn new(platform: &Platform, codec: Codec, decoder: Option<Decoder>, source_size: Option<(u32, u32)>) -> Self {
-        Self { codec, decoder, nvvidconv: platform.has_nvvidconv(), source_size }
+        Self { codec, decoder, nvvidconv: platform.has_nvvidconv(), source_size, decode_threads: 0 }
     }
 
     /// `avdec_h264 (software) → videoscale+videoconvert`: the decode path as people read it.
@@ -251,6 +253,10 @@ pub fn describe(
         if !d.properties.is_empty() {
             head.push(' ');
             head.push_str(d.properties);
+        }
+        // FFmpeg's decoders (gst-libav): one thread by default per core, each with a frame.
+        if d.element.starts_with("avdec_") && plan.decode_threads > 0 {
+            head.push_str(&format!(" max-threads={}", plan.decode_threads));
         }
     } else if plan.codec != Codec::Raw {
         return Err(format!("{} video needs a decoder", plan.codec));

@@ -55,6 +55,8 @@ pub struct CameraSpec {
     /// The model's input size: frames are letterboxed to it.
     pub size: (u32, u32),
     pub supervision: Supervision,
+    /// Threads of a software decoder (0: FFmpeg's choice); see `CaptureConfig::decode_threads`.
+    pub decode_threads: u32,
 }
 
 impl CameraSpec {
@@ -73,6 +75,7 @@ impl CameraSpec {
             password,
             size,
             supervision: Supervision::default(),
+            decode_threads: 0,
         }
     }
 
@@ -91,7 +94,9 @@ impl CameraSpec {
             .decoders(info.codec, self.decoder.as_deref())
             .map_err(|message| CaptureError::Build { camera: self.id.to_string(), message })?;
         let decoder = decoders.get(candidate.min(decoders.len().saturating_sub(1))).cloned();
-        Ok(Plan::new(platform, info.codec, decoder, info.size))
+        let mut plan = Plan::new(platform, info.codec, decoder, info.size);
+        plan.decode_threads = self.decode_threads;
+        Ok(plan)
     }
 }
 
@@ -119,6 +124,8 @@ impl CameraSpec {
         spec.user = cam.user.clone().or(spec.user);
         spec.password = cam.password.clone().or(spec.password);
         spec.supervision = Supervision::from_config(&config.capture, cam);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        spec.decode_threads = config.capture.decode_threads(config.cameras.len(), cores);
         spec
     }
 }

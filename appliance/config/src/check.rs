@@ -177,6 +177,7 @@ impl Config {
         check_range(&mut bad, "capture.backoff_min_ms", in_ms(c.backoff_min), 10..=600_000);
         check_range(&mut bad, "capture.backoff_max_ms", in_ms(c.backoff_max), 10..=3_600_000);
         check_range(&mut bad, "capture.backoff_reset_s", c.backoff_reset.as_secs(), 1..=86_400);
+        check_range(&mut bad, "capture.software_decode_threads", u64::from(c.software_decode_threads), 0..=64);
         if c.backoff_max < c.backoff_min {
             bad(
                 "capture.backoff_max_ms",

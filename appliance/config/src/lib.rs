@@ -376,6 +376,21 @@ pub struct CaptureConfig {
     /// Streaming this long without a fault resets the backoff.
     #[serde(rename = "backoff_reset_s", with = "units::secs", default = "default_backoff_reset")]
     pub backoff_reset: Duration,
+    /// Threads each software decoder may use; 0 shares the cores out: cores ÷ cameras, at least
+    /// one. Each thread of FFmpeg's frame threading holds a frame of its own (memory) and adds a
+    /// frame of delay.
+    #[serde(default)]
+    pub software_decode_threads: u32,
+}
+
+impl CaptureConfig {
+    /// The threads each of `cameras` software decoders gets on a machine of `cores`.
+    pub fn decode_threads(&self, cameras: usize, cores: usize) -> u32 {
+        match self.software_decode_threads {
+            0 => u32::try_from(cores / cameras.max(1)).unwrap_or(u32::MAX).max(1),
+            n => n,
+        }
+    }
 }
 
 impl Default for CaptureConfig {
@@ -386,6 +401,7 @@ impl Default for CaptureConfig {
             backoff_min: default_backoff_min(),
             backoff_max: default_backoff_max(),
             backoff_reset: default_backoff_reset(),
+            software_decode_threads: 0,
         }
     }
 }

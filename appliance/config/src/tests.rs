@@ -190,3 +190,14 @@ fn data_dir_of_reads_only_data_dir_so_a_newer_configuration_still_finds_the_slot
     std::fs::write(&path, "data_dir = \"/srv/vigil\"\n").unwrap();
     assert_eq!(Config::data_dir_of(&path).unwrap(), PathBuf::from("/srv/vigil"));
 }
+
+#[test]
+fn software_decoders_share_the_cores_out_unless_told() {
+    let mut c = CaptureConfig::default();
+    assert_eq!(
+        (c.decode_threads(4, 2), c.decode_threads(1, 2), c.decode_threads(2, 6), c.decode_threads(0, 1)),
+        (1, 2, 3, 1)
+    );
+    c.software_decode_threads = 3;
+    assert_eq!(c.decode_threads(4, 2), 3);
+}

@@ -10,6 +10,8 @@
 //! 4. The service path on the CPU: 1 and 4 real-time cameras through capture, the budget
 //!    scheduler and the model: capture → detections p50/p95/p99, the fraction of frames
 //!    processed and late frames, next to the bare inference time of the same run.
+//! 5. The footprint (`crate::footprint`; alone with `--footprint`): resident memory against
+//!    gst-launch, cold start, binary size.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,6 +52,12 @@ pub struct BenchArgs {
     /// Seconds of the service-path measurement per camera count (0: skip it).
     #[arg(long, default_value_t = 20)]
     pub service_seconds: u64,
+    /// Only the footprint: resident memory against gst-launch, cold start, binary size.
+    #[arg(long)]
+    pub footprint: bool,
+    /// The aarch64 build whose stripped size the footprint reports.
+    #[arg(long, default_value = "target/cross/aarch64-unknown-linux-gnu/release/vigil")]
+    pub aarch64: PathBuf,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -73,6 +81,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             c
         }
     };
+    if args.footprint {
+        std::fs::create_dir_all(&tmp)?;
+        let done = crate::footprint::run(&clip, &cfg.model.bundle, Some(&args.aarch64), &tmp);
+        let _ = std::fs::remove_dir_all(&tmp);
+        return done;
+    }
     let platform = Arc::new(Platform::detect());
     let source = SourceUri::File { path: clip.clone(), looped: false, pace: Pace::Fast };
     let probe_spec = CameraSpec::new(0, "bench", source.clone(), size);
@@ -81,7 +95,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("== capture ingest: decode + letterbox to {}x{} + hand-off (inference off)", size.0, size.1);
     println!("clip: {} ({}, {})", clip.display(), info.codec, plan.path());
     for cameras in [1usize, 2, 4] {
-        let baseline = baseline_description(&source, &plan, &platform, size, cameras)?;
+        let baseline = baseline_description(&source, &plan, &platform, size, cameras, false)?;
         let mut gst_fps = Vec::new();
         let mut vigil_fps = Vec::new();
         for round in 1..=args.rounds.max(1) {
@@ -151,9 +165,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         for cameras in [1usize, 4] {
             detector =
                 service_path(detector, &source, info.codec, &platform, size, cameras, budget, args.service_seconds)?;
-            if let Err(e) = service_memory(&clip, &cfg.model.bundle, cameras, &tmp) {
-                println!("  resident memory not measured: {e:#}");
-            }
             let mut bare = Vec::with_capacity(100);
             for _ in 0..100 {
                 let t = Instant::now();
@@ -164,43 +175,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             println!("  bare inference right after, same model and process: p50 {p50:.2} ms");
         }
     }
+    crate::footprint::run(&clip, &cfg.model.bundle, Some(&args.aarch64), &tmp)?;
     let _ = std::fs::remove_dir_all(&tmp);
-    Ok(())
-}
-
-/// Starts the real service (`vigil run`) on `cameras` real-time copies of the clip, with an
-/// unreachable broker (events pile up in the store, as in an outage), and reads its resident
-/// memory after 20 s.
-fn service_memory(clip: &Path, bundle: &Path, cameras: usize, tmp: &Path) -> anyhow::Result<()> {
-    let dir = tmp.join(format!("rss-{cameras}"));
-    std::fs::create_dir_all(&dir)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut text = format!(
-        "device_id = \"rss\"\ndata_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n[model]\nbundle = \"{}\"\n",
-        dir.join("data").display(),
-        bundle.display()
-    );
-    for i in 0..cameras {
-        text += &format!("[[camera]]\nid = \"cam{i}\"\nuri = \"file://{}?loop=true\"\n", clip.display());
-    }
-    let config = dir.join("vigil.toml");
-    std::fs::write(&config, text)?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_secs(20));
-    let rss = resident_memory(child.id());
-    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    }
-    let status = child.wait()?;
-    let (now, peak) = rss.context("the service exited early")?;
-    println!(
-        "  `vigil run`, {cameras} camera(s) at 30 fps, 20 s in: resident memory {now} MiB (peak {peak} MiB); {status}"
-    );
     Ok(())
 }
 
@@ -257,7 +233,7 @@ fn service_path(
 }
 
 /// (VmRSS, VmHWM) of process `pid` in MiB, from /proc (Linux).
-fn resident_memory(pid: u32) -> Option<(u64, u64)> {
+pub(crate) fn resident_memory(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb / 1024)
@@ -268,7 +244,10 @@ fn resident_memory(pid: u32) -> Option<(u64, u64)> {
 fn generate_clip(path: &Path) -> anyhow::Result<()> {
     let out = Command::new("gst-launch-1.0")
         .args(["-q", "videotestsrc", "num-buffers=600", "pattern=ball", "motion=sweep", "!"])
+        // 4:2:0, 8 bits, as cameras send: left to itself x264enc takes videoconvert's first
+        // format, 4:4:4 at 10 bits, which decodes into frames three times the size.
         .args(["video/x-raw,width=1280,height=720,framerate=30/1", "!", "videoconvert", "!"])
+        .args(["video/x-raw,format=I420", "!"])
         .args(["x264enc", "speed-preset=superfast", "bitrate=6000", "key-int-max=60", "!"])
         .args(["h264parse", "!", "mp4mux", "!", "filesink"])
         .arg(format!("location={}", path.display()))
@@ -291,12 +270,13 @@ struct Throughput {
 
 /// vigil's own pipeline for `source` with a fakesink in place of the appsink, `copies` times side
 /// by side in one gst-launch pipeline (element names dropped so that the copies do not clash).
-fn baseline_description(
+pub(crate) fn baseline_description(
     source: &SourceUri,
     plan: &Plan,
     platform: &Platform,
     (w, h): (u32, u32),
     copies: usize,
+    sync: bool,
 ) -> anyhow::Result<String> {
     let spec = pipeline::describe(source, plan, platform, w, h).map_err(anyhow::Error::msg)?;
     let one: String = spec
@@ -304,7 +284,7 @@ fn baseline_description(
         .split(" ! ")
         .map(|part| {
             if part.starts_with("appsink ") {
-                "fakesink sync=false".to_owned()
+                format!("fakesink sync={sync}")
             } else {
                 part.split(' ').filter(|w| !w.starts_with("name=vigil_")).collect::<Vec<_>>().join(" ")
             }
@@ -334,7 +314,7 @@ fn gst_launch_seconds(description: &str) -> anyhow::Result<f64> {
 }
 
 /// Splits a pipeline description into arguments, keeping double-quoted values whole.
-fn shell_split(s: &str) -> Vec<String> {
+pub(crate) fn shell_split(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;

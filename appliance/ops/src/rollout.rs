@@ -302,11 +302,8 @@ impl Rollout {
                 ids
             }
             Selection::RunningModel => {
-                let ids: Vec<String> = statuses
-                    .iter()
-                    .filter(|(_, s)| s.runs(&plan.name).is_some())
-                    .map(|(id, _)| id.clone())
-                    .collect();
+                let ids: Vec<String> =
+                    statuses.iter().filter(|(_, s)| s.runs(&plan.name).is_some()).map(|(id, _)| id.clone()).collect();
                 if ids.is_empty() {
                     return Err(format!(
                         "no device on the broker serves model `{}` ({} devices have a status); name the devices \

@@ -167,7 +167,7 @@ fn raw_rtsp_and_undecodable_plans_are_refused() {
     let e = build(&Platform::desktop(), "rtsp://cam/s", Codec::Raw, None).unwrap_err();
     assert!(e.contains("raw video over RTSP"), "{e}");
     let source = SourceUri::parse("file:///a.mp4").unwrap();
-    let plan = Plan { codec: Codec::H264, decoder: None, nvvidconv: false, source_size: None };
+    let plan = Plan { codec: Codec::H264, decoder: None, nvvidconv: false, source_size: None, decode_threads: 0 };
     assert!(describe(&source, &plan, &Platform::desktop(), SIZE, SIZE).is_err());
 }
 
@@ -249,4 +249,23 @@ fn probes_exist_for_sources_of_unknown_codec() {
     assert!(probe("file:///a.mp4").unwrap().starts_with("filesrc location=\"/a.mp4\" ! parsebin"));
     assert_eq!(probe("csi://0"), None);
     assert_eq!(probe("test://ball"), None);
+}
+
+#[test]
+fn software_decoders_get_their_thread_count_and_hardware_ones_do_not() {
+    let source = SourceUri::parse("file:///clips/a.mp4").unwrap();
+    for platform in profiles() {
+        for codec in [Codec::H264, Codec::Mjpeg] {
+            let decoder = platform.decoders(codec, None).unwrap().into_iter().next();
+            let mut plan = Plan::new(&platform, codec, decoder, None);
+            plan.decode_threads = 2;
+            let d = describe(&source, &plan, &platform, SIZE, SIZE).unwrap().description;
+            let expected = format!("{} max-threads=2 ", self::decoder(&platform, codec));
+            let software = self::decoder(&platform, codec).starts_with("avdec_");
+            assert_eq!(d.contains(&expected), software, "{}: {d}", platform.name);
+            plan.decode_threads = 0;
+            let d = describe(&source, &plan, &platform, SIZE, SIZE).unwrap().description;
+            assert!(!d.contains("max-threads"), "0 leaves FFmpeg's choice: {d}");
+        }
+    }
 }
