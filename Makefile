@@ -17,7 +17,7 @@ TRT_ENV := target/trt-headers/env.sh
 GPU_TESTS := $(if $(filter 1,$(VIGIL_REQUIRE_GPU)),-- --include-ignored)
 WITH_TRT := source $(TRT_ENV) &&
 
-.PHONY: setup cross-setup trt-headers demo test lint unit aarch64 bench jetson-check deb deb-jetpack next-vigil
+.PHONY: setup cross-setup trt-headers demo test lint yocto unit aarch64 bench jetson-check deb deb-jetpack next-vigil
 
 ## Install what is missing (apt, ONNX Runtime wheel); idempotent.
 setup:
@@ -37,13 +37,18 @@ demo: setup
 
 ## Everything CI checks: formatting, lints, the aarch64 build run under qemu, all tests (last,
 ## so their summary closes the output).
-test: setup cross-setup trt-headers lint aarch64 unit
+test: setup cross-setup trt-headers lint yocto aarch64 unit
 
 lint: trt-headers
 	cargo fmt --all -- --check
 	$(WITH_TRT) cargo clippy --workspace --all-targets --locked -- -D warnings
 	$(WITH_TRT) cargo clippy -p vigil -p vigil-infer --all-targets --features vigil/tensorrt --locked -- -D warnings
 	.ci/check-boundaries.sh
+
+## The Yocto layer's offline checks: the crates include against Cargo.lock, oelint-adv, the
+## Rust and release pins (yocto/meta-vigil/README.md).
+yocto: setup
+	.ci/check-yocto.sh
 
 ## The workspace's tests (tensorrt-sys against the stub), the systemd unit's offline checks, the
 ## .deb built, linted, installed, upgraded, removed and purged here, then vigil's CUDA and

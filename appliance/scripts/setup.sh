@@ -50,4 +50,10 @@ if ! .venv/bin/python -c "import onnx; assert onnx.__version__ == '$ONNX_VERSION
   echo "setup: installing onnx $ONNX_VERSION into .venv"
   .venv/bin/pip install -q --disable-pip-version-check "onnx==$ONNX_VERSION"
 fi
+# oelint-adv: the Yocto layer's linter (.ci/check-yocto.sh); pinned, as its rules change.
+OELINT_VERSION=9.11.2
+if ! .venv/bin/oelint-adv --version 2>/dev/null | grep -q "$OELINT_VERSION"; then
+  echo "setup: installing oelint-adv $OELINT_VERSION into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check "oelint-adv==$OELINT_VERSION"
+fi
 ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n1

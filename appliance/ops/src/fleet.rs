@@ -63,7 +63,7 @@ pub enum FleetCommand {
         #[arg(long)]
         count: Option<usize>,
     },
-    /// Model updates across the fleet: `push` a signed target in waves, `report` on a rollout.
+    /// Model and vigil updates across the fleet: `push` a signed target in waves, `report` on a rollout.
     Ota {
         #[command(subcommand)]
         command: crate::push::OtaCommand,

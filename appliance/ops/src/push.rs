@@ -22,12 +22,13 @@ const SETTLE: Duration = Duration::from_millis(1500);
 
 #[derive(Debug, clap::Args)]
 pub struct PushArgs {
-    /// The model target's name (as signed: `vigil-ota add-model --name`).
+    /// The target's name as signed (`vigil-ota add --name`): a model's, or `vigil` for vigil's
+    /// own binary.
     pub name: String,
     /// Its exact version: every device of the rollout gets the same.
     pub version: String,
     /// Devices to update (repeat, or separate with commas); without it, every device whose
-    /// retained status names the model.
+    /// retained status names the model (for `vigil`: every device).
     #[arg(long = "device", value_delimiter = ',')]
     pub devices: Vec<String>,
     /// Cumulative wave sizes: device counts or percentages, ending with 100% [default: 1,10%,100%].
