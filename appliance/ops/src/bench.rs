@@ -95,6 +95,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("== capture ingest: decode + letterbox to {}x{} + hand-off (inference off)", size.0, size.1);
     println!("clip: {} ({}, {})", clip.display(), info.codec, plan.path());
     for cameras in [1usize, 2, 4] {
+        // Both with the threads the service gives each software decoder for this many cameras.
+        let plan = Plan { decode_threads: decode_threads(cameras), ..plan.clone() };
         let baseline = baseline_description(&source, &plan, &platform, size, cameras, false)?;
         let mut gst_fps = Vec::new();
         let mut vigil_fps = Vec::new();
@@ -230,6 +232,12 @@ fn service_path(
         );
     }
     Ok(scheduler.into_stages())
+}
+
+/// The threads the service gives each software decoder with `cameras` cameras here.
+fn decode_threads(cameras: usize) -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    vigil_config::CaptureConfig::default().decode_threads(cameras, cores)
 }
 
 /// (VmRSS, VmHWM) of process `pid` in MiB, from /proc (Linux).
@@ -368,6 +376,7 @@ impl BenchCameras {
             let mut spec = CameraSpec::new(i, id, source.clone(), size);
             // As configured cameras do: the one-time probe is not part of what is measured.
             spec.codec = Some(codec);
+            spec.decode_threads = decode_threads(ids.len());
             threads.push(capture::spawn_camera(spec, platform.clone(), hub.clone(), cancel.clone())?);
         }
         Ok(Self { hub, stats, cancel, threads })
