@@ -39,6 +39,11 @@ pub const SCHEMA_VERSION: u64 = 3;
 /// Outbox bound when none is configured (`mqtt.outbox_max_messages`).
 pub const DEFAULT_OUTBOX_LIMIT: usize = 100_000;
 const SCHEMA_KEY: &[u8] = b"schema_version";
+/// sled's page cache. Its default, 1 GiB, is filled as a store is written and read (retention
+/// scans, queries), so vigil's memory would grow with its store toward it, on a board whose
+/// 4 GB are shared with the GPU. Pages beyond it are read back from the file (and the kernel's
+/// page cache).
+const CACHE_BYTES: u64 = 32 << 20;
 /// The counts a clean close wrote down ([`Store::close`]); absent while a store is open.
 const COUNTS_KEY: &[u8] = b"counts_at_close";
 
@@ -144,7 +149,8 @@ impl Store {
 
     fn open_as(data_dir: &Path, access: Access) -> Result<Self, StoreError> {
         let path = data_dir.join("store");
-        let db = sled::Config::new().path(&path).mode(sled::Mode::HighThroughput).open().map_err(|source| {
+        let config = sled::Config::new().path(&path).mode(sled::Mode::HighThroughput).cache_capacity(CACHE_BYTES);
+        let db = config.open().map_err(|source| {
             if is_lock_error(&source) {
                 StoreError::Locked(path.clone())
             } else {
