@@ -195,6 +195,17 @@ fn a_good_binary_update_is_kept_survives_restarts_and_yields_to_a_newer_package(
     assert_eq!(running_exe(&sup), Some(slot_a.clone()));
     sup.stop();
 
+    // The slot's binary damaged on disk: its signed hash no longer matches, the package runs.
+    let mut bytes = std::fs::read(&slot_a).unwrap();
+    bytes.push(0);
+    std::fs::write(&slot_a, bytes).unwrap();
+    let sup = Supervisor::start(unit(&package, &config, &log), dir).unwrap();
+    assert!(sup.wait_for(Duration::from_secs(90), |r| *r == Record::Ready), "{:?}", sup.records());
+    assert_eq!(running_exe(&sup), Some(package.clone()));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("does not match the SHA-256 signed for vigil"), "{text}");
+    sup.stop();
+
     // apt installs a package as new as the slot's: the package wins.
     let tmp = rig.path("usr-bin-vigil.dpkg-new");
     std::fs::copy(&next, &tmp).unwrap();
@@ -311,7 +322,7 @@ fn killed_at_each_step_of_a_binary_update_the_device_comes_back_running_a_good_b
         }
         let slots = device.slots();
         assert!(slots["trial"].is_null(), "killed in {step}: no trial left over: {slots:#}");
-        assert!(!device.data.join(format!("ota/vigil-{version}.tar")).exists(), "the download is removed");
+        assert!(!device.data.join(format!("ota/vigil-{version}")).exists(), "the download is removed");
         assert!(!device.sup.records().contains(&Record::StartLimitHit));
         device.sup.stop();
     }

@@ -71,7 +71,10 @@ pub(crate) async fn install(
     let version = offer.meta.version.clone();
 
     enter(host, j, Phase::Verifying)?;
-    let slot = Slots::load(&data_dir).map_err(|e| failed(e.to_string()))?.free();
+    let slot = Slots::load(&data_dir)
+        .map_err(|e| failed(e.to_string()))?
+        .free()
+        .ok_or_else(|| failed("a vigil binary is on trial; send ota/apply again once its update has an outcome"))?;
     let (from, dir) = (archive.to_owned(), data_dir.clone());
     let path = tokio::task::spawn_blocking(move || slots::stage(&from, &dir, slot))
         .await
@@ -103,7 +106,7 @@ pub(crate) async fn install(
 
     j.previous = std::env::current_exe().ok();
     enter(host, j, Phase::Activating)?;
-    slots::switch(&data_dir, Installed { slot, version: version.clone() })
+    slots::switch(&data_dir, Installed { slot, version: version.clone(), sha256: Some(offer.sha256.clone()) })
         .map_err(|e| unstage(failed(format!("cannot switch slots: {e}"))))?;
     tracing::warn!(version = %version, slot = slot.name(), "switched to the new vigil; restarting into it");
     host.restart.cancel();
@@ -268,10 +271,13 @@ mod tests {
         for slot in [Slot::A, Slot::B] {
             slots::stage(&src, d.path(), slot).unwrap();
         }
-        Slots { active: Some(Installed { slot: Slot::B, version: "0.2.0".parse().unwrap() }), ..Default::default() }
-            .save(d.path())
-            .unwrap();
-        slots::switch(d.path(), Installed { slot: Slot::A, version: "0.3.0".parse().unwrap() }).unwrap();
+        Slots {
+            active: Some(Installed { slot: Slot::B, version: "0.2.0".parse().unwrap(), sha256: None }),
+            ..Default::default()
+        }
+        .save(d.path())
+        .unwrap();
+        slots::switch(d.path(), Installed { slot: Slot::A, version: "0.3.0".parse().unwrap(), sha256: None }).unwrap();
         let j = Journal {
             kind: vigil_ota::Kind::Binary,
             phase: Phase::Activating,
@@ -323,9 +329,12 @@ mod tests {
 
         let (d, ota, j) = switched();
         // The switch never happened: slot b still runs 0.2.0 and a holds the staged 0.3.0.
-        Slots { active: Some(Installed { slot: Slot::B, version: "0.2.0".parse().unwrap() }), ..Default::default() }
-            .save(d.path())
-            .unwrap();
+        Slots {
+            active: Some(Installed { slot: Slot::B, version: "0.2.0".parse().unwrap(), sha256: None }),
+            ..Default::default()
+        }
+        .save(d.path())
+        .unwrap();
         let (phase, reason) = outcome(on_start(d.path(), &ota, j, Some(Slot::B)));
         assert_eq!(phase, Phase::Failed);
         assert!(reason.contains("stopped before switching to 0.3.0"), "{reason}");

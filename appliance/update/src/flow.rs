@@ -120,9 +120,10 @@ async fn update(host: &Host, mut j: Journal, periodic: bool) {
     finish(host, &mut j, outcome);
 }
 
-/// Where the update's archive is kept from its download to its outcome.
+/// Where the update's download is kept until its outcome: a model's archive, or a binary.
 fn archive_path(dir: &Path, j: &Journal) -> PathBuf {
-    dir.join(format!("{}-{}.tar", j.name, j.version))
+    let ext = if j.kind == Kind::Binary { "" } else { ".tar" };
+    dir.join(format!("{}-{}{ext}", j.name, j.version))
 }
 
 /// Records the outcome: journal, log, retained state; the next update may start.

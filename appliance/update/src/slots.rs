@@ -67,6 +67,10 @@ impl Slot {
 pub struct Installed {
     pub slot: Slot,
     pub version: Version,
+    /// The signed SHA-256 of the binary (hex): the launcher checks it before each start, so
+    /// that a binary damaged on disk after it was marked good is not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// A binary that has not marked itself good yet.
@@ -162,12 +166,14 @@ impl Slots {
         vigil_core::fsutil::write_durably(&path, &bytes).map_err(OtaError::io("cannot write", path))
     }
 
-    /// The slot a new binary is staged into: never the active one nor the one kept to go back to.
-    pub fn free(&self) -> Slot {
+    /// The slot a new binary is staged into: never the active one nor the one kept to go back
+    /// to. None while a binary is on trial (both are taken).
+    pub fn free(&self) -> Option<Slot> {
         match (&self.active, &self.previous) {
-            (Some(a), _) => a.slot.other(),
-            (None, Some(p)) => p.slot.other(),
-            (None, None) => Slot::A,
+            _ if self.trial.is_some() => None,
+            (Some(a), _) => Some(a.slot.other()),
+            (None, Some(p)) => Some(p.slot.other()),
+            (None, None) => Some(Slot::A),
         }
     }
 
@@ -227,6 +233,21 @@ pub fn guard(data_dir: &Path, package: &Version) -> Result<Guarded, OtaError> {
     };
     slots.save(data_dir)?;
     Ok(out)
+}
+
+/// Whether the binary at `path` is still the one `installed` records (its SHA-256, when
+/// recorded): `Err` says why not.
+pub fn verify(installed: &Installed, path: &Path) -> Result<(), String> {
+    let Some(want) = &installed.sha256 else { return Ok(()) };
+    match vigil_ota::repo::hash_file(path, |_| {}) {
+        Ok((_, hash)) if hex::encode(&hash) == *want => Ok(()),
+        Ok(_) => Err(format!(
+            "{} does not match the SHA-256 signed for vigil {} (damaged on disk)",
+            path.display(),
+            installed.version
+        )),
+        Err(e) => Err(format!("cannot read {}: {e:#}", path.display())),
+    }
 }
 
 /// Makes `new` the active binary, on trial; the one running now is kept to go back to.
@@ -323,7 +344,7 @@ mod tests {
         let d = with_binary(Slot::A);
         let mut slots = Slots::default();
         assert_eq!(slots.choose(d.path(), &v("0.1.0")), Launch::Package(None));
-        slots.active = Some(Installed { slot: Slot::A, version: v("0.2.0") });
+        slots.active = Some(Installed { slot: Slot::A, version: v("0.2.0"), sha256: None });
         assert_eq!(
             slots.choose(d.path(), &v("0.1.0")),
             Launch::Slot(slots.active.clone().unwrap(), binary(d.path(), Slot::A))
@@ -342,11 +363,14 @@ mod tests {
     fn the_guard_reverts_a_binary_that_used_its_starts_before_the_next_start() {
         let d = with_binary(Slot::B);
         stage(&d.path().join("src"), d.path(), Slot::A).unwrap();
-        let (old, new) =
-            (Installed { slot: Slot::A, version: v("0.2.0") }, Installed { slot: Slot::B, version: v("0.3.0") });
+        let (old, new) = (
+            Installed { slot: Slot::A, version: v("0.2.0"), sha256: None },
+            Installed { slot: Slot::B, version: v("0.3.0"), sha256: None },
+        );
         Slots { active: Some(old.clone()), ..Default::default() }.save(d.path()).unwrap();
         assert_eq!(guard(d.path(), &v("0.1.0")).unwrap(), Guarded::Nothing, "no trial: nothing counted");
         switch(d.path(), new.clone()).unwrap();
+        assert_eq!(Slots::load(d.path()).unwrap().free(), None, "on trial: both slots are taken");
         for starts in 1..=MAX_STARTS {
             assert_eq!(guard(d.path(), &v("0.1.0")).unwrap(), Guarded::Counted { version: v("0.3.0"), starts });
         }
@@ -365,10 +389,10 @@ mod tests {
     fn a_good_binary_frees_the_previous_slot_and_a_package_upgrade_ends_the_counting() {
         let d = with_binary(Slot::A);
         stage(&d.path().join("src"), d.path(), Slot::B).unwrap();
-        Slots { active: Some(Installed { slot: Slot::A, version: v("0.2.0") }), ..Default::default() }
+        Slots { active: Some(Installed { slot: Slot::A, version: v("0.2.0"), sha256: None }), ..Default::default() }
             .save(d.path())
             .unwrap();
-        switch(d.path(), Installed { slot: Slot::B, version: v("0.3.0") }).unwrap();
+        switch(d.path(), Installed { slot: Slot::B, version: v("0.3.0"), sha256: None }).unwrap();
         // apt installed 0.3.0 meanwhile: the package runs and the guard counts nothing.
         assert_eq!(guard(d.path(), &v("0.3.0")).unwrap(), Guarded::Nothing);
         assert_eq!(guard(d.path(), &v("0.1.0")).unwrap(), Guarded::Counted { version: v("0.3.0"), starts: 1 });
@@ -376,10 +400,24 @@ mod tests {
         let slots = Slots::load(d.path()).unwrap();
         assert_eq!((&slots.trial, &slots.previous), (&None, &None));
         assert!(!binary(d.path(), Slot::A).exists(), "the previous binary's slot is freed");
-        assert_eq!(slots.free(), Slot::A);
+        assert_eq!(slots.free(), Some(Slot::A));
         assert_eq!(guard(d.path(), &v("0.1.0")).unwrap(), Guarded::Nothing, "a good binary is not counted");
         // Only a binary on trial can take itself out.
         assert_eq!(revert(d.path(), "x".into()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_binary_damaged_on_disk_fails_its_recorded_hash() {
+        let d = with_binary(Slot::A);
+        let path = binary(d.path(), Slot::A);
+        let (_, hash) = vigil_ota::repo::hash_file(&path, |_| {}).unwrap();
+        let mut installed = Installed { slot: Slot::A, version: v("0.2.0"), sha256: Some(hex::encode(hash)) };
+        assert_eq!(verify(&installed, &path), Ok(()));
+        std::fs::write(&path, b"#!/bin/sh\nexit 1\n").unwrap();
+        let e = verify(&installed, &path).unwrap_err();
+        assert!(e.contains("does not match the SHA-256 signed for vigil 0.2.0"), "{e}");
+        installed.sha256 = None;
+        assert_eq!(verify(&installed, &path), Ok(()), "nothing recorded: nothing to check");
     }
 
     #[test]

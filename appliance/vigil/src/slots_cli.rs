@@ -63,6 +63,10 @@ pub fn launch(config: Option<&Path>, data_dir_over: Option<&Path>) {
         Launch::Package(None) => {}
         Launch::Package(Some(why)) => tracing::warn!("running the packaged vigil {}: {why}", package()),
         Launch::Slot(installed, path) => {
+            if let Err(why) = slots::verify(&installed, &path) {
+                tracing::error!("{why}; running the packaged vigil {} (a new update replaces the slot)", package());
+                return;
+            }
             tracing::info!(version = %installed.version, slot = installed.slot.name(), "running vigil from its slot");
             let error = std::process::Command::new(&path)
                 .args(std::env::args_os().skip(1))
