@@ -256,7 +256,8 @@ fn reverted_within_the_bound(rig_name: &str, version: &str, run: &str) {
 
 #[test]
 fn a_binary_that_crashes_at_start_is_reverted_within_the_bound() {
-    reverted_within_the_bound("ab-crash", &bad_version(1), "exit 70");
+    // Killed by a signal, as a binary that faults before `main` would be.
+    reverted_within_the_bound("ab-crash", &bad_version(1), "kill -SEGV $$");
 }
 
 #[test]
@@ -326,4 +327,55 @@ fn killed_at_each_step_of_a_binary_update_the_device_comes_back_running_a_good_b
         assert!(!device.sup.records().contains(&Record::StartLimitHit));
         device.sup.stop();
     }
+}
+
+#[test]
+fn a_new_binary_unhealthy_after_its_window_puts_the_previous_one_back_itself() {
+    let (next, version) = next_vigil();
+    let rig = Rig::new("ab-rig-unhealthy", "");
+    rig.sign_binary(&next, &version);
+    // The device's camera is a copy of the clip that the test takes away once the old binary has
+    // opened it: the new binary then gets no frame in its health window.
+    let clip = rig.path("clip.mp4");
+    std::fs::copy(eval_clip(), &clip).unwrap();
+    let config = rig.add_device_with("ab-unhealthy", HEALTH);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&looping_clip_uri(), &format!("{}?loop=true", file_uri(&clip)));
+    std::fs::write(&config, text).unwrap();
+    let dir = config.parent().unwrap();
+    let log = dir.join("vigil.log");
+    let sup = Supervisor::start(unit(&vigil_bin(), &config, &log), dir).unwrap();
+    assert!(sup.wait_for(Duration::from_secs(90), |r| *r == Record::Ready), "{:?}", sup.records());
+    let device = "ab-unhealthy";
+    let r = rig.command(device, "sick", "ota/apply", serde_json::json!({ "name": "vigil", "version": version }));
+    assert_eq!(r["ok"], true, "{r}");
+    let states =
+        || -> Vec<serde_json::Value> { rig.states(device).into_iter().filter(|s| s["request_id"] == "sick").collect() };
+    assert!(
+        wait_until(Duration::from_secs(60), || states().iter().any(|s| s["state"] == "activating")),
+        "{:#?}",
+        states()
+    );
+    let away = rig.path("clip.mp4.away");
+    std::fs::rename(&clip, &away).unwrap();
+    let is_final =
+        |s: &serde_json::Value| ["successful", "failed", "rolled_back"].contains(&s["state"].as_str().unwrap_or(""));
+    let ended = wait_until(Duration::from_secs(90), || states().iter().any(is_final));
+    std::fs::rename(&away, &clip).unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ended, "{:#?}\n{}", states(), log_text());
+    let end = states().into_iter().find(is_final).unwrap();
+    assert_eq!(end["state"], "rolled_back", "{end:#}\n{}", log_text());
+    let reason = end["reason"].as_str().unwrap();
+    assert!(reason.contains(&format!("vigil {version} was unhealthy after its 3s health window")), "{reason}");
+    assert!(reason.contains("camera `yard` delivered no frame"), "{reason}");
+    // The new binary took itself out (no guard count needed): one start of it, then the package.
+    assert!(states().iter().any(|s| s["state"] == "canary"), "the new binary ran its window: {:#?}", states());
+    assert!(sup.wait_for(Duration::from_secs(30), |_| running_exe(&sup) == Some(vigil_bin())), "{:?}", sup.records());
+    let slots: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("data/bin/slots.json")).unwrap()).unwrap();
+    assert!(slots["active"].is_null() && slots["trial"].is_null(), "{slots:#}");
+    assert!(!dir.join("data/bin/a/vigil").exists(), "the unhealthy binary is removed");
+    assert!(!sup.records().contains(&Record::StartLimitHit));
 }

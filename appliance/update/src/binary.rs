@@ -12,9 +12,9 @@
 //!
 //! Whichever vigil runs after a revert reports `rolled_back` on the retained `ota` topic.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use semver::Version;
 use vigil_ota::journal::{Journal, Phase};
@@ -113,38 +113,42 @@ pub(crate) async fn install(
     Err(Stop::Restarting)
 }
 
-/// Runs `binary args…` and returns its stdout; it must exit 0 within [`CHECK_TIMEOUT`].
+/// Runs `binary args…` and returns its stdout; it must exit 0 within [`CHECK_TIMEOUT`]. Its
+/// output is read while it runs (a full pipe cannot stall it), and it is killed at the deadline.
 async fn run_check(binary: &Path, args: &[&std::ffi::OsStr]) -> Step<String> {
+    run_check_within(binary, args, CHECK_TIMEOUT).await
+}
+
+async fn run_check_within(binary: &Path, args: &[&std::ffi::OsStr], timeout: Duration) -> Step<String> {
     let mut command = Command::new(binary);
     command.args(args).env_remove(slots::ENV_SLOT).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let what =
         format!("{} {}", binary.display(), args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
-    tokio::task::spawn_blocking(move || {
-        let mut child = command
-            .spawn()
-            .map_err(|e| failed(format!("cannot run `{what}`: {e} (is it built for {}?)", std::env::consts::ARCH)))?;
-        let started = Instant::now();
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if started.elapsed() < CHECK_TIMEOUT => std::thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(failed(format!("`{what}` did not finish within {}s", CHECK_TIMEOUT.as_secs())));
-                }
+    let child = command
+        .spawn()
+        .map_err(|e| failed(format!("cannot run `{what}`: {e} (is it built for {}?)", std::env::consts::ARCH)))?;
+    let pid = child.id();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(Ok(out))) => out,
+        Ok(Ok(Err(e))) => return Err(failed(format!("`{what}`: {e}"))),
+        Ok(Err(_)) => return Err(failed(format!("`{what}`: its waiter ended"))),
+        Err(_) => {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
+            return Err(failed(format!("`{what}` did not finish within {}s", timeout.as_secs())));
         }
-        let out = child.wait_with_output().map_err(|e| failed(format!("`{what}`: {e}")))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            Err(failed(format!("`{what}` failed ({}): {}", out.status, stderr.trim())))
-        }
-    })
-    .await
-    .map_err(|_| failed("the check panicked"))?
+    };
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Err(failed(format!("`{what}` failed ({}): {}", out.status, stderr.trim())))
+    }
 }
 
 /// What a starting vigil does about a binary update (`j`) the last run left unfinished. Runs
@@ -213,7 +217,7 @@ pub(crate) fn on_start(data_dir: &Path, ota_dir: &Path, mut j: Journal, running_
     }
 }
 
-fn is_active(state: &Slots, data_dir: &Path, path: &PathBuf) -> bool {
+fn is_active(state: &Slots, data_dir: &Path, path: &Path) -> bool {
     state.active.as_ref().is_some_and(|a| slots::binary(data_dir, a.slot) == *path)
 }
 
@@ -260,6 +264,7 @@ pub(crate) async fn trial(host: &Host, j: &mut Journal) -> Step<Option<serde_jso
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     /// A data directory with slot a on trial as 0.3.0 (b kept), and its journal in `activating`.
     fn switched() -> (tempfile::TempDir, PathBuf, Journal) {
@@ -290,6 +295,42 @@ mod tests {
     fn outcome(action: StartAction) -> (Phase, String) {
         let StartAction::Report(j) = action else { panic!("a report: {action:?}") };
         (j.phase, j.reason.unwrap_or_default())
+    }
+
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("check.sh");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn reason(step: Step<String>) -> String {
+        match step {
+            Err(Stop::End(Phase::Failed, why)) => why,
+            Err(_) => panic!("another stop"),
+            Ok(out) => panic!("succeeded: {out}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_check_reads_all_its_output_and_a_hung_or_failing_one_is_stopped_with_why() {
+        let d = tempfile::tempdir().unwrap();
+        // 1 MiB of output: more than a pipe holds, so a check that only waited would stall.
+        let big = script(d.path(), "head -c 1048576 /dev/zero | tr '\\0' x; echo");
+        let out =
+            run_check_within(&big, &[], Duration::from_secs(20)).await.unwrap_or_else(|_| panic!("the big output"));
+        assert_eq!(out.trim().len(), 1 << 20);
+        let hung = script(d.path(), "exec sleep 30");
+        let started = std::time::Instant::now();
+        let why = reason(run_check_within(&hung, &[], Duration::from_secs(1)).await);
+        assert!(why.contains("did not finish within 1s"), "{why}");
+        assert!(started.elapsed() < Duration::from_secs(10), "killed at the deadline");
+        let refuses = script(d.path(), "echo 'camera.uri: bad' >&2; exit 2");
+        let why = reason(run_check_within(&refuses, &["check-config".as_ref()], Duration::from_secs(20)).await);
+        assert!(why.contains("failed (exit status: 2): camera.uri: bad"), "{why}");
+        let why = reason(run_check_within(&d.path().join("missing"), &[], Duration::from_secs(1)).await);
+        assert!(why.contains("cannot run") && why.contains("is it built for"), "{why}");
     }
 
     #[test]
