@@ -80,14 +80,29 @@ struct Device {
 }
 
 impl Device {
+    /// A new device `name` of the rig.
     fn start(rig: &Rig, name: &str, package: &Path) -> Self {
-        let config = rig.add_device_with(name, HEALTH);
+        Self::run(name, rig.add_device_with(name, HEALTH), package)
+    }
+
+    /// Device `name` on its configuration `config` (written by the rig), running `package`,
+    /// once it is READY.
+    fn run(name: &str, config: PathBuf, package: &Path) -> Self {
         let dir = config.parent().unwrap().to_owned();
         let log = dir.join("vigil.log");
         let sup = Supervisor::start(unit(package, &config, &log), &dir).unwrap();
         let device = Self { name: name.to_owned(), data: dir.join("data"), config, log, sup };
         device.wait_ready(1);
         device
+    }
+
+    /// Stopped, `while_stopped` done (the board off), and started again with `package` as the
+    /// packaged binary: a reboot.
+    fn restart(self, package: &Path, while_stopped: impl FnOnce()) -> Self {
+        let Self { name, config, sup, .. } = self;
+        sup.stop();
+        while_stopped();
+        Self::run(&name, config, package)
     }
 
     fn log(&self) -> String {
@@ -187,33 +202,27 @@ fn a_good_binary_update_is_kept_survives_restarts_and_yields_to_a_newer_package(
     assert!(records.contains(&Record::Exited { code: Some(75), signal: None }), "vigil restarted into it: {records:?}");
 
     // A reboot: the OTA'd binary runs again, and the guard counts nothing.
-    let Device { sup, config, log, .. } = device;
-    sup.stop();
-    let dir = config.parent().unwrap();
-    let sup = Supervisor::start(unit(&package, &config, &log), dir).unwrap();
-    assert!(sup.wait_for(Duration::from_secs(90), |r| *r == Record::Ready), "{:?}", sup.records());
-    assert_eq!(running_exe(&sup), Some(slot_a.clone()));
-    sup.stop();
+    let device = device.restart(&package, || {});
+    assert_eq!(running_exe(&device.sup), Some(slot_a.clone()));
 
     // The slot's binary damaged on disk: its signed hash no longer matches, the package runs.
-    let mut bytes = std::fs::read(&slot_a).unwrap();
-    bytes.push(0);
-    std::fs::write(&slot_a, bytes).unwrap();
-    let sup = Supervisor::start(unit(&package, &config, &log), dir).unwrap();
-    assert!(sup.wait_for(Duration::from_secs(90), |r| *r == Record::Ready), "{:?}", sup.records());
-    assert_eq!(running_exe(&sup), Some(package.clone()));
-    let text = std::fs::read_to_string(&log).unwrap();
+    let device = device.restart(&package, || {
+        let mut bytes = std::fs::read(&slot_a).unwrap();
+        bytes.push(0);
+        std::fs::write(&slot_a, bytes).unwrap();
+    });
+    assert_eq!(running_exe(&device.sup), Some(package.clone()));
+    let text = device.log();
     assert!(text.contains("does not match the SHA-256 signed for vigil"), "{text}");
-    sup.stop();
 
     // apt installs a package as new as the slot's: the package wins.
-    let tmp = rig.path("usr-bin-vigil.dpkg-new");
-    std::fs::copy(&next, &tmp).unwrap();
-    std::fs::rename(&tmp, &package).unwrap();
-    let sup = Supervisor::start(unit(&package, &config, &log), dir).unwrap();
-    assert!(sup.wait_for(Duration::from_secs(90), |r| *r == Record::Ready), "{:?}", sup.records());
-    assert_eq!(running_exe(&sup), Some(package.clone()));
-    let log = std::fs::read_to_string(&log).unwrap();
+    let device = device.restart(&package, || {
+        let tmp = rig.path("usr-bin-vigil.dpkg-new");
+        std::fs::copy(&next, &tmp).unwrap();
+        std::fs::rename(&tmp, &package).unwrap();
+    });
+    assert_eq!(running_exe(&device.sup), Some(package.clone()));
+    let log = device.log();
     assert!(log.contains("the installed package (") && log.contains("is as new as or newer"), "{log}");
 }
 
@@ -343,39 +352,25 @@ fn a_new_binary_unhealthy_after_its_window_puts_the_previous_one_back_itself() {
         .unwrap()
         .replace(&looping_clip_uri(), &format!("{}?loop=true", file_uri(&clip)));
     std::fs::write(&config, text).unwrap();
-    let dir = config.parent().unwrap();
-    let log = dir.join("vigil.log");
-    let sup = Supervisor::start(unit(&vigil_bin(), &config, &log), dir).unwrap();
-    assert!(sup.wait_for(Duration::from_secs(90), |r| *r == Record::Ready), "{:?}", sup.records());
-    let device = "ab-unhealthy";
-    let r = rig.command(device, "sick", "ota/apply", serde_json::json!({ "name": "vigil", "version": version }));
-    assert_eq!(r["ok"], true, "{r}");
-    let states =
-        || -> Vec<serde_json::Value> { rig.states(device).into_iter().filter(|s| s["request_id"] == "sick").collect() };
-    assert!(
-        wait_until(Duration::from_secs(60), || states().iter().any(|s| s["state"] == "activating")),
-        "{:#?}",
-        states()
-    );
+    let device = Device::run("ab-unhealthy", config, &vigil_bin());
+    device.apply(&rig, "sick", &version);
+    let activating = || device.states(&rig, "sick").iter().any(|s| s["state"] == "activating");
+    assert!(wait_until(Duration::from_secs(60), activating), "{:#?}", device.states(&rig, "sick"));
     let away = rig.path("clip.mp4.away");
     std::fs::rename(&clip, &away).unwrap();
-    let is_final =
-        |s: &serde_json::Value| ["successful", "failed", "rolled_back"].contains(&s["state"].as_str().unwrap_or(""));
-    let ended = wait_until(Duration::from_secs(90), || states().iter().any(is_final));
+    let end = device.outcome(&rig, "sick", Duration::from_secs(90));
     std::fs::rename(&away, &clip).unwrap();
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(ended, "{:#?}\n{}", states(), log_text());
-    let end = states().into_iter().find(is_final).unwrap();
-    assert_eq!(end["state"], "rolled_back", "{end:#}\n{}", log_text());
+    assert_eq!(end["state"], "rolled_back", "{end:#}\n{}", device.log());
     let reason = end["reason"].as_str().unwrap();
     assert!(reason.contains(&format!("vigil {version} was unhealthy after its 3s health window")), "{reason}");
     assert!(reason.contains("camera `yard` delivered no frame"), "{reason}");
     // The new binary took itself out (no guard count needed): one start of it, then the package.
-    assert!(states().iter().any(|s| s["state"] == "canary"), "the new binary ran its window: {:#?}", states());
-    assert!(sup.wait_for(Duration::from_secs(30), |_| running_exe(&sup) == Some(vigil_bin())), "{:?}", sup.records());
-    let slots: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("data/bin/slots.json")).unwrap()).unwrap();
+    let states = device.states(&rig, "sick");
+    assert!(states.iter().any(|s| s["state"] == "canary"), "the new binary ran its window: {states:#?}");
+    let sup = &device.sup;
+    assert!(sup.wait_for(Duration::from_secs(30), |_| running_exe(sup) == Some(vigil_bin())), "{:?}", sup.records());
+    let slots = device.slots();
     assert!(slots["active"].is_null() && slots["trial"].is_null(), "{slots:#}");
-    assert!(!dir.join("data/bin/a/vigil").exists(), "the unhealthy binary is removed");
+    assert!(!device.slot_binary("a").exists(), "the unhealthy binary is removed");
     assert!(!sup.records().contains(&Record::StartLimitHit));
 }

@@ -237,6 +237,15 @@ mod tests {
         (addr, closed)
     }
 
+    /// A proxy in front of an echo server, a connection through it, and the echo server's count
+    /// of connections closed on it.
+    async fn proxied() -> (FaultProxy, TcpStream, Arc<AtomicUsize>) {
+        let (upstream, closed) = echo().await;
+        let proxy = FaultProxy::start(upstream).await.unwrap();
+        let s = TcpStream::connect(proxy.addr).await.unwrap();
+        (proxy, s, closed)
+    }
+
     /// Sends `bytes` and reads as many back; `None` if they do not all come within `within`,
     /// `Some(Err)` on end of stream.
     async fn round_trip(s: &mut TcpStream, bytes: usize, within: Duration) -> Option<Result<Duration, ()>> {
@@ -260,9 +269,7 @@ mod tests {
 
     #[tokio::test]
     async fn passes_delays_and_stalls_both_ways() {
-        let (upstream, _) = echo().await;
-        let proxy = FaultProxy::start(upstream).await.unwrap();
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let (proxy, mut s, _) = proxied().await;
         assert!(round_trip(&mut s, 100, LONG).await.unwrap().is_ok());
         assert_eq!(proxy.accepted(), 1);
         proxy.set(Fault::Delay(Duration::from_millis(150)));
@@ -278,9 +285,7 @@ mod tests {
 
     #[tokio::test]
     async fn caps_the_bandwidth() {
-        let (upstream, _) = echo().await;
-        let proxy = FaultProxy::start(upstream).await.unwrap();
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let (proxy, mut s, _) = proxied().await;
         proxy.set(Fault::Bandwidth(64 << 10));
         // 128 KiB at 64 KiB/s each way: at least 2 s of sending (the two ways overlap).
         let took = round_trip(&mut s, 128 << 10, LONG).await.unwrap().unwrap();
@@ -289,9 +294,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_blackhole_carries_nothing_keeps_connections_open_and_delivers_once_lifted() {
-        let (upstream, closed) = echo().await;
-        let proxy = FaultProxy::start(upstream).await.unwrap();
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let (proxy, mut s, closed) = proxied().await;
         assert!(round_trip(&mut s, 10, LONG).await.unwrap().is_ok());
         proxy.set(Fault::Blackhole);
         assert_eq!(round_trip(&mut s, 10, Duration::from_millis(500)).await, None, "nothing comes back, no EOF");
@@ -306,9 +309,7 @@ mod tests {
 
     #[tokio::test]
     async fn half_open_closes_the_service_side_and_leaves_the_target_hanging() {
-        let (upstream, closed) = echo().await;
-        let proxy = FaultProxy::start(upstream).await.unwrap();
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let (proxy, mut s, closed) = proxied().await;
         assert!(round_trip(&mut s, 10, LONG).await.unwrap().is_ok());
         proxy.set(Fault::HalfOpen);
         assert_eq!(round_trip(&mut s, 10, Duration::from_millis(500)).await, None, "no reply and no EOF");
@@ -325,9 +326,7 @@ mod tests {
 
     #[tokio::test]
     async fn refused_connections_close_at_once_while_open_ones_go_on() {
-        let (upstream, _) = echo().await;
-        let proxy = FaultProxy::start(upstream).await.unwrap();
-        let mut open = TcpStream::connect(proxy.addr).await.unwrap();
+        let (proxy, mut open, _) = proxied().await;
         assert!(round_trip(&mut open, 10, LONG).await.unwrap().is_ok());
         proxy.set(Fault::Refuse);
         let mut refused = TcpStream::connect(proxy.addr).await.unwrap();

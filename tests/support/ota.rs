@@ -111,31 +111,21 @@ impl Rig {
     pub fn sign(&self, bundle: &Path, version: &str) {
         let archive = self.path(&format!("bundles/shapes-{version}.tar"));
         vigil_ota::archive::pack_dir(bundle, &archive).unwrap();
-        let meta = TargetMeta {
-            kind: Kind::Model,
-            name: "shapes".into(),
-            version: version.parse().unwrap(),
-            compat: Compat::default(),
-            allow_downgrade: false,
-        };
-        let name = format!("models/shapes-{version}.tar");
-        self.rt
-            .block_on(repo::add(&self.path("repo"), &archive, &name, &meta, &self.roles, &Expiry::default(), |_| {}))
-            .unwrap();
+        self.add(&archive, &format!("models/shapes-{version}.tar"), Kind::Model, "shapes", version, Compat::default());
     }
 
     /// Signs the executable `file` into the repository as vigil's binary, `version`.
     pub fn sign_binary(&self, file: &Path, version: &str) {
-        let meta = TargetMeta {
-            kind: Kind::Binary,
-            name: "vigil".into(),
-            version: version.parse().unwrap(),
-            compat: Compat { arch: vec![std::env::consts::ARCH.to_owned()], ..Compat::default() },
-            allow_downgrade: false,
-        };
-        let name = format!("binaries/vigil-{version}");
+        let compat = Compat { arch: vec![std::env::consts::ARCH.to_owned()], ..Compat::default() };
+        self.add(file, &format!("binaries/vigil-{version}"), Kind::Binary, "vigil", version, compat);
+    }
+
+    /// Adds `file` to the repository as target `target` with these vigil fields.
+    fn add(&self, file: &Path, target: &str, kind: Kind, name: &str, version: &str, compat: Compat) {
+        let meta =
+            TargetMeta { kind, name: name.into(), version: version.parse().unwrap(), compat, allow_downgrade: false };
         self.rt
-            .block_on(repo::add(&self.path("repo"), file, &name, &meta, &self.roles, &Expiry::default(), |_| {}))
+            .block_on(repo::add(&self.path("repo"), file, target, &meta, &self.roles, &Expiry::default(), |_| {}))
             .unwrap();
     }
 

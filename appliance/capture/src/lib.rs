@@ -19,7 +19,7 @@ use gstreamer as gst;
 
 pub use camera::{probe, FaultKind, FrameSource, SourceEnd, StreamInfo, Timeline};
 pub use platform::Platform;
-pub use spec::{CameraSpec, Supervision};
+pub use spec::{decode_threads, CameraSpec, Supervision};
 pub use supervise::spawn_camera;
 use vigil_core::hub::HubFrame;
 pub use vigil_core::image::FrameImage;

@@ -124,10 +124,15 @@ impl CameraSpec {
         spec.user = cam.user.clone().or(spec.user);
         spec.password = cam.password.clone().or(spec.password);
         spec.supervision = Supervision::from_config(&config.capture, cam);
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        spec.decode_threads = config.capture.decode_threads(config.cameras.len(), cores);
+        spec.decode_threads = decode_threads(&config.capture, config.cameras.len());
         spec
     }
+}
+
+/// The threads each software decoder gets with `cameras` cameras on this machine's cores.
+pub fn decode_threads(capture: &vigil_config::CaptureConfig, cameras: usize) -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    capture.decode_threads(cameras, cores)
 }
 
 #[cfg(test)]

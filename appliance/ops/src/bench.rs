@@ -67,9 +67,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Some(p) => Config::load(p)?,
         None => Config::demo(&std::env::current_dir()?)?,
     };
-    let (bundle, mut detector) = vigil_infer::load_detector(&cfg)?;
-    let size = bundle.input_size();
-
     let tmp = std::env::temp_dir().join(format!("vigil-bench-{}", std::process::id()));
     let clip = match &args.clip {
         Some(c) => c.clone(),
@@ -87,6 +84,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&tmp);
         return done;
     }
+    let (bundle, mut detector) = vigil_infer::load_detector(&cfg)?;
+    let size = bundle.input_size();
     let platform = Arc::new(Platform::detect());
     let source = SourceUri::File { path: clip.clone(), looped: false, pace: Pace::Fast };
     let probe_spec = CameraSpec::new(0, "bench", source.clone(), size);
@@ -96,7 +95,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("clip: {} ({}, {})", clip.display(), info.codec, plan.path());
     for cameras in [1usize, 2, 4] {
         // Both with the threads the service gives each software decoder for this many cameras.
-        let plan = Plan { decode_threads: decode_threads(cameras), ..plan.clone() };
+        let threads = capture::decode_threads(&Default::default(), cameras);
+        let plan = Plan { decode_threads: threads, ..plan.clone() };
         let baseline = baseline_description(&source, &plan, &platform, size, cameras, false)?;
         let mut gst_fps = Vec::new();
         let mut vigil_fps = Vec::new();
@@ -232,12 +232,6 @@ fn service_path(
         );
     }
     Ok(scheduler.into_stages())
-}
-
-/// The threads the service gives each software decoder with `cameras` cameras here.
-fn decode_threads(cameras: usize) -> u32 {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    vigil_config::CaptureConfig::default().decode_threads(cameras, cores)
 }
 
 /// (VmRSS, VmHWM) of process `pid` in MiB, from /proc (Linux).
@@ -376,7 +370,7 @@ impl BenchCameras {
             let mut spec = CameraSpec::new(i, id, source.clone(), size);
             // As configured cameras do: the one-time probe is not part of what is measured.
             spec.codec = Some(codec);
-            spec.decode_threads = decode_threads(ids.len());
+            spec.decode_threads = capture::decode_threads(&Default::default(), ids.len());
             threads.push(capture::spawn_camera(spec, platform.clone(), hub.clone(), cancel.clone())?);
         }
         Ok(Self { hub, stats, cancel, threads })

@@ -134,7 +134,8 @@ fn service(config: &Path) -> anyhow::Result<(u64, u64)> {
 /// cameras (same decoder and threads, real-time pacing), each into a fakesink.
 fn decode_floor(config: &Path) -> anyhow::Result<(u64, u64)> {
     let cfg = Config::load(config)?;
-    let (bundle, _) = vigil_infer::load_detector(&cfg)?;
+    // Only the input size: the bench need not load the model to describe the pipelines.
+    let bundle = vigil_infer::Bundle::load(&cfg.model.bundle)?;
     let platform = Platform::detect();
     let mut parts = Vec::new();
     for i in 0..cfg.cameras.len() {
