@@ -17,7 +17,7 @@ TRT_ENV := target/trt-headers/env.sh
 GPU_TESTS := $(if $(filter 1,$(VIGIL_REQUIRE_GPU)),-- --include-ignored)
 WITH_TRT := source $(TRT_ENV) &&
 
-.PHONY: setup cross-setup trt-headers demo test lint yocto unit aarch64 bench jetson-check deb deb-jetpack next-vigil
+.PHONY: setup cross-setup trt-headers demo test lint yocto unit hil aarch64 bench jetson-check deb deb-jetpack next-vigil
 
 ## Install what is missing (apt, ONNX Runtime wheel); idempotent.
 setup:
@@ -35,9 +35,9 @@ demo: setup
 	cargo build --release -p vigil
 	appliance/scripts/demo.sh target/release/vigil
 
-## Everything CI checks: formatting, lints, the aarch64 build run under qemu, all tests (last,
-## so their summary closes the output).
-test: setup cross-setup trt-headers lint yocto aarch64 unit
+## Everything CI checks: formatting, lints, the aarch64 build run under qemu, all tests, then the
+## HIL suite on this machine's targets (its verdicts close the output).
+test: setup cross-setup trt-headers lint yocto aarch64 unit hil
 
 lint: trt-headers
 	cargo fmt --all -- --check
@@ -60,6 +60,16 @@ unit: trt-headers next-vigil
 	.ci/check-deb-jetpack.sh
 	$(WITH_TRT) cargo test -p vigil-infer --features tensorrt --locked --lib $(GPU_TESTS)
 	$(WITH_TRT) cargo test -p vigil --features tensorrt --locked --test cuda $(GPU_TESTS)
+
+## The HIL acceptance suite (docs/hil.md): all of it on the host build, and on the aarch64 build
+## under qemu the scenarios that fit CI's time (its prefix has no RTSP or H.264 plugins: a
+## synthetic camera). Reports (JUnit, JSON, HTML) in target/hil-report/{local,qemu}/.
+HIL_QEMU_SCENARIOS := broker-outage network-faults power-cut soak
+hil: trt-headers
+	$(WITH_TRT) cargo build --locked -p vigil -p vigil-hil
+	target/debug/vigil-hil run --local target/debug/vigil --soak-s 60 --out target/hil-report/local
+	target/debug/vigil-hil run --qemu target/cross/$(AARCH64)/release/vigil --soak-s 30 \
+		$(addprefix --scenario ,$(HIL_QEMU_SCENARIOS)) --out target/hil-report/qemu
 
 ## The second vigil tests/ab.rs installs over the air: the same code, reporting the next patch
 ## version (VIGIL_VERSION, see appliance/vigil/build.rs), stripped. Building it relinks only the

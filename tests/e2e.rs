@@ -49,7 +49,7 @@ fn events_over_mqtt_match_the_ground_truth_and_are_all_in_sled() {
     // (scene, its place in the scene's list). Each event's best observation must be one of them
     // (label, and box IoU >= 0.5 at that frame), and the events must cover nearly all of them,
     // each with few events (the tracker keeps an object's identity).
-    let gt = GroundTruth::load();
+    let gt = GroundTruth::for_clip(&eval_clip()).expect("the clip's ground truth");
     const SCENE: usize = 45;
     let mut objects: Vec<(usize, usize)> = Vec::new();
     for (f, frame) in gt.frames.iter().enumerate() {

@@ -29,7 +29,7 @@ fn detector() -> (Bundle, Detector) {
 #[test]
 fn int8_model_reaches_precision_and_recall_of_0_9_on_the_held_out_clip() {
     capture::init_gstreamer().unwrap();
-    let gt = GroundTruth::load();
+    let gt = GroundTruth::for_clip(&eval_clip()).expect("the clip's ground truth");
     let (bundle, mut det) = detector();
     let (w, h) = bundle.input_size();
     let source = SourceUri::File { path: eval_clip(), looped: false, pace: Pace::Fast };

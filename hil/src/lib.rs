@@ -1,5 +1,13 @@
-//! The hardware-in-the-loop rig's library (issue 14; grows into the rig: targets, power
-//! control, the suite and its report). So far: the network fault proxy the rig puts between a
-//! target and its broker, cameras and update server.
+//! The hardware-in-the-loop rig's library (docs/hil.md): targets vigil runs on (this machine,
+//! qemu-aarch64, a board over SSH), the lab description they come from, power control, what
+//! the rig runs beside a target (broker, network fault proxy, RTSP camera, monitor), the
+//! acceptance suite and its report.
 
 pub mod fault_proxy;
+pub mod lab;
+pub mod power;
+pub mod report;
+pub mod rig;
+pub mod suite;
+pub mod target;
+pub mod truth;

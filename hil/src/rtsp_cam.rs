@@ -56,6 +56,12 @@ struct Args {
     /// One encoder per client instead of one shared by all (a new client then starts on a keyframe).
     #[arg(long)]
     private: bool,
+    /// Serve this video file in a loop instead of a test pattern, at its own size and frame
+    /// rate (the options above for those are ignored). Frame `n` of the clip is the stream's
+    /// frame `n` modulo the clip's length; with `--private`, each client starts at frame 0, so
+    /// the HIL rig can score detections against the clip's ground truth.
+    #[arg(long)]
+    clip: Option<std::path::PathBuf>,
 }
 
 fn launch_line(a: &Args) -> String {
@@ -63,12 +69,92 @@ fn launch_line(a: &Args) -> String {
         Codec::H264 => ("x264enc", "rtph264pay"),
         Codec::H265 => ("x265enc", "rtph265pay"),
     };
+    let source = if a.clip.is_some() {
+        // Fed by `serve_clip`, which timestamps each frame as it pushes it.
+        "appsrc name=clip is-live=true format=time do-timestamp=true ! videoconvert".to_owned()
+    } else {
+        format!(
+            "videotestsrc is-live=true pattern={} ! video/x-raw,width={},height={},framerate={}/1",
+            a.pattern, a.width, a.height, a.fps
+        )
+    };
     format!(
-        "( videotestsrc is-live=true pattern={} ! video/x-raw,width={},height={},framerate={}/1 \
-         ! {encoder} tune=zerolatency speed-preset=ultrafast key-int-max={} \
+        "( {source} ! {encoder} tune=zerolatency speed-preset=ultrafast key-int-max={} \
          ! {payloader} name=pay0 pt=96 config-interval=-1 )",
-        a.pattern, a.width, a.height, a.fps, a.gop
+        a.gop
     )
+}
+
+/// A clip decoded into memory: its frames, their caps, and the time each is shown.
+struct Clip {
+    caps: gst::Caps,
+    frames: Vec<gst::Buffer>,
+    frame_time: std::time::Duration,
+}
+
+impl Clip {
+    fn load(path: &std::path::Path) -> Result<Self> {
+        let pipeline = gst::parse::launch(&format!(
+            "filesrc location=\"{}\" ! decodebin ! videoconvert ! video/x-raw,format=I420 ! appsink name=out sync=false",
+            path.display()
+        ))
+        .context("cannot build the clip decoder")?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| anyhow::anyhow!("not a pipeline"))?;
+        let sink =
+            pipeline.by_name("out").and_then(|e| e.downcast::<gstreamer_app::AppSink>().ok()).context("no appsink")?;
+        pipeline.set_state(gst::State::Playing).context("the clip does not play")?;
+        let mut frames = Vec::new();
+        let mut caps = None;
+        while let Ok(sample) = sink.pull_sample() {
+            caps = caps.or_else(|| sample.caps().map(|c| c.to_owned()));
+            if let Some(b) = sample.buffer_owned() {
+                frames.push(b);
+            }
+        }
+        let _ = pipeline.set_state(gst::State::Null);
+        let caps = caps.with_context(|| format!("{}: no video frames decoded", path.display()))?;
+        let fps = caps
+            .structure(0)
+            .and_then(|s| s.get::<gst::Fraction>("framerate").ok())
+            .filter(|f| f.numer() > 0 && f.denom() > 0)
+            .context("the clip has no frame rate")?;
+        let frame_time = std::time::Duration::from_secs_f64(fps.denom() as f64 / fps.numer() as f64);
+        Ok(Self { caps, frames, frame_time })
+    }
+}
+
+/// Feeds one client's media with the clip in a loop, at the clip's frame rate (the push waits
+/// for each frame's time, so the stream is live as a camera's is).
+fn serve_clip(media: &rtsp::RTSPMedia, clip: Arc<Clip>) {
+    let Some(src) = media
+        .element()
+        .downcast::<gst::Bin>()
+        .ok()
+        .and_then(|bin| bin.by_name("clip"))
+        .and_then(|e| e.downcast::<gstreamer_app::AppSrc>().ok())
+    else {
+        return;
+    };
+    src.set_caps(Some(&clip.caps));
+    let next = std::sync::Mutex::new((0usize, None::<std::time::Instant>));
+    src.set_callbacks(
+        gstreamer_app::AppSrcCallbacks::builder()
+            .need_data(move |src, _| {
+                let mut next = next.lock().unwrap_or_else(|p| p.into_inner());
+                let (n, start) = *next;
+                let start = start.unwrap_or_else(std::time::Instant::now);
+                let due = start + clip.frame_time * n as u32;
+                if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let mut frame = clip.frames[n % clip.frames.len()].copy();
+                frame.make_mut().set_duration(gst::ClockTime::try_from(clip.frame_time).ok());
+                *next = (n + 1, Some(start));
+                let _ = src.push_buffer(frame);
+            })
+            .build(),
+    );
 }
 
 /// Damage requests shared by every media of the server: a periodic rate and one-shot requests.
@@ -137,12 +223,20 @@ fn main() -> Result<()> {
     let mounts = server.mount_points().context("server has no mount points")?;
     let damage = Arc::new(Damage { every: args.corrupt_every, ..Damage::default() });
     install_damage_signal()?;
+    let clip = match &args.clip {
+        Some(path) => Some(Arc::new(Clip::load(path)?)),
+        None => None,
+    };
     for mount in &args.mounts {
         let factory = rtsp::RTSPMediaFactory::new();
         factory.set_launch(&launch_line(&args));
         factory.set_shared(!args.private);
         let damage = damage.clone();
+        let clip = clip.clone();
         factory.connect_media_configure(move |_, media| {
+            if let Some(clip) = &clip {
+                serve_clip(media, clip.clone());
+            }
             let pay = media.element().downcast::<gst::Bin>().ok().and_then(|bin| bin.by_name("pay0"));
             if let Some(pay) = pay {
                 corrupt_packets(&pay, damage.clone());

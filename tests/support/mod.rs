@@ -2,15 +2,14 @@
 //! binary in a temporary directory, an MQTT subscriber, and the generated clip's ground truth.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use vigil_testkit::spawn_mosquitto;
+pub use vigil_testkit::truth::{iou, GroundTruth};
 
 pub mod ota;
 mod tls;
@@ -363,57 +362,6 @@ impl Subscriber {
 impl Drop for Subscriber {
     fn drop(&mut self) {
         let _ = self.client.disconnect();
-    }
-}
-
-#[derive(Debug, Deserialize)]
-pub struct GroundTruth {
-    pub width: u32,
-    pub height: u32,
-    pub fps_n: u64,
-    pub fps_d: u64,
-    pub frames: Vec<GtFrame>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct GtFrame {
-    pub index: usize,
-    pub pts_ns: u64,
-    pub objects: Vec<GtObject>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct GtObject {
-    pub label: String,
-    #[serde(rename = "box")]
-    pub bbox: [f32; 4],
-}
-
-impl GroundTruth {
-    pub fn load() -> Self {
-        let mut text = String::new();
-        std::fs::File::open(repo_root().join("models/clips/shapes-eval.gt.json"))
-            .and_then(|mut f| f.read_to_string(&mut text))
-            .expect("read ground truth");
-        serde_json::from_str(&text).expect("parse ground truth")
-    }
-
-    /// The frame shown at presentation time `pts_ns`.
-    pub fn frame_at(&self, pts_ns: u64) -> Option<&GtFrame> {
-        let index = (pts_ns as f64 * self.fps_n as f64 / (self.fps_d as f64 * 1e9)).round() as usize;
-        self.frames.get(index)
-    }
-}
-
-pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
-    if union <= 0.0 {
-        0.0
-    } else {
-        inter / union
     }
 }
 

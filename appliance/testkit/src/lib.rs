@@ -1,7 +1,7 @@
 //! Helpers the benchmarks and the test suites share: a handle on the synthetic RTSP camera
 //! (`vigil-rtsp-cam`, built from `hil/`), which they kill, freeze and restart, a way to start
-//! a local mosquitto ([`LocalBroker`] for the benchmarks) and its configuration, and the median
-//! the benchmarks report.
+//! a local mosquitto ([`LocalBroker`] for the benchmarks) and its configuration, a clip's ground
+//! truth ([`truth`]), and the median the benchmarks report.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 pub mod https;
 pub mod pki;
 pub mod supervisor;
+pub mod truth;
 pub use rustix::process::Signal;
 
 /// The median of `v` (sorted in place); the mean of the middle two for an even count.

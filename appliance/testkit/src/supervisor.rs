@@ -150,6 +150,8 @@ pub enum Record {
 pub struct Supervisor {
     records: Arc<Mutex<Vec<Record>>>,
     stop: Arc<AtomicBool>,
+    /// Set with `stop` for a power cut: the service is killed, not stopped.
+    cut: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     pid: Arc<Mutex<Option<u32>>>,
 }
@@ -163,10 +165,19 @@ impl Supervisor {
         socket.set_read_timeout(Some(Duration::from_millis(20)))?;
         let records = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicBool::new(false));
         let pid = Arc::new(Mutex::new(None));
-        let run = Run { unit, socket, socket_path, records: records.clone(), stop: stop.clone(), pid: pid.clone() };
+        let run = Run {
+            unit,
+            socket,
+            socket_path,
+            records: records.clone(),
+            stop: stop.clone(),
+            cut: cut.clone(),
+            pid: pid.clone(),
+        };
         let thread = std::thread::Builder::new().name("supervisor".into()).spawn(move || run.run())?;
-        Ok(Self { records, stop, thread: Some(thread), pid })
+        Ok(Self { records, stop, cut, thread: Some(thread), pid })
     }
 
     /// Everything recorded so far.
@@ -202,6 +213,14 @@ impl Supervisor {
         self.records()
     }
 
+    /// A power cut: the service gets `SIGKILL` (no `SIGTERM`, no grace), and the supervisor,
+    /// which the cut takes down too, starts nothing more.
+    pub fn power_cut(mut self) -> Vec<Record> {
+        self.cut.store(true, Ordering::SeqCst);
+        self.shut();
+        self.records()
+    }
+
     fn shut(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
@@ -222,6 +241,7 @@ struct Run {
     socket_path: PathBuf,
     records: Arc<Mutex<Vec<Record>>>,
     stop: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
     pid: Arc<Mutex<Option<u32>>>,
 }
 
@@ -319,6 +339,12 @@ impl Run {
             if let Ok(Some(status)) = child.try_wait() {
                 self.receive();
                 return self.exited(status, false);
+            }
+            if self.cut.load(Ordering::SeqCst) {
+                let _ = child.kill();
+                let status = child.wait().expect("a killed child is reaped");
+                self.exited(status, true);
+                return Ended::Stopped;
             }
             if self.stop.load(Ordering::SeqCst) {
                 signal(child, rustix::process::Signal::TERM);
@@ -476,6 +502,24 @@ mod tests {
         assert!(count(&records, |r| *r == Record::Watchdog) >= 4, "{records:?}");
         let timeout = records.iter().position(|r| *r == Record::WatchdogTimeout).expect("a watchdog timeout");
         assert_eq!(records[timeout + 1], Record::Exited { code: None, signal: abort }, "{records:?}");
+    }
+
+    #[test]
+    fn a_power_cut_kills_the_service_without_a_stop_and_starts_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        // A service that would take 5 s to stop on SIGTERM: a cut does not wait for it.
+        let mut unit = notifier(&["READY=1"], dir.path());
+        unit.timeout_stop = Duration::from_secs(5);
+        let sup = Supervisor::start(unit, dir.path()).unwrap();
+        assert!(sup.wait_for(Duration::from_secs(5), |r| *r == Record::Ready), "{:?}", sup.records());
+        let pid = sup.pid().unwrap();
+        let started = std::time::Instant::now();
+        let records = sup.power_cut();
+        assert!(started.elapsed() < Duration::from_secs(2), "no grace period: {:?}", started.elapsed());
+        let kill = Some(rustix::process::Signal::KILL.as_raw());
+        assert_eq!(records.last(), Some(&Record::Exited { code: None, signal: kill }), "{records:?}");
+        assert_eq!(count(&records, |r| matches!(r, Record::Spawned { .. })), 1, "not restarted: {records:?}");
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the process is gone");
     }
 
     #[test]

@@ -1,0 +1,127 @@
+//! `vigil-hil`: the acceptance suite on one target, with its report (docs/hil.md).
+//!
+//! Exit status: 0 when every scenario that ran passed (skipped ones are listed), 1 when one
+//! failed, 2 for bad input (a lab file, a missing binary, an unknown scenario).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use vigil_hil::lab::Lab;
+use vigil_hil::rig::Rig;
+use vigil_hil::suite::{self, Settings, Status};
+use vigil_hil::target::local::LocalTarget;
+use vigil_hil::target::ssh::SshTarget;
+use vigil_hil::target::Target;
+
+#[derive(Parser)]
+#[command(version, about = "vigil's hardware-in-the-loop acceptance suite")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the suite on one target and write its report.
+    Run(RunArgs),
+    /// List the scenarios and what each needs.
+    List,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A vigil binary on this machine, under the supervisor that follows vigil.service.
+    #[arg(long, group = "target_kind")]
+    local: Option<PathBuf>,
+    /// The cross-built aarch64 vigil, run by qemu-aarch64 (make aarch64, make cross-setup).
+    #[arg(long, group = "target_kind")]
+    qemu: Option<PathBuf>,
+    /// A labgrid environment file describing the lab's boards.
+    #[arg(long, group = "target_kind")]
+    lab: Option<PathBuf>,
+    /// The board of --lab to run on (needed when it has several).
+    #[arg(long, requires = "lab")]
+    target: Option<String>,
+    /// Only this scenario (repeatable).
+    #[arg(long = "scenario")]
+    scenarios: Vec<String>,
+    /// The soak's length in seconds.
+    #[arg(long, default_value_t = 60)]
+    soak_s: u64,
+    /// The source checkout (the unit file, the model bundle and the clip are read from it).
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    /// The clip the rig's camera serves; its ground truth is `<clip stem>.gt.json` beside it.
+    #[arg(long)]
+    clip: Option<PathBuf>,
+    /// Where report.json, junit.xml and report.html go.
+    #[arg(long, default_value = "target/hil-report")]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::List => {
+            for s in suite::all() {
+                let needs: Vec<&str> = s.needs.iter().map(|c| c.name()).collect();
+                let needs = if needs.is_empty() { "any target".to_owned() } else { needs.join(", ") };
+                println!("{:<15} [{needs}] {}", s.name, s.summary);
+            }
+            Ok(true)
+        }
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("vigil-hil: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> Result<bool> {
+    let repo = args.repo.canonicalize().with_context(|| format!("--repo {}", args.repo.display()))?;
+    let mut target: Box<dyn Target> = match (&args.local, &args.qemu, &args.lab) {
+        (Some(bin), ..) => Box::new(LocalTarget::host(&bin.canonicalize().context("--local")?, &repo)?),
+        (_, Some(bin), _) => Box::new(LocalTarget::qemu(&bin.canonicalize().context("--qemu")?, &repo)?),
+        (.., Some(lab)) => {
+            let lab = Lab::load(lab)?;
+            let t = lab.target(args.target.as_deref())?.clone();
+            if !t.ignored.is_empty() {
+                eprintln!("vigil-hil: {}: not used by the rig: {}", t.name, t.ignored.join(", "));
+            }
+            Box::new(SshTarget::new(t)?)
+        }
+        _ => anyhow::bail!("name a target: --local BINARY, --qemu BINARY or --lab FILE"),
+    };
+    let clip = args.clip.clone().unwrap_or_else(|| repo.join("models/clips/shapes-eval.mp4"));
+    let device = format!("hil-{}", target.kind());
+    let mut rig = Rig::start(&target.rig_address(), &device, &clip)?;
+    let settings = Settings { soak: Duration::from_secs(args.soak_s), only: args.scenarios.clone() };
+    eprintln!(
+        "vigil-hil: {} target; the rig's camera {}, broker {}",
+        target.kind(),
+        rig.camera.url(),
+        rig.broker_url()
+    );
+    let report = suite::run(target.as_mut(), &mut rig, &settings, |s| {
+        let what = s.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+        eprintln!("vigil-hil: {:<15} {:?} in {:.0} s{what}", s.name, s.status, s.seconds);
+    })?;
+    vigil_hil::report::write_all(&report, &args.out)?;
+    eprintln!(
+        "vigil-hil: {}: {} passed, {} failed, {} skipped; report in {}/report.html",
+        report.target,
+        report.count(Status::Passed),
+        report.count(Status::Failed),
+        report.count(Status::Skipped),
+        args.out.display()
+    );
+    Ok(report.count(Status::Failed) == 0)
+}

@@ -1,0 +1,375 @@
+//! The acceptance suite: the same scenarios on every target, each naming the capabilities it
+//! needs (skipped, with the reason, where the target lacks one), each leaving figures, pictures'
+//! data and, when it failed, the target's logs in the report.
+
+mod scenarios;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use vigil_core::event::{Event, Phase};
+
+use crate::rig::Rig;
+use crate::target::{Capability, Target};
+
+pub use scenarios::all;
+
+/// What the suite is asked to do.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The soak's length (a minute in CI; hours in a lab).
+    pub soak: Duration,
+    /// Only the scenarios named here (all when empty).
+    pub only: Vec<String>,
+}
+
+/// One scenario of the suite.
+pub struct Scenario {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub needs: &'static [Capability],
+    pub run: fn(&mut Ctx) -> Result<()>,
+}
+
+/// A histogram of samples (latencies), with its summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Histogram {
+    pub name: String,
+    pub unit: String,
+    pub count: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub max: f64,
+    /// (lower edge, upper edge, samples) per bin.
+    pub bins: Vec<(f64, f64, usize)>,
+}
+
+impl Histogram {
+    /// Samples binned in `bins` equal bins from 0 to the largest.
+    pub fn of(name: &str, unit: &str, samples: &[f64], bins: usize) -> Self {
+        let mut v: Vec<f64> = samples.iter().copied().filter(|s| s.is_finite()).collect();
+        v.sort_by(f64::total_cmp);
+        let q = |p: f64| if v.is_empty() { 0.0 } else { v[((v.len() - 1) as f64 * p).round() as usize] };
+        let max = v.last().copied().unwrap_or(0.0);
+        let width = if max > 0.0 { max / bins as f64 } else { 1.0 };
+        let mut counts = vec![0usize; bins.max(1)];
+        for s in &v {
+            let i = ((s / width) as usize).min(counts.len() - 1);
+            counts[i] += 1;
+        }
+        let bins = counts.into_iter().enumerate().map(|(i, c)| (i as f64 * width, (i + 1) as f64 * width, c)).collect();
+        Self { name: name.into(), unit: unit.into(), count: v.len(), p50: q(0.5), p95: q(0.95), max, bins }
+    }
+}
+
+/// Values over time (seconds since the scenario started).
+#[derive(Debug, Clone, Serialize)]
+pub struct Series {
+    pub name: String,
+    pub unit: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Passed,
+    Failed,
+    Skipped,
+}
+
+/// What one scenario left.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    pub name: String,
+    pub summary: String,
+    pub status: Status,
+    /// Why it failed or was skipped.
+    pub message: Option<String>,
+    pub seconds: f64,
+    pub figures: BTreeMap<String, f64>,
+    pub histograms: Vec<Histogram>,
+    pub series: Vec<Series>,
+    /// The target's log over the scenario, when it failed.
+    pub log: Option<String>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SuiteReport {
+    pub target: String,
+    pub kind: String,
+    /// What `vigil --version` says on the target.
+    pub vigil_version: String,
+    pub started_at: String,
+    pub seconds: f64,
+    pub scenarios: Vec<ScenarioReport>,
+}
+
+impl SuiteReport {
+    pub fn count(&self, status: Status) -> usize {
+        self.scenarios.iter().filter(|s| s.status == status).count()
+    }
+}
+
+/// A scenario's view of the target and the rig, and the figures it records.
+pub struct Ctx<'a> {
+    pub target: &'a mut dyn Target,
+    pub rig: &'a mut Rig,
+    pub settings: &'a Settings,
+    pub figures: BTreeMap<String, f64>,
+    pub histograms: Vec<Histogram>,
+    pub series: Vec<Series>,
+    started: Instant,
+}
+
+impl Ctx<'_> {
+    pub fn figure(&mut self, name: &str, value: f64) {
+        self.figures.insert(name.to_owned(), value);
+    }
+
+    pub fn elapsed_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// The suite's configuration for this target: the rig's camera and broker (through the
+    /// fault proxy), metrics every 2 s, keepalive 5 s (so half-open links are found quickly).
+    /// A target that cannot receive the rig's camera gets a synthetic one of its own, with a
+    /// budget and a rule that let an emulated target make events at all (as `.ci/qemu-smoke.sh`).
+    pub fn config(&self) -> String {
+        let camera = if self.target.capabilities().contains(&Capability::RigCamera) {
+            format!("[[camera]]\nid = \"cam\"\nuri = \"{}?transport=tcp\"\n", self.rig.camera.url())
+        } else {
+            "[[rule]]\nname = \"any\"\nmin_frames = 1\n[[camera]]\nid = \"cam\"\nuri = \"test://ball\"\nlatency_budget_ms = 60000\n"
+                .to_owned()
+        };
+        format!(
+            "device_id = \"{dev}\"\ndata_dir = \"{data}\"\n\
+             [mqtt]\nurl = \"{url}\"\nkeep_alive_s = 5\nmetrics_interval_s = 2\n\
+             [model]\nbundle = \"{bundle}\"\n[inference]\n{inference}{camera}",
+            dev = self.rig.device_id,
+            data = self.target.data_dir(),
+            url = self.rig.broker_url(),
+            bundle = self.target.bundle_dir(),
+            inference = self.target.inference_toml(),
+        )
+    }
+
+    /// `d` stretched by the target's slowness.
+    pub fn patience(&self, d: Duration) -> Duration {
+        d * self.target.slowness()
+    }
+
+    /// A new device: vigil stopped, its data gone, the suite's configuration, started.
+    pub fn fresh_device(&mut self) -> Result<()> {
+        self.target.reset()?;
+        let config = self.config();
+        self.target.write_config(&config)?;
+        self.rig.monitor.clear();
+        self.target.start()
+    }
+
+    /// Waits up to `within` for `cond`; an error naming `what` if it never holds.
+    pub fn wait(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut cond: impl FnMut(&mut Self) -> Result<bool>,
+    ) -> Result<f64> {
+        let within = self.patience(within);
+        let start = Instant::now();
+        loop {
+            if cond(self)? {
+                return Ok(start.elapsed().as_secs_f64());
+            }
+            if start.elapsed() >= within {
+                bail!("{what}: not within {}s", within.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Event messages received, with the rig's receipt time.
+    pub fn events(&self) -> Result<Vec<(Event, i64)>> {
+        self.rig
+            .monitor
+            .on("events")
+            .into_iter()
+            .map(|m| Ok((serde_json::from_slice(&m.payload).context("an event message is not an event")?, m.at_ns)))
+            .collect()
+    }
+
+    /// Events started (`new` messages) captured after `since_ns` (the rig's clock).
+    pub fn new_events_since(&mut self, since_ns: i64) -> Result<usize> {
+        let offset = self.target.clock_offset_ns()?;
+        Ok(self
+            .events()?
+            .iter()
+            .filter(|(e, _)| e.phase == Phase::New && e.best.captured_at_ns as i64 - offset > since_ns)
+            .count())
+    }
+
+    /// The latest `metrics` message.
+    pub fn metrics(&self) -> Option<serde_json::Value> {
+        self.rig.monitor.on("metrics").last().and_then(|m| serde_json::from_slice(&m.payload).ok())
+    }
+
+    /// Frames that finished past their budget, per the latest metrics (0 is the promise).
+    pub fn late_frames(&self) -> Result<u64> {
+        let m = self.metrics().context("no metrics message from the device")?;
+        let cams = m["cameras"].as_array().context("metrics without cameras")?;
+        Ok(cams.iter().map(|c| c["inference"]["deadline_misses"].as_u64().unwrap_or(0)).sum())
+    }
+
+    /// The camera's state in the latest retained status (`streaming`, `stalled`, …).
+    pub fn camera_state(&self) -> Option<String> {
+        let status: serde_json::Value = serde_json::from_slice(&self.rig.monitor.on("status").last()?.payload).ok()?;
+        status["cameras"][0]["state"].as_str().map(str::to_owned)
+    }
+
+    /// Stops vigil cleanly and waits for its `offline` status: everything it sent before has
+    /// reached the rig by then (it is sent last, on the same connection).
+    pub fn stop_and_drain(&mut self) -> Result<()> {
+        self.target.stop()?;
+        self.wait(Duration::from_secs(30), "vigil's `offline` status after a clean stop", |c| {
+            Ok(c.rig.monitor.on("status").last().is_some_and(|m| {
+                serde_json::from_slice::<serde_json::Value>(&m.payload).is_ok_and(|s| s["state"] == "offline")
+            }))
+        })
+        .map(drop)
+    }
+
+    /// Every event in the device's store reached the broker as its stored revision; returns
+    /// the number stored. Called with vigil stopped (the store is read by the CLI).
+    pub fn check_no_event_lost(&mut self) -> Result<usize> {
+        let config = self.target.config_path();
+        let out = self.target.vigil_cli(&["events", "list", "--json", "--config", &config])?;
+        let stored: Vec<Event> = out
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).with_context(|| format!("`vigil events list --json` printed {l:?}")))
+            .collect::<Result<_>>()?;
+        let mut received: BTreeMap<String, u32> = BTreeMap::new();
+        for (e, _) in self.events()? {
+            let r = received.entry(e.id.clone()).or_default();
+            *r = (*r).max(e.revision);
+        }
+        let lost: Vec<String> = stored
+            .iter()
+            .filter(|e| received.get(&e.id).is_none_or(|r| *r < e.revision))
+            .map(|e| format!("{} (revision {}, {:?})", e.id, e.revision, e.phase))
+            .collect();
+        self.figure("events_stored", stored.len() as f64);
+        self.figure("events_lost", lost.len() as f64);
+        if self.rig.monitor.dropped() > 0 {
+            bail!(
+                "the rig's monitor dropped {} messages (its cap): the count is not trustworthy",
+                self.rig.monitor.dropped()
+            );
+        }
+        if !lost.is_empty() {
+            bail!(
+                "{} of {} stored events never reached the broker as stored: {}",
+                lost.len(),
+                stored.len(),
+                lost.join(", ")
+            );
+        }
+        Ok(stored.len())
+    }
+}
+
+/// Runs the suite's scenarios on `target` with `rig`; `on_done` sees each result as it comes.
+pub fn run(
+    target: &mut dyn Target,
+    rig: &mut Rig,
+    settings: &Settings,
+    mut on_done: impl FnMut(&ScenarioReport),
+) -> Result<SuiteReport> {
+    let unknown: Vec<&String> = settings.only.iter().filter(|n| !all().iter().any(|s| s.name == n.as_str())).collect();
+    if !unknown.is_empty() {
+        let names: Vec<&str> = all().iter().map(|s| s.name).collect();
+        bail!("no scenario named {unknown:?}; the suite has: {}", names.join(", "));
+    }
+    let started = Instant::now();
+    let started_at = vigil_core::event::rfc3339(crate::rig::now_ns() as u64);
+    target.prepare()?;
+    let vigil_version = target.vigil_cli(&["--version"])?.trim().to_owned();
+    let capabilities = target.capabilities();
+    let mut reports = Vec::new();
+    for scenario in all().iter().filter(|s| settings.only.is_empty() || settings.only.iter().any(|n| n == s.name)) {
+        let missing: Vec<&str> =
+            scenario.needs.iter().filter(|c| !capabilities.contains(c)).map(|c| c.name()).collect();
+        let report = if missing.is_empty() {
+            run_one(scenario, target, rig, settings)
+        } else {
+            ScenarioReport {
+                name: scenario.name.into(),
+                summary: scenario.summary.into(),
+                status: Status::Skipped,
+                message: Some(format!("the {} target cannot: {}", target.kind(), missing.join(", "))),
+                seconds: 0.0,
+                figures: BTreeMap::new(),
+                histograms: Vec::new(),
+                series: Vec::new(),
+                log: None,
+            }
+        };
+        on_done(&report);
+        reports.push(report);
+    }
+    let _ = target.stop();
+    Ok(SuiteReport {
+        target: target.describe(),
+        kind: target.kind().into(),
+        vigil_version,
+        started_at,
+        seconds: started.elapsed().as_secs_f64(),
+        scenarios: reports,
+    })
+}
+
+fn run_one(scenario: &Scenario, target: &mut dyn Target, rig: &mut Rig, settings: &Settings) -> ScenarioReport {
+    let mark = target.log_mark();
+    rig.set_fault(crate::fault_proxy::Fault::Pass);
+    let mut ctx = Ctx {
+        target,
+        rig,
+        settings,
+        figures: BTreeMap::new(),
+        histograms: Vec::new(),
+        series: Vec::new(),
+        started: Instant::now(),
+    };
+    let outcome = (scenario.run)(&mut ctx);
+    let seconds = ctx.elapsed_s();
+    let Ctx { target, rig, figures, histograms, series, .. } = ctx;
+    // Whatever the scenario left broken is put right for the next one.
+    rig.set_fault(crate::fault_proxy::Fault::Pass);
+    let _ = target.unfill_disk();
+    let (status, message, log) = match outcome {
+        Ok(()) => (Status::Passed, None, None),
+        Err(e) => {
+            let log = match &mark {
+                Ok(m) => {
+                    target.logs_since(m).unwrap_or_else(|e| format!("(the target's log could not be read: {e:#})"))
+                }
+                Err(e) => format!("(no log mark: {e:#})"),
+            };
+            (Status::Failed, Some(format!("{e:#}")), Some(log))
+        }
+    };
+    ScenarioReport {
+        name: scenario.name.into(),
+        summary: scenario.summary.into(),
+        status,
+        message,
+        seconds,
+        figures,
+        histograms,
+        series,
+        log,
+    }
+}
