@@ -61,13 +61,15 @@ unit: trt-headers next-vigil
 	$(WITH_TRT) cargo test -p vigil-infer --features tensorrt --locked --lib $(GPU_TESTS)
 	$(WITH_TRT) cargo test -p vigil --features tensorrt --locked --test cuda $(GPU_TESTS)
 
-## The HIL acceptance suite (docs/hil.md): all of it on the host build, and on the aarch64 build
-## under qemu the scenarios that fit CI's time (its prefix has no RTSP or H.264 plugins: a
-## synthetic camera). Reports (JUnit, JSON, HTML) in target/hil-report/{local,qemu}/.
+## The HIL acceptance suite (docs/hil.md): all of it on the host build (vigil-next as the good
+## binary update), and on the aarch64 build under qemu the scenarios that fit CI's time (its
+## prefix has no RTSP or H.264 plugins: a synthetic camera). Reports (JUnit, JSON, HTML) in
+## target/hil-report/{local,qemu}/.
 HIL_QEMU_SCENARIOS := broker-outage network-faults power-cut soak
-hil: trt-headers
+hil: trt-headers next-vigil
 	$(WITH_TRT) cargo build --locked -p vigil -p vigil-hil
-	target/debug/vigil-hil run --local target/debug/vigil --soak-s 60 --out target/hil-report/local
+	target/debug/vigil-hil run --local target/debug/vigil --next-vigil target/fixtures/vigil-next --soak-s 60 \
+		--out target/hil-report/local
 	target/debug/vigil-hil run --qemu target/cross/$(AARCH64)/release/vigil --soak-s 30 \
 		$(addprefix --scenario ,$(HIL_QEMU_SCENARIOS)) --out target/hil-report/qemu
 

@@ -2,7 +2,7 @@
 # Installs what building, running and testing vigil needs on Debian 12 / Ubuntu 22.04 (as root):
 # GStreamer with its software decoders, mosquitto, systemd-analyze (the unit's checks), lintian
 # and cargo-deb (the .deb's checks), OpenSSH (the HIL rig's SSH target is tested against a real
-# sshd), and ONNX Runtime (from the PyPI wheel, in
+# sshd), iproute2 (the rig's network namespace), and ONNX Runtime (from the PyPI wheel, in
 # ./.venv). Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +18,7 @@ APT_PACKAGES=(
   mosquitto mosquitto-clients
   libfaketime
   systemd lintian
-  openssh-client openssh-server
+  openssh-client openssh-server iproute2
 )
 
 missing=()

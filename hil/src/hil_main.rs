@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the suite on one target and write its report.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the scenarios and what each needs.
     List,
 }
@@ -57,6 +57,13 @@ struct RunArgs {
     /// The clip the rig's camera serves; its ground truth is `<clip stem>.gt.json` beside it.
     #[arg(long)]
     clip: Option<PathBuf>,
+    /// A vigil for the target newer than its own (the good binary of the binary updates; those
+    /// scenarios are skipped without it).
+    #[arg(long)]
+    next_vigil: Option<PathBuf>,
+    /// --next-vigil's version, where the rig cannot run it to ask (another architecture).
+    #[arg(long, requires = "next_vigil")]
+    next_vigil_version: Option<String>,
     /// Where report.json, junit.xml and report.html go.
     #[arg(long, default_value = "target/hil-report")]
     out: PathBuf,
@@ -69,11 +76,11 @@ fn main() -> ExitCode {
             for s in suite::all() {
                 let needs: Vec<&str> = s.needs.iter().map(|c| c.name()).collect();
                 let needs = if needs.is_empty() { "any target".to_owned() } else { needs.join(", ") };
-                println!("{:<15} [{needs}] {}", s.name, s.summary);
+                println!("{:<21} [{needs}] {}", s.name, s.summary);
             }
             Ok(true)
         }
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -86,6 +93,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> Result<bool> {
+    // Before anything starts.
+    suite::check_names(&args.scenarios)?;
     let repo = args.repo.canonicalize().with_context(|| format!("--repo {}", args.repo.display()))?;
     let mut target: Box<dyn Target> = match (&args.local, &args.qemu, &args.lab) {
         (Some(bin), ..) => Box::new(LocalTarget::host(&bin.canonicalize().context("--local")?, &repo)?),
@@ -102,8 +111,24 @@ fn run(args: RunArgs) -> Result<bool> {
     };
     let clip = args.clip.clone().unwrap_or_else(|| repo.join("models/clips/shapes-eval.mp4"));
     let device = format!("hil-{}", target.kind());
-    let mut rig = Rig::start(&target.rig_address(), &device, &clip)?;
-    let settings = Settings { soak: Duration::from_secs(args.soak_s), only: args.scenarios.clone() };
+    let bundle = repo.join("models/bundles/shapes-v1");
+    let mut rig = Rig::start(&target.rig_address(), &device, &clip, &bundle)?;
+    let next_vigil = match (&args.next_vigil, &args.next_vigil_version) {
+        (Some(p), Some(v)) => Some((p.canonicalize().context("--next-vigil")?, v.clone())),
+        (Some(p), None) => {
+            let out = std::process::Command::new(p).arg("--version").output();
+            let out = out
+                .with_context(|| format!("cannot run {} to ask its version: give --next-vigil-version", p.display()))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let v = text
+                .trim()
+                .strip_prefix("vigil ")
+                .with_context(|| format!("{} --version said {text:?}", p.display()))?;
+            Some((p.canonicalize().context("--next-vigil")?, v.to_owned()))
+        }
+        _ => None,
+    };
+    let settings = Settings { soak: Duration::from_secs(args.soak_s), only: args.scenarios.clone(), next_vigil };
     eprintln!(
         "vigil-hil: {} target; the rig's camera {}, broker {}",
         target.kind(),
@@ -112,7 +137,7 @@ fn run(args: RunArgs) -> Result<bool> {
     );
     let report = suite::run(target.as_mut(), &mut rig, &settings, |s| {
         let what = s.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
-        eprintln!("vigil-hil: {:<15} {:?} in {:.0} s{what}", s.name, s.status, s.seconds);
+        eprintln!("vigil-hil: {:<21} {:?} in {:.0} s{what}", s.name, s.status, s.seconds);
     })?;
     vigil_hil::report::write_all(&report, &args.out)?;
     eprintln!(

@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use vigil_ota::repo::{self, Expiry, RoleKeyFiles};
+use vigil_ota::target::{Compat, Kind, TargetMeta};
+use vigil_testkit::https::Server;
 use vigil_testkit::{local_broker_conf, spawn_mosquitto, RtspCam};
 
 use crate::fault_proxy::{Fault, FaultProxy};
@@ -179,6 +182,97 @@ pub fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
+/// A signed TUF repository (the operator's keys, on the rig) served over HTTPS: what devices
+/// update from.
+pub struct UpdateServer {
+    pub server: Server,
+    roles: RoleKeyFiles,
+    dir: PathBuf,
+}
+
+impl UpdateServer {
+    async fn start(dir: &Path, ip: std::net::IpAddr) -> Result<Self> {
+        for sub in ["keys", "repo", "pki", "files"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let key = |n: &str| dir.join("keys").join(n);
+        let roles = RoleKeyFiles { targets: key("targets"), snapshot: key("snapshot"), timestamp: key("timestamp") };
+        for k in [key("root"), roles.targets.clone(), roles.snapshot.clone(), roles.timestamp.clone()] {
+            repo::keygen(&k).await?;
+        }
+        repo::init(&dir.join("repo"), &[key("root")], 1, &roles, &Expiry::default()).await?;
+        let server = Server::start_on(dir.join("repo"), &dir.join("pki"), ip).await;
+        Ok(Self { server, roles, dir: dir.to_owned() })
+    }
+
+    /// `https://ADDR:PORT/`, as the device's `ota.server`.
+    pub fn url(&self) -> String {
+        format!("https://{}/", SocketAddr::new(self.server.ip, self.server.port))
+    }
+
+    /// The repository's first root, which a device ships with.
+    pub fn root_json(&self) -> PathBuf {
+        self.dir.join("repo/metadata/1.root.json")
+    }
+
+    /// A copy of the bundle at `bundle` as model `shapes` `version`, its manifest changed by
+    /// `edit`, packed and signed into the repository.
+    pub fn publish_model(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        bundle: &Path,
+        version: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<()> {
+        let copy = self.dir.join(format!("files/shapes-{version}"));
+        vigil_testkit::copy_bundle(bundle, &copy)?;
+        let manifest = copy.join("manifest.toml");
+        let text = std::fs::read_to_string(&manifest)?;
+        let text = text.lines().map(|l| {
+            if l.starts_with("version = ") {
+                format!("version = \"{version}\"")
+            } else {
+                l.to_owned()
+            }
+        });
+        std::fs::write(&manifest, edit(text.collect::<Vec<_>>().join("\n") + "\n"))?;
+        let archive = self.dir.join(format!("files/shapes-{version}.tar"));
+        vigil_ota::archive::pack_dir(&copy, &archive)?;
+        self.add(
+            rt,
+            &archive,
+            &format!("models/shapes-{version}.tar"),
+            Kind::Model,
+            "shapes",
+            version,
+            Compat::default(),
+        )
+    }
+
+    /// Signs the executable `file` into the repository as vigil's binary `version` for `arch`.
+    pub fn publish_binary(&self, rt: &tokio::runtime::Runtime, file: &Path, version: &str, arch: &str) -> Result<()> {
+        let compat = Compat { arch: vec![arch.to_owned()], ..Compat::default() };
+        self.add(rt, file, &format!("binaries/vigil-{version}"), Kind::Binary, "vigil", version, compat)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        file: &Path,
+        target: &str,
+        kind: Kind,
+        name: &str,
+        version: &str,
+        compat: Compat,
+    ) -> Result<()> {
+        let version = version.parse().with_context(|| format!("version {version:?}"))?;
+        let meta = TargetMeta { kind, name: name.into(), version, compat, allow_downgrade: false };
+        rt.block_on(repo::add(&self.dir.join("repo"), file, target, &meta, &self.roles, &Expiry::default(), |_| {}))
+            .map(drop)
+    }
+}
+
 /// The rig for one target.
 pub struct Rig {
     pub rt: tokio::runtime::Runtime,
@@ -187,16 +281,22 @@ pub struct Rig {
     pub proxy: FaultProxy,
     pub camera: RtspCam,
     pub monitor: Monitor,
+    pub updates: UpdateServer,
+    /// The fleet operator's client: commands to the device.
+    operator: rumqttc::Client,
     pub device_id: String,
     /// The clip the camera serves and its ground truth.
     pub clip: PathBuf,
+    /// The model bundle updates are made from (the shipped one, on the rig).
+    pub bundle: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Rig {
     /// Starts the rig's services on `address` (what the target reaches the rig at) for the
-    /// device `device_id`, the camera serving `clip` (its ground truth beside it).
-    pub fn start(address: &str, device_id: &str, clip: &Path) -> Result<Self> {
+    /// device `device_id`, the camera serving `clip` (its ground truth beside it); model updates
+    /// are made from `bundle`.
+    pub fn start(address: &str, device_id: &str, clip: &Path, bundle: &Path) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("vigil-hil-rig-").tempdir()?;
         let broker = Broker::start(&dir.path().join("broker"))?;
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -206,14 +306,29 @@ impl Rig {
         let clip_arg = clip.to_str().context("clip path")?;
         let camera = RtspCam::start(&["--clip", clip_arg, "--private", "--address", address, "--mount", "cam"])?;
         let monitor = Monitor::start(broker.port, device_id)?;
+        let updates = rt.block_on(UpdateServer::start(&dir.path().join("updates"), listen.ip()))?;
+        let opts =
+            rumqttc::MqttOptions::new(format!("vigil-hil-operator-{}", std::process::id()), "127.0.0.1", broker.port);
+        let (operator, mut connection) = rumqttc::Client::new(opts, 10);
+        // Its event loop only needs driving; a broker outage is retried by the next poll.
+        std::thread::Builder::new().name("hil-operator".into()).spawn(move || {
+            for ev in connection.iter() {
+                if ev.is_err() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        })?;
         Ok(Self {
             rt,
             broker,
             proxy,
             camera,
             monitor,
+            updates,
+            operator,
             device_id: device_id.to_owned(),
             clip: clip.to_owned(),
+            bundle: bundle.to_owned(),
             _dir: dir,
         })
     }
@@ -225,5 +340,34 @@ impl Rig {
 
     pub fn set_fault(&self, fault: Fault) {
         self.proxy.set(fault);
+    }
+
+    /// Sends the fleet command `name` with `args` as request `request_id`, repeating it until
+    /// the device answers (commands are not retained: it may not have subscribed yet), and
+    /// returns the reply.
+    pub fn command(
+        &self,
+        name: &str,
+        request_id: &str,
+        args: serde_json::Value,
+        within: Duration,
+    ) -> Result<serde_json::Value> {
+        let topic = format!("vigil/{}/cmd/{name}", self.device_id);
+        let payload = serde_json::json!({ "request_id": request_id, "args": args }).to_string();
+        let reply = format!("reply/{request_id}");
+        let until = Instant::now() + within;
+        loop {
+            self.operator.publish(&topic, rumqttc::QoS::AtLeastOnce, false, payload.clone().into_bytes())?;
+            let asked = Instant::now();
+            while asked.elapsed() < Duration::from_secs(1) {
+                if let Some(m) = self.monitor.on(&reply).first() {
+                    return serde_json::from_slice(&m.payload).context("the reply is not JSON");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if Instant::now() >= until {
+                bail!("no reply to {name} within {}s", within.as_secs());
+            }
+        }
     }
 }

@@ -28,3 +28,13 @@ fn bad_mount_names_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("mount names"), "{out:?}");
 }
+
+#[test]
+fn a_clip_that_cannot_be_read_is_refused_before_serving() {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_vigil-rtsp-cam")).args(["--clip", "/nonexistent/clip.mp4"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("clip"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("READY"), "no READY for a clip it cannot serve");
+}

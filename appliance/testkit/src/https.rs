@@ -34,6 +34,8 @@ pub struct Seen {
 
 pub struct Server {
     pub port: u16,
+    /// The address it listens on (its certificate is for it).
+    pub ip: std::net::IpAddr,
     pub ca: PathBuf,
     pub behaviour: Arc<Mutex<Behaviour>>,
     pub seen: Arc<Mutex<Seen>>,
@@ -49,8 +51,13 @@ impl Drop for Server {
 impl Server {
     /// Serves `root` over HTTPS on 127.0.0.1 with a certificate from a new test CA in `pki`.
     pub async fn start(root: PathBuf, pki: &Path) -> Self {
+        Self::start_on(root, pki, std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// The same on a free port of `ip`, with a certificate for it.
+    pub async fn start_on(root: PathBuf, pki: &Path, ip: std::net::IpAddr) -> Self {
         let ca = crate::pki::TestCa::new(pki, "update-ca");
-        let (cert, key) = ca.issue("update-server", true);
+        let (cert, key) = ca.issue_at("update-server", Some(&ip.to_string()));
         let chain = rustls_pemfile::certs(&mut std::fs::read(&cert).unwrap().as_slice())
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
@@ -62,7 +69,7 @@ impl Server {
             .with_single_cert(chain, key)
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let behaviour = Arc::new(Mutex::new(Behaviour::default()));
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -78,12 +85,12 @@ impl Server {
                 });
             }
         });
-        Self { port, ca: ca.ca_pem(), behaviour, seen, task }
+        Self { port, ip, ca: ca.ca_pem(), behaviour, seen, task }
     }
 
     /// The server's URL for directory `dir` (ends with `/`).
     pub fn url(&self, dir: &str) -> String {
-        format!("https://127.0.0.1:{}/{dir}/", self.port)
+        format!("https://{}/{dir}/", std::net::SocketAddr::new(self.ip, self.port))
     }
 
     pub fn set(&self, f: impl FnOnce(&mut Behaviour)) {

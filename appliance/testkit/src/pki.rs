@@ -36,14 +36,21 @@ impl TestCa {
     /// Makes `<name>.key` and `<name>.pem`, signed by the CA: a server certificate for
     /// 127.0.0.1, or a client certificate whose CN is `name`. Returns (certificate, key).
     pub fn issue(&self, name: &str, server: bool) -> (PathBuf, PathBuf) {
+        self.issue_at(name, server.then_some("127.0.0.1"))
+    }
+
+    /// [`TestCa::issue`], a server certificate being for the IP address `server_ip` (the HIL
+    /// rig's address as a board sees it).
+    pub fn issue_at(&self, name: &str, server_ip: Option<&str>) -> (PathBuf, PathBuf) {
         let dir = &self.dir;
-        let ext = if server {
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
-        } else {
-            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n"
+        let ext = match server_ip {
+            Some(ip) => format!(
+                "subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+            ),
+            None => "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n".to_owned(),
         };
         std::fs::write(dir.join(format!("{name}.ext")), ext).expect("write extensions");
-        let cn = format!("/CN={}", if server { "127.0.0.1" } else { name });
+        let cn = format!("/CN={}", server_ip.unwrap_or(name));
         let (key, csr, pem, ext) =
             (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
         openssl(dir, &[&["req"][..], NEW_EC_KEY, &["-keyout", &key, "-out", &csr, "-subj", &cn]].concat());

@@ -2,6 +2,7 @@
 //! needs (skipped, with the reason, where the target lacks one), each leaving figures, pictures'
 //! data and, when it failed, the target's logs in the report.
 
+mod ota;
 mod scenarios;
 
 use std::collections::BTreeMap;
@@ -23,7 +24,21 @@ pub struct Settings {
     pub soak: Duration,
     /// Only the scenarios named here (all when empty).
     pub only: Vec<String>,
+    /// A newer vigil for the target and its version: the good binary of the binary updates.
+    pub next_vigil: Option<(std::path::PathBuf, String)>,
 }
+
+/// A scenario's way to say it cannot run here (and why): reported skipped, not failed.
+#[derive(Debug)]
+pub struct Skip(pub String);
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Skip {}
 
 /// One scenario of the suite.
 pub struct Scenario {
@@ -138,17 +153,24 @@ impl Ctx<'_> {
     /// fault proxy), metrics every 2 s, keepalive 5 s (so half-open links are found quickly).
     /// A target that cannot receive the rig's camera gets a synthetic one of its own, with a
     /// budget and a rule that let an emulated target make events at all (as `.ci/qemu-smoke.sh`).
-    pub fn config(&self) -> String {
+    pub fn config(&self, ota_root: &str, ota_ca: &str, ota_extra: &str) -> String {
         let camera = if self.target.capabilities().contains(&Capability::RigCamera) {
             format!("[[camera]]\nid = \"cam\"\nuri = \"{}?transport=tcp\"\n", self.rig.camera.url())
         } else {
             "[[rule]]\nname = \"any\"\nmin_frames = 1\n[[camera]]\nid = \"cam\"\nuri = \"test://ball\"\nlatency_budget_ms = 60000\n"
                 .to_owned()
         };
+        // Updates from the rig's server; the clock taken as right (no NTP on a rig's network);
+        // the canary judges a loop of the clip (15 fps × 12 s).
+        let ota = format!(
+            "[ota]\nserver = \"{}\"\nroot = \"{ota_root}\"\nca = \"{ota_ca}\"\nclock = \"trusted\"\n\
+             binary_health_window_s = 5\n{ota_extra}[ota.canary]\nmin_frames = 180\nmax_wait_s = 60\n",
+            self.rig.updates.url()
+        );
         format!(
             "device_id = \"{dev}\"\ndata_dir = \"{data}\"\n\
              [mqtt]\nurl = \"{url}\"\nkeep_alive_s = 5\nmetrics_interval_s = 2\n\
-             [model]\nbundle = \"{bundle}\"\n[inference]\n{inference}{camera}",
+             [model]\nbundle = \"{bundle}\"\n[inference]\n{inference}{ota}{camera}",
             dev = self.rig.device_id,
             data = self.target.data_dir(),
             url = self.rig.broker_url(),
@@ -164,8 +186,17 @@ impl Ctx<'_> {
 
     /// A new device: vigil stopped, its data gone, the suite's configuration, started.
     pub fn fresh_device(&mut self) -> Result<()> {
+        self.fresh_device_with("")
+    }
+
+    /// [`Ctx::fresh_device`] with `ota_extra` (`key = value` lines) in the `[ota]` table.
+    pub fn fresh_device_with(&mut self, ota_extra: &str) -> Result<()> {
         self.target.reset()?;
-        let config = self.config();
+        let root = std::fs::read(self.rig.updates.root_json())?;
+        let ca = std::fs::read(&self.rig.updates.server.ca)?;
+        let root = self.target.put_file("ota-root.json", &root)?;
+        let ca = self.target.put_file("update-ca.pem", &ca)?;
+        let config = self.config(&root, &ca, ota_extra);
         self.target.write_config(&config)?;
         self.rig.monitor.clear();
         self.target.start()
@@ -241,6 +272,12 @@ impl Ctx<'_> {
         .map(drop)
     }
 
+    /// [`Ctx::stop_and_drain`], then [`Ctx::check_no_event_lost`]: how most scenarios end.
+    pub fn stop_and_check_nothing_lost(&mut self) -> Result<()> {
+        self.stop_and_drain()?;
+        self.check_no_event_lost().map(drop)
+    }
+
     /// Every event in the device's store reached the broker as its stored revision; returns
     /// the number stored. Called with vigil stopped (the store is read by the CLI).
     pub fn check_no_event_lost(&mut self) -> Result<usize> {
@@ -281,6 +318,16 @@ impl Ctx<'_> {
     }
 }
 
+/// An error naming what in `names` is not a scenario, and the scenarios there are.
+pub fn check_names(names: &[String]) -> Result<()> {
+    let unknown: Vec<&String> = names.iter().filter(|n| !all().iter().any(|s| s.name == n.as_str())).collect();
+    if !unknown.is_empty() {
+        let names: Vec<&str> = all().iter().map(|s| s.name).collect();
+        bail!("no scenario named {unknown:?}; the suite has: {}", names.join(", "));
+    }
+    Ok(())
+}
+
 /// Runs the suite's scenarios on `target` with `rig`; `on_done` sees each result as it comes.
 pub fn run(
     target: &mut dyn Target,
@@ -288,11 +335,7 @@ pub fn run(
     settings: &Settings,
     mut on_done: impl FnMut(&ScenarioReport),
 ) -> Result<SuiteReport> {
-    let unknown: Vec<&String> = settings.only.iter().filter(|n| !all().iter().any(|s| s.name == n.as_str())).collect();
-    if !unknown.is_empty() {
-        let names: Vec<&str> = all().iter().map(|s| s.name).collect();
-        bail!("no scenario named {unknown:?}; the suite has: {}", names.join(", "));
-    }
+    check_names(&settings.only)?;
     let started = Instant::now();
     let started_at = vigil_core::event::rfc3339(crate::rig::now_ns() as u64);
     target.prepare()?;
@@ -351,6 +394,7 @@ fn run_one(scenario: &Scenario, target: &mut dyn Target, rig: &mut Rig, settings
     let _ = target.unfill_disk();
     let (status, message, log) = match outcome {
         Ok(()) => (Status::Passed, None, None),
+        Err(e) if e.downcast_ref::<Skip>().is_some() => (Status::Skipped, Some(e.to_string()), None),
         Err(e) => {
             let log = match &mark {
                 Ok(m) => {

@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use vigil_core::event::{Event, Phase};
 
+use super::ota::{
+    binary_crash, binary_good, binary_hang, binary_power_cut, model_canary_rollback, model_good, model_power_cut,
+    model_refused,
+};
 use super::{Ctx, Histogram, Scenario, Series};
 use crate::fault_proxy::Fault;
 use crate::rig::now_ns;
@@ -35,6 +39,12 @@ pub fn all() -> &'static [Scenario] {
             run: network_faults,
         },
         Scenario {
+            name: "link-down",
+            summary: "vigil's network link down (no carrier) for 20 s and back: it stays up, reconnects, and loses nothing",
+            needs: &[Capability::LinkDown],
+            run: link_down,
+        },
+        Scenario {
             name: "camera-loss",
             summary: "The camera killed and back 10 s later: vigil reports it, recovers without a restart, and events resume",
             needs: &[Capability::RigCamera],
@@ -51,6 +61,54 @@ pub fn all() -> &'static [Scenario] {
             summary: "Power cut while events flow: vigil comes back by itself, its store opens, and every stored event reaches the broker",
             needs: &[Capability::PowerCut],
             run: power_cut,
+        },
+        Scenario {
+            name: "model-ota",
+            summary: "A good model over the air: every step published, no frame lost at the swap, events from the new model",
+            needs: &[],
+            run: model_good,
+        },
+        Scenario {
+            name: "model-ota-refused",
+            summary: "A model too slow for the camera's budget: refused at acceptance with the reason, never activated, the old one serving",
+            needs: &[],
+            run: model_refused,
+        },
+        Scenario {
+            name: "model-ota-canary",
+            summary: "A model that passes acceptance but detects far less on the camera: rolled back by the canary, the old one serving",
+            needs: &[],
+            run: model_canary_rollback,
+        },
+        Scenario {
+            name: "model-ota-power-cut",
+            summary: "Power cut while a good model downloads, is accepted, and is on canary: each time the device comes back, the update resumes and succeeds",
+            needs: &[Capability::PowerCut],
+            run: model_power_cut,
+        },
+        Scenario {
+            name: "binary-ota",
+            summary: "A newer vigil over the air (--next-vigil): the device restarts into it, it marks itself good and serves",
+            needs: &[],
+            run: binary_good,
+        },
+        Scenario {
+            name: "binary-ota-crash",
+            summary: "A new vigil that crashes at start: the package's guard puts the previous one back within 3 starts",
+            needs: &[],
+            run: binary_crash,
+        },
+        Scenario {
+            name: "binary-ota-hang",
+            summary: "A new vigil that never reports READY: put back within 3 starts",
+            needs: &[],
+            run: binary_hang,
+        },
+        Scenario {
+            name: "binary-ota-power-cut",
+            summary: "Power cut while a good vigil downloads, is checked, is switched to, and is on trial: each time the device comes back running a good binary",
+            needs: &[Capability::PowerCut],
+            run: binary_power_cut,
         },
         Scenario {
             name: "soak",
@@ -79,7 +137,7 @@ fn last_messages(all: &[(Event, i64)]) -> Vec<Event> {
     by_id.into_values().cloned().collect()
 }
 
-fn wait_first_event(c: &mut Ctx) -> Result<()> {
+pub(super) fn wait_first_event(c: &mut Ctx) -> Result<()> {
     let t = c.wait(FIRST_EVENT, "the first event from the fresh device", |c| Ok(c.new_events_since(0)? > 0))?;
     c.figure("first_event_s", t);
     Ok(())
@@ -145,9 +203,7 @@ fn broker_outage(c: &mut Ctx) -> Result<()> {
     })?;
     c.figure("backlog_delivered_s", back);
     ensure!(c.target.restarts()? == 0, "vigil restarted");
-    c.stop_and_drain()?;
-    c.check_no_event_lost()?;
-    Ok(())
+    c.stop_and_check_nothing_lost()
 }
 
 fn network_faults(c: &mut Ctx) -> Result<()> {
@@ -171,9 +227,38 @@ fn network_faults(c: &mut Ctx) -> Result<()> {
     c.wait(Duration::from_secs(60), "events after the link is back", |c| Ok(c.new_events_since(since)? > 0))?;
     c.figure("faults_s", cut.elapsed().as_secs_f64() + 16.0);
     ensure!(c.target.restarts()? == 0, "vigil restarted");
-    c.stop_and_drain()?;
-    c.check_no_event_lost()?;
-    Ok(())
+    c.stop_and_check_nothing_lost()
+}
+
+fn link_down(c: &mut Ctx) -> Result<()> {
+    c.fresh_device()?;
+    wait_first_event(c)?;
+    let connects = c.rig.proxy.accepted();
+    c.target.set_link(false)?;
+    let down_at = now_ns();
+    std::thread::sleep(Duration::from_secs(20));
+    ensure!(c.target.active()?, "vigil is not running with its link down");
+    c.target.set_link(true)?;
+    let up_at = now_ns();
+    let t = c.wait(Duration::from_secs(60), "vigil connects again after the link is back", |c| {
+        Ok(c.rig.proxy.accepted() > connects)
+    })?;
+    c.figure("reconnected_s", t);
+    // Events captured while the link was down arrive afterwards (the camera is across the
+    // link too, so there may be few: the check is that none is lost).
+    c.wait(Duration::from_secs(60), "events after the link is back", |c| Ok(c.new_events_since(up_at)? > 0))?;
+    let offset = c.target.clock_offset_ns()?;
+    let during = c
+        .events()?
+        .iter()
+        .filter(|(e, _)| {
+            let t = e.best.captured_at_ns as i64 - offset;
+            e.phase == Phase::New && t > down_at && t < up_at
+        })
+        .count();
+    c.figure("events_captured_while_down", during as f64);
+    ensure!(c.target.restarts()? == 0, "vigil restarted");
+    c.stop_and_check_nothing_lost()
 }
 
 fn camera_loss(c: &mut Ctx) -> Result<()> {
@@ -198,9 +283,7 @@ fn camera_loss(c: &mut Ctx) -> Result<()> {
         Ok(c.new_events_since(back_at)? > 0)
     })?;
     ensure!(c.target.restarts()? == 0, "vigil restarted (a camera's loss must not take the service down)");
-    c.stop_and_drain()?;
-    c.check_no_event_lost()?;
-    Ok(())
+    c.stop_and_check_nothing_lost()
 }
 
 fn full_disk(c: &mut Ctx) -> Result<()> {
@@ -220,9 +303,7 @@ fn full_disk(c: &mut Ctx) -> Result<()> {
     let t =
         c.wait(Duration::from_secs(60), "events captured after space is back", |c| Ok(c.new_events_since(freed)? > 0))?;
     c.figure("events_resume_s", t);
-    c.stop_and_drain()?;
-    c.check_no_event_lost()?;
-    Ok(())
+    c.stop_and_check_nothing_lost()
 }
 
 fn power_cut(c: &mut Ctx) -> Result<()> {

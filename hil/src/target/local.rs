@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use vigil_testkit::supervisor::{Record, Supervisor, Unit};
 
+use super::netns::Netns;
 use super::{rss_from_status, Capability, LogMark, ProcStats, Target, FILL_FILE};
 
 /// The size of the tmpfs the data directory is mounted on, when the machine lets the rig mount
@@ -31,6 +32,8 @@ pub struct LocalTarget {
     /// Times for the unit (the shipped ones are for boards; the suite wants faster turns).
     restart_sec: Duration,
     timeout_start: Duration,
+    /// The host target's own network namespace, where the machine allows one.
+    netns: Option<Netns>,
 }
 
 impl LocalTarget {
@@ -42,7 +45,26 @@ impl LocalTarget {
         let ort = vigil_infer::find_ort_library(None).context("the local target needs ONNX Runtime")?;
         // The search may answer relative to this directory; the configuration lives elsewhere.
         let ort = ort.canonicalize().with_context(|| format!("{}", ort.display()))?;
-        Self::new("local", binary, binary.to_owned(), repo, Some(ort), Duration::from_secs(120))
+        // READY comes within a second here: a start timeout of 30 s (120 s shipped) keeps a
+        // binary that hangs before READY from holding the suite for 6 minutes.
+        let mut t = Self::new("local", binary, binary.to_owned(), repo, Some(ort), Duration::from_secs(30))?;
+        match Netns::create() {
+            Ok(ns) => {
+                // vigil's every process (the guard, the service, a restarted slot binary) in
+                // the namespace: the wrapper is what the unit runs as /usr/bin/vigil.
+                let wrapper = t.dir.path().join("vigil-netns");
+                std::fs::write(
+                    &wrapper,
+                    format!("#!/bin/sh\nexec ip netns exec {} {} \"$@\"\n", ns.name, binary.display()),
+                )?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+                t.program = wrapper;
+                t.netns = Some(ns);
+            }
+            Err(e) => eprintln!("vigil-hil: no network namespace for the local target ({e:#}): link-down is skipped"),
+        }
+        Ok(t)
     }
 
     /// The cross-built aarch64 `binary` under `qemu-aarch64`, with the prefix and ONNX Runtime
@@ -101,6 +123,7 @@ impl LocalTarget {
             tmpfs: false,
             restart_sec: Duration::from_millis(500),
             timeout_start,
+            netns: None,
         })
     }
 
@@ -166,7 +189,8 @@ impl Drop for LocalTarget {
 impl Target for LocalTarget {
     fn describe(&self) -> String {
         let data = if self.tmpfs { format!("data on a {DATA_TMPFS_MB} MiB tmpfs") } else { "data on disk".into() };
-        format!("{} ({}; {data})", self.kind, self.binary.display())
+        let net = self.netns.as_ref().map_or(String::new(), |ns| format!("; network namespace {}", ns.name));
+        format!("{} ({}; {data}{net})", self.kind, self.binary.display())
     }
 
     fn kind(&self) -> &'static str {
@@ -182,7 +206,14 @@ impl Target for LocalTarget {
         if self.tmpfs {
             c.push(Capability::FillDisk);
         }
+        if self.netns.is_some() {
+            c.push(Capability::LinkDown);
+        }
         c
+    }
+
+    fn set_link(&mut self, up: bool) -> Result<()> {
+        self.netns.as_ref().context("the local target has no network namespace")?.set_link(up)
     }
 
     fn slowness(&self) -> u32 {
@@ -193,8 +224,12 @@ impl Target for LocalTarget {
         }
     }
 
+    fn arch(&mut self) -> Result<String> {
+        Ok(if self.kind == "qemu" { "aarch64" } else { std::env::consts::ARCH }.to_owned())
+    }
+
     fn rig_address(&self) -> String {
-        "127.0.0.1".into()
+        self.netns.as_ref().map_or_else(|| "127.0.0.1".into(), |ns| ns.host_ip.clone())
     }
 
     fn config_path(&self) -> String {
@@ -218,6 +253,13 @@ impl Target for LocalTarget {
         self.tmpfs = self.mount_tmpfs();
         std::fs::create_dir_all(self.data())?;
         Ok(())
+    }
+
+    fn put_file(&mut self, name: &str, data: &[u8]) -> Result<String> {
+        let dir = self.dir.path().join("files");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(name), data)?;
+        Ok(dir.join(name).display().to_string())
     }
 
     fn write_config(&mut self, toml: &str) -> Result<()> {

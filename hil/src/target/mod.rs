@@ -12,6 +12,7 @@
 //! cannot do is a [`Capability`] it lacks, and scenarios needing it are skipped there.
 
 pub mod local;
+mod netns;
 pub mod ssh;
 
 use anyhow::Result;
@@ -26,6 +27,8 @@ pub enum Capability {
     /// vigil on the target can receive the rig's RTSP camera (H.264 over RTSP). Without it the
     /// suite's configuration uses a synthetic `test://` camera on the target.
     RigCamera,
+    /// The rig can take the target's network link down and up ([`Target::set_link`]).
+    LinkDown,
 }
 
 impl Capability {
@@ -34,6 +37,7 @@ impl Capability {
             Self::PowerCut => "power-cut",
             Self::FillDisk => "fill-disk",
             Self::RigCamera => "rig-camera",
+            Self::LinkDown => "link-down",
         }
     }
 }
@@ -61,6 +65,8 @@ pub trait Target {
     fn slowness(&self) -> u32 {
         1
     }
+    /// The CPU architecture vigil's binaries must be built for (`x86_64`, `aarch64`).
+    fn arch(&mut self) -> Result<String>;
     /// The rig's address as the target reaches it: services the rig runs listen there.
     fn rig_address(&self) -> String;
     /// vigil's configuration file on the target.
@@ -75,6 +81,9 @@ pub trait Target {
     /// Makes the target ready for the suite: vigil installed, its data directory empty, stale
     /// files of an earlier run gone.
     fn prepare(&mut self) -> Result<()>;
+    /// Puts a file the configuration names (the update server's root and CA) on the target,
+    /// readable by vigil; returns its path there.
+    fn put_file(&mut self, name: &str, data: &[u8]) -> Result<String>;
     /// Replaces vigil's configuration file with `toml`.
     fn write_config(&mut self, toml: &str) -> Result<()>;
     /// Stops vigil and empties its data directory: the next start is a fresh device.
@@ -100,6 +109,10 @@ pub trait Target {
     /// Runs the target's `vigil` with `args` (a CLI command, e.g. `events list`) and returns
     /// its standard output.
     fn vigil_cli(&mut self, args: &[&str]) -> Result<String>;
+    /// Takes the target's network link down (no carrier) or brings it back up.
+    fn set_link(&mut self, _up: bool) -> Result<()> {
+        anyhow::bail!("the {} target cannot take its link down", self.kind())
+    }
     /// Fills the data directory's filesystem until `leave` bytes are free.
     fn fill_disk(&mut self, leave: u64) -> Result<()>;
     /// Removes what [`Target::fill_disk`] wrote.

@@ -132,6 +132,15 @@ impl SshTarget {
         }
     }
 
+    /// Reboots the board and waits for it to come back with vigil active.
+    pub fn reboot(&self) -> Result<()> {
+        let old = self.boot_id()?;
+        // The connection may drop before ssh hears back: only the new boot id counts.
+        let _ = self.run_within("systemctl reboot", None, Duration::from_secs(10));
+        self.wait_new_boot(&old)?;
+        self.wait_active()
+    }
+
     fn systemctl(&self, verb: &str) -> Result<String> {
         self.run(&format!("systemctl {verb} {SERVICE}"))
     }
@@ -178,6 +187,10 @@ impl Target for SshTarget {
         c
     }
 
+    fn arch(&mut self) -> Result<String> {
+        Ok(self.run("uname -m")?.trim().to_owned())
+    }
+
     fn rig_address(&self) -> String {
         self.lab.options.rig_address.clone()
     }
@@ -213,6 +226,17 @@ impl Target for SshTarget {
         let data = shell_quote(&self.data_dir());
         self.run(&format!("rm -f {data}/{FILL_FILE}"))?;
         Ok(())
+    }
+
+    fn put_file(&mut self, name: &str, data: &[u8]) -> Result<String> {
+        // Beside the configuration, where vigil.service's sandbox lets it read.
+        let config = std::path::Path::new(&self.lab.options.config);
+        let dir = config.parent().map_or("/etc/vigil".into(), |d| d.display().to_string());
+        let path = format!("{dir}/hil-{name}");
+        self.run(&format!("mkdir -p {}", shell_quote(&dir)))?;
+        self.put(data, &path)?;
+        self.run(&format!("chmod 0644 {}", shell_quote(&path)))?;
+        Ok(path)
     }
 
     fn write_config(&mut self, toml: &str) -> Result<()> {
