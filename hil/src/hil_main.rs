@@ -132,7 +132,7 @@ fn run(args: RunArgs) -> Result<bool> {
     eprintln!(
         "vigil-hil: {} target; the rig's camera {}, broker {}",
         target.kind(),
-        rig.camera.url(),
+        rig.camera_url(),
         rig.broker_url()
     );
     let report = suite::run(target.as_mut(), &mut rig, &settings, |s| {

@@ -1,6 +1,7 @@
-//! What the rig itself runs for a target: a real mosquitto (the fleet's broker), the network
-//! fault proxy the target reaches it through, a synthetic RTSP camera serving the ground-truth
-//! clip, and a monitor subscribed to everything the device publishes.
+//! What the rig itself runs for a target: a real mosquitto (the fleet's broker) and a synthetic
+//! RTSP camera serving the ground-truth clip, each behind a network fault proxy the target
+//! reaches it through, a signed update server, and a monitor subscribed to everything the
+//! device publishes.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -280,6 +281,8 @@ pub struct Rig {
     /// The target's way to the broker.
     pub proxy: FaultProxy,
     pub camera: RtspCam,
+    /// The target's way to the camera (RTSP over TCP, interleaved).
+    pub camera_proxy: FaultProxy,
     pub monitor: Monitor,
     pub updates: UpdateServer,
     /// The fleet operator's client: commands to the device.
@@ -305,6 +308,8 @@ impl Rig {
         let proxy = rt.block_on(FaultProxy::start_on(listen, upstream))?;
         let clip_arg = clip.to_str().context("clip path")?;
         let camera = RtspCam::start(&["--clip", clip_arg, "--private", "--address", address, "--mount", "cam"])?;
+        let camera_addr = SocketAddr::new(listen.ip(), camera.port);
+        let camera_proxy = rt.block_on(FaultProxy::start_on(listen, camera_addr))?;
         let monitor = Monitor::start(broker.port, device_id)?;
         let updates = rt.block_on(UpdateServer::start(&dir.path().join("updates"), listen.ip()))?;
         let opts =
@@ -323,6 +328,7 @@ impl Rig {
             broker,
             proxy,
             camera,
+            camera_proxy,
             monitor,
             updates,
             operator,
@@ -338,6 +344,27 @@ impl Rig {
         format!("mqtt://{}", self.proxy.addr)
     }
 
+    /// `rtsp://ADDR:PORT/cam` of the camera's proxy, as the target's configuration names it.
+    pub fn camera_url(&self) -> String {
+        format!("rtsp://{}/cam", self.camera_proxy.addr)
+    }
+
+    /// Puts right what a scenario that failed half-way may have left: faults on the links, a
+    /// stopped broker, a killed camera, a trickling update server.
+    pub fn restore(&mut self) -> Result<()> {
+        self.proxy.set(Fault::Pass);
+        self.camera_proxy.set(Fault::Pass);
+        self.updates.server.set(|b| *b = Default::default());
+        if self.broker.child.is_none() {
+            self.broker.restart()?;
+        }
+        if std::net::TcpStream::connect(SocketAddr::new(self.camera_proxy.addr.ip(), self.camera.port)).is_err() {
+            self.camera.restart()?;
+        }
+        Ok(())
+    }
+
+    /// `fault` on the link to the broker.
     pub fn set_fault(&self, fault: Fault) {
         self.proxy.set(fault);
     }

@@ -155,7 +155,7 @@ impl Ctx<'_> {
     /// budget and a rule that let an emulated target make events at all (as `.ci/qemu-smoke.sh`).
     pub fn config(&self, ota_root: &str, ota_ca: &str, ota_extra: &str) -> String {
         let camera = if self.target.capabilities().contains(&Capability::RigCamera) {
-            format!("[[camera]]\nid = \"cam\"\nuri = \"{}?transport=tcp\"\n", self.rig.camera.url())
+            format!("[[camera]]\nid = \"cam\"\nuri = \"{}?transport=tcp\"\n", self.rig.camera_url())
         } else {
             "[[rule]]\nname = \"any\"\nmin_frames = 1\n[[camera]]\nid = \"cam\"\nuri = \"test://ball\"\nlatency_budget_ms = 60000\n"
                 .to_owned()
@@ -376,7 +376,6 @@ pub fn run(
 
 fn run_one(scenario: &Scenario, target: &mut dyn Target, rig: &mut Rig, settings: &Settings) -> ScenarioReport {
     let mark = target.log_mark();
-    rig.set_fault(crate::fault_proxy::Fault::Pass);
     let mut ctx = Ctx {
         target,
         rig,
@@ -390,8 +389,11 @@ fn run_one(scenario: &Scenario, target: &mut dyn Target, rig: &mut Rig, settings
     let seconds = ctx.elapsed_s();
     let Ctx { target, rig, figures, histograms, series, .. } = ctx;
     // Whatever the scenario left broken is put right for the next one.
-    rig.set_fault(crate::fault_proxy::Fault::Pass);
+    let restored = rig.restore();
+    let _ = target.set_link(true);
     let _ = target.unfill_disk();
+    // A rig that cannot be put right fails this scenario, with why.
+    let outcome = outcome.and_then(|()| restored.context("the rig could not be put right after the scenario"));
     let (status, message, log) = match outcome {
         Ok(()) => (Status::Passed, None, None),
         Err(e) if e.downcast_ref::<Skip>().is_some() => (Status::Skipped, Some(e.to_string()), None),

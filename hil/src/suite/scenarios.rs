@@ -51,6 +51,12 @@ pub fn all() -> &'static [Scenario] {
             run: camera_loss,
         },
         Scenario {
+            name: "camera-network-faults",
+            summary: "Through the rig's proxy to the camera: 200 ms delay, a 30 kB/s cap (frames starve: dropped, never late), then a half-open link; vigil reports the stall and recovers",
+            needs: &[Capability::RigCamera],
+            run: camera_network_faults,
+        },
+        Scenario {
             name: "full-disk",
             summary: "The data disk filled to 1 MiB free for 15 s: vigil stays up, and events resume once space is back",
             needs: &[Capability::FillDisk],
@@ -283,6 +289,36 @@ fn camera_loss(c: &mut Ctx) -> Result<()> {
         Ok(c.new_events_since(back_at)? > 0)
     })?;
     ensure!(c.target.restarts()? == 0, "vigil restarted (a camera's loss must not take the service down)");
+    c.stop_and_check_nothing_lost()
+}
+
+fn camera_network_faults(c: &mut Ctx) -> Result<()> {
+    c.fresh_device()?;
+    wait_first_event(c)?;
+    c.wait(Duration::from_secs(30), "the status says the camera is streaming", |c| {
+        Ok(c.camera_state().as_deref() == Some("streaming"))
+    })?;
+    c.rig.camera_proxy.set(Fault::Delay(Duration::from_millis(200)));
+    std::thread::sleep(Duration::from_secs(8));
+    // Far below the stream's rate: frames arrive late or not at all; none may finish late.
+    c.rig.camera_proxy.set(Fault::Bandwidth(30_000));
+    std::thread::sleep(Duration::from_secs(8));
+    c.rig.camera_proxy.set(Fault::HalfOpen);
+    let stalled = c.wait(Duration::from_secs(60), "vigil reports the camera not streaming", |c| {
+        Ok(c.camera_state().is_some_and(|s| s != "streaming"))
+    })?;
+    c.figure("stall_reported_s", stalled);
+    c.rig.camera_proxy.set(Fault::Pass);
+    let back_at = now_ns();
+    let back = c.wait(Duration::from_secs(90), "the camera streaming again", |c| {
+        Ok(c.camera_state().as_deref() == Some("streaming"))
+    })?;
+    c.figure("recovered_s", back);
+    c.wait(Duration::from_secs(60), "events after the link is back", |c| Ok(c.new_events_since(back_at)? > 0))?;
+    let late = c.late_frames()?;
+    c.figure("late_frames", late as f64);
+    ensure!(late == 0, "{late} frames finished past their budget");
+    ensure!(c.target.restarts()? == 0, "vigil restarted");
     c.stop_and_check_nothing_lost()
 }
 

@@ -52,14 +52,8 @@ impl LocalTarget {
             Ok(ns) => {
                 // vigil's every process (the guard, the service, a restarted slot binary) in
                 // the namespace: the wrapper is what the unit runs as /usr/bin/vigil.
-                let wrapper = t.dir.path().join("vigil-netns");
-                std::fs::write(
-                    &wrapper,
-                    format!("#!/bin/sh\nexec ip netns exec {} {} \"$@\"\n", ns.name, binary.display()),
-                )?;
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
-                t.program = wrapper;
+                let run = format!("ip netns exec {} {}", ns.name, binary.display());
+                t.program = wrapper(&t.dir.path().join("vigil-netns"), &run)?;
                 t.netns = Some(ns);
             }
             Err(e) => eprintln!("vigil-hil: no network namespace for the local target ({e:#}): link-down is skipped"),
@@ -86,18 +80,9 @@ impl LocalTarget {
             .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.")))
             .context("no aarch64 ONNX Runtime in target/cross/ort: run `make cross-setup`")?;
         let dir = tempfile::Builder::new().prefix("vigil-hil-").tempdir()?;
-        let wrapper = dir.path().join("vigil-qemu");
         // GStreamer's registry scan forks a helper, which qemu-user cannot run for it.
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nGST_REGISTRY_FORK=no exec qemu-aarch64 -L {} {} \"$@\"\n",
-                prefix.display(),
-                binary.display()
-            ),
-        )?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+        let run = format!("env GST_REGISTRY_FORK=no qemu-aarch64 -L {} {}", prefix.display(), binary.display());
+        let wrapper = wrapper(&dir.path().join("vigil-qemu"), &run)?;
         let mut t = Self::new("qemu", &wrapper, binary.to_owned(), repo, Some(ort), Duration::from_secs(600))?;
         t.dir = dir;
         Ok(t)
@@ -173,6 +158,15 @@ impl LocalTarget {
             .status()
             .is_ok_and(|s| s.success())
     }
+}
+
+/// An executable at `path` that runs `command` with its own arguments (`exec`, so the PID is
+/// the service's): what the unit runs as `/usr/bin/vigil`.
+fn wrapper(path: &Path, command: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\nexec {command} \"$@\"\n"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path.to_owned())
 }
 
 impl Drop for LocalTarget {

@@ -249,7 +249,8 @@ impl Target for SshTarget {
     fn reset(&mut self) -> Result<()> {
         self.systemctl("stop")?;
         let data = shell_quote(&self.data_dir());
-        self.run(&format!("find {data} -mindepth 1 -delete"))?;
+        // On a first run the unit has not made it yet (StateDirectory=): nothing to empty.
+        self.run(&format!("[ ! -d {data} ] || find {data} -mindepth 1 -delete"))?;
         Ok(())
     }
 
