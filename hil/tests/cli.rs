@@ -49,3 +49,50 @@ fn bad_input_exits_2_saying_what_to_do() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--local"), "{err}");
 }
+
+/// A vigil that answers `--version` and the guard, and fails at once when run.
+fn broken_vigil(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("vigil");
+    let script = "#!/bin/sh\ncase \"$1\" in\n  --version) echo 'vigil 0.0.1' ;;\n  slots) exit 0 ;;\n  \
+                  run) echo 'boom: this vigil cannot start' >&2; exit 1 ;;\n  *) exit 64 ;;\nesac\n";
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn a_failing_target_fails_each_scenario_with_its_log_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let vigil = broken_vigil(dir.path());
+    let out = dir.path().join("report");
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let (code, _, err) = hil(&[
+        "run",
+        "--local",
+        vigil.to_str().unwrap(),
+        "--repo",
+        repo,
+        "--scenario",
+        "power-cut",
+        "--scenario",
+        "broker-outage",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let scenarios = report["scenarios"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 2, "the second ran after the first failed: {report:#}");
+    for s in scenarios {
+        assert_eq!(s["status"], "failed", "{s:#}");
+        assert!(s["message"].as_str().unwrap().contains("did not report READY"), "{s:#}");
+        assert!(s["log"].as_str().unwrap().contains("boom: this vigil cannot start"), "the target's log: {s:#}");
+    }
+    assert_eq!(report["vigil_version"], "vigil 0.0.1");
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(junit.contains("tests=\"2\" failures=\"2\""), "{junit}");
+    assert!(junit.contains("boom: this vigil cannot start"), "{junit}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<b class=\"failed\">2 failed</b>"), "{html}");
+}
