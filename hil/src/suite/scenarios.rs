@@ -157,7 +157,7 @@ fn detection(c: &mut Ctx) -> Result<()> {
     std::thread::sleep(Duration::from_secs_f64(2.0 * gt.seconds()));
     let late = c.late_frames()?;
     ensure!(c.target.restarts()? == 0, "vigil restarted during the run");
-    let offset = c.target.clock_offset_ns()?;
+    let offset = c.clock_offset_ns;
     c.stop_and_drain()?;
     let all = c.events()?;
     let latencies: Vec<f64> = all
@@ -201,7 +201,7 @@ fn broker_outage(c: &mut Ctx) -> Result<()> {
     let up_at = now_ns();
     // Events captured during the outage arrive once vigil is back on the broker.
     let back = c.wait(Duration::from_secs(60), "events captured during the outage reach the broker", |c| {
-        let offset = c.target.clock_offset_ns()?;
+        let offset = c.clock_offset_ns;
         Ok(c.events()?.iter().any(|(e, _)| {
             let t = e.best.captured_at_ns as i64 - offset;
             e.phase == Phase::New && t > down_at && t < up_at
@@ -253,7 +253,7 @@ fn link_down(c: &mut Ctx) -> Result<()> {
     // Events captured while the link was down arrive afterwards (the camera is across the
     // link too, so there may be few: the check is that none is lost).
     c.wait(Duration::from_secs(60), "events after the link is back", |c| Ok(c.new_events_since(up_at)? > 0))?;
-    let offset = c.target.clock_offset_ns()?;
+    let offset = c.clock_offset_ns;
     let during = c
         .events()?
         .iter()
@@ -348,7 +348,7 @@ fn power_cut(c: &mut Ctx) -> Result<()> {
     // Mid-stream: a few seconds of events in flight.
     std::thread::sleep(Duration::from_secs(5));
     let t = Instant::now();
-    c.target.power_cut()?;
+    c.power_cut()?;
     c.figure("back_after_cut_s", t.elapsed().as_secs_f64());
     let since = now_ns();
     c.wait(Duration::from_secs(90), "events after the power came back", |c| Ok(c.new_events_since(since)? > 0))?;
