@@ -71,16 +71,11 @@ struct Repo {
 }
 
 async fn library(args: &Args, d: &Path) -> anyhow::Result<Repo> {
-    for sub in ["keys", "repo", "pki", "bundle"] {
+    for sub in ["pki", "bundle"] {
         std::fs::create_dir_all(d.join(sub))?;
     }
-    let key = |n: &str| d.join("keys").join(n);
-    let roles = RoleKeyFiles { targets: key("targets"), snapshot: key("snapshot"), timestamp: key("timestamp") };
-    for k in [key("root"), roles.targets.clone(), roles.snapshot.clone(), roles.timestamp.clone()] {
-        repo::keygen(&k).await?;
-    }
     let expiry = Expiry::default();
-    repo::init(&d.join("repo"), &[key("root")], 1, &roles, &expiry).await?;
+    let roles = repo::init_with_new_keys(&d.join("repo"), &d.join("keys"), &expiry).await?;
     std::fs::write(d.join("bundle/manifest.toml"), "schema = 1\n")?;
     std::fs::write(d.join("bundle/model.onnx"), noise(args.mb << 20))?;
     let archive = d.join("bundle.tar");

@@ -193,15 +193,10 @@ pub struct UpdateServer {
 
 impl UpdateServer {
     async fn start(dir: &Path, ip: std::net::IpAddr) -> Result<Self> {
-        for sub in ["keys", "repo", "pki", "files"] {
+        for sub in ["pki", "files"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
-        let key = |n: &str| dir.join("keys").join(n);
-        let roles = RoleKeyFiles { targets: key("targets"), snapshot: key("snapshot"), timestamp: key("timestamp") };
-        for k in [key("root"), roles.targets.clone(), roles.snapshot.clone(), roles.timestamp.clone()] {
-            repo::keygen(&k).await?;
-        }
-        repo::init(&dir.join("repo"), &[key("root")], 1, &roles, &Expiry::default()).await?;
+        let roles = repo::init_with_new_keys(&dir.join("repo"), &dir.join("keys"), &Expiry::default()).await?;
         let server = Server::start_on(dir.join("repo"), &dir.join("pki"), ip).await;
         Ok(Self { server, roles, dir: dir.to_owned() })
     }

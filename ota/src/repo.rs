@@ -184,6 +184,20 @@ pub async fn init(
     Ok(())
 }
 
+/// A new repository at `repo` whose keys are all new and kept in `keys/` (`root`, `targets`,
+/// `snapshot`, `timestamp`; one root key, threshold 1): for tests, benchmarks and the HIL
+/// rig. A production repository keeps its root keys offline (docs/ota.md).
+pub async fn init_with_new_keys(repo: &Path, keys: &Path, expiry: &Expiry) -> anyhow::Result<RoleKeyFiles> {
+    std::fs::create_dir_all(keys)?;
+    let key = |n: &str| keys.join(n);
+    let roles = RoleKeyFiles { targets: key("targets"), snapshot: key("snapshot"), timestamp: key("timestamp") };
+    for k in [key("root"), roles.targets.clone(), roles.snapshot.clone(), roles.timestamp.clone()] {
+        keygen(&k).await?;
+    }
+    init(repo, &[key("root")], 1, &roles, expiry).await?;
+    Ok(roles)
+}
+
 /// The newest `N.root.json` in the metadata directory.
 pub fn latest_root(repo: &Path) -> anyhow::Result<(u64, PathBuf)> {
     let meta = metadata_dir(repo);

@@ -52,17 +52,12 @@ impl Rig {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_owned();
-        for sub in ["keys", "repo", "pki", "bundles"] {
+        for sub in ["pki", "bundles"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
-        let key = |n: &str| d.join("keys").join(n);
-        let roles = RoleKeyFiles { targets: key("targets"), snapshot: key("snapshot"), timestamp: key("timestamp") };
-        let server = rt.block_on(async {
-            for k in [key("root"), roles.targets.clone(), roles.snapshot.clone(), roles.timestamp.clone()] {
-                repo::keygen(&k).await.unwrap();
-            }
-            repo::init(&d.join("repo"), &[key("root")], 1, &roles, &Expiry::default()).await.unwrap();
-            Server::start(d.join("repo"), &d.join("pki")).await
+        let (roles, server) = rt.block_on(async {
+            let roles = repo::init_with_new_keys(&d.join("repo"), &d.join("keys"), &Expiry::default()).await.unwrap();
+            (roles, Server::start(d.join("repo"), &d.join("pki")).await)
         });
         let broker = Broker::start();
         let config = device_config(&d, device, (&broker, &server, &d.join("repo")), ota_extra);

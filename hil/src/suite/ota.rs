@@ -30,6 +30,29 @@ fn apply(c: &mut Ctx, request_id: &str, name: &str, version: &str) -> Result<()>
     Ok(())
 }
 
+/// Applies `name` `version` as `request_id` and cuts the power once the update is in `step`
+/// (`downloading` is caught with part of the download on the disk: the server trickles it,
+/// `trickle` bytes per pause, until the cut).
+fn apply_and_cut_in(
+    c: &mut Ctx,
+    request_id: &str,
+    name: &str,
+    version: &str,
+    step: &str,
+    trickle: (usize, Duration),
+) -> Result<()> {
+    c.rig.updates.server.set(|b| b.trickle = (step == "downloading").then_some(trickle));
+    apply(c, request_id, name, version)?;
+    c.wait(Duration::from_secs(120), &format!("update {name} {version} reaching {step}"), |c| {
+        Ok(states_of(c, request_id)
+            .iter()
+            .any(|s| s["state"] == step && (step != "downloading" || s["detail"]["bytes"].as_u64().unwrap_or(0) > 0)))
+    })?;
+    c.power_cut()?;
+    c.rig.updates.server.set(|b| b.trickle = None);
+    Ok(())
+}
+
 /// A fresh device serving, then model `version` (the shipped bundle, its manifest changed by
 /// `edit`) applied as `request_id`; its outcome must be `want`. Returns the outcome.
 fn model_update(
@@ -144,20 +167,8 @@ pub fn model_power_cut(c: &mut Ctx) -> Result<()> {
         let version = format!("1.0.{}", 10 + i);
         let id = format!("hil-cut-{step}");
         publish(c, &version, |m| m)?;
-        // A trickled download is caught with part of the archive on the disk.
-        c.rig
-            .updates
-            .server
-            .set(|b| b.trickle = (step == "downloading").then_some((16 << 10, Duration::from_millis(100))));
-        apply(c, &id, "shapes", &version)?;
-        c.wait(Duration::from_secs(120), &format!("update {version} reaching {step}"), |c| {
-            Ok(states_of(c, &id).iter().any(|s| {
-                s["state"] == step && (step != "downloading" || s["detail"]["bytes"].as_u64().unwrap_or(0) > 0)
-            }))
-        })?;
         let cut = Instant::now();
-        c.power_cut()?;
-        c.rig.updates.server.set(|b| b.trickle = None);
+        apply_and_cut_in(c, &id, "shapes", &version, step, (16 << 10, Duration::from_millis(100)))?;
         let end = outcome(c, &id, Duration::from_secs(240))?;
         c.figure(&format!("cut_in_{step}_to_outcome_s"), cut.elapsed().as_secs_f64());
         ensure!(end["state"] == "successful", "cut while {step}: the update ended {}: {end}", end["state"]);
@@ -266,18 +277,7 @@ pub fn binary_power_cut(c: &mut Ctx) -> Result<()> {
         c.fresh_device()?;
         super::scenarios::wait_first_event(c)?;
         let id = format!("hil-bin-cut-{step}");
-        c.rig
-            .updates
-            .server
-            .set(|b| b.trickle = (step == "downloading").then_some((256 << 10, Duration::from_millis(50))));
-        apply(c, &id, "vigil", &version)?;
-        c.wait(Duration::from_secs(120), &format!("the update reaching {step}"), |c| {
-            Ok(states_of(c, &id).iter().any(|s| {
-                s["state"] == step && (step != "downloading" || s["detail"]["bytes"].as_u64().unwrap_or(0) > 0)
-            }))
-        })?;
-        c.power_cut()?;
-        c.rig.updates.server.set(|b| b.trickle = None);
+        apply_and_cut_in(c, &id, "vigil", &version, step, (256 << 10, Duration::from_millis(50)))?;
         let end = outcome(c, &id, Duration::from_secs(240))?;
         let want = match end["state"].as_str() {
             Some("successful") => version.clone(),

@@ -143,6 +143,14 @@ fn last_messages(all: &[(Event, i64)]) -> Vec<Event> {
     by_id.into_values().cloned().collect()
 }
 
+/// Waits until the retained status says the camera is streaming (`true`) or is not; returns
+/// the seconds it took.
+fn wait_camera(c: &mut Ctx, streaming: bool, within: Duration) -> Result<f64> {
+    let what =
+        if streaming { "the status says the camera is streaming" } else { "vigil reports the camera not streaming" };
+    c.wait(within, what, |c| Ok(c.camera_state().is_some_and(|s| (s == "streaming") == streaming)))
+}
+
 pub(super) fn wait_first_event(c: &mut Ctx) -> Result<()> {
     let t = c.wait(FIRST_EVENT, "the first event from the fresh device", |c| Ok(c.new_events_since(0)? > 0))?;
     c.figure("first_event_s", t);
@@ -270,20 +278,14 @@ fn link_down(c: &mut Ctx) -> Result<()> {
 fn camera_loss(c: &mut Ctx) -> Result<()> {
     c.fresh_device()?;
     wait_first_event(c)?;
-    c.wait(Duration::from_secs(30), "the status says the camera is streaming", |c| {
-        Ok(c.camera_state().as_deref() == Some("streaming"))
-    })?;
+    wait_camera(c, true, Duration::from_secs(30))?;
     c.rig.camera.kill9();
-    let lost = c.wait(Duration::from_secs(60), "vigil reports the camera not streaming", |c| {
-        Ok(c.camera_state().is_some_and(|s| s != "streaming"))
-    })?;
+    let lost = wait_camera(c, false, Duration::from_secs(60))?;
     c.figure("loss_reported_s", lost);
     std::thread::sleep(Duration::from_secs(10));
     c.rig.camera.restart()?;
     let back_at = now_ns();
-    let streaming = c.wait(Duration::from_secs(90), "the camera streaming again", |c| {
-        Ok(c.camera_state().as_deref() == Some("streaming"))
-    })?;
+    let streaming = wait_camera(c, true, Duration::from_secs(90))?;
     c.figure("recovered_s", streaming);
     c.wait(Duration::from_secs(60), "events from the camera after its return", |c| {
         Ok(c.new_events_since(back_at)? > 0)
@@ -295,24 +297,18 @@ fn camera_loss(c: &mut Ctx) -> Result<()> {
 fn camera_network_faults(c: &mut Ctx) -> Result<()> {
     c.fresh_device()?;
     wait_first_event(c)?;
-    c.wait(Duration::from_secs(30), "the status says the camera is streaming", |c| {
-        Ok(c.camera_state().as_deref() == Some("streaming"))
-    })?;
+    wait_camera(c, true, Duration::from_secs(30))?;
     c.rig.camera_proxy.set(Fault::Delay(Duration::from_millis(200)));
     std::thread::sleep(Duration::from_secs(8));
     // Far below the stream's rate: frames arrive late or not at all; none may finish late.
     c.rig.camera_proxy.set(Fault::Bandwidth(30_000));
     std::thread::sleep(Duration::from_secs(8));
     c.rig.camera_proxy.set(Fault::HalfOpen);
-    let stalled = c.wait(Duration::from_secs(60), "vigil reports the camera not streaming", |c| {
-        Ok(c.camera_state().is_some_and(|s| s != "streaming"))
-    })?;
+    let stalled = wait_camera(c, false, Duration::from_secs(60))?;
     c.figure("stall_reported_s", stalled);
     c.rig.camera_proxy.set(Fault::Pass);
     let back_at = now_ns();
-    let back = c.wait(Duration::from_secs(90), "the camera streaming again", |c| {
-        Ok(c.camera_state().as_deref() == Some("streaming"))
-    })?;
+    let back = wait_camera(c, true, Duration::from_secs(90))?;
     c.figure("recovered_s", back);
     c.wait(Duration::from_secs(60), "events after the link is back", |c| Ok(c.new_events_since(back_at)? > 0))?;
     let late = c.late_frames()?;

@@ -79,12 +79,10 @@ impl LocalTarget {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.")))
             .context("no aarch64 ONNX Runtime in target/cross/ort: run `make cross-setup`")?;
-        let dir = tempfile::Builder::new().prefix("vigil-hil-").tempdir()?;
+        let mut t = Self::new("qemu", binary, binary.to_owned(), repo, Some(ort), Duration::from_secs(600))?;
         // GStreamer's registry scan forks a helper, which qemu-user cannot run for it.
         let run = format!("env GST_REGISTRY_FORK=no qemu-aarch64 -L {} {}", prefix.display(), binary.display());
-        let wrapper = wrapper(&dir.path().join("vigil-qemu"), &run)?;
-        let mut t = Self::new("qemu", &wrapper, binary.to_owned(), repo, Some(ort), Duration::from_secs(600))?;
-        t.dir = dir;
+        t.program = wrapper(&t.dir.path().join("vigil-qemu"), &run)?;
         Ok(t)
     }
 
