@@ -1,7 +1,7 @@
 //! vigil's own binary updated over the air into its A/B slots, end to end: a signed binary
 //! target in the TUF repository (real HTTPS server, real mosquitto), `ota/apply` for `vigil`, and
 //! vigil under a supervisor that follows the shipped vigil.service (`ExecStartPre=` guard,
-//! `ExecStart=` launcher, `Restart=on-failure`, its start limit, `Type=notify`, the watchdog),
+//! `ExecStart=` launcher, `Restart=always`, its start limit, `Type=notify`, the watchdog),
 //! with only the times shortened. systemd cannot be PID 1 here (docs/systemd.md).
 //!
 //! The good update is a second real vigil, the same code reporting the next patch version,
@@ -213,7 +213,10 @@ fn a_good_binary_update_is_kept_survives_restarts_and_yields_to_a_newer_package(
     });
     assert_eq!(running_exe(&device.sup), Some(package.clone()));
     let text = device.log();
-    assert!(text.contains("does not match the SHA-256 signed for vigil"), "{text}");
+    assert!(
+        text.contains(&format!("is not vigil {version} as signed for this device: it does not match the SHA-256")),
+        "{text}"
+    );
 
     // apt installs a package as new as the slot's: the package wins.
     let device = device.restart(&package, || {
@@ -373,4 +376,74 @@ fn a_new_binary_unhealthy_after_its_window_puts_the_previous_one_back_itself() {
     assert!(slots["active"].is_null() && slots["trial"].is_null(), "{slots:#}");
     assert!(!device.slot_binary("a").exists(), "the unhealthy binary is removed");
     assert!(!sup.records().contains(&Record::StartLimitHit));
+}
+
+#[test]
+fn a_binary_that_exits_cleanly_is_started_again_and_reverted_within_the_bound() {
+    // Exit 0 and SIGPIPE are clean ends for systemd: only `Restart=always` starts it again, and
+    // only a new start lets the guard count it.
+    reverted_within_the_bound("ab-exit-0", &bad_version(4), "exit 0");
+}
+
+#[test]
+fn a_binary_killed_by_sigpipe_is_started_again_and_reverted_within_the_bound() {
+    reverted_within_the_bound("ab-sigpipe", &bad_version(5), "kill -PIPE $$");
+}
+
+/// The newest signed `N.targets.json` of the repository at `repo`.
+fn latest_targets(repo: &Path) -> PathBuf {
+    let meta = vigil_ota::repo::metadata_dir(repo);
+    (1..1000).rev().map(|n| meta.join(format!("{n}.targets.json"))).find(|p| p.exists()).unwrap()
+}
+
+#[test]
+fn a_binary_planted_with_a_forged_slot_state_does_not_run() {
+    // What code execution inside vigil, as its user, can write: a binary of its choice in slot
+    // a, a `slots.json` that names it as vigil 999.0.0 with its SHA-256, and beside it signed
+    // metadata of its own making.
+    let rig = Rig::new("ab-rig-planted", "");
+    let device = Device::start(&rig, "ab-planted", &vigil_bin());
+    let (data, evil) = (device.data.clone(), fake_vigil(&rig.path(""), "999.0.0", "echo PLANTED >&2; exec sleep 600"));
+    let plant = |voucher: Option<&Path>| {
+        let slot = data.join("bin/a");
+        std::fs::create_dir_all(&slot).unwrap();
+        std::fs::copy(&evil, slot.join("vigil")).unwrap();
+        let (_, hash) = vigil_ota::repo::hash_file(&evil, |_| {}).unwrap();
+        let state = serde_json::json!({ "active": { "slot": "a", "version": "999.0.0", "sha256": hex::encode(hash) } });
+        std::fs::write(data.join("bin/slots.json"), state.to_string()).unwrap();
+        match voucher {
+            Some(v) => std::fs::copy(v, slot.join("targets.json")).map(drop).unwrap(),
+            None => drop(std::fs::remove_file(slot.join("targets.json"))),
+        }
+    };
+    // Their own repository: metadata for the planted file, signed by keys this device never trusted.
+    let theirs = rig.path("their-repo");
+    let meta = vigil_ota::target::TargetMeta {
+        kind: vigil_ota::Kind::Binary,
+        name: "vigil".into(),
+        version: "999.0.0".parse().unwrap(),
+        compat: vigil_ota::Compat::default(),
+        allow_downgrade: false,
+    };
+    rig.rt.block_on(async {
+        let expiry = vigil_ota::repo::Expiry::default();
+        let keys = vigil_ota::repo::init_with_new_keys(&theirs, &rig.path("their-keys"), &expiry).await.unwrap();
+        vigil_ota::repo::add(&theirs, &evil, "binaries/vigil-999.0.0", &meta, &keys, &expiry, |_| {}).await.unwrap();
+    });
+    let cases = [
+        (None, "bin/a/targets.json: No such file"),
+        (Some(latest_targets(&theirs)), "not signed by the repository's keys"),
+        // Genuine metadata of this device's repository, which signs no such binary.
+        (Some(latest_targets(&rig.path("repo"))), "no signed vigil 999.0.0 target has its length"),
+    ];
+    let mut device = device;
+    for (voucher, why) in cases {
+        device = device.restart(&vigil_bin(), || plant(voucher.as_deref()));
+        assert_eq!(running_exe(&device.sup), Some(vigil_bin()), "the package runs ({why})\n{}", device.log());
+        let log = device.log();
+        let refused = log.lines().rev().find(|l| l.contains("is not vigil 999.0.0 as signed for this device"));
+        let refused = refused.unwrap_or_else(|| panic!("the log says why: {log}"));
+        assert!(refused.contains(why) && refused.contains("running the packaged vigil"), "{why}: {refused}");
+        assert!(!log.contains("PLANTED"), "the planted binary never ran: {log}");
+    }
 }

@@ -1,6 +1,7 @@
 //! The device side: refresh the signed metadata, choose a target, download it, and record it as
 //! accepted (anti-rollback).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -65,6 +66,12 @@ pub struct Trusted {
 }
 
 impl Trusted {
+    /// The signed targets metadata as trusted (kept beside a slot binary for the launcher's
+    /// check, [`crate::offline`]). tough keeps every field, so its signature verifies again.
+    pub fn targets_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self.repo.targets()).expect("signed targets metadata serialises")
+    }
+
     /// The versions of the root, timestamp, snapshot and targets metadata (for reports).
     pub fn versions(&self) -> (u64, u64, u64, u64) {
         (
@@ -129,8 +136,15 @@ impl Updater {
         }
         self.state.tidy();
         let root = self.trusted_root()?;
+        let from_version = serde_json::from_slice::<Signed<Root>>(&root).map_or(0, |r| r.signed.version.get());
         let scratch = self.state.scratch()?;
-        let transport = RecordingTransport { inner: self.transport.clone(), last: self.target_url.clone() };
+        let roots = Arc::new(Mutex::new(BTreeMap::new()));
+        let transport = RecordingTransport {
+            inner: self.transport.clone(),
+            last: self.target_url.clone(),
+            metadata_url: self.config.metadata_url.clone(),
+            roots: roots.clone(),
+        };
         let repo = RepositoryLoader::new(&root, self.config.metadata_url.clone(), self.config.targets_url.clone())
             .transport(transport)
             .limits(self.config.limits)
@@ -139,29 +153,36 @@ impl Updater {
             .load()
             .await
             .map_err(|e| from_tough(&e))?;
+        // The roots tough walked through, each verified by the one before: kept so that the
+        // launcher can check a slot binary against the chain from the shipped root offline.
+        let to_version = repo.root().signed.version.get();
+        let walked = std::mem::take(&mut *roots.lock().unwrap_or_else(|p| p.into_inner()));
+        for (version, bytes) in walked.range(from_version + 1..=to_version) {
+            self.state.keep_root(*version, bytes)?;
+        }
         self.state.keep_trusted(scratch.path())?;
         Ok(Trusted { repo, _scratch: scratch })
     }
 
-    /// The newest root this device trusted, if it is whole and signed by its own threshold; else
-    /// the shipped one.
+    /// The newest root reachable from the shipped root through the kept chain (each signed by
+    /// the one before: [`crate::offline::root_chain`]), so that a root written into the state
+    /// directory by anyone else is never a trust anchor; else the shipped root, from which tough
+    /// walks the repository's chain again.
     fn trusted_root(&self) -> Result<Vec<u8>, OtaError> {
-        if let Some(bytes) = self.state.trusted_file("root.json") {
-            let valid = serde_json::from_slice::<Signed<Root>>(&bytes)
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.signed.verify_role(&r).map_err(|e| e.to_string()));
-            match valid {
-                Ok(()) => return Ok(bytes),
-                Err(why) => tracing::warn!(why, "the kept root is unusable; starting again from the shipped root"),
-            }
-        }
         let shipped = &self.config.shipped_root;
-        std::fs::read(shipped).map_err(|e| {
+        let bytes = std::fs::read(shipped).map_err(|e| {
             OtaError::Config(format!(
                 "cannot read the shipped TUF root {}: {e}; install the repository's 1.root.json there",
                 shipped.display()
             ))
-        })
+        })?;
+        match crate::offline::root_chain(shipped, &self.state.roots()) {
+            Ok(root) => Ok(serde_json::to_vec(&root).expect("root metadata serialises")),
+            Err(why) => {
+                tracing::warn!(why, "the kept chain of roots is unusable; starting again from the shipped root");
+                Ok(bytes)
+            }
+        }
     }
 
     /// Every target of the repository with vigil's fields, or why it has none.
@@ -300,18 +321,34 @@ fn custom_name(repo: &tough::Repository, target: &str) -> Option<String> {
 }
 
 /// The transport, noting the last target URL it was asked for (the download's part file is
-/// found by it).
+/// found by it) and keeping the bytes of each `N.root.json` it fetched.
 #[derive(Debug, Clone)]
 struct RecordingTransport {
     inner: HttpsTransport,
     last: Arc<Mutex<Option<Url>>>,
+    metadata_url: Url,
+    roots: Arc<Mutex<BTreeMap<u64, Vec<u8>>>>,
 }
 
 #[tough::async_trait]
 impl tough::Transport for RecordingTransport {
     async fn fetch(&self, url: Url) -> Result<tough::TransportStream, tough::TransportError> {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(url.clone());
-        self.inner.fetch(url).await
+        let root_version = url
+            .as_str()
+            .strip_prefix(self.metadata_url.as_str())
+            .and_then(|file| file.strip_suffix(".root.json"))
+            .and_then(|n| n.parse::<u64>().ok());
+        let stream = self.inner.fetch(url).await?;
+        let Some(version) = root_version else { return Ok(stream) };
+        let roots = self.roots.clone();
+        roots.lock().unwrap_or_else(|p| p.into_inner()).insert(version, Vec::new());
+        Ok(Box::pin(stream.inspect(move |chunk| {
+            if let Ok(bytes) = chunk {
+                let mut kept = roots.lock().unwrap_or_else(|p| p.into_inner());
+                kept.entry(version).or_default().extend_from_slice(bytes);
+            }
+        })))
     }
 }
 

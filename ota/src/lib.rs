@@ -9,12 +9,16 @@
 //! - [`repo`]: the operator side, behind the `vigil-ota` tool: keys, a repository, targets with
 //!   vigil's custom fields, signing, timestamp refresh, key rotation.
 //!
+//! - [`offline`]: a file checked against the kept signed metadata with no network and no
+//!   clock (the A/B launcher's check of a slot binary before it runs it).
+//!
 //! What the device does with a staged target (acceptance, swap, canary) is the caller's.
 
 pub mod archive;
 pub mod client;
 pub mod error;
 pub mod journal;
+pub mod offline;
 pub mod repo;
 pub mod state;
 pub mod target;

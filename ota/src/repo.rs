@@ -235,15 +235,19 @@ fn next(v: NonZeroU64) -> NonZeroU64 {
 }
 
 /// Hashes `file` (SHA-256), reporting each chunk's size to `progress`.
-pub fn hash_file(file: &Path, mut progress: impl FnMut(u64)) -> anyhow::Result<(u64, Vec<u8>)> {
-    use sha2::Digest;
-    use std::io::Read;
+pub fn hash_file(file: &Path, progress: impl FnMut(u64)) -> anyhow::Result<(u64, Vec<u8>)> {
     let mut f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    Ok(hash_reader(&mut f, progress)?)
+}
+
+/// The length and SHA-256 of what `r` reads to its end.
+pub fn hash_reader(mut r: impl std::io::Read, mut progress: impl FnMut(u64)) -> std::io::Result<(u64, Vec<u8>)> {
+    use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        let n = f.read(&mut buf)?;
+        let n = r.read(&mut buf)?;
         if n == 0 {
             break;
         }

@@ -7,6 +7,8 @@
 //! <state>/trusted/snapshot.json        rollback checks compare new metadata with these
 //! <state>/trusted/targets.json
 //! <state>/trusted/latest_known_time.json
+//! <state>/trusted/roots/N.root.json    every root trusted after the shipped one, in order (the
+//!                                      launcher checks slot binaries against this chain offline)
 //! <state>/minimum.json                 anti-rollback: the lowest version accepted, per target name
 //! <state>/downloads/                   partial downloads (`.part`) and their validators
 //! ```
@@ -82,6 +84,18 @@ impl StateDir {
             write_synced(&self.trusted().join(name), &bytes)?;
         }
         Ok(())
+    }
+
+    /// Keeps root `version` (verified by the refresh that walked to it) in the chain of roots.
+    pub fn keep_root(&self, version: u64, bytes: &[u8]) -> Result<(), OtaError> {
+        let dir = self.roots();
+        std::fs::create_dir_all(&dir).map_err(OtaError::io("cannot create", &dir))?;
+        write_synced(&crate::offline::root_file(&dir, version), bytes)
+    }
+
+    /// The chain of roots trusted after the shipped one ([`crate::offline`]).
+    pub fn roots(&self) -> PathBuf {
+        crate::offline::roots_in(&self.root)
     }
 
     /// Removes leftovers of refreshes a crash interrupted.

@@ -223,12 +223,31 @@ async fn key_rotation() {
     vigil_ota::repo::rotate(&f.repo(), &old, std::slice::from_ref(&new_key), 1, &f.keys.roles, &f.expiry)
         .await
         .unwrap();
+    // And again before the device looks: it walks 1 → 2 → 3 in one refresh.
+    let newer_key = f.path().join("keys/root-newer.der");
+    vigil_ota::repo::keygen(&newer_key).await.unwrap();
+    vigil_ota::repo::rotate(
+        &f.repo(),
+        std::slice::from_ref(&new_key),
+        std::slice::from_ref(&newer_key),
+        1,
+        &f.keys.roles,
+        &f.expiry,
+    )
+    .await
+    .unwrap();
     let u = f.updater();
     let trusted = u.refresh().await.unwrap();
-    assert_eq!(trusted.versions().0, 2, "the device trusts root 2");
+    assert_eq!(trusted.versions().0, 3, "the device trusts root 3");
     let kept: serde_json::Value = serde_json::from_slice(&u.state().trusted_file("root.json").unwrap()).unwrap();
-    assert_eq!(kept["signed"]["version"], 2, "and keeps it for the next start");
-    // A root 3 signed by a key the device has never trusted, alone, is refused.
+    assert_eq!(kept["signed"]["version"], 3, "and keeps it for the next start");
+    // Every root it walked through is kept, so that the chain from the shipped root can be
+    // checked offline (the A/B launcher does).
+    let shipped = vigil_ota::repo::metadata_dir(&f.repo()).join("1.root.json");
+    let chain = vigil_ota::offline::root_chain(&shipped, &u.state().roots()).unwrap();
+    assert_eq!(chain.signed.version.get(), 3);
+    assert!(vigil_ota::offline::root_file(&u.state().roots(), 2).exists());
+    // A root 4 signed by a key the device has never trusted, alone, is refused.
     let rogue = f.path().join("keys/rogue.der");
     vigil_ota::repo::keygen(&rogue).await.unwrap();
     vigil_ota::repo::rotate(
@@ -243,6 +262,33 @@ async fn key_rotation() {
     .unwrap();
     let e = refused(&f).await;
     assert!(matches!(&e, OtaError::Untrusted(why) if why.contains("root")), "{e}");
+}
+
+#[tokio::test]
+async fn a_root_written_into_the_state_directory_is_no_trust_anchor() {
+    // Anyone who can write the device's OTA state (the service user, so code execution inside
+    // vigil) writes a root of their own, signed by their own keys, where the kept root goes,
+    // and as the next link of the kept chain.
+    let f = Fixture::new(1, 1, 4096).await;
+    settled(&f).await;
+    let rogue = f.path().join("rogue");
+    vigil_ota::repo::init_with_new_keys(&rogue, &f.path().join("rogue-keys"), &f.expiry).await.unwrap();
+    let theirs = std::fs::read(vigil_ota::repo::metadata_dir(&rogue).join("1.root.json")).unwrap();
+    let u = f.updater();
+    std::fs::write(u.state().trusted().join("root.json"), &theirs).unwrap();
+    let roots = u.state().roots();
+    std::fs::create_dir_all(&roots).unwrap();
+    let mut as_two: serde_json::Value = serde_json::from_slice(&theirs).unwrap();
+    as_two["signed"]["version"] = 2.into();
+    std::fs::write(vigil_ota::offline::root_file(&roots, 2), serde_json::to_vec(&as_two).unwrap()).unwrap();
+    // The device still trusts the repository its shipped root names, and only it.
+    let trusted = u.refresh().await.unwrap();
+    assert_eq!(trusted.versions().0, 1);
+    let kept: serde_json::Value = serde_json::from_slice(&u.state().trusted_file("root.json").unwrap()).unwrap();
+    let shipped: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(vigil_ota::repo::metadata_dir(&f.repo()).join("1.root.json")).unwrap())
+            .unwrap();
+    assert_eq!(kept, shipped, "the planted root was replaced by the repository's own");
 }
 
 #[tokio::test]

@@ -30,6 +30,14 @@ pub const SYSTEM_CONFIG: &str = "/etc/vigil/vigil.toml";
 /// The demo configuration's place in a source checkout: `vigil demo` runs there.
 pub const DEMO_CONFIG: &str = "appliance/config/demo.toml";
 
+/// What the A/B launcher and guard read of a configuration ([`Config::launch_paths_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchPaths {
+    pub data_dir: PathBuf,
+    /// The shipped TUF root that slot binaries are checked against; none: no slot runs.
+    pub ota_root: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -496,26 +504,29 @@ impl Config {
         Self::from_str_at(&text, path, &base)
     }
 
-    /// `data_dir` as the file at `path` sets it (resolved like [`Config::load`]), reading
-    /// nothing else: the A/B slot guard and launcher (docs/ota.md) run the packaged vigil, which
-    /// must find the slots even under a configuration only a newer, OTA'd vigil understands.
-    pub fn data_dir_of(path: &Path) -> Result<PathBuf, ConfigError> {
+    /// `data_dir` and `ota.root` as the file at `path` sets them (resolved like
+    /// [`Config::load`]), reading nothing else: the A/B slot guard and launcher (docs/ota.md) run
+    /// the packaged vigil, which must find the slots, and the root they are checked against, even
+    /// under a configuration only a newer, OTA'd vigil understands.
+    pub fn launch_paths_of(path: &Path) -> Result<LaunchPaths, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
-        let dir = match table.get("data_dir") {
-            None => return Ok(default_data_dir()),
-            Some(toml::Value::String(s)) => PathBuf::from(s),
-            Some(other) => {
-                return Err(ConfigError::Parse {
-                    path: path.into(),
-                    message: format!("data_dir must be a string, not {}", other.type_str()),
-                })
-            }
-        };
         let absolute = std::path::absolute(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Ok(absolute.parent().map_or(dir.clone(), |base| base.join(&dir)))
+        let base = absolute.parent().map(Path::to_path_buf).unwrap_or_default();
+        let string = |value: Option<&toml::Value>, key: &str| match value {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(base.join(s))),
+            Some(other) => Err(ConfigError::Parse {
+                path: path.into(),
+                message: format!("{key} must be a string, not {}", other.type_str()),
+            }),
+        };
+        Ok(LaunchPaths {
+            data_dir: string(table.get("data_dir"), "data_dir")?.unwrap_or_else(default_data_dir),
+            ota_root: string(table.get("ota").and_then(|o| o.get("root")), "ota.root")?,
+        })
     }
 
     /// The configuration a command runs on: `path` if given, else [`SYSTEM_CONFIG`], which must

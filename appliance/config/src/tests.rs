@@ -175,20 +175,33 @@ fn a_bundle_alone_gets_every_default() {
 }
 
 #[test]
-fn data_dir_of_reads_only_data_dir_so_a_newer_configuration_still_finds_the_slots() {
+fn launch_paths_of_reads_only_its_keys_so_a_newer_configuration_still_finds_the_slots() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("vigil.toml");
     // A key this vigil does not know (a newer one's) and no camera: `load` refuses it.
-    std::fs::write(&path, "device_id = \"d\"\ndata_dir = \"state\"\nfuture_key = 1\n").unwrap();
+    std::fs::write(
+        &path,
+        "device_id = \"d\"\ndata_dir = \"state\"\nfuture_key = 1\n[ota]\nroot = \"root.json\"\nnew = 2\n",
+    )
+    .unwrap();
     assert!(Config::load(&path).is_err());
-    assert_eq!(Config::data_dir_of(&path).unwrap(), dir.path().join("state"));
+    let paths = Config::launch_paths_of(&path).unwrap();
+    assert_eq!((paths.data_dir, paths.ota_root), (dir.path().join("state"), Some(dir.path().join("root.json"))));
     std::fs::write(&path, "device_id = \"d\"\n").unwrap();
-    assert_eq!(Config::data_dir_of(&path).unwrap(), PathBuf::from("/var/lib/vigil"));
+    let paths = Config::launch_paths_of(&path).unwrap();
+    assert_eq!((paths.data_dir, paths.ota_root), (PathBuf::from("/var/lib/vigil"), None));
     std::fs::write(&path, "data_dir = 3\n").unwrap();
-    let e = Config::data_dir_of(&path).unwrap_err().to_string();
+    let e = Config::launch_paths_of(&path).unwrap_err().to_string();
     assert!(e.contains("data_dir must be a string, not integer"), "{e}");
-    std::fs::write(&path, "data_dir = \"/srv/vigil\"\n").unwrap();
-    assert_eq!(Config::data_dir_of(&path).unwrap(), PathBuf::from("/srv/vigil"));
+    std::fs::write(&path, "data_dir = \"/srv/vigil\"\n[ota]\nroot = []\n").unwrap();
+    let e = Config::launch_paths_of(&path).unwrap_err().to_string();
+    assert!(e.contains("ota.root must be a string, not array"), "{e}");
+    std::fs::write(&path, "data_dir = \"/srv/vigil\"\n[ota]\nroot = \"/etc/vigil/root.json\"\n").unwrap();
+    let paths = Config::launch_paths_of(&path).unwrap();
+    assert_eq!(
+        (paths.data_dir, paths.ota_root),
+        (PathBuf::from("/srv/vigil"), Some(PathBuf::from("/etc/vigil/root.json")))
+    );
 }
 
 #[test]

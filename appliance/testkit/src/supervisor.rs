@@ -7,8 +7,11 @@
 //! - `WatchdogSec`: `WATCHDOG_USEC` is passed; once started, a service that sends no
 //!   `WATCHDOG=1` within it gets `SIGABRT` (systemd's default `WatchdogSignal`), a failure.
 //! - `ExecStartPre=`: run before each start; a failure fails the start (the service is not run).
-//! - `Restart=on-failure` after `RestartSec`: a non-zero exit status, a signal other than a clean
-//!   stop, a start timeout and a watchdog timeout are failures.
+//! - `Restart=on-failure` after `RestartSec`: a non-zero exit status, a signal other than
+//!   systemd's clean ones (`SIGHUP`, `SIGINT`, `SIGTERM`, `SIGPIPE`), a start timeout and a
+//!   watchdog timeout are failures. `Restart=always`: any end but a stop asked for restarts.
+//! - `INVOCATION_ID`: a new id for each start, the same for its `ExecStartPre=` commands and its
+//!   main process.
 //! - `StartLimitBurst=` starts within `StartLimitIntervalSec=`: one more start is refused and
 //!   the unit gives up (`start-limit-hit`).
 //! - A stop sends `SIGTERM` and waits `TimeoutStopSec`, then `SIGKILL`.
@@ -37,8 +40,7 @@ pub struct Unit {
     pub timeout_start: Duration,
     pub timeout_stop: Duration,
     pub watchdog: Option<Duration>,
-    /// `Restart=on-failure` (else `no`).
-    pub restart_on_failure: bool,
+    pub restart: Restart,
     pub restart_sec: Duration,
     pub start_limit_burst: usize,
     pub start_limit_interval: Duration,
@@ -57,7 +59,7 @@ impl Unit {
             timeout_start: Duration::from_secs(90),
             timeout_stop: Duration::from_secs(90),
             watchdog: None,
-            restart_on_failure: true,
+            restart: Restart::OnFailure,
             restart_sec: Duration::from_millis(100),
             start_limit_burst: 5,
             start_limit_interval: Duration::from_secs(10),
@@ -76,7 +78,7 @@ impl Unit {
         let text = std::fs::read_to_string(path)?;
         let mut unit = Unit::new("", &[], log);
         unit.exec_start.clear();
-        unit.restart_on_failure = false;
+        unit.restart = Restart::No;
         let command = |value: &str| -> Vec<OsString> {
             value
                 .split_whitespace()
@@ -90,7 +92,18 @@ impl Unit {
             match key {
                 "ExecStartPre" => unit.exec_start_pre.push(command(value)),
                 "ExecStart" => unit.exec_start = command(value),
-                "Restart" => unit.restart_on_failure = value == "on-failure",
+                "Restart" => {
+                    unit.restart = match value {
+                        "no" => Restart::No,
+                        "on-failure" => Restart::OnFailure,
+                        "always" => Restart::Always,
+                        _ => {
+                            return Err(bad(format!(
+                                "Restart={value}: the supervisor follows no, on-failure and always"
+                            )))
+                        }
+                    }
+                }
                 "RestartSec" => unit.restart_sec = time()?,
                 "TimeoutStartSec" => unit.timeout_start = time()?,
                 "TimeoutStopSec" => unit.timeout_stop = time()?,
@@ -105,6 +118,16 @@ impl Unit {
         }
         Ok(unit)
     }
+}
+
+/// `Restart=`: when the service is started again after its main process ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    No,
+    /// After a failure: not after exit 0 or a clean signal.
+    OnFailure,
+    /// After any end but a stop that was asked for.
+    Always,
 }
 
 /// A systemd time span of one number and unit: `500ms`, `5s`, `10min`, `2h` (bare: seconds).
@@ -270,7 +293,12 @@ impl Run {
             if matches!(ended, Ended::Stopped) || self.stop.load(Ordering::SeqCst) {
                 break;
             }
-            if matches!(ended, Ended::Clean) || !self.unit.restart_on_failure {
+            let again = match self.unit.restart {
+                Restart::No => false,
+                Restart::OnFailure => matches!(ended, Ended::Failed),
+                Restart::Always => true,
+            };
+            if !again {
                 break;
             }
             std::thread::sleep(self.unit.restart_sec);
@@ -280,12 +308,14 @@ impl Run {
 
     /// One start: the pre-start commands, then the service until it ends or is stopped.
     fn once(&self) -> Ended {
+        let invocation = invocation_id();
         let log = || std::fs::OpenOptions::new().create(true).append(true).open(&self.unit.log);
         for pre in &self.unit.exec_start_pre {
             // Its output goes to the service's log, as the journal keeps both.
             let status = Command::new(&pre[0])
                 .args(&pre[1..])
                 .envs(self.unit.env.iter().cloned())
+                .env("INVOCATION_ID", &invocation)
                 .stdin(Stdio::null())
                 .stdout(log().map_or(Stdio::null(), Stdio::from))
                 .stderr(log().map_or(Stdio::null(), Stdio::from))
@@ -300,6 +330,7 @@ impl Run {
         command
             .args(&self.unit.exec_start[1..])
             .envs(self.unit.env.iter().cloned())
+            .env("INVOCATION_ID", &invocation)
             .env("NOTIFY_SOCKET", &self.socket_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -338,25 +369,25 @@ impl Run {
             }
             if let Ok(Some(status)) = child.try_wait() {
                 self.receive();
-                return self.exited(status, false);
+                return self.exited(status);
             }
             if self.cut.load(Ordering::SeqCst) {
                 let _ = child.kill();
                 let status = child.wait().expect("a killed child is reaped");
-                self.exited(status, true);
+                self.exited(status);
                 return Ended::Stopped;
             }
             if self.stop.load(Ordering::SeqCst) {
                 signal(child, rustix::process::Signal::TERM);
                 let status = self.reap(child, self.unit.timeout_stop);
-                self.exited(status, true);
+                self.exited(status);
                 return Ended::Stopped;
             }
             if start_deadline.is_some_and(|d| Instant::now() > d) {
                 self.record(Record::StartTimeout);
                 signal(child, rustix::process::Signal::TERM);
                 let status = self.reap(child, self.unit.timeout_stop);
-                self.exited(status, true);
+                self.exited(status);
                 return Ended::Failed;
             }
             if let Some(w) = self.unit.watchdog.filter(|_| start_deadline.is_none()) {
@@ -364,7 +395,7 @@ impl Run {
                     self.record(Record::WatchdogTimeout);
                     signal(child, rustix::process::Signal::ABORT);
                     let status = self.reap(child, self.unit.timeout_stop);
-                    self.exited(status, true);
+                    self.exited(status);
                     return Ended::Failed;
                 }
             }
@@ -410,18 +441,32 @@ impl Run {
         }
     }
 
-    /// Records the exit; a failure unless it exited 0 (or was stopped by `SIGTERM` on request).
-    fn exited(&self, status: std::process::ExitStatus, asked_to_stop: bool) -> Ended {
+    /// Records the exit; a failure unless it exited 0 or died of one of systemd's clean signals
+    /// (`SIGHUP`, `SIGINT`, `SIGTERM`, `SIGPIPE`), asked to stop or not.
+    fn exited(&self, status: std::process::ExitStatus) -> Ended {
         use std::os::unix::process::ExitStatusExt;
         let (code, sig) = (status.code(), status.signal());
         self.record(Record::Exited { code, signal: sig });
-        let clean = code == Some(0) || (asked_to_stop && sig == Some(rustix::process::Signal::TERM.as_raw()));
+        use rustix::process::Signal;
+        let clean_signals = [Signal::HUP, Signal::INT, Signal::TERM, Signal::PIPE].map(|s| s.as_raw());
+        let clean = code == Some(0) || sig.is_some_and(|s| clean_signals.contains(&s));
         if clean {
             Ended::Clean
         } else {
             Ended::Failed
         }
     }
+}
+
+/// A new 128-bit id in hex, as systemd's `INVOCATION_ID` (unique enough for one test run).
+fn invocation_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let half = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(Instant::now().elapsed().as_nanos());
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(), half())
 }
 
 fn signal(child: &Child, sig: rustix::process::Signal) {
@@ -468,7 +513,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut unit = notifier(&["STATUS=loading"], dir.path());
         unit.timeout_start = Duration::from_millis(500);
-        unit.restart_on_failure = false;
+        unit.restart = Restart::No;
         let sup = Supervisor::start(unit, dir.path()).unwrap();
         let term = Some(rustix::process::Signal::TERM.as_raw());
         assert!(sup.wait_for(Duration::from_secs(10), |r| *r == Record::Exited { code: None, signal: term }));
@@ -523,11 +568,42 @@ mod tests {
     }
 
     #[test]
+    fn a_clean_end_is_not_restarted_on_failure_but_is_always_and_each_start_has_its_own_invocation() {
+        let dir = tempfile::tempdir().unwrap();
+        // The pre-start command and the service print the start's INVOCATION_ID.
+        let log = dir.path().join("log");
+        let show = "echo \"$INVOCATION_ID\" >&2";
+        for (end, signal) in [("exit 0", None), ("kill -PIPE $$", Some(rustix::process::Signal::PIPE.as_raw()))] {
+            let mut unit = Unit::new("sh", &["-c", &format!("{show}; {end}")], &log);
+            unit.exec_start_pre = vec![vec!["sh".into(), "-c".into(), show.into()]];
+            let sup = Supervisor::start(unit.clone(), dir.path()).unwrap();
+            let ended = Record::Exited { code: signal.map_or(Some(0), |_| None), signal };
+            assert!(sup.wait_for(Duration::from_secs(5), |r| *r == ended), "{:?}", sup.records());
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(sup.finished(), "{end}: clean for Restart=on-failure, not restarted: {:?}", sup.records());
+            unit.restart = Restart::Always;
+            unit.start_limit_burst = 3;
+            let sup = Supervisor::start(unit, dir.path()).unwrap();
+            assert!(sup.wait_for(Duration::from_secs(10), |r| *r == Record::StartLimitHit), "{:?}", sup.records());
+            assert_eq!(count(&sup.records(), |r| matches!(r, Record::Spawned { .. })), 3, "{end}: restarted always");
+        }
+        let ids: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_owned).collect();
+        assert_eq!(ids.len(), 2 * (1 + 3) * 2, "{ids:?}");
+        for pair in ids.chunks(2) {
+            assert_eq!(pair[0].len(), 32, "{pair:?}");
+            assert_eq!(pair[0], pair[1], "a start's pre-start command and service share its id");
+        }
+        let mut distinct: Vec<&String> = ids.iter().step_by(2).collect();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ids.len() / 2, "a new id at each start: {ids:?}");
+    }
+
+    #[test]
     fn a_failing_pre_start_command_fails_the_start_and_the_service_does_not_run() {
         let dir = tempfile::tempdir().unwrap();
         let mut unit = notifier(&["READY=1"], dir.path());
         unit.exec_start_pre = vec![vec!["sh".into(), "-c".into(), "exit 1".into()]];
-        unit.restart_on_failure = false;
+        unit.restart = Restart::No;
         let sup = Supervisor::start(unit, dir.path()).unwrap();
         assert!(sup.wait_for(Duration::from_secs(5), |r| *r == Record::PreExited(Some(1))));
         std::thread::sleep(Duration::from_millis(200));
@@ -561,7 +637,12 @@ mod unit_file_tests {
             ["/t/vigil slots guard --config /t/c.toml"]
         );
         assert_eq!(words(&unit.exec_start), "/t/vigil run --config /t/c.toml");
-        assert!(unit.restart_on_failure);
+        assert_eq!(unit.restart, Restart::OnFailure);
+        std::fs::write(&path, "[Service]\nRestart=always\nExecStart=/x\n").unwrap();
+        assert_eq!(Unit::from_file(&path, &[], &path).unwrap().restart, Restart::Always);
+        std::fs::write(&path, "[Service]\nRestart=on-abort\nExecStart=/x\n").unwrap();
+        let e = Unit::from_file(&path, &[], &path).unwrap_err().to_string();
+        assert!(e.contains("Restart=on-abort: the supervisor follows no, on-failure and always"), "{e}");
         assert_eq!(
             (unit.restart_sec, unit.timeout_start, unit.watchdog, unit.start_limit_burst, unit.start_limit_interval),
             (

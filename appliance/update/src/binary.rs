@@ -65,6 +65,7 @@ pub(crate) async fn install(
     j: &mut Journal,
     offer: &Offer,
     archive: &Path,
+    signed_targets: Vec<u8>,
 ) -> Step<Option<serde_json::Value>> {
     let data_dir = host.config.data_dir.clone();
     let config_path = host.config_path.clone().expect("check_offer saw a configuration file");
@@ -76,14 +77,22 @@ pub(crate) async fn install(
         .free()
         .ok_or_else(|| failed("a vigil binary is on trial; send ota/apply again once its update has an outcome"))?;
     let (from, dir) = (archive.to_owned(), data_dir.clone());
-    let path = tokio::task::spawn_blocking(move || slots::stage(&from, &dir, slot))
-        .await
-        .map_err(|_| failed("staging panicked"))?
-        .map_err(|e| failed(e.to_string()))?;
+    // The binary and the signed metadata the launcher will check it against (docs/ota.md).
+    let path = tokio::task::spawn_blocking(move || {
+        let path = slots::stage(&from, &dir, slot)?;
+        let voucher = slots::voucher(&dir, slot);
+        vigil_core::fsutil::write_durably(&voucher, &signed_targets)
+            .map_err(vigil_ota::OtaError::io("cannot write", voucher))?;
+        Ok::<_, vigil_ota::OtaError>(path)
+    })
+    .await
+    .map_err(|_| failed("staging panicked"))?
+    .map_err(|e| failed(e.to_string()))?;
     j.slot = Some(path.clone());
     j.save(&host.dir()).map_err(|e| failed(format!("cannot write the update journal: {e}")))?;
     let unstage = |stop: Stop| {
         let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(slots::voucher(&data_dir, slot));
         stop
     };
     let said = run_check(&path, &["--version".as_ref()]).await.map_err(unstage)?;
@@ -106,7 +115,7 @@ pub(crate) async fn install(
 
     j.previous = std::env::current_exe().ok();
     enter(host, j, Phase::Activating)?;
-    slots::switch(&data_dir, Installed { slot, version: version.clone(), sha256: Some(offer.sha256.clone()) })
+    slots::switch(&data_dir, Installed::new(slot, version.clone(), Some(offer.sha256.clone())))
         .map_err(|e| unstage(failed(format!("cannot switch slots: {e}"))))?;
     tracing::warn!(version = %version, slot = slot.name(), "switched to the new vigil; restarting into it");
     host.restart.cancel();
@@ -190,9 +199,10 @@ pub(crate) fn on_start(data_dir: &Path, ota_dir: &Path, mut j: Journal, running_
     match (&state.active, &state.trial) {
         (Some(a), Some(_)) if a.version == version && running_slot == Some(a.slot) => StartAction::BinaryTrial(j),
         (Some(a), Some(_)) if a.version == version => {
-            // Switched, but the launcher ran something else: an installed package as new or newer.
-            let why =
-                format!("vigil {} runs instead of the update (the installed package is as new or newer)", running());
+            // Switched, but the launcher ran something else: it said why (an installed package
+            // as new or newer, a binary it could not verify or run).
+            let cause = slots::launch_note().unwrap_or("the launcher did not run it");
+            let why = format!("vigil {} runs instead of the update: {cause}", running());
             let _ = slots::revert(data_dir, why.clone());
             let _ = slots::take_reverted(data_dir);
             end(&mut j, Phase::Failed, why);
@@ -276,13 +286,10 @@ mod tests {
         for slot in [Slot::A, Slot::B] {
             slots::stage(&src, d.path(), slot).unwrap();
         }
-        Slots {
-            active: Some(Installed { slot: Slot::B, version: "0.2.0".parse().unwrap(), sha256: None }),
-            ..Default::default()
-        }
-        .save(d.path())
-        .unwrap();
-        slots::switch(d.path(), Installed { slot: Slot::A, version: "0.3.0".parse().unwrap(), sha256: None }).unwrap();
+        Slots { active: Some(Installed::new(Slot::B, "0.2.0".parse().unwrap(), None)), ..Default::default() }
+            .save(d.path())
+            .unwrap();
+        slots::switch(d.path(), Installed::new(Slot::A, "0.3.0".parse().unwrap(), None)).unwrap();
         let j = Journal {
             kind: vigil_ota::Kind::Binary,
             phase: Phase::Activating,
@@ -349,7 +356,7 @@ mod tests {
     fn a_revert_by_the_guard_is_reported_once_as_rolled_back() {
         let (d, ota, j) = switched();
         for _ in 0..=slots::MAX_STARTS {
-            slots::guard(d.path(), &"0.1.0".parse().unwrap()).unwrap();
+            slots::guard(d.path(), &"0.1.0".parse().unwrap(), None).unwrap();
         }
         let (phase, reason) = outcome(on_start(d.path(), &ota, j, Some(Slot::B)));
         assert_eq!(phase, Phase::RolledBack);
@@ -370,12 +377,9 @@ mod tests {
 
         let (d, ota, j) = switched();
         // The switch never happened: slot b still runs 0.2.0 and a holds the staged 0.3.0.
-        Slots {
-            active: Some(Installed { slot: Slot::B, version: "0.2.0".parse().unwrap(), sha256: None }),
-            ..Default::default()
-        }
-        .save(d.path())
-        .unwrap();
+        Slots { active: Some(Installed::new(Slot::B, "0.2.0".parse().unwrap(), None)), ..Default::default() }
+            .save(d.path())
+            .unwrap();
         let (phase, reason) = outcome(on_start(d.path(), &ota, j, Some(Slot::B)));
         assert_eq!(phase, Phase::Failed);
         assert!(reason.contains("stopped before switching to 0.3.0"), "{reason}");

@@ -279,7 +279,7 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
         download(host, j, &updater, &trusted, &offer, &archive).await?;
     }
     if offer.meta.kind == Kind::Binary {
-        return crate::binary::install(host, j, &offer, &archive).await;
+        return crate::binary::install(host, j, &offer, &archive, trusted.targets_json()).await;
     }
 
     // Verifying: TUF checked the length and hash as it came; the archive is unpacked as hostile

@@ -1,13 +1,12 @@
 //! The launcher and `vigil slots …`: vigil's own binary in its A/B slots (`vigil_update::slots`,
 //! docs/ota.md). Both run in the packaged binary, before anything of a new one runs.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
 use semver::Version;
-use vigil_config::Config;
+use vigil_config::{Config, LaunchPaths};
 use vigil_update::slots::{self, Guarded, Launch, Slots};
 
 #[derive(Subcommand)]
@@ -34,72 +33,87 @@ fn package() -> Version {
     vigil_core::build::version().parse().expect("vigil's version is semver (checked at build time)")
 }
 
-/// The data directory `vigil run` would use, read leniently (see `Config::data_dir_of`).
-fn data_dir(config: Option<&Path>, over: Option<&Path>) -> Result<PathBuf, String> {
-    if let Some(d) = over {
-        return Ok(d.to_owned());
-    }
+/// What `vigil run` would use of its configuration, read leniently (see
+/// `Config::launch_paths_of`); `over`: `--data-dir`.
+fn paths(config: Option<&Path>, over: Option<&Path>) -> Result<LaunchPaths, String> {
     let system = Path::new(vigil_config::SYSTEM_CONFIG);
-    let path = config.or(system.exists().then_some(system)).ok_or("no configuration file".to_owned())?;
-    Config::data_dir_of(path).map_err(|e| e.to_string())
+    let file = config.or(system.exists().then_some(system));
+    let mut paths = match file {
+        Some(path) => Config::launch_paths_of(path).map_err(|e| e.to_string())?,
+        None if over.is_some() => LaunchPaths { data_dir: PathBuf::new(), ota_root: None },
+        None => return Err("no configuration file".to_owned()),
+    };
+    if let Some(d) = over {
+        paths.data_dir = d.to_owned();
+    }
+    Ok(paths)
 }
 
-/// Runs the active slot's binary in place of this one when it is newer (`exec`: same process,
-/// same arguments, so systemd's main PID and notify socket carry over). Returns when the
-/// packaged binary should run, or when this already is the slot's binary.
+/// Runs the active slot's binary in place of this one when it is newer, counted (on trial) and
+/// signed for this device (`fexecve` of the file that was checked: same process, same
+/// arguments, so systemd's main PID and notify socket carry over). Returns when the packaged
+/// binary should run, or when this already is the slot's binary; the reason is logged and kept
+/// for the update's report.
 pub fn launch(config: Option<&Path>, data_dir_over: Option<&Path>) {
     if slots::running_slot().is_some() {
         return;
     }
-    let Ok(data_dir) = data_dir(config, data_dir_over) else { return };
-    let state = match Slots::load(&data_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{e}");
-            return;
+    let Ok(paths) = paths(config, data_dir_over) else { return };
+    let package = package();
+    let invocation = slots::invocation();
+    let (installed, path) = match slots::launch(&paths.data_dir, &package, invocation.as_deref()) {
+        Launch::Package(None) => return,
+        Launch::Package(Some(why)) => return package_runs(&package, why),
+        Launch::Slot(installed, path) => (installed, path),
+        Launch::Previous(installed, path, why) => {
+            tracing::warn!("{why}; running vigil {}, kept to go back to", installed.version);
+            slots::note_launch(why);
+            (installed, path)
         }
     };
-    match state.choose(&data_dir, &package()) {
-        Launch::Package(None) => {}
-        Launch::Package(Some(why)) => tracing::warn!("running the packaged vigil {}: {why}", package()),
-        Launch::Slot(installed, path) => {
-            if let Err(why) = slots::verify(&installed, &path) {
-                tracing::error!("{why}; running the packaged vigil {} (a new update replaces the slot)", package());
-                return;
-            }
-            tracing::info!(version = %installed.version, slot = installed.slot.name(), "running vigil from its slot");
-            let error = std::process::Command::new(&path)
-                .args(std::env::args_os().skip(1))
-                .env(slots::ENV_SLOT, installed.slot.name())
-                .exec();
-            tracing::error!("cannot run {}: {error}; running the packaged vigil {}", path.display(), package());
-        }
-    }
+    let file = match slots::open_signed(&installed, &path, &paths.data_dir, paths.ota_root.as_deref()) {
+        Ok(f) => f,
+        Err(why) => return package_runs(&package, why),
+    };
+    tracing::info!(version = %installed.version, slot = installed.slot.name(), "running vigil from its slot");
+    let args: Vec<_> = std::env::args_os().collect();
+    let error = slots::exec(file, &args, &[(slots::ENV_SLOT, installed.slot.name())]);
+    package_runs(&package, slots::cannot_run(&path, &error));
+}
+
+/// The packaged binary runs at this start, for `why` (logged, and kept for the update's report).
+fn package_runs(package: &Version, why: String) {
+    tracing::error!("{why}; running the packaged vigil {package}");
+    slots::note_launch(why);
 }
 
 pub fn run(command: &SlotsCommand) -> ExitCode {
     match command {
         SlotsCommand::Guard(at) => {
-            let dir = match data_dir(at.config.as_deref(), at.data_dir.as_deref()) {
-                Ok(d) => d,
+            let dir = match paths(at.config.as_deref(), at.data_dir.as_deref()) {
+                Ok(p) => p.data_dir,
                 Err(e) => {
                     eprintln!("vigil slots guard: {e}; nothing to guard");
                     return ExitCode::SUCCESS;
                 }
             };
-            match slots::guard(&dir, &package()) {
+            match slots::guard(&dir, &package(), slots::invocation().as_deref()) {
                 Ok(Guarded::Nothing) => {}
                 Ok(Guarded::Counted { version, starts }) => {
                     eprintln!("vigil {version} on trial: start {starts} of {}", slots::MAX_STARTS)
                 }
                 Ok(Guarded::Reverted(r)) => eprintln!("{}; the previous vigil runs from this start", r.reason),
-                Err(e) => eprintln!("vigil slots guard: {e}"),
+                // The launcher then counts the start itself, and runs no binary on trial
+                // unless it can.
+                Err(e) => eprintln!(
+                    "vigil slots guard: cannot count this start: {e}; a binary on trial runs only on a counted start"
+                ),
             }
             ExitCode::SUCCESS
         }
         SlotsCommand::Status(at) => {
-            let dir = match data_dir(at.config.as_deref(), at.data_dir.as_deref()) {
-                Ok(d) => d,
+            let dir = match paths(at.config.as_deref(), at.data_dir.as_deref()) {
+                Ok(p) => p.data_dir,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
@@ -114,6 +128,9 @@ pub fn run(command: &SlotsCommand) -> ExitCode {
                             why.map(|w| format!(" ({w})")).unwrap_or_default()
                         ),
                         Launch::Slot(i, path) => format!("vigil {} from {}", i.version, path.display()),
+                        Launch::Previous(i, path, why) => {
+                            format!("vigil {} from {} ({why})", i.version, path.display())
+                        }
                     };
                     println!("runs: {runs}");
                     println!("{}", serde_json::to_string_pretty(&state).expect("slot state serialises"));
