@@ -245,7 +245,7 @@ impl Updater {
     pub async fn download(&self, trusted: &Trusted, offer: &Offer, dest: &Path) -> Result<(), OtaError> {
         let name = TargetName::new(offer.target.clone())
             .map_err(|e| OtaError::BadTarget { name: offer.target.clone(), why: e.to_string() })?;
-        self.progress().start(offer.length);
+        self.transport.expect_length(offer.length);
         *self.target_url.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let refused = |e: &tough::error::Error| match from_tough(e) {
             OtaError::Untrusted(why) => OtaError::Verification { name: offer.target.clone(), why },

@@ -6,7 +6,10 @@
 //! A target download is kept in `<downloads>/<key>.part` as it arrives, with the URL and the
 //! server's validator (a strong `ETag`, else `Last-Modified`) in `<key>.json`. The next try asks
 //! for the rest (`Range`, `If-Range`) and accepts only a `206` whose `Content-Range` starts where
-//! the file ends; anything else starts over. The bytes handed to tough are the part file's and
+//! the file ends; anything else, a `416` among it, starts over. The transport is told the signed
+//! length of the target it fetches ([`HttpsTransport::expect_length`]): a part file that already
+//! holds that many bytes (a restart between the last byte and the rename) is handed to TUF as
+//! it is, with no request (a range from the end would be a `416`), and a longer one starts over. The bytes handed to tough are the part file's and
 //! then the network's, so TUF checks the length and hash of the whole; only then is the part file
 //! taken as the target ([`HttpsTransport::take_completed`]).
 
@@ -144,6 +147,11 @@ impl HttpsTransport {
         self.progress.clone()
     }
 
+    /// The signed length of the next target fetched (progress starts again from it).
+    pub fn expect_length(&self, length: u64) {
+        self.progress.start(length);
+    }
+
     fn part_paths(&self, url: &Url) -> Option<(PathBuf, PathBuf)> {
         let r = self.resume.as_ref()?;
         if !url.as_str().starts_with(r.targets_base.as_str()) {
@@ -186,7 +194,9 @@ impl HttpsTransport {
         if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
             return Err(TransportError::new(TransportErrorKind::FileNotFound, url));
         }
-        if !status.is_success() {
+        // A range the server cannot satisfy is the caller's to handle (it starts over).
+        let unsatisfiable = status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE && range_from.is_some();
+        if !status.is_success() && !unsatisfiable {
             return Err(net(url, format!("the server answered {status}")));
         }
         Ok(resp)
@@ -194,7 +204,7 @@ impl HttpsTransport {
 
     async fn fetch_plain(&self, url: Url) -> Result<TransportStream, TransportError> {
         let resp = self.get(&url, None).await?;
-        Ok(self.pump(url, None, resp))
+        Ok(self.pump(url, None, Some(resp)))
     }
 
     async fn fetch_resumable(
@@ -207,10 +217,16 @@ impl HttpsTransport {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .filter(|i: &PartInfo| i.url == url.as_str());
+        let signed = self.progress.total.load(Ordering::Relaxed);
         let have = match (&info, std::fs::metadata(&part)) {
-            (Some(_), Ok(m)) => m.len(),
+            (Some(_), Ok(m)) if signed == 0 || m.len() <= signed => m.len(),
             _ => 0,
         };
+        if have > 0 && have == signed {
+            tracing::info!(%url, have, "the download was complete before the restart; verifying it");
+            self.progress.resumed_from.store(have, Ordering::Relaxed);
+            return Ok(self.pump(url, Some((part, have)), None));
+        }
         let mut resp = if have > 0 {
             let validator = info.as_ref().and_then(|i| i.validator.as_deref());
             Some(self.get(&url, Some((have, validator))).await?)
@@ -219,6 +235,11 @@ impl HttpsTransport {
         };
         // Resume only on a 206 that starts where the part file ends.
         let resumed = match &resp {
+            Some(r) if r.status() == reqwest::StatusCode::RANGE_NOT_SATISFIABLE => {
+                tracing::warn!(%url, have, "the server cannot send the rest (416); starting the download over");
+                resp = None;
+                false
+            }
             Some(r) if r.status() == reqwest::StatusCode::PARTIAL_CONTENT => {
                 let starts_at =
                     r.headers().get(reqwest::header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).and_then(range_start);
@@ -249,12 +270,13 @@ impl HttpsTransport {
         }
         let from = if resumed { have } else { 0 };
         self.progress.resumed_from.store(from, Ordering::Relaxed);
-        Ok(self.pump(url, Some((part, from)), resp))
+        Ok(self.pump(url, Some((part, from)), Some(resp)))
     }
 
-    /// A stream of the part file's first `from` bytes, then the response body, which is appended
-    /// to the part file as it arrives; the rate is checked over each window.
-    fn pump(&self, url: Url, part: Option<(PathBuf, u64)>, resp: reqwest::Response) -> TransportStream {
+    /// A stream of the part file's first `from` bytes, then the response body (none: the part
+    /// file is whole), which is appended to the part file as it arrives; the rate is checked over
+    /// each window.
+    fn pump(&self, url: Url, part: Option<(PathBuf, u64)>, resp: Option<reqwest::Response>) -> TransportStream {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<tough::Bytes, TransportError>>(CHANNEL_DEPTH);
         let (timeouts, progress) = (self.timeouts, self.progress.clone());
         tokio::spawn(async move {
@@ -267,6 +289,7 @@ impl HttpsTransport {
                     Err(e) => return fail(e).await,
                 }
             }
+            let Some(resp) = resp else { return };
             let mut body = resp.bytes_stream();
             let (mut window_start, mut window_bytes, mut unsynced) = (Instant::now(), 0u64, 0u64);
             loop {

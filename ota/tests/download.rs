@@ -1,5 +1,6 @@
 //! Downloads over a real HTTPS server: a good update, resume across an interruption and a
-//! restart, a server that ignores `Range`, a clock that is not synchronized, and the
+//! restart, a part file complete before a restart, a server that ignores `Range` and one that
+//! answers it `416`, a clock that is not synchronized, and the
 //! `vigil-ota` tool end to end (operator commands and the device-side fetch).
 
 mod support;
@@ -50,6 +51,69 @@ async fn a_server_that_ignores_range_gets_the_download_started_over() {
     u.download(&trusted, &offer, &dest).await.unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), payload(LEN, 1));
     assert_eq!(u.progress().get().2, 0, "nothing was taken from the earlier try");
+}
+
+/// The part file of the one download in progress.
+fn part_file(f: &Fixture) -> std::path::PathBuf {
+    let downloads = f.path().join("device/state/downloads");
+    let parts: Vec<_> = std::fs::read_dir(&downloads)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "part"))
+        .collect();
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    parts[0].clone()
+}
+
+#[tokio::test]
+async fn a_download_complete_before_a_restart_is_verified_without_asking_for_more() {
+    // Killed between the last byte and the rename: the part file holds the whole target. A
+    // range from its end is unsatisfiable (416 from nginx and from this server), so the
+    // transport must not ask for one.
+    let f = Fixture::new(1, 1, LEN).await;
+    f.server.set(|b| b.cut_target_after = Some(1 << 20));
+    let dest = f.dest("people.bin");
+    let u = f.updater();
+    let (trusted, offer) = newest(&u).await;
+    u.download(&trusted, &offer, &dest).await.unwrap_err();
+    std::fs::write(part_file(&f), payload(LEN, 1)).unwrap();
+    let asked = f.server.requests().len();
+    let u = f.updater();
+    let (trusted, offer) = newest(&u).await;
+    let metadata_requests = f.server.requests().len() - asked;
+    u.download(&trusted, &offer, &dest).await.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), payload(LEN, 1));
+    assert_eq!(f.server.requests().len() - asked, metadata_requests, "no request for the target");
+    assert_eq!(u.progress().get(), (LEN as u64, LEN as u64, LEN as u64));
+
+    // Whole but wrong (a torn write of the last block): refused by TUF, discarded, fetched again.
+    let dest = f.dest("people-again.bin");
+    f.server.set(|b| b.cut_target_after = Some(1 << 20));
+    u.download(&trusted, &offer, &dest).await.unwrap_err();
+    let mut torn = payload(LEN, 1);
+    torn[LEN - 1] ^= 0xff;
+    std::fs::write(part_file(&f), torn).unwrap();
+    let e = u.download(&trusted, &offer, &dest).await.unwrap_err();
+    assert!(matches!(e, OtaError::Verification { .. }), "{e}");
+    u.download(&trusted, &offer, &dest).await.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), payload(LEN, 1));
+}
+
+#[tokio::test]
+async fn a_range_the_server_cannot_satisfy_starts_the_download_over() {
+    let f = Fixture::new(1, 1, LEN).await;
+    f.server.set(|b| b.cut_target_after = Some(1 << 20));
+    let dest = f.dest("people.bin");
+    let u = f.updater();
+    let (trusted, offer) = newest(&u).await;
+    u.download(&trusted, &offer, &dest).await.unwrap_err();
+    f.server.set(|b| b.refuse_ranges = true);
+    u.download(&trusted, &offer, &dest).await.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), payload(LEN, 1));
+    assert_eq!(u.progress().get().2, 0, "started over");
+    let targets: Vec<_> = f.server.requests().into_iter().filter(|(p, _)| p.starts_with("targets/")).collect();
+    assert_eq!(targets.len(), 3, "{targets:?}");
+    assert!(targets[1].1.is_some() && targets[2].1.is_none(), "a range (416), then the whole file: {targets:?}");
 }
 
 #[tokio::test]

@@ -18,6 +18,8 @@ pub struct Behaviour {
     pub cut_target_after: Option<u64>,
     /// Answer every request with the whole file, `200`, whatever `Range` says.
     pub ignore_range: bool,
+    /// Answer every `Range` request with `416`, as a server whose file is shorter would.
+    pub refuse_ranges: bool,
     /// Send target bodies this many bytes at a time, waiting this long between.
     pub trickle: Option<(usize, Duration)>,
     /// Bytes appended to every target body (and to its Content-Length).
@@ -102,7 +104,9 @@ impl Server {
     }
 }
 
-/// One request per connection: `GET /path`, with `Range: bytes=N-` and `If-Range` honoured.
+/// One request per connection: `GET /path`, with `Range: bytes=N-` and `If-Range` honoured as
+/// nginx does: a range that starts at or past the end is `416` with `Content-Range: bytes */LEN`;
+/// an `If-Range` that does not match gets the whole file.
 async fn serve(
     mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     root: &Path,
@@ -149,8 +153,19 @@ async fn serve(
         .and_then(|r| r.strip_suffix('-'))
         .and_then(|n| n.parse::<usize>().ok())
         .filter(|_| !b.ignore_range)
-        .filter(|_| header("if-range").is_none_or(|v| v == etag))
-        .filter(|&n| n < body.len());
+        .filter(|_| header("if-range").is_none_or(|v| v == etag));
+    if from.is_some_and(|n| n >= body.len() || b.refuse_ranges) {
+        let page = b"<html><head><title>416 Requested Range Not Satisfiable</title></head></html>\r\n";
+        let head = format!(
+            "HTTP/1.1 416 Requested Range Not Satisfiable\r\nContent-Range: bytes */{}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            body.len(),
+            page.len()
+        );
+        let _ = tls.write_all(&[head.as_bytes(), page].concat()).await;
+        let _ = tls.shutdown().await;
+        return;
+    }
     let (status, part) = match from {
         Some(n) => {
             (format!("206 Partial Content\r\nContent-Range: bytes {n}-{}/{}", body.len() - 1, body.len()), &body[n..])
