@@ -139,6 +139,19 @@ fn a_model_that_passes_acceptance_but_detects_far_less_is_rolled_back_by_the_can
     assert!(wait_until(Duration::from_secs(20), || events(&rig, device)[before..]
         .iter()
         .any(|e| e.0 == "1.0.0" && e.1 == "new")));
+    // Anti-rollback did not rise with the version rolled back: one below it is still accepted,
+    // and raises it once its canary passes.
+    let minimum = || -> serde_json::Value {
+        std::fs::read(rig.data().join("ota/minimum.json")).map_or(serde_json::Value::Null, |b| {
+            serde_json::from_slice::<serde_json::Value>(&b).unwrap()["shapes"].clone()
+        })
+    };
+    assert_eq!(minimum(), serde_json::Value::Null, "rolled back: no minimum recorded");
+    rig.publish("1.0.1", |m| m);
+    rig.apply(device, "lower", "1.0.1");
+    let end = rig.outcome(device, "lower", Duration::from_secs(120), &vigil);
+    assert_eq!(end["state"], "successful", "{end:#}\nlog:\n{}", vigil.log());
+    assert_eq!(minimum(), "1.0.1");
     drop(vigil);
 }
 

@@ -62,6 +62,8 @@ def session(path: Path) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
+    # Exact U8xU8 on x86 without VNNI, as the appliance runs it (docs/performance.md).
+    so.add_session_config_entry("session.x64quantprecision", "1")
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 

@@ -37,6 +37,8 @@ def run(path: Path, x: np.ndarray, threads: int = 1,
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    # Exact U8xU8 on x86 without VNNI, as the appliance runs it (docs/performance.md).
+    so.add_session_config_entry("session.x64quantprecision", "1")
     so.graph_optimization_level = level
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return sess.run(["grid"], {"images": x})[0]

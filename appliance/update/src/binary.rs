@@ -246,15 +246,8 @@ pub(crate) async fn trial(host: &Host, j: &mut Journal) -> Step<Option<serde_jso
         None => Err(Stop::Restarting),
         Some(vigil_fleet::config_change::Verdict::Healthy) => {
             slots::mark_good(&data_dir).map_err(|e| failed(format!("cannot mark the new vigil good: {e}")))?;
-            if let Some(ota) = &host.config.ota {
-                // Anti-rollback: a repository offering an older vigil from now on is refused.
-                let version = j.version.parse().expect("the journal's version was checked at start");
-                let recorded =
-                    crate::flow::updater(&host.config, ota).and_then(|u| u.state().set_minimum(&j.name, &version));
-                if let Err(e) = recorded {
-                    tracing::error!(error = %e, "cannot record the new minimum version");
-                }
-            }
+            // Anti-rollback: a repository offering an older vigil from now on is refused.
+            crate::flow::raise_minimum(host, j);
             j.reason =
                 Some(format!("vigil {} marked itself good after a {}s health window", j.version, window.as_secs()));
             let previous = j.previous.as_ref().map(|p| p.display().to_string());

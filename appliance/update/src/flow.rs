@@ -317,7 +317,6 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
     j.previous = Some(serving.dir.clone());
     enter(host, j, Phase::Activating)?;
     let previous = activate(host, j, new, &serving).await?;
-    updater.accept(&offer).map_err(|e| failed(format!("cannot record the new minimum version: {e}")))?;
 
     // Canary.
     let outcome = watch(host, j, &settings).await;
@@ -598,6 +597,9 @@ async fn conclude(
     match outcome {
         Ok(figures) => {
             host.recorder().end_canary();
+            // Anti-rollback rises only now: until the canary passed, the previous version is
+            // where a rollback goes, and a rolled-back version never raised it.
+            raise_minimum(host, j);
             j.reason = Some("the canary passed".to_owned());
             drop(previous);
             tidy_slots(&host.config.data_dir);
@@ -611,6 +613,20 @@ async fn conclude(
             }
             Err(Stop::RolledBack(reason, figures))
         }
+    }
+}
+
+/// Records the version of `j` as the lowest this device accepts from now on for its name (a
+/// signed downgrade sets it to itself). The update stands whatever happens: a failure is logged.
+pub(crate) fn raise_minimum(host: &Host, j: &Journal) {
+    let Some(ota) = &host.config.ota else { return };
+    let recorded = j
+        .version
+        .parse::<semver::Version>()
+        .map_err(|e| OtaError::Config(format!("the journal's version `{}`: {e}", j.version)))
+        .and_then(|version| updater(&host.config, ota).and_then(|u| u.state().set_minimum(&j.name, &version)));
+    if let Err(e) = recorded {
+        tracing::error!(error = %e, name = %j.name, version = %j.version, "cannot record the new minimum version");
     }
 }
 
