@@ -346,3 +346,32 @@ fn a_fleet_rollout_goes_in_waves_survives_the_operator_restarting_and_stops_at_a
     }
     drop(vigils);
 }
+
+#[test]
+fn an_update_that_does_not_fit_beside_the_event_history_is_refused_before_it_downloads() {
+    let device = "ota-space";
+    let rig = Rig::new(device, "");
+    // The data directory on a 64 MiB file system of its own, 40 MiB of it the store's reserve.
+    let _disk = Tmpfs::mount(&rig.data(), 64);
+    append_config(&rig.config, "[store]\nmin_free_mb = 40\n");
+    // 12 MiB of padding beside the 2 MiB model: its archive and its slot would take 28 MiB of the
+    // ~60 free.
+    let bundle = rig.prepare("1.0.3", |m| m);
+    std::fs::write(bundle.join("padding.bin"), vec![7u8; 12 << 20]).unwrap();
+    rig.sign(&bundle, "1.0.3");
+    let vigil = Vigil::start(&rig.config, rig.dir.path());
+    assert!(wait_until(Duration::from_secs(30), || !events(&rig, device).is_empty()), "events are stored");
+    rig.apply(device, "big", "1.0.3");
+    let end = rig.outcome(device, "big", Duration::from_secs(60), &vigil);
+    assert_eq!(end["state"], "failed", "{end:#}");
+    let reason = end["reason"].as_str().unwrap();
+    assert!(reason.contains("not enough free space for shapes 1.0.3 on"), "{reason}");
+    assert!(reason.contains("(the archive 14.0 MiB, unpacked 14.0 MiB, store.min_free_mb 40.0 MiB)"), "{reason}");
+    assert!(reason.contains("lower store.min_free_mb"), "says what to do: {reason}");
+    let fetched =
+        rig.server.requests().iter().any(|(p, _)| p.starts_with("targets/") && p.ends_with("shapes-1.0.3.tar"));
+    assert!(!fetched, "nothing was downloaded: {:?}", rig.server.requests());
+    let (code, log) = vigil.terminate();
+    assert!(code.success(), "{log}");
+    assert!(!log.contains("disk nearly full"), "no event was evicted for the update:\n{log}");
+}

@@ -241,15 +241,19 @@ impl Updater {
 
     /// Downloads `offer` into `dest` (a new file, renamed into place and synced once TUF has
     /// checked its length and hash). An interrupted download resumes on the next call, even
-    /// after a restart; a download that is not what was signed is discarded.
+    /// after a restart; a download that is not what was signed is discarded. `trusted` must not
+    /// have expired: a long download that is retried takes a fresh [`Updater::refresh`] first
+    /// ([`OtaError::MetadataExpired`] otherwise, with the download kept).
     pub async fn download(&self, trusted: &Trusted, offer: &Offer, dest: &Path) -> Result<(), OtaError> {
         let name = TargetName::new(offer.target.clone())
             .map_err(|e| OtaError::BadTarget { name: offer.target.clone(), why: e.to_string() })?;
         self.transport.expect_length(offer.length);
         *self.target_url.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let refused = |e: &tough::error::Error| match from_tough(e) {
-            OtaError::Untrusted(why) => OtaError::Verification { name: offer.target.clone(), why },
-            other => other,
+        let refused = |e: &tough::error::Error| match (e, from_tough(e)) {
+            // Checked by tough as the read starts: the trusted view aged, the bytes are not at fault.
+            (tough::error::Error::ExpiredMetadata { role, .. }, _) => OtaError::MetadataExpired(role.to_string()),
+            (_, OtaError::Untrusted(why)) => OtaError::Verification { name: offer.target.clone(), why },
+            (_, other) => other,
         };
         let mut stream = match trusted.repo.read_target(&name).await {
             Ok(Some(s)) => s,

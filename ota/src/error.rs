@@ -30,6 +30,13 @@ pub enum OtaError {
     /// is discarded.
     #[error("cannot keep the download on this device: {0}; free space where vigil keeps its state")]
     Storage(String),
+    /// The metadata trusted at the refresh expired before the download (re)started: not the
+    /// target's fault. The download is kept; the caller refreshes and tries again.
+    #[error(
+        "the {0} metadata trusted at the last check expired before the download could go on; it is \
+         fetched again and the download resumes"
+    )]
+    MetadataExpired(String),
     #[error("no target `{0}` in the signed repository")]
     NoSuchTarget(String),
     /// A target's vigil fields are missing or invalid: the repository was built wrongly.
@@ -61,12 +68,16 @@ impl OtaError {
         move |source| Self::Io { what, path, source }
     }
 
-    /// Whether trying again later may succeed without anyone changing the repository: the clock
-    /// or the network.
+    /// Whether trying again later may succeed without anyone changing the repository: the clock,
+    /// the network, or metadata that a new refresh renews.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::ClockNotSynchronized(_) | Self::ClockBehind { .. } | Self::Transport(_) | Self::TooSlow { .. }
+            Self::ClockNotSynchronized(_)
+                | Self::ClockBehind { .. }
+                | Self::Transport(_)
+                | Self::TooSlow { .. }
+                | Self::MetadataExpired(_)
         )
     }
 
@@ -75,6 +86,7 @@ impl OtaError {
         match self {
             Self::ClockNotSynchronized(_) | Self::ClockBehind { .. } => "clock",
             Self::Untrusted(_) => "untrusted",
+            Self::MetadataExpired(_) => "metadata_expired",
             Self::Transport(_) => "transport",
             Self::TooSlow { .. } => "too_slow",
             Self::Storage(_) => "storage",

@@ -117,6 +117,32 @@ async fn a_range_the_server_cannot_satisfy_starts_the_download_over() {
 }
 
 #[tokio::test]
+async fn metadata_that_expires_during_a_download_keeps_the_download_and_a_fresh_refresh_resumes_it() {
+    let f = Fixture::new(1, 1, LEN).await;
+    // A timestamp that lives 3 s: a long download outlives it.
+    let short = vigil_ota::repo::Expiry { timestamp: std::time::Duration::from_secs(3), ..f.expiry };
+    vigil_ota::repo::refresh(&f.repo(), &f.keys.roles.timestamp, None, &short).await.unwrap();
+    f.server.set(|b| b.cut_target_after = Some(1 << 20));
+    let dest = f.dest("people.bin");
+    let u = f.updater();
+    let (trusted, offer) = newest(&u).await;
+    let e = u.download(&trusted, &offer, &dest).await.unwrap_err();
+    assert!(matches!(e, OtaError::Transport(_)), "{e}");
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    // The retry with the view of the first refresh: expired, but the bytes are not at fault.
+    let e = u.download(&trusted, &offer, &dest).await.unwrap_err();
+    assert!(matches!(e, OtaError::MetadataExpired(_)) && e.is_retryable(), "{e}");
+    assert!(!e.to_string().contains("discarded") && e.to_string().contains("resumes"), "{e}");
+    assert!(part_file(&f).exists(), "the part is kept");
+    // The operator's daily job renewed the timestamp; a fresh refresh resumes the download.
+    vigil_ota::repo::refresh(&f.repo(), &f.keys.roles.timestamp, None, &f.expiry).await.unwrap();
+    let (fresh, offer) = newest(&u).await;
+    u.download(&fresh, &offer, &dest).await.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), payload(LEN, 1));
+    assert!(u.progress().get().2 >= 1 << 19, "resumed, not started over: {:?}", u.progress().get());
+}
+
+#[tokio::test]
 async fn an_unsynchronized_clock_delays_the_update_and_says_why() {
     let f = Fixture::new(1, 1, 4096).await;
     let u = f.updater_with(f.config(), Arc::new(NeverSynchronized));

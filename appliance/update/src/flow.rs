@@ -273,7 +273,9 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
     let archive = archive_path(&dir, j);
     // Downloaded before a restart (killed while verifying or accepting): not fetched again.
     let (kept, path) = (offer.clone(), archive.clone());
-    if tokio::task::spawn_blocking(move || kept.is_in(&path)).await.unwrap_or(false) {
+    let downloaded = tokio::task::spawn_blocking(move || kept.is_in(&path)).await.unwrap_or(false);
+    check_space(&host.config, &offer, downloaded)?;
+    if downloaded {
         tracing::info!(target = %offer.target, "the target was downloaded before the restart; not fetched again");
     } else {
         download(host, j, &updater, &trusted, &offer, &archive).await?;
@@ -323,6 +325,37 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
     conclude(host, j, outcome, previous).await
 }
 
+/// Refuses `offer` before anything is downloaded unless its archive (unless `downloaded`
+/// already), its unpacked copy (a model's slot, a binary's staged copy: about the archive's
+/// length) and the store's reserve (`store.min_free_mb`) fit in the free space of the data
+/// directory's file system. Otherwise the download would take the space the event history needs,
+/// and the store's disk guard would evict events to make room for it.
+fn check_space(config: &Config, offer: &Offer, downloaded: bool) -> Step<()> {
+    let dir = &config.data_dir;
+    let free = rustix::fs::statvfs(dir)
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+        .map_err(|e| failed(format!("cannot read the free space of {}: {e}", dir.display())))?;
+    let (archive, unpacked, reserve) =
+        (if downloaded { 0 } else { offer.length }, offer.length, config.store.min_free_mb << 20);
+    let need = archive + unpacked + reserve;
+    if free >= need {
+        return Ok(());
+    }
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / f64::from(1 << 20));
+    Err(failed(format!(
+        "not enough free space for {} {} on {}: it needs {} (the archive {}, unpacked {}, store.min_free_mb {}) and {} \
+         is free; free space there or lower store.min_free_mb, then send ota/apply again",
+        offer.meta.name,
+        offer.meta.version,
+        dir.display(),
+        mib(need),
+        mib(archive),
+        mib(unpacked),
+        mib(reserve),
+        mib(free)
+    )))
+}
+
 /// The download, with progress published every second.
 async fn download(
     host: &Host,
@@ -340,7 +373,28 @@ async fn download(
             host.publish(j, Some(serde_json::json!({ "bytes": bytes, "total": total, "resumed_at": resumed_at })));
         }
     };
-    let fetch = retrying(host, j, "downloading the target", || updater.download(trusted, offer, archive));
+    // The first try uses the metadata just refreshed; each retry refreshes it first, as a long
+    // download can outlive the timestamp it started under. The target must still be signed as it
+    // was (the same length and hash), or the update fails.
+    let tries = std::sync::atomic::AtomicU32::new(0);
+    let attempt = || {
+        let tried = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            if tried == 0 {
+                return updater.download(trusted, offer, archive).await;
+            }
+            let fresh = updater.refresh().await?;
+            let same = updater.offers(&fresh).into_iter().any(|(_, o)| o.is_ok_and(|o| o == *offer));
+            if !same {
+                return Err(OtaError::NoSuchTarget(format!(
+                    "{} with the length and hash it was signed with when the download began",
+                    offer.target
+                )));
+            }
+            updater.download(&fresh, offer, archive).await
+        }
+    };
+    let fetch = retrying(host, j, "downloading the target", attempt);
     tokio::select! {
         r = fetch => r,
         _ = ticker => unreachable!("the ticker never ends"),
