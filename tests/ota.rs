@@ -88,12 +88,28 @@ fn models_that_fail_acceptance_are_never_activated_and_the_reply_says_why() {
     let rule = "[[rule]]\nname = \"shapes\"\nlabels = [\"circle\", \"square\"]\n";
     std::fs::write(&rig.config, text.replacen("[[camera]]", &format!("{rule}[[camera]]"), 1)).unwrap();
 
+    // Seven more versions with wrong outputs: ten failed updates of different versions in all.
+    let more: Vec<(String, String)> = (0..7).map(|i| (format!("bad-out-{i}"), format!("1.4.{i}"))).collect();
+    for (_, version) in &more {
+        let bundle = rig.prepare(version, |m| m);
+        std::fs::copy(&reference, bundle.join("reference/output.int8model.f32")).unwrap();
+        rig.sign(&bundle, version);
+    }
+    // What an update abandoned at an earlier start left: its archive and a part file.
+    let ota = rig.data().join("ota");
+    std::fs::create_dir_all(ota.join("downloads")).unwrap();
+    std::fs::write(ota.join("shapes-0.9.0.tar"), b"abandoned").unwrap();
+    std::fs::write(ota.join("downloads/0123.part"), b"abandoned").unwrap();
+
     let vigil = Vigil::start(&rig.config, rig.dir.path());
-    for (id, version, why) in [
+    let cases = [
         ("bad-out", "1.1.1", "reference check"),
         ("slow", "1.2.0", "too slow for camera `yard`"),
         ("labels", "1.3.0", "rules do not fit the new model's labels"),
-    ] {
+    ]
+    .into_iter()
+    .chain(more.iter().map(|(id, version)| (id.as_str(), version.as_str(), "reference check")));
+    for (id, version, why) in cases {
         rig.apply(device, id, version);
         let end = rig.outcome(device, id, Duration::from_secs(60), &vigil);
         assert_eq!(end["state"], "failed", "{end:#}");
@@ -110,7 +126,21 @@ fn models_that_fail_acceptance_are_never_activated_and_the_reply_says_why() {
     let before = events(&rig, device).len();
     assert!(wait_until(Duration::from_secs(20), || events(&rig, device).len() > before), "still detecting");
     assert!(events(&rig, device).iter().all(|e| e.0 == "1.0.0"));
+    // The failed updates left nothing behind but the updater's kept state.
+    assert_only_kept_state(&rig.data());
     drop(vigil);
+}
+
+/// The updater's directory holds its kept state only (trust, minimums, the journal, the lock)
+/// and no download.
+fn assert_only_kept_state(data: &Path) {
+    let ota = data.join("ota");
+    let mut left: Vec<String> =
+        std::fs::read_dir(&ota).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.retain(|n| !["trusted", "minimum.json", "update.json", "downloads", "lock"].contains(&n.as_str()));
+    assert!(left.is_empty(), "left in {}: {left:?}", ota.display());
+    let downloads: Vec<_> = std::fs::read_dir(ota.join("downloads")).unwrap().collect();
+    assert!(downloads.is_empty(), "{downloads:?}");
 }
 
 #[test]

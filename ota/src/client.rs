@@ -134,6 +134,7 @@ impl Updater {
                 why: "older than any vigil release",
             });
         }
+        let _lock = self.state.lock()?;
         self.state.tidy();
         let root = self.trusted_root()?;
         let from_version = serde_json::from_slice::<Signed<Root>>(&root).map_or(0, |r| r.signed.version.get());
@@ -247,6 +248,7 @@ impl Updater {
     pub async fn download(&self, trusted: &Trusted, offer: &Offer, dest: &Path) -> Result<(), OtaError> {
         let name = TargetName::new(offer.target.clone())
             .map_err(|e| OtaError::BadTarget { name: offer.target.clone(), why: e.to_string() })?;
+        let _lock = self.state.lock()?;
         self.transport.expect_length(offer.length);
         *self.target_url.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let refused = |e: &tough::error::Error| match (e, from_tough(e)) {

@@ -37,6 +37,9 @@ pub enum OtaError {
          fetched again and the download resumes"
     )]
     MetadataExpired(String),
+    /// Another process uses the OTA state directory.
+    #[error("{0}")]
+    Busy(String),
     #[error("no target `{0}` in the signed repository")]
     NoSuchTarget(String),
     /// A target's vigil fields are missing or invalid: the repository was built wrongly.
@@ -78,6 +81,7 @@ impl OtaError {
                 | Self::Transport(_)
                 | Self::TooSlow { .. }
                 | Self::MetadataExpired(_)
+                | Self::Busy(_)
         )
     }
 
@@ -87,6 +91,7 @@ impl OtaError {
             Self::ClockNotSynchronized(_) | Self::ClockBehind { .. } => "clock",
             Self::Untrusted(_) => "untrusted",
             Self::MetadataExpired(_) => "metadata_expired",
+            Self::Busy(_) => "busy",
             Self::Transport(_) => "transport",
             Self::TooSlow { .. } => "too_slow",
             Self::Storage(_) => "storage",

@@ -169,7 +169,9 @@ pub async fn init(
     let root = build_root(NonZeroU64::MIN, root_keys, threshold, roles, expiry.root).await?;
     let paths: Vec<&Path> = root_keys.iter().map(PathBuf::as_path).collect();
     let signed = SignedRole::new(root.clone(), &KeyHolder::Root(root), &sources(&paths), &SystemRandom::new()).await?;
-    signed.write(&meta, true).await?;
+    let staging = Staging::new(&meta)?;
+    signed.write(staging.path(), true).await?;
+    staging.publish()?;
     let mut editor = RepositoryEditor::new(meta.join("1.root.json")).await?;
     let one = NonZeroU64::MIN;
     editor
@@ -180,8 +182,9 @@ pub async fn init(
         .timestamp_version(one)
         .timestamp_expires(expires_in(expiry.timestamp)?);
     let keys = sources(&[&roles.targets, &roles.snapshot, &roles.timestamp]);
-    editor.sign(&keys).await?.write(&meta).await?;
-    Ok(())
+    let staging = Staging::new(&meta)?;
+    editor.sign(&keys).await?.write(staging.path()).await?;
+    staging.publish()
 }
 
 /// A new repository at `repo` whose keys are all new and kept in `keys/` (`root`, `targets`,
@@ -228,6 +231,42 @@ async fn load(repo: &Path) -> anyhow::Result<tough::Repository> {
         .load()
         .await
         .with_context(|| format!("cannot read the repository at {}", repo.display()))
+}
+
+/// New metadata written beside the repository's metadata directory and then renamed into it,
+/// file by file, `timestamp.json` last (it names the snapshot, which names the targets): a server
+/// serving the directory meanwhile sends each file whole, old or new, never half written.
+struct Staging {
+    meta: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Staging {
+    fn new(meta: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(".staging-")
+            .tempdir_in(meta)
+            .with_context(|| format!("cannot create a staging directory in {}", meta.display()))?;
+        Ok(Self { meta: meta.to_owned(), dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn publish(self) -> anyhow::Result<()> {
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(self.dir.path())?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+        files.sort_by_key(|p| p.file_name().is_some_and(|n| n == "timestamp.json"));
+        for file in files {
+            std::fs::File::open(&file)?.sync_all()?;
+            let name = file.file_name().context("a staged file has a name")?;
+            let to = self.meta.join(name);
+            std::fs::rename(&file, &to).with_context(|| format!("cannot move new metadata to {}", to.display()))?;
+        }
+        std::fs::File::open(&self.meta)?.sync_all()?;
+        Ok(())
+    }
 }
 
 fn next(v: NonZeroU64) -> NonZeroU64 {
@@ -301,7 +340,9 @@ pub async fn add(
         std::fs::create_dir_all(parent)?;
     }
     copy_with_progress(file, &dest, &mut progress)?;
-    signed.write(metadata_dir(repo)).await?;
+    let staging = Staging::new(&metadata_dir(repo))?;
+    signed.write(staging.path()).await?;
+    staging.publish()?;
     Ok(hex_hash)
 }
 
@@ -338,6 +379,7 @@ pub async fn refresh(
     let meta = metadata_dir(repo);
     let mut snapshot_meta = current.timestamp().signed.meta.clone();
     let mut new_snapshot = None;
+    let staging = Staging::new(&meta)?;
     if let Some(key) = snapshot_key {
         let old = &current.snapshot().signed;
         let snapshot = Snapshot {
@@ -348,7 +390,7 @@ pub async fn refresh(
             _extra: old._extra.clone(),
         };
         let signed = SignedRole::new(snapshot, &holder, &sources(&[key]), &rng).await?;
-        signed.write(&meta, true).await?;
+        signed.write(staging.path(), true).await?;
         let entry = snapshot_meta.get_mut("snapshot.json").context("the timestamp names no snapshot.json")?;
         entry.version = signed.signed().signed.version;
         entry.length = Some(*signed.length());
@@ -364,7 +406,8 @@ pub async fn refresh(
         _extra: old._extra.clone(),
     };
     let signed = SignedRole::new(timestamp, &holder, &sources(&[timestamp_key]), &rng).await?;
-    signed.write(&meta, true).await?;
+    signed.write(staging.path(), true).await?;
+    staging.publish()?;
     Ok((signed.signed().signed.version.get(), new_snapshot))
 }
 
@@ -405,7 +448,9 @@ pub async fn rotate(
         Err(_) => Vec::new(), // none of the signing keys is one of the old root's
     };
     let count = old_signatures.len();
-    signed.add_old_signatures(old_signatures)?.write(metadata_dir(repo), true).await?;
+    let staging = Staging::new(&metadata_dir(repo))?;
+    signed.add_old_signatures(old_signatures)?.write(staging.path(), true).await?;
+    staging.publish()?;
     Ok(Rotated { version: version.get(), old_signatures: count, old_threshold })
 }
 
@@ -440,7 +485,9 @@ pub async fn sign_root(repo: &Path, key: &Path) -> anyhow::Result<usize> {
     let signed = SignedRole::new(current.signed.clone(), &KeyHolder::Root(current.signed), &[], &SystemRandom::new())
         .await?
         .add_old_signatures(signatures)?;
-    signed.write(metadata_dir(repo), true).await?;
+    let staging = Staging::new(&metadata_dir(repo))?;
+    signed.write(staging.path(), true).await?;
+    staging.publish()?;
     Ok(count)
 }
 

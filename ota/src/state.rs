@@ -13,6 +13,9 @@
 //! <state>/downloads/                   partial downloads (`.part`) and their validators
 //! ```
 //!
+//! <state>/lock                         held (flock) by whoever refreshes, downloads or records
+//!                                      a minimum: the service, or `vigil-ota fetch` run by hand
+//!
 //! tough keeps its own datastore with plain writes; it is given a scratch copy of `trusted/` for
 //! each refresh, and what it trusted afterwards is copied back here through the synced path. A
 //! crash in between leaves the previous state whole.
@@ -53,6 +56,27 @@ impl StateDir {
 
     pub fn downloads(&self) -> PathBuf {
         self.root.join("downloads")
+    }
+
+    /// Takes the state directory for one operation (a refresh, a download, a minimum): a second
+    /// user (the service and a `vigil-ota fetch` run by hand, say) is refused until the first is
+    /// done, instead of the two writing the same files. Released when dropped.
+    pub fn lock(&self) -> Result<StateLock, OtaError> {
+        let path = self.root.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(OtaError::io("cannot open", &path))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(StateLock { _file: file }),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(OtaError::Busy(format!(
+                "{} is in use by another vigil or vigil-ota (a refresh, a download); try again when it has finished",
+                self.root.display()
+            ))),
+            Err(e) => Err(OtaError::io("cannot lock", path)(e.into())),
+        }
     }
 
     /// The bytes of a trusted metadata file, if there is one.
@@ -126,11 +150,18 @@ impl StateDir {
 
     /// Raises the minimum for `name` to `version` (a signed downgrade lowers it).
     pub fn set_minimum(&self, name: &str, version: &Version) -> Result<(), OtaError> {
+        let _lock = self.lock()?;
         let mut all = self.minimums()?;
         all.insert(name.to_owned(), version.clone());
         let path = self.root.join("minimum.json");
         write_synced(&path, &serde_json::to_vec_pretty(&all).expect("versions serialise"))
     }
+}
+
+/// The state directory taken by one user ([`StateDir::lock`]).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
 }
 
 /// Replaces `path` with `bytes` durably (the file and its directory entry).

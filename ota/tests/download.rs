@@ -143,6 +143,69 @@ async fn metadata_that_expires_during_a_download_keeps_the_download_and_a_fresh_
 }
 
 #[tokio::test]
+async fn two_users_of_one_state_directory_take_turns() {
+    let f = Fixture::new(1, 1, LEN).await;
+    // About 2.5 s of download, time for a second user to come along.
+    f.server.set(|b| b.trickle = Some((64 << 10, std::time::Duration::from_millis(50))));
+    let dest = f.dest("people.bin");
+    let service = f.updater();
+    let (trusted, offer) = newest(&service).await;
+    let progress = service.progress();
+    let by_hand = f.updater(); // `vigil-ota fetch` run on the same state directory
+    let second = async {
+        while progress.get().0 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let e = by_hand.refresh().await.err().expect("refused while the download runs");
+        assert!(matches!(e, OtaError::Busy(_)) && e.is_retryable(), "{e}");
+        assert!(e.to_string().contains("in use by another vigil or vigil-ota"), "{e}");
+    };
+    let (downloaded, ()) = tokio::join!(service.download(&trusted, &offer, &dest), second);
+    downloaded.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), payload(LEN, 1));
+    by_hand.refresh().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_operators_tools_replace_metadata_whole_while_it_is_served() {
+    let f = Fixture::new(1, 1, 4096).await;
+    let timestamp = vigil_ota::repo::metadata_dir(&f.repo()).join("timestamp.json");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A reader as the update server is one: it opens and reads the file whole, again and again.
+    let reader = {
+        let (stop, timestamp) = (stop.clone(), timestamp.clone());
+        std::thread::spawn(move || {
+            let (mut reads, mut torn) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let bytes = std::fs::read(&timestamp).unwrap_or_default();
+                reads += 1;
+                if serde_json::from_slice::<serde_json::Value>(&bytes).is_err() {
+                    torn.push(bytes.len());
+                }
+            }
+            (reads, torn)
+        })
+    };
+    for _ in 0..40 {
+        vigil_ota::repo::refresh(&f.repo(), &f.keys.roles.timestamp, Some(&f.keys.roles.snapshot), &f.expiry)
+            .await
+            .unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, torn) = reader.join().unwrap();
+    assert!(reads > 40, "the reader ran alongside: {reads} reads");
+    assert!(torn.is_empty(), "{} of {reads} reads saw a half-written timestamp.json: {torn:?}", torn.len());
+    let left: Vec<_> = std::fs::read_dir(vigil_ota::repo::metadata_dir(&f.repo()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "no staging directory left: {left:?}");
+    // And the repository is whole: a device takes it.
+    f.updater().refresh().await.unwrap();
+}
+
+#[tokio::test]
 async fn an_unsynchronized_clock_delays_the_update_and_says_why() {
     let f = Fixture::new(1, 1, 4096).await;
     let u = f.updater_with(f.config(), Arc::new(NeverSynchronized));

@@ -120,20 +120,10 @@ async fn update(host: &Host, mut j: Journal, periodic: bool) {
     finish(host, &mut j, outcome);
 }
 
-/// Where the update's download is kept until its outcome: a model's archive, or a binary.
-fn archive_path(dir: &Path, j: &Journal) -> PathBuf {
-    let ext = if j.kind == Kind::Binary { "" } else { ".tar" };
-    dir.join(format!("{}-{}{ext}", j.name, j.version))
-}
-
 /// Records the outcome: journal, log, retained state; the next update may start.
 fn finish(host: &Host, j: &mut Journal, outcome: Step<Option<serde_json::Value>>) {
     host.set_busy(false);
     let dir = host.dir();
-    if !matches!(outcome, Err(Stop::NothingNew)) && !j.version.is_empty() {
-        // Whatever the outcome, the archive is done with (the slot holds what it carried).
-        let _ = std::fs::remove_file(archive_path(&dir, j));
-    }
     let (phase, reason, detail) = match outcome {
         // Still under way: vigil is stopping, and busy until it has.
         Err(Stop::Restarting) => {
@@ -148,6 +138,9 @@ fn finish(host: &Host, j: &mut Journal, outcome: Step<Option<serde_json::Value>>
             return;
         }
     };
+    // Whatever the outcome, the archive is done with (the slot holds what it carried), and so is
+    // all an earlier update left; a download that failed on the network is kept to resume.
+    crate::disk::tidy(&dir, phase == Phase::Failed && j.phase == Phase::Downloading);
     j.reported = true;
     if let Err(e) = j.end(&dir, phase, reason.clone()) {
         tracing::error!(error = %e, "cannot record the update's outcome");
@@ -270,7 +263,7 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
     }
     save(j)?;
     host.publish(j, Some(serde_json::json!({ "bytes": 0, "total": offer.length })));
-    let archive = archive_path(&dir, j);
+    let archive = crate::disk::archive_path(&dir, j);
     // Downloaded before a restart (killed while verifying or accepting): not fetched again.
     let (kept, path) = (offer.clone(), archive.clone());
     let downloaded = tokio::task::spawn_blocking(move || kept.is_in(&path)).await.unwrap_or(false);

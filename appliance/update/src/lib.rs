@@ -26,6 +26,7 @@ use vigil_pipeline::scheduler::WarmCosts;
 use vigil_pipeline::CameraEvents;
 
 mod binary;
+mod disk;
 mod flow;
 pub mod slots;
 mod start;

@@ -21,8 +21,17 @@ pub enum StartAction {
     BinaryTrial(Journal),
 }
 
-/// Reads the journal and settles what must be settled before the model loads.
+/// Reads the journal and settles what must be settled before the model loads. When no update
+/// goes on, what ended updates left in the updater's directory is removed (`disk::tidy`).
 pub fn before_model_loads(config: &Config) -> StartAction {
+    let action = settle(config);
+    if matches!(action, StartAction::Nothing | StartAction::Report(_)) {
+        crate::disk::tidy(&crate::ota_dir(&config.data_dir), false);
+    }
+    action
+}
+
+fn settle(config: &Config) -> StartAction {
     let dir = crate::ota_dir(&config.data_dir);
     let mut journal = match Journal::load(&dir) {
         Ok(Some(j)) => j,

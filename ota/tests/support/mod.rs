@@ -147,8 +147,8 @@ impl Fixture {
         for sub in ["trusted", ""] {
             let Ok(entries) = std::fs::read_dir(state.join(sub)) else { continue };
             for e in entries.flatten() {
-                // The clock reading of the last check, not trust.
-                if e.path().is_file() && e.file_name() != "latest_known_time.json" {
+                // The clock reading of the last check, and the lock file: not trust.
+                if e.path().is_file() && e.file_name() != "latest_known_time.json" && e.file_name() != "lock" {
                     out.insert(e.path(), serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap());
                 }
             }
