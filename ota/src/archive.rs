@@ -97,7 +97,11 @@ pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<u64, 
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(OtaError::io("cannot create", &tmp))?;
     let result = unpack_into(archive, &tmp, limits, &refuse).and_then(|bytes| {
-        crate::state::sync_dir(&tmp)?;
+        // Every directory's entries, deepest first: a power cut after the rename must not find a
+        // subdirectory (the bundle's `reference/`) without its files.
+        for dir in directories(&tmp)?.iter().rev() {
+            crate::state::sync_dir(dir)?;
+        }
         std::fs::rename(&tmp, dest).map_err(OtaError::io("cannot move the slot to", dest))?;
         let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         crate::state::sync_dir(parent)?;
@@ -107,6 +111,23 @@ pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<u64, 
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// `root` and every directory below it, each before its subdirectories.
+fn directories(root: &Path) -> Result<Vec<PathBuf>, OtaError> {
+    let mut all = vec![root.to_owned()];
+    let mut i = 0;
+    while i < all.len() {
+        let dir = all[i].clone();
+        for e in std::fs::read_dir(&dir).map_err(OtaError::io("cannot read", &dir))? {
+            let e = e.map_err(OtaError::io("cannot read", &dir))?;
+            if e.file_type().map_err(OtaError::io("cannot read", e.path()))?.is_dir() {
+                all.push(e.path());
+            }
+        }
+        i += 1;
+    }
+    Ok(all)
 }
 
 fn unpack_into(
@@ -230,5 +251,23 @@ mod tests {
         .to_string();
         assert!(e.contains("more than 1000 bytes"), "{e}");
         assert!(!d.path().join("slot").exists());
+    }
+
+    #[test]
+    fn every_directory_of_a_slot_is_found_to_be_synced() {
+        let d = tempfile::tempdir().unwrap();
+        for sub in ["reference/deep", "labels"] {
+            std::fs::create_dir_all(d.path().join(sub)).unwrap();
+        }
+        std::fs::write(d.path().join("reference/x.f32"), b"x").unwrap();
+        let found = directories(d.path()).unwrap();
+        let root = d.path().to_owned();
+        assert_eq!(found[0], root, "the root first: synced last");
+        for sub in ["reference", "reference/deep", "labels"] {
+            assert!(found.contains(&root.join(sub)), "{sub}: {found:?}");
+        }
+        assert_eq!(found.len(), 4, "{found:?}");
+        let at = |p: &str| found.iter().position(|f| *f == root.join(p)).unwrap();
+        assert!(at("reference") < at("reference/deep"), "a parent before its children: {found:?}");
     }
 }

@@ -98,13 +98,13 @@ async fn resume_update(host: &Host, action: StartAction) {
         StartAction::BinaryTrial(mut j) => {
             host.set_busy(true);
             let outcome = crate::binary::trial(host, &mut j).await;
-            finish(host, &mut j, outcome);
+            finish(host, &mut j, outcome).await;
         }
         StartAction::Canary(mut j) => {
             host.set_busy(true);
             tracing::warn!(name = %j.name, version = %j.version, restarts = j.canary_restarts, "watching the new model again from a fresh canary window");
             let outcome = restart_canary(host, &mut j).await;
-            finish(host, &mut j, outcome);
+            finish(host, &mut j, outcome).await;
         }
     }
 }
@@ -117,11 +117,11 @@ async fn update(host: &Host, mut j: Journal, periodic: bool) {
         tracing::error!(error = %e, "cannot create {}; no update is possible", dir.display());
     }
     let outcome = steps(host, &mut j, periodic).await;
-    finish(host, &mut j, outcome);
+    finish(host, &mut j, outcome).await;
 }
 
 /// Records the outcome: journal, log, retained state; the next update may start.
-fn finish(host: &Host, j: &mut Journal, outcome: Step<Option<serde_json::Value>>) {
+async fn finish(host: &Host, j: &mut Journal, outcome: Step<Option<serde_json::Value>>) {
     host.set_busy(false);
     let dir = host.dir();
     let (phase, reason, detail) = match outcome {
@@ -140,7 +140,9 @@ fn finish(host: &Host, j: &mut Journal, outcome: Step<Option<serde_json::Value>>
     };
     // Whatever the outcome, the archive is done with (the slot holds what it carried), and so is
     // all an earlier update left; a download that failed on the network is kept to resume.
-    crate::disk::tidy(&dir, phase == Phase::Failed && j.phase == Phase::Downloading);
+    let (tidy_dir, keep_downloads) = (dir.clone(), phase == Phase::Failed && j.phase == Phase::Downloading);
+    // Off the async workers: an archive can be gigabytes.
+    let _ = tokio::task::spawn_blocking(move || crate::disk::tidy(&tidy_dir, keep_downloads)).await;
     j.reported = true;
     if let Err(e) = j.end(&dir, phase, reason.clone()) {
         tracing::error!(error = %e, "cannot record the update's outcome");
@@ -284,7 +286,7 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
     let bundle = stage(&archive, &slot, &serving.dir).await?;
     let m = &bundle.manifest.model;
     if m.name != j.name || m.version != j.version {
-        remove_slot(&slot, &serving.dir);
+        remove_slot(&slot, &serving.dir).await;
         return Err(failed(format!(
             "the bundle's manifest says {} {}, the signed target {} {}: re-pack it with the target's name and version",
             m.name, m.version, j.name, j.version
@@ -298,7 +300,7 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
     let (new, detail) = match accepted {
         Ok(a) => a,
         Err(stop) => {
-            remove_slot(&slot, &serving.dir);
+            remove_slot(&slot, &serving.dir).await;
             return Err(stop);
         }
     };
@@ -414,9 +416,11 @@ async fn stage(archive: &Path, slot: &Path, serving: &Path) -> Step<Bundle> {
     .map_err(|_| failed("unpacking panicked"))?
 }
 
-fn remove_slot(slot: &Path, serving: &Path) {
+/// Removes a model slot (never the serving model's directory), off the async workers.
+async fn remove_slot(slot: &Path, serving: &Path) {
     if slot != serving {
-        let _ = std::fs::remove_dir_all(slot);
+        let slot = slot.to_owned();
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(slot)).await;
     }
 }
 
@@ -649,14 +653,15 @@ async fn conclude(
             raise_minimum(host, j);
             j.reason = Some("the canary passed".to_owned());
             drop(previous);
-            tidy_slots(&host.config.data_dir);
+            let data_dir = host.config.data_dir.clone();
+            let _ = tokio::task::spawn_blocking(move || tidy_slots(&data_dir)).await;
             Ok(Some(figures))
         }
         Err((reason, figures)) => {
             let new_slot = j.slot.clone();
             roll_back_to(host, previous).await?;
             if let Some(slot) = new_slot {
-                remove_slot(&slot, &host.serving().dir);
+                remove_slot(&slot, &host.serving().dir).await;
             }
             Err(Stop::RolledBack(reason, figures))
         }
