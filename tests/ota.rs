@@ -405,3 +405,29 @@ fn an_update_that_does_not_fit_beside_the_event_history_is_refused_before_it_dow
     assert!(code.success(), "{log}");
     assert!(!log.contains("disk nearly full"), "no event was evicted for the update:\n{log}");
 }
+
+#[test]
+fn a_fleet_command_takes_the_place_of_a_periodic_check_that_is_still_downloading() {
+    let device = "ota-periodic";
+    // The first periodic check comes one interval after the start (the shortest: a minute).
+    let rig = Rig::new(device, "check_interval_s = 60\n");
+    rig.publish("1.0.4", |m| m);
+    rig.publish("1.0.5", |m| m);
+    // The periodic check finds 1.0.5, the newest, and downloads it slowly.
+    rig.server.set(|b| b.trickle = Some((16 << 10, Duration::from_millis(100))));
+    let vigil = Vigil::start(&rig.config, rig.dir.path());
+    let downloading = wait_until(Duration::from_secs(120), || {
+        rig.states(device).iter().any(|s| {
+            s["request_id"] == "periodic" && s["state"] == "downloading" && s["detail"]["bytes"].as_u64() > Some(0)
+        })
+    });
+    assert!(downloading, "{:#?}\n{}", rig.states(device), vigil.log());
+    rig.server.set(|b| b.trickle = None);
+    // The fleet sends 1.0.4: taken (not refused as "in progress"), and carried out.
+    rig.apply(device, "fleet-1", "1.0.4");
+    let end = rig.outcome(device, "fleet-1", Duration::from_secs(120), &vigil);
+    assert_eq!(end["state"], "successful", "{end:#}\n{}", vigil.log());
+    assert_eq!(end["version"], "1.0.4");
+    assert!(vigil.log().contains("a fleet update takes the place of the periodic check"), "{}", vigil.log());
+    drop(vigil);
+}

@@ -303,6 +303,11 @@ impl HttpsTransport {
                         return fail(net(&url, describe(&e))).await;
                     }
                 };
+                if tx.is_closed() {
+                    // The reader went away (the update was given up): nothing more goes to the
+                    // part file, which a later try may already be resuming.
+                    break;
+                }
                 if let (Some(f), Some((path, _))) = (&mut sink, &part) {
                     if let Err(e) = f.write_all(&chunk).await {
                         return fail(local(&url, path, e)).await;

@@ -115,6 +115,10 @@ pub fn metrics(device: &str) -> String {
 }
 
 /// `vigil/<device>/ota` (retained).
+/// How a device's refusal of `ota/apply` begins while another update is under way: a rollout
+/// waits for that update's outcome and sends the command again, instead of counting a refusal.
+pub const UPDATE_IN_PROGRESS: &str = "an update is in progress";
+
 pub fn ota(device: &str) -> String {
     Topic::Ota { device }.to_string()
 }

@@ -17,8 +17,10 @@ use crate::rollout::{state_word, DeviceState, DeviceStatus, End, Plan, Rollout, 
 /// Waves when `--waves` is not given: one device, then a tenth of them, then the rest.
 pub const DEFAULT_WAVES: &str = "1,10%,100%";
 const DEFAULT_DEVICE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// How long retained messages are collected after subscribing, before the rollout plans.
-const SETTLE: Duration = Duration::from_millis(1500);
+/// The longest the retained messages are waited for after subscribing (see [`Link::settle`]).
+const SETTLE_AT_MOST: Duration = Duration::from_secs(30);
+/// The device segment of the fence's topic: no device id can be it (ids have no `.`).
+const FENCE_DEVICE: &str = ".fence";
 
 #[derive(Debug, clap::Args)]
 pub struct PushArgs {
@@ -211,16 +213,32 @@ struct Link {
     broker: String,
     /// When the last connection error was printed (one line per outage, not one per retry).
     complained: Option<Instant>,
+    /// The topic of the message that marks the end of the retained ones ([`Link::settle`]).
+    fence: String,
 }
 
 impl Link {
     fn connect(fleet: &FleetArgs, request_id: &str) -> anyhow::Result<Self> {
         let (client, connection) = connect(fleet)?;
         let filters = vec![topic::status("+"), topic::ota("+"), topic::reply("+", request_id)];
-        Ok(Self { client, connection, filters, subscribed: false, broker: fleet.broker.clone(), complained: None })
+        let fence = topic::reply(FENCE_DEVICE, request_id);
+        Ok(Self {
+            client,
+            connection,
+            filters,
+            subscribed: false,
+            broker: fleet.broker.clone(),
+            complained: None,
+            fence,
+        })
     }
 
-    /// Waits for the subscriptions and collects the retained messages that follow them.
+    /// Waits for the subscriptions and collects the retained messages that follow them, until
+    /// they are all in: the broker sends a subscription's retained messages before anything
+    /// published after it was taken, so a message of our own (the fence), published once the
+    /// subscriptions are acknowledged to a topic they cover, comes back after the last of them.
+    /// A fixed wait would plan on a partial view when the broker is slow, and send a device the
+    /// command again while its retained `ota` topic is still on its way.
     fn settle(&mut self) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         let give_up = Instant::now() + Duration::from_secs(15);
         let mut messages = Vec::new();
@@ -235,10 +253,21 @@ impl Link {
                 Err(RecvTimeoutError::Disconnected) => bail!("the connection to {} closed", self.broker),
             }
         }
-        let until = Instant::now() + SETTLE;
+        let fenced = self.client.try_publish(self.fence.clone(), QoS::AtLeastOnce, false, b"fence".to_vec()).is_ok();
+        let until = Instant::now() + SETTLE_AT_MOST;
         while let Some(left) = until.checked_duration_since(Instant::now()) {
-            messages.extend(self.next(left));
+            match self.next(left) {
+                Some((topic, _)) if fenced && topic == self.fence => return Ok(messages),
+                Some(message) => messages.push(message),
+                None => {}
+            }
         }
+        eprintln!(
+            "warning: the broker at {} did not finish sending the retained states within {} s; going on with the {} received",
+            self.broker,
+            SETTLE_AT_MOST.as_secs(),
+            messages.len()
+        );
         Ok(messages)
     }
 

@@ -151,6 +151,10 @@ pub struct Device {
     /// The canary's figures (both windows) from the device's last `ota` state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Value>,
+    /// It answered that another update is under way: the command is sent again once that one
+    /// has an outcome (its `ota` topic says so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting: bool,
 }
 
 impl Device {
@@ -165,6 +169,7 @@ impl Device {
             reason: None,
             frames_lost_at_swap: None,
             canary: None,
+            waiting: false,
         }
     }
 
@@ -195,6 +200,8 @@ pub struct DeviceStatus {
     pub model: Option<(String, String)>,
     /// The vigil it runs.
     pub vigil: Option<String>,
+    /// Its periodic update checks (`ota.check_interval_s`), when it updates its model itself.
+    pub checks_every_s: Option<u64>,
 }
 
 impl DeviceStatus {
@@ -205,7 +212,7 @@ impl DeviceStatus {
             _ => None,
         };
         let vigil = v["version"].as_str().map(str::to_owned);
-        Some(Self { online: v["state"] == "online", model, vigil })
+        Some(Self { online: v["state"] == "online", model, vigil, checks_every_s: v["ota_check_interval_s"].as_u64() })
     }
 
     /// The version it runs of `name`: a model's name, or `vigil` for vigil's own binary.
@@ -315,6 +322,26 @@ impl Rollout {
                 ids
             }
         };
+        // A device that looks for new model versions itself installs this one as soon as it
+        // is signed, outside the waves: the two cannot be combined (vigil's own binary is
+        // never installed by periodic checks).
+        let self_updating: Vec<String> = ids
+            .iter()
+            .filter_map(|id| Some((id, statuses.get(id)?.checks_every_s?)))
+            .filter(|_| plan.name != VIGIL)
+            .map(|(id, every)| format!("{id} (every {every} s)"))
+            .collect();
+        if !self_updating.is_empty() {
+            return Err(format!(
+                "{} of the devices update `{}` themselves (ota.check_interval_s): {}; they would install {} on their \
+                 own as soon as it is signed, outside the waves. Set ota.check_interval_s = 0 on them \
+                 (config/set), or leave them out with --device",
+                self_updating.len(),
+                plan.name,
+                self_updating.join(", "),
+                plan.version
+            ));
+        }
         let mut devices = BTreeMap::new();
         for id in ids {
             let ran = statuses.get(&id).and_then(|s| s.runs(&plan.name)).map(str::to_owned);
@@ -445,10 +472,20 @@ impl Rollout {
     }
 
     fn on_ota(&mut self, id: &str, v: &Value, now: SystemTime) {
-        if v["request_id"] != self.request_id.as_str() {
+        let request = v["request_id"].as_str().unwrap_or_default();
+        let is_final = matches!(v["state"].as_str(), Some("successful" | "failed" | "rolled_back"));
+        if request != self.request_id {
+            // Another update of a device that waits for it: its outcome frees the device.
+            if let Some(d) = self.devices.get_mut(id).filter(|d| d.waiting && is_final) {
+                d.waiting = false;
+                d.state = DeviceState::Sent;
+                self.resend.insert(id.to_owned());
+                self.notes.push(format!("{id}: the other update ended; sending the command again"));
+            }
             return;
         }
         let Some(d) = self.devices.get_mut(id) else { return };
+        d.waiting = false;
         if d.state.is_final() {
             return;
         }
@@ -502,6 +539,21 @@ impl Rollout {
             self.notes.push(format!("{id}: queued"));
         } else {
             let error = v["error"].as_str().unwrap_or("refused without a reason").to_owned();
+            if error.starts_with(vigil_core::topic::UPDATE_IN_PROGRESS) {
+                // Busy, not refused: either with this rollout's command from an earlier run (its
+                // `ota` topic will show it) or with another update, after whose outcome the
+                // command goes again. Bounded by the device timeout like any update.
+                // (The device clears its busy flag before it publishes the outcome, so that
+                // outcome comes after this reply.)
+                d.state = DeviceState::Updating;
+                d.phase = Some("waiting for the update under way".to_owned());
+                d.waiting = true;
+                if d.sent_at.is_none() {
+                    d.sent_at = Some(now);
+                }
+                self.notes.push(format!("{id}: another update is under way; waiting for its outcome"));
+                return;
+            }
             self.notes.push(format!("{id}: refused: {error}"));
             d.end(DeviceState::Refused, Some(error), now);
         }
@@ -709,7 +761,12 @@ mod tests {
     }
 
     fn serving(online: bool, version: &str) -> DeviceStatus {
-        DeviceStatus { online, model: Some(("shapes".into(), version.into())), vigil: Some("0.1.0".into()) }
+        DeviceStatus {
+            online,
+            model: Some(("shapes".into(), version.into())),
+            vigil: Some("0.1.0".into()),
+            checks_every_s: None,
+        }
     }
 
     /// `dev-1` … `dev-n`, online, serving shapes 1.0.0.
@@ -940,6 +997,45 @@ mod tests {
         assert_eq!(state(&again, "dev-2"), DeviceState::Unreached, "no answer to the second send within 30 s");
     }
 
+    fn busy(r: &mut Rollout, device: &str, t: u64) {
+        let error = format!("an update is in progress; follow vigil/{device}/ota and send ota/apply again");
+        let v = serde_json::json!({ "request_id": "push-1", "ok": false, "error": error });
+        r.on_message(&format!("vigil/{device}/reply/push-1"), v.to_string().as_bytes(), at(t));
+    }
+
+    #[test]
+    fn a_device_busy_with_another_update_gets_the_command_again_after_it_and_is_no_failure() {
+        let mut r = rollout(&fleet(1), "100%", 0);
+        assert_eq!(r.step(at(0)), ["dev-1"]);
+        busy(&mut r, "dev-1", 1);
+        assert_eq!((state(&r, "dev-1"), r.devices["dev-1"].waiting, r.failures()), (DeviceState::Updating, true, 0));
+        ota(&mut r, "dev-1", "periodic", "downloading", 2);
+        assert!(r.step(at(3)).is_empty(), "still waiting");
+        ota(&mut r, "dev-1", "periodic", "successful", 4);
+        assert_eq!(r.step(at(5)), ["dev-1"], "the other update ended: sent again");
+        update(&mut r, "dev-1", "successful", 6);
+        r.step(at(8));
+        assert_eq!((r.end.clone(), r.failures()), (Some(End::Complete), 0));
+    }
+
+    #[test]
+    fn a_resumed_rollout_follows_a_device_that_answers_busy_with_this_rollouts_own_command() {
+        let mut r = rollout(&fleet(1), "100%", 0);
+        assert_eq!(r.step(at(0)), ["dev-1"]);
+        // The operator's machine restarts before anything came back; the device's retained
+        // `ota` message of this rollout has not arrived yet when the command goes again.
+        let mut again: Rollout = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        again.resume(None, None);
+        assert_eq!(again.step(at(10)), ["dev-1"]);
+        busy(&mut again, "dev-1", 11);
+        assert_eq!((state(&again, "dev-1"), again.failures()), (DeviceState::Updating, 0), "not refused");
+        ota(&mut again, "dev-1", "push-1", "canary", 12);
+        assert!(!again.devices["dev-1"].waiting, "its own update: followed");
+        ota(&mut again, "dev-1", "push-1", "successful", 13);
+        again.step(at(14));
+        assert_eq!((state(&again, "dev-1"), again.end.clone()), (DeviceState::Successful, Some(End::Complete)));
+    }
+
     #[test]
     fn devices_are_chosen_by_the_model_they_serve_or_by_name_and_current_ones_are_left_alone() {
         let mut statuses = fleet(2);
@@ -947,7 +1043,12 @@ mod tests {
         statuses.insert("dev-4".into(), serving(true, "2.0.0"));
         statuses.insert(
             "other".into(),
-            DeviceStatus { online: true, model: Some(("faces".into(), "1.0.0".into())), vigil: Some("0.2.0".into()) },
+            DeviceStatus {
+                online: true,
+                model: Some(("faces".into(), "1.0.0".into())),
+                vigil: Some("0.2.0".into()),
+                checks_every_s: None,
+            },
         );
         let mut r = rollout(&statuses, "100%", 0);
         assert_eq!(r.devices.keys().collect::<Vec<_>>(), ["dev-1", "dev-2", "dev-3", "dev-4"]);
@@ -976,6 +1077,26 @@ mod tests {
         assert_eq!(r.devices.len(), 5);
         assert_eq!((state(&r, "dev-1"), state(&r, "other")), (DeviceState::Pending, DeviceState::Current));
         assert_eq!(r.devices["other"].reason.as_deref(), Some("already runs 0.2.0"));
+        // A device that updates its model itself would take the version outside the waves.
+        let mut statuses = fleet(3);
+        statuses.get_mut("dev-2").unwrap().checks_every_s = Some(3600);
+        let e = Rollout::new(plan("1,100%", 0), Selection::RunningModel, &statuses, "p".into(), at(0)).unwrap_err();
+        assert!(
+            e.contains("1 of the devices update `shapes` themselves (ota.check_interval_s): dev-2 (every 3600 s)"),
+            "{e}"
+        );
+        assert!(e.contains("Set ota.check_interval_s = 0 on them") && e.contains("--device"), "{e}");
+        let others = Selection::Devices(vec!["dev-1".into(), "dev-3".into()]);
+        assert!(Rollout::new(plan("1,100%", 0), others, &statuses, "p".into(), at(0)).is_ok(), "left out: fine");
+        let mut binary = plan("100%", 0);
+        (binary.name, binary.version) = ("vigil".into(), "0.2.0".into());
+        assert!(
+            Rollout::new(binary, Selection::RunningModel, &statuses, "p".into(), at(0)).is_ok(),
+            "binaries: no conflict"
+        );
+        let parsed =
+            DeviceStatus::parse(br#"{"state":"online","version":"0.1.0","ota_check_interval_s":600}"#).unwrap();
+        assert_eq!(parsed.checks_every_s, Some(600));
     }
 
     #[test]

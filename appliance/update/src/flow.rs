@@ -1,6 +1,7 @@
 //! One update, step by step (see the crate's documentation), and the task that takes requests.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,22 +62,54 @@ pub async fn run(
         if let Some(i) = &mut periodic {
             i.tick().await;
         }
+        // A fleet command that arrived while a periodic check ran, to run next.
+        let mut next: Option<UpdateRequest> = None;
         loop {
-            let (request, periodic) = tokio::select! {
-                r = requests.recv() => match r { Some(r) => (r, false), None => return },
-                _ = async { match &mut periodic { Some(i) => i.tick().await, None => std::future::pending().await } } => {
-                    if host.set_busy(true) {
-                        continue;
-                    }
-                    let serving = host.serving();
-                    let canary = host.config.ota.as_ref().map(|o| o.canary.clone()).unwrap_or_default();
-                    (UpdateRequest { request_id: "periodic".into(), name: serving.model.name, version: None, canary }, true)
+            let (request, periodic) = match next.take() {
+                Some(r) => {
+                    host.set_busy(true);
+                    (r, false)
                 }
+                None => tokio::select! {
+                    r = requests.recv() => match r { Some(r) => (r, false), None => return },
+                    _ = async { match &mut periodic { Some(i) => i.tick().await, None => std::future::pending().await } } => {
+                        if host.set_busy(true) {
+                            continue;
+                        }
+                        let serving = host.serving();
+                        let canary = host.config.ota.as_ref().map(|o| o.canary.clone()).unwrap_or_default();
+                        (UpdateRequest { request_id: "periodic".into(), name: serving.model.name, version: None, canary }, true)
+                    }
+                },
             };
             let mut journal =
                 Journal::new(&request.request_id, &request.name, request.version.as_deref().unwrap_or_default());
             journal.canary = Some(serde_json::to_value(&request.canary).expect("canary settings serialise"));
-            update(&host, journal, periodic).await;
+            if !periodic {
+                update(&host, journal, false).await;
+                continue;
+            }
+            // A command takes precedence over a periodic check that is still looking or
+            // downloading: the check is dropped (a download keeps its part file) and the command
+            // runs. Past its download the check goes on to its outcome, and the command after it.
+            host.preemptible.store(true, Ordering::SeqCst);
+            let check = update(&host, journal, true);
+            tokio::pin!(check);
+            loop {
+                tokio::select! {
+                    () = &mut check => break,
+                    r = requests.recv(), if next.is_none() => match r {
+                        Some(r) if host.preemptible.load(Ordering::SeqCst) => {
+                            tracing::info!(request_id = %r.request_id, "a fleet update takes the place of the periodic check");
+                            next = Some(r);
+                            break;
+                        }
+                        Some(r) => next = Some(r),
+                        None => return,
+                    },
+                }
+            }
+            host.preemptible.store(false, Ordering::SeqCst);
         }
     };
     tokio::select! {
@@ -213,6 +246,10 @@ fn device(serving: &Serving) -> Device {
 
 /// Moves `j` to `phase`: written to the journal before the step's work starts, then published.
 pub(crate) fn enter(host: &Host, j: &mut Journal, phase: Phase) -> Step<()> {
+    if phase != Phase::Downloading {
+        // Past its download a periodic check is no longer given up for a fleet command.
+        host.preemptible.store(false, Ordering::SeqCst);
+    }
     j.enter(&host.dir(), phase).map_err(|e| failed(format!("cannot write the update journal: {e}")))?;
     host.publish(j, None);
     Ok(())

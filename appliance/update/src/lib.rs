@@ -92,6 +92,9 @@ pub struct Host {
     pub state: tokio::sync::watch::Sender<Vec<u8>>,
     /// Set while an update is under way (`ota/apply` refuses a second).
     pub busy: Arc<AtomicBool>,
+    /// Set while the update under way is a periodic check that has not gone past its download:
+    /// `ota/apply` is taken then, and the check gives way to it (docs/ota.md).
+    pub preemptible: Arc<AtomicBool>,
     pub serving: Mutex<Serving>,
     /// Told when another model starts serving (the retained status names it).
     pub on_model: Box<dyn Fn(&ModelRef) + Send + Sync>,

@@ -50,6 +50,10 @@ pub struct Status {
     pub uptime_s: u64,
     pub model: Option<StatusModel>,
     pub cameras: Vec<CameraStatus>,
+    /// `ota.check_interval_s` when the device updates its model on its own (periodic checks):
+    /// `vigil fleet ota push` leaves such devices out of waves unless told (docs/ota.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ota_check_interval_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -445,6 +449,7 @@ pub fn new_status(config: &Config, model: Option<StatusModel>) -> Status {
             .iter()
             .map(|c| CameraStatus { id: c.id.clone(), state: CameraState::Starting })
             .collect(),
+        ota_check_interval_s: config.ota.as_ref().and_then(|o| o.check_every).map(|d| d.as_secs()),
     }
 }
 

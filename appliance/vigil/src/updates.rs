@@ -43,6 +43,7 @@ impl Updates {
             config.ota.as_ref().map_or(vigil_config::CanaryConfig::default().min_frames, |o| o.canary.min_frames);
         let canary = Arc::new(Mutex::new(Recorder::new(window)));
         let busy = Arc::new(AtomicBool::new(false));
+        let preemptible = Arc::new(AtomicBool::new(false));
         let host = Arc::new(Host {
             config: Arc::new(config.clone()),
             swaps: swap_tx,
@@ -50,6 +51,7 @@ impl Updates {
             cameras,
             state: state_tx,
             busy: busy.clone(),
+            preemptible: preemptible.clone(),
             serving: Mutex::new(serving),
             config_path,
             restart,
@@ -65,7 +67,7 @@ impl Updates {
                 });
             }),
         });
-        Self { task: Task { host, requests }, swaps, canary, state, fleet: commands::Updates { tx, busy } }
+        Self { task: Task { host, requests }, swaps, canary, state, fleet: commands::Updates { tx, busy, preemptible } }
     }
 }
 

@@ -35,6 +35,9 @@ pub struct Updates {
     pub tx: tokio::sync::mpsc::Sender<UpdateRequest>,
     /// Set from a request's acceptance until its outcome.
     pub busy: Arc<AtomicBool>,
+    /// Set while the update under way is a periodic check still looking or downloading: a
+    /// request is taken, and the check gives way to it.
+    pub preemptible: Arc<AtomicBool>,
 }
 
 impl ApplyArgs {
@@ -83,11 +86,16 @@ pub fn apply(
             .to_owned());
     };
     let canary = canary_for(&ota.canary, args.canary.as_ref())?;
-    if updates.busy.swap(true, Ordering::SeqCst) {
-        return Err(format!(
-            "an update is in progress; follow {} and send ota/apply again once it shows an outcome",
+    let in_progress = || {
+        format!(
+            "{}; follow {} and send ota/apply again once it shows an outcome",
+            vigil_core::topic::UPDATE_IN_PROGRESS,
             vigil_core::topic::ota(&config.device_id)
-        ));
+        )
+    };
+    let was_busy = updates.busy.swap(true, Ordering::SeqCst);
+    if was_busy && !updates.preemptible.load(Ordering::SeqCst) {
+        return Err(in_progress());
     }
     let request = UpdateRequest {
         request_id: request_id.to_owned(),
@@ -95,9 +103,17 @@ pub fn apply(
         version: args.version.clone(),
         canary,
     };
-    if updates.tx.try_send(request).is_err() {
-        updates.busy.store(false, Ordering::SeqCst);
-        return Err("the updater is not running (vigil is stopping); try again after the restart".to_owned());
+    if let Err(e) = updates.tx.try_send(request) {
+        if !was_busy {
+            updates.busy.store(false, Ordering::SeqCst);
+        }
+        return Err(match e {
+            // A command already waits for a periodic check to give way.
+            tokio::sync::mpsc::error::TrySendError::Full(_) => in_progress(),
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                "the updater is not running (vigil is stopping); try again after the restart".to_owned()
+            }
+        });
     }
     Ok(serde_json::json!({ "queued": true, "follow": vigil_core::topic::ota(&config.device_id) }))
 }
@@ -122,7 +138,7 @@ mod tests {
     fn one_update_at_a_time_and_none_without_an_ota_section() {
         let mut config = Config::for_tests();
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-        let updates = Updates { tx, busy: Arc::default() };
+        let updates = Updates { tx, busy: Arc::default(), preemptible: Arc::default() };
         let args = ApplyArgs { name: "shapes".into(), version: Some("1.0.1".into()), canary: None };
         let e = apply(&config, Some(&updates), "r1", &args).unwrap_err();
         assert!(e.contains("no [ota] section"), "{e}");
@@ -135,6 +151,18 @@ mod tests {
         let e = apply(&config, Some(&updates), "r2", &args).unwrap_err();
         assert!(e.contains("an update is in progress"), "{e}");
         assert!(rx.try_recv().is_err(), "the second was not queued");
+        // A periodic check runs and is still downloading: a command is taken, once.
+        updates.preemptible.store(true, Ordering::SeqCst);
+        let ok = apply(&config, Some(&updates), "r3", &args).unwrap();
+        assert_eq!(ok["queued"], true);
+        assert_eq!(rx.try_recv().unwrap().request_id, "r3");
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let waiting =
+            Updates { tx, busy: Arc::new(AtomicBool::new(true)), preemptible: Arc::new(AtomicBool::new(true)) };
+        apply(&config, Some(&waiting), "r4", &args).unwrap();
+        let e = apply(&config, Some(&waiting), "r5", &args).unwrap_err();
+        assert!(e.contains("an update is in progress"), "a second waits for none: {e}");
+        assert!(waiting.busy.load(Ordering::SeqCst), "still busy with the check");
         assert!(ApplyArgs { name: "../x".into(), version: None, canary: None }.check().is_err());
         assert!(ApplyArgs { name: "m".into(), version: Some("latest".into()), canary: None }.check().is_err());
     }
