@@ -40,18 +40,19 @@ impl PowerCommands {
     }
 }
 
-/// Runs `command` with `sh -c`; an error carries its exit status and what it printed.
+/// Runs `command` with `sh -c`; an error carries its exit status and what it printed. Its output
+/// goes to a temporary file, not a pipe: a tool that leaves a child running in the background
+/// (a relay daemon, `… &`) would keep a pipe open, and reading it to its end would never return.
 fn run(what: &str, command: &str) -> Result<()> {
+    let output = tempfile::tempfile().with_context(|| format!("power {what}: cannot create a temporary file"))?;
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(command)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(output.try_clone()?)
+        .stderr(output.try_clone()?)
         .spawn()
         .with_context(|| format!("power {what} `{command}`: cannot start sh"))?;
-    // The pipes are read after the exit: power tools print a line or two, well under a pipe's
-    // buffer; a chatty one that fills it is killed at the timeout and says so.
     let until = Instant::now() + COMMAND_TIMEOUT;
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -64,15 +65,12 @@ fn run(what: &str, command: &str) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut said = String::new();
-    for pipe in
-        [child.stdout.take().map(|p| Box::new(p) as Box<dyn Read>), child.stderr.take().map(|p| Box::new(p) as _)]
-            .into_iter()
-            .flatten()
-    {
-        let _ = pipe.take(4096).read_to_string(&mut said);
-    }
     if !status.success() {
+        let mut said = String::new();
+        let mut output = output;
+        use std::io::Seek;
+        output.rewind()?;
+        let _ = output.take(4096).read_to_string(&mut said);
         bail!("power {what} `{command}` failed ({status}): {}", said.trim());
     }
     Ok(())
@@ -112,5 +110,19 @@ mod tests {
         };
         let e = p.cycle().unwrap_err().to_string();
         assert!(e.contains("cmd_on") && e.contains("exit status: 3") && e.contains("relay not found"), "{e}");
+    }
+
+    #[test]
+    fn a_command_that_leaves_a_child_in_the_background_does_not_hang_the_rig() {
+        // The background child keeps the command's stdout and stderr open for 30 s.
+        let p = PowerCommands {
+            on: "echo relay on; sleep 30 &".into(),
+            off: "true".into(),
+            cycle: None,
+            delay: Duration::ZERO,
+        };
+        let started = Instant::now();
+        p.on().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10), "returned when sh did: {:?}", started.elapsed());
     }
 }

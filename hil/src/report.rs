@@ -68,8 +68,17 @@ pub fn junit(r: &SuiteReport) -> String {
             sc.seconds
         );
         let message = xml(sc.message.as_deref().unwrap_or(""));
+        // Checks the scenario could not apply on this target: named, never counted as passed.
+        let not_checked: String = sc
+            .not_checked
+            .iter()
+            .map(|(check, why)| format!("<property name=\"not checked: {}\" value=\"{}\"/>", xml(check), xml(why)))
+            .collect();
         match sc.status {
-            Status::Passed => s.push_str("/>\n"),
+            Status::Passed if not_checked.is_empty() => s.push_str("/>\n"),
+            Status::Passed => {
+                let _ = writeln!(s, ">\n    <properties>{not_checked}</properties>\n  </testcase>");
+            }
             Status::Skipped => {
                 let _ = writeln!(s, ">\n    <skipped message=\"{message}\"/>\n  </testcase>");
             }
@@ -223,6 +232,9 @@ pub fn html(r: &SuiteReport) -> String {
         if let Some(m) = &sc.message {
             let _ = writeln!(s, "<p><b>{}</b></p>", xml(m));
         }
+        for (check, why) in &sc.not_checked {
+            let _ = writeln!(s, "<p class=\"skipped\">not checked: <b>{}</b>: {}</p>", xml(check), xml(why));
+        }
         if !sc.figures.is_empty() {
             s.push_str("<table>");
             for (k, v) in &sc.figures {
@@ -273,6 +285,7 @@ mod tests {
             histograms: vec![Histogram::of("latency", "ms", &[10.0, 20.0, 30.0, 200.0], 4)],
             series: vec![Series { name: "rss".into(), unit: "MiB".into(), points: vec![(0.0, 50.0), (2.0, 51.0)] }],
             log: (status == Status::Failed).then(|| "line 1 <x> & \u{1b}[31mred\n".to_owned()),
+            not_checked: BTreeMap::new(),
         };
         SuiteReport {
             target: "local (vigil)".into(),
@@ -286,6 +299,26 @@ mod tests {
                 scenario("soak", Status::Failed, Some("memory grew \"5 MiB\"")),
             ],
         }
+    }
+
+    #[test]
+    fn a_check_not_applied_is_named_as_not_checked_in_every_form() {
+        let mut r = report();
+        r.scenarios[0]
+            .not_checked
+            .insert("0 frames lost at the swap".into(), "the target was dropping frames <before>".into());
+        let x = junit(&r);
+        assert!(
+            x.contains("<property name=\"not checked: 0 frames lost at the swap\" value=\"the target was dropping frames &lt;before&gt;\"/>"),
+            "{x}"
+        );
+        let h = html(&r);
+        assert!(h.contains("not checked: <b>0 frames lost at the swap</b>"), "{h}");
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            j["scenarios"][0]["not_checked"]["0 frames lost at the swap"],
+            "the target was dropping frames <before>"
+        );
     }
 
     #[test]

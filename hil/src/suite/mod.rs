@@ -109,6 +109,8 @@ pub struct ScenarioReport {
     pub series: Vec<Series>,
     /// The target's log over the scenario, when it failed.
     pub log: Option<String>,
+    /// Checks the scenario could not apply on this target, and why (never passed silently).
+    pub not_checked: BTreeMap<String, String>,
 }
 
 /// The whole run.
@@ -137,6 +139,7 @@ pub struct Ctx<'a> {
     pub figures: BTreeMap<String, f64>,
     pub histograms: Vec<Histogram>,
     pub series: Vec<Series>,
+    pub not_checked: BTreeMap<String, String>,
     /// The target's clock minus the rig's, measured when the device was started (over SSH each
     /// measurement is a few round trips: too slow to repeat in every wait).
     pub clock_offset_ns: i64,
@@ -146,6 +149,12 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     pub fn figure(&mut self, name: &str, value: f64) {
         self.figures.insert(name.to_owned(), value);
+    }
+
+    /// Records that `check` was not applied on this target, and `why`: the report shows it as
+    /// not checked rather than passed.
+    pub fn not_checked(&mut self, check: &str, why: String) {
+        self.not_checked.insert(check.to_owned(), why);
     }
 
     pub fn elapsed_s(&self) -> f64 {
@@ -392,6 +401,7 @@ pub fn run(
                 histograms: Vec::new(),
                 series: Vec::new(),
                 log: None,
+                not_checked: BTreeMap::new(),
             }
         };
         on_done(&report);
@@ -417,12 +427,13 @@ fn run_one(scenario: &Scenario, target: &mut dyn Target, rig: &mut Rig, settings
         figures: BTreeMap::new(),
         histograms: Vec::new(),
         series: Vec::new(),
+        not_checked: BTreeMap::new(),
         clock_offset_ns: 0,
         started: Instant::now(),
     };
     let outcome = (scenario.run)(&mut ctx);
     let seconds = ctx.elapsed_s();
-    let Ctx { target, rig, figures, histograms, series, .. } = ctx;
+    let Ctx { target, rig, figures, histograms, series, not_checked, .. } = ctx;
     // Whatever the scenario left broken is put right for the next one.
     let restored = rig.restore();
     let _ = target.set_link(true);
@@ -452,5 +463,6 @@ fn run_one(scenario: &Scenario, target: &mut dyn Target, rig: &mut Rig, settings
         histograms,
         series,
         log,
+        not_checked,
     }
 }
