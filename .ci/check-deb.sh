@@ -4,7 +4,7 @@
 #   dpkg-deb -I/-c: control fields, files, conffiles;  lintian: no error or warning;
 #   install: user `vigil` in video and render, /etc/vigil/vigil.toml root:vigil 0640, the unit
 #     installed and not enabled, the binary runs, the template fails check-config only on the
-#     placeholders it names;
+#     placeholders it names, and config/set works as user vigil (check-deb-config-set.sh);
 #   upgrade to a newer revision: an edited conffile and the data directory are kept;
 #   remove: the binary goes, the conffile and the data stay;  purge: both go, the user stays.
 # The package's binary is the debug build the tests made, standing in for the release binary
@@ -63,6 +63,8 @@ code=$?
 set -e
 [[ $code == 2 ]] || fail "check-config of the template exited $code:"$'\n'"$checked"
 grep -q "/etc/vigil/ca.pem" <<<"$checked" || fail "check-config does not name the missing CA:"$'\n'"$checked"
+# Remote configuration on the installed package, as its user (restores the template after).
+"$(dirname "$0")/check-deb-config-set.sh"
 
 # Upgrade: the operator's edit and the data survive.
 sed -i 's/^device_id = "change-me"/device_id = "gate-01"/' /etc/vigil/vigil.toml

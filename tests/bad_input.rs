@@ -206,13 +206,16 @@ fn a_new_configuration_that_no_longer_loads_is_rolled_back_at_start() {
     let original = std::fs::read(&path).unwrap();
     let config = vigil_config::Config::load(std::path::Path::new(&path)).unwrap();
     std::fs::create_dir_all(&data).unwrap();
-    vigil_fleet::config_change::commit(&config, std::path::Path::new(&path), "r-bad", Duration::from_secs(60)).unwrap();
-    std::fs::write(&path, "[mqtt]\nurl = 5\n").unwrap();
+    let remote =
+        vigil_fleet::config_change::commit(&config, std::path::Path::new(&path), "r-bad", Duration::from_secs(60))
+            .unwrap();
+    std::fs::write(&remote, "[mqtt]\nurl = 5\n").unwrap();
 
     let (code, _, err) = vigil_cmd(&["run", "--config", &path], &[]);
     assert_eq!(code, 75, "{err}");
     assert!(err.contains("url"), "the problem is printed: {err}");
-    assert_eq!(std::fs::read(&path).unwrap(), original, "the previous file is back, byte for byte");
+    assert!(!remote.exists(), "the remote file is gone: the given one runs again");
+    assert_eq!(std::fs::read(&path).unwrap(), original, "the given file was never touched");
     let marker = std::fs::read_to_string(data.join(vigil_fleet::config_change::MARKER)).unwrap();
     assert!(marker.contains("vigil cannot load it"), "the reply-to-be records why: {marker}");
     // Without a change in progress, a bad file is plain bad input.

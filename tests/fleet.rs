@@ -222,6 +222,10 @@ fn config_set_keeps_a_healthy_configuration_and_rolls_back_an_unhealthy_one() {
     let dir = tempfile::tempdir().unwrap();
     let clip = looping_clip_uri();
     let config = write_config(dir.path(), "cfg", &broker.url(), &[("clip", clip)]);
+    // config/set writes a file of its own under the data directory, which then runs instead;
+    // the file vigil was started with (a package's, read-only on a device) is never written.
+    let given = std::fs::read(&config).unwrap();
+    let remote = vigil_fleet::config_change::remote_path(&vigil_config::Config::load(&config).unwrap().data_dir);
     let mut vigil = Vigil::start(&config, dir.path());
     let op = Operator::connect_to(broker.port, "cfg");
     let current = op.ask_once_subscribed("config/get", &request("g1", serde_json::json!({})), "g1")["result"].clone();
@@ -254,9 +258,10 @@ fn config_set_keeps_a_healthy_configuration_and_rolls_back_an_unhealthy_one() {
     let applied = op.reply("s1", Duration::from_secs(40));
     assert_eq!(applied["ok"], true, "{applied}\n{}", vigil.log());
     assert_eq!(applied["result"]["applied"], true);
-    let written = vigil_config::Config::load(&config).expect("the written configuration loads");
+    let written = vigil_config::Config::load(&remote).expect("the written configuration loads");
     assert_eq!(written.cameras.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["clip", "pattern"]);
-    let after_good = std::fs::read_to_string(&config).unwrap();
+    assert_eq!(std::fs::read(&config).unwrap(), given, "the given file is untouched");
+    let after_good = std::fs::read_to_string(&remote).unwrap();
 
     // An unhealthy change: the new camera's source does not exist. After the window vigil puts
     // the previous file back, restarts, and the restored service answers with the reason.
@@ -269,7 +274,8 @@ fn config_set_keeps_a_healthy_configuration_and_rolls_back_an_unhealthy_one() {
     let (status, log) = vigil.wait_exit(Duration::from_secs(40));
     assert_eq!(status.code(), Some(75), "restart to roll back:\n{log}");
     assert!(log.contains("configuration change rolled back"), "{log}");
-    assert_eq!(std::fs::read_to_string(&config).unwrap(), after_good, "the previous file, byte for byte");
+    assert_eq!(std::fs::read_to_string(&remote).unwrap(), after_good, "the previous file, byte for byte");
+    assert_eq!(std::fs::read(&config).unwrap(), given);
     let vigil = Vigil::start(&config, dir.path());
     let rolled = op.reply("s2", Duration::from_secs(30));
     assert_eq!(rolled["ok"], false, "{rolled}");

@@ -5,14 +5,19 @@
 //!    and data directory cannot change remotely, and the rules must fit the running model.
 //!    Redacted secrets (`"***"` passwords, URIs as `config/get` shows them) keep their current
 //!    values. A refused request changes nothing.
-//! 2. The current file is kept as `<config>.previous`, the new one written in its place (synced,
-//!    renamed), and a marker `config-change.json` in the data directory records the request.
-//!    vigil exits with 75 for its supervisor to start it again.
+//! 2. The new configuration is written to the remote layer, `<data_dir>/remote/vigil.toml`
+//!    (synced, renamed), never over the file vigil was started with: that one is the package's,
+//!    read-only to the service (`/etc/vigil`, `ProtectSystem=strict`), and stays as the operator
+//!    or packager wrote it. The remote file it replaces, if any, is kept as `vigil.toml.previous`.
+//!    A marker `config-change.json` in the data directory records the request. vigil exits with
+//!    75 for its supervisor to start it again; `vigil run --config FILE` runs on the remote file
+//!    whenever one exists ([`effective`]).
 //! 3. Started under the new file with a marker, vigil is on probation for the window: healthy
 //!    means the broker accepted a connection and every camera delivered a frame. Healthy: the
 //!    reply says `applied` and the marker and previous file go. Unhealthy, or not started twice:
-//!    the previous file is put back, the marker records why, and vigil exits with 75 again; the
-//!    next start (on the old file) sends the error reply.
+//!    the previous remote file is put back (or, after the first change, the remote file is
+//!    removed, so the packaged one runs again), the marker records why, and vigil exits with 75
+//!    again; the next start (on the old configuration) sends the error reply.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,6 +60,22 @@ pub enum Startup {
     },
     /// The new configuration was tried too often: it has been rolled back; exit with 75.
     RollBackNow,
+}
+
+/// Where `config/set` writes: the remote layer under the data directory.
+pub fn remote_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("remote").join("vigil.toml")
+}
+
+/// The configuration file `vigil run --config config_file` runs on: the remote one `config/set`
+/// wrote under `data_dir` when there is one, else `config_file` itself.
+pub fn effective(config_file: &Path, data_dir: &Path) -> PathBuf {
+    let remote = remote_path(data_dir);
+    if remote.is_file() {
+        remote
+    } else {
+        config_file.to_owned()
+    }
 }
 
 pub(crate) fn previous_path(config_path: &Path) -> PathBuf {
@@ -114,34 +135,67 @@ pub fn prepare(current: &Config, requested: serde_json::Value, labels: &[String]
     }
 }
 
-/// Writes the new configuration in place of `config_path` (keeping the current file as
-/// `.previous`) and the marker. The caller then restarts.
-pub fn commit(new: &Config, config_path: &Path, request_id: &str, window: Duration) -> std::io::Result<()> {
+/// Writes the new configuration to the remote layer ([`remote_path`]), keeping the remote file
+/// it replaces as `.previous` (none when `running`, the file vigil runs on now, is the packaged
+/// one), and the marker. Returns the file written. The caller then restarts.
+pub fn commit(new: &Config, running: &Path, request_id: &str, window: Duration) -> std::io::Result<PathBuf> {
     let text = toml::to_string(new).map_err(std::io::Error::other)?;
-    let previous = std::fs::read(config_path)?;
-    vigil_core::fsutil::write_durably(&previous_path(config_path), &previous)?;
+    let target = remote_path(&new.data_dir);
+    let dir = target.parent().expect("the remote file has a directory");
+    std::fs::create_dir_all(dir)?;
+    let previous = previous_path(&target);
+    if target.is_file() && same_file(running, &target) {
+        vigil_core::fsutil::write_durably(&previous, &std::fs::read(&target)?)?;
+    } else {
+        // No remote file before this change: a rollback removes it and the packaged one runs.
+        match std::fs::remove_file(&previous) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
     write_marker(
         &new.data_dir,
         &Pending {
             request_id: request_id.to_owned(),
-            config_path: config_path.to_owned(),
+            config_path: target.clone(),
             window_s: window.as_secs(),
             starts: 0,
             rolled_back: None,
         },
     )?;
     let header = format!(
-        "# Written by vigil for config/set request {request_id}; the file before it is {}.previous\n",
-        config_path.file_name().unwrap_or_default().to_string_lossy()
+        "# Written by vigil for config/set request {request_id}. It is used instead of {}; remove it \
+         (and restart vigil) to go back to that file.\n",
+        running.display()
     );
-    vigil_core::fsutil::write_durably(config_path, format!("{header}{text}").as_bytes())
+    vigil_core::fsutil::write_durably(&target, format!("{header}{text}").as_bytes())?;
+    Ok(target)
 }
 
-/// Puts the previous configuration back and records why in the marker.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// Puts the previous configuration back and records why in the marker: the previous remote
+/// file, or none (the packaged file runs again).
 pub fn roll_back(data_dir: &Path, reason: &str) -> std::io::Result<()> {
     let Some(mut p) = read_marker(data_dir) else { return Ok(()) };
-    let previous = std::fs::read(previous_path(&p.config_path))?;
-    vigil_core::fsutil::write_durably(&p.config_path, &previous)?;
+    match std::fs::read(previous_path(&p.config_path)) {
+        Ok(previous) => vigil_core::fsutil::write_durably(&p.config_path, &previous)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match std::fs::remove_file(&p.config_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            if let Some(dir) = p.config_path.parent() {
+                vigil_core::fsutil::sync_dir(dir)?;
+            }
+        }
+        Err(e) => return Err(e),
+    }
     p.rolled_back = Some(reason.to_owned());
     write_marker(data_dir, &p)?;
     tracing::error!(request_id = %p.request_id, reason, "configuration change rolled back");
@@ -149,25 +203,12 @@ pub fn roll_back(data_dir: &Path, reason: &str) -> std::io::Result<()> {
 }
 
 /// The file at `config_path` does not load (a file it names went missing, say): if a change is on
-/// probation for it, the previous file is put back. `Ok(true)`: rolled back, restart. The data
-/// directory (where the marker is) comes from `data_dir`, else from the previous file, which a
-/// change cannot have moved.
-pub fn roll_back_unloadable(config_path: &Path, data_dir: Option<&Path>, reason: &str) -> std::io::Result<bool> {
-    let previous = previous_path(config_path);
-    let data_dir = match data_dir {
-        Some(d) => d.to_owned(),
-        None => match Config::load(&previous) {
-            Ok(c) => c.data_dir,
-            Err(_) => return Ok(false),
-        },
-    };
-    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    };
-    match read_marker(&data_dir) {
-        Some(p) if p.rolled_back.is_none() && same(&p.config_path, config_path) => {
-            roll_back(&data_dir, reason)?;
+/// probation for it, the previous configuration is put back. `Ok(true)`: rolled back, restart.
+/// `data_dir` is where the marker is (from the packaged file: a change cannot move it).
+pub fn roll_back_unloadable(config_path: &Path, data_dir: &Path, reason: &str) -> std::io::Result<bool> {
+    match read_marker(data_dir) {
+        Some(p) if p.rolled_back.is_none() && same_file(&p.config_path, config_path) => {
+            roll_back(data_dir, reason)?;
             Ok(true)
         }
         _ => Ok(false),
@@ -300,17 +341,24 @@ mod tests {
     }
 
     #[test]
-    fn a_change_is_on_probation_then_accepted_or_rolled_back() {
+    fn a_change_goes_to_the_remote_layer_on_probation_then_is_accepted_or_rolled_back() {
         let (_dir, config, path) = setup();
+        // The packaged file is read-only: config/set never writes it.
+        let packaged = std::fs::read(&path).unwrap();
+        let remote = remote_path(&config.data_dir);
+        assert_eq!(effective(&path, &config.data_dir), path, "no remote file: the packaged one runs");
         let mut new = config.clone();
         new.mqtt.max_inflight = 7;
-        commit(&new, &path, "r1", Duration::from_secs(9)).unwrap();
-        let written = Config::load(&path).expect("the written file loads");
+        assert_eq!(commit(&new, &path, "r1", Duration::from_secs(9)).unwrap(), remote);
+        assert_eq!(effective(&path, &config.data_dir), remote);
+        let written = Config::load(&remote).expect("the written file loads");
         assert_eq!(written.mqtt.max_inflight, 7);
+        assert_eq!(std::fs::read(&path).unwrap(), packaged, "the packaged file is untouched");
         assert_eq!(on_start(&written), Startup::Probation { request_id: "r1".into(), window: Duration::from_secs(9) });
         assert!(on_probation(&config.data_dir));
         roll_back(&config.data_dir, "camera `x` delivered no frame").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# the operator's file\n", "restored byte for byte");
+        assert!(!remote.exists(), "the first change rolled back: no remote file, the packaged one runs");
+        assert_eq!(effective(&path, &config.data_dir), path);
         assert_eq!(
             on_start(&config),
             Startup::RolledBack { request_id: "r1".into(), reason: "camera `x` delivered no frame".into() }
@@ -320,23 +368,27 @@ mod tests {
         commit(&new, &path, "r2", Duration::from_secs(9)).unwrap();
         accept(&config.data_dir);
         assert_eq!(on_start(&config), Startup::None);
-        assert!(!previous_path(&path).exists());
+        assert!(!previous_path(&remote).exists());
+        // A second change replaces the remote file, keeping it to go back to.
+        let kept = std::fs::read(&remote).unwrap();
+        new.mqtt.max_inflight = 9;
+        commit(&new, &remote, "r3", Duration::from_secs(9)).unwrap();
+        roll_back(&config.data_dir, "unhealthy").unwrap();
+        assert_eq!(std::fs::read(&remote).unwrap(), kept, "the previous remote file, byte for byte");
+        assert_eq!(std::fs::read(&path).unwrap(), packaged);
     }
 
     #[test]
     fn a_new_file_that_does_not_load_is_rolled_back_before_vigil_starts() {
         let (_dir, config, path) = setup();
-        // The operator's file must load for its data_dir to be found.
-        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-        let original = std::fs::read(&path).unwrap();
-        assert!(!roll_back_unloadable(&path, None, "x").unwrap(), "no change in progress: nothing to do");
+        let remote = remote_path(&config.data_dir);
+        assert!(!roll_back_unloadable(&path, &config.data_dir, "x").unwrap(), "no change in progress: nothing to do");
         commit(&config, &path, "r4", Duration::from_secs(60)).unwrap();
-        std::fs::write(&path, "this = [is not a vigil config").unwrap();
-        assert!(roll_back_unloadable(&path, None, "vigil cannot load it: bad TOML").unwrap());
-        assert_eq!(std::fs::read(&path).unwrap(), original, "restored byte for byte");
-        let restored = Config::load(&path).unwrap();
-        assert!(matches!(on_start(&restored), Startup::RolledBack { reason, .. } if reason.contains("bad TOML")));
-        assert!(!roll_back_unloadable(&path, None, "x").unwrap(), "and only once");
+        std::fs::write(&remote, "this = [is not a vigil config").unwrap();
+        assert!(roll_back_unloadable(&remote, &config.data_dir, "vigil cannot load it: bad TOML").unwrap());
+        assert_eq!(effective(&path, &config.data_dir), path, "back on the packaged file");
+        assert!(matches!(on_start(&config), Startup::RolledBack { reason, .. } if reason.contains("bad TOML")));
+        assert!(!roll_back_unloadable(&remote, &config.data_dir, "x").unwrap(), "and only once");
     }
 
     #[tokio::test(start_paused = true)]
@@ -372,6 +424,7 @@ mod tests {
         assert!(matches!(on_start(&config), Startup::Probation { .. }));
         assert!(matches!(on_start(&config), Startup::Probation { .. }));
         assert_eq!(on_start(&config), Startup::RollBackNow);
+        assert_eq!(effective(&path, &config.data_dir), path);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "# the operator's file\n");
         assert!(matches!(on_start(&config), Startup::RolledBack { reason, .. } if reason.contains("2 starts")));
     }

@@ -163,12 +163,33 @@ fn run(config: Option<PathBuf>, demo: bool, overrides: Overrides) -> ExitCode {
     if !demo {
         slots_cli::launch(config.as_deref(), overrides.data_dir.as_deref());
     }
+    // The file given stays as the package or the operator wrote it; what config/set set is a
+    // file of its own under the data directory, which runs instead while it exists.
+    let marker_dir = config.as_deref().map(|p| {
+        overrides.data_dir.clone().unwrap_or_else(|| {
+            Config::launch_paths_of(p).map(|l| l.data_dir).unwrap_or_else(|_| PathBuf::from("/nonexistent"))
+        })
+    });
+    let config = match (config, &marker_dir) {
+        (Some(given), Some(dir)) => {
+            let runs = vigil_fleet::config_change::effective(&given, dir);
+            if runs != given {
+                tracing::info!(
+                    "running the configuration set over MQTT, {}, instead of {} (remove it to go back)",
+                    runs.display(),
+                    given.display()
+                );
+            }
+            Some(runs)
+        }
+        (given, _) => given,
+    };
     // A file written by config/set that cannot even load goes back at once.
     let refuse = |problems: String| {
         eprintln!("{problems}");
-        let Some(path) = &config else { return ExitCode::from(EXIT_BAD_INPUT) };
+        let (Some(path), Some(dir)) = (&config, &marker_dir) else { return ExitCode::from(EXIT_BAD_INPUT) };
         let reason = format!("vigil cannot load it: {problems}");
-        match vigil_fleet::config_change::roll_back_unloadable(path, overrides.data_dir.as_deref(), &reason) {
+        match vigil_fleet::config_change::roll_back_unloadable(path, dir, &reason) {
             Ok(true) => ExitCode::from(vigil_fleet::commands::RESTART_EXIT_CODE),
             Ok(false) => ExitCode::from(EXIT_BAD_INPUT),
             Err(e) => {
