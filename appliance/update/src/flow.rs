@@ -122,7 +122,7 @@ pub async fn run(
 async fn resume_update(host: &Host, action: StartAction) {
     match action {
         StartAction::Nothing => {}
-        StartAction::Report(j) => host.publish(&j, None),
+        StartAction::Report(j) => host.publish_outcome(&j, None),
         StartAction::Continue(j) => {
             tracing::warn!(name = %j.name, version = %j.version, phase = ?j.phase, "resuming the model update vigil stopped in");
             host.set_busy(true);
@@ -176,7 +176,8 @@ async fn finish(host: &Host, j: &mut Journal, outcome: Step<Option<serde_json::V
     let (tidy_dir, keep_downloads) = (dir.clone(), phase == Phase::Failed && j.phase == Phase::Downloading);
     // Off the async workers: an archive can be gigabytes.
     let _ = tokio::task::spawn_blocking(move || crate::disk::tidy(&tidy_dir, keep_downloads)).await;
-    j.reported = true;
+    // Reported once the broker has acknowledged the outcome (`publish_outcome`), not before.
+    j.reported = false;
     if let Err(e) = j.end(&dir, phase, reason.clone()) {
         tracing::error!(error = %e, "cannot record the update's outcome");
     }
@@ -188,7 +189,7 @@ async fn finish(host: &Host, j: &mut Journal, outcome: Step<Option<serde_json::V
             tracing::error!(name = %j.name, version = %j.version, kind = %j.kind, state = ?phase, "update ended: {reason}")
         }
     }
-    host.publish(j, detail);
+    host.publish_outcome(j, detail);
 }
 
 pub(crate) fn updater(config: &Config, ota: &OtaConfig) -> Result<Updater, OtaError> {

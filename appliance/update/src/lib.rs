@@ -80,6 +80,9 @@ impl Serving {
     }
 }
 
+/// Where the updater's retained `ota` states go (see [`Host::state`]).
+pub type StateSink = Box<dyn Fn(&str, Vec<u8>, Option<tokio::sync::oneshot::Sender<()>>) + Send + Sync>;
+
 /// What the service lends the updater.
 pub struct Host {
     pub config: Arc<Config>,
@@ -88,8 +91,10 @@ pub struct Host {
     /// The scheduler's thread records every frame's outcome here.
     pub canary: Arc<Mutex<Recorder>>,
     pub cameras: Vec<Arc<CameraStats>>,
-    /// The retained `ota` state (JSON).
-    pub state: tokio::sync::watch::Sender<Vec<u8>>,
+    /// Publishes a retained `ota` state: (what it is a state of, for coalescing progress; the
+    /// JSON; told once the broker has it). Every state reaches the broker in order (the
+    /// uplink's retained log).
+    pub state: StateSink,
     /// Set while an update is under way (`ota/apply` refuses a second).
     pub busy: Arc<AtomicBool>,
     /// Set while the update under way is a periodic check that has not gone past its download:
@@ -128,13 +133,50 @@ impl Host {
 
     /// Publishes `journal` (and `extra` figures) on the retained topic.
     fn publish(&self, journal: &Journal, extra: Option<serde_json::Value>) {
+        self.publish_with(journal, extra, None);
+    }
+
+    fn publish_with(
+        &self,
+        journal: &Journal,
+        extra: Option<serde_json::Value>,
+        acked: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
         let state = PublicState::of(journal, extra);
-        let _ = self.state.send(serde_json::to_vec(&state).expect("the OTA state serialises"));
+        let key = format!("{}:{:?}", journal.request_id, journal.phase);
+        (self.state)(&key, serde_json::to_vec(&state).expect("the OTA state serialises"), acked);
+    }
+
+    /// Publishes the outcome in `journal` and records it reported once the broker has it: a
+    /// vigil stopped before that reports it again at its next start.
+    fn publish_outcome(&self, journal: &Journal, extra: Option<serde_json::Value>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.publish_with(journal, extra, Some(tx));
+        let (dir, request, phase) = (self.dir(), journal.request_id.clone(), journal.phase);
+        tokio::spawn(async move {
+            if rx.await.is_ok() {
+                let _ = tokio::task::spawn_blocking(move || mark_reported(&dir, &request, phase)).await;
+            }
+        });
     }
 
     /// Marks an update as under way (`true`) or over; returns whether one was under way.
     fn set_busy(&self, busy: bool) -> bool {
         self.busy.swap(busy, Ordering::SeqCst)
+    }
+}
+
+/// The journal in `dir` records that the outcome `phase` of `request` reached the broker (unless a
+/// newer update has replaced it meanwhile).
+fn mark_reported(dir: &Path, request: &str, phase: vigil_ota::journal::Phase) {
+    match Journal::load(dir) {
+        Ok(Some(mut j)) if j.request_id == request && j.phase == phase && !j.reported => {
+            j.reported = true;
+            if let Err(e) = j.save(dir) {
+                tracing::warn!(error = %e, "cannot record that the update's outcome was reported");
+            }
+        }
+        _ => {}
     }
 }
 

@@ -23,6 +23,7 @@ use vigil_store::Store;
 
 pub mod homeassistant;
 pub mod metrics;
+pub mod retained;
 mod window;
 
 use window::Window;
@@ -143,7 +144,7 @@ pub struct Uplink {
     home_assistant: Option<(String, Vec<String>, crate::homeassistant::HaStates)>,
     /// A retained state kept on the broker (the OTA state): published on each connection and
     /// whenever it changes; empty publishes nothing.
-    retained: Option<(String, tokio::sync::watch::Receiver<Vec<u8>>)>,
+    retained: Option<(String, Arc<retained::RetainedLog>)>,
 }
 
 impl Uplink {
@@ -224,25 +225,32 @@ impl Uplink {
         }
     }
 
-    /// Keeps `state` retained on `topic`: sent on each connection and on each change. A change
-    /// that finds rumqttc's queue full is sent once there is room (only the newest value).
-    pub fn with_retained(mut self, topic: String, state: tokio::sync::watch::Receiver<Vec<u8>>) -> Self {
-        self.retained = Some((topic, state));
+    /// Keeps the states of `log` retained on `topic`: each sent in order and again until the
+    /// broker acknowledges it, and the last one again on each new connection (`retained.rs`).
+    pub fn with_retained(mut self, topic: String, log: Arc<retained::RetainedLog>) -> Self {
+        self.retained = Some((topic, log));
         self
     }
 
-    /// Hands the retained state to rumqttc; false when its queue is full.
-    fn publish_retained(&self, client: &AsyncClient, window: &mut Window) -> bool {
-        let Some((topic, state)) = &self.retained else { return true };
-        let payload = state.borrow().clone();
-        if payload.is_empty() {
-            return true;
+    /// Hands the retained log's waiting states to rumqttc, in order; on a new connection with
+    /// none waiting, the last acknowledged one again.
+    fn publish_retained(&self, client: &AsyncClient, window: &mut Window, reconnected: bool) {
+        let Some((topic, log)) = &self.retained else { return };
+        if reconnected {
+            if let Some(last) = log.reconnected() {
+                if client.try_publish(topic.clone(), QoS::AtLeastOnce, true, last).is_ok() {
+                    window.handed_direct();
+                }
+            }
         }
-        let handed = client.try_publish(topic.clone(), QoS::AtLeastOnce, true, payload).is_ok();
-        if handed {
-            window.handed_direct();
+        for (seq, payload) in log.take_unhanded() {
+            if client.try_publish(topic.clone(), QoS::AtLeastOnce, true, payload).is_ok() {
+                window.handed_state(seq);
+            } else {
+                // rumqttc's queue is full: offered again on the next round.
+                log.unhand(seq);
+            }
         }
-        handed
     }
 
     /// Subscribes to `vigil/<device_id>/cmd/#` on every connection and hands requests to `tx`.
@@ -295,14 +303,12 @@ impl Uplink {
     ) -> Result<(), rumqttc::ConnectionError> {
         let status_topic = topic::status(&self.device_id);
         let mut connected = false;
-        let mut retained = self.retained.as_ref().map(|(_, rx)| rx.clone());
-        // The retained state is owed to the broker (a new connection, a change not yet handed over).
-        let mut retained_owed = false;
+        let retained_changed = self.retained.as_ref().map(|(_, log)| log.clone());
+        // A new connection owes the broker the retained state again.
+        let mut reconnected = false;
         loop {
             if connected {
-                if retained_owed {
-                    retained_owed = !self.publish_retained(client, window);
-                }
+                self.publish_retained(client, window, std::mem::take(&mut reconnected));
                 self.fill_window(client, window);
             }
             tokio::select! {
@@ -321,7 +327,7 @@ impl Uplink {
                         }
                         self.publish_online(client, &status_topic, window);
                         self.publish_home_assistant(client, window, true);
-                        retained_owed = true;
+                        reconnected = true;
                     }
                     Event::Incoming(Packet::Publish(p)) => self.on_publish(&p.topic, &p.payload, p.retain),
                     other => self.track_publish(&other, window),
@@ -331,12 +337,7 @@ impl Uplink {
                     self.publish_home_assistant(client, window, false);
                 }
                 _ = self.status.changed.notified(), if connected => self.publish_online(client, &status_topic, window),
-                changed = async { match retained.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } } => {
-                    match changed {
-                        Ok(()) => retained_owed = true,
-                        Err(_) => retained = None, // the sender is gone: nothing more will change
-                    }
-                }
+                () = async { match &retained_changed { Some(log) => log.changed.notified().await, None => std::future::pending().await } }, if connected => {}
                 _ = cancel.cancelled() => {
                     if connected {
                         self.drain(client, &mut eventloop, window).await;
@@ -360,13 +361,19 @@ impl Uplink {
     fn track_publish(&self, event: &Event, window: &mut Window) {
         match event {
             Event::Outgoing(Outgoing::Publish(pkid)) => window.sent(*pkid),
-            Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some(key) = window.acked(ack.pkid) {
+            Event::Incoming(Packet::PubAck(ack)) => match window.released(ack.pkid) {
+                Some(window::Tag::Outbox(key)) => {
                     if let Err(e) = self.store.outbox_remove(key) {
                         tracing::error!(error = %e, "cannot remove an acknowledged message from the outbox");
                     }
                 }
-            }
+                Some(window::Tag::State(seq)) => {
+                    if let Some((_, log)) = &self.retained {
+                        log.acked(seq);
+                    }
+                }
+                Some(window::Tag::Direct) | None => {}
+            },
             _ => {}
         }
     }

@@ -15,6 +15,8 @@ pub(crate) enum Tag {
     Outbox(u64),
     /// Published directly (status, Home Assistant): nothing to remove.
     Direct,
+    /// A state of the retained log (`retained.rs`): acknowledged there on PUBACK.
+    State(u64),
 }
 
 #[derive(Debug)]
@@ -63,6 +65,11 @@ impl Window {
         self.pending.push_back(Tag::Direct);
     }
 
+    /// State `seq` of the retained log was handed to the client.
+    pub(crate) fn handed_state(&mut self, seq: u64) {
+        self.pending.push_back(Tag::State(seq));
+    }
+
     /// The client sent the oldest handed-over publish under packet id `pkid`.
     pub(crate) fn sent(&mut self, pkid: u16) {
         if let Some(tag) = self.pending.pop_front() {
@@ -72,11 +79,17 @@ impl Window {
 
     /// PUBACK for `pkid`: the outbox entry to remove, if the publish carried one. An unknown or
     /// repeated PUBACK releases nothing.
+    #[cfg(test)]
     pub(crate) fn acked(&mut self, pkid: u16) -> Option<u64> {
-        match self.inflight.remove(&pkid) {
+        match self.released(pkid) {
             Some(Tag::Outbox(key)) => Some(key),
             _ => None,
         }
+    }
+
+    /// PUBACK for `pkid`: what the publish carried, if it is known.
+    pub(crate) fn released(&mut self, pkid: u16) -> Option<Tag> {
+        self.inflight.remove(&pkid)
     }
 
     /// Nothing handed over is waiting for its packet id or its PUBACK.
@@ -132,6 +145,9 @@ mod tests {
         w.sent(8);
         w.sent(9);
         assert_eq!(w.acked(8), None, "the status carries no outbox entry");
+        w.handed_state(4);
+        w.sent(10);
+        assert_eq!(w.released(10), Some(Tag::State(4)), "a state of the retained log");
         assert_eq!(w.acked(9), Some(2));
         assert_eq!(w.acked(7), Some(1));
     }

@@ -21,8 +21,8 @@ pub struct Updates {
     /// For the scheduler's thread.
     pub swaps: std::sync::mpsc::Receiver<Swap>,
     pub canary: Arc<Mutex<Recorder>>,
-    /// For the uplink: the retained `ota` state.
-    pub state: tokio::sync::watch::Receiver<Vec<u8>>,
+    /// For the uplink: the retained `ota` states, each to reach the broker.
+    pub state: Arc<vigil_uplink::retained::RetainedLog>,
     /// For the fleet commands.
     pub fleet: commands::Updates,
 }
@@ -38,7 +38,7 @@ impl Updates {
     ) -> Self {
         let (swap_tx, swaps) = std::sync::mpsc::sync_channel(1);
         let (tx, requests) = tokio::sync::mpsc::channel(REQUESTS);
-        let (state_tx, state) = tokio::sync::watch::channel(Vec::new());
+        let state = Arc::new(vigil_uplink::retained::RetainedLog::new());
         let window =
             config.ota.as_ref().map_or(vigil_config::CanaryConfig::default().min_frames, |o| o.canary.min_frames);
         let canary = Arc::new(Mutex::new(Recorder::new(window)));
@@ -49,7 +49,10 @@ impl Updates {
             swaps: swap_tx,
             canary: canary.clone(),
             cameras,
-            state: state_tx,
+            state: Box::new({
+                let log = state.clone();
+                move |key, payload, acked| log.push(key, payload, acked)
+            }),
             busy: busy.clone(),
             preemptible: preemptible.clone(),
             serving: Mutex::new(serving),
