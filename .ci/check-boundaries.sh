@@ -9,13 +9,13 @@ rules=(
     "vigil-config:   gstreamer ort sled rumqttc rustls tokio cudarc tensorrt-sys"
     "vigil-pipeline: gstreamer ort sled rumqttc rustls cudarc tensorrt-sys vigil-capture vigil-infer vigil-store"
     "vigil-capture:  ort sled rumqttc rustls cudarc tensorrt-sys vigil-infer vigil-store vigil-uplink"
-    "vigil-infer:    gstreamer sled rumqttc rustls vigil-capture vigil-store vigil-uplink"
+    "vigil-infer:    gstreamer sled rumqttc rustls vigil-capture vigil-store vigil-uplink vigil-update vigil-ota"
     "vigil-store:    gstreamer ort rumqttc rustls cudarc tensorrt-sys vigil-capture vigil-infer vigil-uplink"
     "vigil-uplink:   gstreamer ort cudarc tensorrt-sys vigil-capture vigil-infer vigil-fleet"
-    "vigil-fleet:    gstreamer ort rumqttc cudarc tensorrt-sys vigil-capture vigil-infer vigil-uplink"
+    "vigil-fleet:    gstreamer ort rumqttc cudarc tensorrt-sys vigil-capture vigil-infer vigil-uplink vigil-update"
     "vigil-update:   gstreamer rumqttc vigil-capture vigil-uplink vigil-testkit"
     "vigil-tls:      tokio aws-lc-rs vigil-"
-    "vigil-ota:      gstreamer ort sled rumqttc cudarc tensorrt-sys vigil-config vigil-capture vigil-infer vigil-pipeline vigil-store vigil-uplink vigil-fleet vigil-testkit"
+    "vigil-ota:      gstreamer ort sled rumqttc cudarc tensorrt-sys vigil-config vigil-capture vigil-infer vigil-pipeline vigil-store vigil-uplink vigil-fleet vigil-update vigil-testkit"
 )
 
 failed=0

@@ -327,7 +327,11 @@ fn killed_at_each_step_of_a_binary_update_the_device_comes_back_running_a_good_b
         match end["state"].as_str().unwrap() {
             "successful" => assert_eq!(exe, Some(device.slot_binary("a")), "killed in {step}: the new binary runs"),
             // Killed between the journal's `activating` and the switch: the update is abandoned.
-            "failed" if step == "activating" => {
+            // `accepting` lasts one `check-config` of the new binary (a fraction of a second), so
+            // a kill sent on seeing it may land in `activating` already: the same outcome, and
+            // the device still comes back on a good binary. (That a kill in `accepting` itself
+            // resumes is unit-tested in appliance/update/src/binary.rs.)
+            "failed" if step == "activating" || step == "accepting" => {
                 assert!(end["reason"].as_str().unwrap().contains("stopped before switching"), "{end:#}");
                 assert_eq!(exe, Some(vigil_bin()), "killed in {step}: the package runs");
             }

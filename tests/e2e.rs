@@ -193,8 +193,8 @@ fn the_retained_status_follows_the_cameras_states() {
     copy_bundle(&slot);
     let manifest = std::fs::read_to_string(slot.join("manifest.toml")).unwrap();
     std::fs::write(slot.join("manifest.toml"), manifest.replace("version = \"1.0.0\"", "version = \"1.0.1\"")).unwrap();
-    let active = vigil_infer::slots::Active { slot: slot.clone(), previous: None };
-    vigil_infer::slots::write_active(&dir.path().join("data"), &active).unwrap();
+    let active = vigil_update::models::Active { slot: slot.clone(), previous: None };
+    vigil_update::models::write_active(&dir.path().join("data"), &active).unwrap();
     let vigil = Vigil::start(&config, dir.path());
     let state_of = |s: &serde_json::Value, cam: &str| {
         s["cameras"]

@@ -17,7 +17,6 @@
 pub mod archive;
 pub mod client;
 pub mod error;
-pub mod journal;
 pub mod offline;
 pub mod repo;
 pub mod state;

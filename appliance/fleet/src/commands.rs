@@ -32,8 +32,9 @@ pub const COMMANDS: &[&str] = &[
     "ota/apply",
 ];
 
-mod ota;
-pub use ota::{ApplyArgs, UpdateRequest, Updates};
+/// `ota/apply`, answered by the service's updater (vigil-update defines its arguments and when it
+/// is refused): the request id and the raw arguments in, the reply out.
+pub type OtaApply = Box<dyn Fn(&str, serde_json::Value) -> Result<serde_json::Value, String> + Send + Sync>;
 
 /// How long `snapshot` waits for the camera's next processed frame.
 const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -67,7 +68,7 @@ pub enum Command {
     /// over MQTT, subscribe to `vigil/<device_id>/events`).
     EventsTail(TailArgs),
     /// Install a signed model target (answered at once; progress on `vigil/<id>/ota`).
-    OtaApply(ApplyArgs),
+    OtaApply(serde_json::Value),
 }
 
 /// The error for an event id that is not stored.
@@ -219,11 +220,7 @@ pub fn parse(name: &str, payload: &[u8]) -> Result<Request, Refusal> {
             }
             Command::EventsTail(a)
         }
-        "ota/apply" => {
-            let a: ApplyArgs = serde_json::from_value(args).map_err(bad_args)?;
-            a.check().map_err(|e| refuse(Some(id.clone()), e))?;
-            Command::OtaApply(a)
-        }
+        "ota/apply" => Command::OtaApply(args),
         other => {
             return Err(refuse(Some(id), format!("unknown command `{other}`; known: {}", COMMANDS.join(", "))));
         }
@@ -277,8 +274,8 @@ pub struct Fleet {
     /// Held from a `config/set`'s check to its commit: commands run several at once, and two
     /// changes let through together would each keep the other's file as the one to roll back to.
     pub changing: std::sync::Mutex<()>,
-    /// The updater (`None`: no `[ota]` section, or not running).
-    pub updates: Option<Updates>,
+    /// The updater (`None`: not running).
+    pub updates: Option<OtaApply>,
 }
 
 impl Fleet {
@@ -427,7 +424,11 @@ impl Fleet {
                 }
             }
             Ok(Request { request_id, command: Command::OtaApply(args) }) => {
-                Reply::new(&request_id, ota::apply(&self.config, self.updates.as_ref(), &request_id, &args))
+                let reply = match &self.updates {
+                    Some(apply) => apply(&request_id, args),
+                    None => Err("the updater is not running on this device; try again after a restart".to_owned()),
+                };
+                Reply::new(&request_id, reply)
             }
             Ok(req) => Reply::new(&req.request_id, self.execute(&req.command)),
             Err(r) => Reply::error(r.request_id.as_deref().unwrap_or("invalid"), r.message),

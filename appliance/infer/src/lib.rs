@@ -12,7 +12,6 @@ mod load;
 mod onnxruntime;
 pub mod pack;
 pub mod postprocess;
-pub mod slots;
 #[cfg(feature = "tensorrt")]
 pub mod tensorrt;
 pub mod transform;

@@ -16,8 +16,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::journal::{Journal, Phase};
 use semver::Version;
-use vigil_ota::journal::{Journal, Phase};
 use vigil_ota::Offer;
 
 use crate::flow::{enter, failed, Step, Stop};

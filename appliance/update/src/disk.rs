@@ -3,7 +3,7 @@
 //! ```text
 //! trusted/            TUF metadata trusted so far, and the chain of roots (vigil_ota::state)
 //! minimum.json        anti-rollback minimums
-//! update.json         the journal of the last update (vigil_ota::journal)
+//! update.json         the journal of the last update (crate::journal)
 //! downloads/          the part file of a download under way (vigil_ota::transport)
 //! lock                taken by whoever refreshes or downloads (vigil_ota::state)
 //! <name>-<version>[.tar]   the downloaded archive (a model) or binary, until the outcome
@@ -15,12 +15,12 @@
 
 use std::path::{Path, PathBuf};
 
-use vigil_ota::journal::Journal;
+use crate::journal::Journal;
 use vigil_ota::Kind;
 
 /// What stays in the updater's directory between updates.
 const KEPT: [&str; 6] =
-    ["trusted", "minimum.json", vigil_ota::journal::FILE, "update.json.unreadable", "downloads", "lock"];
+    ["trusted", "minimum.json", crate::journal::FILE, "update.json.unreadable", "downloads", "lock"];
 
 /// Where the update's download is kept until its outcome: a model's archive, or a binary.
 pub(crate) fn archive_path(dir: &Path, j: &Journal) -> PathBuf {

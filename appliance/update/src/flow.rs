@@ -5,12 +5,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::journal::{Journal, Phase};
+use crate::requests::UpdateRequest;
 use tokio_util::sync::CancellationToken;
 use vigil_config::{CanaryConfig, ClockTrust, Config, OtaConfig};
-use vigil_fleet::commands::UpdateRequest;
 use vigil_infer::accept::{self, Limits};
-use vigil_infer::{slots, Bundle, Detector};
-use vigil_ota::journal::{Journal, Phase};
+use vigil_infer::{Bundle, Detector};
 use vigil_ota::time::{AssumeSynchronized, KernelClock, TimeSource};
 use vigil_ota::transport::Timeouts;
 use vigil_ota::{Device, Kind, Offer, OtaError, Updater, UpdaterConfig};
@@ -18,6 +18,7 @@ use vigil_pipeline::canary::{self, Thresholds, Window};
 use vigil_pipeline::scheduler::{measure, WarmCosts};
 use vigil_pipeline::RuleSet;
 
+use crate::models;
 use crate::start::StartAction;
 use crate::{Host, Serving, Swap, Swapped};
 
@@ -320,7 +321,7 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
     // Verifying: TUF checked the length and hash as it came; the archive is unpacked as hostile
     // into a new slot, and the bundle inside checked (manifest, model hash).
     enter(host, j, Phase::Verifying)?;
-    let slot = slots::models_dir(&host.config.data_dir).join(format!("{}-{}", j.name, j.version));
+    let slot = models::models_dir(&host.config.data_dir).join(format!("{}-{}", j.name, j.version));
     let bundle = stage(&archive, &slot, &serving.dir).await?;
     let m = &bundle.manifest.model;
     if m.name != j.name || m.version != j.version {
@@ -587,8 +588,8 @@ struct Previous {
 async fn activate(host: &Host, j: &mut Journal, new: Accepted, serving: &Serving) -> Step<Previous> {
     let slot = new.serving.dir.clone();
     let swapped = swap_in(host, new).await?;
-    let active = slots::Active { slot: slot.clone(), previous: Some(serving.dir.clone()) };
-    if let Err(e) = slots::write_active(&host.config.data_dir, &active) {
+    let active = models::Active { slot: slot.clone(), previous: Some(serving.dir.clone()) };
+    if let Err(e) = models::write_active(&host.config.data_dir, &active) {
         // Serving, but a restart would bring the old model back: put it back now.
         let reason = format!("cannot record the active model ({e}); the previous model was put back");
         let _ = roll_back_to(host, Previous { detector: swapped.old, serving: serving.clone() }).await;
@@ -736,7 +737,7 @@ async fn roll_back_to(host: &Host, previous: Previous) -> Step<()> {
     let accepted = Accepted { detector, costs, rules, serving: serving.clone() };
     swap_in(host, accepted).await?;
     host.recorder().end_canary();
-    slots::write_active(&host.config.data_dir, &slots::Active { slot: serving.dir.clone(), previous: None })
+    models::write_active(&host.config.data_dir, &models::Active { slot: serving.dir.clone(), previous: None })
         .map_err(|e| failed(format!("the previous model serves again, but the pointer was not written: {e}")))?;
     tracing::warn!(model = %serving.model.name, version = %serving.model.version, "previous model serving again");
     Ok(())
@@ -774,8 +775,8 @@ async fn restart_canary(host: &Host, j: &mut Journal) -> Step<Option<serde_json:
 /// Removes model slots that are neither active nor the rollback target.
 fn tidy_slots(data_dir: &Path) {
     let keep: Vec<PathBuf> =
-        slots::read_active(data_dir).map(|a| [Some(a.slot), a.previous]).into_iter().flatten().flatten().collect();
-    let Ok(entries) = std::fs::read_dir(slots::models_dir(data_dir)) else { return };
+        models::read_active(data_dir).map(|a| [Some(a.slot), a.previous]).into_iter().flatten().flatten().collect();
+    let Ok(entries) = std::fs::read_dir(models::models_dir(data_dir)) else { return };
     for e in entries.flatten() {
         let path = e.path();
         if path.is_dir() && !keep.contains(&path) {

@@ -3,7 +3,7 @@
 //! Model updates: `ota/apply` → download (TUF, resumable) → verify and stage into a
 //! new slot → acceptance on this device's backend → hot swap between two scheduler rounds →
 //! canary against the previous model → kept, or rolled back to the previous model (kept warm
-//! until the verdict). Each step is written to the journal (`vigil_ota::journal`) before it
+//! until the verdict). Each step is written to the journal (`crate::journal`) before it
 //! starts and published on the retained `vigil/<id>/ota` topic, so that the fleet sees it and a
 //! device killed at any step resumes, abandons or rolls back cleanly at its next start.
 //!
@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::journal::{Journal, Phase};
 use serde::Serialize;
 use vigil_config::Config;
 use vigil_core::event::ModelRef;
 use vigil_core::stats::CameraStats;
 use vigil_infer::Detector;
-use vigil_ota::journal::{Journal, Phase};
 use vigil_pipeline::canary::Recorder;
 use vigil_pipeline::scheduler::WarmCosts;
 use vigil_pipeline::CameraEvents;
@@ -28,6 +28,9 @@ use vigil_pipeline::CameraEvents;
 mod binary;
 mod disk;
 mod flow;
+pub mod journal;
+pub mod models;
+pub mod requests;
 pub mod slots;
 mod start;
 
@@ -168,7 +171,7 @@ impl Host {
 
 /// The journal in `dir` records that the outcome `phase` of `request` reached the broker (unless a
 /// newer update has replaced it meanwhile).
-fn mark_reported(dir: &Path, request: &str, phase: vigil_ota::journal::Phase) {
+fn mark_reported(dir: &Path, request: &str, phase: crate::journal::Phase) {
     match Journal::load(dir) {
         Ok(Some(mut j)) if j.request_id == request && j.phase == phase && !j.reported => {
             j.reported = true;

@@ -2,9 +2,9 @@
 //! model loads: a rollback rewrites the active-model pointer first, so that the model loaded is
 //! the one that should serve. A binary update's journal is `binary::on_start`'s.
 
+use crate::journal::{Journal, Phase, Resume};
+use crate::models;
 use vigil_config::Config;
-use vigil_infer::slots;
-use vigil_ota::journal::{Journal, Phase, Resume};
 
 /// What the updater does once the service runs.
 #[derive(Debug)]
@@ -38,14 +38,14 @@ fn settle(config: &Config) -> StartAction {
         Ok(None) => return StartAction::Nothing,
         Err(e) => {
             tracing::error!(error = %e, "the model update journal is unreadable; it is set aside");
-            let _ = std::fs::rename(dir.join(vigil_ota::journal::FILE), dir.join("update.json.unreadable"));
+            let _ = std::fs::rename(dir.join(crate::journal::FILE), dir.join("update.json.unreadable"));
             return StartAction::Nothing;
         }
     };
     if journal.kind == vigil_ota::Kind::Binary {
         return crate::binary::on_start(&config.data_dir, &dir, journal, crate::slots::running_slot());
     }
-    let active = slots::read_active(&config.data_dir).map(|a| a.slot);
+    let active = models::read_active(&config.data_dir).map(|a| a.slot);
     let resume = match journal.on_start(&dir, active.as_deref()) {
         Ok(r) => r,
         Err(e) => {
@@ -67,8 +67,8 @@ fn settle(config: &Config) -> StartAction {
         Resume::RollBack { reason } => {
             match journal.previous.clone() {
                 Some(previous) => {
-                    let pointer = slots::Active { slot: previous, previous: None };
-                    match slots::write_active(&config.data_dir, &pointer) {
+                    let pointer = models::Active { slot: previous, previous: None };
+                    match models::write_active(&config.data_dir, &pointer) {
                         Ok(()) => tracing::error!(name = %journal.name, version = %journal.version,
                             "{reason}: rolled back to the previous model"),
                         Err(e) => tracing::error!(error = %e, "cannot roll the model back"),
@@ -123,15 +123,15 @@ mod tests {
     #[test]
     fn repeated_crashes_in_the_canary_roll_back_before_the_model_loads() {
         let (d, config, new, old, dir) = device();
-        slots::write_active(d.path(), &slots::Active { slot: new.clone(), previous: Some(old.clone()) }).unwrap();
+        models::write_active(d.path(), &models::Active { slot: new.clone(), previous: Some(old.clone()) }).unwrap();
         journal(Phase::Canary, new.clone(), old.clone()).save(&dir).unwrap();
-        for _ in 0..vigil_ota::journal::MAX_CANARY_RESTARTS {
+        for _ in 0..crate::journal::MAX_CANARY_RESTARTS {
             assert!(matches!(before_model_loads(&config), StartAction::Canary(_)));
         }
         let StartAction::Report(j) = before_model_loads(&config) else { panic!("a rollback to report") };
         assert_eq!(j.phase, Phase::RolledBack);
         assert!(j.reason.unwrap().contains("restarted 3 times"));
-        assert_eq!(slots::read_active(d.path()).unwrap().slot, old, "the pointer was put back first");
+        assert_eq!(models::read_active(d.path()).unwrap().slot, old, "the pointer was put back first");
         assert!(!new.exists(), "the new slot is gone");
         // Reported (by the updater) once: then nothing more.
         let mut j = Journal::load(&dir).unwrap().unwrap();
@@ -148,10 +148,10 @@ mod tests {
         assert_eq!(j.phase, Phase::Failed);
         assert!(!new.exists(), "the unused slot is removed");
         std::fs::create_dir_all(&new).unwrap();
-        slots::write_active(d.path(), &slots::Active { slot: new.clone(), previous: Some(old) }).unwrap();
+        models::write_active(d.path(), &models::Active { slot: new.clone(), previous: Some(old) }).unwrap();
         journal(Phase::Activating, new.clone(), d.path().join("x")).save(&dir).unwrap();
         assert!(matches!(before_model_loads(&config), StartAction::Canary(_)));
-        std::fs::write(dir.join(vigil_ota::journal::FILE), b"{torn").unwrap();
+        std::fs::write(dir.join(crate::journal::FILE), b"{torn").unwrap();
         assert!(matches!(before_model_loads(&config), StartAction::Nothing));
         assert!(dir.join("update.json.unreadable").exists(), "set aside, not lost");
     }

@@ -233,7 +233,10 @@ pub async fn run(
         config_path,
         labels: labels.to_vec(),
         changing: Default::default(),
-        updates: Some(updates.fleet),
+        updates: Some({
+            let (handle, config) = (updates.fleet, Arc::new(config.clone()));
+            Box::new(move |request_id: &str, args| handle.apply(&config, request_id, args))
+        }),
     });
     let probation = crate::probation::config_change_reply(
         change,

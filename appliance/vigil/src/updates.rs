@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use vigil_config::Config;
 use vigil_core::stats::CameraStats;
-use vigil_fleet::commands::{self, UpdateRequest};
 use vigil_pipeline::canary::Recorder;
+use vigil_update::requests::{self, UpdateRequest};
 use vigil_update::{Host, Serving, StartAction, Swap};
 use vigil_uplink::{SharedStatus, StatusModel};
 
@@ -24,7 +24,7 @@ pub struct Updates {
     /// For the uplink: the retained `ota` states, each to reach the broker.
     pub state: Arc<vigil_uplink::retained::RetainedLog>,
     /// For the fleet commands.
-    pub fleet: commands::Updates,
+    pub fleet: requests::Updates,
 }
 
 impl Updates {
@@ -70,7 +70,7 @@ impl Updates {
                 });
             }),
         });
-        Self { task: Task { host, requests }, swaps, canary, state, fleet: commands::Updates { tx, busy, preemptible } }
+        Self { task: Task { host, requests }, swaps, canary, state, fleet: requests::Updates { tx, busy, preemptible } }
     }
 }
 

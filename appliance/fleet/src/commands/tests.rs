@@ -85,8 +85,11 @@ fn two_configuration_changes_at_once_let_exactly_one_through() {
         assert_eq!(through, 1, "round {round}: {results:?}");
         let refused = results.iter().find_map(|r| r.as_ref().err()).unwrap();
         assert!(refused.contains("on probation"), "{refused}");
-        let kept = std::fs::read_to_string(crate::config_change::previous_path(&path)).unwrap();
-        assert_eq!(kept, original, "round {round}: the file kept to roll back to is the one before the change");
+        // The file to roll back to is the one before the change: the given file, untouched, and
+        // no remote file kept (a second change let through would have kept the first's).
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), original, "round {round}");
+        let remote = crate::config_change::remote_path(&config.data_dir);
+        assert!(!crate::config_change::previous_path(&remote).exists(), "round {round}");
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::OtaError;
+use vigil_ota::OtaError;
 
 pub const FILE: &str = "update.json";
 
@@ -48,7 +48,7 @@ pub struct Journal {
     /// A model, or vigil's own binary (whose slots and rollback are `vigil_update`'s, not the
     /// journal's: [`Journal::on_start`] is for models).
     #[serde(default)]
-    pub kind: crate::Kind,
+    pub kind: vigil_ota::Kind,
     pub phase: Phase,
     /// Where the new model is unpacked (the new binary staged), once it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,7 +99,7 @@ impl Journal {
             target: String::new(),
             name: name.to_owned(),
             version: version.to_owned(),
-            kind: crate::Kind::Model,
+            kind: vigil_ota::Kind::Model,
             phase: Phase::Downloading,
             slot: None,
             previous: None,
@@ -127,12 +127,14 @@ impl Journal {
 
     /// Writes the journal durably; call it before the phase's work starts.
     pub fn save(&self, dir: &Path) -> Result<(), OtaError> {
-        crate::state::write_synced(&dir.join(FILE), &serde_json::to_vec_pretty(self).expect("journals serialise"))
+        let path = dir.join(FILE);
+        vigil_core::fsutil::write_durably(&path, &serde_json::to_vec_pretty(self).expect("journals serialise"))
+            .map_err(OtaError::io("cannot write", path))
     }
 
     pub fn clear(dir: &Path) -> Result<(), OtaError> {
         match std::fs::remove_file(dir.join(FILE)) {
-            Ok(()) => crate::state::sync_dir(dir),
+            Ok(()) => vigil_core::fsutil::sync_dir(dir).map_err(OtaError::io("cannot sync", dir)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(OtaError::io("cannot remove", dir.join(FILE))(e)),
         }

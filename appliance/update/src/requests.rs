@@ -1,5 +1,8 @@
-//! `ota/apply`: install a signed model target from the update server. Checked here; carried out
-//! by the service's updater, which reports each step on the retained `vigil/<id>/ota` topic.
+//! The updater's API: `ota/apply` (install a signed model or binary target from the update
+//! server), its arguments checked here, and the handle that hands requests to the updater one at
+//! a time ([`Updates::apply`]). The command layer (vigil-fleet) passes the request's raw arguments
+//! through; what they mean, and when an update is refused or given way to, is this crate's. The
+//! updater reports each step on the retained `vigil/<id>/ota` topic.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -70,6 +73,21 @@ fn canary_for(
     match canary.problems().first() {
         Some((field, message)) => Err(format!("ota/apply: canary.{field}: {message}")),
         None => Ok(canary),
+    }
+}
+
+impl Updates {
+    /// `ota/apply` with its raw arguments (`args`): checked, then handed to the updater; the
+    /// reply says where to follow it.
+    pub fn apply(
+        &self,
+        config: &Config,
+        request_id: &str,
+        args: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let args: ApplyArgs = serde_json::from_value(args).map_err(|e| format!("ota/apply: bad arguments: {e}"))?;
+        args.check()?;
+        apply(config, Some(self), request_id, &args)
     }
 }
 

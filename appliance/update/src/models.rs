@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use vigil_config::Config;
 
-use crate::Bundle;
+use vigil_infer::Bundle;
 
 pub const ACTIVE: &str = "active.json";
 
