@@ -39,14 +39,25 @@ async fn a_download_cut_off_resumes_where_it_stopped_even_after_a_restart() {
     assert_eq!(std::fs::read_dir(f.path().join("device/state/downloads")).unwrap().count(), 0, "no part left");
 }
 
+/// A device whose download of the target into `dest` the server cut off after 1 MiB (the part
+/// file kept): its updater, the metadata it trusted and the offer.
+async fn cut_off(
+    f: &Fixture,
+    dest: &std::path::Path,
+) -> (vigil_ota::Updater, vigil_ota::client::Trusted, vigil_ota::Offer) {
+    f.server.set(|b| b.cut_target_after = Some(1 << 20));
+    let u = f.updater();
+    let (trusted, offer) = newest(&u).await;
+    let e = u.download(&trusted, &offer, dest).await.unwrap_err();
+    assert!(matches!(e, OtaError::Transport(_)), "{e}");
+    (u, trusted, offer)
+}
+
 #[tokio::test]
 async fn a_server_that_ignores_range_gets_the_download_started_over() {
     let f = Fixture::new(1, 1, LEN).await;
-    f.server.set(|b| b.cut_target_after = Some(1 << 20));
     let dest = f.dest("people.bin");
-    let u = f.updater();
-    let (trusted, offer) = newest(&u).await;
-    u.download(&trusted, &offer, &dest).await.unwrap_err();
+    let (u, trusted, offer) = cut_off(&f, &dest).await;
     f.server.set(|b| b.ignore_range = true);
     u.download(&trusted, &offer, &dest).await.unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), payload(LEN, 1));
@@ -71,11 +82,8 @@ async fn a_download_complete_before_a_restart_is_verified_without_asking_for_mor
     // range from its end is unsatisfiable (416 from nginx and from this server), so the
     // transport must not ask for one.
     let f = Fixture::new(1, 1, LEN).await;
-    f.server.set(|b| b.cut_target_after = Some(1 << 20));
     let dest = f.dest("people.bin");
-    let u = f.updater();
-    let (trusted, offer) = newest(&u).await;
-    u.download(&trusted, &offer, &dest).await.unwrap_err();
+    cut_off(&f, &dest).await;
     std::fs::write(part_file(&f), payload(LEN, 1)).unwrap();
     let asked = f.server.requests().len();
     let u = f.updater();
@@ -102,11 +110,8 @@ async fn a_download_complete_before_a_restart_is_verified_without_asking_for_mor
 #[tokio::test]
 async fn a_range_the_server_cannot_satisfy_starts_the_download_over() {
     let f = Fixture::new(1, 1, LEN).await;
-    f.server.set(|b| b.cut_target_after = Some(1 << 20));
     let dest = f.dest("people.bin");
-    let u = f.updater();
-    let (trusted, offer) = newest(&u).await;
-    u.download(&trusted, &offer, &dest).await.unwrap_err();
+    let (u, trusted, offer) = cut_off(&f, &dest).await;
     f.server.set(|b| b.refuse_ranges = true);
     u.download(&trusted, &offer, &dest).await.unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), payload(LEN, 1));
@@ -122,12 +127,8 @@ async fn metadata_that_expires_during_a_download_keeps_the_download_and_a_fresh_
     // A timestamp that lives 3 s: a long download outlives it.
     let short = vigil_ota::repo::Expiry { timestamp: std::time::Duration::from_secs(3), ..f.expiry };
     vigil_ota::repo::refresh(&f.repo(), &f.keys.roles.timestamp, None, &short).await.unwrap();
-    f.server.set(|b| b.cut_target_after = Some(1 << 20));
     let dest = f.dest("people.bin");
-    let u = f.updater();
-    let (trusted, offer) = newest(&u).await;
-    let e = u.download(&trusted, &offer, &dest).await.unwrap_err();
-    assert!(matches!(e, OtaError::Transport(_)), "{e}");
+    let (u, trusted, offer) = cut_off(&f, &dest).await;
     tokio::time::sleep(std::time::Duration::from_secs(4)).await;
     // The retry with the view of the first refresh: expired, but the bytes are not at fault.
     let e = u.download(&trusted, &offer, &dest).await.unwrap_err();
