@@ -16,11 +16,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::journal::{Journal, Phase};
 use semver::Version;
 use vigil_ota::Offer;
 
 use crate::flow::{enter, failed, Step, Stop};
+use crate::journal::{Journal, Phase};
 use crate::slots::{self, Installed, Slot, Slots};
 use crate::start::StartAction;
 use crate::Host;

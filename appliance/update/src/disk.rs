@@ -15,8 +15,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::journal::Journal;
 use vigil_ota::Kind;
+
+use crate::journal::Journal;
 
 /// What stays in the updater's directory between updates.
 const KEPT: [&str; 6] =

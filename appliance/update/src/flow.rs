@@ -5,8 +5,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::journal::{Journal, Phase};
-use crate::requests::UpdateRequest;
 use tokio_util::sync::CancellationToken;
 use vigil_config::{CanaryConfig, ClockTrust, Config, OtaConfig};
 use vigil_infer::accept::{self, Limits};
@@ -18,7 +16,9 @@ use vigil_pipeline::canary::{self, Thresholds, Window};
 use vigil_pipeline::scheduler::{measure, WarmCosts};
 use vigil_pipeline::RuleSet;
 
+use crate::journal::{Journal, Phase};
 use crate::models;
+use crate::requests::UpdateRequest;
 use crate::start::StartAction;
 use crate::{Host, Serving, Swap, Swapped};
 

@@ -1,4 +1,8 @@
-//! Updates on the device: of models, and of vigil's own binary (`binary`, `slots`).
+//! Updates on the device: of models, and of vigil's own binary (`binary`, `slots`). This crate
+//! owns the update's state on disk and its bookkeeping for both: the API requests come in by
+//! ([`requests`]), the journal and the recovery at start ([`journal`], `start`, `binary`), model
+//! slots ([`models`]), binary slots ([`slots`]) and what stays in the updater's directory between
+//! updates (`disk`). `vigil-ota` is the TUF client and transport underneath.
 //!
 //! Model updates: `ota/apply` → download (TUF, resumable) → verify and stage into a
 //! new slot → acceptance on this device's backend → hot swap between two scheduler rounds →
@@ -15,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::journal::{Journal, Phase};
 use serde::Serialize;
 use vigil_config::Config;
 use vigil_core::event::ModelRef;
@@ -24,6 +27,8 @@ use vigil_infer::Detector;
 use vigil_pipeline::canary::Recorder;
 use vigil_pipeline::scheduler::WarmCosts;
 use vigil_pipeline::CameraEvents;
+
+use crate::journal::{Journal, Phase};
 
 mod binary;
 mod disk;

@@ -2,9 +2,10 @@
 //! model loads: a rollback rewrites the active-model pointer first, so that the model loaded is
 //! the one that should serve. A binary update's journal is `binary::on_start`'s.
 
+use vigil_config::Config;
+
 use crate::journal::{Journal, Phase, Resume};
 use crate::models;
-use vigil_config::Config;
 
 /// What the updater does once the service runs.
 #[derive(Debug)]
