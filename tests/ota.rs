@@ -438,3 +438,35 @@ fn a_fleet_command_takes_the_place_of_a_periodic_check_that_is_still_downloading
     assert!(vigil.log().contains("a fleet update takes the place of the periodic check"), "{}", vigil.log());
     drop(vigil);
 }
+
+#[test]
+fn a_download_that_outlives_its_timestamp_is_retried_on_fresh_metadata() {
+    let device = "ota-expiry";
+    let rig = Rig::new(device, "");
+    rig.publish("1.0.6", |m| m);
+    let vigil = Vigil::start(&rig.config, rig.dir.path());
+    assert!(wait_until(Duration::from_secs(30), || !events(&rig, device).is_empty()), "{}", vigil.log());
+    // A timestamp that expires 4 s from now: the device's view of it outlives the first try of a
+    // download that takes ~6 s before the server cuts it.
+    let short = vigil_ota::repo::Expiry { timestamp: Duration::from_secs(4), ..Default::default() };
+    let repo = rig.path("repo");
+    rig.rt.block_on(vigil_ota::repo::refresh(&repo, &rig.roles.timestamp, None, &short)).unwrap();
+    rig.server.set(|b| {
+        b.trickle = Some((16 << 10, Duration::from_millis(100)));
+        b.cut_target_after = Some(1 << 20);
+    });
+    rig.apply(device, "slow", "1.0.6");
+    let downloading = wait_until(Duration::from_secs(60), || {
+        rig.states(device).iter().any(|s| s["request_id"] == "slow" && s["detail"]["bytes"].as_u64() > Some(0))
+    });
+    assert!(downloading, "{:#?}", rig.states(device));
+    // The operator's daily job renews the timestamp meanwhile; the first view has expired by the
+    // time the cut download is retried.
+    rig.rt.block_on(vigil_ota::repo::refresh(&repo, &rig.roles.timestamp, None, &Default::default())).unwrap();
+    rig.server.set(|b| b.trickle = None);
+    let end = rig.outcome(device, "slow", Duration::from_secs(120), &vigil);
+    assert_eq!(end["state"], "successful", "{end:#}\n{}", vigil.log());
+    let retried = rig.states(device).iter().any(|s| s["request_id"] == "slow" && s["detail"]["retrying"].is_string());
+    assert!(retried, "the download was cut and retried: {:#?}", rig.states(device));
+    drop(vigil);
+}

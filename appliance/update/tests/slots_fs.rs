@@ -110,3 +110,21 @@ fn a_revert_that_cannot_be_saved_keeps_the_binary_the_state_names() {
     assert_eq!(state.active.map(|a| a.slot), Some(Slot::B), "the revert was not recorded");
     assert!(slots::binary(&data, Slot::B).exists(), "so the binary it names is still there");
 }
+
+#[test]
+fn a_binary_that_cannot_run_from_a_noexec_data_directory_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _fs = Tmpfs::mount(&data);
+    let out = Command::new("mount").args(["-o", "remount,noexec"]).arg(&data).output().unwrap();
+    assert!(out.status.success(), "remount noexec: {}", String::from_utf8_lossy(&out.stderr));
+    let path = data.join("vigil");
+    std::fs::write(&path, b"#!/bin/sh\n").unwrap();
+    // What exec answers for a file on a noexec file system.
+    let refused = std::io::Error::from_raw_os_error(libc::EACCES);
+    let why = slots::cannot_run(&path, &refused);
+    assert!(why.contains("mounted noexec: mount the data directory with exec"), "{why}");
+    // Elsewhere the reason is the error alone.
+    let elsewhere = slots::cannot_run(&dir.path().join("vigil"), &refused);
+    assert!(!elsewhere.contains("noexec"), "{elsewhere}");
+}
