@@ -470,3 +470,43 @@ fn a_download_that_outlives_its_timestamp_is_retried_on_fresh_metadata() {
     assert!(retried, "the download was cut and retried: {:#?}", rig.states(device));
     drop(vigil);
 }
+
+#[test]
+fn an_outcome_the_broker_never_acknowledged_is_reported_again_after_a_restart() {
+    let device = "ota-report";
+    let mut rig = Rig::new(device, "");
+    // Wrong reference outputs: the update fails at acceptance.
+    let bundle = rig.prepare("1.0.8", |m| m);
+    let reference = bundle.join("reference/output.int8model.f32");
+    let values = std::fs::metadata(&reference).unwrap().len() / 4;
+    std::fs::write(&reference, (0..values).flat_map(|_| 1000.0f32.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    rig.sign(&bundle, "1.0.8");
+    rig.server.set(|b| b.trickle = Some((16 << 10, Duration::from_millis(100))));
+    let vigil = Vigil::start(&rig.config, rig.dir.path());
+    rig.apply(device, "lost", "1.0.8");
+    let downloading = wait_until(Duration::from_secs(60), || {
+        rig.states(device).iter().any(|s| s["request_id"] == "lost" && s["detail"]["bytes"].as_u64() > Some(0))
+    });
+    assert!(downloading, "{:#?}", rig.states(device));
+    // The broker goes away for the rest of the update: the outcome cannot reach it.
+    rig.broker.stop();
+    let journal_file = rig.data().join("ota/update.json");
+    let journal = || -> serde_json::Value { serde_json::from_slice(&std::fs::read(&journal_file).unwrap()).unwrap() };
+    assert!(wait_until(Duration::from_secs(90), || journal()["phase"] == "failed"), "{}", vigil.log());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(journal()["reported"], false, "not acknowledged by a broker: not reported");
+    // A power cut before the broker ever had it; then both come back.
+    drop(vigil.kill9());
+    rig.broker.restart();
+    let watch = Subscriber::start(rig.broker.port, &format!("vigil/{device}/ota"));
+    let vigil = Vigil::start(&rig.config, rig.dir.path());
+    let reported = wait_until(Duration::from_secs(30), || {
+        watch.on(&format!("vigil/{device}/ota")).iter().any(|p| {
+            let s: serde_json::Value = serde_json::from_slice(p).unwrap();
+            s["request_id"] == "lost" && s["state"] == "failed"
+        })
+    });
+    assert!(reported, "the outcome reached the broker after the restart\n{}", vigil.log());
+    assert!(wait_until(Duration::from_secs(10), || journal()["reported"] == true), "and is recorded reported");
+    drop(vigil);
+}
