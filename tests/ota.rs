@@ -263,6 +263,10 @@ fn a_model_with_another_input_size_re_plans_capture_without_a_restart() {
         .args(["model", "pack"])
         .arg(repo_root().join("tests/fixtures/shapes-int8-384.onnx"))
         .args(["--name", "shapes", "--version", "1.1.0", "--score-threshold", "0.5"])
+        // This test is about re-planning capture, not speed: a budget that a machine busy with the
+        // other tests (and an x86 CPU without VNNI, where the INT8 model runs on exact but slower
+        // U8×U8 kernels) meets with room; acceptance's latency check is tested on its own.
+        .args(["--budget-ms", "400"])
         .args(labels)
         .arg("--clip")
         .arg(eval_clip())
