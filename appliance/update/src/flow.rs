@@ -785,3 +785,46 @@ fn tidy_slots(data_dir: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A removal the updater makes (here a model slot of 20 000 files) runs beside the runtime's
+    /// other tasks, not in their way: on a one-thread runtime a ticker keeps ticking while it runs.
+    /// Judged relative to the removal's own time, so that a busy machine slows both alike.
+    #[tokio::test(flavor = "current_thread")]
+    async fn removing_a_slot_leaves_the_async_runtime_free() {
+        let d = tempfile::tempdir().unwrap();
+        let slot = d.path().join("models/big-1.0.0");
+        for i in 0..200 {
+            let sub = slot.join(format!("{i}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            for j in 0..100 {
+                std::fs::write(sub.join(format!("{j}")), b"x").unwrap();
+            }
+        }
+        let gaps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let ticker = tokio::spawn({
+            let (gaps, stop) = (gaps.clone(), stop.clone());
+            async move {
+                let mut last = std::time::Instant::now();
+                while !stop.is_cancelled() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    gaps.lock().unwrap().push(last.elapsed());
+                    last = std::time::Instant::now();
+                }
+            }
+        });
+        tokio::task::yield_now().await;
+        let started = std::time::Instant::now();
+        remove_slot(&slot, &d.path().join("models/serving")).await;
+        let took = started.elapsed();
+        stop.cancel();
+        ticker.await.unwrap();
+        assert!(!slot.exists(), "removed");
+        let worst = gaps.lock().unwrap().iter().copied().max().unwrap_or_default();
+        assert!(worst < took / 2, "the runtime stalled {worst:?} of a {took:?} removal");
+    }
+}
