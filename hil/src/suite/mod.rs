@@ -182,9 +182,13 @@ impl Ctx<'_> {
             5 * self.target.slowness(),
             60 * self.target.slowness()
         );
+        // The store keeps 32 MiB free: the local target's data directory is a 256 MiB tmpfs, where
+        // the default reserve (256 MiB) would leave no room for an update beside it (updates are
+        // refused unless archive, unpacked copy and reserve fit) and evict events at once.
         format!(
             "device_id = \"{dev}\"\ndata_dir = \"{data}\"\n\
              [mqtt]\nurl = \"{url}\"\nkeep_alive_s = 5\nmetrics_interval_s = 2\n\
+             [store]\nmin_free_mb = 32\n\
              [model]\nbundle = \"{bundle}\"\n[inference]\n{inference}{ota}{camera}",
             dev = self.rig.device_id,
             data = self.target.data_dir(),
