@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use support::ota::*;
 use support::*;
+use vigil_ota::repo::latest_targets;
 use vigil_testkit::supervisor::{Record, Supervisor, Unit};
 
 /// The new binary's health window (`ota.binary_health_window_s`).
@@ -394,12 +395,6 @@ fn a_binary_killed_by_sigpipe_is_started_again_and_reverted_within_the_bound() {
     reverted_within_the_bound("ab-sigpipe", &bad_version(5), "kill -PIPE $$");
 }
 
-/// The newest signed `N.targets.json` of the repository at `repo`.
-fn latest_targets(repo: &Path) -> PathBuf {
-    let meta = vigil_ota::repo::metadata_dir(repo);
-    (1..1000).rev().map(|n| meta.join(format!("{n}.targets.json"))).find(|p| p.exists()).unwrap()
-}
-
 #[test]
 fn a_binary_planted_with_a_forged_slot_state_does_not_run() {
     // What code execution inside vigil, as its user, can write: a binary of its choice in slot
@@ -436,9 +431,9 @@ fn a_binary_planted_with_a_forged_slot_state_does_not_run() {
     });
     let cases = [
         (None, "bin/a/targets.json: No such file"),
-        (Some(latest_targets(&theirs)), "not signed by the repository's keys"),
+        (Some(latest_targets(&theirs).unwrap().1), "not signed by the repository's keys"),
         // Genuine metadata of this device's repository, which signs no such binary.
-        (Some(latest_targets(&rig.path("repo"))), "no signed vigil 999.0.0 target has its length"),
+        (Some(latest_targets(&rig.path("repo")).unwrap().1), "no signed vigil 999.0.0 target has its length"),
     ];
     let mut device = device;
     for (voucher, why) in cases {

@@ -46,11 +46,7 @@ fn a_good_model_update_swaps_in_with_no_frame_lost_and_events_go_on_under_the_ne
     states.dedup();
     assert_eq!(states, ["downloading", "verifying", "accepting", "activating", "canary", "successful"]);
     // The outcome is recorded as reported once the broker has it, not before.
-    let reported = || {
-        let j: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(rig.data().join("ota/update.json")).unwrap()).unwrap();
-        j["reported"] == true
-    };
+    let reported = || rig.journal()["reported"] == true;
     assert!(wait_until(Duration::from_secs(10), reported), "the journal records the outcome reported");
     let swapped = rig.states(device).into_iter().find(|s| s["detail"]["frames_lost_at_swap"].is_u64()).unwrap();
     assert_eq!(swapped["detail"]["frames_lost_at_swap"], 0, "no frame lost to the swap: {swapped}");
@@ -82,11 +78,7 @@ fn models_that_fail_acceptance_are_never_activated_and_the_reply_says_why() {
     let device = "ota-refused";
     let rig = Rig::new(device, "");
     // Wrong outputs: the reference output does not match what the model computes.
-    let bundle = rig.prepare("1.1.1", |m| m);
-    let reference = bundle.join("reference/output.int8model.f32");
-    let values = std::fs::metadata(&reference).unwrap().len() / 4;
-    std::fs::write(&reference, (0..values).flat_map(|_| 1000.0f32.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-    rig.sign(&bundle, "1.1.1");
+    rig.publish_wrong_outputs("1.1.1");
     // Too slow for the budget: the camera has none of its own, so the bundle's 1 ms applies.
     rig.publish("1.2.0", |m| m.replace("latency_ms = 100", "latency_ms = 1"));
     // The wrong contract: other labels, which the configured rule does not know.
@@ -98,9 +90,7 @@ fn models_that_fail_acceptance_are_never_activated_and_the_reply_says_why() {
     // Seven more versions with wrong outputs: ten failed updates of different versions in all.
     let more: Vec<(String, String)> = (0..7).map(|i| (format!("bad-out-{i}"), format!("1.4.{i}"))).collect();
     for (_, version) in &more {
-        let bundle = rig.prepare(version, |m| m);
-        std::fs::copy(&reference, bundle.join("reference/output.int8model.f32")).unwrap();
-        rig.sign(&bundle, version);
+        rig.publish_wrong_outputs(version);
     }
     // What an update abandoned at an earlier start left: its archive and a part file.
     let ota = rig.data().join("ota");
@@ -315,11 +305,7 @@ fn a_fleet_rollout_goes_in_waves_survives_the_operator_restarting_and_stops_at_a
     let configs: Vec<PathBuf> =
         std::iter::once(rig.config.clone()).chain(devices[1..].iter().map(|d| rig.add_device(d))).collect();
     rig.publish("1.0.1", |m| m);
-    let bad = rig.prepare("1.0.2", |m| m);
-    let reference = bad.join("reference/output.int8model.f32");
-    let values = std::fs::metadata(&reference).unwrap().len() / 4;
-    std::fs::write(&reference, (0..values).flat_map(|_| 1000.0f32.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-    rig.sign(&bad, "1.0.2");
+    rig.publish_wrong_outputs("1.0.2");
     let vigils: Vec<Vigil> = configs.iter().map(|c| Vigil::start(c, c.parent().unwrap())).collect();
     let status = |d: &str| -> serde_json::Value {
         rig.watch
@@ -480,11 +466,7 @@ fn an_outcome_the_broker_never_acknowledged_is_reported_again_after_a_restart() 
     let device = "ota-report";
     let mut rig = Rig::new(device, "");
     // Wrong reference outputs: the update fails at acceptance.
-    let bundle = rig.prepare("1.0.8", |m| m);
-    let reference = bundle.join("reference/output.int8model.f32");
-    let values = std::fs::metadata(&reference).unwrap().len() / 4;
-    std::fs::write(&reference, (0..values).flat_map(|_| 1000.0f32.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-    rig.sign(&bundle, "1.0.8");
+    rig.publish_wrong_outputs("1.0.8");
     rig.server.set(|b| b.trickle = Some((16 << 10, Duration::from_millis(100))));
     let vigil = Vigil::start(&rig.config, rig.dir.path());
     rig.apply(device, "lost", "1.0.8");
@@ -494,11 +476,9 @@ fn an_outcome_the_broker_never_acknowledged_is_reported_again_after_a_restart() 
     assert!(downloading, "{:#?}", rig.states(device));
     // The broker goes away for the rest of the update: the outcome cannot reach it.
     rig.broker.stop();
-    let journal_file = rig.data().join("ota/update.json");
-    let journal = || -> serde_json::Value { serde_json::from_slice(&std::fs::read(&journal_file).unwrap()).unwrap() };
-    assert!(wait_until(Duration::from_secs(90), || journal()["phase"] == "failed"), "{}", vigil.log());
+    assert!(wait_until(Duration::from_secs(90), || rig.journal()["phase"] == "failed"), "{}", vigil.log());
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(journal()["reported"], false, "not acknowledged by a broker: not reported");
+    assert_eq!(rig.journal()["reported"], false, "not acknowledged by a broker: not reported");
     // A power cut before the broker ever had it; then both come back.
     drop(vigil.kill9());
     rig.broker.restart();
@@ -511,6 +491,6 @@ fn an_outcome_the_broker_never_acknowledged_is_reported_again_after_a_restart() 
         })
     });
     assert!(reported, "the outcome reached the broker after the restart\n{}", vigil.log());
-    assert!(wait_until(Duration::from_secs(10), || journal()["reported"] == true), "and is recorded reported");
+    assert!(wait_until(Duration::from_secs(10), || rig.journal()["reported"] == true), "and is recorded reported");
     drop(vigil);
 }

@@ -171,19 +171,18 @@ impl Updater {
     /// walks the repository's chain again.
     fn trusted_root(&self) -> Result<Vec<u8>, OtaError> {
         let shipped = &self.config.shipped_root;
-        let bytes = std::fs::read(shipped).map_err(|e| {
+        match crate::offline::root_chain(shipped, &self.state.roots()) {
+            Ok(root) => return Ok(serde_json::to_vec(&root).expect("root metadata serialises")),
+            Err(why) => {
+                tracing::warn!(why, "the kept chain of roots is unusable; starting again from the shipped root")
+            }
+        }
+        std::fs::read(shipped).map_err(|e| {
             OtaError::Config(format!(
                 "cannot read the shipped TUF root {}: {e}; install the repository's 1.root.json there",
                 shipped.display()
             ))
-        })?;
-        match crate::offline::root_chain(shipped, &self.state.roots()) {
-            Ok(root) => Ok(serde_json::to_vec(&root).expect("root metadata serialises")),
-            Err(why) => {
-                tracing::warn!(why, "the kept chain of roots is unusable; starting again from the shipped root");
-                Ok(bytes)
-            }
-        }
+        })
     }
 
     /// Every target of the repository with vigil's fields, or why it has none.

@@ -108,11 +108,9 @@ mod tests {
         }
     }
 
-    /// The newest `N.targets.json` of a repository.
+    /// The newest signed targets metadata of a repository.
     fn latest_targets(repo: &Path) -> Vec<u8> {
-        let meta = repo::metadata_dir(repo);
-        let newest = (1..100).rev().map(|n| meta.join(format!("{n}.targets.json"))).find(|p| p.exists()).unwrap();
-        std::fs::read(newest).unwrap()
+        std::fs::read(repo::latest_targets(repo).unwrap().1).unwrap()
     }
 
     #[tokio::test]

@@ -203,17 +203,29 @@ pub async fn init_with_new_keys(repo: &Path, keys: &Path, expiry: &Expiry) -> an
 
 /// The newest `N.root.json` in the metadata directory.
 pub fn latest_root(repo: &Path) -> anyhow::Result<(u64, PathBuf)> {
+    latest(repo, "root")
+}
+
+/// The newest `N.targets.json` in the metadata directory (consistent snapshots: each signed
+/// targets metadata keeps its version in its name).
+pub fn latest_targets(repo: &Path) -> anyhow::Result<(u64, PathBuf)> {
+    latest(repo, "targets")
+}
+
+/// The newest `N.<role>.json` in the metadata directory.
+fn latest(repo: &Path, role: &str) -> anyhow::Result<(u64, PathBuf)> {
     let meta = metadata_dir(repo);
+    let suffix = format!(".{role}.json");
     let mut best = None;
     for entry in std::fs::read_dir(&meta).with_context(|| format!("{} is not a repository", repo.display()))? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name.strip_suffix(".root.json").and_then(|n| n.parse::<u64>().ok()) {
+        if let Some(n) = name.strip_suffix(&suffix).and_then(|n| n.parse::<u64>().ok()) {
             if best.as_ref().is_none_or(|(b, _)| n > *b) {
                 best = Some((n, meta.join(&name)));
             }
         }
     }
-    best.with_context(|| format!("{} has no N.root.json; create the repository with `vigil-ota init`", meta.display()))
+    best.with_context(|| format!("{} has no N{suffix}; create the repository with `vigil-ota init`", meta.display()))
 }
 
 /// The repository as it is on disk, read through tough (expiry not enforced: the operator may

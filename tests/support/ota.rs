@@ -102,6 +102,16 @@ impl Rig {
         bundle
     }
 
+    /// A copy of the shipped bundle as `version` whose reference output is not what the model
+    /// computes (it fails acceptance's reference check), signed into the repository.
+    pub fn publish_wrong_outputs(&self, version: &str) {
+        let bundle = self.prepare(version, |m| m);
+        let reference = bundle.join("reference/output.int8model.f32");
+        let values = std::fs::metadata(&reference).unwrap().len() / 4;
+        std::fs::write(&reference, (0..values).flat_map(|_| 1000.0f32.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        self.sign(&bundle, version);
+    }
+
     /// Packs the bundle directory `bundle` and signs it into the repository as `version`.
     pub fn sign(&self, bundle: &Path, version: &str) {
         let archive = self.path(&format!("bundles/shapes-{version}.tar"));
@@ -162,6 +172,11 @@ impl Rig {
 
     pub fn data(&self) -> PathBuf {
         self.path("data")
+    }
+
+    /// The device's update journal (`data/ota/update.json`) as JSON.
+    pub fn journal(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.data().join("ota/update.json")).unwrap()).unwrap()
     }
 
     /// `vigil fleet ota push shapes <version>` against the rig's broker, as the operator runs it;

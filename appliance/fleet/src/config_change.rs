@@ -148,10 +148,7 @@ pub fn commit(new: &Config, running: &Path, request_id: &str, window: Duration) 
         vigil_core::fsutil::write_durably(&previous, &std::fs::read(&target)?)?;
     } else {
         // No remote file before this change: a rollback removes it and the packaged one runs.
-        match std::fs::remove_file(&previous) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        remove_if_there(&previous)?;
     }
     write_marker(
         &new.data_dir,
@@ -172,6 +169,14 @@ pub fn commit(new: &Config, running: &Path, request_id: &str, window: Duration) 
     Ok(target)
 }
 
+/// Removes the file at `path`; none there is fine.
+fn remove_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
@@ -186,10 +191,7 @@ pub fn roll_back(data_dir: &Path, reason: &str) -> std::io::Result<()> {
     match std::fs::read(previous_path(&p.config_path)) {
         Ok(previous) => vigil_core::fsutil::write_durably(&p.config_path, &previous)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            match std::fs::remove_file(&p.config_path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+            remove_if_there(&p.config_path)?;
             if let Some(dir) = p.config_path.parent() {
                 vigil_core::fsutil::sync_dir(dir)?;
             }

@@ -325,12 +325,11 @@ impl Rollout {
         // A device that looks for new model versions itself installs this one as soon as it
         // is signed, outside the waves: the two cannot be combined (vigil's own binary is
         // never installed by periodic checks).
-        let self_updating: Vec<String> = ids
-            .iter()
-            .filter_map(|id| Some((id, statuses.get(id)?.checks_every_s?)))
-            .filter(|_| plan.name != VIGIL)
-            .map(|(id, every)| format!("{id} (every {every} s)"))
-            .collect();
+        let self_updating: Vec<String> = if plan.name == VIGIL {
+            Vec::new()
+        } else {
+            ids.iter().filter_map(|id| Some(format!("{id} (every {} s)", statuses.get(id)?.checks_every_s?))).collect()
+        };
         if !self_updating.is_empty() {
             return Err(format!(
                 "{} of the devices update `{}` themselves (ota.check_interval_s): {}; they would install {} on their \

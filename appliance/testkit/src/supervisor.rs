@@ -458,15 +458,11 @@ impl Run {
     }
 }
 
-/// A new 128-bit id in hex, as systemd's `INVOCATION_ID` (unique enough for one test run).
+/// A new 128-bit id in hex, as systemd's `INVOCATION_ID`: this process's id and a count, so
+/// that no two starts share one (systemd's are random; only uniqueness matters here).
 fn invocation_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let half = || {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(Instant::now().elapsed().as_nanos());
-        h.finish()
-    };
-    format!("{:016x}{:016x}", half(), half())
+    static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!("{:016x}{:016x}", std::process::id(), STARTS.fetch_add(1, Ordering::Relaxed))
 }
 
 fn signal(child: &Child, sig: rustix::process::Signal) {

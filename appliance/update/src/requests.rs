@@ -85,55 +85,50 @@ impl Updates {
         request_id: &str,
         args: serde_json::Value,
     ) -> Result<serde_json::Value, String> {
-        let args: ApplyArgs = serde_json::from_value(args).map_err(|e| format!("ota/apply: bad arguments: {e}"))?;
+        let args: ApplyArgs = serde_json::from_value(args).map_err(|e| format!("ota/apply: bad args: {e}"))?;
         args.check()?;
-        apply(config, Some(self), request_id, &args)
+        self.queue(config, request_id, &args)
     }
-}
 
-/// Hands `args` to the updater; the reply says where to follow it.
-pub fn apply(
-    config: &Config,
-    updates: Option<&Updates>,
-    request_id: &str,
-    args: &ApplyArgs,
-) -> Result<serde_json::Value, String> {
-    let (Some(ota), Some(updates)) = (&config.ota, updates) else {
-        return Err("this device has no [ota] section in its configuration: add one (docs/ota.md) to take \
-                    over-the-air updates"
-            .to_owned());
-    };
-    let canary = canary_for(&ota.canary, args.canary.as_ref())?;
-    let in_progress = || {
-        format!(
-            "{}; follow {} and send ota/apply again once it shows an outcome",
-            vigil_core::topic::UPDATE_IN_PROGRESS,
-            vigil_core::topic::ota(&config.device_id)
-        )
-    };
-    let was_busy = updates.busy.swap(true, Ordering::SeqCst);
-    if was_busy && !updates.preemptible.load(Ordering::SeqCst) {
-        return Err(in_progress());
-    }
-    let request = UpdateRequest {
-        request_id: request_id.to_owned(),
-        name: args.name.clone(),
-        version: args.version.clone(),
-        canary,
-    };
-    if let Err(e) = updates.tx.try_send(request) {
-        if !was_busy {
-            updates.busy.store(false, Ordering::SeqCst);
+    /// Hands checked `args` to the updater; the reply says where to follow it.
+    fn queue(&self, config: &Config, request_id: &str, args: &ApplyArgs) -> Result<serde_json::Value, String> {
+        let Some(ota) = &config.ota else {
+            return Err("this device has no [ota] section in its configuration: add one (docs/ota.md) to take \
+                        over-the-air updates"
+                .to_owned());
+        };
+        let canary = canary_for(&ota.canary, args.canary.as_ref())?;
+        let in_progress = || {
+            format!(
+                "{}; follow {} and send ota/apply again once it shows an outcome",
+                vigil_core::topic::UPDATE_IN_PROGRESS,
+                vigil_core::topic::ota(&config.device_id)
+            )
+        };
+        let was_busy = self.busy.swap(true, Ordering::SeqCst);
+        if was_busy && !self.preemptible.load(Ordering::SeqCst) {
+            return Err(in_progress());
         }
-        return Err(match e {
-            // A command already waits for a periodic check to give way.
-            tokio::sync::mpsc::error::TrySendError::Full(_) => in_progress(),
-            tokio::sync::mpsc::error::TrySendError::Closed(_) => {
-                "the updater is not running (vigil is stopping); try again after the restart".to_owned()
+        let request = UpdateRequest {
+            request_id: request_id.to_owned(),
+            name: args.name.clone(),
+            version: args.version.clone(),
+            canary,
+        };
+        if let Err(e) = self.tx.try_send(request) {
+            if !was_busy {
+                self.busy.store(false, Ordering::SeqCst);
             }
-        });
+            return Err(match e {
+                // A command already waits for a periodic check to give way.
+                tokio::sync::mpsc::error::TrySendError::Full(_) => in_progress(),
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                    "the updater is not running (vigil is stopping); try again after the restart".to_owned()
+                }
+            });
+        }
+        Ok(serde_json::json!({ "queued": true, "follow": vigil_core::topic::ota(&config.device_id) }))
     }
-    Ok(serde_json::json!({ "queued": true, "follow": vigil_core::topic::ota(&config.device_id) }))
 }
 
 #[cfg(test)]
@@ -158,27 +153,27 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let updates = Updates { tx, busy: Arc::default(), preemptible: Arc::default() };
         let args = ApplyArgs { name: "shapes".into(), version: Some("1.0.1".into()), canary: None };
-        let e = apply(&config, Some(&updates), "r1", &args).unwrap_err();
+        let e = updates.queue(&config, "r1", &args).unwrap_err();
         assert!(e.contains("no [ota] section"), "{e}");
         config.ota =
             Some(toml::from_str("server = \"https://u.example/\"\nroot = \"/r.json\"\nca = \"/ca.pem\"").unwrap());
-        let ok = apply(&config, Some(&updates), "r1", &args).unwrap();
+        let ok = updates.queue(&config, "r1", &args).unwrap();
         assert_eq!(ok["follow"], "vigil/demo/ota");
         let queued = rx.try_recv().unwrap();
         assert_eq!((queued.request_id.as_str(), queued.version.as_deref()), ("r1", Some("1.0.1")));
-        let e = apply(&config, Some(&updates), "r2", &args).unwrap_err();
+        let e = updates.queue(&config, "r2", &args).unwrap_err();
         assert!(e.contains("an update is in progress"), "{e}");
         assert!(rx.try_recv().is_err(), "the second was not queued");
         // A periodic check runs and is still downloading: a command is taken, once.
         updates.preemptible.store(true, Ordering::SeqCst);
-        let ok = apply(&config, Some(&updates), "r3", &args).unwrap();
+        let ok = updates.queue(&config, "r3", &args).unwrap();
         assert_eq!(ok["queued"], true);
         assert_eq!(rx.try_recv().unwrap().request_id, "r3");
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
         let waiting =
             Updates { tx, busy: Arc::new(AtomicBool::new(true)), preemptible: Arc::new(AtomicBool::new(true)) };
-        apply(&config, Some(&waiting), "r4", &args).unwrap();
-        let e = apply(&config, Some(&waiting), "r5", &args).unwrap_err();
+        waiting.queue(&config, "r4", &args).unwrap();
+        let e = waiting.queue(&config, "r5", &args).unwrap_err();
         assert!(e.contains("an update is in progress"), "a second waits for none: {e}");
         assert!(waiting.busy.load(Ordering::SeqCst), "still busy with the check");
         assert!(ApplyArgs { name: "../x".into(), version: None, canary: None }.check().is_err());

@@ -341,17 +341,17 @@ pub fn launch(data_dir: &Path, package: &Version, invocation: Option<&str>) -> L
         Ok(s) => s,
         Err(e) => return Launch::Package(Some(e.to_string())),
     };
+    let before = slots.clone();
     if let Some((out, remove)) = slots.count_start(data_dir, package, invocation, SystemTime::now()) {
         if let Err(e) = slots.save(data_dir) {
-            let version = slots.active.as_ref().map_or_else(String::new, |a| a.version.to_string());
+            let version = before.active.as_ref().map_or_else(String::new, |a| a.version.to_string());
             let why = format!(
                 "this start of vigil {version} on trial could not be counted ({e}); it runs only on a start \
                  that is counted: free space on, or make writable, {}",
                 bin_dir(data_dir).display()
             );
-            // The state on disk is unchanged: put back the in-memory count to choose from it.
-            let on_disk = Slots::load(data_dir).unwrap_or_default();
-            return on_disk.previous_or_package(data_dir, package, why);
+            // The state on disk is still the one before this start's count.
+            return before.previous_or_package(data_dir, package, why);
         }
         remove_slot_binary(data_dir, remove);
         if let Guarded::Reverted(r) = out {

@@ -303,7 +303,6 @@ impl Uplink {
     ) -> Result<(), rumqttc::ConnectionError> {
         let status_topic = topic::status(&self.device_id);
         let mut connected = false;
-        let retained_changed = self.retained.as_ref().map(|(_, log)| log.clone());
         // A new connection owes the broker the retained state again.
         let mut reconnected = false;
         loop {
@@ -337,7 +336,7 @@ impl Uplink {
                     self.publish_home_assistant(client, window, false);
                 }
                 _ = self.status.changed.notified(), if connected => self.publish_online(client, &status_topic, window),
-                () = async { match &retained_changed { Some(log) => log.changed.notified().await, None => std::future::pending().await } }, if connected => {}
+                () = async { match &self.retained { Some((_, log)) => log.changed.notified().await, None => std::future::pending().await } }, if connected => {}
                 _ = cancel.cancelled() => {
                     if connected {
                         self.drain(client, &mut eventloop, window).await;

@@ -159,17 +159,16 @@ fn main() -> ExitCode {
 
 /// `vigil run` (and `vigil demo`): the service until a signal, a restart command or a failure.
 fn run(config: Option<PathBuf>, demo: bool, overrides: Overrides) -> ExitCode {
+    // What the packaged binary reads of the configuration before anything else (leniently).
+    let launch_paths =
+        (!demo).then(|| slots_cli::paths(config.as_deref(), overrides.data_dir.as_deref()).ok()).flatten();
     // The packaged binary hands over to a newer one in an A/B slot (returns if it does not).
-    if !demo {
-        slots_cli::launch(config.as_deref(), overrides.data_dir.as_deref());
+    if let Some(paths) = &launch_paths {
+        slots_cli::launch(paths);
     }
     // The file given stays as the package or the operator wrote it; what config/set set is a
     // file of its own under the data directory, which runs instead while it exists.
-    let marker_dir = config.as_deref().map(|p| {
-        overrides.data_dir.clone().unwrap_or_else(|| {
-            Config::launch_paths_of(p).map(|l| l.data_dir).unwrap_or_else(|_| PathBuf::from("/nonexistent"))
-        })
-    });
+    let marker_dir = config.as_ref().and(launch_paths.as_ref()).map(|p| p.data_dir.clone());
     let config = match (config, &marker_dir) {
         (Some(given), Some(dir)) => {
             let runs = vigil_fleet::config_change::effective(&given, dir);

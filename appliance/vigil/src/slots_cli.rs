@@ -35,7 +35,7 @@ fn package() -> Version {
 
 /// What `vigil run` would use of its configuration, read leniently (see
 /// `Config::launch_paths_of`); `over`: `--data-dir`.
-fn paths(config: Option<&Path>, over: Option<&Path>) -> Result<LaunchPaths, String> {
+pub fn paths(config: Option<&Path>, over: Option<&Path>) -> Result<LaunchPaths, String> {
     let system = Path::new(vigil_config::SYSTEM_CONFIG);
     let file = config.or(system.exists().then_some(system));
     let mut paths = match file {
@@ -54,11 +54,10 @@ fn paths(config: Option<&Path>, over: Option<&Path>) -> Result<LaunchPaths, Stri
 /// arguments, so systemd's main PID and notify socket carry over). Returns when the packaged
 /// binary should run, or when this already is the slot's binary; the reason is logged and kept
 /// for the update's report.
-pub fn launch(config: Option<&Path>, data_dir_over: Option<&Path>) {
+pub fn launch(paths: &LaunchPaths) {
     if slots::running_slot().is_some() {
         return;
     }
-    let Ok(paths) = paths(config, data_dir_over) else { return };
     let package = package();
     let invocation = slots::invocation();
     let (installed, path) = match slots::launch(&paths.data_dir, &package, invocation.as_deref()) {
