@@ -54,7 +54,7 @@ impl Rig {
         let cancel = CancellationToken::new();
         let mut threads = Vec::new();
         for (i, uri) in uris.iter().enumerate() {
-            let mut spec = CameraSpec::new(i, &format!("cam{i}"), SourceUri::parse(uri).unwrap(), (320, 320));
+            let mut spec = CameraSpec::new(i, &format!("cam{i}"), SourceUri::parse(uri).unwrap());
             adjust(&mut spec);
             threads.push(capture::spawn_camera(spec, platform.clone(), hub.clone(), cancel.clone()).unwrap());
         }

@@ -8,15 +8,12 @@ use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
 
 use support::*;
-use vigil_capture::pipeline::{self, Plan};
 use vigil_capture::{self as capture, CameraSpec, FrameImage, FrameSource, Platform, Timeline};
-use vigil_core::codec::Codec;
 use vigil_core::source::{Pace, SourceUri};
 use vigil_infer::check::{self, RefDetection};
-use vigil_infer::{find_ort_library, Bundle, Detector, Letterbox, OrtBackend};
+use vigil_infer::{find_ort_library, Bundle, Detector, OrtBackend};
 
 fn detector() -> (Bundle, Detector) {
     let bundle = Bundle::load(&bundle_dir()).expect("the shipped bundle loads");
@@ -30,10 +27,9 @@ fn detector() -> (Bundle, Detector) {
 fn int8_model_reaches_precision_and_recall_of_0_9_on_the_held_out_clip() {
     capture::init_gstreamer().unwrap();
     let gt = GroundTruth::for_clip(&eval_clip()).expect("the clip's ground truth");
-    let (bundle, mut det) = detector();
-    let (w, h) = bundle.input_size();
+    let (_bundle, mut det) = detector();
     let source = SourceUri::File { path: eval_clip(), looped: false, pace: Pace::Fast };
-    let spec = CameraSpec::new(0, "eval", source, (w, h));
+    let spec = CameraSpec::new(0, "eval", source);
     let mut src = FrameSource::open(&spec, &Platform::detect()).expect("pipeline starts");
     let mut timeline = Timeline::default();
     let mut dets = Vec::new();
@@ -44,9 +40,8 @@ fn int8_model_reaches_precision_and_recall_of_0_9_on_the_held_out_clip() {
             Ok(Some(frame)) => {
                 let pts = frame.pts.expect("file frames have timestamps");
                 let index = gt.frame_at(pts.as_nanos() as u64).expect("a ground-truth frame for every pts").index;
-                assert_eq!((frame.source_width, frame.source_height), (gt.width, gt.height));
-                let lb = Letterbox::new(frame.source_width, frame.source_height, w, h);
-                let found = det.detect(frame.image(), &lb).expect("inference");
+                assert_eq!(frame.size(), (gt.width, gt.height));
+                let found = det.detect(frame.image(), frame.size()).expect("inference");
                 for d in found {
                     let label = det.labels()[d.class_id].clone();
                     dets.push((index, label, [d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2]));
@@ -107,45 +102,121 @@ fn the_decoder_reproduces_the_reference_detections() {
     assert_same_detections(&det, &det.decode(&output), &reference_detections(&bundle), 1e-4, 1e-2);
 }
 
-/// Pushes one white `sw`×`sh` frame through vigil's letterbox tail and returns the RGB output.
-fn letterboxed_white(sw: u32, sh: u32, w: u32, h: u32) -> (Vec<u8>, usize) {
+/// The held-out clip's first frame resized (aspect not kept) to `w`×`h`, as a JPEG file.
+fn picture(dir: &std::path::Path, w: u32, h: u32) -> std::path::PathBuf {
+    let out = dir.join(format!("{w}x{h}.jpg"));
     let desc = format!(
-        "videotestsrc pattern=white num-buffers=1 ! video/x-raw,width={sw},height={sh} ! {}",
-        pipeline::letterbox_tail(
-            &Plan::new(&Platform::detect(), Codec::Raw, None, None),
-            w,
-            h,
-            "appsink name=out sync=false"
-        )
-        .0
+        "filesrc location={} ! decodebin ! videoconvert ! videoscale ! video/x-raw,width={w},height={h} \
+         ! jpegenc snapshot=true quality=95 ! filesink location={}",
+        eval_clip().display(),
+        out.display()
     );
     let p = gst::parse::launch(&desc).unwrap().downcast::<gst::Pipeline>().unwrap();
-    let sink = p.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
     p.set_state(gst::State::Playing).unwrap();
-    let sample = sink.try_pull_sample(gst::ClockTime::from_seconds(10)).expect("one frame");
-    let info = gstreamer_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
-    let data = sample.buffer().unwrap().map_readable().unwrap().to_vec();
+    let bus = p.bus().unwrap();
+    let msg =
+        bus.timed_pop_filtered(gst::ClockTime::from_seconds(30), &[gst::MessageType::Eos, gst::MessageType::Error]);
     p.set_state(gst::State::Null).unwrap();
-    (data, info.stride()[0] as usize)
+    assert!(matches!(msg.as_ref().map(|m| m.view()), Some(gst::MessageView::Eos(_))), "{w}x{h}: {msg:?}");
+    out
 }
 
-#[test]
-fn gstreamer_letterboxes_exactly_where_boxes_are_mapped_back_from() {
-    capture::init_gstreamer().unwrap();
-    for (sw, sh) in [(640, 480), (1280, 720), (480, 640), (300, 300)] {
-        let (w, h) = (320u32, 320u32);
-        let (rgb, stride) = letterboxed_white(sw, sh, w, h);
-        let lb = Letterbox::new(sw, sh, w, h);
-        let white = |x: u32, y: u32| rgb[y as usize * stride + x as usize * 3] > 200;
-        let x0 = (0..w).find(|&x| white(x, h / 2)).unwrap();
-        let x1 = (0..w).rev().find(|&x| white(x, h / 2)).unwrap();
-        let y0 = (0..h).find(|&y| white(w / 2, y)).unwrap();
-        let y1 = (0..h).rev().find(|&y| white(w / 2, y)).unwrap();
-        assert_eq!((x0 as f32, y0 as f32), (lb.pad_x, lb.pad_y), "{sw}x{sh}: image origin");
-        let sx = lb.pad_x + sw as f32 * lb.scale;
-        let sy = lb.pad_y + sh as f32 * lb.scale;
-        assert!((x1 as f32 + 1.0 - sx).abs() <= 1.0 && (y1 as f32 + 1.0 - sy).abs() <= 1.0, "{sw}x{sh}: image end");
+/// The first frame a file camera on `path` delivers: the service's capture path.
+fn captured(path: &std::path::Path) -> capture::Frame {
+    let source = SourceUri::File { path: path.to_owned(), looped: false, pace: Pace::Fast };
+    let mut src = FrameSource::open(&CameraSpec::new(0, "picture", source), &Platform::detect()).expect("starts");
+    let mut timeline = Timeline::default();
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        if let Some(frame) = src.next_frame(&mut timeline).expect("a frame") {
+            return frame;
+        }
     }
+    panic!("no frame from {}", path.display());
+}
+
+/// Odd and even borders, both anchors, both colour orders, two input sizes: a camera's frame
+/// gives exactly the tensor `vigil model pack` computes the reference from for the same decoded
+/// picture, and the same boxes mapped back to the picture.
+#[test]
+fn the_service_path_letterboxes_exactly_as_the_bundle_reference_does() {
+    use vigil_infer::bundle::{ColorOrder, LetterboxMode, SizeRounding};
+    use vigil_infer::pack::{self, Frame, PackRequest};
+    capture::init_gstreamer().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [(1280, 720), (800, 450), (640, 272), (450, 800)];
+    let pictures: Vec<_> = sizes.iter().map(|&(w, h)| picture(dir.path(), w, h)).collect();
+    let lib = find_ort_library(None).unwrap();
+    let mut compared = 0;
+    for input in [416u32, 640] {
+        let onnx = repo_root().join(format!("tests/fixtures/shapes-int8-{input}.onnx"));
+        let conventions = [
+            (ColorOrder::Rgb, LetterboxMode::Center, SizeRounding::Round),
+            (ColorOrder::Bgr, LetterboxMode::TopLeft, SizeRounding::Floor),
+            (ColorOrder::Bgr, LetterboxMode::Center, SizeRounding::Floor),
+            (ColorOrder::Rgb, LetterboxMode::TopLeft, SizeRounding::Round),
+        ];
+        for (n, (color, letterbox, size_rounding)) in conventions.into_iter().enumerate() {
+            let first = vigil_capture::still::decode_frame(&pictures[0], 0).unwrap();
+            let req = PackRequest {
+                onnx: onnx.clone(),
+                out: dir.path().join(format!("bundle-{input}-{n}")),
+                name: "shapes".into(),
+                version: "1.0.0".into(),
+                description: String::new(),
+                labels: ["circle", "square", "triangle"].map(String::from).to_vec(),
+                format: None,
+                output: None,
+                color,
+                letterbox,
+                size_rounding,
+                pad_value: 114,
+                scale: 1.0 / 255.0,
+                mean: [0.0; 3],
+                std: [1.0; 3],
+                score_threshold: 0.5,
+                nms_iou: 0.45,
+                max_detections: 100,
+                budget_ms: 1000,
+                tolerance: 0.5,
+                backends: vec![vigil_infer::BundleBackend::Onnxruntime],
+            };
+            let frame = Frame { width: first.width, height: first.height, rgba: &first.rgba };
+            let packed = pack::pack(&req, &frame, &lib).expect("packs");
+            let bundle = Bundle::load(&packed.dir).unwrap();
+            let pre = vigil_infer::Preprocessor::new(&bundle);
+            let mut det = Detector::new(&bundle, Box::new(OrtBackend::new(&bundle, &lib, 1, 1).unwrap())).unwrap();
+            for (picture, &(sw, sh)) in pictures.iter().zip(&sizes) {
+                let case = format!("{sw}x{sh} into {input} {color:?} {letterbox:?} {size_rounding:?}");
+                // The reference: the decoded picture through the pack-time transform.
+                let still = vigil_capture::still::decode_frame(picture, 0).unwrap();
+                let want = pack::input_tensor(&bundle, &Frame { width: sw, height: sh, rgba: &still.rgba });
+                // The service: a file camera's frame through the detector's pre-processing.
+                let frame = captured(picture);
+                assert_eq!(frame.size(), (sw, sh), "{case}: capture keeps the decoded size");
+                let mut got = vec![0.0; pre.len()];
+                pre.run(frame.image(), frame.size(), &mut got).unwrap();
+                let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(worst == 0.0, "{case}: the tensors differ by up to {worst}");
+                // Boxes: the service's detections against the reference tensor's, mapped back.
+                let lb = pre.model_letterbox((sw, sh));
+                let reference: Vec<_> = {
+                    let out = det.infer_raw(&want).unwrap().to_vec();
+                    det.decode(&out).into_iter().map(|d| lb.to_source(&d.bbox)).collect()
+                };
+                let service: Vec<_> =
+                    det.detect(frame.image(), frame.size()).unwrap().into_iter().map(|d| d.bbox).collect();
+                assert_eq!(service.len(), reference.len(), "{case}");
+                for (s, r) in service.iter().zip(&reference) {
+                    let off = [s.x1 - r.x1, s.y1 - r.y1, s.x2 - r.x2, s.y2 - r.y2].map(f32::abs);
+                    assert!(off.iter().all(|&d| d <= 0.5), "{case}: {s:?} against {r:?}");
+                }
+                compared += reference.len();
+            }
+        }
+    }
+    println!("{compared} boxes compared, each within 0.5 source pixels");
+    assert!(compared >= 20, "only {compared} boxes compared: the pictures should hold the clip's objects");
 }
 
 #[test]
@@ -237,12 +308,12 @@ fn batched_inference_gives_each_frame_its_own_answer() {
         .flat_map(|y| (0..w).rev().flat_map(move |x| [0, 1, 2].map(move |c| (y, x, c))))
         .map(|(y, x, c)| rgb[(y * w + x) * 3 + c])
         .collect();
-    let lb = Letterbox::new(w as u32, h as u32, w as u32, h as u32);
+    let size = (w as u32, h as u32);
     let alone: Vec<Vec<vigil_infer::Detection>> =
-        [&rgb, &mirrored].iter().map(|img| det.detect(vigil_infer::Image::rgb(img, w * 3), &lb).unwrap()).collect();
+        [&rgb, &mirrored].iter().map(|img| det.detect(vigil_infer::Image::rgb(img, w * 3), size).unwrap()).collect();
     assert_eq!(alone[0].len(), 3, "the reference frame's three objects");
     for (slot, img) in [&rgb, &mirrored, &rgb].iter().enumerate() {
-        det.load(slot, vigil_infer::Image::rgb(img, w * 3), lb).unwrap();
+        det.load(slot, vigil_infer::Image::rgb(img, w * 3), size).unwrap();
     }
     det.run(3).expect("a batch of 3");
     for (slot, want) in [&alone[0], &alone[1], &alone[0]].iter().enumerate() {

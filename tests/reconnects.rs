@@ -49,7 +49,7 @@ fn a_hundred_forced_reconnects_leave_fds_threads_and_memory_flat() {
     let stats = Arc::new(CameraStats::new("cam"));
     let hub = Arc::new(FrameHub::new(vec![stats.clone()]));
     let cancel = CancellationToken::new();
-    let spec = CameraSpec::new(0, "cam", SourceUri::parse(server.url()).unwrap(), (320, 320));
+    let spec = CameraSpec::new(0, "cam", SourceUri::parse(server.url()).unwrap());
     let thread = capture::spawn_camera(spec, Arc::new(Platform::detect()), hub.clone(), cancel.clone()).unwrap();
     let frames = || stats.frames_in.load(Ordering::Relaxed);
     let drain = |hub: &FrameHub<Frame>| while hub.take(Duration::ZERO).is_some() {};

@@ -17,7 +17,7 @@ use vigil_core::stats::CameraStats;
 use vigil_core::wallclock::WallClock;
 
 use crate::gate::Gate;
-use crate::pipeline::{self, PipelineSpec, Plan, DECODER_NAME, SINK_NAME, SOURCE_NAME, SRC_INFO_NAME};
+use crate::pipeline::{self, PipelineSpec, Plan, DECODER_NAME, SINK_NAME, SOURCE_NAME};
 use crate::platform::Platform;
 use crate::spec::{CameraSpec, Supervision};
 use crate::timing::{FrameTiming, Sequencer};
@@ -141,10 +141,8 @@ pub struct FrameSource {
     camera: usize,
     camera_id: Arc<str>,
     spec: PipelineSpec,
-    plan: Plan,
     pipeline: gst::Pipeline,
     sink: gst_app::AppSink,
-    src_info: gst::Element,
     bus: gst::Bus,
     gate: Option<Arc<Gate>>,
     stats: Arc<CameraStats>,
@@ -176,9 +174,7 @@ impl FrameSource {
         stats: Arc<CameraStats>,
     ) -> Result<Self, CaptureError> {
         let build_err = |message: String| CaptureError::Build { camera: spec.id.to_string(), message };
-        // A model update may have changed the input size since the camera started (re-planned).
-        let (w, h) = stats.input_size().unwrap_or(spec.size);
-        let pspec = pipeline::describe(&spec.source, plan, platform, w, h).map_err(build_err)?;
+        let pspec = pipeline::describe(&spec.source, plan, platform).map_err(build_err)?;
         let element = gst::parse::launch(&pspec.description).map_err(|e| build_err(e.to_string()))?;
         let pipeline = element
             .downcast::<gst::Pipeline>()
@@ -188,17 +184,14 @@ impl FrameSource {
             .by_name(SINK_NAME)
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .ok_or_else(|| build_err("no appsink in pipeline".to_owned()))?;
-        let src_info = pipeline.by_name(SRC_INFO_NAME).ok_or_else(|| build_err("no source probe".to_owned()))?;
         let bus = pipeline.bus().ok_or_else(|| build_err("pipeline has no bus".to_owned()))?;
         let gate = pipeline.by_name(DECODER_NAME).and_then(|d| Gate::install(&d, stats.clone()));
         let this = Self {
             camera: spec.index,
             camera_id: spec.id.clone(),
             spec: pspec,
-            plan: plan.clone(),
             pipeline,
             sink,
-            src_info,
             bus,
             gate,
             stats,
@@ -345,22 +338,6 @@ impl FrameSource {
 
         let caps = sample.caps().ok_or_else(|| bad("sample without caps"))?;
         let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| bad(&format!("unexpected caps: {e}")))?;
-        let (source_width, source_height) = self
-            .src_info
-            .static_pad("src")
-            .and_then(|p| p.current_caps())
-            .and_then(|c| gst_video::VideoInfo::from_caps(&c).ok())
-            .map(|i| (i.width(), i.height()))
-            .unwrap_or((info.width(), info.height()));
-        if let Some(expected) = self.plan.source_size {
-            if self.plan.nvvidconv && expected != (source_width, source_height) {
-                // The VIC letterbox was sized for another frame size: rebuild for this one.
-                return Err(self.fault(
-                    FaultKind::Negotiation,
-                    format!("frame size changed from {expected:?} to {source_width}x{source_height}"),
-                ));
-            }
-        }
         let buffer = sample.buffer().ok_or_else(|| bad("sample without buffer"))?;
         let pts = buffer.pts();
 
@@ -403,8 +380,6 @@ impl FrameSource {
             pts: pts.map(Duration::from),
             captured_at,
             captured_mono,
-            source_width,
-            source_height,
             width: info.width(),
             height: info.height(),
             stride,

@@ -40,7 +40,7 @@ pub enum CaptureError {
     Stream { camera: String, message: String, kind: FaultKind },
 }
 
-/// One decoded, letterboxed RGB frame.
+/// One decoded frame at its own size, packed RGB (RGBA out of `nvvidconv`).
 ///
 /// The pixels stay in the GStreamer buffer they were decoded into (mapped read-only, no copy);
 /// dropping the frame returns the buffer to its pool.
@@ -60,10 +60,8 @@ pub struct Frame {
     /// Monotonic capture instant (the frame's age on the pipeline clock taken off the time it was
     /// pulled): budgets and ages are measured from here.
     pub captured_mono: Instant,
-    /// Size of the frame before letterboxing.
-    pub source_width: u32,
-    pub source_height: u32,
-    /// Size of the RGB image in `pixels` (the model's input size).
+    /// The decoded size: the model's pre-processing letterboxes it, and detections are in its
+    /// pixels.
     pub width: u32,
     pub height: u32,
     /// Bytes per row in `pixels` (GStreamer pads rows to 4 bytes).
@@ -79,11 +77,7 @@ impl FrameImage for Frame {
         Image { data: self.pixels.as_slice(), stride: self.stride, bytes_per_pixel: self.layout.bytes_per_pixel() }
     }
 
-    fn source_size(&self) -> (u32, u32) {
-        (self.source_width, self.source_height)
-    }
-
-    fn image_size(&self) -> (u32, u32) {
+    fn size(&self) -> (u32, u32) {
         (self.width, self.height)
     }
 }
@@ -105,7 +99,6 @@ impl std::fmt::Debug for Frame {
             .field("seq", &self.seq)
             .field("pts", &self.pts)
             .field("size", &(self.width, self.height))
-            .field("source", &(self.source_width, self.source_height))
             .finish_non_exhaustive()
     }
 }

@@ -1,25 +1,22 @@
 //! GStreamer pipeline descriptions, built as strings from a source, a decode plan and a platform,
 //! so that every board's pipelines can be unit-tested on any machine.
 //!
-//! Shape: `source ! [depay/demux] ! [parse] ! [decoder] ! identity(vigil_src_info) ! letterbox ! appsink`.
-//! The letterbox fits the decoded video into the model's input size, keeping its aspect:
-//! - on Jetson, `nvvidconv` (the VIC) scales out of NVMM into RGBA, and `videobox` adds the borders
-//!   (their size is computed from the source size, known from the probe or the camera mode);
-//! - elsewhere `videoscale add-borders=true` then `videoconvert` to RGB: scaling first is ~1.6× faster
-//!   than converting first (measured on the build machine: ≈119 fps against ≈74 fps for 1080p H.264
-//!   software decode into 640×640).
+//! Shape: `source ! [depay/demux] ! [parse] ! [decoder] ! convert ! appsink`.
+//! Frames leave capture at their decoded size: on Jetson `nvvidconv` (the VIC) converts out of
+//! NVMM into RGBA, elsewhere `videoconvert` into packed RGB. The model's pre-processing then
+//! letterboxes them (vigil_infer's transform, on the CPU or in CUDA), by the same rules `vigil
+//! model pack` computed the bundle's reference with: capture does not depend on the model, and
+//! GStreamer's placement of odd borders (a row off from the model's) never reaches a tensor
+//! (docs/decisions/0014).
 //!
 //! Nothing here needs GStreamer newer than 1.16 (checked per profile by the tests).
 
 use super::platform::{Codec, Decoder, Platform};
-use vigil_core::geometry::Letterbox;
 use vigil_core::image::PixelLayout;
 use vigil_core::source::{Mode, Pace, RtspTransport, SourceUri};
 
 /// Element names the capture code looks up in a built pipeline.
 pub const SINK_NAME: &str = "vigil_sink";
-/// An `identity` after the decoder whose caps tell the decoded frame size.
-pub const SRC_INFO_NAME: &str = "vigil_src_info";
 /// The decoder: the keyframe gate and the decode accounting sit on its pads.
 pub const DECODER_NAME: &str = "vigil_dec";
 /// The source element (`rtspsrc` gets its credentials set on it, never in the description).
@@ -38,16 +35,14 @@ pub struct Plan {
     pub decoder: Option<Decoder>,
     /// Scale and convert on the VIC (`nvvidconv`).
     pub nvvidconv: bool,
-    /// The decoded frame size when known before starting (probe or camera mode).
-    pub source_size: Option<(u32, u32)>,
     /// `max-threads` of a software (FFmpeg) decoder; 0 leaves FFmpeg's own choice (one per core).
     pub decode_threads: u32,
 }
 
 impl Plan {
     /// The plan for `codec` with `decoder` (`None` for raw video) on `platform`.
-    pub fn new(platform: &Platform, codec: Codec, decoder: Option<Decoder>, source_size: Option<(u32, u32)>) -> Self {
-        Self { codec, decoder, nvvidconv: platform.has_nvvidconv(), source_size, decode_threads: 0 }
+    pub fn new(platform: &Platform, codec: Codec, decoder: Option<Decoder>) -> Self {
+        Self { codec, decoder, nvvidconv: platform.has_nvvidconv(), decode_threads: 0 }
     }
 
     /// `avdec_h264 (software) → videoscale+videoconvert`: the decode path as people read it.
@@ -195,54 +190,19 @@ pub fn implied_codec(source: &SourceUri) -> Option<Codec> {
     }
 }
 
-/// From decoded video to the appsink: the letterbox into `width`×`height`.
-pub fn letterbox_tail(plan: &Plan, width: u32, height: u32, sink: &str) -> (String, PixelLayout) {
-    let info = format!("identity name={SRC_INFO_NAME} silent=true");
-    let exact = format!("width={width},height={height},pixel-aspect-ratio=1/1");
-    if !plan.nvvidconv {
-        let tail = format!(
-            "{info} ! videoscale add-borders=true ! video/x-raw,{exact} ! videoconvert ! video/x-raw,format=RGB ! {sink}"
-        );
-        return (tail, PixelLayout::Rgb);
+/// From decoded video to the appsink, at the decoded size: packed RGB (`videoconvert`), or RGBA
+/// out of NVMM through the VIC (`nvvidconv`). The letterbox is the model's pre-processing, not
+/// capture's.
+pub fn convert_tail(plan: &Plan, sink: &str) -> (String, PixelLayout) {
+    if plan.nvvidconv {
+        (format!("nvvidconv ! video/x-raw,format=RGBA ! {sink}"), PixelLayout::Rgba)
+    } else {
+        (format!("videoconvert ! video/x-raw,format=RGB ! {sink}"), PixelLayout::Rgb)
     }
-    let tail = match plan.source_size {
-        Some((sw, sh)) => {
-            // The same geometry the detector maps boxes back with.
-            let lb = Letterbox::new(sw, sh, width, height);
-            let (fw, fh) = lb.scaled_size();
-            let (left, top) = (lb.pad_x as u32, lb.pad_y as u32);
-            let (right, bottom) = (width - fw - left, height - fh - top);
-            let margin = |n: u32| if n == 0 { "0".to_owned() } else { format!("-{n}") };
-            let scaled = format!("nvvidconv ! video/x-raw,format=RGBA,width={fw},height={fh},pixel-aspect-ratio=1/1");
-            if (left, right, top, bottom) == (0, 0, 0, 0) {
-                format!("{info} ! {scaled} ! {sink}")
-            } else {
-                // Negative videobox margins add borders.
-                format!(
-                    "{info} ! {scaled} ! videobox left={} right={} top={} bottom={} fill=black ! video/x-raw,{exact} ! {sink}",
-                    margin(left),
-                    margin(right),
-                    margin(top),
-                    margin(bottom)
-                )
-            }
-        }
-        // Size unknown: the VIC only converts out of NVMM; the CPU letterboxes.
-        None => format!(
-            "{info} ! nvvidconv ! video/x-raw,format=RGBA ! videoscale add-borders=true ! video/x-raw,{exact} ! {sink}"
-        ),
-    };
-    (tail, PixelLayout::Rgba)
 }
 
-/// The whole capture pipeline for `source` under `plan`, producing `width`×`height` frames.
-pub fn describe(
-    source: &SourceUri,
-    plan: &Plan,
-    platform: &Platform,
-    width: u32,
-    height: u32,
-) -> Result<PipelineSpec, String> {
+/// The whole capture pipeline for `source` under `plan`, producing frames at the decoded size.
+pub fn describe(source: &SourceUri, plan: &Plan, platform: &Platform) -> Result<PipelineSpec, String> {
     let (finite, looped, live, sync) = match source {
         SourceUri::File { looped, pace, .. } => (!looped, *looped, false, *pace == Pace::Realtime),
         _ => (false, false, true, false),
@@ -265,7 +225,7 @@ pub fn describe(
     // overwrites instead), so every drop happens in one place and is counted there. `sync=true`
     // paces a file at its frame rate; live sources are never held back by the sink.
     let sink = format!("appsink name={SINK_NAME} max-buffers=2 drop=false sync={sync} emit-signals=false");
-    let (tail, layout) = letterbox_tail(plan, width, height, &sink);
+    let (tail, layout) = convert_tail(plan, &sink);
     Ok(PipelineSpec { description: format!("{head} ! {tail}"), finite, looped, live, layout })
 }
 

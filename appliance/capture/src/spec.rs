@@ -52,15 +52,13 @@ pub struct CameraSpec {
     /// RTSP credentials (set as element properties, never written into a description or log).
     pub user: Option<String>,
     pub password: Option<Secret>,
-    /// The model's input size: frames are letterboxed to it.
-    pub size: (u32, u32),
     pub supervision: Supervision,
     /// Threads of a software decoder (0: FFmpeg's choice); see `CaptureConfig::decode_threads`.
     pub decode_threads: u32,
 }
 
 impl CameraSpec {
-    pub fn new(index: usize, id: &str, source: SourceUri, size: (u32, u32)) -> Self {
+    pub fn new(index: usize, id: &str, source: SourceUri) -> Self {
         let (user, password) = match &source {
             SourceUri::Rtsp { user, password, .. } => (user.clone(), password.clone()),
             _ => (None, None),
@@ -73,7 +71,6 @@ impl CameraSpec {
             decoder: None,
             user,
             password,
-            size,
             supervision: Supervision::default(),
             decode_threads: 0,
         }
@@ -94,7 +91,7 @@ impl CameraSpec {
             .decoders(info.codec, self.decoder.as_deref())
             .map_err(|message| CaptureError::Build { camera: self.id.to_string(), message })?;
         let decoder = decoders.get(candidate.min(decoders.len().saturating_sub(1))).cloned();
-        let mut plan = Plan::new(platform, info.codec, decoder, info.size);
+        let mut plan = Plan::new(platform, info.codec, decoder);
         plan.decode_threads = self.decode_threads;
         Ok(plan)
     }
@@ -114,11 +111,11 @@ impl Supervision {
 }
 
 impl CameraSpec {
-    /// Camera `index` of a validated `config`, letterboxing to `size` (the model's input).
-    pub fn from_config(config: &Config, index: usize, size: (u32, u32)) -> Self {
+    /// Camera `index` of a validated `config`.
+    pub fn from_config(config: &Config, index: usize) -> Self {
         let cam = &config.cameras[index];
         let source = cam.uri.source().expect("validated with the config").clone();
-        let mut spec = CameraSpec::new(index, &cam.id, source, size);
+        let mut spec = CameraSpec::new(index, &cam.id, source);
         spec.codec = cam.codec;
         spec.decoder = cam.decoder.clone();
         spec.user = cam.user.clone().or(spec.user);
@@ -153,7 +150,7 @@ mod tests {
             "[capture]\nwatchdog_ms = 3000\n[[camera]]\nid = \"a\"\nuri = \"rtsp://uri-user:uri-pw@cam/s\"\n\
              password = \"cfg-pw\"\nwatchdog_ms = 500\n",
         );
-        let spec = CameraSpec::from_config(&cfg, 0, (320, 320));
+        let spec = CameraSpec::from_config(&cfg, 0);
         assert_eq!(spec.user.as_deref(), Some("uri-user"));
         assert_eq!(spec.password.as_ref().map(Secret::expose), Some("cfg-pw"));
         assert_eq!(spec.supervision.watchdog, Duration::from_millis(500));

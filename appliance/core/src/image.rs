@@ -34,13 +34,11 @@ impl<'a> Image<'a> {
     }
 }
 
-/// A letterboxed frame as inference reads it (a decoded camera frame, a test picture).
+/// A decoded frame as inference reads it (a camera frame, a test picture), at its own size:
+/// the model's pre-processing letterboxes it, and detections are mapped back to it.
 pub trait FrameImage {
-    /// The pixels, at the model's input size.
+    /// The pixels.
     fn image(&self) -> Image<'_>;
-    /// The frame's size before letterboxing: detections are mapped back to it.
-    fn source_size(&self) -> (u32, u32);
-    /// The size capture letterboxed it to: the model's input size, or the previous model's
-    /// while capture is re-planned for a new one.
-    fn image_size(&self) -> (u32, u32);
+    /// Width and height in pixels.
+    fn size(&self) -> (u32, u32);
 }

@@ -1,10 +1,13 @@
-//! Pictures: the letterboxed model input a frame was run on, and an event's picture cut out of it
-//! (at the model's resolution) with the object's box drawn, as JPEG.
+//! Pictures: the decoded frame a model was run on, and an event's picture made from it (at the
+//! model's resolution: the size the frame was scaled to inside the letterbox) with the object's
+//! box drawn, as JPEG.
 
 use crate::geometry::{BBox, Letterbox};
 use crate::image::Image;
 
-/// A processed frame's picture as the scheduler holds it (borrowed from GStreamer's buffer).
+/// A processed frame as the scheduler holds it (borrowed from GStreamer's buffer): `pixels` at
+/// its decoded `width`×`height`, and the model's `letterbox` of it, whose scaled size is the
+/// picture's.
 #[derive(Clone, Copy)]
 pub struct SourceImage<'a> {
     pub pixels: Image<'a>,
@@ -25,8 +28,7 @@ pub struct SnapshotImage {
 const OUTLINE: [u8; 3] = [255, 210, 0];
 
 impl SourceImage<'_> {
-    /// The picture without the letterbox borders, as tight RGB, with `bbox` (source pixels)
-    /// outlined.
+    /// The picture as tight RGB, with `bbox` (source pixels) outlined.
     pub fn crop_with_box(&self, bbox: &BBox) -> SnapshotImage {
         let mut img = SnapshotImage { rgb: Vec::new(), width: 0, height: 0 };
         self.crop_with_box_into(bbox, &mut img);
@@ -38,12 +40,12 @@ impl SourceImage<'_> {
     pub fn crop_with_box_into(&self, bbox: &BBox, img: &mut SnapshotImage) {
         self.crop_into(img);
         let (w, h) = (img.width as usize, img.height as usize);
-        let scale = self.letterbox.scale;
-        let to_px = |v: f32, max: usize| ((v * scale).round().max(0.0) as usize).min(max - 1);
-        img.outline(to_px(bbox.x1, w), to_px(bbox.y1, h), to_px(bbox.x2, w), to_px(bbox.y2, h));
+        let (rx, ry) = self.letterbox.resize_ratios();
+        let to_px = |v: f32, ratio: f32, max: usize| ((v / ratio).round().max(0.0) as usize).min(max - 1);
+        img.outline(to_px(bbox.x1, rx, w), to_px(bbox.y1, ry, h), to_px(bbox.x2, rx, w), to_px(bbox.y2, ry, h));
     }
 
-    /// The picture without the letterbox borders, as tight RGB.
+    /// The picture as tight RGB: the frame at the letterbox's scaled size (nearest pixel).
     pub fn crop(&self) -> SnapshotImage {
         let mut img = SnapshotImage { rgb: Vec::new(), width: 0, height: 0 };
         self.crop_into(&mut img);
@@ -51,19 +53,21 @@ impl SourceImage<'_> {
     }
 
     fn crop_into(&self, img: &mut SnapshotImage) {
-        let lb = &self.letterbox;
-        let x0 = (lb.pad_x as usize).min(self.width as usize);
-        let y0 = (lb.pad_y as usize).min(self.height as usize);
-        let w = ((lb.source_width as f32 * lb.scale).round() as usize).clamp(1, self.width as usize - x0);
-        let h = ((lb.source_height as f32 * lb.scale).round() as usize).clamp(1, self.height as usize - y0);
+        let (w, h) = self.letterbox.scaled_size();
+        let (w, h) = (w.clamp(1, self.width.max(1)) as usize, h.clamp(1, self.height.max(1)) as usize);
+        let (fw, fh) = (self.width as usize, self.height as usize);
         let Image { data, stride, bytes_per_pixel: bpp } = self.pixels;
+        // The source pixel whose area holds each picture pixel's centre.
+        let nearest =
+            |d: usize, size: usize, src: usize| ((((d as f32 + 0.5) * src as f32) / size as f32) as usize).min(src - 1);
+        let columns: Vec<usize> = (0..w).map(|x| nearest(x, w, fw) * bpp).collect();
         let rgb = &mut img.rgb;
         rgb.clear();
         rgb.reserve_exact(w * h * 3);
-        for y in y0..y0 + h {
-            let row = &data[y * stride + x0 * bpp..];
-            for px in row.chunks_exact(bpp).take(w) {
-                rgb.extend_from_slice(&px[..3]);
+        for y in 0..h {
+            let row = &data[nearest(y, h, fh) * stride..];
+            for &at in &columns {
+                rgb.extend_from_slice(&row[at..at + 3]);
             }
         }
         (img.width, img.height) = (w as u16, h as u16);
@@ -109,23 +113,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_crop_drops_the_letterbox_and_outlines_the_box() {
-        // A 640x480 source letterboxed into 64x64: scale 0.1, 64x48 picture, 8 rows of border
-        // above and below. RGBA, stride padded to 264 bytes.
+    fn the_picture_is_the_frame_at_the_models_scale_with_the_box_outlined() {
+        // A 640x480 frame for a 64x64 model: scale 0.1, a 64x48 picture. RGBA, stride padded to
+        // 2564 bytes; the left half of the frame dark, the right half light.
         let lb = Letterbox::new(640, 480, 64, 64);
-        let stride = 264;
-        let mut data = vec![0u8; stride * 64];
-        for y in 8..56 {
-            for x in 0..64 {
-                data[y * stride + x * 4..][..4].copy_from_slice(&[10, 20, 30, 255]);
+        let stride = 2564;
+        let mut data = vec![0u8; stride * 480];
+        for y in 0..480 {
+            for x in 0..640 {
+                let px = if x < 320 { [10, 20, 30, 255] } else { [200, 210, 220, 255] };
+                data[y * stride + x * 4..][..4].copy_from_slice(&px);
             }
         }
         let pixels = Image { data: &data, stride, bytes_per_pixel: 4 };
-        let src = SourceImage { pixels, width: 64, height: 64, letterbox: lb };
+        let src = SourceImage { pixels, width: 640, height: 480, letterbox: lb };
         let img = src.crop_with_box(&BBox { x1: 100.0, y1: 100.0, x2: 300.0, y2: 200.0 });
         assert_eq!((img.width, img.height), (64, 48));
         let px = |x: usize, y: usize| &img.rgb[(y * 64 + x) * 3..][..3];
-        assert_eq!(px(0, 0), [10, 20, 30], "no border row is left");
+        assert_eq!(px(0, 47), [10, 20, 30], "the bottom-left corner");
+        assert_eq!(px(63, 0), [200, 210, 220], "the top-right corner");
+        assert_eq!(px(31, 40), [10, 20, 30], "the dark half ends in the middle");
+        assert_eq!(px(32, 40), [200, 210, 220], "the light half starts there");
         assert_eq!(px(10, 10), OUTLINE, "box corner at source (100,100) → (10,10)");
         assert_eq!(px(20, 15), [10, 20, 30], "inside the box is the picture");
         let jpeg = img.encode_jpeg(80).unwrap();

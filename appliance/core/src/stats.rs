@@ -104,9 +104,6 @@ pub struct CameraStats {
     pub stalls: AtomicU64,
     pub clock_steps: AtomicU64,
     restart: AtomicBool,
-    /// The model input size frames are letterboxed to, when a model update changed it since
-    /// the camera started (width << 32 | height; 0: unchanged).
-    input_size: AtomicU64,
     rate_in: RateMeter,
     rate_out: RateMeter,
     text: Mutex<Texts>,
@@ -162,7 +159,6 @@ impl CameraStats {
             stalls: AtomicU64::new(0),
             clock_steps: AtomicU64::new(0),
             restart: AtomicBool::new(false),
-            input_size: AtomicU64::new(0),
             rate_in: RateMeter::default(),
             rate_out: RateMeter::default(),
             text: Mutex::new(Texts::default()),
@@ -202,19 +198,6 @@ impl CameraStats {
     /// Asks the capture thread to tear its pipeline down and start again at once (no backoff).
     pub fn request_restart(&self) {
         self.restart.store(true, Ordering::Relaxed);
-    }
-
-    /// Re-plans the camera for a new model input size: its pipeline is rebuilt at once,
-    /// letterboxing to `size`.
-    pub fn replan(&self, size: (u32, u32)) {
-        self.input_size.store(u64::from(size.0) << 32 | u64::from(size.1), Ordering::Relaxed);
-        self.request_restart();
-    }
-
-    /// The input size set by [`Self::replan`], if any.
-    pub fn input_size(&self) -> Option<(u32, u32)> {
-        let v = self.input_size.load(Ordering::Relaxed);
-        (v != 0).then_some(((v >> 32) as u32, v as u32))
     }
 
     pub fn take_restart_request(&self) -> bool {

@@ -137,6 +137,33 @@ pub enum LetterboxMode {
     TopLeft,
 }
 
+/// How the scaled picture's size is made whole from `side × scale`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum SizeRounding {
+    /// Python's `round()` (Ultralytics: `int(round(w * r))`).
+    #[serde(rename = "round")]
+    Round,
+    /// Python's `int()` (YOLOX: `int(w * r)`).
+    #[serde(rename = "floor")]
+    Floor,
+}
+
+impl SizeRounding {
+    pub fn rounding(self) -> vigil_core::geometry::Rounding {
+        match self {
+            Self::Round => vigil_core::geometry::Rounding::Round,
+            Self::Floor => vigil_core::geometry::Rounding::Floor,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Round => "round",
+            Self::Floor => "floor",
+        }
+    }
+}
+
 impl LetterboxMode {
     pub fn anchor(self) -> vigil_core::geometry::Anchor {
         match self {
@@ -189,12 +216,30 @@ pub struct InputSection {
     pub std: [f32; 3],
     pub letterbox: Choice<LetterboxMode>,
     pub pad_value: u8,
+    /// How the scaled picture's size is made whole (`round`, the default, or `floor`).
+    #[serde(default = "round")]
+    pub size_rounding: Choice<SizeRounding>,
+}
+
+fn round() -> Choice<SizeRounding> {
+    Choice::Known(SizeRounding::Round)
 }
 
 impl InputSection {
     /// Where the frame sits in the input (a loaded bundle's value is always a known one).
     pub fn anchor(&self) -> vigil_core::geometry::Anchor {
         self.letterbox.known().map(LetterboxMode::anchor).unwrap_or_default()
+    }
+
+    /// How the scaled size is rounded (a loaded bundle's value is always a known one).
+    pub fn rounding(&self) -> vigil_core::geometry::Rounding {
+        self.size_rounding.known().map(SizeRounding::rounding).unwrap_or_default()
+    }
+
+    /// Where a frame of `source` size goes in the `input`: the letterbox boxes are mapped back
+    /// with.
+    pub fn letterbox(&self, source: (u32, u32), input: (u32, u32)) -> vigil_core::geometry::Letterbox {
+        vigil_core::geometry::Letterbox::fit(source, input, self.anchor(), self.rounding())
     }
 
     /// The planes are in B, G, R order.
@@ -206,7 +251,7 @@ impl InputSection {
     /// bundle's values and conventions.
     pub fn transform(&self, source: (u32, u32), input: (u32, u32)) -> crate::transform::Transform {
         crate::transform::Transform::new(source, input, self.scale, self.mean, self.std, self.pad_value)
-            .with_conventions(self.anchor(), self.bgr())
+            .with_conventions(self.anchor(), self.rounding(), self.bgr())
     }
 }
 
@@ -317,6 +362,7 @@ impl Bundle {
             ("input.color", i.color.unsupported(), "`RGB` or `BGR`"),
             ("input.dtype", i.dtype.unsupported(), "`f32` or `f16`"),
             ("input.letterbox", i.letterbox.unsupported(), "`center` or `top-left`"),
+            ("input.size_rounding", i.size_rounding.unsupported(), "`round` or `floor`"),
         ] {
             if let Some(value) = value {
                 problems.push(format!("{field} `{value}` is not supported (use {allowed})"));

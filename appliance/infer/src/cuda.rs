@@ -25,11 +25,12 @@ pub const KERNELS: &str = r#"
 struct VgParams {
     int src_w, src_h, dst_w, dst_h;
     int stride0, stride1;
-    float lb_scale, pad_x, pad_y, x_hi, y_hi;
+    float ratio_x, ratio_y, pad_x, pad_y, x_hi, y_hi;
     float scale;
     float mean[3];
     float std[3];
     float pad;
+    int bgr;
     int out_kind;   /* 0 f32, 1 f16, 2 s8 */
     float qscale;
 };
@@ -55,8 +56,8 @@ extern "C" __global__ void vigil_preprocess(const unsigned char *plane0, const u
     float dx = (float)x + 0.5f, dy = (float)y + 0.5f;
     float rgb[3];
     if (dx >= p.pad_x && dx < p.x_hi && dy >= p.pad_y && dy < p.y_hi) {
-        float sx = (dx - p.pad_x) / p.lb_scale - 0.5f;
-        float sy = (dy - p.pad_y) / p.lb_scale - 0.5f;
+        float sx = (dx - p.pad_x) * p.ratio_x - 0.5f;
+        float sy = (dy - p.pad_y) * p.ratio_y - 0.5f;
         if (nv12) {
             float luma = vg_sample(plane0, p.stride0, p.src_w, p.src_h, 1, 0, sx, sy);
             int cw = (p.src_w + 1) / 2, ch = (p.src_h + 1) / 2;
@@ -76,7 +77,7 @@ extern "C" __global__ void vigil_preprocess(const unsigned char *plane0, const u
     size_t plane = (size_t)p.dst_w * (size_t)p.dst_h;
     size_t i = (size_t)y * (size_t)p.dst_w + (size_t)x;
     for (int c = 0; c < 3; ++c) {
-        float v = (rgb[c] * p.scale - p.mean[c]) / p.std[c];
+        float v = (rgb[p.bgr ? 2 - c : c] * p.scale - p.mean[c]) / p.std[c];
         size_t at = (size_t)c * plane + i;
         if (p.out_kind == 0) {
             ((float *)out)[at] = v;
@@ -101,7 +102,8 @@ struct VgParams {
     dst_h: i32,
     stride0: i32,
     stride1: i32,
-    lb_scale: f32,
+    ratio_x: f32,
+    ratio_y: f32,
     pad_x: f32,
     pad_y: f32,
     x_hi: f32,
@@ -110,6 +112,7 @@ struct VgParams {
     mean: [f32; 3],
     std: [f32; 3],
     pad: f32,
+    bgr: i32,
     out_kind: i32,
     qscale: f32,
 }
@@ -182,9 +185,6 @@ impl CudaPreprocessor {
         kind: InputType,
         out: &mut CudaViewMut<'_, T>,
     ) -> Result<(), String> {
-        if t.bgr {
-            return Err("the kernel writes RGB planes; a BGR bundle is pre-processed on the CPU".to_owned());
-        }
         let need = Self::output_bytes(t, kind);
         let have = out.len() * std::mem::size_of::<T>();
         if have < need {
@@ -218,6 +218,7 @@ impl CudaPreprocessor {
         self.upload(1, plane1)?;
         let lb = &t.letterbox;
         let (sw, sh) = lb.scaled_size();
+        let (ratio_x, ratio_y) = lb.resize_ratios();
         let (out_kind, qscale) = match kind {
             InputType::F32 => (0, 1.0),
             InputType::F16 => (1, 1.0),
@@ -230,7 +231,8 @@ impl CudaPreprocessor {
             dst_h: t.dst_h as i32,
             stride0: stride0 as i32,
             stride1: stride1 as i32,
-            lb_scale: lb.scale,
+            ratio_x,
+            ratio_y,
             pad_x: lb.pad_x,
             pad_y: lb.pad_y,
             x_hi: lb.pad_x + sw as f32,
@@ -239,6 +241,7 @@ impl CudaPreprocessor {
             mean: t.mean,
             std: t.std,
             pad: f32::from(t.pad_value),
+            bgr: i32::from(t.bgr),
             out_kind,
             qscale,
         };

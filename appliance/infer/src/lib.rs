@@ -1,5 +1,4 @@
-//! Inference: the `Backend` seam, pre-processing of letterboxed RGB frames into the model's input
-//! tensor, and post-processing of its output into source-frame detections.
+//! Inference: the `Backend` seam, pre-processing of decoded frames into the model's input tensor, and post-processing of its output into source-frame detections.
 
 pub mod accept;
 pub mod bundle;
@@ -49,11 +48,12 @@ pub trait Backend: Send {
     fn max_batch(&self) -> usize {
         1
     }
-    /// GPU backends: pre-processes a letterboxed RGBA `image` on the device, straight into input
-    /// slot `slot`, on the stream inference runs on. `Ok(false)` when this backend or image
+    /// GPU backends: pre-processes an RGBA `image` of `source` size on the device (the
+    /// transform of [`transform::reference`]), straight into input slot `slot`, on the stream
+    /// inference runs on. `Ok(false)` when this backend or image
     /// cannot (the caller pre-processes on the CPU instead). Slots loaded here are not taken from
     /// `input` by the next [`Backend::infer`].
-    fn load_on_device(&mut self, _slot: usize, _image: &Image<'_>) -> Result<bool, InferError> {
+    fn load_on_device(&mut self, _slot: usize, _image: &Image<'_>, _source: (u32, u32)) -> Result<bool, InferError> {
         Ok(false)
     }
     /// Runs the model on `batch` NCHW f32 images laid end to end in `input`; writes the raw
@@ -104,43 +104,25 @@ pub fn choose_backend(
     }
 }
 
-/// Converts a letterboxed packed RGB/RGBA image into normalized NCHW f32 as the bundle
-/// declares it: `(pixel * scale - mean[c]) / std[c]` through a per-channel lookup table, the
-/// planes in the bundle's channel order (RGB or BGR), the image at the bundle's anchor and the
-/// rest of the tensor at its pad value.
-///
-/// The frames come from GStreamer scaled and centred with black borders ([`Letterbox::new`]):
-/// the borders are not read; the scaled image is copied to where the model wants it.
+/// Builds the model's input tensor from a decoded frame at its own size, as the bundle declares
+/// it: [`transform::reference`] with the bundle's conventions (letterbox anchor and rounding, pad
+/// value, channel order, scale, mean and std). The same function computed the bundle's reference
+/// tensors at pack time, so a frame and the same decoded picture give the same tensor.
 pub struct Preprocessor {
-    lut: [[f32; 256]; 3],
-    /// The image channel each tensor plane takes (RGB: 0, 1, 2; BGR: 2, 1, 0).
-    source_channel: [usize; 3],
-    /// The pad value, normalized, per plane.
-    pad: [f32; 3],
-    anchor: vigil_core::geometry::Anchor,
-    width: usize,
-    height: usize,
+    conventions: bundle::InputSection,
+    width: u32,
+    height: u32,
 }
 
 impl Preprocessor {
     pub fn new(bundle: &Bundle) -> Self {
-        let i = &bundle.manifest.input;
-        let mut lut = [[0.0f32; 256]; 3];
-        for (c, table) in lut.iter_mut().enumerate() {
-            for (v, slot) in table.iter_mut().enumerate() {
-                *slot = (v as f32 * i.scale - i.mean[c]) / i.std[c];
-            }
-        }
-        let source_channel = if i.bgr() { [2, 1, 0] } else { [0, 1, 2] };
-        let anchor = i.anchor();
-        let pad = [0, 1, 2].map(|c| lut[c][i.pad_value as usize]);
-        let (w, h) = bundle.input_size();
-        Self { lut, source_channel, pad, anchor, width: w as usize, height: h as usize }
+        let (width, height) = bundle.input_size();
+        Self { conventions: bundle.manifest.input.clone(), width, height }
     }
 
     /// Values one image takes.
     pub fn len(&self) -> usize {
-        3 * self.width * self.height
+        3 * self.width as usize * self.height as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -149,53 +131,30 @@ impl Preprocessor {
 
     /// Where the model wants a frame of `source` size: the letterbox boxes are mapped back with.
     pub fn model_letterbox(&self, source: (u32, u32)) -> Letterbox {
-        Letterbox::anchored(source.0, source.1, self.width as u32, self.height as u32, self.anchor)
+        self.conventions.letterbox(source, (self.width, self.height))
     }
 
-    /// Fills `out` (exactly [`Self::len`] values) from `image`, a frame of `source` size
-    /// letterboxed (centred) to the input size.
-    pub fn run(&self, image: Image<'_>, source: (u32, u32), out: &mut [f32]) {
-        let plane = self.width * self.height;
-        assert_eq!(out.len(), 3 * plane, "one image's worth of input");
-        let (w, h) = (self.width as u32, self.height as u32);
-        let given = Letterbox::new(source.0, source.1, w, h);
-        let wanted = self.model_letterbox(source);
-        let (fw, fh) = given.scaled_size();
-        let (fw, fh) = (fw.min(w) as usize, fh.min(h) as usize);
-        let (gx, gy) = (given.pad_x as usize, given.pad_y as usize);
-        let (mx, my) = (wanted.pad_x as usize, wanted.pad_y as usize);
+    /// Fills `out` (exactly [`Self::len`] values) from `image`, a packed RGB or RGBA frame of
+    /// `source` size.
+    pub fn run(&self, image: Image<'_>, source: (u32, u32), out: &mut [f32]) -> Result<(), InferError> {
+        let (w, h) = source;
         let bpp = image.bytes_per_pixel;
-        let (p0, rest) = out.split_at_mut(plane);
-        let (p1, p2) = rest.split_at_mut(plane);
-        let mut planes = [p0, p1, p2];
-        // The pad value goes where the image does not: the rows above and below it, and the
-        // columns beside it (each value is written once).
-        let (top, image_end) = (my * self.width, (my + fh) * self.width);
-        for (c, p) in planes.iter_mut().enumerate() {
-            p[..top].fill(self.pad[c]);
-            p[image_end..].fill(self.pad[c]);
-            for row in p[top..image_end].chunks_exact_mut(self.width) {
-                row[..mx].fill(self.pad[c]);
-                row[mx + fw..].fill(self.pad[c]);
-            }
+        let fits = w > 0
+            && h > 0
+            && image.stride >= w as usize * bpp
+            && image.data.len() >= (h as usize - 1) * image.stride + w as usize * bpp;
+        if !fits || !(3..=4).contains(&bpp) {
+            return Err(not_an_image(&image, source));
         }
-        let [s0, s1, s2] = self.source_channel;
-        let [l0, l1, l2] = &self.lut;
-        let [o0, o1, o2] = planes;
-        for row in 0..fh {
-            let src = &image.data[(gy + row) * image.stride + gx * bpp..][..fw * bpp];
-            let at = (my + row) * self.width + mx;
-            let (o0, o1, o2) = (&mut o0[at..at + fw], &mut o1[at..at + fw], &mut o2[at..at + fw]);
-            for (x, px) in src.chunks_exact(bpp).enumerate() {
-                o0[x] = l0[px[s0] as usize];
-                o1[x] = l1[px[s1] as usize];
-                o2[x] = l2[px[s2] as usize];
-            }
-        }
+        let (data, stride) = (image.data, image.stride);
+        let pixels =
+            if bpp == 4 { transform::Pixels::Rgba { data, stride } } else { transform::Pixels::Rgb { data, stride } };
+        transform::reference(&pixels, &self.conventions.transform(source, (self.width, self.height)), out);
+        Ok(())
     }
 }
 
-/// A bundle's model on a backend, end to end: RGB frames in, source-pixel detections out, one
+/// A bundle's model on a backend, end to end: decoded frames in, source-pixel detections out, one
 /// or a batch at a time.
 pub struct Detector {
     backend: Box<dyn Backend>,
@@ -206,9 +165,6 @@ pub struct Detector {
     nms_iou: f32,
     max_detections: usize,
     input_size: (u32, u32),
-    /// The bundle's pre-processing, for frames letterboxed to another size (see
-    /// [`Detector::load_other_size`]).
-    conventions: bundle::InputSection,
     /// The model and its backend: what the scheduler estimates costs per.
     cost_key: String,
     /// `max_batch` images' worth of input, and the letterbox of the frame in each slot.
@@ -238,7 +194,6 @@ impl Detector {
             nms_iou: m.postprocess.nms_iou,
             max_detections: m.postprocess.max_detections,
             input_size: (w, h),
-            conventions: m.input.clone(),
         })
     }
 
@@ -258,51 +213,14 @@ impl Detector {
         self.letterboxes.len()
     }
 
-    /// Pre-processes an image letterboxed (centred, as [`Letterbox::new`] says) into batch slot
-    /// `slot`; the boxes found there are mapped back with the model's own letterbox.
-    pub fn load(&mut self, slot: usize, image: Image<'_>, letterbox: Letterbox) -> Result<(), InferError> {
-        let (w, h) = self.input_size;
-        let need = (h as usize - 1) * image.stride + w as usize * image.bytes_per_pixel;
-        // Too tall: a frame letterboxed for another model (capture is being re-planned).
-        let too_tall = image.data.len() >= (h as usize + 1) * image.stride;
-        if image.data.len() < need || too_tall || !(3..=4).contains(&image.bytes_per_pixel) {
-            return Err(not_an_image(&image, (w, h)));
-        }
+    /// Pre-processes a decoded frame of `source` size into batch slot `slot` (on the device
+    /// where the backend can, else on the CPU); the boxes found there are mapped back with the
+    /// model's letterbox.
+    pub fn load(&mut self, slot: usize, image: Image<'_>, source: (u32, u32)) -> Result<(), InferError> {
         let chunk = slot_input(&mut self.input, slot, self.pre.len())?;
-        let source = (letterbox.source_width, letterbox.source_height);
-        if !self.backend.load_on_device(slot, &image)? {
-            self.pre.run(image, source, chunk);
+        if !self.backend.load_on_device(slot, &image, source)? {
+            self.pre.run(image, source, chunk)?;
         }
-        self.letterboxes[slot] = self.pre.model_letterbox(source);
-        Ok(())
-    }
-
-    /// Pre-processes into batch slot `slot` a frame that capture letterboxed (centred) to
-    /// another size, `image_size` — the previous model's, until capture is re-planned after a
-    /// model update: the picture inside its borders is letterboxed again, bilinear on the CPU
-    /// ([`transform::reference`]), so that no frame is refused while the cameras catch up.
-    pub fn load_other_size(
-        &mut self,
-        slot: usize,
-        image: Image<'_>,
-        image_size: (u32, u32),
-        source: (u32, u32),
-    ) -> Result<(), InferError> {
-        let (fw, fh) = image_size;
-        let bpp = image.bytes_per_pixel;
-        let rows_fit = fw > 0 && fh > 0 && image.data.len() >= (fh as usize - 1) * image.stride + fw as usize * bpp;
-        if !rows_fit || !(3..=4).contains(&bpp) || source.0 == 0 || source.1 == 0 {
-            return Err(not_an_image(&image, image_size));
-        }
-        let given = Letterbox::new(source.0, source.1, fw, fh);
-        let (pw, ph) = given.scaled_size();
-        let (pw, ph) = (pw.clamp(1, fw), ph.clamp(1, fh));
-        let start = given.pad_y as usize * image.stride + given.pad_x as usize * bpp;
-        let (data, stride) = (&image.data[start..], image.stride);
-        let picture =
-            if bpp == 4 { transform::Pixels::Rgba { data, stride } } else { transform::Pixels::Rgb { data, stride } };
-        let chunk = slot_input(&mut self.input, slot, self.pre.len())?;
-        transform::reference(&picture, &self.conventions.transform((pw, ph), self.input_size), chunk);
         self.letterboxes[slot] = self.pre.model_letterbox(source);
         Ok(())
     }
@@ -334,9 +252,9 @@ impl Detector {
         dets
     }
 
-    /// Runs the model on one letterboxed image. Boxes come back in source pixels.
-    pub fn detect(&mut self, image: Image<'_>, letterbox: &Letterbox) -> Result<Vec<Detection>, InferError> {
-        self.load(0, image, *letterbox)?;
+    /// Runs the model on one decoded frame of `source` size. Boxes come back in source pixels.
+    pub fn detect(&mut self, image: Image<'_>, source: (u32, u32)) -> Result<Vec<Detection>, InferError> {
+        self.load(0, image, source)?;
         self.run(1)?;
         Ok(self.detections(0))
     }
@@ -373,7 +291,7 @@ fn not_an_image(image: &Image<'_>, size: (u32, u32)) -> InferError {
     ))
 }
 
-/// The detector is the scheduler's stages for any letterboxed frame.
+/// The detector is the scheduler's stages for any decoded frame.
 impl<F: FrameImage> Stages<F> for Detector {
     type Error = InferError;
 
@@ -386,12 +304,7 @@ impl<F: FrameImage> Stages<F> for Detector {
     }
 
     fn preprocess(&mut self, slot: usize, frame: &F) -> Result<(), InferError> {
-        let (w, h) = self.input_size;
-        let (source_w, source_h) = frame.source_size();
-        if frame.image_size() != (w, h) {
-            return self.load_other_size(slot, frame.image(), frame.image_size(), (source_w, source_h));
-        }
-        self.load(slot, frame.image(), Letterbox::new(source_w, source_h, w, h))
+        self.load(slot, frame.image(), frame.size())
     }
 
     fn infer(&mut self, batch: usize) -> Result<(), InferError> {
@@ -422,7 +335,7 @@ mod tests {
         fn max_batch(&self) -> usize {
             2
         }
-        fn load_on_device(&mut self, slot: usize, image: &Image<'_>) -> Result<bool, InferError> {
+        fn load_on_device(&mut self, slot: usize, image: &Image<'_>, _source: (u32, u32)) -> Result<bool, InferError> {
             if image.bytes_per_pixel == 4 {
                 self.loaded.lock().unwrap().push(slot);
             }
@@ -443,11 +356,11 @@ mod tests {
         let (w, h) = (w as usize, h as usize);
         let backend = DeviceLoading { output_len: bundle.output_len(), ..DeviceLoading::default() };
         let mut det = Detector::new(&bundle, Box::new(backend.clone())).unwrap();
-        let lb = Letterbox::new(w as u32, h as u32, w as u32, h as u32);
+        let size = (w as u32, h as u32);
         let rgba = vec![255u8; w * h * 4];
         let rgb = vec![255u8; w * h * 3];
-        det.load(0, Image { data: &rgba, stride: w * 4, bytes_per_pixel: 4 }, lb).unwrap();
-        det.load(1, Image::rgb(&rgb, w * 3), lb).unwrap();
+        det.load(0, Image { data: &rgba, stride: w * 4, bytes_per_pixel: 4 }, size).unwrap();
+        det.load(1, Image::rgb(&rgb, w * 3), size).unwrap();
         det.run(2).unwrap();
         assert_eq!(det.max_batch(), 2);
         let len = 3 * w * h;
@@ -458,51 +371,53 @@ mod tests {
         assert!(det.detections(0).is_empty() && det.detections(1).is_empty());
     }
 
-    /// A frame as capture hands it over: packed RGB letterboxed to `size`.
+    /// A frame as capture hands it over: packed RGB at its decoded size, rows padded to 4 bytes.
     struct Captured {
         rgb: Vec<u8>,
+        stride: usize,
         size: (u32, u32),
-        source: (u32, u32),
     }
 
     impl FrameImage for Captured {
         fn image(&self) -> Image<'_> {
-            Image::rgb(&self.rgb, self.size.0 as usize * 3)
+            Image::rgb(&self.rgb, self.stride)
         }
-        fn source_size(&self) -> (u32, u32) {
-            self.source
-        }
-        fn image_size(&self) -> (u32, u32) {
+        fn size(&self) -> (u32, u32) {
             self.size
         }
     }
 
     #[test]
-    fn a_frame_letterboxed_for_the_previous_model_is_letterboxed_again_not_refused() {
+    fn frames_of_any_size_are_letterboxed_by_the_model_and_mapped_back_through_its_letterbox() {
         let bundle = shipped_bundle();
         assert_eq!(bundle.input_size(), (320, 320));
         let backend = DeviceLoading { output_len: bundle.output_len(), ..DeviceLoading::default() };
         let mut det = Detector::new(&bundle, Box::new(backend.clone())).unwrap();
-        // A 256×192 picture; capture planned for a 256×256 model put it between 32-row borders.
-        let (sw, sh) = (256usize, 192usize);
-        let pixel = |x: usize, y: usize| [(x % 256) as u8, (y * 3 % 256) as u8, ((x + y) % 256) as u8];
-        let picture: Vec<u8> = (0..sh).flat_map(|y| (0..sw).flat_map(move |x| pixel(x, y))).collect();
-        let mut old = vec![0u8; 256 * 256 * 3];
-        old[32 * 256 * 3..][..picture.len()].copy_from_slice(&picture);
-        let frame = Captured { rgb: old, size: (256, 256), source: (sw as u32, sh as u32) };
-        Stages::<Captured>::preprocess(&mut det, 0, &frame).unwrap();
-        det.run(1).unwrap();
-        // The same as the picture letterboxed straight into the model's input.
-        let mut want = vec![0.0; 3 * 320 * 320];
-        let direct = transform::Pixels::Rgb { data: &picture, stride: sw * 3 };
-        transform::reference(&direct, &bundle.manifest.input.transform((256, 192), (320, 320)), &mut want);
-        assert_eq!(*backend.seen.lock().unwrap(), want);
-        assert_eq!(det.letterboxes[0], det.pre.model_letterbox((256, 192)), "boxes map back to the source");
-        // At the model's own size a frame takes the usual path; a frame too short for its size is refused.
-        let direct_frame = Captured { rgb: vec![0; 320 * 320 * 3], size: (320, 320), source: (320, 320) };
-        Stages::<Captured>::preprocess(&mut det, 0, &direct_frame).unwrap();
-        let short = Captured { rgb: vec![0; 100], size: (256, 256), source: (256, 192) };
-        assert!(Stages::<Captured>::preprocess(&mut det, 0, &short).is_err());
+        for (sw, sh) in [(257usize, 191usize), (1280, 720), (320, 320)] {
+            let stride = (sw * 3).div_ceil(4) * 4;
+            let mut rgb = vec![0u8; stride * sh];
+            for y in 0..sh {
+                for x in 0..sw {
+                    rgb[y * stride + x * 3..][..3].copy_from_slice(&[
+                        (x % 256) as u8,
+                        (y * 3 % 256) as u8,
+                        ((x + y) % 256) as u8,
+                    ]);
+                }
+            }
+            let frame = Captured { rgb, stride, size: (sw as u32, sh as u32) };
+            Stages::<Captured>::preprocess(&mut det, 0, &frame).unwrap();
+            det.run(1).unwrap();
+            let mut want = vec![0.0; 3 * 320 * 320];
+            let direct = transform::Pixels::Rgb { data: &frame.rgb, stride };
+            transform::reference(&direct, &bundle.manifest.input.transform(frame.size, (320, 320)), &mut want);
+            assert_eq!(*backend.seen.lock().unwrap(), want, "{sw}x{sh}");
+            assert_eq!(det.letterboxes[0], bundle.manifest.input.letterbox(frame.size, (320, 320)), "{sw}x{sh}");
+        }
+        // A frame whose bytes do not hold its size is refused, not read past.
+        let short = Captured { rgb: vec![0; 100], stride: 768, size: (256, 192) };
+        let e = Stages::<Captured>::preprocess(&mut det, 0, &short).unwrap_err().to_string();
+        assert!(e.contains("is not a 256x192 RGB/RGBA image"), "{e}");
     }
 
     #[test]
@@ -552,19 +467,12 @@ mod tests {
     }
 
     #[test]
-    fn the_cpu_preprocessing_follows_each_convention_as_the_reference_transform_does() {
-        // A 320×160 frame into 320×320 is not resampled (scale 1): GStreamer's centred letterbox
-        // of it and the reference transform of the frame itself must give the same tensor.
+    fn the_cpu_preprocessing_follows_each_convention_of_the_manifest() {
+        // 320x160 into 320x320 (scale 1): each convention's tensor is the frame's pixels at the
+        // anchor, in the channel order, with the pad value around them.
         let (sw, sh) = (320u32, 160u32);
-        let frame: Vec<u8> = (0..sw * sh)
-            .flat_map(|i| {
-                let (x, y) = (i % sw, i / sw);
-                [(x % 251) as u8, (y * 3 % 256) as u8, ((x + 2 * y) % 256) as u8, 255]
-            })
-            .collect();
-        // What GStreamer hands over: the frame centred, black above and below.
-        let mut boxed = vec![0u8; 320 * 320 * 4];
-        boxed[80 * 320 * 4..240 * 320 * 4].copy_from_slice(&frame);
+        let px = |x: u32, y: u32| [(x % 251) as u8, (y * 3 % 256) as u8, ((x + 2 * y) % 256) as u8, 255];
+        let frame: Vec<u8> = (0..sw * sh).flat_map(|i| px(i % sw, i / sw)).collect();
         for (color, letterbox, pad) in
             [("RGB", "center", 0), ("BGR", "top-left", 114), ("BGR", "center", 114), ("RGB", "top-left", 7)]
         {
@@ -572,18 +480,20 @@ mod tests {
             let bundle = bundle_with(dir.path(), color, letterbox, pad);
             let pre = Preprocessor::new(&bundle);
             let mut got = vec![0.0; pre.len()];
-            pre.run(Image { data: &boxed, stride: 320 * 4, bytes_per_pixel: 4 }, (sw, sh), &mut got);
-            let i = &bundle.manifest.input;
-            let anchor = i.letterbox.known().unwrap().anchor();
-            let t = transform::Transform::new((sw, sh), (320, 320), i.scale, i.mean, i.std, pad)
-                .with_conventions(anchor, color == "BGR");
-            let mut want = vec![0.0; t.len()];
-            transform::reference(&transform::Pixels::Rgba { data: &frame, stride: sw as usize * 4 }, &t, &mut want);
-            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-            assert!(worst < 1e-6, "{color} {letterbox} pad {pad}: off by {worst}");
-            // And boxes go back through the model's own letterbox.
-            let lb = pre.model_letterbox((sw, sh));
-            assert_eq!(lb.pad_y, if letterbox == "center" { 80.0 } else { 0.0 });
+            pre.run(Image { data: &frame, stride: sw as usize * 4, bytes_per_pixel: 4 }, (sw, sh), &mut got).unwrap();
+            let top = if letterbox == "center" { 80 } else { 0 };
+            let plane = 320 * 320;
+            let value = |v: u8| f32::from(v) * bundle.manifest.input.scale;
+            for (x, y) in [(0u32, 0u32), (17, 5), (319, 159)] {
+                let want = px(x, y);
+                let want = if color == "BGR" { [want[2], want[1], want[0]] } else { [want[0], want[1], want[2]] };
+                let at = ((y + top) * 320 + x) as usize;
+                let seen = [got[at], got[plane + at], got[2 * plane + at]];
+                assert_eq!(seen, want.map(value), "{color} {letterbox}: pixel ({x}, {y})");
+            }
+            let border = if letterbox == "center" { 0 } else { 319 * 320 };
+            assert_eq!(got[border], value(pad), "{color} {letterbox}: the border");
+            assert_eq!(pre.model_letterbox((sw, sh)).pad_y, top as f32);
         }
     }
 
@@ -618,8 +528,8 @@ mod tests {
             }
         }
         let (mut a, mut b) = (vec![0.0; pre.len()], vec![0.0; pre.len()]);
-        pre.run(Image::rgb(&rgb, rgb_stride), source, &mut a);
-        pre.run(Image { data: &rgba, stride: w * 4, bytes_per_pixel: 4 }, source, &mut b);
+        pre.run(Image::rgb(&rgb, rgb_stride), source, &mut a).unwrap();
+        pre.run(Image { data: &rgba, stride: w * 4, bytes_per_pixel: 4 }, source, &mut b).unwrap();
         assert_eq!(a.len(), 3 * w * h);
         assert_eq!(a, b);
         assert_ne!(a[1], a[w * h + 1], "channels land in their own planes");

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::bundle::{f32_bytes, BundleBackend, ColorOrder, InputDtype, LetterboxMode, OutputFormat};
+use crate::bundle::{f32_bytes, BundleBackend, ColorOrder, InputDtype, LetterboxMode, OutputFormat, SizeRounding};
 use crate::onnxruntime::{describe_model, Tensor};
 use crate::transform::{self, Pixels};
 use crate::{Bundle, Detector, OrtBackend, OutputLayout};
@@ -34,6 +34,8 @@ pub struct PackRequest {
     pub output: Option<String>,
     pub color: ColorOrder,
     pub letterbox: LetterboxMode,
+    /// How the exporter makes the scaled size whole (`int(round(w*r))` or `int(w*r)`).
+    pub size_rounding: SizeRounding,
     pub pad_value: u8,
     pub scale: f32,
     pub mean: [f32; 3],
@@ -235,13 +237,14 @@ fn manifest(req: &PackRequest, model: &Model<'_>) -> String {
     let _ = writeln!(
         m,
         "[input]\nname = {}\nshape = [1, 3, {}, {}]\nlayout = \"NCHW\"\ncolor = \"{color}\"\ndtype = \"{dtype}\"\n\
-         scale = {:?}\nmean = {}\nstd = {}\nletterbox = \"{letterbox}\"\npad_value = {}",
+         scale = {:?}\nmean = {}\nstd = {}\nletterbox = \"{letterbox}\"\nsize_rounding = \"{}\"\npad_value = {}",
         q(&input.name),
         size.1,
         size.0,
         req.scale,
         floats(&req.mean),
         floats(&req.std),
+        req.size_rounding.name(),
         req.pad_value
     );
     let shape: Vec<String> = output.shape.iter().map(ToString::to_string).collect();

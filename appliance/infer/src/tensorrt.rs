@@ -13,7 +13,7 @@ use tensorrt_sys as sys;
 
 use super::cuda::CudaPreprocessor;
 use super::engine_cache::{EngineCache, EngineKey};
-use super::transform::{InputType, Pixels, Transform};
+use super::transform::{InputType, Pixels};
 use super::{Backend, Bundle, Image, InferError};
 use vigil_config::Config;
 
@@ -111,8 +111,9 @@ pub struct TrtBackend {
     host_output: Vec<f32>,
     /// Pre-processing kernels on `stream`, when NVRTC could compile them.
     gpu_pre: Option<CudaPreprocessor>,
-    /// The bundle's input normalization, as the kernels apply it.
-    transform: Transform,
+    /// The bundle's pre-processing conventions, and the input size: each frame's transform.
+    conventions: super::bundle::InputSection,
+    input_size: (u32, u32),
     /// Slots filled on the device since the last inference.
     on_device: Vec<bool>,
 }
@@ -236,11 +237,6 @@ impl TrtBackend {
             ));
         }
         let (w, h) = bundle.input_size();
-        let transform = Transform::new((w, h), (w, h), i.scale, i.mean, i.std, i.pad_value);
-        // The kernel normalizes the frame GStreamer letterboxed (centred, black): other
-        // conventions are built on the CPU, by the reference transform's rules.
-        let kernel_fits = !i.bgr() && i.anchor() == vigil_core::geometry::Anchor::Center && i.pad_value == 0;
-        let gpu_pre = gpu_pre.filter(|_| kernel_fits);
         let alloc = |n: usize| stream.alloc_zeros::<f32>(n).map_err(|e| lib(format!("CUDA memory: {e}")));
         let input = alloc(max_batch * input_len);
         let output = alloc(max_batch * output_per_image);
@@ -255,7 +251,8 @@ impl TrtBackend {
             output_per_image,
             host_output: Vec::new(),
             gpu_pre,
-            transform,
+            conventions: i.clone(),
+            input_size: (w, h),
             on_device: vec![false; max_batch],
             context,
             _engine: engine,
@@ -298,15 +295,16 @@ impl Backend for TrtBackend {
         self.max_batch
     }
 
-    fn load_on_device(&mut self, slot: usize, image: &Image<'_>) -> Result<bool, InferError> {
+    fn load_on_device(&mut self, slot: usize, image: &Image<'_>, source: (u32, u32)) -> Result<bool, InferError> {
         let Some(pre) = self.gpu_pre.as_mut() else { return Ok(false) };
         if image.bytes_per_pixel != 4 || slot >= self.max_batch {
             return Ok(false);
         }
-        let len = self.transform.len();
+        let transform = self.conventions.transform(source, self.input_size);
+        let len = transform.len();
         let pixels = Pixels::Rgba { data: image.data, stride: image.stride };
         let mut dst = self.input.slice_mut(slot * len..(slot + 1) * len);
-        pre.run(&pixels, &self.transform, InputType::F32, &mut dst).map_err(InferError::Run)?;
+        pre.run(&pixels, &transform, InputType::F32, &mut dst).map_err(InferError::Run)?;
         self.on_device[slot] = true;
         Ok(true)
     }
@@ -320,7 +318,7 @@ impl Backend for TrtBackend {
         let run = |e: String| InferError::Run(e);
         let cuda = |e: cudarc::driver::DriverError| InferError::Run(format!("CUDA: {e}"));
         // Slots the kernels filled stay; the others come from the CPU pre-processor's `input`.
-        let len = self.transform.len();
+        let len = 3 * self.input_size.0 as usize * self.input_size.1 as usize;
         for (slot, &filled) in on_device.iter().enumerate().take(batch) {
             if !filled {
                 let host = input

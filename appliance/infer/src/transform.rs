@@ -1,22 +1,25 @@
-//! The full pre-processing transform, defined once: a decoded frame at source size (RGBA or
-//! NV12) → letterboxed to the model input (bilinear, aspect kept, centred or top-left as the
-//! bundle says) → `(v·scale − mean)/std` → NCHW planes in RGB or BGR order, in the dtype the
-//! engine wants (f32, f16, or s8 with the input's quantization scale).
+//! The full pre-processing transform, defined once: a decoded frame at source size (RGB, RGBA or
+//! NV12) → letterboxed to the model input (resized bilinear to the letterbox's scaled size,
+//! placed at the bundle's anchor) → `(v·scale − mean)/std` → NCHW planes in RGB or BGR order.
 //!
-//! [`reference`] is the CPU implementation of exactly this, written for clarity. It is the
-//! reference the CUDA kernels in `infer::cuda` are compared against pixel by pixel (on a machine
-//! with a CUDA GPU; see docs/tensorrt.md for the tolerance). The CPU service path does not need
-//! it: GStreamer letterboxes there and [`super::Preprocessor`] normalizes.
+//! [`reference`] is the CPU implementation, and the CPU service path runs it on every frame: the
+//! tensor a camera's frame gives is the tensor `vigil model pack` computed the bundle's reference
+//! from, for the same decoded picture. The CUDA kernels in `infer::cuda` implement the same
+//! arithmetic and are compared against it pixel by pixel (on a machine with a CUDA GPU; see
+//! docs/tensorrt.md for the tolerance).
 //!
 //! Conventions, mirrored by the kernels:
-//! - Pixel centres at +0.5; source coordinate `s = (d + 0.5 − pad) / scale − 0.5`, clamped to
-//!   the edge; bilinear on each plane.
+//! - Pixel centres at +0.5. The picture is the source resized to the letterbox's scaled size
+//!   (as `cv2.resize` to that size does): source coordinate `s = (d + 0.5 − pad) · ratio − 0.5`
+//!   with `ratio` = source size ÷ scaled size on each axis, clamped to the edge; bilinear on each
+//!   plane, without antialiasing.
 //! - NV12: Y at full resolution, interleaved UV at half resolution with centred chroma siting,
 //!   sampled at `(s + 0.5) / 2 − 0.5`; BT.601 limited range to RGB, clamped to 0..=255.
 //! - Outside the scaled image: `pad_value` in every channel.
 //! - f16: round to nearest even. s8: `round_ties_even(v / qscale)` clamped to −128..=127.
 
 use super::Letterbox;
+use vigil_core::geometry::{Anchor, Rounding};
 
 /// A frame in host memory.
 #[derive(Debug, Clone, Copy)]
@@ -71,9 +74,10 @@ impl Transform {
         }
     }
 
-    /// The same transform with the image at `anchor` and, for `bgr`, the planes in B, G, R order.
-    pub fn with_conventions(mut self, anchor: vigil_core::geometry::Anchor, bgr: bool) -> Self {
-        self.letterbox = Letterbox::anchored(self.src_w, self.src_h, self.dst_w, self.dst_h, anchor);
+    /// The same transform with the image at `anchor`, its size made whole by `rounding`, and,
+    /// for `bgr`, the planes in B, G, R order.
+    pub fn with_conventions(mut self, anchor: Anchor, rounding: Rounding, bgr: bool) -> Self {
+        self.letterbox = Letterbox::fit((self.src_w, self.src_h), (self.dst_w, self.dst_h), anchor, rounding);
         self.bgr = bgr;
         self
     }
@@ -99,44 +103,59 @@ pub enum InputType {
     },
 }
 
-/// One plane of 8-bit samples: `step` bytes per pixel, rows `stride` bytes apart.
-struct Plane<'a> {
-    data: &'a [u8],
-    stride: usize,
-    w: u32,
-    h: u32,
-    step: usize,
+/// Where one output column (or row) samples a plane of `size` samples: the two neighbours and
+/// the weight of the second, after clamping `s` to the edge (the kernels' `vg_sample`).
+#[derive(Debug, Clone, Copy)]
+struct Tap {
+    i0: usize,
+    i1: usize,
+    f: f32,
 }
 
-impl Plane<'_> {
-    /// Bilinear sample of channel `offset` at (x, y), clamped to the edge.
-    fn sample(&self, offset: usize, x: f32, y: f32) -> f32 {
-        let x = x.clamp(0.0, (self.w - 1) as f32);
-        let y = y.clamp(0.0, (self.h - 1) as f32);
-        let (x0, y0) = (x.floor() as usize, y.floor() as usize);
-        let (x1, y1) = ((x0 + 1).min(self.w as usize - 1), (y0 + 1).min(self.h as usize - 1));
-        let (fx, fy) = (x - x0 as f32, y - y0 as f32);
-        let at = |xx: usize, yy: usize| f32::from(self.data[yy * self.stride + xx * self.step + offset]);
-        let top = at(x0, y0) + (at(x1, y0) - at(x0, y0)) * fx;
-        let bottom = at(x0, y1) + (at(x1, y1) - at(x0, y1)) * fx;
-        top + (bottom - top) * fy
+impl Tap {
+    fn at(s: f32, size: u32) -> Self {
+        let s = s.clamp(0.0, (size - 1) as f32);
+        let i0 = s.floor() as usize;
+        Self { i0, i1: (i0 + 1).min(size as usize - 1), f: s - i0 as f32 }
     }
 }
 
-/// RGB (0..=255, unrounded) at source coordinate (sx, sy).
-fn rgb_at(src: &Pixels<'_>, t: &Transform, sx: f32, sy: f32) -> [f32; 3] {
+/// The taps of each output column (or row) inside the picture: luma (or RGB) and NV12 chroma.
+/// `None` outside the picture (the border).
+fn taps(count: u32, lo: f32, extent: u32, ratio: f32, src: u32) -> Vec<Option<(Tap, Tap)>> {
+    let hi = lo + extent as f32;
+    (0..count)
+        .map(|d| {
+            let d = d as f32 + 0.5;
+            (d >= lo && d < hi).then(|| {
+                let s = (d - lo) * ratio - 0.5;
+                (Tap::at(s, src), Tap::at((s + 0.5) * 0.5 - 0.5, src.div_ceil(2)))
+            })
+        })
+        .collect()
+}
+
+/// Bilinear sample of byte `offset` of each `step`-byte pixel, rows `stride` apart.
+#[inline]
+fn sample(data: &[u8], stride: usize, step: usize, offset: usize, x: Tap, y: Tap) -> f32 {
+    let at = |xx: usize, yy: usize| f32::from(data[yy * stride + xx * step + offset]);
+    let (a, b) = (at(x.i0, y.i0), at(x.i1, y.i0));
+    let (c, d) = (at(x.i0, y.i1), at(x.i1, y.i1));
+    let top = a + (b - a) * x.f;
+    let bottom = c + (d - c) * x.f;
+    top + (bottom - top) * y.f
+}
+
+/// RGB (0..=255, unrounded) at one output pixel's taps: `(luma or RGB, chroma)` across and down.
+#[inline]
+fn rgb_at(src: &Pixels<'_>, x: (Tap, Tap), y: (Tap, Tap)) -> [f32; 3] {
     match *src {
-        Pixels::Rgba { data, stride } | Pixels::Rgb { data, stride } => {
-            let step = if matches!(src, Pixels::Rgba { .. }) { 4 } else { 3 };
-            let plane = Plane { data, stride, w: t.src_w, h: t.src_h, step };
-            [0, 1, 2].map(|c| plane.sample(c, sx, sy))
-        }
-        Pixels::Nv12 { y, y_stride, uv, uv_stride } => {
-            let luma = Plane { data: y, stride: y_stride, w: t.src_w, h: t.src_h, step: 1 }.sample(0, sx, sy);
-            let chroma = Plane { data: uv, stride: uv_stride, w: t.src_w.div_ceil(2), h: t.src_h.div_ceil(2), step: 2 };
-            let (cx, cy) = ((sx + 0.5) * 0.5 - 0.5, (sy + 0.5) * 0.5 - 0.5);
-            let u = chroma.sample(0, cx, cy) - 128.0;
-            let v = chroma.sample(1, cx, cy) - 128.0;
+        Pixels::Rgba { data, stride } => [0, 1, 2].map(|c| sample(data, stride, 4, c, x.0, y.0)),
+        Pixels::Rgb { data, stride } => [0, 1, 2].map(|c| sample(data, stride, 3, c, x.0, y.0)),
+        Pixels::Nv12 { y: luma, y_stride, uv, uv_stride } => {
+            let luma = sample(luma, y_stride, 1, 0, x.0, y.0);
+            let u = sample(uv, uv_stride, 2, 0, x.1, y.1) - 128.0;
+            let v = sample(uv, uv_stride, 2, 1, x.1, y.1) - 128.0;
             let l = 1.164_383 * (luma - 16.0);
             [l + 1.596_027 * v, l - 0.391_762 * u - 0.812_968 * v, l + 2.017_232 * u].map(|c| c.clamp(0.0, 255.0))
         }
@@ -144,26 +163,40 @@ fn rgb_at(src: &Pixels<'_>, t: &Transform, sx: f32, sy: f32) -> [f32; 3] {
 }
 
 /// The transform on the CPU: `out` gets one NCHW f32 image ([`Transform::len`] values).
+///
+/// The source must hold `src_w`×`src_h` pixels (panics otherwise, as slicing does).
 pub fn reference(src: &Pixels<'_>, t: &Transform, out: &mut [f32]) {
     assert_eq!(out.len(), t.len(), "output holds one image");
     let (w, h) = (t.dst_w as usize, t.dst_h as usize);
     let lb = &t.letterbox;
     let (sw, sh) = lb.scaled_size();
-    let (x_lo, y_lo) = (lb.pad_x, lb.pad_y);
-    let (x_hi, y_hi) = (x_lo + sw as f32, y_lo + sh as f32);
+    let (rx, ry) = lb.resize_ratios();
+    let columns = taps(t.dst_w, lb.pad_x, sw, rx, t.src_w);
+    let rows = taps(t.dst_h, lb.pad_y, sh, ry, t.src_h);
     let norm = |c: usize, v: f32| (v * t.scale - t.mean[c]) / t.std[c];
-    for y in 0..h {
-        for x in 0..w {
-            let (dx, dy) = (x as f32 + 0.5, y as f32 + 0.5);
-            let rgb = if dx >= x_lo && dx < x_hi && dy >= y_lo && dy < y_hi {
-                rgb_at(src, t, (dx - x_lo) / lb.scale - 0.5, (dy - y_lo) / lb.scale - 0.5)
-            } else {
-                [f32::from(t.pad_value); 3]
+    let pad = [0, 1, 2].map(|c| norm(c, f32::from(t.pad_value)));
+    let order = if t.bgr { [2, 1, 0] } else { [0, 1, 2] };
+    let (p0, rest) = out.split_at_mut(w * h);
+    let (p1, p2) = rest.split_at_mut(w * h);
+    let planes = [p0, p1, p2].map(|p| p.chunks_exact_mut(w));
+    let [mut r0, mut r1, mut r2] = planes;
+    for row in &rows {
+        let (o0, o1, o2) = (r0.next().unwrap(), r1.next().unwrap(), r2.next().unwrap());
+        let Some(y) = *row else {
+            o0.fill(pad[0]);
+            o1.fill(pad[1]);
+            o2.fill(pad[2]);
+            continue;
+        };
+        for (x, column) in columns.iter().enumerate() {
+            let Some(xt) = *column else {
+                (o0[x], o1[x], o2[x]) = (pad[0], pad[1], pad[2]);
+                continue;
             };
-            let ordered = if t.bgr { [rgb[2], rgb[1], rgb[0]] } else { rgb };
-            for (c, v) in ordered.into_iter().enumerate() {
-                out[c * w * h + y * w + x] = norm(c, v);
-            }
+            let rgb = rgb_at(src, xt, y);
+            o0[x] = norm(0, rgb[order[0]]);
+            o1[x] = norm(1, rgb[order[1]]);
+            o2[x] = norm(2, rgb[order[2]]);
         }
     }
 }
@@ -219,8 +252,11 @@ mod tests {
     fn a_top_left_bgr_transform_puts_the_image_in_the_corner_and_blue_first() {
         // 16×8 into 8×8: scale 0.5, the image in rows 0..4, pad 114 below.
         let data = rgba(16, 8, |_, _| [200, 100, 50, 255]);
-        let t = Transform::new((16, 8), (8, 8), 1.0, [0.0; 3], [1.0; 3], 114)
-            .with_conventions(vigil_core::geometry::Anchor::TopLeft, true);
+        let t = Transform::new((16, 8), (8, 8), 1.0, [0.0; 3], [1.0; 3], 114).with_conventions(
+            Anchor::TopLeft,
+            Rounding::Round,
+            true,
+        );
         let mut out = vec![0.0; t.len()];
         reference(&Pixels::Rgba { data: &data, stride: 64 }, &t, &mut out);
         let at = |c: usize, y: usize| out[c * 64 + y * 8 + 3];

@@ -25,7 +25,6 @@ use vigil_capture::pipeline::{self, Plan};
 use vigil_capture::{self as capture, CameraSpec, Frame, Platform};
 use vigil_config::Config;
 use vigil_core::codec::Codec;
-use vigil_core::geometry::Letterbox;
 use vigil_core::hub::FrameHub;
 use vigil_core::image::Image;
 use vigil_core::source::{Pace, SourceUri};
@@ -85,24 +84,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         return done;
     }
     let (bundle, mut detector) = vigil_infer::load_detector(&cfg)?;
-    let size = bundle.input_size();
     let platform = Arc::new(Platform::detect());
     let source = SourceUri::File { path: clip.clone(), looped: false, pace: Pace::Fast };
-    let probe_spec = CameraSpec::new(0, "bench", source.clone(), size);
+    let probe_spec = CameraSpec::new(0, "bench", source.clone());
     let info = capture::probe(&probe_spec, Duration::from_secs(10))?;
     let plan = probe_spec.plan(&platform, info, 0)?;
-    println!("== capture ingest: decode + letterbox to {}x{} + hand-off (inference off)", size.0, size.1);
+    println!("== capture ingest: decode + RGB conversion + hand-off (inference off)");
     println!("clip: {} ({}, {})", clip.display(), info.codec, plan.path());
     for cameras in [1usize, 2, 4] {
         // Both with the threads the service gives each software decoder for this many cameras.
         let threads = capture::decode_threads(&Default::default(), cameras);
         let plan = Plan { decode_threads: threads, ..plan.clone() };
-        let baseline = baseline_description(&source, &plan, &platform, size, cameras, false)?;
+        let baseline = baseline_description(&source, &plan, &platform, cameras, false)?;
         let mut gst_fps = Vec::new();
         let mut vigil_fps = Vec::new();
         for round in 1..=args.rounds.max(1) {
             let g = gst_launch_seconds(&baseline)?;
-            let v = vigil_capture_fps(&source, info.codec, &platform, size, cameras)?;
+            let v = vigil_capture_fps(&source, info.codec, &platform, cameras)?;
             // Both decode every frame of every copy of the clip; vigil counts them.
             let g_fps = v.frames as f64 / g;
             println!(
@@ -119,7 +117,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             v / g
         );
     }
-    reconnects(&platform, size, args.kills)?;
+    reconnects(&platform, args.kills)?;
 
     println!(
         "== inference: {} {} on {}",
@@ -134,11 +132,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for _ in 0..20 {
         detector.infer_raw(&input)?;
     }
-    // The same model with vigil's pre/post-processing around it, on a letterboxed RGB image;
-    // the two are timed alternately so that machine noise hits both alike.
-    let (w, h) = (size.0 as usize, size.1 as usize);
+    // The same model with vigil's pre/post-processing around it, on an RGB frame of the clip's
+    // size (the letterbox is part of pre-processing); the two are timed alternately so that
+    // machine noise hits both alike.
+    let (fw, fh) = info.size.unwrap_or((1280, 720));
+    let (w, h) = (fw as usize, fh as usize);
     let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
-    let letterbox = Letterbox::new(size.0, size.1, size.0, size.1);
     let mut bare = Vec::with_capacity(args.iterations);
     let mut full = Vec::with_capacity(args.iterations);
     for _ in 0..args.iterations {
@@ -146,7 +145,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         detector.infer_raw(&input)?;
         bare.push(t.elapsed());
         let t = Instant::now();
-        detector.detect(Image::rgb(&rgb, w * 3), &letterbox)?;
+        detector.detect(Image::rgb(&rgb, w * 3), (fw, fh))?;
         full.push(t.elapsed());
     }
     let (b50, b95, bmean) = summary(&mut bare);
@@ -165,8 +164,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             budget.as_millis()
         );
         for cameras in [1usize, 4] {
-            detector =
-                service_path(detector, &source, info.codec, &platform, size, cameras, budget, args.service_seconds)?;
+            detector = service_path(detector, &source, info.codec, &platform, cameras, budget, args.service_seconds)?;
             let mut bare = Vec::with_capacity(100);
             for _ in 0..100 {
                 let t = Instant::now();
@@ -191,7 +189,6 @@ fn service_path(
     source: &SourceUri,
     codec: Codec,
     platform: &Arc<Platform>,
-    size: (u32, u32),
     cameras: usize,
     budget: Duration,
     seconds: u64,
@@ -200,7 +197,7 @@ fn service_path(
     let SourceUri::File { path, .. } = source else { bail!("the service bench reads a file") };
     let live = SourceUri::File { path: path.clone(), looped: true, pace: Pace::Realtime };
     let ids: Vec<String> = (0..cameras).map(|i| format!("cam{i}")).collect();
-    let cams = BenchCameras::start(&ids, &live, codec, platform, size)?;
+    let cams = BenchCameras::start(&ids, &live, codec, platform)?;
     let (hub, stats) = (cams.hub.clone(), cams.stats.clone());
     let sched_stats = Arc::new(SchedulerStats::new(&ids));
     let mut scheduler = Scheduler::new(detector, vec![budget; cameras], Arc::new(SystemClock), sched_stats.clone());
@@ -276,11 +273,10 @@ pub(crate) fn baseline_description(
     source: &SourceUri,
     plan: &Plan,
     platform: &Platform,
-    (w, h): (u32, u32),
     copies: usize,
     sync: bool,
 ) -> anyhow::Result<String> {
-    let spec = pipeline::describe(source, plan, platform, w, h).map_err(anyhow::Error::msg)?;
+    let spec = pipeline::describe(source, plan, platform).map_err(anyhow::Error::msg)?;
     let one: String = spec
         .description
         .split(" ! ")
@@ -355,19 +351,13 @@ struct BenchCameras {
 }
 
 impl BenchCameras {
-    fn start(
-        ids: &[String],
-        source: &SourceUri,
-        codec: Codec,
-        platform: &Arc<Platform>,
-        size: (u32, u32),
-    ) -> anyhow::Result<Self> {
+    fn start(ids: &[String], source: &SourceUri, codec: Codec, platform: &Arc<Platform>) -> anyhow::Result<Self> {
         let stats: Vec<Arc<CameraStats>> = ids.iter().map(|id| Arc::new(CameraStats::new(id))).collect();
         let hub = Arc::new(FrameHub::new(stats.clone()));
         let cancel = CancellationToken::new();
         let mut threads = Vec::new();
         for (i, id) in ids.iter().enumerate() {
-            let mut spec = CameraSpec::new(i, id, source.clone(), size);
+            let mut spec = CameraSpec::new(i, id, source.clone());
             // As configured cameras do: the one-time probe is not part of what is measured.
             spec.codec = Some(codec);
             spec.decode_threads = capture::decode_threads(&Default::default(), ids.len());
@@ -391,12 +381,11 @@ fn vigil_capture_fps(
     source: &SourceUri,
     codec: Codec,
     platform: &Arc<Platform>,
-    size: (u32, u32),
     cameras: usize,
 ) -> anyhow::Result<Throughput> {
     let ids: Vec<String> = (0..cameras).map(|i| format!("bench{i}")).collect();
     let started = Instant::now();
-    let cams = BenchCameras::start(&ids, source, codec, platform, size)?;
+    let cams = BenchCameras::start(&ids, source, codec, platform)?;
     let (hub, stats) = (cams.hub.clone(), cams.stats.clone());
     let mut taken = 0u64;
     let mut last = started;
@@ -431,7 +420,7 @@ fn vigil_capture_fps(
 
 /// Reconnect time: a synthetic RTSP camera is killed (-9) `kills` times, each time restarted
 /// after 1 s; measured from the restarted server being ready to vigil's next frame.
-fn reconnects(platform: &Arc<Platform>, size: (u32, u32), kills: usize) -> anyhow::Result<()> {
+fn reconnects(platform: &Arc<Platform>, kills: usize) -> anyhow::Result<()> {
     if kills == 0 {
         return Ok(());
     }
@@ -446,7 +435,7 @@ fn reconnects(platform: &Arc<Platform>, size: (u32, u32), kills: usize) -> anyho
     let stats = Arc::new(CameraStats::new("rtsp"));
     let hub = Arc::new(FrameHub::new(vec![stats.clone()]));
     let cancel = CancellationToken::new();
-    let spec = CameraSpec::new(0, "rtsp", SourceUri::parse(server.url()).map_err(anyhow::Error::msg)?, size);
+    let spec = CameraSpec::new(0, "rtsp", SourceUri::parse(server.url()).map_err(anyhow::Error::msg)?);
     let thread = capture::spawn_camera(spec, platform.clone(), hub.clone(), cancel.clone())?;
     let frames = || stats.frames_in.load(std::sync::atomic::Ordering::Relaxed);
     let wait_frame = |after: u64| -> Option<Instant> {

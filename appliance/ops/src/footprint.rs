@@ -134,18 +134,16 @@ fn service(config: &Path) -> anyhow::Result<(u64, u64)> {
 /// cameras (same decoder and threads, real-time pacing), each into a fakesink.
 fn decode_floor(config: &Path) -> anyhow::Result<(u64, u64)> {
     let cfg = Config::load(config)?;
-    // Only the input size: the bench need not load the model to describe the pipelines.
-    let bundle = vigil_infer::Bundle::load(&cfg.model.bundle)?;
     let platform = Platform::detect();
     let mut parts = Vec::new();
     for i in 0..cfg.cameras.len() {
-        let spec = CameraSpec::from_config(&cfg, i, bundle.input_size());
+        let spec = CameraSpec::from_config(&cfg, i);
         let SourceUri::File { path, .. } = &spec.source else { bail!("the footprint bench reads files") };
         let once = SourceUri::File { path: path.clone(), looped: false, pace: Pace::Realtime };
-        let probe = CameraSpec::new(i, "probe", once.clone(), spec.size);
+        let probe = CameraSpec::new(i, "probe", once.clone());
         let info = capture::probe(&probe, Duration::from_secs(10))?;
         let plan = spec.plan(&platform, info, 0)?;
-        parts.push(crate::bench::baseline_description(&spec.source, &plan, &platform, spec.size, 1, true)?);
+        parts.push(crate::bench::baseline_description(&spec.source, &plan, &platform, 1, true)?);
     }
     let child = Command::new("gst-launch-1.0")
         .args(crate::bench::shell_split(&parts.join("  ")))

@@ -28,8 +28,6 @@ const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 /// How long the scheduler's thread may take to put a model in place (it checks between rounds).
 const SWAP_WAIT: Duration = Duration::from_secs(10);
-/// How long cameras get to stream again after a re-plan for a new input size.
-const REPLAN_WAIT: Duration = Duration::from_secs(30);
 const CANARY_TICK: Duration = Duration::from_secs(1);
 
 /// Why an update stopped before its end: the phase it ends in and the reason, or (a periodic
@@ -516,10 +514,7 @@ impl vigil_core::image::FrameImage for Never {
     fn image(&self) -> vigil_core::image::Image<'_> {
         match *self {}
     }
-    fn source_size(&self) -> (u32, u32) {
-        match *self {}
-    }
-    fn image_size(&self) -> (u32, u32) {
+    fn size(&self) -> (u32, u32) {
         match *self {}
     }
 }
@@ -542,41 +537,8 @@ async fn swap_in(host: &Host, new: Accepted) -> Step<Swapped> {
         .await
         .map_err(|_| failed(format!("the scheduler did not take the new model within {} s", SWAP_WAIT.as_secs())))?
         .map_err(|_| failed("the scheduler stopped before taking the new model"))?;
-    let input_changed = host.serving().input_size != serving.input_size;
     host.set_serving(serving.clone());
-    if input_changed {
-        replan(host, serving.input_size).await;
-        // Until now frames came letterboxed for the old size and were letterboxed again on the
-        // CPU (and each camera paused while its pipeline was rebuilt): the canary starts again
-        // from here, so that it judges the model on frames as capture now makes them.
-        let mut recorder = host.recorder();
-        if let Some((baseline, _)) = recorder.canary() {
-            recorder.start_canary(baseline);
-        }
-    }
     Ok(swapped)
-}
-
-/// Rebuilds every camera's pipeline for a new input size and waits for them to stream again.
-async fn replan(host: &Host, size: (u32, u32)) {
-    use vigil_core::stats::CameraState;
-    tracing::warn!(width = size.0, height = size.1, "the new model takes another input size: re-planning capture");
-    let before: Vec<u64> =
-        host.cameras.iter().map(|c| c.reconnects.load(std::sync::atomic::Ordering::Relaxed)).collect();
-    for c in &host.cameras {
-        c.replan(size);
-    }
-    let give_up = tokio::time::Instant::now() + REPLAN_WAIT;
-    while tokio::time::Instant::now() < give_up {
-        let done = host.cameras.iter().zip(&before).all(|(c, &n)| {
-            c.reconnects.load(std::sync::atomic::Ordering::Relaxed) > n && c.state() == CameraState::Streaming
-        });
-        if done {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tracing::warn!("not every camera streams again after the re-plan; the canary judges what comes");
 }
 
 /// The previous model, kept warm for a rollback, and what it served as.

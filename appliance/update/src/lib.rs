@@ -68,7 +68,6 @@ pub struct Serving {
     /// Its bundle directory (a slot, or the configured bundle).
     pub dir: PathBuf,
     pub labels: Vec<String>,
-    pub input_size: (u32, u32),
 }
 
 impl Serving {
@@ -83,7 +82,6 @@ impl Serving {
             },
             dir: bundle.dir.clone(),
             labels: detector.labels().to_vec(),
-            input_size: detector.input_size(),
         }
     }
 }

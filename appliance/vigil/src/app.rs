@@ -138,7 +138,7 @@ pub async fn run(
         .enumerate()
         .map(|(i, c)| {
             let budget = config.camera_budget(c, bundle.manifest.budget.latency);
-            (CameraSpec::from_config(&config, i, bundle.input_size()), budget)
+            (CameraSpec::from_config(&config, i), budget)
         })
         .collect();
     let stats: Vec<Arc<CameraStats>> = cameras.iter().map(|(spec, _)| Arc::new(CameraStats::new(&spec.id))).collect();

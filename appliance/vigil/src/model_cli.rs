@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use vigil_infer::bundle::{ColorOrder, LetterboxMode};
+use vigil_infer::bundle::{ColorOrder, LetterboxMode, SizeRounding};
 use vigil_infer::pack::{Frame, PackRequest};
 use vigil_infer::{BundleBackend, OutputFormat};
 
@@ -70,6 +70,12 @@ enum Anchor {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum Rounding {
+    Round,
+    Floor,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum Backend {
     Onnxruntime,
     Tensorrt,
@@ -112,6 +118,10 @@ pub struct PackArgs {
     /// Where the picture sits in the input (Ultralytics: center; YOLOX: top-left).
     #[arg(long, value_enum, default_value_t = Anchor::Center)]
     letterbox: Anchor,
+    /// How the scaled picture's size is made whole (Ultralytics: round, `int(round(w * r))`;
+    /// YOLOX: floor, `int(w * r)`).
+    #[arg(long, value_enum, default_value_t = Rounding::Round)]
+    size_rounding: Rounding,
     /// The border value (Ultralytics and YOLOX: 114).
     #[arg(long, default_value_t = 114)]
     pad_value: u8,
@@ -264,6 +274,10 @@ fn pack(a: &PackArgs) -> anyhow::Result<()> {
         letterbox: match a.letterbox {
             Anchor::Center => LetterboxMode::Center,
             Anchor::TopLeft => LetterboxMode::TopLeft,
+        },
+        size_rounding: match a.size_rounding {
+            Rounding::Round => SizeRounding::Round,
+            Rounding::Floor => SizeRounding::Floor,
         },
         pad_value: a.pad_value,
         scale: a.scale,

@@ -114,14 +114,16 @@ impl Worker {
                     pts_ns: f.pts.map(|p| p.as_nanos() as u64),
                     captured_at_ns: unix_ns(f.captured_at),
                     mono_ns: mono_ns(f.captured_mono),
-                    width: f.source_width,
-                    height: f.source_height,
+                    width: f.width,
+                    height: f.height,
                 };
+                // The event's picture at the model's resolution, as it always was.
+                let (input_w, input_h) = self.scheduler.stages().input_size();
                 let image = SourceImage {
                     pixels: f.image(),
                     width: f.width,
                     height: f.height,
-                    letterbox: Letterbox::new(f.source_width, f.source_height, f.width, f.height),
+                    letterbox: Letterbox::new(f.width, f.height, input_w, input_h),
                 };
                 self.snapshots.fulfil(f.camera, &info, &image);
                 let emitted = match self.cameras.get_mut(f.camera) {

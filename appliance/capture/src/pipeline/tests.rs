@@ -3,24 +3,18 @@
 use super::*;
 use crate::platform::ELEMENT_SINCE;
 
-const SIZE: u32 = 320;
 const SINK_SYNC: &str = "appsink name=vigil_sink max-buffers=2 drop=false sync=true emit-signals=false";
 const SINK_LIVE: &str = "appsink name=vigil_sink max-buffers=2 drop=false sync=false emit-signals=false";
-const INFO: &str = "identity name=vigil_src_info silent=true";
-const SOFT_TAIL: &str = "videoscale add-borders=true ! video/x-raw,width=320,height=320,pixel-aspect-ratio=1/1 \
-                         ! videoconvert ! video/x-raw,format=RGB";
-const EXACT: &str = "video/x-raw,width=320,height=320,pixel-aspect-ratio=1/1";
 
 fn profiles() -> [Platform; 4] {
     [Platform::jetpack5(), Platform::jetpack6(), Platform::desktop(), Platform::desktop_nvidia()]
 }
 
 /// The pipeline the camera would start with: the platform's first-choice decoder.
-fn build(platform: &Platform, uri: &str, codec: Codec, size: Option<(u32, u32)>) -> Result<PipelineSpec, String> {
+fn build(platform: &Platform, uri: &str, codec: Codec) -> Result<PipelineSpec, String> {
     let source = SourceUri::parse(uri).unwrap();
     let decoder = platform.decoders(codec, None)?.into_iter().next();
-    let size = size.or_else(|| known_size(&source));
-    describe(&source, &Plan::new(platform, codec, decoder, size), platform, SIZE, SIZE)
+    describe(&source, &Plan::new(platform, codec, decoder), platform)
 }
 
 fn squash(s: &str) -> String {
@@ -45,30 +39,23 @@ fn jetson(p: &Platform) -> bool {
     p.name.starts_with("jetpack")
 }
 
-/// The letterbox tail each profile ends with. On Jetson with a known source size the VIC scales to
-/// 320×`height` and `videobox` adds `border` px above and below (`vic`); with the size unknown the
-/// VIC only converts and the CPU letterboxes (`None`). Elsewhere: videoscale, then videoconvert.
-fn letterbox(p: &Platform, vic: Option<(u32, u32)>, sink: &str) -> String {
-    match vic {
-        _ if !jetson(p) => format!("{INFO} ! {SOFT_TAIL} ! {sink}"),
-        Some((height, border)) => format!(
-            "{INFO} ! nvvidconv ! video/x-raw,format=RGBA,width=320,height={height},pixel-aspect-ratio=1/1 \
-             ! videobox left=0 right=0 top=-{border} bottom=-{border} fill=black ! {EXACT} ! {sink}"
-        ),
-        None => {
-            format!("{INFO} ! nvvidconv ! video/x-raw,format=RGBA ! videoscale add-borders=true ! {EXACT} ! {sink}")
-        }
+/// The tail each profile ends with, whatever the source size: the VIC converts out of NVMM to
+/// RGBA on Jetson, videoconvert to RGB elsewhere; the frame keeps its decoded size.
+fn tail(p: &Platform, sink: &str) -> String {
+    if jetson(p) {
+        format!("nvvidconv ! video/x-raw,format=RGBA ! {sink}")
+    } else {
+        format!("videoconvert ! video/x-raw,format=RGB ! {sink}")
     }
 }
 
 #[test]
 fn file_sources_on_every_profile() {
     for p in profiles() {
-        let spec = build(&p, "file:///clips/a b.mp4", Codec::H264, Some((1280, 720))).unwrap();
+        let spec = build(&p, "file:///clips/a b.mp4", Codec::H264).unwrap();
         let head = format!("filesrc location=\"/clips/a b.mp4\" ! parsebin ! h264parse ! {}", decoder(&p, Codec::H264));
-        // 1280×720 into 320×320: scaled to 320×180, 70 px borders above and below.
-        let tail = letterbox(&p, Some((180, 70)), SINK_SYNC);
-        assert_eq!(spec.description, squash(&format!("{head} ! {tail}")), "{}", p.name);
+        let end = tail(&p, SINK_SYNC);
+        assert_eq!(spec.description, squash(&format!("{head} ! {end}")), "{}", p.name);
         assert_eq!(spec.layout, if jetson(&p) { PixelLayout::Rgba } else { PixelLayout::Rgb });
         assert!(spec.finite && !spec.looped && !spec.live);
     }
@@ -77,15 +64,14 @@ fn file_sources_on_every_profile() {
 #[test]
 fn rtsp_sources_on_every_profile() {
     for p in profiles() {
-        let spec = build(&p, "rtsp://admin:pw@cam:554/s?transport=udp&latency=100", Codec::H265, None).unwrap();
+        let spec = build(&p, "rtsp://admin:pw@cam:554/s?transport=udp&latency=100", Codec::H265).unwrap();
         let head = format!(
             "rtspsrc name=vigil_src location=\"rtsp://cam:554/s\" protocols=udp latency=100 \
              ! rtph265depay ! h265parse ! {}",
             decoder(&p, Codec::H265)
         );
-        // Size unknown: on Jetson the VIC converts out of NVMM and the CPU letterboxes.
-        let tail = letterbox(&p, None, SINK_LIVE);
-        assert_eq!(spec.description, squash(&format!("{head} ! {tail}")), "{}", p.name);
+        let end = tail(&p, SINK_LIVE);
+        assert_eq!(spec.description, squash(&format!("{head} ! {end}")), "{}", p.name);
         assert!(!spec.description.contains("pw"), "credentials stay out of the description");
         assert!(spec.live && !spec.finite);
     }
@@ -94,19 +80,19 @@ fn rtsp_sources_on_every_profile() {
 #[test]
 fn usb_cameras_raw_and_mjpeg_on_every_profile() {
     for p in profiles() {
-        let spec = build(&p, "v4l2:///dev/video1?width=1280&height=720&fps=30", Codec::Mjpeg, None).unwrap();
+        let spec = build(&p, "v4l2:///dev/video1?width=1280&height=720&fps=30", Codec::Mjpeg).unwrap();
         let head = format!(
             "v4l2src device=\"/dev/video1\" ! image/jpeg,width=1280,height=720,framerate=30/1 ! jpegparse ! {}",
             decoder(&p, Codec::Mjpeg)
         );
-        let tail = letterbox(&p, Some((180, 70)), SINK_LIVE);
-        assert_eq!(spec.description, squash(&format!("{head} ! {tail}")), "{}", p.name);
+        let end = tail(&p, SINK_LIVE);
+        assert_eq!(spec.description, squash(&format!("{head} ! {end}")), "{}", p.name);
 
-        let raw = build(&p, "v4l2:///dev/video0", Codec::Raw, None).unwrap();
-        let tail = letterbox(&p, None, SINK_LIVE);
+        let raw = build(&p, "v4l2:///dev/video0", Codec::Raw).unwrap();
+        let end = tail(&p, SINK_LIVE);
         assert_eq!(
             raw.description,
-            squash(&format!("v4l2src device=\"/dev/video0\" ! video/x-raw ! {tail}")),
+            squash(&format!("v4l2src device=\"/dev/video0\" ! video/x-raw ! {end}")),
             "{}",
             p.name
         );
@@ -116,13 +102,12 @@ fn usb_cameras_raw_and_mjpeg_on_every_profile() {
 #[test]
 fn csi_cameras_exist_only_on_jetson() {
     for p in profiles() {
-        let spec = build(&p, "csi://1", Codec::Raw, None);
+        let spec = build(&p, "csi://1", Codec::Raw);
         if jetson(&p) {
-            // 1920×1080 into 320×320: 320×180 plus 70 px borders.
             let expected = format!(
                 "nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=1920,height=1080,framerate=30/1,format=NV12 \
                  ! {}",
-                letterbox(&p, Some((180, 70)), SINK_LIVE)
+                tail(&p, SINK_LIVE)
             );
             assert_eq!(spec.unwrap().description, squash(&expected), "{}", p.name);
         } else {
@@ -135,40 +120,27 @@ fn csi_cameras_exist_only_on_jetson() {
 #[test]
 fn test_patterns_on_every_profile() {
     for p in profiles() {
-        let spec = build(&p, "test://ball", Codec::Raw, None).unwrap();
+        let spec = build(&p, "test://ball", Codec::Raw).unwrap();
         let head = "videotestsrc pattern=ball is-live=true ! video/x-raw,width=640,height=480,framerate=15/1";
-        // 640×480 into 320×320: 320×240 plus 40 px borders.
-        let tail = letterbox(&p, Some((240, 40)), SINK_LIVE);
-        assert_eq!(spec.description, squash(&format!("{head} ! {tail}")), "{}", p.name);
+        let end = tail(&p, SINK_LIVE);
+        assert_eq!(spec.description, squash(&format!("{head} ! {end}")), "{}", p.name);
     }
 }
 
 #[test]
-fn a_source_that_fills_the_input_gets_no_borders() {
-    let spec = build(&Platform::jetpack6(), "v4l2:///dev/video0?width=640&height=640", Codec::Raw, None).unwrap();
-    assert!(
-        spec.description.ends_with(&format!(
-            "nvvidconv ! video/x-raw,format=RGBA,width=320,height=320,pixel-aspect-ratio=1/1 ! {SINK_LIVE}"
-        )),
-        "{}",
-        spec.description
-    );
-}
-
-#[test]
 fn looped_and_fast_files_change_sync_and_finiteness() {
-    let spec = build(&Platform::desktop(), "file:///a.mp4?loop=true&pace=fast", Codec::H264, None).unwrap();
+    let spec = build(&Platform::desktop(), "file:///a.mp4?loop=true&pace=fast", Codec::H264).unwrap();
     assert!(spec.description.ends_with(SINK_LIVE));
     assert!(!spec.finite && spec.looped && !spec.live);
 }
 
 #[test]
 fn raw_rtsp_and_undecodable_plans_are_refused() {
-    let e = build(&Platform::desktop(), "rtsp://cam/s", Codec::Raw, None).unwrap_err();
+    let e = build(&Platform::desktop(), "rtsp://cam/s", Codec::Raw).unwrap_err();
     assert!(e.contains("raw video over RTSP"), "{e}");
     let source = SourceUri::parse("file:///a.mp4").unwrap();
-    let plan = Plan { codec: Codec::H264, decoder: None, nvvidconv: false, source_size: None, decode_threads: 0 };
-    assert!(describe(&source, &plan, &Platform::desktop(), SIZE, SIZE).is_err());
+    let plan = Plan { codec: Codec::H264, decoder: None, nvvidconv: false, decode_threads: 0 };
+    assert!(describe(&source, &plan, &Platform::desktop()).is_err());
 }
 
 /// Element names in a description: the first word of each `!`-separated part that is not caps.
@@ -195,7 +167,7 @@ fn no_profile_gets_an_element_newer_than_its_gstreamer() {
     let mut checked = 0;
     for p in profiles() {
         for (uri, codec) in uris {
-            let Ok(spec) = build(&p, uri, codec, None) else { continue };
+            let Ok(spec) = build(&p, uri, codec) else { continue };
             for element in elements(&spec.description) {
                 let since = ELEMENT_SINCE.iter().find(|(name, _)| *name == element).map(|(_, v)| *v);
                 let since = since.unwrap_or_else(|| panic!("{element} is missing from ELEMENT_SINCE"));
@@ -218,7 +190,7 @@ fn the_desktop_pipelines_parse_with_this_machines_gstreamer() {
         ("v4l2:///dev/video9?width=640&height=480", Codec::Mjpeg),
         ("test://ball", Codec::Raw),
     ] {
-        let spec = build(&here, uri, codec, None).unwrap();
+        let spec = build(&here, uri, codec).unwrap();
         let parsed = gstreamer::parse::launch(&spec.description);
         assert!(parsed.is_ok(), "{uri}: {:?}\n{}", parsed.err(), spec.description);
     }
@@ -227,10 +199,10 @@ fn the_desktop_pipelines_parse_with_this_machines_gstreamer() {
 #[test]
 fn plans_describe_their_path() {
     let p = Platform::jetpack6();
-    let plan = Plan::new(&p, Codec::H264, p.decoders(Codec::H264, None).unwrap().into_iter().next(), None);
+    let plan = Plan::new(&p, Codec::H264, p.decoders(Codec::H264, None).unwrap().into_iter().next());
     assert_eq!(plan.path(), "nvv4l2decoder (hardware) → nvvidconv");
     let d = Platform::desktop();
-    let plan = Plan::new(&d, Codec::Raw, None, None);
+    let plan = Plan::new(&d, Codec::Raw, None);
     assert_eq!(plan.path(), "raw → videoscale+videoconvert");
 }
 
@@ -257,14 +229,14 @@ fn software_decoders_get_their_thread_count_and_hardware_ones_do_not() {
     for platform in profiles() {
         for codec in [Codec::H264, Codec::Mjpeg] {
             let decoder = platform.decoders(codec, None).unwrap().into_iter().next();
-            let mut plan = Plan::new(&platform, codec, decoder, None);
+            let mut plan = Plan::new(&platform, codec, decoder);
             plan.decode_threads = 2;
-            let d = describe(&source, &plan, &platform, SIZE, SIZE).unwrap().description;
+            let d = describe(&source, &plan, &platform).unwrap().description;
             let expected = format!("{} max-threads=2 ", self::decoder(&platform, codec));
             let software = self::decoder(&platform, codec).starts_with("avdec_");
             assert_eq!(d.contains(&expected), software, "{}: {d}", platform.name);
             plan.decode_threads = 0;
-            let d = describe(&source, &plan, &platform, SIZE, SIZE).unwrap().description;
+            let d = describe(&source, &plan, &platform).unwrap().description;
             assert!(!d.contains("max-threads"), "0 leaves FFmpeg's choice: {d}");
         }
     }
