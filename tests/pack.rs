@@ -201,3 +201,143 @@ fn an_fp32_export_is_quantized_on_real_frames_and_the_accuracy_change_is_reporte
     let (_, recall) = precision_recall(&report);
     assert!(recall < 0.5, "the drop shows: {report}");
 }
+
+/// The exporter's own pipeline (tests/exporter/opencv_pipeline.py: OpenCV's resize and border,
+/// ONNX Runtime) on `picture`: its detections file, and how many it holds.
+fn exporter(model: &Path, picture: &Path, out: &Path, args: &[&str]) -> usize {
+    let script = repo_root().join("tests/exporter/opencv_pipeline.py");
+    let python = repo_root().join(".venv/bin/python");
+    let o = std::process::Command::new(python)
+        .arg(script)
+        .args([model, picture, out])
+        .args(args)
+        .output()
+        .expect("runs .venv's python (make setup)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dets: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
+    dets.len()
+}
+
+/// Frame 80 of the held-out clip (five objects) at 700×400, as a PNG written by OpenCV: into 320,
+/// 183 rows of picture and an odd border of 137.
+fn picture(dir: &Path) -> PathBuf {
+    let out = dir.join("700x400.png");
+    let o = std::process::Command::new(repo_root().join(".venv/bin/python"))
+        .arg(repo_root().join("tests/exporter/clip_frame.py"))
+        .arg(eval_clip())
+        .args(["80", "700", "400"])
+        .arg(&out)
+        .output()
+        .expect("runs .venv's python (make setup)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+/// The exporter's conventions for the shipped model: RGB, centred, black borders, 0-1 values,
+/// score threshold 0.5.
+const EXPORTER: &[&str] = &["--pad", "0", "--threshold", "0.5"];
+
+fn pack_picture(out: &Path, picture: &Path, extra: &[&str]) -> (i32, String, String) {
+    let model = shipped_model();
+    let mut args = vec!["model", "pack", model.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend_from_slice(&["--name", "shapes-repacked", "--image", picture.to_str().unwrap()]);
+    args.extend_from_slice(&["--labels", "circle,square,triangle", "--pad-value", "0", "--score-threshold", "0.5"]);
+    args.extend_from_slice(extra);
+    vigil_cmd(&args, &[])
+}
+
+/// `vigil model run` gives the exporter's boxes on a picture whose border is odd, in the
+/// picture's pixels; `--draw` writes them on it.
+#[test]
+fn model_run_gives_the_exporters_detections_in_the_pictures_pixels() {
+    let dir = tempfile::tempdir().unwrap();
+    let picture = picture(dir.path());
+    let truth = dir.path().join("truth.json");
+    let n = exporter(&shipped_model(), &picture, &truth, EXPORTER);
+    assert!(n >= 3, "the clip's frame holds objects: {n}");
+    let drawn = dir.path().join("drawn.jpg");
+    let bundle = bundle_dir();
+    let args = ["model", "run", bundle.to_str().unwrap(), "--image", picture.to_str().unwrap(), "--draw"];
+    let (code, stdout, stderr) = vigil_cmd(&[&args[..], &[drawn.to_str().unwrap()]].concat(), &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let got: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("JSON on stdout");
+    let want: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&truth).unwrap()).unwrap();
+    assert_eq!(got.len(), want.len(), "vigil {stdout}\nexporter {want:?}");
+    let bbox = |d: &serde_json::Value| -> [f32; 4] { serde_json::from_value(d["box"].clone()).unwrap() };
+    for w in &want {
+        let best = got
+            .iter()
+            .filter(|g| g["label"] == w["label"])
+            .map(|g| {
+                let (a, b) = (bbox(g), bbox(w));
+                a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
+            })
+            .fold(f32::INFINITY, f32::min);
+        assert!(best <= 1.5, "{w}: nearest vigil box of its class is {best} px off\n{stdout}");
+    }
+    let jpeg = std::fs::read(&drawn).unwrap();
+    assert!(jpeg.starts_with(&[0xFF, 0xD8]) && jpeg.len() > 4096, "a JPEG picture: {} bytes", jpeg.len());
+    assert!(stderr.contains(&format!("{} detection(s) drawn", want.len())), "{stderr}");
+}
+
+/// `pack --expect`: with the exporter's conventions the bundle is packed and carries the truth
+/// (a device checks it again); with a wrong colour order, placement or scale it is refused, the
+/// right value named, and nothing is left behind.
+#[test]
+fn pack_expect_refuses_wrong_conventions_and_names_the_right_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let picture = picture(dir.path());
+    let truth = dir.path().join("truth.json");
+    assert!(exporter(&shipped_model(), &picture, &truth, EXPORTER) >= 3);
+    let expect = ["--expect", truth.to_str().unwrap()];
+
+    let out = dir.path().join("right");
+    let (code, stdout, stderr) = pack_picture(&out, &picture, &expect);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("agrees with the exporter's detections") && stdout.contains("0 missing, 0 extra"),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("without --expect"), "{stderr}");
+    let bundle = Bundle::load(&out).unwrap();
+    let (rgb, size, expected) = bundle.expected().unwrap().expect("the bundle carries the picture and the truth");
+    assert_eq!((size, rgb.len()), ((700, 400), 700 * 400 * 3));
+    assert!(expected.len() >= 3);
+    let (code, stdout, stderr) = vigil_cmd(&["model-check", "--bundle", out.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+
+    let wrong: [(&[&str], &str); 3] = [
+        (&["--color", "bgr"], "input.color = \"RGB\" (pack --color rgb)"),
+        (&["--letterbox", "top-left"], "input.letterbox = \"center\" (pack --letterbox center)"),
+        (&["--scale", "1"], "input.scale = 1/255 (pack --scale 0.003921569)"),
+    ];
+    for (n, (flags, named)) in wrong.iter().enumerate() {
+        let out = dir.path().join(format!("wrong-{n}"));
+        let (code, stdout, stderr) = pack_picture(&out, &picture, &[&expect[..], flags].concat());
+        assert_ne!(code, 0, "{flags:?} packed: {stdout}");
+        assert!(stderr.contains("differ from the exporter's"), "{flags:?}: {stderr}");
+        assert!(stderr.contains(&format!("With {named} they agree")), "{flags:?} should name {named}: {stderr}");
+        assert!(!out.exists(), "{flags:?}: a refused bundle is not left behind");
+    }
+}
+
+/// Without the exporter's truth, and on a frame without objects, pack says what that leaves
+/// unchecked.
+#[test]
+fn pack_warns_when_its_reference_can_prove_little() {
+    let dir = tempfile::tempdir().unwrap();
+    let blank = dir.path().join("blank.png");
+    let desc = format!(
+        "videotestsrc pattern=solid-color foreground-color=0xff808080 num-buffers=1 ! video/x-raw,width=640,height=360 \
+         ! pngenc snapshot=true ! filesink location={}",
+        blank.display()
+    );
+    let o = std::process::Command::new("gst-launch-1.0").args(desc.split(' ')).output().expect("gst-launch-1.0");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = dir.path().join("bundle");
+    let (code, stdout, stderr) = pack_picture(&out, &blank, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("0 detection(s) on the reference frame"), "{stdout}");
+    assert!(stderr.contains("warning: the reference frame gives 0 detections"), "{stderr}");
+    assert!(stderr.contains("warning: packed without --expect"), "{stderr}");
+}

@@ -52,6 +52,14 @@ if ! .venv/bin/python -c "import onnx; assert onnx.__version__ == '$ONNX_VERSION
   echo "setup: installing onnx $ONNX_VERSION into .venv"
   .venv/bin/pip install -q --disable-pip-version-check "onnx==$ONNX_VERSION"
 fi
+# OpenCV: tests/exporter/opencv_pipeline.py, an exporter's own pipeline (cv2.resize and
+# copyMakeBorder, as YOLOX's and Ultralytics' demos pre-process) that `pack --expect` is tested
+# against; pinned, as its resize rounding is what the test compares with.
+OPENCV_VERSION=4.12.0.88
+if ! .venv/bin/python -c "import cv2; assert cv2.__version__ == '${OPENCV_VERSION%.*}'" 2>/dev/null; then
+  echo "setup: installing opencv-python-headless $OPENCV_VERSION into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check "opencv-python-headless==$OPENCV_VERSION"
+fi
 # oelint-adv: the Yocto layer's linter (.ci/check-yocto.sh); pinned, as its rules change.
 OELINT_VERSION=9.11.2
 if ! .venv/bin/oelint-adv --version 2>/dev/null | grep -q "$OELINT_VERSION"; then

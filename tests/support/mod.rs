@@ -16,6 +16,31 @@ mod tls;
 #[allow(unused_imports)] // the TLS tests use it, the others do not
 pub use tls::TlsBroker;
 
+/// The held-out clip's first frame resized (aspect not kept) to `w`×`h`, as a `jpg` (quality 95)
+/// or `png` file in `dir`.
+pub fn clip_picture(dir: &Path, w: u32, h: u32, ext: &str) -> PathBuf {
+    use gstreamer::prelude::*;
+    let out = dir.join(format!("{w}x{h}.{ext}"));
+    let encoder = if ext == "png" { "pngenc snapshot=true" } else { "jpegenc snapshot=true quality=95" };
+    let desc = format!(
+        "filesrc location={} ! decodebin ! videoconvert ! videoscale ! video/x-raw,width={w},height={h} \
+         ! {encoder} ! filesink location={}",
+        eval_clip().display(),
+        out.display()
+    );
+    vigil_capture::init_gstreamer().unwrap();
+    let p = gstreamer::parse::launch(&desc).unwrap().downcast::<gstreamer::Pipeline>().unwrap();
+    p.set_state(gstreamer::State::Playing).unwrap();
+    let bus = p.bus().unwrap();
+    let msg = bus.timed_pop_filtered(
+        gstreamer::ClockTime::from_seconds(30),
+        &[gstreamer::MessageType::Eos, gstreamer::MessageType::Error],
+    );
+    p.set_state(gstreamer::State::Null).unwrap();
+    assert!(matches!(msg.as_ref().map(|m| m.view()), Some(gstreamer::MessageView::Eos(_))), "{w}x{h}: {msg:?}");
+    out
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }

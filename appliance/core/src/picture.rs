@@ -39,6 +39,19 @@ impl SourceImage<'_> {
     /// enough: an event's earlier best picture, replaced by a better one).
     pub fn crop_with_box_into(&self, bbox: &BBox, img: &mut SnapshotImage) {
         self.crop_into(img);
+        self.outline(img, bbox);
+    }
+
+    /// The picture as tight RGB, with every one of `boxes` (source pixels) outlined.
+    pub fn crop_with_boxes(&self, boxes: &[BBox]) -> SnapshotImage {
+        let mut img = self.crop();
+        for b in boxes {
+            self.outline(&mut img, b);
+        }
+        img
+    }
+
+    fn outline(&self, img: &mut SnapshotImage, bbox: &BBox) {
         let (w, h) = (img.width as usize, img.height as usize);
         let (rx, ry) = self.letterbox.resize_ratios();
         let to_px = |v: f32, ratio: f32, max: usize| ((v / ratio).round().max(0.0) as usize).min(max - 1);

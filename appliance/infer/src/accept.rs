@@ -1,6 +1,8 @@
 //! Acceptance of a new model on this device, before it may serve: the bundle's reference input
 //! through this device's backend within the manifest's tolerance and without NaN, its latency on
 //! this device against every camera's budget, and memory headroom with both models resident.
+//! A bundle packed with `--expect` also runs its reference picture through the service's own
+//! pre-processing on this device and must give the exporter's detections (src/expect.rs).
 //! A model that fails is never activated; the reasons say exactly why.
 
 use std::time::{Duration, Instant};
@@ -28,6 +30,8 @@ pub struct Acceptance {
     pub model: String,
     pub version: String,
     pub check: ModelCheck,
+    /// The exporter's detections against this device's, when the bundle carries them.
+    pub expected: Option<crate::expect::Agreement>,
     pub latency_p50: Duration,
     pub latency_p95: Duration,
     /// Memory available after the new model was loaded (`None`: not known on this system).
@@ -70,6 +74,10 @@ pub fn accept(
     let check = check_model(bundle, detector)?;
     let mut problems: Vec<String> =
         check.problems.iter().map(|p| format!("reference check on {}: {p}", check.backend)).collect();
+    let expected = crate::expect::check_bundle(bundle, detector)
+        .map_err(|e| problems.push(format!("exporter check on {}: {e}", check.backend)))
+        .ok()
+        .flatten();
     let reference = bundle.manifest.reference.as_ref().expect("check_model needs a reference");
     let input = bundle.read_f32(&reference.input)?;
     timer(detector, &input)?; // warm-up: first runs allocate
@@ -109,6 +117,7 @@ pub fn accept(
         model: m.name.clone(),
         version: m.version.clone(),
         check,
+        expected,
         latency_p50: p50,
         latency_p95: p95,
         available_after,

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 
-use super::OutputLayout;
+use super::{Detection, OutputLayout};
 
 pub const SCHEMA: u32 = 1;
 
@@ -288,12 +288,26 @@ fn milliseconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 #[serde(deny_unknown_fields)]
 pub struct ReferenceSection {
     pub input: PathBuf,
-    pub output_int8: PathBuf,
+    /// The bundle's model's output on `input` (`output_int8` in older bundles, when
+    /// every bundle was INT8).
+    #[serde(alias = "output_int8")]
+    pub output: PathBuf,
+    /// The FP32 original's output on `input`, where the bundle's model is its INT8 version.
     #[serde(default)]
     pub output_fp32: Option<PathBuf>,
+    /// The model's detections on `input`, in model-input pixels.
     pub detections: PathBuf,
-    /// Largest absolute difference allowed between a backend's output and `output_int8`.
+    /// Largest absolute difference allowed between a backend's output and `output`.
     pub tolerance: f32,
+    /// The reference picture as decoded, packed RGB, `picture_size` pixels: what `expected`
+    /// was given for (`vigil model pack --expect`).
+    #[serde(default)]
+    pub picture: Option<PathBuf>,
+    #[serde(default)]
+    pub picture_size: Option<[u32; 2]>,
+    /// The exporter's own pipeline's detections on `picture`, in its pixels (src/expect.rs).
+    #[serde(default)]
+    pub expected: Option<PathBuf>,
 }
 
 /// A loaded, checked bundle.
@@ -391,7 +405,38 @@ impl Bundle {
         if m.budget.latency.is_zero() {
             problems.push("budget.latency_ms must be at least 1".to_owned());
         }
+        if let Some(r) = &m.reference {
+            match (&r.picture, r.picture_size, &r.expected) {
+                (None, None, None) | (Some(_), Some(_), Some(_)) => {}
+                _ => problems.push(
+                    "reference.picture, picture_size and expected go together (vigil model pack --expect writes them)"
+                        .to_owned(),
+                ),
+            }
+        }
         problems
+    }
+
+    /// The reference picture and the exporter's detections on it, when the bundle was packed with
+    /// `--expect`: (packed RGB pixels, their size, the detections in the picture's pixels).
+    pub fn expected(&self) -> Result<Option<(Vec<u8>, (u32, u32), Vec<Detection>)>, BundleError> {
+        let Some(r) = &self.manifest.reference else { return Ok(None) };
+        let (Some(picture), Some([w, h]), Some(expected)) = (&r.picture, r.picture_size, &r.expected) else {
+            return Ok(None);
+        };
+        let invalid = |p: String| BundleError::Invalid { dir: self.dir.clone(), problems: vec![p] };
+        let path = self.dir.join(picture);
+        let rgb = std::fs::read(&path).map_err(|source| BundleError::Read {
+            dir: self.dir.clone(),
+            file: path.clone(),
+            source,
+        })?;
+        if w == 0 || h == 0 || rgb.len() != w as usize * h as usize * 3 {
+            return Err(invalid(format!("{} holds {} bytes, not {w}×{h} packed RGB", path.display(), rgb.len())));
+        }
+        let dets = crate::expect::read_expected(&self.dir.join(expected), &self.manifest.postprocess.labels)
+            .map_err(invalid)?;
+        Ok(Some((rgb, (w, h), dets)))
     }
 
     fn output_layout_unchecked(&self) -> Result<OutputLayout, String> {

@@ -83,7 +83,7 @@ pub fn check_model(bundle: &Bundle, detector: &mut Detector) -> Result<ModelChec
     let want = reference_detections(bundle)?;
     let reference = bundle.manifest.reference.clone().expect("reference_detections checked it");
     let input = bundle.read_f32(&reference.input)?;
-    let expected = bundle.read_f32(&reference.output_int8)?;
+    let expected = bundle.read_f32(&reference.output)?;
     if input.len() != bundle.input_len() {
         return Err(InferError::Model {
             model: bundle.manifest.model.name.clone(),

@@ -7,6 +7,7 @@ pub mod compare;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod engine_cache;
+pub mod expect;
 mod load;
 mod onnxruntime;
 pub mod pack;

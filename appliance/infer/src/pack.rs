@@ -47,6 +47,9 @@ pub struct PackRequest {
     /// Largest |output − reference| another backend may show (TensorRT on a Jetson).
     pub tolerance: f32,
     pub backends: Vec<BundleBackend>,
+    /// The exporter's own detections on the reference frame, in its pixels (`--expect`): the
+    /// bundle is refused unless vigil's agree (src/expect.rs).
+    pub expect: Option<PathBuf>,
 }
 
 /// A frame at its own size, tight RGBA.
@@ -66,6 +69,10 @@ pub struct Packed {
     pub detections: usize,
     /// The model holds QuantizeLinear/DequantizeLinear nodes (INT8 QDQ): TensorRT builds INT8.
     pub quantized: bool,
+    /// How vigil's detections compared with the exporter's (with `expect`).
+    pub agreement: Option<crate::expect::Agreement>,
+    /// What the packer should know: the bundle is sound, but a check had little to go on.
+    pub warnings: Vec<String>,
 }
 
 /// Why a model cannot be packed: every problem found.
@@ -351,11 +358,53 @@ fn pack_into(req: &PackRequest, frame: &Frame<'_>, library: &Path) -> Result<Pac
     std::fs::write(req.out.join("reference/output.f32"), f32_bytes(&out)).map_err(io)?;
     let pretty = serde_json::to_vec_pretty(&json).expect("detections serialise");
     std::fs::write(req.out.join("reference/detections.json"), pretty).map_err(io)?;
-    let reference = format!(
-        "[reference]\ninput = \"reference/input.f32\"\noutput_int8 = \"reference/output.f32\"\n\
-         detections = \"reference/detections.json\"\ntolerance = {:?}   # max |output − reference| another backend may show\n",
+    let mut reference = format!(
+        "[reference]\ninput = \"reference/input.f32\"\noutput = \"reference/output.f32\"\n\
+         detections = \"reference/detections.json\"   # in model-input pixels\n\
+         tolerance = {:?}   # max |output − reference| another backend may show\n",
         req.tolerance
     );
+    let mut warnings = Vec::new();
+    if dets.is_empty() {
+        warnings.push(
+            "the reference frame gives 0 detections: the bundle's reference then checks the model's raw output but \
+             no box, label or score, so a device cannot tell a wrong placement or colour order from a right one; \
+             pack with a frame where the model finds objects"
+                .to_owned(),
+        );
+    }
+    let expects = match &req.expect {
+        None => {
+            warnings.push(
+                "packed without --expect: nothing compared these conventions with the exporter's own pipeline; give \
+                 its detections on the same picture (models/README.md) so that a wrong colour order, placement, \
+                 scale or rounding is caught here and on every device"
+                    .to_owned(),
+            );
+            false
+        }
+        Some(path) => {
+            let expected = crate::expect::read_expected(path, &req.labels).map_err(|e| refuse(vec![e]))?;
+            if expected.is_empty() {
+                warnings.push(format!(
+                    "{} holds no detection: agreeing on nothing proves nothing about the conventions; use a picture \
+                     where the exporter finds objects",
+                    path.display()
+                ));
+            }
+            let rgb: Vec<u8> = frame.rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+            std::fs::write(req.out.join("reference/picture.rgb"), rgb).map_err(io)?;
+            std::fs::copy(path, req.out.join("reference/expected.json")).map_err(io)?;
+            let _ = writeln!(
+                reference,
+                "picture = \"reference/picture.rgb\"   # the reference frame as decoded, packed RGB\n\
+                 picture_size = [{}, {}]\nexpected = \"reference/expected.json\"   # the exporter's detections, in \
+                 the picture's pixels",
+                frame.width, frame.height
+            );
+            true
+        }
+    };
     std::fs::write(req.out.join("manifest.toml"), format!("{head}{reference}")).map_err(io)?;
 
     // Loaded and checked as a device will.
@@ -366,5 +415,8 @@ fn pack_into(req: &PackRequest, frame: &Frame<'_>, library: &Path) -> Result<Pac
     if !check.passed() {
         return Err(refuse(check.problems));
     }
-    Ok(Packed { dir: req.out.clone(), format, input: size, detections: dets.len(), quantized })
+    // The exporter's detections, from the files a device reads, through the service's path.
+    let agreement = crate::expect::check_bundle(&bundle, &mut detector).map_err(|e| refuse(vec![e]))?;
+    debug_assert_eq!(agreement.is_some(), expects);
+    Ok(Packed { dir: req.out.clone(), format, input: size, detections: dets.len(), quantized, agreement, warnings })
 }

@@ -17,6 +17,10 @@ pub enum ModelCommand {
     /// Writes calibration tensors for quantising a bundle's model: frames of clips, pre-processed
     /// by the bundle's conventions, as raw f32 NCHW files (models/tools/quantize.py reads them).
     Calibration(CalibrationArgs),
+    /// Runs a bundle on a picture or a clip's frame through the service's own pre-processing and
+    /// prints the detections in the picture's pixels as JSON (the `--expect` format), optionally
+    /// drawing them.
+    Run(RunArgs),
     /// A candidate bundle against a reference bundle (an INT8 model against its FP32 original) on
     /// the same tensors: the candidate's detections' precision and recall against the reference's.
     Compare(CompareArgs),
@@ -39,6 +43,25 @@ pub struct CalibrationArgs {
     /// The directory to write `NNNNN.f32` files into.
     #[arg(long, short)]
     out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The bundle directory.
+    bundle: PathBuf,
+    /// A picture (JPEG, PNG) …
+    #[arg(long, conflicts_with = "clip", required_unless_present = "clip")]
+    image: Option<PathBuf>,
+    /// … or a clip, with --frame.
+    #[arg(long)]
+    clip: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    frame: u64,
+    /// Also write the picture with the boxes drawn (JPEG).
+    #[arg(long)]
+    draw: Option<PathBuf>,
+    #[arg(long)]
+    ort_library: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -146,6 +169,11 @@ pub struct PackArgs {
     /// differ from ONNX Runtime by more than FP32 ones).
     #[arg(long, default_value_t = 0.05)]
     tolerance: f32,
+    /// The detections the exporter's own pipeline gives on the reference frame, in its pixels
+    /// (a JSON array of {"label", "score", "box": [x1, y1, x2, y2]}; models/README.md). The bundle
+    /// is refused unless vigil's agree; when they do not, pack names the conventions that would.
+    #[arg(long)]
+    expect: Option<PathBuf>,
     /// Backends the bundle declares (repeat); default both.
     #[arg(long = "backend", value_enum)]
     backends: Vec<Backend>,
@@ -169,7 +197,53 @@ pub fn run(command: &ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Pack(a) => pack(a),
         ModelCommand::Calibration(a) => calibration(a),
         ModelCommand::Compare(a) => compare(a),
+        ModelCommand::Run(a) => run_bundle(a),
     }
+}
+
+/// The frame `--image` or `--clip`/`--frame` name.
+fn still(image: Option<&PathBuf>, clip: Option<&PathBuf>, frame: u64) -> anyhow::Result<vigil_capture::still::Still> {
+    let (source, index) = match (image, clip) {
+        (Some(image), _) => (image, 0),
+        (None, Some(clip)) => (clip, frame),
+        (None, None) => anyhow::bail!("give the frame: --image PICTURE or --clip CLIP [--frame N]"),
+    };
+    vigil_capture::still::decode_frame(source, index).map_err(anyhow::Error::msg)
+}
+
+fn run_bundle(a: &RunArgs) -> anyhow::Result<()> {
+    let still = still(a.image.as_ref(), a.clip.as_ref(), a.frame)?;
+    let bundle = vigil_infer::Bundle::load(&a.bundle)?;
+    let library = vigil_infer::find_ort_library(a.ort_library.as_deref())?;
+    let backend = vigil_infer::OrtBackend::new(&bundle, &library, 1, 1)?;
+    let mut detector = vigil_infer::Detector::new(&bundle, Box::new(backend))?;
+    let source = (still.width, still.height);
+    let image = vigil_infer::Image { data: &still.rgba, stride: still.width as usize * 4, bytes_per_pixel: 4 };
+    let dets = detector.detect(image, source)?;
+    let json: Vec<serde_json::Value> = dets
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "label": detector.labels()[d.class_id], "class_id": d.class_id, "score": d.score,
+                "box": [d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2],
+            })
+        })
+        .collect();
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    if let Some(out) = &a.draw {
+        let letterbox = vigil_core::geometry::Letterbox::fit(
+            source,
+            source,
+            vigil_core::geometry::Anchor::Center,
+            vigil_core::geometry::Rounding::Round,
+        );
+        let picture = vigil_core::picture::SourceImage { pixels: image, width: source.0, height: source.1, letterbox };
+        let boxes: Vec<_> = dets.iter().map(|d| d.bbox).collect();
+        let jpeg = picture.crop_with_boxes(&boxes).encode_jpeg(90).context("cannot encode the picture")?;
+        std::fs::write(out, jpeg).with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("{} detection(s) drawn in {}", dets.len(), out.display());
+    }
+    Ok(())
 }
 
 fn calibration(a: &CalibrationArgs) -> anyhow::Result<()> {
@@ -248,12 +322,7 @@ fn compare(a: &CompareArgs) -> anyhow::Result<()> {
 
 fn pack(a: &PackArgs) -> anyhow::Result<()> {
     let format = a.format.as_deref().map(str::parse::<OutputFormat>).transpose().map_err(anyhow::Error::msg)?;
-    let (source, index) = match (&a.image, &a.clip) {
-        (Some(image), _) => (image, 0),
-        (None, Some(clip)) => (clip, a.frame),
-        (None, None) => anyhow::bail!("give the reference frame: --image PICTURE or --clip CLIP [--frame N]"),
-    };
-    let still = vigil_capture::still::decode_frame(source, index).map_err(anyhow::Error::msg)?;
+    let still = still(a.image.as_ref(), a.clip.as_ref(), a.frame)?;
     let library = vigil_infer::find_ort_library(a.ort_library.as_deref())?;
     let backends =
         if a.backends.is_empty() { vec![Backend::Onnxruntime, Backend::Tensorrt] } else { a.backends.clone() };
@@ -295,6 +364,7 @@ fn pack(a: &PackArgs) -> anyhow::Result<()> {
                 Backend::Tensorrt => BundleBackend::Tensorrt,
             })
             .collect(),
+        expect: a.expect.clone(),
     };
     let frame = Frame { width: still.width, height: still.height, rgba: &still.rgba };
     let packed = vigil_infer::pack::pack(&req, &frame, &library)?;
@@ -316,5 +386,11 @@ fn pack(a: &PackArgs) -> anyhow::Result<()> {
         }),
         packed.detections
     );
+    if let Some(agreement) = &packed.agreement {
+        println!("agrees with the exporter's detections: {}", agreement.summary());
+    }
+    for w in &packed.warnings {
+        eprintln!("warning: {w}");
+    }
     Ok(())
 }
