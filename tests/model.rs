@@ -6,8 +6,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use gstreamer as gst;
-use gstreamer::prelude::*;
 
 use support::*;
 use vigil_capture::{self as capture, CameraSpec, FrameImage, FrameSource, Platform, Timeline};
@@ -126,7 +124,7 @@ fn the_service_path_letterboxes_exactly_as_the_bundle_reference_does() {
     capture::init_gstreamer().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sizes = [(1280, 720), (800, 450), (640, 272), (450, 800)];
-    let pictures: Vec<_> = sizes.iter().map(|&(w, h)| clip_picture(dir.path(), w, h, "jpg")).collect();
+    let pictures: Vec<_> = sizes.iter().map(|&(w, h)| clip_picture(dir.path(), w, h)).collect();
     let lib = find_ort_library(None).unwrap();
     let mut compared = 0;
     for input in [416u32, 640] {

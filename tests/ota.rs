@@ -293,6 +293,91 @@ fn a_model_with_another_input_size_is_served_by_the_running_cameras() {
     assert_eq!(status["model"]["version"], "1.1.0");
 }
 
+/// A first push of someone else's model: another name, judged by its own exporter's detections.
+/// Packed right (with `--expect`), it is kept with the default canary settings, judged as a new
+/// model rather than by its difference from the one it replaces. The same bundle with a wrong
+/// colour order, placement or scale in its manifest is refused at acceptance, the right value
+/// named; packed without the exporter's detections, it is refused before acceptance, saying how
+/// to re-pack it.
+#[test]
+fn a_new_model_is_judged_by_its_exporters_detections_not_by_the_model_it_replaces() {
+    let device = "ota-new-model";
+    let rig = Rig::new(device, "");
+    // The shipped weights at 416×416, as an ML engineer's own export, and what their own
+    // pipeline (OpenCV, tests/exporter/opencv_pipeline.py) detects on a picture.
+    let onnx = repo_root().join("tests/fixtures/shapes-int8-416.onnx");
+    let picture = exporter_picture(rig.dir.path());
+    let truth = rig.path("truth.json");
+    assert!(exporter_detections(&onnx, &picture, &truth, &["--pad", "0", "--threshold", "0.5"]) >= 3);
+    let pack = |version: &str, expect: bool| {
+        let bundle = rig.path(&format!("bundles/acme-{version}"));
+        let mut cmd = std::process::Command::new(vigil_bin());
+        cmd.args(["model", "pack"]).arg(&onnx).args(["--name", "acme", "--version", version]);
+        cmd.args(["--labels", "circle,square,triangle", "--pad-value", "0", "--score-threshold", "0.5"]);
+        // Acceptance's latency check is tested on its own; a busy machine must not fail this.
+        cmd.args(["--budget-ms", "400", "--image"]).arg(&picture).arg("-o").arg(&bundle);
+        if expect {
+            cmd.arg("--expect").arg(&truth);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        bundle
+    };
+    let vigil = Vigil::start(&rig.config, rig.dir.path());
+
+    // Without the exporter's detections: refused before acceptance, with what to do.
+    rig.sign_model(&pack("0.9.0", false), "acme", "0.9.0");
+    rig.apply_model(device, "unchecked", "acme", "0.9.0");
+    let end = rig.outcome(device, "unchecked", Duration::from_secs(120), &vigil);
+    assert_eq!(end["state"], "failed", "{end:#}");
+    let reason = end["reason"].as_str().unwrap();
+    assert!(reason.contains("is a new model here") && reason.contains("--expect"), "{reason}");
+
+    // Wrong conventions written into a right bundle's manifest: each refused, the right one named.
+    let right = pack("1.0.0", true);
+    let wrong = [
+        ("color = \"RGB\"", "color = \"BGR\"", "input.color = \"RGB\""),
+        ("letterbox = \"center\"", "letterbox = \"top-left\"", "input.letterbox = \"center\""),
+        ("scale = 0.003921569", "scale = 1.0", "input.scale = 1/255"),
+    ];
+    for (n, (from, to, named)) in wrong.into_iter().enumerate() {
+        let version = format!("0.9.{}", n + 1);
+        let bundle = rig.path(&format!("bundles/acme-{version}"));
+        std::fs::create_dir_all(bundle.join("reference")).unwrap();
+        for f in ["model.onnx", "input.f32", "output.f32", "detections.json", "picture.rgb", "expected.json"] {
+            let f = if f == "model.onnx" { f.to_owned() } else { format!("reference/{f}") };
+            std::fs::copy(right.join(&f), bundle.join(&f)).unwrap();
+        }
+        let manifest = std::fs::read_to_string(right.join("manifest.toml")).unwrap();
+        assert!(manifest.contains(from), "{from} in:\n{manifest}");
+        let manifest = manifest.replace(from, to).replace("version = \"1.0.0\"", &format!("version = \"{version}\""));
+        std::fs::write(bundle.join("manifest.toml"), manifest).unwrap();
+        rig.sign_model(&bundle, "acme", &version);
+        let id = format!("wrong-{n}");
+        rig.apply_model(device, &id, "acme", &version);
+        let end = rig.outcome(device, &id, Duration::from_secs(120), &vigil);
+        assert_eq!(end["state"], "failed", "{to}: {end:#}");
+        let reason = end["reason"].as_str().unwrap();
+        assert!(reason.contains("exporter check") && reason.contains(&format!("With {named}")), "{to}: {reason}");
+    }
+
+    // Right: accepted after the exporter check on this device, kept by a canary that judged it
+    // as a new model.
+    rig.sign_model(&right, "acme", "1.0.0");
+    rig.apply_model(device, "right", "acme", "1.0.0");
+    let end = rig.outcome(device, "right", Duration::from_secs(180), &vigil);
+    assert_eq!(end["state"], "successful", "{end:#}\nlog:\n{}", vigil.log());
+    assert_eq!(end["detail"]["canary"]["judged_as"], "new model", "{end:#}");
+    let log = vigil.log();
+    assert!(log.contains("the exporter's detections agree") && log.contains("0 missing, 0 extra"), "{log}");
+    let before = events(&rig, device).len();
+    assert!(
+        wait_until(Duration::from_secs(20), || events(&rig, device)[before..].iter().any(|e| e.0 == "1.0.0")),
+        "events under acme 1.0.0"
+    );
+    assert_eq!(active_slot(&rig.data()), Some(rig.data().join("models/acme-1.0.0")));
+}
+
 /// A rollout state file as JSON, once it exists and parses.
 fn rollout_state(path: &Path) -> Option<serde_json::Value> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()

@@ -202,37 +202,6 @@ fn an_fp32_export_is_quantized_on_real_frames_and_the_accuracy_change_is_reporte
     assert!(recall < 0.5, "the drop shows: {report}");
 }
 
-/// The exporter's own pipeline (tests/exporter/opencv_pipeline.py: OpenCV's resize and border,
-/// ONNX Runtime) on `picture`: its detections file, and how many it holds.
-fn exporter(model: &Path, picture: &Path, out: &Path, args: &[&str]) -> usize {
-    let script = repo_root().join("tests/exporter/opencv_pipeline.py");
-    let python = repo_root().join(".venv/bin/python");
-    let o = std::process::Command::new(python)
-        .arg(script)
-        .args([model, picture, out])
-        .args(args)
-        .output()
-        .expect("runs .venv's python (make setup)");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let dets: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
-    dets.len()
-}
-
-/// Frame 80 of the held-out clip (five objects) at 700×400, as a PNG written by OpenCV: into 320,
-/// 183 rows of picture and an odd border of 137.
-fn picture(dir: &Path) -> PathBuf {
-    let out = dir.join("700x400.png");
-    let o = std::process::Command::new(repo_root().join(".venv/bin/python"))
-        .arg(repo_root().join("tests/exporter/clip_frame.py"))
-        .arg(eval_clip())
-        .args(["80", "700", "400"])
-        .arg(&out)
-        .output()
-        .expect("runs .venv's python (make setup)");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
-}
-
 /// The exporter's conventions for the shipped model: RGB, centred, black borders, 0-1 values,
 /// score threshold 0.5.
 const EXPORTER: &[&str] = &["--pad", "0", "--threshold", "0.5"];
@@ -251,9 +220,9 @@ fn pack_picture(out: &Path, picture: &Path, extra: &[&str]) -> (i32, String, Str
 #[test]
 fn model_run_gives_the_exporters_detections_in_the_pictures_pixels() {
     let dir = tempfile::tempdir().unwrap();
-    let picture = picture(dir.path());
+    let picture = exporter_picture(dir.path());
     let truth = dir.path().join("truth.json");
-    let n = exporter(&shipped_model(), &picture, &truth, EXPORTER);
+    let n = exporter_detections(&shipped_model(), &picture, &truth, EXPORTER);
     assert!(n >= 3, "the clip's frame holds objects: {n}");
     let drawn = dir.path().join("drawn.jpg");
     let bundle = bundle_dir();
@@ -286,9 +255,9 @@ fn model_run_gives_the_exporters_detections_in_the_pictures_pixels() {
 #[test]
 fn pack_expect_refuses_wrong_conventions_and_names_the_right_one() {
     let dir = tempfile::tempdir().unwrap();
-    let picture = picture(dir.path());
+    let picture = exporter_picture(dir.path());
     let truth = dir.path().join("truth.json");
-    assert!(exporter(&shipped_model(), &picture, &truth, EXPORTER) >= 3);
+    assert!(exporter_detections(&shipped_model(), &picture, &truth, EXPORTER) >= 3);
     let expect = ["--expect", truth.to_str().unwrap()];
 
     let out = dir.path().join("right");
@@ -300,9 +269,9 @@ fn pack_expect_refuses_wrong_conventions_and_names_the_right_one() {
     );
     assert!(!stderr.contains("without --expect"), "{stderr}");
     let bundle = Bundle::load(&out).unwrap();
-    let (rgb, size, expected) = bundle.expected().unwrap().expect("the bundle carries the picture and the truth");
-    assert_eq!((size, rgb.len()), ((700, 400), 700 * 400 * 3));
-    assert!(expected.len() >= 3);
+    let e = bundle.expected().unwrap().expect("the bundle carries the picture and the truth");
+    assert_eq!((e.size, e.rgb.len()), ((700, 400), 700 * 400 * 3));
+    assert!(e.detections.len() >= 3);
     let (code, stdout, stderr) = vigil_cmd(&["model-check", "--bundle", out.to_str().unwrap()], &[]);
     assert_eq!(code, 0, "{stdout}{stderr}");
 

@@ -16,15 +16,13 @@ mod tls;
 #[allow(unused_imports)] // the TLS tests use it, the others do not
 pub use tls::TlsBroker;
 
-/// The held-out clip's first frame resized (aspect not kept) to `w`×`h`, as a `jpg` (quality 95)
-/// or `png` file in `dir`.
-pub fn clip_picture(dir: &Path, w: u32, h: u32, ext: &str) -> PathBuf {
+/// The held-out clip's first frame resized (aspect not kept) to `w`×`h`, as a JPEG file in `dir`.
+pub fn clip_picture(dir: &Path, w: u32, h: u32) -> PathBuf {
     use gstreamer::prelude::*;
-    let out = dir.join(format!("{w}x{h}.{ext}"));
-    let encoder = if ext == "png" { "pngenc snapshot=true" } else { "jpegenc snapshot=true quality=95" };
+    let out = dir.join(format!("{w}x{h}.jpg"));
     let desc = format!(
         "filesrc location={} ! decodebin ! videoconvert ! videoscale ! video/x-raw,width={w},height={h} \
-         ! {encoder} ! filesink location={}",
+         ! jpegenc snapshot=true quality=95 ! filesink location={}",
         eval_clip().display(),
         out.display()
     );
@@ -38,6 +36,37 @@ pub fn clip_picture(dir: &Path, w: u32, h: u32, ext: &str) -> PathBuf {
     );
     p.set_state(gstreamer::State::Null).unwrap();
     assert!(matches!(msg.as_ref().map(|m| m.view()), Some(gstreamer::MessageView::Eos(_))), "{w}x{h}: {msg:?}");
+    out
+}
+
+/// The exporter's own pipeline (tests/exporter/opencv_pipeline.py: OpenCV's resize and border,
+/// ONNX Runtime) on `picture`: its detections file, and how many it holds.
+pub fn exporter_detections(model: &Path, picture: &Path, out: &Path, args: &[&str]) -> usize {
+    let script = repo_root().join("tests/exporter/opencv_pipeline.py");
+    let python = repo_root().join(".venv/bin/python");
+    let o = std::process::Command::new(python)
+        .arg(script)
+        .args([model, picture, out])
+        .args(args)
+        .output()
+        .expect("runs .venv's python (make setup)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dets: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
+    dets.len()
+}
+
+/// Frame 80 of the held-out clip (five objects) at 700×400, as a PNG written by OpenCV: into 320,
+/// 183 rows of picture and an odd border of 137.
+pub fn exporter_picture(dir: &Path) -> PathBuf {
+    let out = dir.join("700x400.png");
+    let o = std::process::Command::new(repo_root().join(".venv/bin/python"))
+        .arg(repo_root().join("tests/exporter/clip_frame.py"))
+        .arg(eval_clip())
+        .args(["80", "700", "400"])
+        .arg(&out)
+        .output()
+        .expect("runs .venv's python (make setup)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     out
 }
 

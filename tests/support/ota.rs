@@ -114,9 +114,14 @@ impl Rig {
 
     /// Packs the bundle directory `bundle` and signs it into the repository as `version`.
     pub fn sign(&self, bundle: &Path, version: &str) {
-        let archive = self.path(&format!("bundles/shapes-{version}.tar"));
+        self.sign_model(bundle, "shapes", version);
+    }
+
+    /// [`Rig::sign`] for a model called `name`.
+    pub fn sign_model(&self, bundle: &Path, name: &str, version: &str) {
+        let archive = self.path(&format!("bundles/{name}-{version}.tar"));
         vigil_ota::archive::pack_dir(bundle, &archive).unwrap();
-        self.add(&archive, &format!("models/shapes-{version}.tar"), Kind::Model, "shapes", version, Compat::default());
+        self.add(&archive, &format!("models/{name}-{version}.tar"), Kind::Model, name, version, Compat::default());
     }
 
     /// Signs the executable `file` into the repository as vigil's binary, `version`.
@@ -135,7 +140,12 @@ impl Rig {
     }
 
     pub fn apply(&self, device: &str, request_id: &str, version: &str) {
-        let args = serde_json::json!({ "name": "shapes", "version": version });
+        self.apply_model(device, request_id, "shapes", version);
+    }
+
+    /// [`Rig::apply`] for a model called `name`.
+    pub fn apply_model(&self, device: &str, request_id: &str, name: &str, version: &str) {
+        let args = serde_json::json!({ "name": name, "version": version });
         let r = self.command(device, request_id, "ota/apply", args);
         assert_eq!(r["ok"], true, "{r}");
     }

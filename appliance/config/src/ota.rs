@@ -76,6 +76,11 @@ pub struct CanaryConfig {
     /// Largest population stability index between the two models' score distributions.
     #[serde(default = "default_max_score_psi")]
     pub max_score_psi: f64,
+    /// A new model (not another version of the serving one) is accepted only with its exporter's
+    /// detections in its bundle (`vigil model pack --expect`), checked on this device: the
+    /// canary cannot compare it with the model it replaces.
+    #[serde(default = "crate::default_true")]
+    pub new_model_needs_expected: bool,
 }
 
 impl Default for CanaryConfig {
@@ -87,6 +92,7 @@ impl Default for CanaryConfig {
             max_error_rate: default_max_error_rate(),
             min_detection_ratio: default_min_detection_ratio(),
             max_score_psi: default_max_score_psi(),
+            new_model_needs_expected: true,
         }
     }
 }

@@ -310,6 +310,16 @@ pub struct ReferenceSection {
     pub expected: Option<PathBuf>,
 }
 
+/// A bundle's reference picture and its exporter's detections on it.
+#[derive(Debug, Clone)]
+pub struct ExpectedPicture {
+    /// Packed RGB.
+    pub rgb: Vec<u8>,
+    pub size: (u32, u32),
+    /// In the picture's pixels.
+    pub detections: Vec<Detection>,
+}
+
 /// A loaded, checked bundle.
 #[derive(Debug, Clone)]
 pub struct Bundle {
@@ -418,8 +428,8 @@ impl Bundle {
     }
 
     /// The reference picture and the exporter's detections on it, when the bundle was packed with
-    /// `--expect`: (packed RGB pixels, their size, the detections in the picture's pixels).
-    pub fn expected(&self) -> Result<Option<(Vec<u8>, (u32, u32), Vec<Detection>)>, BundleError> {
+    /// `--expect`.
+    pub fn expected(&self) -> Result<Option<ExpectedPicture>, BundleError> {
         let Some(r) = &self.manifest.reference else { return Ok(None) };
         let (Some(picture), Some([w, h]), Some(expected)) = (&r.picture, r.picture_size, &r.expected) else {
             return Ok(None);
@@ -436,7 +446,7 @@ impl Bundle {
         }
         let dets = crate::expect::read_expected(&self.dir.join(expected), &self.manifest.postprocess.labels)
             .map_err(invalid)?;
-        Ok(Some((rgb, (w, h), dets)))
+        Ok(Some(ExpectedPicture { rgb, size: (w, h), detections: dets }))
     }
 
     fn output_layout_unchecked(&self) -> Result<OutputLayout, String> {

@@ -312,12 +312,12 @@ pub fn check(
 /// [`check`] on a bundle's own reference picture and expected detections, if it carries them
 /// (`vigil model pack --expect`); `Ok(None)` when it does not.
 pub fn check_bundle(bundle: &crate::Bundle, detector: &mut Detector) -> Result<Option<Agreement>, String> {
-    let Some((rgb, size, expected)) = bundle.expected().map_err(|e| e.to_string())? else {
+    let Some(e) = bundle.expected().map_err(|e| e.to_string())? else {
         return Ok(None);
     };
-    let image = Image::rgb(&rgb, size.0 as usize * 3);
+    let image = Image::rgb(&e.rgb, e.size.0 as usize * 3);
     let threshold = bundle.manifest.postprocess.score_threshold;
-    check(detector, &bundle.manifest.input, image, size, &expected, threshold).map(Some)
+    check(detector, &bundle.manifest.input, image, e.size, &e.detections, threshold).map(Some)
 }
 
 #[cfg(test)]

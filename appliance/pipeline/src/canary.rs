@@ -1,8 +1,14 @@
 //! The canary after a model is activated: the new model's figures over a window of frames,
-//! compared with the previous model's on the same cameras before the swap. A model that passed
-//! acceptance can still quietly detect less in the field (a higher threshold, the wrong classes,
-//! a scene it was not trained on); the canary catches it by comparing what matters downstream:
-//! deadline misses, errors, detections per frame, and the distribution of scores (PSI).
+//! judged on what matters downstream. A model that passed acceptance can still quietly detect
+//! less in the field (a higher threshold, the wrong classes, a scene it was not trained on).
+//!
+//! What it is judged against depends on what it is ([`Basis`], decision 0014). A retrain (another
+//! version of the serving model: same name, same labels) is compared with the previous version
+//! on the same cameras: deadline misses, errors, detections per frame, and the distribution of
+//! scores (PSI). A new model is not: two different models differ, and their difference is not a
+//! fault. It is judged on its own errors and deadline misses, and on silence where its
+//! reference promised detections; its conventions were checked against the exporter's own
+//! detections at acceptance, before it served.
 
 /// Score histogram bins over 0..=1.
 pub const SCORE_BINS: usize = 10;
@@ -127,9 +133,20 @@ pub enum Verdict {
     Fail(Vec<String>),
 }
 
+/// What a new model's figures are judged against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Basis {
+    /// Another version of the serving model (same name and labels): compared with the previous
+    /// version on the same cameras.
+    Retrain,
+    /// Another model: judged on its own figures, `promised` being its detections on its
+    /// bundle's reference frame.
+    NewModel { promised: usize },
+}
+
 /// Judges `candidate` (the new model since activation) against `baseline` (the previous model on
-/// the same cameras before it).
-pub fn judge(baseline: &Window, candidate: &Window, t: &Thresholds) -> Verdict {
+/// the same cameras before it), as `basis` says.
+pub fn judge(baseline: &Window, candidate: &Window, t: &Thresholds, basis: Basis) -> Verdict {
     if candidate.frames < t.min_frames {
         return Verdict::Wait;
     }
@@ -148,6 +165,17 @@ pub fn judge(baseline: &Window, candidate: &Window, t: &Thresholds) -> Verdict {
         why.push(format!("{:.1} % of frames failed (allowed: {:.1} %)", errors * 100.0, t.max_error_rate * 100.0));
     }
     let (old, new) = (baseline.detections_per_frame(), candidate.detections_per_frame());
+    if let Basis::NewModel { promised } = basis {
+        if candidate.detections == 0 && baseline.detections > 0 && promised > 0 {
+            why.push(format!(
+                "the new model detected nothing in {} frames, where the previous model detected {old:.2} per frame \
+                 and its own reference frame gave {promised} detection(s): its pre-processing conventions are the \
+                 first suspects (check them with vigil model pack --expect)",
+                candidate.frames
+            ));
+        }
+        return if why.is_empty() { Verdict::Pass } else { Verdict::Fail(why) };
+    }
     if old > 0.0 && new / old < t.min_detection_ratio {
         why.push(format!(
             "{new:.2} detections per frame against {old:.2} for the previous model ({:.1} %, allowed down to {:.1} %)",
@@ -273,8 +301,8 @@ mod tests {
     fn the_same_behaviour_passes_and_too_few_frames_wait() {
         let old = spread(1000, 7);
         let t = Thresholds::default();
-        assert_eq!(judge(&old, &spread(299, 11), &t), Verdict::Wait);
-        assert_eq!(judge(&old, &spread(400, 11), &t), Verdict::Pass);
+        assert_eq!(judge(&old, &spread(299, 11), &t, Basis::Retrain), Verdict::Wait);
+        assert_eq!(judge(&old, &spread(400, 11), &t, Basis::Retrain), Verdict::Pass);
         assert!(psi(&old.scores, &spread(400, 11).scores) < 0.1, "two samples of one behaviour are stable");
         assert!(psi(&old.scores, &old.scores).abs() < 1e-12);
     }
@@ -283,7 +311,9 @@ mod tests {
     fn a_model_that_detects_far_less_fails_with_its_figures() {
         // Its score threshold raised: only the most confident detection survives.
         let old = window(1000, &[0.9, 0.8, 0.6]);
-        let Verdict::Fail(why) = judge(&old, &window(400, &[0.9]), &Thresholds::default()) else { panic!("must fail") };
+        let Verdict::Fail(why) = judge(&old, &window(400, &[0.9]), &Thresholds::default(), Basis::Retrain) else {
+            panic!("must fail")
+        };
         assert!(why.iter().any(|w| w.contains("1.00 detections per frame against 3.00")), "{why:?}");
         assert!(why.iter().any(|w| w.contains("PSI")), "the score distribution moved too: {why:?}");
     }
@@ -294,16 +324,38 @@ mod tests {
         let old = window(1000, &[0.9, 0.7]);
         let mut slow = window(400, &[0.9, 0.7]);
         (0..40).for_each(|_| slow.deadline_miss());
-        let Verdict::Fail(why) = judge(&old, &slow, &t) else { panic!("misses") };
+        let Verdict::Fail(why) = judge(&old, &slow, &t, Basis::Retrain) else { panic!("misses") };
         assert!(why[0].contains("deadline misses rose from 0.0 % to 9.1 %"), "{why:?}");
         let mut failing = window(400, &[0.9, 0.7]);
         (0..10).for_each(|_| failing.error());
-        let Verdict::Fail(why) = judge(&old, &failing, &t) else { panic!("errors") };
+        let Verdict::Fail(why) = judge(&old, &failing, &t, Basis::Retrain) else { panic!("errors") };
         assert!(why[0].contains("2.4 % of frames failed"), "{why:?}");
         // Same count, scores collapsed towards the threshold: a different model in disguise.
-        let Verdict::Fail(why) = judge(&old, &window(400, &[0.35, 0.31]), &t) else { panic!("shift") };
+        let Verdict::Fail(why) = judge(&old, &window(400, &[0.35, 0.31]), &t, Basis::Retrain) else { panic!("shift") };
         assert_eq!(why.len(), 1);
         assert!(why[0].contains("PSI"), "{why:?}");
+    }
+
+    #[test]
+    fn a_new_model_is_judged_on_its_own_figures_not_on_its_difference() {
+        let t = Thresholds::default();
+        let old = window(1000, &[0.9, 0.8, 0.6]);
+        let other = Basis::NewModel { promised: 4 };
+        // Fewer detections, other scores: a retrain that did this fails, another model passes.
+        let different = window(400, &[0.4]);
+        assert!(matches!(judge(&old, &different, &t, Basis::Retrain), Verdict::Fail(_)));
+        assert_eq!(judge(&old, &different, &t, other), Verdict::Pass);
+        // Silence where the previous model saw objects and its reference promised some.
+        let Verdict::Fail(why) = judge(&old, &window(400, &[]), &t, other) else { panic!("silence") };
+        assert!(why[0].contains("detected nothing in 400 frames") && why[0].contains("gave 4 detection(s)"), "{why:?}");
+        // Not when the scene is empty, or the reference promised nothing.
+        assert_eq!(judge(&window(1000, &[]), &window(400, &[]), &t, other), Verdict::Pass);
+        assert_eq!(judge(&old, &window(400, &[]), &t, Basis::NewModel { promised: 0 }), Verdict::Pass);
+        // Its own misses and errors still count.
+        let mut slow = window(400, &[0.9]);
+        (0..40).for_each(|_| slow.deadline_miss());
+        assert!(matches!(judge(&old, &slow, &t, other), Verdict::Fail(_)));
+        assert_eq!(judge(&old, &window(299, &[]), &t, other), Verdict::Wait);
     }
 
     #[test]

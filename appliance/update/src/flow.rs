@@ -330,6 +330,11 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
         )));
     }
     j.slot = Some(slot.clone());
+    let settings = canary_settings(j);
+    if let Err(why) = judged_as_new(&serving, &bundle, &settings) {
+        remove_slot(&slot, &serving.dir).await;
+        return Err(failed(why));
+    }
 
     // Accepting: on this device's backend, off the scheduler's thread.
     enter(host, j, Phase::Accepting)?;
@@ -344,7 +349,6 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
     host.publish(j, Some(detail.clone()));
 
     // The canary compares with the previous model on the same cameras: it needs its figures.
-    let settings = canary_settings(j);
     wait_for_baseline(host, j, &settings).await;
 
     // Activating: the hot swap, then the pointer.
@@ -353,8 +357,48 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
     let previous = activate(host, j, new, &serving).await?;
 
     // Canary.
-    let outcome = watch(host, j, &settings).await;
+    let basis = basis(&previous.serving, &host.serving());
+    let outcome = watch(host, j, &settings, basis).await;
     conclude(host, j, outcome, previous).await
+}
+
+/// A retrain is another version of the serving model: the same name and the same labels.
+fn is_retrain(old: &Serving, name: &str, labels: &[String]) -> bool {
+    old.model.name == name && old.labels == labels
+}
+
+/// Refuses a new model (not a retrain of `serving`) whose bundle carries no exporter's
+/// detections while `settings` asks for them: nothing else on the device can tell its
+/// conventions are right (decision 0014).
+fn judged_as_new(serving: &Serving, bundle: &Bundle, settings: &CanaryConfig) -> Result<(), String> {
+    let m = &bundle.manifest;
+    if is_retrain(serving, &m.model.name, &m.postprocess.labels) || !settings.new_model_needs_expected {
+        return Ok(());
+    }
+    match bundle.expected() {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!(
+            "{} is a new model here, not another version of {} (other name or labels): the canary cannot judge it by \
+             the model it replaces, so its bundle must carry its exporter's detections on a reference picture, and it \
+             has none. Re-pack it with `vigil model pack --expect DETECTIONS.json` (models/README.md), or push it with \
+             canary {{\"new_model_needs_expected\": false}} to judge it by its errors, deadline misses and silence only",
+            m.model.name, serving.model.name
+        )),
+        Err(e) => Err(format!("its exporter's detections cannot be read: {e}")),
+    }
+}
+
+/// What the canary judges `new` by, after `old`.
+fn basis(old: &Serving, new: &Serving) -> canary::Basis {
+    if is_retrain(old, &new.model.name, &new.labels) {
+        return canary::Basis::Retrain;
+    }
+    // Its reference detections (checked at acceptance): what it promised on a frame.
+    let promised = Bundle::load(&new.dir)
+        .ok()
+        .and_then(|b| vigil_infer::check::reference_detections(&b).ok())
+        .map_or(0, |d| d.len());
+    canary::Basis::NewModel { promised }
 }
 
 /// Refuses `offer` before anything is downloaded unless its archive (unless `downloaded`
@@ -494,9 +538,15 @@ async fn accept_here(
             "latency_p50_ms": a.latency_p50.as_secs_f64() * 1e3,
             "latency_p95_ms": a.latency_p95.as_secs_f64() * 1e3,
             "available_mb": a.available_after.map(|b| b >> 20),
+            "exporter_check": a.expected.as_ref().map(|e| serde_json::json!({
+                "expected": e.expected, "got": e.got, "matched": e.matched, "min_iou": e.min_iou,
+            })),
         });
         if !a.accepted() {
             return Err(failed(format!("acceptance failed: {}", a.problems.join("; "))));
+        }
+        if let Some(e) = &a.expected {
+            tracing::info!(backend = %a.check.backend, "the exporter's detections agree: {}", e.summary());
         }
         let clock = vigil_core::clock::SystemClock;
         let costs = measure::<Never, _>(&mut detector, &clock).map_err(|e| failed(format!("warm-up failed: {e}")))?;
@@ -593,14 +643,18 @@ async fn watch(
     host: &Host,
     j: &Journal,
     settings: &CanaryConfig,
+    basis: canary::Basis,
 ) -> Result<serde_json::Value, (String, serde_json::Value)> {
     let thresholds = Thresholds::from(settings);
+    if let canary::Basis::NewModel { promised } = basis {
+        tracing::info!(promised, "a new model, not a retrain: the canary judges its own figures");
+    }
     let started = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(CANARY_TICK).await;
         let (baseline, candidate) = host.recorder().canary().unwrap_or_default();
-        let figures = figures(&baseline, &candidate, settings);
-        match canary::judge(&baseline, &candidate, &thresholds) {
+        let figures = figures(&baseline, &candidate, settings, basis);
+        match canary::judge(&baseline, &candidate, &thresholds, basis) {
             canary::Verdict::Pass => return Ok(figures),
             canary::Verdict::Fail(why) => return Err((format!("canary failed: {}", why.join("; ")), figures)),
             canary::Verdict::Wait if started.elapsed() >= settings.max_wait => {
@@ -620,7 +674,7 @@ async fn watch(
     }
 }
 
-fn figures(baseline: &Window, candidate: &Window, settings: &CanaryConfig) -> serde_json::Value {
+fn figures(baseline: &Window, candidate: &Window, settings: &CanaryConfig, basis: canary::Basis) -> serde_json::Value {
     let side = |w: &Window| {
         serde_json::json!({
             "frames": w.frames,
@@ -632,6 +686,10 @@ fn figures(baseline: &Window, candidate: &Window, settings: &CanaryConfig) -> se
     serde_json::json!({
         "canary": {
             "min_frames": settings.min_frames,
+            "judged_as": match basis {
+                canary::Basis::Retrain => "retrain",
+                canary::Basis::NewModel { .. } => "new model",
+            },
             "previous": side(baseline),
             "new": side(candidate),
             "score_psi": canary::psi(&baseline.scores, &candidate.scores),
@@ -730,7 +788,8 @@ async fn restart_canary(host: &Host, j: &mut Journal) -> Step<Option<serde_json:
     let _ = j.enter(&host.dir(), Phase::Canary);
     host.publish(j, None);
     let settings = canary_settings(j);
-    let outcome = watch(host, j, &settings).await;
+    let basis = basis(&previous.serving, &host.serving());
+    let outcome = watch(host, j, &settings, basis).await;
     conclude(host, j, outcome, previous).await
 }
 
