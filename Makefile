@@ -17,7 +17,7 @@ TRT_ENV := target/trt-headers/env.sh
 GPU_TESTS := $(if $(filter 1,$(VIGIL_REQUIRE_GPU)),-- --include-ignored)
 WITH_TRT := source $(TRT_ENV) &&
 
-.PHONY: setup cross-setup trt-headers demo test lint yocto unit hil aarch64 bench jetson-check deb deb-jetpack next-vigil
+.PHONY: setup cross-setup trt-headers demo test lint yocto unit hil aarch64 bench jetson-check deb deb-jetpack next-vigil check-ultralytics
 
 ## Install what is missing (apt, ONNX Runtime wheel); idempotent.
 setup:
@@ -119,6 +119,11 @@ deb: setup trt-headers
 deb-jetpack: aarch64
 	.ci/stage-deb.sh arm64
 	CARGO_TARGET_DIR=target/cross cargo deb -p vigil --variant jetpack --target $(AARCH64) --no-build
+
+## Issue 22's checks on real Ultralytics exports (models/tools/check-ultralytics.sh): ~3 GB of
+## PyPI wheels and ~3 min, so not part of `make test`.
+check-ultralytics: setup
+	models/tools/check-ultralytics.sh
 
 ## Throughput against side-by-side baselines; figures go to docs/performance.md.
 bench: setup

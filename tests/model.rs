@@ -6,7 +6,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-
 use support::*;
 use vigil_capture::{self as capture, CameraSpec, FrameImage, FrameSource, Platform, Timeline};
 use vigil_core::source::{Pace, SourceUri};

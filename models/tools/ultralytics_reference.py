@@ -187,10 +187,15 @@ def cmd_export(args: argparse.Namespace) -> None:
         Path(args.labels).write_text("\n".join(labels) + "\n")
     import onnx
 
+    import hashlib
+
     m = onnx.load(str(out))
+    graph_sha = hashlib.sha256(m.graph.SerializeToString()).hexdigest()
     io = lambda vs: [(v.name, [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]) for v in vs]
     print(f"wrote {out}: opset {m.opset_import[0].version}, inputs {io(m.graph.input)}, "
           f"outputs {io(m.graph.output)}; {len(labels)} labels" + (f" -> {args.labels}" if args.labels else ""))
+    # The file's bytes differ per run only by the export date in its metadata; the graph does not.
+    print(f"graph sha256 (metadata excluded): {graph_sha}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:

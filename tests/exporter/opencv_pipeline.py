@@ -5,7 +5,7 @@ are mapped back to the picture's pixels. It shares no code with vigil's pre-proc
 detections are the truth `vigil model pack --expect` is checked against in tests/pack.rs.
 
 Usage: opencv_pipeline.py MODEL.onnx PICTURE OUT.json [--color rgb|bgr] [--letterbox
-center|top-left] [--rounding round|floor] [--pad N] [--scale S] [--threshold T]
+center|top-left] [--rounding round|floor] [--pad N] [--scale S] [--threshold T] [--tensor OUT.f32]
 
 Writes a JSON array of {"label", "class_id", "score", "box": [x1, y1, x2, y2]}.
 """
@@ -54,6 +54,7 @@ def main() -> None:
     p.add_argument("--pad", type=int, default=0)
     p.add_argument("--scale", type=float, default=1 / 255)
     p.add_argument("--threshold", type=float, default=decode.SCORE_THRESHOLD)
+    p.add_argument("--tensor", help="also write the model's input tensor here (raw f32 NCHW)")
     a = p.parse_args()
 
     so = ort.SessionOptions()
@@ -70,6 +71,8 @@ def main() -> None:
     if a.color == "rgb":
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     x = (img.astype(np.float32) * np.float32(a.scale)).transpose(2, 0, 1)[None]
+    if a.tensor:
+        np.ascontiguousarray(x).tofile(a.tensor)
     grid = session.run(None, {inp.name: np.ascontiguousarray(x)})[0]
     dets = decode.nms(decode.decode(grid, stride=size // grid.shape[2], score_threshold=a.threshold))
     h, w = bgr.shape[:2]

@@ -45,13 +45,13 @@ impl Plan {
         Self { codec, decoder, nvvidconv: platform.has_nvvidconv(), decode_threads: 0 }
     }
 
-    /// `avdec_h264 (software) → videoscale+videoconvert`: the decode path as people read it.
+    /// `avdec_h264 (software) → videoconvert`: the decode path as people read it.
     pub fn path(&self) -> String {
         let decode = match &self.decoder {
             Some(d) => format!("{} ({})", d.element, if d.hardware { "hardware" } else { "software" }),
             None => "raw".to_owned(),
         };
-        let convert = if self.nvvidconv { "nvvidconv" } else { "videoscale+videoconvert" };
+        let convert = if self.nvvidconv { "nvvidconv" } else { "videoconvert" };
         format!("{decode} → {convert}")
     }
 }

@@ -122,7 +122,7 @@ pub struct CameraStatsSnapshot {
     #[serde(skip)]
     pub id: String,
     pub state: CameraState,
-    /// `avdec_h264 (software) → videoscale+videoconvert`.
+    /// `avdec_h264 (software) → videoconvert`.
     pub decode_path: Option<String>,
     pub fps_in: f64,
     pub fps_out: f64,

@@ -23,6 +23,7 @@ use super::transform::{InputType, Pixels, Transform};
 /// FMA contraction so that the two agree to rounding.
 pub const KERNELS: &str = r#"
 struct VgParams {
+    double scale_x, scale_y;   /* 1 / (scaled size / source size), OpenCV's resize factors */
     int src_w, src_h, dst_w, dst_h;
     int stride0, stride1;
     float ratio_x, ratio_y, pad_x, pad_y, x_hi, y_hi;
@@ -48,6 +49,29 @@ __device__ float vg_sample(const unsigned char *p, int stride, int w, int h, int
     return top + (bottom - top) * fy;
 }
 
+/* cv2.resize(INTER_LINEAR)'s taps for 8-bit images: two samples and their 11-bit weights
+   (transform.rs `FixedTap`); `clamp` across, rows only clamped down. */
+__device__ void vg_taps(double scale, int d, int size, int clamp, int *i0, int *i1, int *w0, int *w1) {
+    float f = (float)__dadd_rn(__dmul_rn((double)d + 0.5, scale), -0.5);
+    int s = (int)floorf(f);
+    f = f - (float)s;
+    if (clamp && s < 0) { f = 0.0f; s = 0; }
+    if (clamp && s >= size - 1) { f = 0.0f; s = size - 1; }
+    *i0 = min(max(s, 0), size - 1);
+    *i1 = min(max(s + 1, 0), size - 1);
+    *w0 = __float2int_rn((1.0f - f) * 2048.0f);
+    *w1 = __float2int_rn(f * 2048.0f);
+}
+
+/* The 8-bit value cv2.resize gives, as its SIMD path computes the vertical pass. */
+__device__ float vg_sample_fixed(const unsigned char *p, int stride, int off, int x0, int x1, int a0, int a1,
+                                 int y0, int y1, int b0, int b1) {
+    int h0 = p[y0 * stride + x0 * 4 + off] * a0 + p[y0 * stride + x1 * 4 + off] * a1;
+    int h1 = p[y1 * stride + x0 * 4 + off] * a0 + p[y1 * stride + x1 * 4 + off] * a1;
+    int v = ((((h0 >> 4) * b0) >> 16) + (((h1 >> 4) * b1) >> 16) + 2) >> 2;
+    return (float)min(max(v, 0), 255);
+}
+
 extern "C" __global__ void vigil_preprocess(const unsigned char *plane0, const unsigned char *plane1, int nv12,
                                             VgParams p, void *out) {
     int x = blockIdx.x * blockDim.x + threadIdx.x;
@@ -69,7 +93,10 @@ extern "C" __global__ void vigil_preprocess(const unsigned char *plane0, const u
             rgb[1] = fminf(fmaxf(l - 0.391762f * u - 0.812968f * v, 0.0f), 255.0f);
             rgb[2] = fminf(fmaxf(l + 2.017232f * u, 0.0f), 255.0f);
         } else {
-            for (int c = 0; c < 3; ++c) rgb[c] = vg_sample(plane0, p.stride0, p.src_w, p.src_h, 4, c, sx, sy);
+            int x0, x1, a0, a1, y0, y1, b0, b1;
+            vg_taps(p.scale_x, x - (int)p.pad_x, p.src_w, 1, &x0, &x1, &a0, &a1);
+            vg_taps(p.scale_y, y - (int)p.pad_y, p.src_h, 0, &y0, &y1, &b0, &b1);
+            for (int c = 0; c < 3; ++c) rgb[c] = vg_sample_fixed(plane0, p.stride0, c, x0, x1, a0, a1, y0, y1, b0, b1);
         }
     } else {
         rgb[0] = rgb[1] = rgb[2] = p.pad;
@@ -96,6 +123,8 @@ extern "C" __global__ void vigil_preprocess(const unsigned char *plane0, const u
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 struct VgParams {
+    scale_x: f64,
+    scale_y: f64,
     src_w: i32,
     src_h: i32,
     dst_w: i32,
@@ -117,7 +146,7 @@ struct VgParams {
     qscale: f32,
 }
 
-// SAFETY: plain `repr(C)` data with the kernel's struct layout (ints and floats only).
+// SAFETY: plain `repr(C)` data with the kernel's struct layout (doubles first, then ints and floats).
 unsafe impl DeviceRepr for VgParams {}
 
 /// Why CUDA cannot be used here, if it cannot: no driver library, or no device.
@@ -225,6 +254,8 @@ impl CudaPreprocessor {
             InputType::I8 { scale } => (2, scale),
         };
         let params = VgParams {
+            scale_x: 1.0 / (f64::from(sw) / f64::from(t.src_w)),
+            scale_y: 1.0 / (f64::from(sh) / f64::from(t.src_h)),
             src_w: t.src_w as i32,
             src_h: t.src_h as i32,
             dst_w: t.dst_w as i32,

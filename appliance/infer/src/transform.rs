@@ -9,10 +9,16 @@
 //! docs/tensorrt.md for the tolerance).
 //!
 //! Conventions, mirrored by the kernels:
-//! - Pixel centres at +0.5. The picture is the source resized to the letterbox's scaled size
-//!   (as `cv2.resize` to that size does): source coordinate `s = (d + 0.5 − pad) · ratio − 0.5`
-//!   with `ratio` = source size ÷ scaled size on each axis, clamped to the edge; bilinear on each
-//!   plane, without antialiasing.
+//! - RGB and RGBA: the picture is the source resized to the letterbox's scaled size exactly as
+//!   OpenCV's `cv2.resize(…, INTER_LINEAR)` resizes 8-bit images, which is what exporters'
+//!   pipelines (Ultralytics, YOLOX) call: pixel centres at +0.5, source coordinate
+//!   `s = (d + 0.5) · (1 / (scaled ÷ source)) − 0.5` computed in f64 and rounded to f32; across,
+//!   `s` is clamped to the edge, down, the rows are; weights rounded to 11 bits; the horizontal
+//!   sum exact, the vertical one as OpenCV's SIMD path does it
+//!   (`((h0 >> 4) · b0 >> 16) + ((h1 >> 4) · b1 >> 16) + 2 >> 2`), giving 8-bit values. Checked
+//!   equal to `cv2.resize` of opencv-python 4.12 and 5.1, pixel for pixel, in tests/pack.rs.
+//! - NV12 (the kernels' NVMM input): pixel centres at +0.5, `s = (d + 0.5) · ratio − 0.5`
+//!   clamped to the edge, float bilinear on each plane, without antialiasing.
 //! - NV12: Y at full resolution, interleaved UV at half resolution with centred chroma siting,
 //!   sampled at `(s + 0.5) / 2 − 0.5`; BT.601 limited range to RGB, clamped to 0..=255.
 //! - Outside the scaled image: `pad_value` in every channel.
@@ -135,6 +141,110 @@ fn taps(count: u32, lo: f32, extent: u32, ratio: f32, src: u32) -> Vec<Option<(T
         .collect()
 }
 
+/// OpenCV's fixed-point resize weights: 1.0 is 2048.
+const COEF_SCALE: f32 = 2048.0;
+
+/// One output column's (or row's) two source samples and their 11-bit weights, as
+/// `cv2.resize(…, INTER_LINEAR)` computes them for 8-bit images (the kernels' `vg_taps`).
+/// `clamp`: across, OpenCV clamps the coordinate to the edge; down, it only clamps the rows.
+#[derive(Debug, Clone, Copy)]
+struct FixedTap {
+    i0: usize,
+    i1: usize,
+    w0: i32,
+    w1: i32,
+}
+
+impl FixedTap {
+    fn at(d: u32, scale: f64, size: u32, clamp: bool) -> Self {
+        let last = size as i64 - 1;
+        let mut f = ((f64::from(d) + 0.5) * scale - 0.5) as f32;
+        let mut s = f.floor() as i64;
+        f -= s as f32;
+        if clamp && s < 0 {
+            (f, s) = (0.0, 0);
+        }
+        if clamp && s >= last {
+            (f, s) = (0.0, last);
+        }
+        let w = |v: f32| (v * COEF_SCALE).round_ties_even() as i32;
+        Self { i0: s.clamp(0, last) as usize, i1: (s + 1).clamp(0, last) as usize, w0: w(1.0 - f), w1: w(f) }
+    }
+
+    /// The taps of each of the `extent` columns (or rows) of the picture resized from `src`.
+    fn all(extent: u32, src: u32, clamp: bool) -> Vec<Self> {
+        let scale = 1.0 / (f64::from(extent) / f64::from(src));
+        (0..extent).map(|i| Self::at(i, scale, src, clamp)).collect()
+    }
+}
+
+/// One source row resized across: for each output column, R, G, B as 11-bit-weighted sums
+/// (OpenCV's horizontal pass).
+fn across(row: &[u8], step: usize, columns: &[FixedTap], out: &mut [i32]) {
+    for (o, t) in out.chunks_exact_mut(3).zip(columns) {
+        let (a, b) = (&row[t.i0 * step..t.i0 * step + 3], &row[t.i1 * step..t.i1 * step + 3]);
+        for c in 0..3 {
+            o[c] = i32::from(a[c]) * t.w0 + i32::from(b[c]) * t.w1;
+        }
+    }
+}
+
+/// OpenCV's vertical pass (its SIMD path's rounding): two horizontal sums → an 8-bit value.
+#[inline]
+fn down(h0: i32, h1: i32, y: FixedTap) -> usize {
+    (((((h0 >> 4) * y.w0) >> 16) + (((h1 >> 4) * y.w1) >> 16) + 2) >> 2).clamp(0, 255) as usize
+}
+
+/// [`reference`] for packed RGB and RGBA: resized as `cv2.resize` does, row by row, each
+/// source row resized across once; the 256 values of each plane normalised once.
+fn reference_packed(data: &[u8], stride: usize, step: usize, t: &Transform, planes: [&mut [f32]; 3]) {
+    let (w, lb) = (t.dst_w as usize, &t.letterbox);
+    let (sw, sh) = lb.scaled_size();
+    let (px, py) = (lb.pad_x as usize, lb.pad_y as usize);
+    let order = if t.bgr { [2, 1, 0] } else { [0, 1, 2] };
+    // Plane k holds colour channel order[k], normalised with mean[k] and std[k].
+    let lut: [Vec<f32>; 3] = [0, 1, 2].map(|k| (0..256).map(|v| (v as f32 * t.scale - t.mean[k]) / t.std[k]).collect());
+    let pad = [0, 1, 2].map(|k| lut[k][usize::from(t.pad_value)]);
+    let columns = FixedTap::all(sw, t.src_w, true);
+    let rows = FixedTap::all(sh, t.src_h, false);
+    // The horizontal sums of the two source rows last used, and which rows they are.
+    let (mut h0, mut h1) = (vec![0i32; sw as usize * 3], vec![0i32; sw as usize * 3]);
+    let (mut held0, mut held1) = (usize::MAX, usize::MAX);
+    let [p0, p1, p2] = planes;
+    let mut outs = [p0.chunks_exact_mut(w), p1.chunks_exact_mut(w), p2.chunks_exact_mut(w)];
+    for d in 0..t.dst_h as usize {
+        let o = outs.each_mut().map(|p| p.next().expect("one row per output row"));
+        let Some(&y) = d.checked_sub(py).and_then(|i| rows.get(i)) else {
+            for k in 0..3 {
+                o[k].fill(pad[k]);
+            }
+            continue;
+        };
+        if held0 != y.i0 {
+            if held1 == y.i0 {
+                std::mem::swap(&mut h0, &mut h1);
+                held0 = y.i0;
+                held1 = usize::MAX;
+            } else {
+                across(&data[y.i0 * stride..], step, &columns, &mut h0);
+                held0 = y.i0;
+            }
+        }
+        if held1 != y.i1 {
+            across(&data[y.i1 * stride..], step, &columns, &mut h1);
+            held1 = y.i1;
+        }
+        for k in 0..3 {
+            let (row, c, lut) = (&mut *o[k], order[k], &lut[k]);
+            row[..px].fill(pad[k]);
+            row[px + sw as usize..].fill(pad[k]);
+            for (i, v) in row[px..px + sw as usize].iter_mut().enumerate() {
+                *v = lut[down(h0[i * 3 + c], h1[i * 3 + c], y)];
+            }
+        }
+    }
+}
+
 /// Bilinear sample of byte `offset` of each `step`-byte pixel, rows `stride` apart.
 #[inline]
 fn sample(data: &[u8], stride: usize, step: usize, offset: usize, x: Tap, y: Tap) -> f32 {
@@ -146,12 +256,11 @@ fn sample(data: &[u8], stride: usize, step: usize, offset: usize, x: Tap, y: Tap
     top + (bottom - top) * y.f
 }
 
-/// RGB (0..=255, unrounded) at one output pixel's taps: `(luma or RGB, chroma)` across and down.
+/// RGB (0..=255) of an NV12 frame at one output pixel's taps: `(luma, chroma)` across and down.
 #[inline]
-fn rgb_at(src: &Pixels<'_>, x: (Tap, Tap), y: (Tap, Tap)) -> [f32; 3] {
+fn nv12_at(src: &Pixels<'_>, x: (Tap, Tap), y: (Tap, Tap)) -> [f32; 3] {
     match *src {
-        Pixels::Rgba { data, stride } => [0, 1, 2].map(|c| sample(data, stride, 4, c, x.0, y.0)),
-        Pixels::Rgb { data, stride } => [0, 1, 2].map(|c| sample(data, stride, 3, c, x.0, y.0)),
+        Pixels::Rgba { .. } | Pixels::Rgb { .. } => unreachable!("RGB and RGBA are sampled in fixed point"),
         Pixels::Nv12 { y: luma, y_stride, uv, uv_stride } => {
             let luma = sample(luma, y_stride, 1, 0, x.0, y.0);
             let u = sample(uv, uv_stride, 2, 0, x.1, y.1) - 128.0;
@@ -170,16 +279,21 @@ pub fn reference(src: &Pixels<'_>, t: &Transform, out: &mut [f32]) {
     let (w, h) = (t.dst_w as usize, t.dst_h as usize);
     let lb = &t.letterbox;
     let (sw, sh) = lb.scaled_size();
-    let (rx, ry) = lb.resize_ratios();
-    let columns = taps(t.dst_w, lb.pad_x, sw, rx, t.src_w);
-    let rows = taps(t.dst_h, lb.pad_y, sh, ry, t.src_h);
     let norm = |c: usize, v: f32| (v * t.scale - t.mean[c]) / t.std[c];
     let pad = [0, 1, 2].map(|c| norm(c, f32::from(t.pad_value)));
     let order = if t.bgr { [2, 1, 0] } else { [0, 1, 2] };
     let (p0, rest) = out.split_at_mut(w * h);
     let (p1, p2) = rest.split_at_mut(w * h);
+    match *src {
+        Pixels::Rgba { data, stride } => return reference_packed(data, stride, 4, t, [p0, p1, p2]),
+        Pixels::Rgb { data, stride } => return reference_packed(data, stride, 3, t, [p0, p1, p2]),
+        Pixels::Nv12 { .. } => {}
+    }
     let planes = [p0, p1, p2].map(|p| p.chunks_exact_mut(w));
     let [mut r0, mut r1, mut r2] = planes;
+    let (rx, ry) = lb.resize_ratios();
+    let columns = taps(t.dst_w, lb.pad_x, sw, rx, t.src_w);
+    let rows = taps(t.dst_h, lb.pad_y, sh, ry, t.src_h);
     for row in &rows {
         let (o0, o1, o2) = (r0.next().unwrap(), r1.next().unwrap(), r2.next().unwrap());
         let Some(y) = *row else {
@@ -193,7 +307,7 @@ pub fn reference(src: &Pixels<'_>, t: &Transform, out: &mut [f32]) {
                 (o0[x], o1[x], o2[x]) = (pad[0], pad[1], pad[2]);
                 continue;
             };
-            let rgb = rgb_at(src, xt, y);
+            let rgb = nv12_at(src, xt, y);
             o0[x] = norm(0, rgb[order[0]]);
             o1[x] = norm(1, rgb[order[1]]);
             o2[x] = norm(2, rgb[order[2]]);

@@ -2,7 +2,7 @@
 //! judged on what matters downstream. A model that passed acceptance can still quietly detect
 //! less in the field (a higher threshold, the wrong classes, a scene it was not trained on).
 //!
-//! What it is judged against depends on what it is ([`Basis`], decision 0014). A retrain (another
+//! What it is judged against depends on what it is ([`Basis`], decision 0015). A retrain (another
 //! version of the serving model: same name, same labels) is compared with the previous version
 //! on the same cameras: deadline misses, errors, detections per frame, and the distribution of
 //! scores (PSI). A new model is not: two different models differ, and their difference is not a

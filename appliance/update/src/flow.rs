@@ -331,15 +331,14 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
     }
     j.slot = Some(slot.clone());
     let settings = canary_settings(j);
-    if let Err(why) = judged_as_new(&serving, &bundle, &settings) {
-        remove_slot(&slot, &serving.dir).await;
-        return Err(failed(why));
-    }
+    let unjudged = judged_as_new(&serving, &bundle, &settings);
 
-    // Accepting: on this device's backend, off the scheduler's thread.
+    // Accepting: on this device's backend, off the scheduler's thread. A new model without its
+    // exporter's detections is refused after it (whose reasons, such as rules that do not fit
+    // its labels, come first).
     enter(host, j, Phase::Accepting)?;
     let accepted = accept_here(host.config.clone(), bundle, ota.accept_runs, ota.min_available_mb << 20).await;
-    let (new, detail) = match accepted {
+    let (new, detail) = match accepted.and_then(|a| unjudged.map(|()| a).map_err(failed)) {
         Ok(a) => a,
         Err(stop) => {
             remove_slot(&slot, &serving.dir).await;
@@ -369,7 +368,7 @@ fn is_retrain(old: &Serving, name: &str, labels: &[String]) -> bool {
 
 /// Refuses a new model (not a retrain of `serving`) whose bundle carries no exporter's
 /// detections while `settings` asks for them: nothing else on the device can tell its
-/// conventions are right (decision 0014).
+/// conventions are right (decision 0015).
 fn judged_as_new(serving: &Serving, bundle: &Bundle, settings: &CanaryConfig) -> Result<(), String> {
     let m = &bundle.manifest;
     if is_retrain(serving, &m.model.name, &m.postprocess.labels) || !settings.new_model_needs_expected {
@@ -378,11 +377,15 @@ fn judged_as_new(serving: &Serving, bundle: &Bundle, settings: &CanaryConfig) ->
     match bundle.expected() {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(format!(
-            "{} is a new model here, not another version of {} (other name or labels): the canary cannot judge it by \
-             the model it replaces, so its bundle must carry its exporter's detections on a reference picture, and it \
-             has none. Re-pack it with `vigil model pack --expect DETECTIONS.json` (models/README.md), or push it with \
-             canary {{\"new_model_needs_expected\": false}} to judge it by its errors, deadline misses and silence only",
-            m.model.name, serving.model.name
+            "{} {} is a new model here, not another version of {} {} ({}): the canary cannot judge it by the model it \
+             replaces, so its bundle must carry its exporter's detections on a reference picture, and it has none. \
+             Re-pack it with `vigil model pack --expect DETECTIONS.json` (models/README.md), or push it with canary \
+             {{\"new_model_needs_expected\": false}} to judge it by its errors, deadline misses and silence only",
+            m.model.name,
+            m.model.version,
+            serving.model.name,
+            serving.model.version,
+            if m.model.name == serving.model.name { "other labels" } else { "another name" }
         )),
         Err(e) => Err(format!("its exporter's detections cannot be read: {e}")),
     }
@@ -579,7 +582,9 @@ async fn swap_in(host: &Host, new: Accepted) -> Step<Swapped> {
         .map(|c| rules.camera(&c.id, &host.config.device_id, &serving.model, labels.clone()))
         .collect();
     let (done, answered) = tokio::sync::oneshot::channel();
-    let swap = Swap { detector, costs, cameras, done };
+    // Acceptance judged the model against these budgets; it serves under them too.
+    let budgets = host.config.cameras.iter().map(|c| host.config.camera_budget(c, serving.budget)).collect();
+    let swap = Swap { detector, costs, cameras, budgets, done };
     host.swaps
         .try_send(swap)
         .map_err(|_| failed("the scheduler is not taking models (vigil is stopping?); nothing changed"))?;

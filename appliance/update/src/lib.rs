@@ -48,6 +48,9 @@ pub struct Swap {
     pub costs: WarmCosts,
     /// Each camera's event state under the new model (rules compiled against its labels).
     pub cameras: Vec<CameraEvents>,
+    /// Each camera's budget under the new model (its own, else the new bundle's), in the
+    /// scheduler's camera order.
+    pub budgets: Vec<std::time::Duration>,
     /// Answered once the new model has served a round (or the scheduler stopped: dropped).
     pub done: tokio::sync::oneshot::Sender<Swapped>,
 }
@@ -68,6 +71,8 @@ pub struct Serving {
     /// Its bundle directory (a slot, or the configured bundle).
     pub dir: PathBuf,
     pub labels: Vec<String>,
+    /// Its bundle's latency budget: a camera without a budget of its own gets this one.
+    pub budget: std::time::Duration,
 }
 
 impl Serving {
@@ -82,6 +87,7 @@ impl Serving {
             },
             dir: bundle.dir.clone(),
             labels: detector.labels().to_vec(),
+            budget: bundle.manifest.budget.latency,
         }
     }
 }

@@ -145,11 +145,11 @@ impl Worker {
     /// here. Returns the ended events.
     fn swap(&mut self, swap: Swap, in_flight: &mut Option<SwapInFlight>) -> Vec<Emitted> {
         let lost_before = self.lost();
-        let Swap { detector, costs, cameras, done } = swap;
+        let Swap { detector, costs, cameras, budgets, done } = swap;
         let mut ended: Vec<Emitted> = self.cameras.iter_mut().flat_map(|c| c.finish(EndReason::ModelChanged)).collect();
         ended.sort_by(|a, b| a.event.id.cmp(&b.event.id));
         self.cameras = cameras;
-        let old = self.scheduler.swap(detector, &costs);
+        let old = self.scheduler.swap(detector, &costs, budgets);
         {
             let mut canary = self.canary.lock().unwrap_or_else(|p| p.into_inner());
             let baseline = canary.recent();

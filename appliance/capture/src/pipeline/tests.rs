@@ -203,7 +203,7 @@ fn plans_describe_their_path() {
     assert_eq!(plan.path(), "nvv4l2decoder (hardware) → nvvidconv");
     let d = Platform::desktop();
     let plan = Plan::new(&d, Codec::Raw, None);
-    assert_eq!(plan.path(), "raw → videoscale+videoconvert");
+    assert_eq!(plan.path(), "raw → videoconvert");
 }
 
 #[test]

@@ -159,9 +159,12 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
     /// Puts `new` in place of the current stages, between two rounds: it serves from the next
     /// one, planned with `costs` (measured on it while the current stages served, see
     /// [`measure`]), so that no frame waits for a warm-up and none is planned on the old model's
-    /// costs. Returns the stages it replaced (kept, warm, for a rollback).
-    pub fn swap(&mut self, new: S, costs: &WarmCosts) -> S {
+    /// costs, and under `budgets` (one per camera: the new bundle's where a camera has none of
+    /// its own). Returns the stages it replaced (kept, warm, for a rollback).
+    pub fn swap(&mut self, new: S, costs: &WarmCosts, budgets: Vec<Duration>) -> S {
         self.learn(costs);
+        self.policy.set_budgets(budgets);
+        self.over_budget.fill(false);
         std::mem::replace(&mut self.stages, new)
     }
 

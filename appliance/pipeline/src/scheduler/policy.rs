@@ -166,6 +166,12 @@ impl Policy {
         Self { budgets, last_served: vec![None; n], cost: CostModel::default() }
     }
 
+    /// Another model's budgets, one per camera as before (a model swap).
+    pub fn set_budgets(&mut self, budgets: Vec<Duration>) {
+        assert_eq!(budgets.len(), self.budgets.len(), "one budget per camera");
+        self.budgets = budgets;
+    }
+
     pub fn budget(&self, camera: usize) -> Duration {
         self.budgets[camera]
     }

@@ -477,7 +477,9 @@ fn a_model_swapped_in_between_rounds_loses_no_frame_and_makes_none_late() {
     let out = simulate_with(&clock, &cameras, &[100 * MS; 2], a, Duration::from_secs(20), |sched| {
         if clock.now() >= swap_at {
             if let Some(b) = b.take() {
-                old = Some(sched.swap(b, &b_costs));
+                old = Some(sched.swap(b, &b_costs, vec![100 * MS, 120 * MS]));
+                // It serves under its own budgets (a camera without one takes the bundle's).
+                assert_eq!((sched.policy().budget(0), sched.policy().budget(1)), (100 * MS, 120 * MS));
                 // From its first round, B is planned with its own costs (not zero, not A's);
                 // A's stay known for a rollback.
                 let cost = &sched.policy().cost;
