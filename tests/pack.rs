@@ -210,7 +210,10 @@ fn pack_picture(out: &Path, picture: &Path, extra: &[&str]) -> (i32, String, Str
     let model = shipped_model();
     let mut args = vec!["model", "pack", model.to_str().unwrap(), "--out", out.to_str().unwrap()];
     args.extend_from_slice(&["--name", "shapes-repacked", "--image", picture.to_str().unwrap()]);
-    args.extend_from_slice(&["--labels", "circle,square,triangle", "--pad-value", "0", "--score-threshold", "0.5"]);
+    args.extend_from_slice(&["--labels", "circle,square,triangle", "--score-threshold", "0.5"]);
+    if !extra.contains(&"--pad-value") {
+        args.extend_from_slice(&["--pad-value", "0"]);
+    }
     args.extend_from_slice(extra);
     vigil_cmd(&args, &[])
 }
@@ -249,8 +252,8 @@ fn model_run_gives_the_exporters_detections_in_the_pictures_pixels() {
     assert!(stderr.contains(&format!("{} detection(s) drawn", want.len())), "{stderr}");
 }
 
-/// `pack --expect`: with the exporter's conventions the bundle is packed and carries the truth
-/// (a device checks it again); with a wrong colour order, placement or scale it is refused, the
+/// `pack --expect`: with the exporter's conventions (the shipped model's, and YOLOX's) the bundle
+/// is packed and carries the truth (a device checks it again); with a wrong colour order, placement or scale it is refused, the
 /// right value named, and nothing is left behind.
 #[test]
 fn pack_expect_refuses_wrong_conventions_and_names_the_right_one() {
@@ -281,6 +284,28 @@ fn pack_expect_refuses_wrong_conventions_and_names_the_right_one() {
     assert_eq!(ours.len(), theirs.len());
     let differ = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
     assert_eq!(differ, 0, "{differ} of {} tensor values differ from OpenCV's", ours.len());
+
+    // YOLOX's conventions on both sides (BGR, top-left, pad 114, floor): they agree too, and the
+    // tensors are the same.
+    let (yolox, yolox_tensor) = (dir.path().join("yolox.json"), dir.path().join("yolox.f32"));
+    let conventions = ["--color", "bgr", "--letterbox", "top-left", "--pad", "114"];
+    let args = [
+        &conventions[..],
+        &["--rounding", "floor", "--threshold", "0.5", "--tensor"],
+        &[yolox_tensor.to_str().unwrap()],
+    ]
+    .concat();
+    assert!(exporter_detections(&shipped_model(), &picture, &yolox, &args) >= 3);
+    let out = dir.path().join("yolox");
+    let flags = ["--color", "bgr", "--letterbox", "top-left", "--size-rounding", "floor", "--pad-value", "114"];
+    let (code, stdout, stderr) =
+        pack_picture(&out, &picture, &[&flags[..], &["--expect", yolox.to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("0 missing, 0 extra"), "{stdout}");
+    let bundle = Bundle::load(&out).unwrap();
+    let ours = bundle.read_f32(&bundle.manifest.reference.as_ref().unwrap().input).unwrap();
+    let theirs = vigil_infer::bundle::f32_values(&std::fs::read(&yolox_tensor).unwrap()).unwrap();
+    assert!(ours == theirs, "YOLOX's conventions: the tensors differ");
 
     let wrong: [(&[&str], &str); 3] = [
         (&["--color", "bgr"], "input.color = \"RGB\" (pack --color rgb)"),

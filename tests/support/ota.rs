@@ -90,7 +90,10 @@ impl Rig {
         self.sign(&bundle, version);
     }
 
-    /// The bundle directory of [`Rig::publish`], not signed yet.
+    /// The bundle directory of [`Rig::publish`], not signed yet. Unless `edit` sets another
+    /// budget, the bundle's is 1 s: these tests are not about speed (acceptance's latency check
+    /// has its own case), and a machine busy with the other tests' devices must not fail a
+    /// correct model (the shipped model's ORT p95 reached 83 ms of the 80 allowed there).
     pub fn prepare(&self, version: &str, edit: impl FnOnce(String) -> String) -> PathBuf {
         let bundle = self.path(&format!("bundles/shapes-{version}"));
         copy_bundle(&bundle);
@@ -98,7 +101,8 @@ impl Rig {
         let text = std::fs::read_to_string(&manifest)
             .unwrap()
             .replace("version = \"1.0.0\"", &format!("version = \"{version}\""));
-        std::fs::write(&manifest, edit(text)).unwrap();
+        let text = edit(text).replace("latency_ms = 100\n", "latency_ms = 1000\n");
+        std::fs::write(&manifest, text).unwrap();
         bundle
     }
 

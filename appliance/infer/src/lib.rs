@@ -1,4 +1,5 @@
-//! Inference: the `Backend` seam, pre-processing of decoded frames into the model's input tensor, and post-processing of its output into source-frame detections.
+//! Inference: the `Backend` seam, pre-processing of decoded frames into the model's input
+//! tensor, and post-processing of its output into source-frame detections.
 
 pub mod accept;
 pub mod bundle;
@@ -51,8 +52,8 @@ pub trait Backend: Send {
     }
     /// GPU backends: pre-processes an RGBA `image` of `source` size on the device (the
     /// transform of [`transform::reference`]), straight into input slot `slot`, on the stream
-    /// inference runs on. `Ok(false)` when this backend or image
-    /// cannot (the caller pre-processes on the CPU instead). Slots loaded here are not taken from
+    /// inference runs on. `Ok(false)` when this backend or image cannot (the caller
+    /// pre-processes on the CPU instead). Slots loaded here are not taken from
     /// `input` by the next [`Backend::infer`].
     fn load_on_device(&mut self, _slot: usize, _image: &Image<'_>, _source: (u32, u32)) -> Result<bool, InferError> {
         Ok(false)

@@ -154,19 +154,16 @@ async fn update(host: &Host, mut j: Journal, periodic: bool) {
 
 /// Records the outcome: journal, log, retained state; the next update may start.
 async fn finish(host: &Host, j: &mut Journal, outcome: Step<Option<serde_json::Value>>) {
-    host.set_busy(false);
     let dir = host.dir();
     let (phase, reason, detail) = match outcome {
         // Still under way: vigil is stopping, and busy until it has.
-        Err(Stop::Restarting) => {
-            host.set_busy(true);
-            return;
-        }
+        Err(Stop::Restarting) => return,
         Ok(detail) => (Phase::Successful, j.reason.clone().unwrap_or_default(), detail),
         Err(Stop::End(phase, reason)) => (phase, reason, None),
         Err(Stop::RolledBack(reason, figures)) => (Phase::RolledBack, reason, Some(figures)),
         Err(Stop::NothingNew) => {
             tracing::debug!(name = %j.name, "periodic check: nothing newer");
+            host.set_busy(false);
             return;
         }
     };
@@ -189,6 +186,8 @@ async fn finish(host: &Host, j: &mut Journal, outcome: Step<Option<serde_json::V
         }
     }
     host.publish_outcome(j, detail);
+    // Only now may the next update start: the tidy above must not remove what it writes.
+    host.set_busy(false);
 }
 
 pub(crate) fn updater(config: &Config, ota: &OtaConfig) -> Result<Updater, OtaError> {

@@ -15,6 +15,15 @@ use vigil_ota::OtaError;
 
 pub const FILE: &str = "update.json";
 
+/// The journal's writes in this process, one at a time: an update's steps and the record that an
+/// earlier outcome reached the broker (on another thread, when the broker acknowledges it) share
+/// the file and its temporary name, and the latter reads, changes and writes it back.
+static WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn writing() -> std::sync::MutexGuard<'static, ()> {
+    WRITES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Restarts during a canary before the new model is blamed for them and rolled back.
 pub const MAX_CANARY_RESTARTS: u32 = 2;
 
@@ -127,12 +136,33 @@ impl Journal {
 
     /// Writes the journal durably; call it before the phase's work starts.
     pub fn save(&self, dir: &Path) -> Result<(), OtaError> {
+        let _one = writing();
+        self.save_unguarded(dir)
+    }
+
+    fn save_unguarded(&self, dir: &Path) -> Result<(), OtaError> {
         let path = dir.join(FILE);
         vigil_core::fsutil::write_durably(&path, &serde_json::to_vec_pretty(self).expect("journals serialise"))
             .map_err(OtaError::io("cannot write", path))
     }
 
+    /// Reads the journal and, if `change` changes it (returns true), writes it back, with no
+    /// other write in between.
+    pub fn update(dir: &Path, change: impl FnOnce(&mut Journal) -> bool) -> Result<(), OtaError> {
+        let _one = writing();
+        match Self::load(dir)? {
+            Some(mut j) => {
+                if change(&mut j) {
+                    j.save_unguarded(dir)?;
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
     pub fn clear(dir: &Path) -> Result<(), OtaError> {
+        let _one = writing();
         match std::fs::remove_file(dir.join(FILE)) {
             Ok(()) => vigil_core::fsutil::sync_dir(dir).map_err(OtaError::io("cannot sync", dir)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -228,6 +258,35 @@ mod tests {
         assert_eq!(done.on_start(d.path(), Some(old)).unwrap(), Resume::Report);
         done.reported = true;
         assert_eq!(done.on_start(d.path(), Some(old)).unwrap(), Resume::Nothing);
+    }
+
+    #[test]
+    fn an_update_of_the_journal_races_no_other_write_and_keeps_a_newer_journal() {
+        let d = tempfile::tempdir().unwrap();
+        let (dir, old) = (d.path(), Journal::new("old", "m", "1.0.1"));
+        old.save(dir).unwrap();
+        // The next update's steps, on another thread, while the old outcome is marked reported.
+        let writer = {
+            let dir = dir.to_owned();
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    let mut j = Journal::new("new", "m", "1.0.2");
+                    j.canary_restarts = i;
+                    j.save(&dir).unwrap();
+                }
+            })
+        };
+        for _ in 0..200 {
+            Journal::update(dir, |j| {
+                let mine = j.request_id == "old";
+                j.reported |= mine;
+                mine
+            })
+            .unwrap();
+        }
+        writer.join().unwrap();
+        let last = Journal::load(dir).unwrap().unwrap();
+        assert_eq!((last.request_id.as_str(), last.canary_restarts, last.reported), ("new", 199, false));
     }
 
     #[test]

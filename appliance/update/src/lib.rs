@@ -181,14 +181,14 @@ impl Host {
 /// The journal in `dir` records that the outcome `phase` of `request` reached the broker (unless a
 /// newer update has replaced it meanwhile).
 fn mark_reported(dir: &Path, request: &str, phase: crate::journal::Phase) {
-    match Journal::load(dir) {
-        Ok(Some(mut j)) if j.request_id == request && j.phase == phase && !j.reported => {
-            j.reported = true;
-            if let Err(e) = j.save(dir) {
-                tracing::warn!(error = %e, "cannot record that the update's outcome was reported");
-            }
-        }
-        _ => {}
+    // The next update may have started meanwhile: its journal is left as it is.
+    let marked = Journal::update(dir, |j| {
+        let this = j.request_id == request && j.phase == phase && !j.reported;
+        j.reported |= this;
+        this
+    });
+    if let Err(e) = marked {
+        tracing::warn!(error = %e, "cannot record that the update's outcome was reported");
     }
 }
 
