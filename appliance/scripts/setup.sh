@@ -55,10 +55,13 @@ fi
 # OpenCV: tests/exporter/opencv_pipeline.py, an exporter's own pipeline (cv2.resize and
 # copyMakeBorder, as YOLOX's and Ultralytics' demos pre-process) that `pack --expect` is tested
 # against; pinned, as its resize rounding is what the test compares with.
+# Pillow: the pipeline decodes the shapes model's grid with models/recipe/decode.py, whose
+# module imports it (the recipe's pin).
 OPENCV_VERSION=4.12.0.88
-if ! .venv/bin/python -c "import cv2; assert cv2.__version__ == '${OPENCV_VERSION%.*}'" 2>/dev/null; then
-  echo "setup: installing opencv-python-headless $OPENCV_VERSION into .venv"
-  .venv/bin/pip install -q --disable-pip-version-check "opencv-python-headless==$OPENCV_VERSION"
+PILLOW_VERSION=13.0.0
+if ! .venv/bin/python -c "import cv2, PIL; assert cv2.__version__ == '${OPENCV_VERSION%.*}' and PIL.__version__ == '$PILLOW_VERSION'" 2>/dev/null; then
+  echo "setup: installing opencv-python-headless $OPENCV_VERSION and pillow $PILLOW_VERSION into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check "opencv-python-headless==$OPENCV_VERSION" "pillow==$PILLOW_VERSION"
 fi
 # oelint-adv: the Yocto layer's linter (.ci/check-yocto.sh); pinned, as its rules change.
 OELINT_VERSION=9.11.2

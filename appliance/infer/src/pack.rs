@@ -373,7 +373,7 @@ fn pack_into(req: &PackRequest, frame: &Frame<'_>, library: &Path) -> Result<Pac
                 .to_owned(),
         );
     }
-    let expects = match &req.expect {
+    match &req.expect {
         None => {
             warnings.push(
                 "packed without --expect: nothing compared these conventions with the exporter's own pipeline; give \
@@ -381,7 +381,6 @@ fn pack_into(req: &PackRequest, frame: &Frame<'_>, library: &Path) -> Result<Pac
                  scale or rounding is caught here and on every device"
                     .to_owned(),
             );
-            false
         }
         Some(path) => {
             let expected = crate::expect::read_expected(path, &req.labels).map_err(|e| refuse(vec![e]))?;
@@ -402,9 +401,8 @@ fn pack_into(req: &PackRequest, frame: &Frame<'_>, library: &Path) -> Result<Pac
                  the picture's pixels",
                 frame.width, frame.height
             );
-            true
         }
-    };
+    }
     std::fs::write(req.out.join("manifest.toml"), format!("{head}{reference}")).map_err(io)?;
 
     // Loaded and checked as a device will.
@@ -417,6 +415,5 @@ fn pack_into(req: &PackRequest, frame: &Frame<'_>, library: &Path) -> Result<Pac
     }
     // The exporter's detections, from the files a device reads, through the service's path.
     let agreement = crate::expect::check_bundle(&bundle, &mut detector).map_err(|e| refuse(vec![e]))?;
-    debug_assert_eq!(agreement.is_some(), expects);
     Ok(Packed { dir: req.out.clone(), format, input: size, detections: dets.len(), quantized, agreement, warnings })
 }

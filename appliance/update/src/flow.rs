@@ -330,14 +330,14 @@ async fn steps(host: &Host, j: &mut Journal, periodic: bool) -> Step<Option<serd
     }
     j.slot = Some(slot.clone());
     let settings = canary_settings(j);
-    let unjudged = judged_as_new(&serving, &bundle, &settings);
+    let expected = new_model_has_expected(&serving, &bundle, &settings);
 
     // Accepting: on this device's backend, off the scheduler's thread. A new model without its
     // exporter's detections is refused after it (whose reasons, such as rules that do not fit
     // its labels, come first).
     enter(host, j, Phase::Accepting)?;
     let accepted = accept_here(host.config.clone(), bundle, ota.accept_runs, ota.min_available_mb << 20).await;
-    let (new, detail) = match accepted.and_then(|a| unjudged.map(|()| a).map_err(failed)) {
+    let (new, detail) = match accepted.and_then(|a| expected.map(|()| a).map_err(failed)) {
         Ok(a) => a,
         Err(stop) => {
             remove_slot(&slot, &serving.dir).await;
@@ -368,7 +368,7 @@ fn is_retrain(old: &Serving, name: &str, labels: &[String]) -> bool {
 /// Refuses a new model (not a retrain of `serving`) whose bundle carries no exporter's
 /// detections while `settings` asks for them: nothing else on the device can tell its
 /// conventions are right (decision 0015).
-fn judged_as_new(serving: &Serving, bundle: &Bundle, settings: &CanaryConfig) -> Result<(), String> {
+fn new_model_has_expected(serving: &Serving, bundle: &Bundle, settings: &CanaryConfig) -> Result<(), String> {
     let m = &bundle.manifest;
     if is_retrain(serving, &m.model.name, &m.postprocess.labels) || !settings.new_model_needs_expected {
         return Ok(());
