@@ -38,28 +38,36 @@ impl Comparison {
     }
 }
 
-/// Greedy one-to-one matching, best overlap first: (matched pairs' score changes).
-pub fn match_detections(reference: &[Detection], candidate: &[Detection]) -> Vec<f32> {
+/// Greedy one-to-one matching of `a` with `b`, best overlap first, pairs of one class
+/// overlapping at least `min_iou`: the matched pairs as (IoU, index in `a`, index in `b`).
+pub fn greedy_pairs(a: &[Detection], b: &[Detection], min_iou: f32) -> Vec<(f32, usize, usize)> {
     let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
-    for (i, r) in reference.iter().enumerate() {
-        for (j, c) in candidate.iter().enumerate() {
-            let o = r.bbox.iou(&c.bbox);
-            if r.class_id == c.class_id && o >= MATCH_IOU {
+    for (i, x) in a.iter().enumerate() {
+        for (j, y) in b.iter().enumerate() {
+            let o = x.bbox.iou(&y.bbox);
+            if x.class_id == y.class_id && o >= min_iou {
                 pairs.push((o, i, j));
             }
         }
     }
-    pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let (mut used_r, mut used_c) = (vec![false; reference.len()], vec![false; candidate.len()]);
-    let mut changes = Vec::new();
-    for (_, i, j) in pairs {
-        if !used_r[i] && !used_c[j] {
-            used_r[i] = true;
-            used_c[j] = true;
-            changes.push((candidate[j].score - reference[i].score).abs());
+    pairs.sort_by(|p, q| q.0.total_cmp(&p.0));
+    let (mut used_a, mut used_b) = (vec![false; a.len()], vec![false; b.len()]);
+    pairs.retain(|&(_, i, j)| {
+        let free = !used_a[i] && !used_b[j];
+        if free {
+            (used_a[i], used_b[j]) = (true, true);
         }
-    }
-    changes
+        free
+    });
+    pairs
+}
+
+/// Greedy one-to-one matching, best overlap first: (matched pairs' score changes).
+pub fn match_detections(reference: &[Detection], candidate: &[Detection]) -> Vec<f32> {
+    greedy_pairs(reference, candidate, MATCH_IOU)
+        .into_iter()
+        .map(|(_, i, j)| (candidate[j].score - reference[i].score).abs())
+        .collect()
 }
 
 /// Runs both detectors on every tensor (each one image's input, in model-input pixels).

@@ -131,27 +131,15 @@ impl Agreement {
 /// Matches `got` with `expected` one to one, best overlap first. Detections scored below
 /// `threshold` + [`SCORE_MARGIN`] may go unmatched on either side.
 pub fn agree(expected: &[Detection], got: &[Detection], threshold: f32) -> Agreement {
-    let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
-    for (i, e) in expected.iter().enumerate() {
-        for (j, g) in got.iter().enumerate() {
-            let o = e.bbox.iou(&g.bbox);
-            if e.class_id == g.class_id && o >= MATCH_IOU {
-                pairs.push((o, i, j));
-            }
-        }
-    }
-    pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let pairs = crate::compare::greedy_pairs(expected, got, MATCH_IOU);
     let (mut used_e, mut used_g) = (vec![false; expected.len()], vec![false; got.len()]);
-    let (mut matched, mut min_iou, mut max_score_diff) = (0, 1.0f32, 0.0f32);
-    for (o, i, j) in pairs {
-        if !used_e[i] && !used_g[j] {
-            used_e[i] = true;
-            used_g[j] = true;
-            matched += 1;
-            min_iou = min_iou.min(o);
-            max_score_diff = max_score_diff.max((expected[i].score - got[j].score).abs());
-        }
+    let (mut min_iou, mut max_score_diff) = (1.0f32, 0.0f32);
+    for &(o, i, j) in &pairs {
+        (used_e[i], used_g[j]) = (true, true);
+        min_iou = min_iou.min(o);
+        max_score_diff = max_score_diff.max((expected[i].score - got[j].score).abs());
     }
+    let matched = pairs.len();
     let clear = threshold + SCORE_MARGIN;
     let unmatched =
         |dets: &[Detection], used: &[bool]| dets.iter().zip(used).filter(|(d, &u)| !u && d.score >= clear).count();

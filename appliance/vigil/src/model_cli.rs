@@ -45,10 +45,9 @@ pub struct CalibrationArgs {
     out: PathBuf,
 }
 
+/// One frame: a picture, or a clip's frame.
 #[derive(Args)]
-pub struct RunArgs {
-    /// The bundle directory.
-    bundle: PathBuf,
+struct FrameArgs {
     /// A picture (JPEG, PNG) …
     #[arg(long, conflicts_with = "clip", required_unless_present = "clip")]
     image: Option<PathBuf>,
@@ -57,6 +56,26 @@ pub struct RunArgs {
     clip: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     frame: u64,
+}
+
+impl FrameArgs {
+    /// The frame, decoded.
+    fn decode(&self) -> anyhow::Result<vigil_capture::still::Still> {
+        let (source, index) = match (&self.image, &self.clip) {
+            (Some(image), _) => (image, 0),
+            (None, Some(clip)) => (clip, self.frame),
+            (None, None) => anyhow::bail!("give the frame: --image PICTURE or --clip CLIP [--frame N]"),
+        };
+        vigil_capture::still::decode_frame(source, index).map_err(anyhow::Error::msg)
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The bundle directory.
+    bundle: PathBuf,
+    #[command(flatten)]
+    frame: FrameArgs,
     /// Also write the picture with the boxes drawn (JPEG).
     #[arg(long)]
     draw: Option<PathBuf>,
@@ -120,14 +139,9 @@ pub struct PackArgs {
     version: String,
     #[arg(long, default_value = "")]
     description: String,
-    /// The reference frame: a picture (JPEG, PNG) …
-    #[arg(long, conflicts_with = "clip", required_unless_present = "clip")]
-    image: Option<PathBuf>,
-    /// … or a clip, with --frame.
-    #[arg(long)]
-    clip: Option<PathBuf>,
-    #[arg(long, default_value_t = 0)]
-    frame: u64,
+    /// The reference frame.
+    #[command(flatten)]
+    frame: FrameArgs,
     /// yolov5, yolov8 (also YOLO11), yolox or vigil-grid-v1; recognised from the output shape when
     /// left out.
     #[arg(long)]
@@ -201,18 +215,8 @@ pub fn run(command: &ModelCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The frame `--image` or `--clip`/`--frame` name.
-fn still(image: Option<&PathBuf>, clip: Option<&PathBuf>, frame: u64) -> anyhow::Result<vigil_capture::still::Still> {
-    let (source, index) = match (image, clip) {
-        (Some(image), _) => (image, 0),
-        (None, Some(clip)) => (clip, frame),
-        (None, None) => anyhow::bail!("give the frame: --image PICTURE or --clip CLIP [--frame N]"),
-    };
-    vigil_capture::still::decode_frame(source, index).map_err(anyhow::Error::msg)
-}
-
 fn run_bundle(a: &RunArgs) -> anyhow::Result<()> {
-    let still = still(a.image.as_ref(), a.clip.as_ref(), a.frame)?;
+    let still = a.frame.decode()?;
     let bundle = vigil_infer::Bundle::load(&a.bundle)?;
     let library = vigil_infer::find_ort_library(a.ort_library.as_deref())?;
     let backend = vigil_infer::OrtBackend::new(&bundle, &library, 1, 1)?;
@@ -322,7 +326,7 @@ fn compare(a: &CompareArgs) -> anyhow::Result<()> {
 
 fn pack(a: &PackArgs) -> anyhow::Result<()> {
     let format = a.format.as_deref().map(str::parse::<OutputFormat>).transpose().map_err(anyhow::Error::msg)?;
-    let still = still(a.image.as_ref(), a.clip.as_ref(), a.frame)?;
+    let still = a.frame.decode()?;
     let library = vigil_infer::find_ort_library(a.ort_library.as_deref())?;
     let backends =
         if a.backends.is_empty() { vec![Backend::Onnxruntime, Backend::Tensorrt] } else { a.backends.clone() };
