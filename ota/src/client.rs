@@ -1,22 +1,23 @@
 //! The device side: refresh the signed metadata, choose a target, download it, and record it as
 //! accepted (anti-rollback).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures_util::StreamExt;
 use semver::Version;
-use tough::schema::{Root, Signed, Target};
-use tough::{ExpirationEnforcement, Limits, RepositoryLoader, TargetName};
+use tough::schema::{Hashes, Root, Signed, Target};
+use tough::{Limits, TargetName, Transport, TransportErrorKind};
 use url::Url;
 
-use crate::error::{from_tough, OtaError};
+use crate::error::{from_error, OtaError};
+use crate::resolve::{resolve, Resolution};
 use crate::state::StateDir;
 use crate::target::{Device, TargetMeta};
 use crate::time::{earliest_plausible, TimeSource};
 use crate::transport::{HttpsTransport, Progress, Timeouts};
+use crate::trust::{Client, Clock, Digests, Held, Refreshed, Verified};
 
 #[derive(Debug, Clone)]
 pub struct UpdaterConfig {
@@ -54,32 +55,60 @@ pub struct Updater {
     state: StateDir,
     transport: HttpsTransport,
     time: Arc<dyn TimeSource>,
-    /// The URL of the target download in progress (its part file is found by it).
-    target_url: Arc<Mutex<Option<Url>>>,
 }
 
 /// The repository as last refreshed: signed, complete and unexpired when it was loaded.
 pub struct Trusted {
-    repo: tough::Repository,
-    /// tough's datastore for this refresh (it checks expiry against it again at download).
-    _scratch: tempfile::TempDir,
+    r: Refreshed,
 }
 
 impl Trusted {
-    /// The signed targets metadata as trusted (kept beside a slot binary for the launcher's
-    /// check, [`crate::offline`]). tough keeps every field, so its signature verifies again.
+    /// The signed top-level targets metadata as trusted, byte for byte (kept beside a slot
+    /// binary for the launcher's check, [`crate::offline`]).
     pub fn targets_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self.repo.targets()).expect("signed targets metadata serialises")
+        self.r.targets.bytes.clone()
     }
 
     /// The versions of the root, timestamp, snapshot and targets metadata (for reports).
     pub fn versions(&self) -> (u64, u64, u64, u64) {
         (
-            self.repo.root().signed.version.get(),
-            self.repo.timestamp().signed.version.get(),
-            self.repo.snapshot().signed.version.get(),
-            self.repo.targets().signed.version.get(),
+            self.r.root.signed.signed.version.get(),
+            self.r.timestamp.signed.signed.version.get(),
+            self.r.snapshot.signed.signed.version.get(),
+            self.r.targets.signed.signed.version.get(),
         )
+    }
+
+    /// The earliest expiry of the metadata this view rests on, and whose it is.
+    fn earliest_expiry(&self, role: &str) -> (jiff::Timestamp, String) {
+        let r = &self.r;
+        let mut all = vec![
+            (r.root.signed.signed.expires, "root".to_owned()),
+            (r.timestamp.signed.signed.expires, "timestamp".to_owned()),
+            (r.snapshot.signed.signed.expires, "snapshot".to_owned()),
+            (r.targets.signed.signed.expires, "targets".to_owned()),
+        ];
+        if let Some(Ok(d)) = r.delegated.get(role) {
+            all.push((d.signed.expires, role.to_owned()));
+        }
+        all.into_iter().min_by_key(|(t, _)| *t).expect("four roles")
+    }
+
+    /// Every target name any role lists, once.
+    fn names(&self) -> std::collections::BTreeSet<&str> {
+        let top = self.r.targets.signed.signed.targets.keys();
+        let delegated = self.r.delegated.values().filter_map(|r| r.as_ref().ok()).flat_map(|r| r.signed.targets.keys());
+        top.chain(delegated).map(TargetName::raw).collect()
+    }
+
+    /// The `name` the vigil fields of any entry listing `target` claim, even when it is refused.
+    fn claimed_name(&self, target: &str) -> Option<String> {
+        let top = std::iter::once(&self.r.targets.signed.signed);
+        let delegated = self.r.delegated.values().filter_map(|r| r.as_ref().ok()).map(|r| &r.signed);
+        top.chain(delegated).find_map(|t| {
+            let (_, entry) = t.targets.iter().find(|(n, _)| n.raw() == target)?;
+            entry.custom.get(crate::target::CUSTOM_KEY)?.get("name")?.as_str().map(str::to_owned)
+        })
     }
 }
 
@@ -93,6 +122,10 @@ pub struct Offer {
     pub length: u64,
     /// Signed SHA-256, hex.
     pub sha256: String,
+    /// Every hash signed (SHA-512 too where the repository lists it).
+    pub hashes: Hashes,
+    /// The role whose entry decides: `targets`, or a delegated role's name.
+    pub role: String,
 }
 
 impl Updater {
@@ -109,7 +142,7 @@ impl Updater {
         }
         let transport =
             HttpsTransport::new(tls, config.timeouts)?.with_resume(state.downloads(), config.targets_url.clone());
-        Ok(Self { config, state, transport, time, target_url: Arc::default() })
+        Ok(Self { config, state, transport, time })
     }
 
     /// Bytes of the current download so far, its total, and where this try resumed from.
@@ -121,9 +154,10 @@ impl Updater {
         &self.state
     }
 
-    /// Fetches and verifies the repository's metadata (TUF's client workflow: root chain,
-    /// timestamp, snapshot, targets; signatures, thresholds, versions, expiry, sizes). What it
-    /// trusts afterwards is kept for the next refresh; on any error nothing kept changes.
+    /// Fetches and verifies the repository's metadata (TUF's client workflow, [`crate::trust`]:
+    /// root chain, timestamp, snapshot, targets, delegated roles; signatures, thresholds,
+    /// versions, expiry, sizes). What it trusts afterwards is kept for the next refresh; on any
+    /// error nothing kept changes but the latest time seen.
     pub async fn refresh(&self) -> Result<Trusted, OtaError> {
         self.time.synchronized().map_err(OtaError::ClockNotSynchronized)?;
         let now = SystemTime::now();
@@ -134,60 +168,130 @@ impl Updater {
                 why: "older than any vigil release",
             });
         }
+        let now = jiff::Timestamp::try_from(now)
+            .map_err(|e| OtaError::ClockNotSynchronized(format!("the clock reads an impossible time: {e}")))?;
         let _lock = self.state.lock()?;
         self.state.tidy();
         let root = self.trusted_root()?;
-        let from_version = serde_json::from_slice::<Signed<Root>>(&root).map_or(0, |r| r.signed.version.get());
-        let scratch = self.state.scratch()?;
-        let roots = Arc::new(Mutex::new(BTreeMap::new()));
-        let transport = RecordingTransport {
-            inner: self.transport.clone(),
-            last: self.target_url.clone(),
-            metadata_url: self.config.metadata_url.clone(),
-            roots: roots.clone(),
+        let held = self.held();
+        let seen = self.seen(now, &root.signed.signed, &held)?;
+        let client = Client {
+            transport: &self.transport,
+            metadata_url: &self.config.metadata_url,
+            limits: self.config.limits,
+            clock: Clock { now, seen },
         };
-        let repo = RepositoryLoader::new(&root, self.config.metadata_url.clone(), self.config.targets_url.clone())
-            .transport(transport)
-            .limits(self.config.limits)
-            .datastore(scratch.path())
-            .expiration_enforcement(ExpirationEnforcement::Safe)
-            .load()
-            .await
-            .map_err(|e| from_tough(&e))?;
-        // The roots tough walked through, each verified by the one before: kept so that the
-        // launcher can check a slot binary against the chain from the shipped root offline.
-        let to_version = repo.root().signed.version.get();
-        let walked = std::mem::take(&mut *roots.lock().unwrap_or_else(|p| p.into_inner()));
-        for (version, bytes) in walked.range(from_version + 1..=to_version) {
+        let r = client.refresh(root, held).await?;
+        // The roots walked, each verified by the one before, kept first: the launcher checks a
+        // slot binary against the chain from the shipped root offline.
+        for (version, bytes) in &r.walked {
             self.state.keep_root(*version, bytes)?;
         }
-        self.state.keep_trusted(scratch.path())?;
-        Ok(Trusted { repo, _scratch: scratch })
+        for (file, bytes) in [
+            ("root.json", &r.root.bytes),
+            ("targets.json", &r.targets.bytes),
+            ("snapshot.json", &r.snapshot.bytes),
+            ("timestamp.json", &r.timestamp.bytes),
+        ] {
+            self.state.keep(file, bytes)?;
+        }
+        Ok(Trusted { r })
+    }
+
+    /// The metadata this device trusted at its last refresh (unreadable files count as absent:
+    /// the refresh then starts their rollback checks again from the root).
+    fn held(&self) -> Held {
+        fn read<T: serde::de::DeserializeOwned>(state: &StateDir, file: &str) -> Option<Signed<T>> {
+            serde_json::from_slice(&state.trusted_file(file)?).ok()
+        }
+        Held {
+            timestamp: read(&self.state, "timestamp.json"),
+            snapshot: read(&self.state, "snapshot.json"),
+            targets: read(&self.state, "targets.json"),
+        }
+    }
+
+    /// The latest time this device has seen, no later than the earliest expiry of what it holds
+    /// (so that only metadata it saw expire is refused later, [`crate::trust`]); recorded before
+    /// the network is asked, so that a check that fails still counts.
+    fn seen(&self, now: jiff::Timestamp, root: &Root, held: &Held) -> Result<Option<jiff::Timestamp>, OtaError> {
+        let cap = crate::trust::earliest(
+            [Some(root.expires)]
+                .into_iter()
+                .chain([
+                    held.timestamp.as_ref().map(|t| t.signed.expires),
+                    held.snapshot.as_ref().map(|t| t.signed.expires),
+                    held.targets.as_ref().map(|t| t.signed.expires),
+                ])
+                .flatten(),
+        )
+        .expect("the root has an expiry");
+        let before = self
+            .state
+            .trusted_file(crate::state::LATEST_KNOWN_TIME)
+            .and_then(|b| serde_json::from_slice::<jiff::Timestamp>(&b).ok())
+            .map(|t| t.min(cap));
+        let seen = before.map_or(now.min(cap), |b| b.max(now.min(cap)));
+        if before != Some(seen) {
+            self.state.keep(crate::state::LATEST_KNOWN_TIME, &serde_json::to_vec(&seen).expect("a time serialises"))?;
+        }
+        Ok(before.map(|b| b.max(now.min(cap))))
     }
 
     /// The newest root reachable from the shipped root through the kept chain (each signed by
     /// the one before: [`crate::offline::root_chain`]), so that a root written into the state
-    /// directory by anyone else is never a trust anchor; else the shipped root, from which tough
-    /// walks the repository's chain again.
-    fn trusted_root(&self) -> Result<Vec<u8>, OtaError> {
+    /// directory by anyone else is never a trust anchor; else the shipped root, from which the
+    /// repository's chain is walked again.
+    fn trusted_root(&self) -> Result<Verified<Root>, OtaError> {
         let shipped = &self.config.shipped_root;
         match crate::offline::root_chain(shipped, &self.state.roots()) {
-            Ok(root) => return Ok(serde_json::to_vec(&root).expect("root metadata serialises")),
+            Ok(root) => {
+                let bytes = serde_json::to_vec(&root).expect("root metadata serialises");
+                return Ok(Verified { signed: root, bytes });
+            }
             Err(why) => {
                 tracing::warn!(why, "the kept chain of roots is unusable; starting again from the shipped root")
             }
         }
-        std::fs::read(shipped).map_err(|e| {
+        let bytes = std::fs::read(shipped).map_err(|e| {
             OtaError::Config(format!(
                 "cannot read the shipped TUF root {}: {e}; install the repository's 1.root.json there",
                 shipped.display()
             ))
-        })
+        })?;
+        let signed: Signed<Root> = serde_json::from_slice(&bytes).map_err(|e| {
+            OtaError::Config(format!("the shipped TUF root {} is not root metadata: {e}", shipped.display()))
+        })?;
+        signed.signed.verify_role(&signed).map_err(|e| {
+            OtaError::Config(format!("the shipped TUF root {} is not signed by its own keys: {e}", shipped.display()))
+        })?;
+        Ok(Verified { signed, bytes })
     }
 
-    /// Every target of the repository with vigil's fields, or why it has none.
+    /// Every target name the repository lists, with what TUF's search resolves it to
+    /// ([`crate::resolve`]): vigil's fields of the entry that decides, or why there is none.
     pub fn offers(&self, trusted: &Trusted) -> Vec<(String, Result<Offer, OtaError>)> {
-        trusted.repo.all_targets().map(|(name, target)| (name.raw().to_owned(), offer(name, target))).collect()
+        let top = &trusted.r.targets.signed.signed;
+        trusted
+            .names()
+            .into_iter()
+            .map(|name| {
+                let result = match resolve(top, &trusted.r.delegated, name) {
+                    Resolution::Found { target, role } => offer(name, target, &role),
+                    Resolution::NotFound => Err(OtaError::BadTarget {
+                        name: name.to_owned(),
+                        why: "it is listed only by delegated roles whose paths do not cover it, or that a \
+                              terminating role or an earlier role shadows; devices ignore those entries"
+                            .to_owned(),
+                    }),
+                    Resolution::Broken { role, why } => Err(OtaError::BadTarget {
+                        name: name.to_owned(),
+                        why: format!("the search for it stopped at delegated role `{role}`, which is unusable: {why}"),
+                    }),
+                };
+                (name.to_owned(), result)
+            })
+            .collect()
     }
 
     /// The target named `name` (vigil's field, e.g. a model's name) to install: `version`, or the
@@ -207,7 +311,7 @@ impl Updater {
                 Ok(o) if o.meta.name == name => found.push(o),
                 Ok(_) => {}
                 // A broken target that claims this name is reported if nothing else is found.
-                Err(e) if custom_name(&trusted.repo, &target).as_deref() == Some(name) => refused = Some(e),
+                Err(e) if trusted.claimed_name(&target).as_deref() == Some(name) => refused = Some(e),
                 Err(_) => {}
             }
         }
@@ -239,47 +343,91 @@ impl Updater {
         Ok(best)
     }
 
-    /// Downloads `offer` into `dest` (a new file, renamed into place and synced once TUF has
-    /// checked its length and hash). An interrupted download resumes on the next call, even
+    /// Downloads `offer` into `dest` (a new file, renamed into place and synced once its length
+    /// and hashes are what was signed). An interrupted download resumes on the next call, even
     /// after a restart; a download that is not what was signed is discarded. `trusted` must not
     /// have expired: a long download that is retried takes a fresh [`Updater::refresh`] first
     /// ([`OtaError::MetadataExpired`] otherwise, with the download kept).
     pub async fn download(&self, trusted: &Trusted, offer: &Offer, dest: &Path) -> Result<(), OtaError> {
-        let name = TargetName::new(offer.target.clone())
-            .map_err(|e| OtaError::BadTarget { name: offer.target.clone(), why: e.to_string() })?;
         let _lock = self.state.lock()?;
+        let (expires, role) = trusted.earliest_expiry(&offer.role);
+        if jiff::Timestamp::try_from(SystemTime::now()).is_ok_and(|now| now >= expires) {
+            return Err(OtaError::MetadataExpired(role));
+        }
+        let consistent = trusted.r.root.signed.signed.consistent_snapshot;
+        let url = |path: String| {
+            self.config
+                .targets_url
+                .join(&path)
+                .map_err(|e| OtaError::BadTarget { name: offer.target.clone(), why: e.to_string() })
+        };
+        let primary = url(crate::trust::target_path(&offer.target, &offer.sha256, consistent))?;
         self.transport.expect_length(offer.length);
-        *self.target_url.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let refused = |e: &tough::error::Error| match (e, from_tough(e)) {
-            // Checked by tough as the read starts: the trusted view aged, the bytes are not at fault.
-            (tough::error::Error::ExpiredMetadata { role, .. }, _) => OtaError::MetadataExpired(role.to_string()),
-            (_, OtaError::Untrusted(why)) => OtaError::Verification { name: offer.target.clone(), why },
-            (_, other) => other,
+        let mut fetched = self.transport.fetch(primary.clone()).await;
+        let mut used = primary.clone();
+        if consistent
+            && offer.target.contains('/')
+            && fetched.as_ref().is_err_and(|e| matches!(e.kind(), TransportErrorKind::FileNotFound))
+        {
+            // A repository written by vigil-ota before it followed the specification's layout.
+            let legacy = url(crate::trust::legacy_target_path(&offer.target, &offer.sha256))?;
+            fetched = self.transport.fetch(legacy.clone()).await;
+            if fetched.is_ok() {
+                tracing::warn!(%legacy, "the target is served only at vigil-ota's old path; re-publish it with vigil-ota relink");
+                used = legacy;
+            }
+        }
+        let mut stream = match fetched {
+            Ok(s) => s,
+            Err(e) if matches!(e.kind(), TransportErrorKind::FileNotFound) => {
+                return Err(OtaError::Missing {
+                    what: format!("the file of target `{}`", offer.target),
+                    url: primary.to_string(),
+                });
+            }
+            Err(e) => return Err(from_error(&e)),
         };
-        let mut stream = match trusted.repo.read_target(&name).await {
-            Ok(Some(s)) => s,
-            Ok(None) => return Err(OtaError::NoSuchTarget(offer.target.clone())),
-            Err(e) => return Err(refused(&e)),
-        };
+        let mut digests = Digests::default();
+        let mut got = 0u64;
         let mut failed = None;
         while let Some(item) = stream.next().await {
-            if let Err(e) = item {
-                failed = Some(refused(&e));
-                break;
+            match item {
+                Ok(chunk) => {
+                    got += chunk.len() as u64;
+                    if got > offer.length {
+                        failed = Some(OtaError::Verification {
+                            name: offer.target.clone(),
+                            why: format!("the server sent more than the {} bytes signed", offer.length),
+                        });
+                        break;
+                    }
+                    digests.update(&chunk);
+                }
+                Err(e) => {
+                    failed = Some(from_error(&e));
+                    break;
+                }
             }
         }
         drop(stream);
-        let url = self.target_url.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(url) = url else {
-            return Err(failed.unwrap_or_else(|| OtaError::Transport("the target was never requested".to_owned())));
-        };
+        if failed.is_none() && got != offer.length {
+            failed = Some(OtaError::Verification {
+                name: offer.target.clone(),
+                why: format!("the server's file is {got} bytes, {} were signed", offer.length),
+            });
+        }
+        if failed.is_none() {
+            if let Err(why) = digests.check(&offer.hashes) {
+                failed = Some(OtaError::Verification { name: offer.target.clone(), why });
+            }
+        }
         if let Some(e) = failed {
             if !e.is_retryable() {
-                self.transport.discard(&url);
+                self.transport.discard(&used);
             }
             return Err(e);
         }
-        let part = self.transport.take_completed(&url).ok_or_else(|| OtaError::Verification {
+        let part = self.transport.take_completed(&used).ok_or_else(|| OtaError::Verification {
             name: offer.target.clone(),
             why: "the downloaded file went missing".to_owned(),
         })?;
@@ -308,53 +456,28 @@ impl Offer {
 }
 
 /// A target's vigil fields, if they parse; the name must be one that stays in the targets
-/// directory.
-fn offer(name: &TargetName, target: &Target) -> Result<Offer, OtaError> {
-    let bad = |why: String| OtaError::BadTarget { name: name.raw().to_owned(), why };
-    let raw = name.raw();
-    if raw != name.resolved() || raw.starts_with('/') || raw.split('/').any(|c| c == ".." || c == ".") {
+/// directory, and a vigil binary must come from the top-level targets role (the launcher checks
+/// it offline against that role's metadata, [`crate::offline`]).
+fn offer(name: &str, target: &Target, role: &str) -> Result<Offer, OtaError> {
+    let bad = |why: String| OtaError::BadTarget { name: name.to_owned(), why };
+    let parsed = TargetName::new(name).map_err(|e| bad(e.to_string()))?;
+    if name != parsed.resolved() || name.starts_with('/') || name.split('/').any(|c| c == ".." || c == ".") {
         return Err(bad("unsafe target name (it would leave the repository's targets directory)".to_owned()));
     }
     let meta = TargetMeta::from_custom(&target.custom).map_err(bad)?;
-    Ok(Offer { target: raw.to_owned(), meta, length: target.length, sha256: hex::encode(&target.hashes.sha256) })
-}
-
-/// The `name` a target's fields claim, even when the target is refused.
-fn custom_name(repo: &tough::Repository, target: &str) -> Option<String> {
-    let (_, t) = repo.all_targets().find(|(n, _)| n.raw() == target)?;
-    t.custom.get(crate::target::CUSTOM_KEY)?.get("name")?.as_str().map(str::to_owned)
-}
-
-/// The transport, noting the last target URL it was asked for (the download's part file is
-/// found by it) and keeping the bytes of each `N.root.json` it fetched.
-#[derive(Debug, Clone)]
-struct RecordingTransport {
-    inner: HttpsTransport,
-    last: Arc<Mutex<Option<Url>>>,
-    metadata_url: Url,
-    roots: Arc<Mutex<BTreeMap<u64, Vec<u8>>>>,
-}
-
-#[tough::async_trait]
-impl tough::Transport for RecordingTransport {
-    async fn fetch(&self, url: Url) -> Result<tough::TransportStream, tough::TransportError> {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(url.clone());
-        let root_version = url
-            .as_str()
-            .strip_prefix(self.metadata_url.as_str())
-            .and_then(|file| file.strip_suffix(".root.json"))
-            .and_then(|n| n.parse::<u64>().ok());
-        let stream = self.inner.fetch(url).await?;
-        let Some(version) = root_version else { return Ok(stream) };
-        let roots = self.roots.clone();
-        roots.lock().unwrap_or_else(|p| p.into_inner()).insert(version, Vec::new());
-        Ok(Box::pin(stream.inspect(move |chunk| {
-            if let Ok(bytes) = chunk {
-                let mut kept = roots.lock().unwrap_or_else(|p| p.into_inner());
-                kept.entry(version).or_default().extend_from_slice(bytes);
-            }
-        })))
+    if meta.kind == crate::target::Kind::Binary && role != crate::resolve::TOP_LEVEL {
+        return Err(bad(format!(
+            "a vigil binary signed by delegated role `{role}`; binaries must be signed by the top-level targets role"
+        )));
     }
+    Ok(Offer {
+        target: name.to_owned(),
+        meta,
+        length: target.length,
+        sha256: hex::encode(&target.hashes.sha256),
+        hashes: target.hashes.clone(),
+        role: role.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -374,12 +497,16 @@ mod tests {
             compat: Compat::default(),
             allow_downgrade: false,
         };
+        // SHA-256 of "abc".
+        let sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let hashes = Hashes { sha256: hex::decode(sha256).unwrap().into(), _extra: Default::default() };
         let offer = Offer {
             target: "models/m.tar".into(),
             meta,
             length: 3,
-            // SHA-256 of "abc".
-            sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into(),
+            sha256: sha256.into(),
+            hashes,
+            role: "targets".into(),
         };
         assert!(offer.is_in(&file));
         assert!(!Offer { length: 4, ..offer.clone() }.is_in(&file), "another length");

@@ -40,6 +40,13 @@ pub enum OtaError {
     /// Another process uses the OTA state directory.
     #[error("{0}")]
     Busy(String),
+    /// The update server lacks a file the signed metadata names (a repository published
+    /// incompletely, or served from the wrong directory): nothing is wrong with the trust.
+    #[error(
+        "the update server has no {what} at {url}; the signed metadata names it, so the repository on the \
+         server is incomplete: publish the file there (docs/ota.md, \"Repository layout\") and try again"
+    )]
+    Missing { what: String, url: String },
     #[error("no target `{0}` in the signed repository")]
     NoSuchTarget(String),
     /// A target's vigil fields are missing or invalid: the repository was built wrongly.
@@ -80,6 +87,7 @@ impl OtaError {
                 | Self::ClockBehind { .. }
                 | Self::Transport(_)
                 | Self::TooSlow { .. }
+                | Self::Missing { .. }
                 | Self::MetadataExpired(_)
                 | Self::Busy(_)
         )
@@ -95,6 +103,7 @@ impl OtaError {
             Self::Transport(_) => "transport",
             Self::TooSlow { .. } => "too_slow",
             Self::Storage(_) => "storage",
+            Self::Missing { .. } => "missing",
             Self::NoSuchTarget(_) => "no_such_target",
             Self::BadTarget { .. } => "bad_target",
             Self::Incompatible { .. } => "incompatible",
@@ -107,11 +116,10 @@ impl OtaError {
     }
 }
 
-/// Sorts tough's errors: the network (retry, a download resumes), a clock set back (wait), and
-/// everything else, which is a refusal. Only failures the transport itself marked as the
-/// network's count as the network's: a hash or size mismatch travels inside a transport error
-/// too, and is a refusal.
-pub(crate) fn from_tough(e: &tough::error::Error) -> OtaError {
+/// Sorts the transport's errors: the network (retry, a download resumes), the device's own disk,
+/// and everything else, which is a refusal. Only failures the transport itself marked as the
+/// network's count as the network's.
+pub(crate) fn from_error(e: &(dyn std::error::Error + 'static)) -> OtaError {
     if let Some(slow) = find_source::<crate::transport::SlowRetrieval>(e) {
         return OtaError::TooSlow { bytes: slow.bytes, secs: slow.secs, min_rate: slow.min_rate };
     }
@@ -120,13 +128,6 @@ pub(crate) fn from_tough(e: &tough::error::Error) -> OtaError {
     }
     if find_source::<crate::transport::NetError>(e).is_some() {
         return OtaError::Transport(chain(e));
-    }
-    if let tough::error::Error::SystemTimeSteppedBackward { sys_time, latest_known_time } = e {
-        return OtaError::ClockBehind {
-            now: sys_time.to_string(),
-            floor: latest_known_time.to_string(),
-            why: "the time of the last successful update check",
-        };
     }
     OtaError::Untrusted(chain(e))
 }

@@ -19,10 +19,12 @@ pub mod client;
 pub mod error;
 pub mod offline;
 pub mod repo;
+pub mod resolve;
 pub mod state;
 pub mod target;
 pub mod time;
 pub mod transport;
+pub mod trust;
 
 pub use client::{Offer, Updater, UpdaterConfig};
 pub use error::OtaError;

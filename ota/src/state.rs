@@ -6,7 +6,8 @@
 //! <state>/trusted/timestamp.json       the last trusted timestamp, snapshot and targets: TUF's
 //! <state>/trusted/snapshot.json        rollback checks compare new metadata with these
 //! <state>/trusted/targets.json
-//! <state>/trusted/latest_known_time.json
+//! <state>/trusted/latest_known_time.json  the latest time seen, capped at the earliest expiry of
+//!                                      what was held then (docs/ota.md, "Time")
 //! <state>/trusted/roots/N.root.json    every root trusted after the shipped one, in order (the
 //!                                      launcher checks slot binaries against this chain offline)
 //! <state>/minimum.json                 anti-rollback: the lowest version accepted, per target name
@@ -16,9 +17,9 @@
 //! <state>/lock                         held (flock) by whoever refreshes, downloads or records
 //!                                      a minimum: the service, or `vigil-ota fetch` run by hand
 //!
-//! tough keeps its own datastore with plain writes; it is given a scratch copy of `trusted/` for
-//! each refresh, and what it trusted afterwards is copied back here through the synced path. A
-//! crash in between leaves the previous state whole.
+//! A refresh keeps nothing until everything it fetched has verified; then each file is replaced
+//! whole, the roots first. A crash in between leaves files that were each trusted, which the next
+//! refresh's rollback checks compare with as they would with the older set.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,9 +28,9 @@ use semver::Version;
 
 use crate::error::OtaError;
 
-/// The files of tough's datastore that are kept between refreshes.
-pub const TRUSTED_FILES: [&str; 5] =
-    ["root.json", "timestamp.json", "snapshot.json", "targets.json", "latest_known_time.json"];
+/// The latest time this device has seen, capped at the earliest expiry of the metadata it held
+/// then (a JSON string, RFC 3339): [`crate::trust`].
+pub const LATEST_KNOWN_TIME: &str = "latest_known_time.json";
 
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -84,30 +85,9 @@ impl StateDir {
         std::fs::read(self.trusted().join(name)).ok()
     }
 
-    /// A fresh scratch datastore for tough holding a copy of the trusted files.
-    pub fn scratch(&self) -> Result<tempfile::TempDir, OtaError> {
-        let dir = tempfile::Builder::new()
-            .prefix(".refresh-")
-            .tempdir_in(&self.root)
-            .map_err(OtaError::io("cannot create a scratch directory in", &self.root))?;
-        for name in TRUSTED_FILES {
-            let from = self.trusted().join(name);
-            if from.exists() {
-                std::fs::copy(&from, dir.path().join(name)).map_err(OtaError::io("cannot copy", &from))?;
-            }
-        }
-        Ok(dir)
-    }
-
-    /// Keeps what tough trusted in `scratch` (root first: a crash after it leaves a newer root
-    /// with older metadata, which the next refresh replaces).
-    pub fn keep_trusted(&self, scratch: &Path) -> Result<(), OtaError> {
-        for name in TRUSTED_FILES {
-            let from = scratch.join(name);
-            let Ok(bytes) = std::fs::read(&from) else { continue };
-            write_synced(&self.trusted().join(name), &bytes)?;
-        }
-        Ok(())
+    /// Keeps `bytes` as the trusted file `name` (synced, renamed into place).
+    pub fn keep(&self, name: &str, bytes: &[u8]) -> Result<(), OtaError> {
+        write_synced(&self.trusted().join(name), bytes)
     }
 
     /// Keeps root `version` (verified by the refresh that walked to it) in the chain of roots.
@@ -192,19 +172,17 @@ mod tests {
     }
 
     #[test]
-    fn a_scratch_copy_is_kept_back_file_by_file_and_leftovers_go() {
+    fn trusted_files_are_replaced_whole_and_leftovers_of_old_refreshes_go() {
         let dir = tempfile::tempdir().unwrap();
         let s = StateDir::open(dir.path()).unwrap();
-        std::fs::write(s.trusted().join("timestamp.json"), b"old").unwrap();
-        let scratch = s.scratch().unwrap();
-        assert_eq!(std::fs::read(scratch.path().join("timestamp.json")).unwrap(), b"old");
-        std::fs::write(scratch.path().join("timestamp.json"), b"new").unwrap();
-        std::fs::write(scratch.path().join("root.json"), b"root").unwrap();
-        s.keep_trusted(scratch.path()).unwrap();
+        s.keep("timestamp.json", b"old").unwrap();
+        s.keep("timestamp.json", b"new").unwrap();
         assert_eq!(s.trusted_file("timestamp.json").unwrap(), b"new");
-        assert_eq!(s.trusted_file("root.json").unwrap(), b"root");
-        let path = scratch.keep();
+        // A scratch directory of the tough-based refresh of vigil 0.x, left by a crash.
+        let left = dir.path().join(".refresh-abc");
+        std::fs::create_dir_all(&left).unwrap();
+        std::fs::write(left.join("root.json"), b"root").unwrap();
         s.tidy();
-        assert!(!path.exists(), "a crashed refresh's scratch directory is removed");
+        assert!(!left.exists(), "a crashed refresh's scratch directory is removed");
     }
 }

@@ -23,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Makes a new ed25519 key (PKCS#8 DER, mode 0600) and prints its key id.
+    /// Makes a new ed25519 key (PKCS#8 DER, mode 0600) and its public half (`OUT.pub.json`, what
+    /// a model team hands the operator), and prints its key id.
     Keygen { out: PathBuf },
     /// Creates a repository: root version 1 signed by every root key, empty targets.
     Init {
@@ -71,8 +72,48 @@ enum Command {
         /// Lets devices that run a newer version go back to this one.
         #[arg(long)]
         allow_downgrade: bool,
+        /// Sign into this delegated role (a model team's) with its --role-key keys instead of
+        /// the top-level targets role.
+        #[arg(long, requires = "role_keys", conflicts_with = "targets_key")]
+        role: Option<String>,
+        /// A key of the --role (repeat up to its threshold).
+        #[arg(long = "role-key", requires = "role")]
+        role_keys: Vec<PathBuf>,
+        /// The top-level targets key (without --role).
+        #[arg(long, required_unless_present = "role")]
+        targets_key: Option<PathBuf>,
         #[command(flatten)]
-        roles: Roles,
+        online: Online,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
+    /// Delegates target paths to a role with its own keys (a model team's), or removes a delegation.
+    Delegate {
+        #[arg(long)]
+        repo: PathBuf,
+        /// The delegated role's name.
+        #[arg(long)]
+        role: String,
+        /// A public key of the role (`.pub.json` from `vigil-ota keygen`; repeat).
+        #[arg(long = "key", required_unless_present = "remove")]
+        keys: Vec<PathBuf>,
+        /// How many of its keys must sign the role's metadata.
+        #[arg(long, default_value_t = 1)]
+        threshold: u64,
+        /// A target path pattern the role may sign (`models/people-*`; `*` does not cross `/`; repeat).
+        #[arg(long = "path", required_unless_present = "remove")]
+        paths: Vec<String>,
+        /// End the search with this role for the names its paths cover (no later role is asked).
+        #[arg(long)]
+        terminating: bool,
+        /// Remove the delegation instead.
+        #[arg(long, conflicts_with_all = ["keys", "paths", "terminating"])]
+        remove: bool,
+        /// The top-level targets key, which signs the delegation.
+        #[arg(long)]
+        targets_key: PathBuf,
+        #[command(flatten)]
+        online: Online,
         #[command(flatten)]
         expiry: ExpiryArgs,
     },
@@ -145,6 +186,21 @@ struct Roles {
     timestamp_key: PathBuf,
 }
 
+/// The online keys that re-sign the snapshot and timestamp after a change.
+#[derive(Args)]
+struct Online {
+    #[arg(long)]
+    snapshot_key: PathBuf,
+    #[arg(long)]
+    timestamp_key: PathBuf,
+}
+
+impl From<&Online> for repo::OnlineKeys {
+    fn from(o: &Online) -> Self {
+        repo::OnlineKeys { snapshot: o.snapshot_key.clone(), timestamp: o.timestamp_key.clone() }
+    }
+}
+
 impl From<&Roles> for RoleKeyFiles {
     fn from(r: &Roles) -> Self {
         RoleKeyFiles {
@@ -166,6 +222,9 @@ struct ExpiryArgs {
     snapshot_expires: humantime::Duration,
     #[arg(long, default_value = "1d")]
     timestamp_expires: humantime::Duration,
+    /// Delegated roles' metadata validity.
+    #[arg(long, default_value = "90d")]
+    delegated_expires: humantime::Duration,
 }
 
 impl From<&ExpiryArgs> for Expiry {
@@ -175,6 +234,7 @@ impl From<&ExpiryArgs> for Expiry {
             targets: e.targets_expires.into(),
             snapshot: e.snapshot_expires.into(),
             timestamp: e.timestamp_expires.into(),
+            delegated: e.delegated_expires.into(),
         }
     }
 }
@@ -239,7 +299,11 @@ fn bar(total: u64, what: &str) -> ProgressBar {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Keygen { out } => println!("{}", repo::keygen(&out).await?),
+        Command::Keygen { out } => {
+            let id = repo::keygen(&out).await?;
+            println!("{id}");
+            eprintln!("public key: {}", repo::public_key_file(&out).display());
+        }
         Command::Init { repo: dir, root, roles, expiry } => {
             repo::init(&dir, &root.root_keys, root.threshold, &(&roles).into(), &(&expiry).into()).await?;
             println!(
@@ -262,7 +326,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             backends,
             min_vigil,
             allow_downgrade,
-            roles,
+            role,
+            role_keys,
+            targets_key,
+            online,
             expiry,
         } => {
             let kind = match kind {
@@ -290,10 +357,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let file = packed.as_ref().map_or(file, |t| t.path().to_owned());
             let size = std::fs::metadata(&file)?.len();
             let pb = bar(size * 2, "hashing and copying");
-            let hash =
-                repo::add(&dir, &file, &target, &meta, &(&roles).into(), &(&expiry).into(), |n| pb.inc(n)).await?;
+            let signer = match (role, targets_key) {
+                (Some(name), _) => repo::Signer::Role { name, keys: role_keys },
+                (None, Some(targets)) => repo::Signer::TopLevel { targets },
+                (None, None) => anyhow::bail!("give --targets-key, or --role with its --role-key"),
+            };
+            let (online, expiry) = ((&online).into(), (&expiry).into());
+            let hash = repo::add_signed(&dir, &file, &target, &meta, &signer, &online, &expiry, |n| pb.inc(n)).await?;
             pb.finish_and_clear();
             println!("added {target} ({size} bytes, sha256 {hash})");
+        }
+        Command::Delegate {
+            repo: dir,
+            role,
+            keys,
+            threshold,
+            paths,
+            terminating,
+            remove,
+            targets_key,
+            online,
+            expiry,
+        } => {
+            let (online, expiry) = ((&online).into(), (&expiry).into());
+            if remove {
+                repo::undelegate(&dir, &role, &targets_key, &online, &expiry).await?;
+                println!("removed the delegation to {role}; devices take nothing it signed from the next refresh");
+            } else {
+                let d = repo::Delegation { name: role.clone(), keys, threshold, paths, terminating };
+                repo::delegate(&dir, &d, &targets_key, &online, &expiry).await?;
+                println!(
+                    "delegated {} to {role} ({threshold} of {} keys); its holders sign with \
+                     `vigil-ota add --role {role} --role-key KEY`",
+                    d.paths.join(", "),
+                    d.keys.len()
+                );
+            }
         }
         Command::Refresh { repo: dir, timestamp_key, snapshot_key, expiry } => {
             let (ts, snap) = repo::refresh(&dir, &timestamp_key, snapshot_key.as_deref(), &(&expiry).into()).await?;
