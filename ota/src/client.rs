@@ -235,7 +235,7 @@ impl Updater {
         if before != Some(seen) {
             self.state.keep(crate::state::LATEST_KNOWN_TIME, &serde_json::to_vec(&seen).expect("a time serialises"))?;
         }
-        Ok(before.map(|b| b.max(now.min(cap))))
+        Ok(Some(seen))
     }
 
     /// The newest root reachable from the shipped root through the kept chain (each signed by
@@ -381,7 +381,7 @@ impl Updater {
             Ok(s) => s,
             Err(e) if matches!(e.kind(), TransportErrorKind::FileNotFound) => {
                 return Err(OtaError::Missing {
-                    what: format!("the file of target `{}`", offer.target),
+                    what: format!("file for target `{}`", offer.target),
                     url: primary.to_string(),
                 });
             }

@@ -43,8 +43,8 @@ pub enum OtaError {
     /// The update server lacks a file the signed metadata names (a repository published
     /// incompletely, or served from the wrong directory): nothing is wrong with the trust.
     #[error(
-        "the update server has no {what} at {url}; the signed metadata names it, so the repository on the \
-         server is incomplete: publish the file there (docs/ota.md, \"Repository layout\") and try again"
+        "the update server has no {what} ({url}); the signed metadata names it, so the repository on the \
+         server is incomplete: publish the file there (docs/ota.md, \"Repository layout\"); retrying later"
     )]
     Missing { what: String, url: String },
     #[error("no target `{0}` in the signed repository")]

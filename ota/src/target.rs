@@ -40,8 +40,9 @@ impl std::fmt::Display for Kind {
 }
 
 /// What a device must be to take a target. An empty list or an absent field accepts any device.
+/// A requirement this vigil does not know (written by a newer `vigil-ota`) cannot be judged, so a
+/// target carrying one does not fit ([`Compat::mismatches`] names it); other targets are unaffected.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Compat {
     /// Boards, as the device tree names them (`nvidia,p3768-0000+p3767-0005`), or `generic`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -61,10 +62,14 @@ pub struct Compat {
     /// The oldest vigil that can use the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_vigil: Option<Version>,
+    /// Requirements unknown to this vigil, as signed.
+    #[serde(flatten)]
+    pub unknown: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
+/// Fields this vigil does not know are ignored (a newer `vigil-ota` may add information); a
+/// newer requirement goes under `compat`, where an unknown one makes the target not fit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TargetMeta {
     pub kind: Kind,
     /// What the target is, across versions: the model's name, or `vigil` for the binary. The
@@ -207,6 +212,12 @@ impl Compat {
                 out.push(format!("needs vigil {min} or newer; this is {}", device.vigil));
             }
         }
+        for key in self.unknown.keys() {
+            out.push(format!(
+                "requires `compat.{key}`, which vigil {} cannot judge (a newer vigil-ota wrote it): update vigil first",
+                device.vigil
+            ));
+        }
         out
     }
 }
@@ -261,9 +272,11 @@ mod tests {
             jetpack: Some("^5.1".parse().unwrap()),
             backends: vec!["openvino".into()],
             min_vigil: Some(Version::new(99, 0, 0)),
+            unknown: [("secure_boot".to_owned(), true.into())].into(),
         };
         let why = wrong.mismatches(&d);
-        assert_eq!(why.len(), 6, "{why:?}");
+        assert_eq!(why.len(), 7, "{why:?}");
+        assert!(why[6].contains("requires `compat.secure_boot`, which vigil"), "{why:?}");
         assert!(why[1].contains("SoC tegra234 is not one of tegra194"), "{why:?}");
         assert!(why[3].contains("JetPack 6.2.0 does not meet ^5.1"), "{why:?}");
     }
@@ -285,6 +298,27 @@ mod tests {
         custom.get_mut(CUSTOM_KEY).unwrap()["name"] = "../etc".into();
         assert!(TargetMeta::from_custom(&custom).unwrap_err().contains("not a valid name"));
         assert!(TargetMeta::from_custom(&Default::default()).unwrap_err().contains("no `custom.vigil`"));
+    }
+
+    #[test]
+    fn fields_a_newer_vigil_ota_adds_are_ignored_and_newer_requirements_do_not_fit() {
+        let meta = TargetMeta {
+            kind: Kind::Model,
+            name: "people".into(),
+            version: Version::new(1, 4, 0),
+            compat: Compat::default(),
+            allow_downgrade: false,
+        };
+        let mut custom = meta.to_custom();
+        custom.get_mut(CUSTOM_KEY).unwrap()["release_notes"] = "faster".into();
+        assert_eq!(TargetMeta::from_custom(&custom).unwrap(), meta, "an unknown field is information");
+        custom.get_mut(CUSTOM_KEY).unwrap()["compat"] = serde_json::json!({ "cuda": ">=12.6", "arch": ["x86_64"] });
+        let parsed = TargetMeta::from_custom(&custom).unwrap();
+        assert_eq!(parsed.compat.arch, vec!["x86_64".to_owned()]);
+        let device = Device::detect_at(Path::new("/nonexistent"), vec!["onnxruntime".into()]);
+        let why = parsed.compat.mismatches(&device);
+        assert!(why.iter().any(|w| w.contains("`compat.cuda`")), "{why:?}");
+        assert_eq!(serde_json::to_value(&parsed.compat).unwrap()["cuda"], ">=12.6", "kept as signed");
     }
 
     #[test]

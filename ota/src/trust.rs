@@ -187,8 +187,9 @@ impl Client<'_> {
 
         // 5.5: the snapshot the timestamp names.
         let file = versioned(r.consistent_snapshot, snapshot_meta.version, "snapshot");
-        let bytes =
-            self.fetch_required(&file, "the snapshot", limit(&snapshot_meta, self.limits.max_snapshot_size)).await?;
+        let bytes = self
+            .fetch_required(&file, "snapshot metadata", limit(&snapshot_meta, self.limits.max_snapshot_size))
+            .await?;
         check_meta(&snapshot_meta, &bytes, &file)?;
         let snapshot: Signed<Snapshot> = parse(&bytes, &file)?;
         verify_top(r, &snapshot, &file)?;
@@ -225,9 +226,8 @@ impl Client<'_> {
         // 5.6: the top-level targets.
         let targets_meta = meta(&snapshot.signed.signed.meta, "targets.json", "the snapshot")?.clone();
         let file = versioned(r.consistent_snapshot, targets_meta.version, "targets");
-        let bytes = self
-            .fetch_required(&file, "the targets metadata", limit(&targets_meta, self.limits.max_targets_size))
-            .await?;
+        let bytes =
+            self.fetch_required(&file, "targets metadata", limit(&targets_meta, self.limits.max_targets_size)).await?;
         check_meta(&targets_meta, &bytes, &file)?;
         let targets: Signed<Targets> = parse(&bytes, &file)?;
         verify_top(r, &targets, &file)?;
@@ -349,7 +349,17 @@ pub(crate) fn earliest(expiries: impl IntoIterator<Item = jiff::Timestamp>) -> O
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8], file: &str) -> Result<T, OtaError> {
-    serde_json::from_slice(bytes).map_err(|e| OtaError::Untrusted(format!("{file} is not valid TUF metadata: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| {
+        let e = e.to_string();
+        // tough checks key ids as it reads keys (docs/decisions/0016).
+        let why = if e.contains("key ID") || e.contains("keyid") {
+            "; vigil requires each key id to be the SHA-256 of the key's canonical JSON, as the specification \
+             defines it: list the key under that id (python-tuf's own keys already are)"
+        } else {
+            ""
+        };
+        OtaError::Untrusted(format!("{file} is not valid TUF metadata: {e}{why}"))
+    })
 }
 
 fn verify_top<T: Role + serde::Serialize>(root: &Root, role: &Signed<T>, file: &str) -> Result<(), OtaError> {

@@ -292,6 +292,68 @@ async fn a_root_written_into_the_state_directory_is_no_trust_anchor() {
 }
 
 #[tokio::test]
+async fn metadata_of_another_major_version_of_the_specification() {
+    let f = Fixture::new(1, 1, 4096).await;
+    refresh_only(&f).await;
+    // A timestamp, properly signed, that claims TUF 2.0.0: a client refuses a major version it
+    // does not implement.
+    let root: tough::schema::Signed<tough::schema::Root> =
+        serde_json::from_value(f.read_json(&format!("{}.root.json", f.latest("root")))).unwrap();
+    let mut ts: tough::schema::Signed<tough::schema::Timestamp> =
+        serde_json::from_value(f.read_json("timestamp.json")).unwrap();
+    ts.signed.spec_version = "2.0.0".into();
+    ts.signed.version = ts.signed.version.checked_add(1).unwrap();
+    let key: Box<dyn tough::key_source::KeySource> =
+        Box::new(tough::key_source::LocalKeySource { path: f.keys.roles.timestamp.clone() });
+    let signed = tough::editor::signed::SignedRole::new(
+        ts.signed,
+        &tough::schema::KeyHolder::Root(root.signed),
+        &[key],
+        &aws_lc_rs::rand::SystemRandom::new(),
+    )
+    .await
+    .unwrap();
+    f.write_json("timestamp.json", &serde_json::to_value(signed.signed()).unwrap());
+    let e = refused(&f).await;
+    assert!(matches!(&e, OtaError::Untrusted(why) if why.contains("spec_version \"2.0.0\"")), "{e}");
+}
+
+#[tokio::test]
+async fn a_target_shorter_than_its_signed_length() {
+    // The specification's length is exact; vigil once took it as an upper bound, so a file cut
+    // short whose hash matched what was signed passed (docs/decisions/0016).
+    let f = Fixture::new(1, 1, 4096).await;
+    let bytes = payload(4096, 7);
+    use sha2::Digest;
+    let sha256 = sha2::Sha256::digest(&bytes).to_vec();
+    let target = tough::schema::Target {
+        length: 4096 + 10,
+        hashes: tough::schema::Hashes { sha256: sha256.clone().into(), _extra: Default::default() },
+        custom: model("2.0.0").to_custom(),
+        _extra: Default::default(),
+    };
+    sign_entry(&f, "models/people-2.0.0", target).await;
+    std::fs::write(f.repo().join(format!("targets/models/{}.people-2.0.0", hex::encode(&sha256))), &bytes).unwrap();
+    refresh_only(&f).await;
+    let e = refused(&f).await;
+    assert!(matches!(&e, OtaError::Verification { why, .. } if why.contains("4096 bytes, 4106 were signed")), "{e}");
+}
+
+#[tokio::test]
+async fn a_target_file_the_server_lacks_is_reported_as_missing() {
+    let f = Fixture::new(1, 1, 4096).await;
+    refresh_only(&f).await;
+    std::fs::remove_dir_all(f.repo().join("targets")).unwrap();
+    std::fs::create_dir(f.repo().join("targets")).unwrap();
+    let e = refused(&f).await;
+    let text = e.to_string();
+    assert!(matches!(e, OtaError::Missing { .. }), "a 404 is not a forgery: {text}");
+    assert!(text.contains("has no file for target `models/people-1.0.0`"), "{text}");
+    assert!(text.contains("/targets/models/") && text.contains(".people-1.0.0"), "the specification's path: {text}");
+    assert!(e.is_retryable(), "the server may be fixed; the device tries again later");
+}
+
+#[tokio::test]
 async fn path_traversal_in_target_names() {
     let f = Fixture::new(1, 1, 4096).await;
     // The targets key signs a name that climbs out of the targets directory (the tool refuses
@@ -312,9 +374,20 @@ async fn path_traversal_in_target_names() {
 /// Adds target `name` as given (no name check), signed with the repository's keys.
 async fn sign_raw_target(f: &Fixture, name: &str, bytes: &[u8], meta: &vigil_ota::TargetMeta) {
     use sha2::Digest;
+    use tough::schema::{decoded::Decoded, Hashes, Target};
+    let target = Target {
+        length: bytes.len() as u64,
+        hashes: Hashes { sha256: Decoded::from(sha2::Sha256::digest(bytes).to_vec()), _extra: Default::default() },
+        custom: meta.to_custom(),
+        _extra: Default::default(),
+    };
+    sign_entry(f, name, target).await;
+}
+
+/// Adds `target` under `name` as given, signed with the repository's keys.
+async fn sign_entry(f: &Fixture, name: &str, target: tough::schema::Target) {
     use tough::editor::RepositoryEditor;
     use tough::key_source::{KeySource, LocalKeySource};
-    use tough::schema::{decoded::Decoded, Hashes, Target};
     let repo = tough::RepositoryLoader::new(
         &std::fs::read(f.repo().join(format!("metadata/{}.root.json", f.latest("root")))).unwrap(),
         url::Url::from_directory_path(f.repo().join("metadata")).unwrap(),
@@ -331,12 +404,6 @@ async fn sign_raw_target(f: &Fixture, name: &str, bytes: &[u8], meta: &vigil_ota
     );
     let root = f.repo().join(format!("metadata/{}.root.json", f.latest("root")));
     let mut editor = RepositoryEditor::from_repo(&root, repo).await.unwrap();
-    let target = Target {
-        length: bytes.len() as u64,
-        hashes: Hashes { sha256: Decoded::from(sha2::Sha256::digest(bytes).to_vec()), _extra: Default::default() },
-        custom: meta.to_custom(),
-        _extra: Default::default(),
-    };
     let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
     editor
         .add_target(name, target)

@@ -1,9 +1,13 @@
 //! A throwaway certificate authority for tests, made with the `openssl` command: a CA, server
-//! certificates for 127.0.0.1, and client certificates whose CN is their name (P-256 keys, two
-//! days' validity). Shared by the mTLS broker tests, the OTA tests' HTTPS server and the rig.
+//! certificates for 127.0.0.1, and client certificates whose CN is their name (P-256 keys, valid
+//! for [`DAYS`]). Shared by the mTLS broker tests, the OTA tests' HTTPS server and the rig.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Days a certificate is valid: long enough for the OTA clock tests, which run a device's clock
+/// 400 days ahead (ota/tests/clock.rs).
+pub const DAYS: &str = "800";
 
 /// `openssl req` arguments for a new P-256 key without a passphrase.
 const NEW_EC_KEY: &[&str] = &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
@@ -23,7 +27,7 @@ impl TestCa {
     /// A new CA named `ca` (its files are `<ca>.pem` and `<ca>.key` in `dir`).
     pub fn new(dir: &Path, ca: &str) -> Self {
         let (pem, key, subj) = (format!("{ca}.pem"), format!("{ca}.key"), format!("/CN=vigil test {ca}"));
-        let args = ["-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subj];
+        let args = ["-keyout", &key, "-out", &pem, "-days", DAYS, "-subj", &subj];
         openssl(dir, &[&["req", "-x509"][..], NEW_EC_KEY, &args].concat());
         Self { dir: dir.to_owned(), ca: ca.to_owned() }
     }
@@ -56,7 +60,7 @@ impl TestCa {
         openssl(dir, &[&["req"][..], NEW_EC_KEY, &["-keyout", &key, "-out", &csr, "-subj", &cn]].concat());
         let (ca_pem, ca_key) = (format!("{}.pem", self.ca), format!("{}.key", self.ca));
         let sign = ["x509", "-req", "-in", &csr, "-CA", &ca_pem, "-CAkey", &ca_key, "-CAcreateserial"];
-        openssl(dir, &[&sign[..], &["-days", "2", "-out", &pem, "-extfile", &ext]].concat());
+        openssl(dir, &[&sign[..], &["-days", DAYS, "-out", &pem, "-extfile", &ext]].concat());
         (dir.join(pem), dir.join(key))
     }
 }

@@ -341,7 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 kind,
                 name,
                 version,
-                compat: Compat { boards, socs, arch, jetpack, backends, min_vigil },
+                compat: Compat { boards, socs, arch, jetpack, backends, min_vigil, ..Compat::default() },
                 allow_downgrade,
             };
             // The fields are checked as a device will read them.

@@ -59,6 +59,11 @@ impl Fixture {
     /// A repository with `root_keys` root keys (threshold `threshold`) holding model `people`
     /// 1.0.0 (`payload(len, 1)`), served over HTTPS.
     pub async fn new(root_keys: usize, threshold: u64, len: usize) -> Self {
+        Self::with_expiry(root_keys, threshold, len, Expiry::default()).await
+    }
+
+    /// [`Fixture::new`] with metadata valid for `expiry`.
+    pub async fn with_expiry(root_keys: usize, threshold: u64, len: usize, expiry: Expiry) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         for sub in ["keys", "repo", "pki", "device", "files"] {
@@ -79,7 +84,6 @@ impl Fixture {
         for k in [&roles.targets, &roles.snapshot, &roles.timestamp] {
             repo::keygen(k).await.unwrap();
         }
-        let expiry = Expiry::default();
         repo::init(&d.join("repo"), &root, threshold, &roles, &expiry).await.unwrap();
         std::fs::copy(d.join("repo/metadata/1.root.json"), d.join("device/shipped-root.json")).unwrap();
         let server = Server::start(d.join("repo"), &d.join("pki")).await;
