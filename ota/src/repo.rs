@@ -414,12 +414,8 @@ async fn publish(
     snapshot
         .meta
         .insert(format!("{role}.json"), Metafile { length: None, hashes: None, version, _extra: HashMap::new() });
-    if role == TOP_LEVEL {
-        // Roles no longer delegated leave the snapshot with their delegation.
-        let delegated: Vec<String> =
-            signed.signed.delegations.iter().flat_map(|d| d.roles.iter().map(|r| format!("{}.json", r.name))).collect();
-        snapshot.meta.retain(|f, _| f == "targets.json" || delegated.contains(f));
-    }
+    // A role no longer delegated stays listed: the specification (5.5.5) has clients refuse a
+    // snapshot that drops a file the previous one listed, as a rollback.
     write_snapshot_and_timestamp(repo, cur, snapshot, online, expiry, &staging).await?;
     staging.publish()
 }
