@@ -63,6 +63,16 @@ if ! .venv/bin/python -c "import cv2, PIL; assert cv2.__version__ == '${OPENCV_V
   echo "setup: installing opencv-python-headless $OPENCV_VERSION and pillow $PILLOW_VERSION into .venv"
   .venv/bin/pip install -q --disable-pip-version-check "opencv-python-headless==$OPENCV_VERSION" "pillow==$PILLOW_VERSION"
 fi
+# python-tuf, the TUF reference implementation: the peer vigil's TUF client and vigil-ota are
+# tested against (ota/tests/interop.rs); pinned with its signing library and that library's
+# crypto backend.
+TUF_VERSION=7.0.1
+SSLIB_VERSION=1.6.0
+CRYPTOGRAPHY_VERSION=51.0.1
+if ! .venv/bin/python -c "import tuf, securesystemslib, cryptography; assert (tuf.__version__, securesystemslib.__version__, cryptography.__version__) == ('$TUF_VERSION', '$SSLIB_VERSION', '$CRYPTOGRAPHY_VERSION')" 2>/dev/null; then
+  echo "setup: installing tuf $TUF_VERSION, securesystemslib $SSLIB_VERSION and cryptography $CRYPTOGRAPHY_VERSION into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check "tuf==$TUF_VERSION" "securesystemslib==$SSLIB_VERSION" "cryptography==$CRYPTOGRAPHY_VERSION"
+fi
 # oelint-adv: the Yocto layer's linter (.ci/check-yocto.sh); pinned, as its rules change.
 OELINT_VERSION=9.11.2
 if ! .venv/bin/oelint-adv --version 2>/dev/null | grep -q "$OELINT_VERSION"; then

@@ -214,18 +214,15 @@ impl Updater {
     /// The latest time this device has seen, no later than the earliest expiry of what it holds
     /// (so that only metadata it saw expire is refused later, [`crate::trust`]); recorded before
     /// the network is asked, so that a check that fails still counts.
-    fn seen(&self, now: jiff::Timestamp, root: &Root, held: &Held) -> Result<Option<jiff::Timestamp>, OtaError> {
-        let cap = crate::trust::earliest(
-            [Some(root.expires)]
-                .into_iter()
-                .chain([
-                    held.timestamp.as_ref().map(|t| t.signed.expires),
-                    held.snapshot.as_ref().map(|t| t.signed.expires),
-                    held.targets.as_ref().map(|t| t.signed.expires),
-                ])
-                .flatten(),
-        )
-        .expect("the root has an expiry");
+    fn seen(&self, now: jiff::Timestamp, root: &Root, held: &Held) -> Result<jiff::Timestamp, OtaError> {
+        let cap = [
+            held.timestamp.as_ref().map(|t| t.signed.expires),
+            held.snapshot.as_ref().map(|t| t.signed.expires),
+            held.targets.as_ref().map(|t| t.signed.expires),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(root.expires, jiff::Timestamp::min);
         let before = self
             .state
             .trusted_file(crate::state::LATEST_KNOWN_TIME)
@@ -235,7 +232,7 @@ impl Updater {
         if before != Some(seen) {
             self.state.keep(crate::state::LATEST_KNOWN_TIME, &serde_json::to_vec(&seen).expect("a time serialises"))?;
         }
-        Ok(Some(seen))
+        Ok(seen)
     }
 
     /// The newest root reachable from the shipped root through the kept chain (each signed by

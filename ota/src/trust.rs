@@ -49,7 +49,7 @@ pub(crate) struct Clock {
     /// The fixed update start time (5.0).
     pub now: jiff::Timestamp,
     /// The latest time this device has seen, capped at the earliest expiry of what it held.
-    pub seen: Option<jiff::Timestamp>,
+    pub seen: jiff::Timestamp,
 }
 
 /// A metadata file as verified, with the bytes it was verified from.
@@ -332,7 +332,8 @@ impl Client<'_> {
                 self.clock.now
             )));
         }
-        if let Some(seen) = self.clock.seen.filter(|seen| held == Some(version) && expires <= *seen) {
+        if held == Some(version) && expires <= self.clock.seen {
+            let seen = self.clock.seen;
             return Err(OtaError::Untrusted(format!(
                 "the update server still serves {what} version {version}, which this device saw expire ({expires}; \
                  its clock read {seen} before): a clock that was ahead then, or a freeze attack now; the repository's \
@@ -341,11 +342,6 @@ impl Client<'_> {
         }
         Ok(())
     }
-}
-
-/// The earliest expiry among `roles`.
-pub(crate) fn earliest(expiries: impl IntoIterator<Item = jiff::Timestamp>) -> Option<jiff::Timestamp> {
-    expiries.into_iter().min()
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8], file: &str) -> Result<T, OtaError> {
