@@ -384,7 +384,7 @@ impl Updater {
             }
             Err(e) => return Err(from_error(&e)),
         };
-        let mut digests = Digests::default();
+        let mut digests = Digests::for_hashes(&offer.hashes);
         let mut got = 0u64;
         let mut failed = None;
         while let Some(item) = stream.next().await {

@@ -23,7 +23,6 @@ use std::num::NonZeroU64;
 
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
-use sha2::Digest;
 use tough::schema::{Hashes, Metafile, Role, RoleType, Root, Signed, Snapshot, Targets, Timestamp};
 use tough::{Limits, Transport, TransportErrorKind};
 use url::Url;
@@ -423,31 +422,44 @@ fn check_meta(m: &Metafile, bytes: &[u8], file: &str) -> Result<(), OtaError> {
 
 /// Checks `bytes` against every hash listed that vigil knows (SHA-256 always, SHA-512 if listed).
 pub(crate) fn hashes_match(h: &Hashes, bytes: &[u8]) -> Result<(), String> {
-    let mut d = Digests::default();
+    let mut d = Digests::for_hashes(h);
     d.update(bytes);
     d.check(h)
 }
 
-/// Running SHA-256 and SHA-512 of a download.
-#[derive(Default, Clone)]
+/// Running digests of a download: SHA-256, and SHA-512 where the metadata lists it. aws-lc's
+/// (assembly) implementations: a vigil binary is tens of MB, and debug builds of a pure-Rust
+/// hash take seconds for it.
 pub(crate) struct Digests {
-    sha256: sha2::Sha256,
-    sha512: sha2::Sha512,
+    sha256: aws_lc_rs::digest::Context,
+    sha512: Option<aws_lc_rs::digest::Context>,
 }
 
 impl Digests {
+    pub fn for_hashes(h: &Hashes) -> Self {
+        Self {
+            sha256: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
+            sha512: h
+                ._extra
+                .contains_key("sha512")
+                .then(|| aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA512)),
+        }
+    }
+
     pub fn update(&mut self, bytes: &[u8]) {
         self.sha256.update(bytes);
-        self.sha512.update(bytes);
+        if let Some(d) = &mut self.sha512 {
+            d.update(bytes);
+        }
     }
 
     pub fn check(self, h: &Hashes) -> Result<(), String> {
-        let sha256 = self.sha256.finalize();
-        if sha256.as_slice() != h.sha256.as_ref() {
+        let sha256 = self.sha256.finish();
+        if sha256.as_ref() != h.sha256.as_ref() {
             return Err(format!("SHA-256 {} where {} was signed", hex::encode(sha256), hex::encode(&h.sha256)));
         }
-        if let Some(signed) = h._extra.get("sha512").and_then(|v| v.as_str()) {
-            let sha512 = hex::encode(self.sha512.finalize());
+        if let (Some(d), Some(signed)) = (self.sha512, h._extra.get("sha512").and_then(|v| v.as_str())) {
+            let sha512 = hex::encode(d.finish());
             if !sha512.eq_ignore_ascii_case(signed) {
                 return Err(format!("SHA-512 {sha512} where {signed} was signed"));
             }
