@@ -278,7 +278,7 @@ impl Updater {
                     Resolution::NotFound => Err(OtaError::BadTarget {
                         name: name.to_owned(),
                         why: "it is listed only by delegated roles whose paths do not cover it, or that a \
-                              terminating role or an earlier role shadows; devices ignore those entries"
+                              terminating role's paths cut off from the search; devices ignore those entries"
                             .to_owned(),
                     }),
                     Resolution::Broken { role, why } => Err(OtaError::BadTarget {
@@ -370,7 +370,11 @@ impl Updater {
             let legacy = url(crate::trust::legacy_target_path(&offer.target, &offer.sha256))?;
             fetched = self.transport.fetch(legacy.clone()).await;
             if fetched.is_ok() {
-                tracing::warn!(%legacy, "the target is served only at vigil-ota's old path; re-publish it with vigil-ota relink");
+                tracing::warn!(
+                    %legacy,
+                    "the target is served only at an older vigil-ota's path; TUF clients other than vigil \
+                     look for it at the specification's (docs/ota.md, \"Repository layout\")"
+                );
                 used = legacy;
             }
         }

@@ -4,7 +4,7 @@
 //! ```text
 //! <repo>/metadata/N.root.json, N.targets.json, N.<role>.json, N.snapshot.json, timestamp.json
 //! <repo>/targets/<dir>/<sha256>.<file name>      target `<dir>/<file name>`
-//! <repo>/targets/<sha256>.<dir>/<file name>      the same file, linked, for vigil before 0.x
+//! <repo>/targets/<sha256>.<dir>/<file name>      the same file, linked, for older vigil releases
 //! ```
 //!
 //! Consistent snapshots are on: a device never mixes a new `targets.json` with an old file of the
@@ -542,7 +542,7 @@ pub async fn add(
 
 /// Adds `file` as target `name` with vigil's fields `meta`, signed by `signer`, and re-signs the
 /// snapshot and timestamp. The file is published where the specification serves it
-/// (`targets/<dir>/<sha256>.<file name>`) and, linked, where vigil before 0.x looked for it
+/// (`targets/<dir>/<sha256>.<file name>`) and, linked, where older vigil releases look for it
 /// (`targets/<sha256>.<dir>/<file name>`), so that devices not yet updated still find it.
 /// Refused when devices would not take this entry for `name`: outside the paths delegated to
 /// the role, or shadowed by an entry that TUF's search reaches first. `progress` hears of each

@@ -178,7 +178,7 @@ mod tests {
         s.keep("timestamp.json", b"old").unwrap();
         s.keep("timestamp.json", b"new").unwrap();
         assert_eq!(s.trusted_file("timestamp.json").unwrap(), b"new");
-        // A scratch directory of the tough-based refresh of vigil 0.x, left by a crash.
+        // A scratch directory of an older release's refresh (through tough), left by a crash.
         let left = dir.path().join(".refresh-abc");
         std::fs::create_dir_all(&left).unwrap();
         std::fs::write(left.join("root.json"), b"root").unwrap();

@@ -8,8 +8,8 @@
 //! there ([`crate::resolve`]), and the rest of the repository stays usable, as it would with a
 //! client that loads delegations only when a search needs them.
 //!
-//! Every metadata file is refused if its `spec_version` is not 1.x (5.x and 7.x of the
-//! specification: a client refuses a major version it does not implement).
+//! Every metadata file is refused if its `spec_version` is not 1.x: the specification has a
+//! client refuse a major version it does not implement.
 //!
 //! Time: expiry is judged against the clock at the start of the refresh. On top of that the
 //! device keeps the latest time it has seen, *capped at the earliest expiry of the metadata it
@@ -81,8 +81,8 @@ pub(crate) struct Client<'a> {
 struct NotThere;
 
 impl Client<'_> {
-    /// Fetches `file` from the metadata directory, at most `max` bytes. `Ok(None)`: the server has
-    /// no such file (404 or 410).
+    /// Fetches `file` from the metadata directory, at most `max` bytes. `Ok(Err(NotThere))`: the
+    /// server has no such file (404 or 410).
     async fn fetch(&self, file: &str, max: u64) -> Result<Result<Vec<u8>, NotThere>, OtaError> {
         let url = self
             .metadata_url
@@ -315,8 +315,8 @@ impl Client<'_> {
         Ok(checked)
     }
 
-    /// 5.x.y "check for a freeze attack": unexpired at the start of the refresh, and, if it is the
-    /// version the device held, unexpired at the latest time the device has seen.
+    /// The specification's "check for a freeze attack": unexpired at the start of the refresh,
+    /// and, if it is the version the device held, unexpired at the latest time the device has seen.
     fn fresh(
         &self,
         what: &str,
@@ -493,7 +493,7 @@ pub fn target_path(name: &str, sha256_hex: &str, consistent: bool) -> String {
     segments.join("/")
 }
 
-/// Where vigil 0.x before issue 23 looked for a target under consistent snapshots
+/// Where older vigil releases look for a target under consistent snapshots
 /// (`<sha256>.dir/name`): asked for only when the specification's path is missing, so that a
 /// repository written by an older `vigil-ota` still serves its older targets.
 pub fn legacy_target_path(name: &str, sha256_hex: &str) -> String {

@@ -1,7 +1,7 @@
 //! Downloads over a real HTTPS server: a good update, resume across an interruption and a
 //! restart, a part file complete before a restart, a server that ignores `Range` and one that
-//! answers it `416`, a clock that is not synchronized, and the
-//! `vigil-ota` tool end to end (operator commands and the device-side fetch).
+//! answers it `416`, a clock that is not synchronized, a repository in an older `vigil-ota`'s
+//! layout, and the `vigil-ota` tool end to end (operator commands and the device-side fetch).
 
 mod support;
 
@@ -13,6 +13,28 @@ use vigil_ota::time::NeverSynchronized;
 use vigil_ota::OtaError;
 
 const LEN: usize = 3 << 20;
+
+#[tokio::test]
+async fn a_repository_in_an_older_vigil_otas_layout_still_serves_its_targets() {
+    // vigil-ota writes the specification's path and links the one older vigil releases ask for.
+    let f = Fixture::new(1, 1, 4096).await;
+    use sha2::Digest;
+    let hash = hex::encode(sha2::Sha256::digest(payload(4096, 1)));
+    let spec = f.repo().join(format!("targets/models/{hash}.people-1.0.0"));
+    let old = f.repo().join(format!("targets/{hash}.models/people-1.0.0"));
+    assert!(spec.is_file() && old.is_file(), "both layouts are written");
+    // A repository an older vigil-ota wrote has only the old one.
+    std::fs::remove_file(&spec).unwrap();
+    let u = f.updater();
+    let (trusted, offer) = newest(&u).await;
+    let dest = f.dest("people.bin");
+    u.download(&trusted, &offer, &dest).await.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), payload(4096, 1));
+    let asked: Vec<String> =
+        f.server.requests().into_iter().map(|(p, _)| p).filter(|p| p.starts_with("targets/")).collect();
+    let want = [format!("targets/models/{hash}.people-1.0.0"), format!("targets/{hash}.models/people-1.0.0")];
+    assert_eq!(asked, want, "the specification's path first, then the old one");
+}
 
 #[tokio::test]
 async fn a_download_cut_off_resumes_where_it_stopped_even_after_a_restart() {
