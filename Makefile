@@ -17,7 +17,7 @@ TRT_ENV := target/trt-headers/env.sh
 GPU_TESTS := $(if $(filter 1,$(VIGIL_REQUIRE_GPU)),-- --include-ignored)
 WITH_TRT := source $(TRT_ENV) &&
 
-.PHONY: setup cross-setup trt-headers demo test lint yocto unit hil aarch64 bench jetson-check deb deb-jetpack next-vigil check-ultralytics
+.PHONY: setup cross-setup trt-headers demo test lint yocto unit hil aarch64 bench jetson-check deb deb-jetpack deb-ops deb-ops-arm64 bench-fleet next-vigil check-ultralytics
 
 ## Install what is missing (apt, ONNX Runtime wheel); idempotent.
 setup:
@@ -58,6 +58,7 @@ unit: trt-headers next-vigil
 	.ci/check-unit.sh target/debug/vigil
 	.ci/check-deb.sh
 	.ci/check-deb-jetpack.sh
+	.ci/check-deb-ops.sh
 	$(WITH_TRT) cargo test -p vigil-infer --features tensorrt --locked --lib $(GPU_TESTS)
 	$(WITH_TRT) cargo test -p vigil --features tensorrt --locked --test cuda $(GPU_TESTS)
 
@@ -87,10 +88,11 @@ aarch64: cross-setup
 	@# One build: tough's rustls features unify into vigil's, but vigil uses the ring provider
 	@# only and its binary is byte-for-byte the same size either way (measured); two builds
 	@# would compile the shared crates twice.
-	$(CROSS_ENV) cargo build --release --locked -p vigil -p vigil-ota --target $(AARCH64)
+	$(CROSS_ENV) cargo build --release --locked -p vigil -p vigil-ota -p vigil-ops --target $(AARCH64)
 	file target/cross/$(AARCH64)/release/vigil
 	@# JetPack 6 has glibc 2.35 and GStreamer 1.20 (this machine builds on 2.36 and 1.22).
 	.ci/check-abi.sh target/cross/$(AARCH64)/release/vigil
+	.ci/check-abi.sh target/cross/$(AARCH64)/release/vigil-ops
 	@# No path of the machine that built it may be compiled into the binary a device runs.
 	@if grep -qaF "$(CURDIR)" target/cross/$(AARCH64)/release/vigil; then \
 		echo "aarch64: the binary holds the build path $(CURDIR)"; exit 1; fi
@@ -114,6 +116,14 @@ deb: setup trt-headers
 	.ci/stage-deb.sh
 	cargo deb -p vigil --no-build
 
+## The operator's package, vigil-ops, for this machine and for arm64 (docs/fleet.md).
+deb-ops: setup
+	cargo build --release --locked -p vigil-ops
+	cargo deb -p vigil-ops --no-build
+
+deb-ops-arm64: aarch64
+	CARGO_TARGET_DIR=target/cross cargo deb -p vigil-ops --variant arm64 --target $(AARCH64) --no-build
+
 ## The JetPack 6 package (arm64) from the cross build: CPU backend and GStreamer (NVDEC through
 ## L4T's plugins). The TensorRT build is made on a Jetson (docs/packaging.md).
 deb-jetpack: aarch64
@@ -126,8 +136,13 @@ check-ultralytics: setup
 	models/tools/check-ultralytics.sh
 
 ## Throughput against side-by-side baselines; figures go to docs/performance.md.
-bench: setup
-	cargo build --release -p vigil -p vigil-hil
-	target/release/vigil bench
+bench: setup bench-fleet
+	cargo build --release -p vigil -p vigil-ops -p vigil-hil
+	target/release/vigil-ops bench
 	target/release/vigil-store-bench
 	target/release/vigil-ota-bench
+
+## The operator's tools against simulated fleets of 1 000, 3 000 and 10 000 devices (docs/fleet.md).
+bench-fleet: setup
+	cargo build --release -p vigil-ops
+	target/release/vigil-ops fleet-bench --sizes 1000,3000,10000

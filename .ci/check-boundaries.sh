@@ -15,6 +15,7 @@ rules=(
     "vigil-fleet:    gstreamer ort rumqttc cudarc tensorrt-sys vigil-capture vigil-infer vigil-uplink vigil-update"
     "vigil-update:   gstreamer rumqttc vigil-capture vigil-uplink vigil-testkit"
     "vigil-tls:      tokio aws-lc-rs vigil-"
+    "vigil:          vigil-ops vigil-testkit"
     "vigil-ota:      gstreamer ort sled rumqttc cudarc tensorrt-sys vigil-config vigil-capture vigil-infer vigil-pipeline vigil-store vigil-uplink vigil-fleet vigil-update vigil-testkit"
 )
 

@@ -166,7 +166,7 @@ fn the_fleet_cli_lists_devices_sends_commands_and_watches_events() {
     let fleet = |args: &[&str]| {
         let mut all = vec!["fleet", "--broker", url.as_str()];
         all.extend_from_slice(args);
-        vigil_cmd(&all, &[])
+        ops_cmd(&all)
     };
     assert!(
         wait_until(Duration::from_secs(20), || fleet(&["list", "--wait", "500ms"]).1.contains("cli1")),
@@ -211,9 +211,13 @@ fn the_fleet_cli_lists_devices_sends_commands_and_watches_events() {
     assert!(events.iter().all(|e| e.device_id == "cli1"));
     let (status, log) = vigil.terminate();
     assert!(status.success(), "{status:?}\n{log}");
-    let (code, _, err) = vigil_cmd(&["fleet", "--broker", "mqtts://127.0.0.1:1", "list"], &[]);
+    let (code, _, err) = ops_cmd(&["fleet", "--broker", "mqtts://127.0.0.1:1", "list"]);
     assert_ne!(code, 0);
     assert!(err.contains("--ca"), "TLS without a CA is named: {err}");
+    // The device's binary carries no operator tools, and says where they went.
+    let (code, _, err) = vigil_cmd(&["fleet", "list"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("run `vigil-ops fleet …`"), "{err}");
 }
 
 #[test]

@@ -24,10 +24,8 @@ fn a_device_with_its_certificate_reports_over_mutual_tls() {
     let (ca, cert, key) =
         (op.ca.display().to_string(), op.cert.unwrap().display().to_string(), op.key.unwrap().display().to_string());
     let url = broker.url();
-    let (code, out, err) = vigil_cmd(
-        &["fleet", "--broker", &url, "--ca", &ca, "--cert", &cert, "--key", &key, "cmd", "gate-01", "status"],
-        &[],
-    );
+    let (code, out, err) =
+        ops_cmd(&["fleet", "--broker", &url, "--ca", &ca, "--cert", &cert, "--key", &key, "cmd", "gate-01", "status"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("\"device_id\": \"gate-01\""), "{out}");
     let (status, log) = vigil.terminate();

@@ -1,7 +1,7 @@
 //! Model updates over the air, end to end: the real vigil binary with a looping camera, a real
 //! mosquitto, a signed TUF repository served by a real HTTPS server (test CA, free port).
 //! `ota/apply` → downloading → verifying → accepting → activating → canary → an outcome, on the
-//! retained `vigil/<id>/ota` topic; and `vigil fleet ota push` rolling an update out to three
+//! retained `vigil/<id>/ota` topic; and `vigil-ops fleet ota push` rolling an update out to three
 //! such devices in waves.
 
 mod support;
@@ -379,8 +379,15 @@ fn a_new_model_is_judged_by_its_exporters_detections_not_by_the_model_it_replace
 }
 
 /// A rollout state file as JSON, once it exists and parses.
+/// The rollout as its state file and journal say, through `vigil-ops fleet ota report --json`
+/// (the state file alone is a snapshot; what changed since is in its journal).
 fn rollout_state(path: &Path) -> Option<serde_json::Value> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    if !path.exists() {
+        return None;
+    }
+    let out =
+        std::process::Command::new(ops_bin()).args(["fleet", "ota", "report", "--json"]).arg(path).output().ok()?;
+    serde_json::from_slice(&out.stdout).ok()
 }
 
 #[test]

@@ -2,8 +2,10 @@
 # Installs what building, running and testing vigil needs on Debian 12 / Ubuntu 22.04 (as root):
 # GStreamer with its software decoders, mosquitto, systemd-analyze (the unit's checks), lintian
 # and cargo-deb (the .deb's checks), OpenSSH (the HIL rig's SSH target is tested against a real
-# sshd), iproute2 (the rig's network namespace), and ONNX Runtime (from the PyPI wheel, in
-# ./.venv). Idempotent: each step is skipped when its result is already there.
+# sshd), iproute2 (the rig's network namespace), Prometheus (it scrapes the fleet exporter in a
+# test; its service is not started), rumqttd (a second MQTT broker, from crates.io) and ONNX
+# Runtime (from the PyPI wheel, in ./.venv). Idempotent: each step is skipped when its result is
+# already there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -19,6 +21,7 @@ APT_PACKAGES=(
   libfaketime
   systemd lintian
   openssh-client openssh-server iproute2
+  prometheus
 )
 
 missing=()
@@ -30,7 +33,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || { echo "setup: run as root to install: ${missing[*]}" >&2; exit 1; }
   echo "setup: installing ${missing[*]}"
   apt-get update -qq
+  # Packages with a service (prometheus, mosquitto) are installed, not started: the tests start
+  # their own on free ports (policy-rc.d 101 = "not allowed", invoke-rc.d's convention).
+  policy=/usr/sbin/policy-rc.d made=""
+  if [ ! -e $policy ]; then
+    printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy && made=1
+    trap 'rm -f $policy' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$made" ]; then rm -f $policy; trap - EXIT; fi
 fi
 if ! command -v cargo >/dev/null; then
   echo "setup: no cargo on PATH; install Rust >= 1.92 (rustup) and run again" >&2
@@ -39,6 +50,13 @@ fi
 if ! cargo deb --version 2>/dev/null | grep -q '^cargo-deb 3\.'; then
   echo "setup: installing cargo-deb 3"
   cargo install -q cargo-deb --version "^3" --locked
+fi
+# A second MQTT broker (the rumqtt project's), for the fleet tests (docs/fleet.md, "Brokers").
+if ! rumqttd --version 2>/dev/null | grep -q ' 0\.20\.0'; then
+  echo "setup: installing rumqttd 0.20.0"
+  # Not --locked: the metrics 0.22.1 its lockfile names no longer compiles on Rust 1.95 (E0521);
+  # cargo picks the fixed 0.22.x.
+  cargo install -q rumqttd --version 0.20.0 --no-default-features
 fi
 
 if ! ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* >/dev/null 2>&1 \

@@ -106,6 +106,14 @@ pub fn vigil_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vigil"))
 }
 
+/// The operator's binary, `vigil-ops`, beside `vigil` (`cargo test --workspace` builds it; a
+/// test of this package alone needs `cargo build -p vigil-ops` first).
+pub fn ops_bin() -> PathBuf {
+    let path = vigil_bin().with_file_name("vigil-ops");
+    assert!(path.is_file(), "{} is not built: cargo build -p vigil-ops", path.display());
+    path
+}
+
 /// A port nobody listens on right now (the OS picks it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind an ephemeral port").port()
@@ -301,12 +309,20 @@ impl Drop for Vigil {
 
 /// Runs `vigil ARGS` to completion: (exit code, stdout, stderr).
 pub fn vigil_cmd(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(vigil_bin());
+    run_cmd(Command::new(vigil_bin()), args, env)
+}
+
+/// `vigil-ops` with `args`: exit code, stdout, stderr.
+pub fn ops_cmd(args: &[&str]) -> (i32, String, String) {
+    run_cmd(Command::new(ops_bin()), args, &[])
+}
+
+fn run_cmd(mut cmd: Command, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run vigil");
+    let out = cmd.output().expect("run the command");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -193,11 +193,11 @@ impl Rig {
         serde_json::from_slice(&std::fs::read(self.data().join("ota/update.json")).unwrap()).unwrap()
     }
 
-    /// `vigil fleet ota push shapes <version>` against the rig's broker, as the operator runs it;
+    /// `vigil-ops fleet ota push shapes <version>` against the rig's broker, as the operator runs it;
     /// its report and progress go to `<log>.out` and `<log>.err`.
     pub fn push(&self, version: &str, state: &Path, extra: &[&str], log: &str) -> std::process::Child {
         let file = |ext: &str| std::fs::File::create(self.path(&format!("{log}.{ext}"))).unwrap();
-        std::process::Command::new(vigil_bin())
+        std::process::Command::new(ops_bin())
             .args(["fleet", "--broker", &self.broker.url(), "ota", "push", "shapes", version, "--state"])
             .arg(state)
             .args(extra)

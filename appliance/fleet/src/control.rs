@@ -195,7 +195,7 @@ impl Shared {
                 Command::ConfigSet { .. } | Command::Restart { .. } => Reply::error(
                     &id,
                     format!(
-                        "{name} changes the device: send it over MQTT (`vigil fleet cmd`); the local socket is \
+                        "{name} changes the device: send it over MQTT (`vigil-ops fleet cmd`); the local socket is \
                          read-only"
                     ),
                 ),

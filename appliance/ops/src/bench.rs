@@ -1,4 +1,4 @@
-//! `vigil bench`: throughput measured against a baseline run side by side, in the same process
+//! `vigil-ops bench`: vigil's throughput measured against a baseline run side by side, in the same process
 //! run, alternating rounds, because timings on shared machines are noisy. Prints ratios.
 //!
 //! 1. Capture: vigil's camera path (pipeline → puller thread → latest-frame slot → consumer),
@@ -54,9 +54,27 @@ pub struct BenchArgs {
     /// Only the footprint: resident memory against gst-launch, cold start, binary size.
     #[arg(long)]
     pub footprint: bool,
+    /// The `vigil` binary whose service path the footprint measures [default: the `vigil` next
+    /// to this binary, as in a source checkout's target/release].
+    #[arg(long)]
+    pub vigil: Option<PathBuf>,
     /// The aarch64 build whose stripped size the footprint reports.
     #[arg(long, default_value = "target/cross/aarch64-unknown-linux-gnu/release/vigil")]
     pub aarch64: PathBuf,
+}
+
+/// The `vigil` binary to measure: `--vigil`, or the one beside this binary.
+fn vigil_exe(args: &BenchArgs) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &args.vigil {
+        return Ok(p.clone());
+    }
+    let beside = std::env::current_exe()?.with_file_name("vigil");
+    anyhow::ensure!(
+        beside.is_file(),
+        "no vigil binary beside this one ({}): build it (cargo build --release -p vigil) or give --vigil",
+        beside.display()
+    );
+    Ok(beside)
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -79,7 +97,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     if args.footprint {
         std::fs::create_dir_all(&tmp)?;
-        let done = crate::footprint::run(&clip, &cfg.model.bundle, Some(&args.aarch64), &tmp);
+        let done = crate::footprint::run(&vigil_exe(args)?, &clip, &cfg.model.bundle, Some(&args.aarch64), &tmp);
         let _ = std::fs::remove_dir_all(&tmp);
         return done;
     }
@@ -175,7 +193,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             println!("  bare inference right after, same model and process: p50 {p50:.2} ms");
         }
     }
-    crate::footprint::run(&clip, &cfg.model.bundle, Some(&args.aarch64), &tmp)?;
+    crate::footprint::run(&vigil_exe(args)?, &clip, &cfg.model.bundle, Some(&args.aarch64), &tmp)?;
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }

@@ -29,6 +29,10 @@ pub struct FleetArgs {
     pub cert: Option<PathBuf>,
     #[arg(long, global = true, env = "VIGIL_FLEET_KEY")]
     pub key: Option<PathBuf>,
+    /// The MQTT client id [default: vigil-fleet-<pid>-<random>]. The broker closes an older
+    /// connection with the same id, so give each running tool its own.
+    #[arg(long, global = true, env = "VIGIL_FLEET_CLIENT_ID")]
+    pub client_id: Option<String>,
     #[command(subcommand)]
     pub command: FleetCommand,
 }
@@ -37,8 +41,9 @@ pub struct FleetArgs {
 pub enum FleetCommand {
     /// Devices that have published a status, with their state.
     List {
-        /// How long to collect retained statuses.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        /// The longest to wait for the retained statuses. They are all in once a marker the
+        /// tool publishes after subscribing comes back, which is usually much sooner.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         wait: Duration,
     },
     /// One device's retained status, as JSON.
@@ -63,6 +68,12 @@ pub enum FleetCommand {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// Serves the fleet's state for Prometheus: every device's status, metrics and update
+    /// state, at http://LISTEN/metrics (docs/mqtt.md, "Prometheus").
+    Exporter {
+        #[arg(long, default_value = "127.0.0.1:9469")]
+        listen: std::net::SocketAddr,
+    },
     /// Model and vigil updates across the fleet: `push` a signed target in waves, `report` on a rollout.
     Ota {
         #[command(subcommand)]
@@ -70,13 +81,23 @@ pub enum FleetCommand {
     },
 }
 
+/// The QoS of the tools' subscriptions. A clean session loses undelivered QoS 1 messages at a
+/// disconnection just as it loses QoS 0 ones, so QoS 1 buys a subscriber nothing; and rumqttd
+/// sends at most its in-flight window (100) of a subscription's retained messages at QoS 1,
+/// dropping the rest (docs/fleet.md, "Brokers"). What the tools publish stays QoS 1.
+pub const SUBSCRIBE_QOS: QoS = QoS::AtMostOnce;
+
 /// Exit statuses of `vigil fleet cmd`.
 pub const REFUSED: u8 = 1;
 pub const NO_REPLY: u8 = 2;
 
-pub(crate) fn connect(args: &FleetArgs) -> anyhow::Result<(Client, Connection)> {
+/// A connection to the fleet broker; `queue` requests may wait for the connection's thread.
+pub(crate) fn connect(args: &FleetArgs, queue: usize) -> anyhow::Result<(Client, Connection)> {
     let url = BrokerUrl::parse(&args.broker).map_err(|e| anyhow::anyhow!("--broker: {e}"))?;
-    let id = format!("vigil-fleet-{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
+    let id = args
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("vigil-fleet-{}-{}", std::process::id(), uuid::Uuid::now_v7().simple()));
     let mut opts = MqttOptions::new(id, url.host, url.port);
     opts.set_keep_alive(Duration::from_secs(15)).set_max_packet_size(4 << 20, 4 << 20);
     if url.tls {
@@ -85,7 +106,7 @@ pub(crate) fn connect(args: &FleetArgs) -> anyhow::Result<(Client, Connection)> 
         let config = vigil_uplink::rustls_config(&tls)?;
         opts.set_transport(Transport::tls_with_config(config.into()));
     }
-    Ok(Client::new(opts, 32))
+    Ok(Client::new(opts, queue))
 }
 
 /// Subscribes to `filters` and calls `on` for each message until it returns false or `until`.
@@ -96,9 +117,9 @@ fn listen(
     mut on: impl FnMut(&str, &[u8]) -> bool,
     after_subscribe: impl FnOnce(&Client) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let (client, mut connection) = connect(args)?;
+    let (client, mut connection) = connect(args, 32)?;
     for f in filters {
-        client.subscribe(f, QoS::AtLeastOnce)?;
+        client.subscribe(f, SUBSCRIBE_QOS)?;
     }
     let mut after = Some(after_subscribe);
     let mut acks = 0;
@@ -141,11 +162,19 @@ pub fn run(args: &FleetArgs) -> anyhow::Result<u8> {
     match &args.command {
         FleetCommand::List { wait } => {
             let mut devices: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+            // The broker sends a subscription's retained messages before it acknowledges it, so
+            // a message published after the acknowledgements comes back after all of them.
+            let fence = topic::reply(".fence", &uuid::Uuid::now_v7().simple().to_string());
+            let mut complete = false;
             listen(
                 args,
-                &[topic::status("+")],
+                &[topic::status("+"), fence.clone()],
                 Some(Instant::now() + *wait),
                 |topic, payload| {
+                    if topic == fence {
+                        complete = true;
+                        return false;
+                    }
                     if let (Some(Topic::Status { device }), Ok(v)) =
                         (Topic::parse(topic, ""), serde_json::from_slice(payload))
                     {
@@ -153,8 +182,14 @@ pub fn run(args: &FleetArgs) -> anyhow::Result<u8> {
                     }
                     true
                 },
-                |_| Ok(()),
+                |client| Ok(client.try_publish(&fence, QoS::AtLeastOnce, false, b"fence".to_vec())?),
             )?;
+            if !complete {
+                eprintln!(
+                    "warning: the broker did not finish sending the statuses within {}; the list may be partial",
+                    humantime::format_duration(*wait)
+                );
+            }
             if devices.is_empty() {
                 eprintln!("no device has published a status on {}", args.broker);
             }
@@ -243,6 +278,7 @@ pub fn run(args: &FleetArgs) -> anyhow::Result<u8> {
             )?;
             Ok(0)
         }
+        FleetCommand::Exporter { listen } => crate::exporter::run(args, *listen),
         FleetCommand::Ota { command } => crate::push::run(args, command),
     }
 }

@@ -1,4 +1,4 @@
-//! `vigil bench --footprint`: what vigil costs a board, beside a baseline where one exists.
+//! `vigil-ops bench --footprint`: what vigil costs a board, beside a baseline where one exists.
 //!
 //! 1. Resident memory of the real service (`vigil run`, a local mosquitto) on 1 and 4 real-time
 //!    cameras of a 720p H.264 clip, next to `gst-launch-1.0` running the same capture pipelines
@@ -23,14 +23,14 @@ const SETTLE: Duration = Duration::from_secs(20);
 const MEMORY_GOAL_MIB: u64 = 150;
 
 /// Runs the three measurements; `clip` is a 720p H.264 file, `bundle` the model's bundle.
-pub fn run(clip: &Path, bundle: &Path, aarch64: Option<&Path>, tmp: &Path) -> anyhow::Result<()> {
+pub fn run(vigil_exe: &Path, clip: &Path, bundle: &Path, aarch64: Option<&Path>, tmp: &Path) -> anyhow::Result<()> {
     let broker = LocalBroker::start(tmp).context("cannot start mosquitto (apt install mosquitto)")?;
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
     println!("== footprint: resident memory after {} s, vigil run against gst-launch-1.0", SETTLE.as_secs());
     for cameras in [1usize, 4] {
         let config = write_config(tmp, &format!("rss-{cameras}"), &url, bundle, &vec![file_uri(clip); cameras])?;
         let gst = decode_floor(&config)?;
-        let vigil = service(&config)?;
+        let vigil = service(vigil_exe, &config)?;
         println!(
             "{cameras} camera(s): vigil {} MiB (peak {}), gst-launch {} MiB (peak {}): ratio {:.2}; vigil's own {} MiB{}",
             vigil.0,
@@ -47,19 +47,19 @@ pub fn run(clip: &Path, bundle: &Path, aarch64: Option<&Path>, tmp: &Path) -> an
     let mut starts = Vec::new();
     for round in 0..3 {
         let config = write_config(tmp, &format!("cold-{round}"), &url, bundle, &["test://ball".to_owned()])?;
-        let took = cold_start(&config, broker.port)?;
+        let took = cold_start(vigil_exe, &config, broker.port)?;
         println!("  round {}: {:.2} s", round + 1, took.as_secs_f64());
         starts.push(took.as_secs_f64());
     }
     println!("cold start to first event: median {:.2} s (no baseline)", median(&mut starts));
 
     println!("== binary size (stripped)");
-    let host = std::env::current_exe()?;
+    let host = vigil_exe;
     println!(
         "  {} ({}): {:.1} MiB",
         host.display(),
         std::env::consts::ARCH,
-        stripped_size(&host, "objcopy", tmp)? as f64 / 1048576.0
+        stripped_size(host, "objcopy", tmp)? as f64 / 1048576.0
     );
     match aarch64 {
         Some(p) if p.is_file() => println!(
@@ -120,8 +120,8 @@ fn wait_timeout(child: &mut Child, within: Duration) -> bool {
 }
 
 /// `vigil run` on `config`.
-fn service(config: &Path) -> anyhow::Result<(u64, u64)> {
-    let child = Command::new(std::env::current_exe()?)
+fn service(vigil_exe: &Path, config: &Path) -> anyhow::Result<(u64, u64)> {
+    let child = Command::new(vigil_exe)
         .args(["run", "--config"])
         .arg(config)
         .stdout(Stdio::null())
@@ -155,7 +155,7 @@ fn decode_floor(config: &Path) -> anyhow::Result<(u64, u64)> {
 }
 
 /// From spawning `vigil run` on `config` to the first message on its events topic.
-fn cold_start(config: &Path, port: u16) -> anyhow::Result<Duration> {
+fn cold_start(vigil_exe: &Path, config: &Path, port: u16) -> anyhow::Result<Duration> {
     let cfg = Config::load(config)?;
     let topic = vigil_core::topic::events(&cfg.device_id);
     let (first_tx, first_rx) = std::sync::mpsc::sync_channel(1);
@@ -177,7 +177,7 @@ fn cold_start(config: &Path, port: u16) -> anyhow::Result<Duration> {
     // Subscribed before vigil starts: the first event cannot be missed.
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut child = Command::new(vigil_exe)
         .args(["run", "--config"])
         .arg(config)
         .stdout(Stdio::null())

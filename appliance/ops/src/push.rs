@@ -1,24 +1,31 @@
-//! `vigil fleet ota push` and `vigil fleet ota report`: a [`Rollout`] driven over MQTT. One
-//! connection follows every device's retained `status` and `ota` topics and the replies to the
-//! rollout's request id; the state file is written before each `ota/apply` goes out, so the same
+//! `vigil-ops fleet ota push` and `vigil-ops fleet ota report`: a [`Rollout`] driven over MQTT.
+//! One connection, polled by a thread of its own (keep-alive never waits for the rollout),
+//! follows every device's retained `status` and `ota` topics and the replies to the rollout's
+//! request id. Messages are taken in batches, each followed by one [`Rollout::step`]; the
+//! journal (`journal.rs`) is synced before each batch of `ota/apply` goes out, so the same
 //! command run again (after Ctrl-C, or the operator's machine restarting) goes on where it was.
+//! A lost connection is made again, subscribed again, and the retained states gathered again
+//! before anything more is decided.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+
 use anyhow::{bail, Context};
-use rumqttc::{Client, Connection, Event, Packet, QoS, RecvTimeoutError};
+use rumqttc::{Client, Connection, Event, Packet, QoS};
 use vigil_core::topic::{self, Topic};
 
 use crate::fleet::{connect, FleetArgs};
+use crate::journal::{self, StateFile};
 use crate::rollout::{state_word, DeviceState, DeviceStatus, End, Plan, Rollout, Selection};
 
 /// Waves when `--waves` is not given: one device, then a tenth of them, then the rest.
 pub const DEFAULT_WAVES: &str = "1,10%,100%";
 const DEFAULT_DEVICE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// The longest the retained messages are waited for after subscribing (see [`Link::settle`]).
-const SETTLE_AT_MOST: Duration = Duration::from_secs(30);
 /// The device segment of the fence's topic: no device id can be it (ids have no `.`).
 const FENCE_DEVICE: &str = ".fence";
 
@@ -64,7 +71,7 @@ pub enum OtaCommand {
     /// Prints a rollout's report from its state file.
     Report {
         state: PathBuf,
-        /// The state file as it is (JSON), instead of the table.
+        /// The whole rollout as JSON (the state file with its journal applied), instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -74,7 +81,7 @@ pub fn run(fleet: &FleetArgs, command: &OtaCommand) -> anyhow::Result<u8> {
     match command {
         OtaCommand::Push(args) => push(fleet, args),
         OtaCommand::Report { state, json } => {
-            let rollout = Rollout::load(state).map_err(anyhow::Error::msg)?;
+            let rollout = journal::load(state).map_err(anyhow::Error::msg)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&rollout)?);
             } else {
@@ -89,7 +96,7 @@ fn push(fleet: &FleetArgs, args: &PushArgs) -> anyhow::Result<u8> {
     let path =
         args.state.clone().unwrap_or_else(|| PathBuf::from(format!("vigil-push-{}-{}.json", args.name, args.version)));
     let existing = match path.try_exists() {
-        Ok(true) => Some(Rollout::load(&path).map_err(anyhow::Error::msg)?),
+        Ok(true) => Some(journal::load(&path).map_err(anyhow::Error::msg)?),
         Ok(false) => None,
         Err(e) => bail!("cannot read {}: {e}", path.display()),
     };
@@ -158,6 +165,7 @@ fn push(fleet: &FleetArgs, args: &PushArgs) -> anyhow::Result<u8> {
     for (t, p) in &retained {
         rollout.on_message(t, p, now);
     }
+    drop(retained);
     if args.dry_run {
         print!("{}", plan_text(&rollout));
         link.close();
@@ -165,26 +173,36 @@ fn push(fleet: &FleetArgs, args: &PushArgs) -> anyhow::Result<u8> {
     }
     eprint!("{}", plan_text(&rollout));
     eprintln!("state: {} (run the same command again to go on after an interruption)", path.display());
+    let mut state = StateFile::start(&path, &mut rollout)
+        .with_context(|| format!("cannot write the state file {}", path.display()))?;
     let request = serde_json::to_vec(&rollout.request())?;
-    let mut saved = Vec::new();
+    // Bounded by the rollout's devices: each is in it at most once per step.
     let mut outgoing: VecDeque<String> = VecDeque::new();
     loop {
-        let now = SystemTime::now();
-        let sends = rollout.step(now);
-        for note in rollout.take_notes() {
-            eprintln!("{}  {note}", humantime::format_rfc3339_seconds(now));
+        // Nothing is decided while the retained states are being gathered again after a
+        // reconnection: a device's progress may be on its way.
+        if link.ready() {
+            let now = SystemTime::now();
+            if link.take_reconnected() {
+                rollout.requeue_sent();
+                outgoing.clear();
+            }
+            let sends = rollout.step(now);
+            // Only once the journal says `sent` on disk may the command go out.
+            state
+                .record(&mut rollout, !sends.is_empty())
+                .with_context(|| format!("cannot write the state file {}", path.display()))?;
+            // What the operator reads has happened: it is on disk.
+            for note in rollout.take_notes() {
+                eprintln!("{}  {note}", humantime::format_rfc3339_seconds(now));
+            }
+            outgoing.extend(sends);
         }
-        let bytes = serde_json::to_vec(&rollout)?;
-        if bytes != saved {
-            rollout.save(&path).with_context(|| format!("cannot write the state file {}", path.display()))?;
-            saved = bytes;
-        }
-        // Only once the state file says `sent` may the command go out.
-        outgoing.extend(sends);
-        while let Some(device) = outgoing.front() {
+        while let Some(device) = outgoing.front().filter(|_| link.ready()) {
             match link.client.try_publish(topic::command(device, "ota/apply"), QoS::AtLeastOnce, false, request.clone())
             {
                 Ok(()) => {
+                    rollout.handed_over(device, SystemTime::now());
                     outgoing.pop_front();
                 }
                 Err(rumqttc::ClientError::TryRequest(_)) => break,
@@ -194,43 +212,104 @@ fn push(fleet: &FleetArgs, args: &PushArgs) -> anyhow::Result<u8> {
         if rollout.end.is_some() && outgoing.is_empty() {
             break;
         }
-        if let Some((topic, payload)) = link.next(Duration::from_millis(500)) {
-            rollout.on_message(&topic, &payload, SystemTime::now());
-        }
+        // A batch of messages, then one step: the step looks at every device.
+        let wait = if outgoing.is_empty() { Duration::from_millis(200) } else { Duration::from_millis(5) };
+        link.gather(wait, |topic, payload| rollout.on_message(topic, payload, SystemTime::now()));
     }
+    state.record(&mut rollout, true).with_context(|| format!("cannot write the state file {}", path.display()))?;
+    eprintln!("state: {} ({} bytes written by this run)", path.display(), state.written);
     link.close();
     print!("{}", report(&rollout, &path));
     Ok(rollout.exit_code())
 }
 
+/// What the network thread tells the rollout.
+enum Net {
+    /// Connected (again): the subscriptions were asked for.
+    Connected,
+    Subscribed,
+    Message(String, Vec<u8>),
+    /// The connection failed or was lost; rumqttc connects again.
+    Down(String),
+}
+
+/// Messages the network thread may hold for the rollout; it waits (and so reads no more from
+/// the broker) only when the rollout falls this far behind.
+const NET_QUEUE: usize = 65_536;
+/// The MQTT client's queue of commands waiting for the network thread.
+const REQUEST_QUEUE: usize = 1024;
+/// How long a batch of messages is gathered once its first has come.
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
+/// A broker that sends nothing at all for this long while the retained states are gathered is
+/// not answering.
+const SILENT_AT_MOST: Duration = Duration::from_secs(60);
+
 /// The operator's MQTT connection for a rollout: subscribed (again after each reconnection) to
-/// every status, every `ota` topic and the replies to `request_id`.
+/// every status, every `ota` topic and the replies to `request_id`. Its own thread polls the
+/// connection, so keep-alive pings go out whatever the rollout is doing.
 struct Link {
     client: Client,
-    connection: Connection,
-    filters: Vec<String>,
-    subscribed: bool,
+    events: Receiver<Net>,
     broker: String,
-    /// When the last connection error was printed (one line per outage, not one per retry).
-    complained: Option<Instant>,
     /// The topic of the message that marks the end of the retained ones ([`Link::settle`]).
     fence: String,
+    /// The fence being waited for (its payload); `None` once it came back.
+    awaiting: Option<String>,
+    /// The client's queue was full when the fence was to go out: it is tried again.
+    fence_unsent: bool,
+    fences: u64,
+    connected: bool,
+    /// Connected at least once (a failure before that is an error, not an outage).
+    ever: bool,
+    /// A reconnection whose retained states have come back since [`Link::take_reconnected`].
+    reconnected: bool,
+    /// When the last connection error was printed (one line per outage, not one per retry).
+    complained: Option<Instant>,
+    /// Set by the network thread while its connection is up.
+    up: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Link {
     fn connect(fleet: &FleetArgs, request_id: &str) -> anyhow::Result<Self> {
-        let (client, connection) = connect(fleet)?;
+        let (client, connection) = connect(fleet, REQUEST_QUEUE)?;
         let filters = vec![topic::status("+"), topic::ota("+"), topic::reply("+", request_id)];
-        let fence = topic::reply(FENCE_DEVICE, request_id);
+        let (tx, events) = std::sync::mpsc::sync_channel(NET_QUEUE);
+        let subscriber = client.clone();
+        let up = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let up = up.clone();
+            std::thread::Builder::new()
+                .name("mqtt".into())
+                .spawn(move || pump(connection, &subscriber, &filters, &tx, &up))
+                .context("cannot start the network thread")?
+        };
         Ok(Self {
             client,
-            connection,
-            filters,
-            subscribed: false,
+            events,
             broker: fleet.broker.clone(),
+            fence: topic::reply(FENCE_DEVICE, request_id),
+            awaiting: None,
+            fence_unsent: false,
+            fences: 0,
+            connected: false,
+            ever: false,
+            reconnected: false,
             complained: None,
-            fence,
+            up,
+            thread: Some(thread),
         })
+    }
+
+    /// Subscribed, and every retained message of this connection's subscriptions is in. The
+    /// network thread's own flag goes down at once when the connection fails, before the
+    /// rollout hears of it, so that no command is handed over to be sent on a later connection.
+    fn ready(&self) -> bool {
+        self.connected && self.ever && self.awaiting.is_none() && self.fences > 0 && self.up.load(Ordering::SeqCst)
+    }
+
+    fn take_reconnected(&mut self) -> bool {
+        std::mem::take(&mut self.reconnected)
     }
 
     /// Waits for the subscriptions and collects the retained messages that follow them, until
@@ -238,87 +317,179 @@ impl Link {
     /// published after it was taken, so a message of our own (the fence), published once the
     /// subscriptions are acknowledged to a topic they cover, comes back after the last of them.
     /// A fixed wait would plan on a partial view when the broker is slow, and send a device the
-    /// command again while its retained `ota` topic is still on its way.
+    /// command again while its retained `ota` topic is still on its way. A connection lost
+    /// meanwhile starts the gathering again.
     fn settle(&mut self) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-        let give_up = Instant::now() + Duration::from_secs(15);
         let mut messages = Vec::new();
-        while !self.subscribed {
-            if Instant::now() > give_up {
-                bail!("the broker at {} did not take the subscriptions within 15 s", self.broker);
-            }
-            match self.connection.recv_timeout(Duration::from_millis(500)) {
-                Ok(Ok(event)) => messages.extend(self.on_event(event)),
-                Ok(Err(e)) => bail!("cannot reach the broker at {}: {e}", self.broker),
-                Err(RecvTimeoutError::Timeout) => {}
+        while !self.ready() {
+            self.send_fence();
+            let wait = if self.fence_unsent { Duration::from_millis(10) } else { SILENT_AT_MOST };
+            match self.events.recv_timeout(wait) {
+                Ok(Net::Down(e)) if !self.ever => bail!("cannot reach the broker at {}: {e}", self.broker),
+                Ok(event) => {
+                    if let Some(m) = self.on_event(event) {
+                        messages.push(m);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) if self.fence_unsent => {}
+                Err(RecvTimeoutError::Timeout) => bail!(
+                    "the broker at {} sent nothing for {} s while the devices' retained states were gathered ({} \
+                     received)",
+                    self.broker,
+                    SILENT_AT_MOST.as_secs(),
+                    messages.len()
+                ),
                 Err(RecvTimeoutError::Disconnected) => bail!("the connection to {} closed", self.broker),
             }
         }
-        let fenced = self.client.try_publish(self.fence.clone(), QoS::AtLeastOnce, false, b"fence".to_vec()).is_ok();
-        let until = Instant::now() + SETTLE_AT_MOST;
-        while let Some(left) = until.checked_duration_since(Instant::now()) {
-            match self.next(left) {
-                Some((topic, _)) if fenced && topic == self.fence => return Ok(messages),
-                Some(message) => messages.push(message),
-                None => {}
-            }
-        }
-        eprintln!(
-            "warning: the broker at {} did not finish sending the retained states within {} s; going on with the {} received",
-            self.broker,
-            SETTLE_AT_MOST.as_secs(),
-            messages.len()
-        );
+        self.reconnected = false;
         Ok(messages)
     }
 
-    /// The next message within `timeout`; connection errors are reported and retried.
-    fn next(&mut self, timeout: Duration) -> Option<(String, Vec<u8>)> {
-        match self.connection.recv_timeout(timeout) {
-            Ok(Ok(event)) => self.on_event(event),
-            Ok(Err(e)) => {
-                if self.complained.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                    eprintln!("the broker at {}: {e}; reconnecting (the rollout waits)", self.broker);
-                    self.complained = Some(Instant::now());
+    /// Hands `on` a batch of messages: waits up to `wait` for the first, then takes what
+    /// arrives within [`BATCH_WINDOW`] of it (at most [`NET_QUEUE`]), so that the rollout steps
+    /// at most every few milliseconds however fast messages come.
+    fn gather(&mut self, wait: Duration, mut on: impl FnMut(&str, &[u8])) {
+        self.send_fence();
+        let Ok(first) = self.events.recv_timeout(wait) else { return };
+        let until = Instant::now() + BATCH_WINDOW;
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(event) = next.take() {
+            if let Some((topic, payload)) = self.on_event(event) {
+                on(&topic, &payload);
+            }
+            taken += 1;
+            let left = until.saturating_duration_since(Instant::now());
+            if taken < NET_QUEUE {
+                next = match self.events.try_recv() {
+                    Ok(event) => Some(event),
+                    Err(_) if left.is_zero() => None,
+                    Err(_) => self.events.recv_timeout(left).ok(),
+                };
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Net) -> Option<(String, Vec<u8>)> {
+        match event {
+            Net::Connected => {
+                if self.ever {
+                    eprintln!(
+                        "{}  connected to {} again; gathering the devices' states before going on",
+                        humantime::format_rfc3339_seconds(SystemTime::now()),
+                        self.broker
+                    );
                 }
-                std::thread::sleep(Duration::from_secs(1));
+                self.connected = true;
+                self.awaiting = None;
+                self.fences = 0;
+                self.complained = None;
                 None
             }
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => {
-                std::thread::sleep(timeout);
+            Net::Subscribed => {
+                self.fences += 1;
+                self.awaiting = Some(format!("{}-{}", std::process::id(), self.fences));
+                self.fence_unsent = true;
+                self.send_fence();
+                None
+            }
+            Net::Message(topic, payload) => {
+                if topic == self.fence {
+                    if self.awaiting.as_deref().is_some_and(|m| m.as_bytes() == payload) {
+                        self.awaiting = None;
+                        if self.ever {
+                            self.reconnected = true;
+                        }
+                        self.ever = true;
+                    }
+                    return None;
+                }
+                Some((topic, payload))
+            }
+            Net::Down(e) => {
+                self.connected = false;
+                if self.complained.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    eprintln!(
+                        "{}  the broker at {}: {e}; reconnecting (the rollout waits)",
+                        humantime::format_rfc3339_seconds(SystemTime::now()),
+                        self.broker
+                    );
+                    self.complained = Some(Instant::now());
+                }
                 None
             }
         }
     }
 
-    fn on_event(&mut self, event: Event) -> Option<(String, Vec<u8>)> {
-        match event {
-            // A clean session: subscribe on every connection.
-            Event::Incoming(Packet::ConnAck(_)) => {
-                self.subscribed = false;
-                let filters = self.filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-                if let Err(e) = self.client.try_subscribe_many(filters) {
-                    eprintln!("cannot subscribe: {e}");
-                }
-                None
-            }
-            Event::Incoming(Packet::SubAck(_)) => {
-                self.subscribed = true;
-                None
-            }
-            Event::Incoming(Packet::Publish(p)) => Some((p.topic, p.payload.to_vec())),
-            _ => None,
+    /// Publishes the fence awaited, if it has not gone out yet. No command is queued while the
+    /// link is not ready, so the client's queue has room for it but in a freak case.
+    fn send_fence(&mut self) {
+        if let (true, Some(mark)) = (self.fence_unsent, &self.awaiting) {
+            let sent = self.client.try_publish(self.fence.clone(), QoS::AtLeastOnce, false, mark.clone().into_bytes());
+            self.fence_unsent = sent.is_err();
         }
     }
 
     fn close(mut self) {
-        let _ = self.client.disconnect();
+        let _ = self.client.try_disconnect();
+        // The thread ends at the disconnection (or when the connection fails); bounded wait.
         let until = Instant::now() + Duration::from_secs(2);
         while let Some(left) = until.checked_duration_since(Instant::now()) {
-            match self.connection.recv_timeout(left) {
-                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
-                Ok(Ok(_)) => {}
+            if let Err(RecvTimeoutError::Disconnected) = self.events.recv_timeout(left) {
+                break;
             }
+        }
+        if let Some(t) = self.thread.take().filter(|t| t.is_finished()) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The network thread: polls the connection (pings, reconnections), subscribes on every
+/// connection (clean sessions), and passes on what the rollout needs. Ends when the client
+/// disconnects or the rollout is gone.
+///
+/// A command handed to the client while the connection was down must not go out on the next
+/// one: the rollout sends the devices it reached no trace of again once it has gathered their
+/// states, and a late copy would be a second command. So before each attempt to connect again,
+/// what waits in the client's queue is moved to rumqttc's pending list (`clean`), which a clean
+/// session's CONNACK empties.
+fn pump(mut connection: Connection, client: &Client, filters: &[String], tx: &SyncSender<Net>, up: &AtomicBool) {
+    let mut failed = false;
+    loop {
+        if std::mem::take(&mut failed) {
+            connection.eventloop.clean();
+        }
+        let event = match connection.recv() {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                up.store(true, Ordering::SeqCst);
+                let subs =
+                    filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), crate::fleet::SUBSCRIBE_QOS));
+                if let Err(e) = client.try_subscribe_many(subs) {
+                    Net::Down(format!("cannot subscribe: {e}"))
+                } else {
+                    Net::Connected
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => Net::Subscribed,
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => Net::Message(p.topic, p.payload.to_vec()),
+            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => return,
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => {
+                up.store(false, Ordering::SeqCst);
+                failed = true;
+                let down = Net::Down(e.to_string());
+                if tx.send(down).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            Err(_) => return,
+        };
+        if tx.send(event).is_err() {
+            return;
         }
     }
 }

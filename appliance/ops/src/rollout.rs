@@ -13,10 +13,16 @@
 //! `max_failures` abort it: no further device is sent the update, and those already updating are
 //! followed to their outcome.
 //!
-//! The state file is rewritten (synced) before each command is sent, so a rollout interrupted
-//! anywhere — the operator's machine restarting included — goes on from it: a device the command
-//! may have reached is followed through its retained `ota` topic (every device of a rollout gets
-//! the same request id), and sent again only when its topic shows no trace of it.
+//! Each command's `sent` record is on disk before the command goes out (`journal.rs`), so a
+//! rollout interrupted anywhere — the operator's machine restarting included — goes on from its
+//! state file: a device the command may have reached is followed through its retained `ota`
+//! topic (every device of a rollout gets the same request id), and sent again only when its topic
+//! shows no trace of it. The same holds after the tool's connection to the broker is lost
+//! ([`Rollout::requeue_sent`]).
+//!
+//! Messages are taken in one at a time; [`Rollout::step`] looks at every device and is meant to
+//! run once per batch of messages (`push.rs` batches them), so a rollout costs O(N) per batch
+//! and O(N) in all for its messages.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -273,6 +279,13 @@ pub struct Rollout {
     pub aborting: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<End>,
+    /// Which snapshot the journal's lines belong to (`journal.rs`): raised at each compaction,
+    /// so that lines written before it are not replayed over it.
+    #[serde(default)]
+    pub generation: u64,
+    /// Devices whose record changed since [`Rollout::take_changed`] (not kept).
+    #[serde(skip)]
+    changed: BTreeSet<String>,
     /// Whether each device is online now (from the retained statuses; not kept).
     #[serde(skip)]
     online: BTreeSet<String>,
@@ -367,6 +380,8 @@ impl Rollout {
             devices,
             aborting: None,
             end: None,
+            generation: 0,
+            changed: BTreeSet::new(),
             online: BTreeSet::new(),
             resend: BTreeSet::new(),
             notes: Vec::new(),
@@ -423,6 +438,7 @@ impl Rollout {
             match d.state {
                 DeviceState::Unreached => {
                     *d = Device { ran: d.ran.take(), ..Device::new(DeviceState::Pending) };
+                    self.changed.insert(id.clone());
                     if self.end == Some(End::Complete) {
                         self.end = None;
                     }
@@ -479,16 +495,18 @@ impl Rollout {
                 d.waiting = false;
                 d.state = DeviceState::Sent;
                 self.resend.insert(id.to_owned());
+                self.changed.insert(id.to_owned());
                 self.notes.push(format!("{id}: the other update ended; sending the command again"));
             }
             return;
         }
         let Some(d) = self.devices.get_mut(id) else { return };
-        d.waiting = false;
         if d.state.is_final() {
             return;
         }
+        d.waiting = false;
         self.resend.remove(id);
+        self.changed.insert(id.to_owned());
         let phase = v["state"].as_str().unwrap_or("?");
         if let Some(lost) = v["detail"]["frames_lost_at_swap"].as_u64() {
             d.frames_lost_at_swap = Some(lost);
@@ -531,6 +549,7 @@ impl Rollout {
             return;
         }
         self.resend.remove(id);
+        self.changed.insert(id.to_owned());
         if v["ok"] == true {
             d.state = DeviceState::Updating;
             d.phase = Some("queued".to_owned());
@@ -584,6 +603,7 @@ impl Rollout {
                 );
                 self.notes.push(format!("{id}: unreached: {why}"));
                 d.end(DeviceState::Unreached, Some(why), now);
+                self.changed.insert(id.clone());
             } else if d.state == DeviceState::Updating && since >= device_timeout {
                 let why = format!(
                     "no outcome within {} (last state: {}); the device may still finish: see its `ota` topic",
@@ -592,6 +612,7 @@ impl Rollout {
                 );
                 self.notes.push(format!("{id}: timed out: {why}"));
                 d.end(DeviceState::TimedOut, Some(why), now);
+                self.changed.insert(id.clone());
             }
         }
         if self.aborting.is_none() && self.failures() > self.max_failures as usize {
@@ -615,6 +636,7 @@ impl Rollout {
         for id in &sends {
             if let Some(d) = self.devices.get_mut(id) {
                 d.sent_at = Some(now);
+                self.changed.insert(id.clone());
             }
         }
         if self.devices.values().any(|d| d.state.in_flight()) {
@@ -654,6 +676,7 @@ impl Rollout {
                     d.state = DeviceState::Sent;
                     d.wave = Some(wave);
                     d.sent_at = Some(now);
+                    self.changed.insert(id.clone());
                 }
                 self.notes.push(format!("wave {wave}/{}: {}", targets.len().max(1), drawn.join(", ")));
                 sends.extend(drawn);
@@ -669,6 +692,7 @@ impl Rollout {
                 let why = "offline throughout the rollout (no `online` status): retried at the next run".to_owned();
                 self.notes.push(format!("{id}: unreached: {why}"));
                 d.end(DeviceState::Unreached, Some(why), now);
+                self.changed.insert(id.clone());
             }
         }
         self.end = Some(End::Complete);
@@ -682,6 +706,33 @@ impl Rollout {
             args["canary"] = Value::Object(c.clone());
         }
         serde_json::json!({ "request_id": self.request_id, "args": args })
+    }
+
+    /// After the connection to the broker was lost and made again: the devices sent the command
+    /// that have not been seen to take it are sent it again at the next [`Rollout::step`] (a
+    /// command handed to the MQTT client may not have left before the connection went, and a
+    /// clean session drops it). Call it once the retained `ota` topics have been gathered again,
+    /// so that those that did take it are followed instead.
+    pub fn requeue_sent(&mut self) {
+        for (id, d) in &self.devices {
+            if d.state == DeviceState::Sent {
+                self.resend.insert(id.clone());
+            }
+        }
+    }
+
+    /// The command to `id` was handed to the MQTT client at `now`: its reply timeout runs from
+    /// here (commands queue behind each other in a large wave). Not journaled: after a restart
+    /// every `sent` device is sent the command again anyway.
+    pub fn handed_over(&mut self, id: &str, now: SystemTime) {
+        if let Some(d) = self.devices.get_mut(id).filter(|d| d.state == DeviceState::Sent) {
+            d.sent_at = Some(now);
+        }
+    }
+
+    /// The devices whose record changed since the last call, for the journal.
+    pub fn take_changed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.changed).into_iter().collect()
     }
 
     /// Lines for the operator since the last call.

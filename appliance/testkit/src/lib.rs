@@ -86,20 +86,39 @@ pub fn copy_bundle(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A mosquitto for a benchmark: without persistence, on a free loopback port, its
-/// configuration in `dir`; killed when dropped.
+/// A broker for a benchmark, on a free loopback port; killed when dropped.
 pub struct LocalBroker {
     child: Child,
     pub port: u16,
 }
 
 impl LocalBroker {
+    /// mosquitto without persistence, its configuration in `dir`.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::mosquitto(dir, |port| local_broker_conf(port) + "persistence false\n", Stdio::null())
+    }
+
+    /// mosquitto on the configuration `conf` makes for its port (written to `dir`), its log to
+    /// `log`.
+    pub fn mosquitto(dir: &Path, conf: impl FnOnce(u16) -> String, log: Stdio) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(&conf, local_broker_conf(port) + "persistence false\n")?;
-        let child = spawn_mosquitto(&conf, port, Stdio::null()).context("mosquitto did not start")?;
+        let path = dir.join("mosquitto.conf");
+        std::fs::write(&path, conf(port))?;
+        let child = spawn_mosquitto(&path, port, log).context("mosquitto did not start")?;
         Ok(Self { child, port })
+    }
+
+    /// Another broker's process, already listening on `port`.
+    pub fn adopt(child: Child, port: u16) -> Self {
+        Self { child, port }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
     }
 }
 

@@ -52,7 +52,7 @@ pub struct Status {
     pub model: Option<StatusModel>,
     pub cameras: Vec<CameraStatus>,
     /// `ota.check_interval_s` when the device updates its model on its own (periodic checks):
-    /// `vigil fleet ota push` leaves such devices out of waves unless told (docs/ota.md).
+    /// `vigil-ops fleet ota push` leaves such devices out of waves unless told (docs/ota.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ota_check_interval_s: Option<u64>,
 }

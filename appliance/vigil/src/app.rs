@@ -17,7 +17,7 @@ use crate::model::load_active_model;
 use vigil_capture::{self as capture, CameraSpec, Platform};
 use vigil_config::Config;
 use vigil_core::clock::{Clock, SystemClock};
-use vigil_core::event::{unix_ns, Event};
+use vigil_core::event::{unix_ns, Event, ModelRef};
 use vigil_core::hub::FrameHub;
 use vigil_core::stats::CameraStats;
 use vigil_core::topic;
@@ -67,6 +67,12 @@ pub enum Ended {
 /// Runs the service until `shutdown` is cancelled (or a fleet command asks for a restart).
 /// `config_path` is the file `config` came from (`None`: the embedded demo configuration); fleet
 /// `config/set` rewrites it.
+///
+/// The stages, in the order they start (each a function below): the model, [`open_the_store`],
+/// [`prepare_the_uplink`] (before any camera, so that a bad MQTT or TLS configuration stops vigil
+/// at once), [`start_the_cameras`], [`start_the_scheduler`], [`start_the_store_writer`],
+/// [`start_the_uplink`], the updater, [`start_the_fleet_commands`], [`start_the_housekeeping`],
+/// then READY and the watchdog; [`Running::shut_down`] stops them in order.
 pub async fn run(
     config: Config,
     config_path: Option<std::path::PathBuf>,
@@ -81,10 +87,128 @@ pub async fn run(
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let labels: Arc<[String]> = detector.labels().into();
     let rules = RuleSet::compile(&config, &labels)?;
-    let store = open_store(&config.data_dir, &shutdown).await?.with_outbox_limit(config.mqtt.outbox_max_messages);
-    let events_topic = topic::events(&config.device_id);
     // The service's clocks: the scheduler, expiry and retention's "now" all read this one.
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = open_the_store(&config, &clock, &shutdown).await?;
+    let change = config_change::on_start(&config);
+    if change == config_change::Startup::RollBackNow {
+        return Ok(Ended::RestartRequested);
+    }
+    let serving = vigil_update::Serving::of(&bundle, &detector);
+    let model = serving.model.clone();
+    tracing::info!(model = %model.name, version = %model.version, backend = %model.backend,
+        events = store.store.event_count(), outbox = store.store.outbox_len(), "vigil starting");
+
+    let uplink = prepare_the_uplink(&config, &model, &store.store)?;
+    let cameras = start_the_cameras(&config, &bundle, &shutdown)?;
+    let restart = CancellationToken::new();
+    let updates = Updates::new(
+        &config,
+        serving,
+        cameras.stats.clone(),
+        uplink.status.clone(),
+        config_path.clone(),
+        restart.clone(),
+    );
+    let scheduler = start_the_scheduler(
+        &config,
+        (detector, labels, &rules),
+        &cameras,
+        &model,
+        clock.clone(),
+        (updates.swaps, updates.canary),
+    )?;
+    let writer = start_the_store_writer(&config, &store, scheduler.events, &uplink);
+    let status_keeper = keep_the_status(&uplink.status, &cameras);
+    let uplink_cancel = CancellationToken::new();
+    let uplink_task = {
+        let retained = uplink.uplink.with_retained(topic::ota(&config.device_id), updates.state);
+        tokio::spawn(retained.run(uplink_cancel.clone()))
+    };
+    let updater = updates.task.spawn(update_start, cameras.cancel.clone());
+    let fleet = Arc::new(commands::Fleet {
+        config: Arc::new(config.clone()),
+        started: std::time::Instant::now(),
+        cameras: cameras.stats.clone(),
+        inference: scheduler.stats.clone(),
+        store: store.store.clone(),
+        restart: restart.clone(),
+        snapshots: scheduler.snapshots.clone(),
+        config_path,
+        labels: scheduler.labels.to_vec(),
+        changing: Default::default(),
+        updates: Some({
+            let (handle, config) = (updates.fleet, Arc::new(config.clone()));
+            Box::new(move |request_id: &str, args| handle.apply(&config, request_id, args))
+        }),
+    });
+    let probation = crate::probation::config_change_reply(
+        change,
+        &config,
+        &store.store,
+        &uplink.wake,
+        &uplink.status,
+        &cameras.stats,
+        &restart,
+        &cameras.cancel,
+    )
+    .await;
+    // It goes with the uplink, last, so that `events/tail` shows the shutdown's `end` messages.
+    let control = uplink.control.map(|c| c.spawn(fleet.clone(), uplink.stored.clone(), uplink_cancel.clone()));
+    let commander = start_the_fleet_commands(fleet, uplink.commands, &store.store, &uplink.wake, &cameras.cancel);
+    let housekeeping =
+        start_the_housekeeping(&config, &store, &cameras, &scheduler.stats, &uplink.wake, clock, &cameras.cancel);
+
+    // Started: the store is open, the cameras and the scheduler run.
+    let status_line = {
+        let (stats, status) = (cameras.stats.clone(), uplink.status.clone());
+        move || status_line(&stats, &status)
+    };
+    crate::systemd::ready(&status_line());
+    let watchdog = start_the_watchdog(&cameras, &scheduler.stats, status_line);
+
+    let ended = tokio::select! {
+        _ = shutdown.cancelled() => Ended::Stopped,
+        _ = restart.cancelled() => {
+            tracing::warn!("restart requested over MQTT; stopping, to be started again by the supervisor");
+            // Give the reply a moment to reach the broker before the uplink goes.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            shutdown.cancel();
+            Ended::RestartRequested
+        }
+    };
+    let running = Running {
+        cameras,
+        scheduler: scheduler.thread,
+        sched_stats: scheduler.stats,
+        writer,
+        uplink: uplink_task,
+        uplink_cancel,
+        control,
+        housekeeping,
+        others: [Some(status_keeper), Some(commander), Some(updater), probation, watchdog],
+        store: store.store,
+    };
+    running.shut_down().await?;
+    Ok(ended)
+}
+
+/// The store, opened (waiting for a `vigil events` command that holds it), with what an unclean
+/// stop left open ended and the limits enforced; and what the writer and housekeeping need.
+struct StoreStage {
+    store: Store,
+    events_topic: String,
+    retention: Retention,
+    min_free: u64,
+}
+
+async fn open_the_store(
+    config: &Config,
+    clock: &Arc<dyn Clock>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<StoreStage> {
+    let store = open_store(&config.data_dir, shutdown).await?.with_outbox_limit(config.mqtt.outbox_max_messages);
+    let events_topic = topic::events(&config.device_id);
     let retention = Retention::from_config(&config.store);
     let min_free = config.store.min_free_mb << 20;
     // Events an unclean stop left open are ended, then the limits enforced, on a blocking thread.
@@ -102,189 +226,234 @@ pub async fn run(
         store.flush().await?;
         tracing::warn!(events = reopened, "events left open by an unclean stop were ended (reason `restart`)");
     }
-    let change = config_change::on_start(&config);
-    if change == config_change::Startup::RollBackNow {
-        return Ok(Ended::RestartRequested);
-    }
-    let serving = vigil_update::Serving::of(&bundle, &detector);
-    let model = serving.model.clone();
-    tracing::info!(model = %model.name, version = %model.version, backend = %model.backend,
-        events = store.event_count(), outbox = store.outbox_len(), "vigil starting");
+    Ok(StoreStage { store, events_topic, retention, min_free })
+}
 
-    // The uplink is set up before any camera starts, so that a bad MQTT or TLS configuration
-    // (a certificate issued to another device would lose every message) stops vigil at once.
+/// The uplink set up (not yet running), with what it shares: the retained status, the wake-up
+/// of the outbox, the fleet commands it receives, the local control socket.
+struct UplinkStage {
+    uplink: Uplink,
+    wake: Arc<Notify>,
+    status: uplink::SharedStatus,
+    ha_states: HaStates,
+    commands: mpsc::Receiver<(String, Vec<u8>)>,
+    control: Option<control::Server>,
+    stored: control::StoredEvents,
+}
+
+/// Before any camera starts, so that a bad MQTT or TLS configuration (a certificate issued to
+/// another device would lose every message) stops vigil at once.
+fn prepare_the_uplink(config: &Config, model: &ModelRef, store: &Store) -> anyhow::Result<UplinkStage> {
     let wake = Arc::new(Notify::new());
     let ha_states = HaStates::default();
-    let status = uplink::SharedStatus::new(uplink::new_status(&config, Some(StatusModel::from(&model))));
-    let (cmd_tx, mut cmd_rx) = mpsc::channel::<(String, Vec<u8>)>(COMMAND_QUEUE);
+    let status = uplink::SharedStatus::new(uplink::new_status(config, Some(StatusModel::from(model))));
+    let (cmd_tx, commands) = mpsc::channel::<(String, Vec<u8>)>(COMMAND_QUEUE);
     // `vigil events …` reaches the running service here (the store is this process's alone).
     let control = control::Server::bind(&config.data_dir)
         .inspect_err(|e| {
             tracing::warn!(error = %e, "no local control socket: `vigil events` cannot read the store while vigil runs")
         })
         .ok();
-    let (stored_tx, _) = tokio::sync::broadcast::channel(control::TAIL_BURSTS);
-    let mut uplink = Uplink::new(&config, status.clone(), store.clone(), wake.clone())?.with_commands(cmd_tx);
+    let (stored, _) = tokio::sync::broadcast::channel(control::TAIL_BURSTS);
+    let mut uplink = Uplink::new(config, status.clone(), store.clone(), wake.clone())?.with_commands(cmd_tx);
     if config.mqtt.home_assistant {
         let cameras = config.cameras.iter().map(|c| c.id.clone()).collect();
         uplink = uplink.with_home_assistant(&config.mqtt.home_assistant_prefix, cameras, ha_states.clone());
     }
+    Ok(UplinkStage { uplink, wake, status, ha_states, commands, control, stored })
+}
 
+/// The cameras: one capture thread each, into the latest-frame hub.
+struct CameraStage {
+    /// Each camera and its latency budget.
+    specs: Vec<(CameraSpec, Duration)>,
+    stats: Vec<Arc<CameraStats>>,
+    hub: Arc<FrameHub<vigil_capture::Frame>>,
+    /// Shared with systemd's watchdog, which checks that each thread still lives.
+    threads: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    /// Capture and inference stop first, at the stop; everything that runs with them too.
+    cancel: CancellationToken,
+}
+
+fn start_the_cameras(
+    config: &Config,
+    bundle: &vigil_infer::Bundle,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<CameraStage> {
     let platform = Arc::new(Platform::detect());
     tracing::info!(platform = %platform.name, gstreamer = ?platform.gst, "capture platform");
-    let cameras: Vec<(CameraSpec, Duration)> = config
+    let specs: Vec<(CameraSpec, Duration)> = config
         .cameras
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            let budget = config.camera_budget(c, bundle.manifest.budget.latency);
-            (CameraSpec::from_config(&config, i), budget)
-        })
+        .map(|(i, c)| (CameraSpec::from_config(config, i), config.camera_budget(c, bundle.manifest.budget.latency)))
         .collect();
-    let stats: Vec<Arc<CameraStats>> = cameras.iter().map(|(spec, _)| Arc::new(CameraStats::new(&spec.id))).collect();
+    let stats: Vec<Arc<CameraStats>> = specs.iter().map(|(spec, _)| Arc::new(CameraStats::new(&spec.id))).collect();
     let hub = Arc::new(FrameHub::new(stats.clone()));
-
-    // Capture and inference stop first; the writer drains what they made; the uplink goes last.
-    let capture_cancel = shutdown.child_token();
-    let uplink_cancel = CancellationToken::new();
-    let mut camera_threads = Vec::new();
-    for (i, (spec, _)) in cameras.iter().enumerate() {
+    let cancel = shutdown.child_token();
+    let mut threads = Vec::new();
+    for (i, (spec, _)) in specs.iter().enumerate() {
         tracing::info!(camera = %spec.id, uri = %config.cameras[i].uri.redacted(), "camera configured");
-        camera_threads.push(capture::spawn_camera(
-            spec.clone(),
-            platform.clone(),
-            hub.clone(),
-            capture_cancel.clone(),
-        )?);
+        threads.push(capture::spawn_camera(spec.clone(), platform.clone(), hub.clone(), cancel.clone())?);
     }
+    Ok(CameraStage { specs, stats, hub, threads: Arc::new(std::sync::Mutex::new(threads)), cancel })
+}
 
-    // Shared with systemd's watchdog, which checks that each thread still lives.
-    let camera_threads = Arc::new(std::sync::Mutex::new(camera_threads));
+/// The scheduler's thread (the production worker: detector, tracker, rules) and what it shares.
+struct SchedulerStage {
+    thread: std::thread::JoinHandle<()>,
+    stats: Arc<SchedulerStats>,
+    snapshots: SnapshotRequests,
+    /// Event batches for the store writer.
+    events: EventReceiver,
+    labels: Arc<[String]>,
+}
 
-    let restart = CancellationToken::new();
-    let updates = Updates::new(&config, serving, stats.clone(), status.clone(), config_path.clone(), restart.clone());
-    let (events_tx, events_rx) = event_queue(EVENT_QUEUE, EVENT_QUEUE_BYTES);
-    let camera_ids: Vec<&str> = cameras.iter().map(|c| &*c.0.id).collect();
-    let sched_stats = Arc::new(SchedulerStats::new(&camera_ids));
-    let snapshot_requests = SnapshotRequests::default();
+/// The model's detector, its labels and the rules compiled for them.
+type Model<'a> = (vigil_infer::Detector, Arc<[String]>, &'a RuleSet);
+/// From the updater: models to swap in, and the canary's record of each frame.
+type FromUpdater =
+    (std::sync::mpsc::Receiver<vigil_update::Swap>, Arc<std::sync::Mutex<vigil_pipeline::canary::Recorder>>);
+
+fn start_the_scheduler(
+    config: &Config,
+    (detector, labels, rules): Model<'_>,
+    cameras: &CameraStage,
+    model: &ModelRef,
+    clock: Arc<dyn Clock>,
+    (swaps, canary): FromUpdater,
+) -> anyhow::Result<SchedulerStage> {
+    let (events_tx, events) = event_queue(EVENT_QUEUE, EVENT_QUEUE_BYTES);
+    let camera_ids: Vec<&str> = cameras.specs.iter().map(|c| &*c.0.id).collect();
+    let stats = Arc::new(SchedulerStats::new(&camera_ids));
+    let snapshots = SnapshotRequests::default();
     let worker = Worker {
-        hub: hub.clone(),
-        scheduler: Scheduler::new(detector, cameras.iter().map(|c| c.1).collect(), clock.clone(), sched_stats.clone()),
-        cameras: camera_ids.iter().map(|id| rules.camera(id, &config.device_id, &model, labels.clone())).collect(),
-        stats: sched_stats.clone(),
+        hub: cameras.hub.clone(),
+        scheduler: Scheduler::new(detector, cameras.specs.iter().map(|c| c.1).collect(), clock.clone(), stats.clone()),
+        cameras: camera_ids.iter().map(|id| rules.camera(id, &config.device_id, model, labels.clone())).collect(),
+        stats: stats.clone(),
         events: events_tx,
-        snapshots: snapshot_requests.clone(),
-        clock: clock.clone(),
-        swaps: updates.swaps,
-        canary: updates.canary,
+        snapshots: snapshots.clone(),
+        clock,
+        swaps,
+        canary,
     };
-    let sched_cancel = capture_cancel.clone();
-    let scheduler_thread =
-        std::thread::Builder::new().name("scheduler".into()).spawn(move || worker.run(&sched_cancel))?;
+    let cancel = cameras.cancel.clone();
+    let thread = std::thread::Builder::new().name("scheduler".into()).spawn(move || worker.run(&cancel))?;
+    Ok(SchedulerStage { thread, stats, snapshots, events, labels })
+}
 
-    // Cancelled SNAPSHOTS_AFTER_STOP into a stop: the writer then stores what is still queued
-    // without encoding new snapshots.
+/// The store writer: snapshots and events made durable, then the uplink woken.
+struct WriterStage {
+    task: tokio::task::JoinHandle<()>,
+    /// Cancelled SNAPSHOTS_AFTER_STOP into a stop: the writer then stores what is still queued
+    /// without encoding new snapshots.
+    snapshot_cutoff: CancellationToken,
+}
+
+fn start_the_store_writer(
+    config: &Config,
+    store: &StoreStage,
+    events: EventReceiver,
+    uplink: &UplinkStage,
+) -> WriterStage {
     let snapshot_cutoff = CancellationToken::new();
-    let writer = tokio::spawn(write_events(
-        store.clone(),
-        events_rx,
-        events_topic,
+    let task = tokio::spawn(write_events(
+        store.store.clone(),
+        events,
+        store.events_topic.clone(),
         SaveOptions {
             quality: config.events.snapshot_quality,
             workers: snapshot::default_workers(),
             cutoff: snapshot_cutoff.clone(),
         },
-        min_free,
-        wake.clone(),
-        (config.mqtt.home_assistant.then(|| ha_states.clone()), stored_tx.clone()),
+        store.min_free,
+        uplink.wake.clone(),
+        (config.mqtt.home_assistant.then(|| uplink.ha_states.clone()), uplink.stored.clone()),
     ));
-    // The retained status follows the cameras: republished when a camera changes state, and
-    // at least every STATUS_REFRESH for the uptime.
-    let status_keeper = {
-        let (status, stats) = (status.clone(), stats.clone());
-        let started = std::time::Instant::now();
-        let mut published = started;
-        periodic(STATUS_CHECK, capture_cancel.clone(), move || {
-            status.update(|s| {
-                let cameras: Vec<uplink::CameraStatus> =
-                    stats.iter().map(|c| uplink::CameraStatus { id: c.id.to_string(), state: c.state() }).collect();
-                if cameras == s.cameras && published.elapsed() < STATUS_REFRESH {
-                    return false;
-                }
-                s.cameras = cameras;
-                s.uptime_s = started.elapsed().as_secs();
-                published = std::time::Instant::now();
-                true
-            });
-            std::future::ready(())
-        })
-    };
-    let uplink = uplink.with_retained(topic::ota(&config.device_id), updates.state);
-    let uplink = tokio::spawn(uplink.run(uplink_cancel.clone()));
-    let updater = updates.task.spawn(update_start, capture_cancel.clone());
-    let fleet = Arc::new(commands::Fleet {
-        config: Arc::new(config.clone()),
-        started: std::time::Instant::now(),
-        cameras: stats.clone(),
-        inference: sched_stats.clone(),
-        store: store.clone(),
-        restart: restart.clone(),
-        snapshots: snapshot_requests,
-        config_path,
-        labels: labels.to_vec(),
-        changing: Default::default(),
-        updates: Some({
-            let (handle, config) = (updates.fleet, Arc::new(config.clone()));
-            Box::new(move |request_id: &str, args| handle.apply(&config, request_id, args))
-        }),
-    });
-    let probation = crate::probation::config_change_reply(
-        change,
-        &config,
-        &store,
-        &wake,
-        &status,
-        &stats,
-        &restart,
-        &capture_cancel,
-    )
-    .await;
-    // It goes with the uplink, last, so that `events/tail` shows the shutdown's `end` messages.
-    let control = control.map(|c| c.spawn(fleet.clone(), stored_tx, uplink_cancel.clone()));
-    let commander = {
-        let (store, wake, cancel) = (store.clone(), wake.clone(), capture_cancel.clone());
-        let running = Arc::new(tokio::sync::Semaphore::new(COMMANDS_AT_ONCE));
-        tokio::spawn(async move {
-            loop {
-                let (name, payload) = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    got = cmd_rx.recv() => match got { Some(c) => c, None => return },
-                };
-                // Commands may wait (queries read the store, a snapshot waits for a frame): each
-                // runs on a blocking thread of its own, at most COMMANDS_AT_ONCE at a time, so one
-                // slow command does not hold up the next.
-                let Ok(permit) = running.clone().acquire_owned().await else { return };
-                let (f, store, wake) = (fleet.clone(), store.clone(), wake.clone());
-                tokio::spawn(async move {
-                    let answered = tokio::task::spawn_blocking(move || f.answer(&name, &payload)).await;
-                    drop(permit);
-                    let (topic, reply) = match answered {
-                        Ok(Some(reply)) => reply,
-                        Ok(None) => return, // answered later (config/set)
-                        Err(_) => {
-                            tracing::error!("a fleet command panicked");
-                            return;
-                        }
-                    };
-                    queue_and_flush(&store, &wake, &topic, &reply, "command reply").await;
-                });
-            }
-        })
-    };
+    WriterStage { task, snapshot_cutoff }
+}
 
+/// The retained status follows the cameras: republished when a camera changes state, and at
+/// least every STATUS_REFRESH for the uptime.
+fn keep_the_status(status: &uplink::SharedStatus, cameras: &CameraStage) -> tokio::task::JoinHandle<()> {
+    let (status, stats) = (status.clone(), cameras.stats.clone());
+    let started = std::time::Instant::now();
+    let mut published = started;
+    periodic(STATUS_CHECK, cameras.cancel.clone(), move || {
+        status.update(|s| {
+            let cameras: Vec<uplink::CameraStatus> =
+                stats.iter().map(|c| uplink::CameraStatus { id: c.id.to_string(), state: c.state() }).collect();
+            if cameras == s.cameras && published.elapsed() < STATUS_REFRESH {
+                return false;
+            }
+            s.cameras = cameras;
+            s.uptime_s = started.elapsed().as_secs();
+            published = std::time::Instant::now();
+            true
+        });
+        std::future::ready(())
+    })
+}
+
+/// Fleet commands from the uplink, each answered on a blocking thread of its own, at most
+/// COMMANDS_AT_ONCE at a time (queries read the store, a snapshot waits for a frame), so that
+/// one slow command does not hold up the next; the reply goes through the outbox.
+fn start_the_fleet_commands(
+    fleet: Arc<commands::Fleet>,
+    mut commands: mpsc::Receiver<(String, Vec<u8>)>,
+    store: &Store,
+    wake: &Arc<Notify>,
+    cancel: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (store, wake, cancel) = (store.clone(), wake.clone(), cancel.clone());
+    let running = Arc::new(tokio::sync::Semaphore::new(COMMANDS_AT_ONCE));
+    tokio::spawn(async move {
+        loop {
+            let (name, payload) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                got = commands.recv() => match got { Some(c) => c, None => return },
+            };
+            let Ok(permit) = running.clone().acquire_owned().await else { return };
+            let (f, store, wake) = (fleet.clone(), store.clone(), wake.clone());
+            tokio::spawn(async move {
+                let answered = tokio::task::spawn_blocking(move || f.answer(&name, &payload)).await;
+                drop(permit);
+                let (topic, reply) = match answered {
+                    Ok(Some(reply)) => reply,
+                    Ok(None) => return, // answered later (config/set)
+                    Err(_) => {
+                        tracing::error!("a fleet command panicked");
+                        return;
+                    }
+                };
+                queue_and_flush(&store, &wake, &topic, &reply, "command reply").await;
+            });
+        }
+    })
+}
+
+/// The periodic work beside the pipeline: the stats log, retention, the free-space guard and the
+/// `metrics` message.
+struct Housekeeping {
+    reporter: tokio::task::JoinHandle<()>,
+    retainer: tokio::task::JoinHandle<()>,
+    disk_guard: tokio::task::JoinHandle<()>,
+    metrics: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn start_the_housekeeping(
+    config: &Config,
+    store: &StoreStage,
+    cameras: &CameraStage,
+    sched: &Arc<SchedulerStats>,
+    wake: &Arc<Notify>,
+    clock: Arc<dyn Clock>,
+    cancel: &CancellationToken,
+) -> Housekeeping {
     let reporter = {
-        let (stats, sched, store) = (stats.clone(), sched_stats.clone(), store.clone());
-        periodic(STATS_EVERY, capture_cancel.clone(), move || {
+        let (stats, sched, store) = (cameras.stats.clone(), sched.clone(), store.store.clone());
+        periodic(STATS_EVERY, cancel.clone(), move || {
             log_stats(&stats, &sched, &store);
             std::future::ready(())
         })
@@ -292,41 +461,44 @@ pub async fn run(
     // Retention and the disk guard walk and delete sled records and files: blocking work, on
     // blocking threads, never on the two async workers the uplink and the commands share.
     let retainer = {
-        let store = store.clone();
-        periodic(RETENTION_EVERY, capture_cancel.clone(), move || {
+        let (store, retention) = (store.store.clone(), store.retention);
+        periodic(RETENTION_EVERY, cancel.clone(), move || {
             let (store, now) = (store.clone(), unix_ns(clock.wall()));
             blocking("retention pass", move || store.enforce_retention(&retention, now).map(drop))
         })
     };
     let disk_guard = {
-        let store = store.clone();
-        periodic(DISK_CHECK_EVERY, capture_cancel.clone(), move || {
+        let (store, min_free) = (store.store.clone(), store.min_free);
+        periodic(DISK_CHECK_EVERY, cancel.clone(), move || {
             let store = store.clone();
             blocking("free-space guard", move || store.make_room(min_free).map(drop))
         })
     };
     let metrics = config.mqtt.metrics_every.map(|every| {
-        let (stats, sched, store, wake) = (stats.clone(), sched_stats.clone(), store.clone(), wake.clone());
+        let (stats, sched, store, wake) = (cameras.stats.clone(), sched.clone(), store.store.clone(), wake.clone());
         let device_id = config.device_id.clone();
         let topic = topic::metrics(&device_id);
         let started = std::time::Instant::now();
-        periodic(every, capture_cancel.clone(), move || {
+        periodic(every, cancel.clone(), move || {
             let m = metrics::Metrics::collect(&device_id, started, &stats, &sched, &store);
             let payload = serde_json::to_vec(&m).expect("metrics always serialise");
             let (store, wake, topic) = (store.clone(), wake.clone(), topic.clone());
             async move { queue_and_flush(&store, &wake, &topic, &payload, "metrics").await }
         })
     });
+    Housekeeping { reporter, retainer, disk_guard, metrics }
+}
 
-    // Started: the store is open, the cameras and the scheduler run.
-    let status_line = {
-        let (stats, status) = (stats.clone(), status.clone());
-        move || status_line(&stats, &status)
-    };
-    crate::systemd::ready(&status_line());
-    let watchdog = crate::systemd::watchdog_period().map(|period| {
-        let sched = sched_stats.clone();
-        let (threads, stats) = (camera_threads.clone(), stats.clone());
+/// systemd's watchdog, when the unit has one: pinged while the scheduler turns and every
+/// camera thread lives.
+fn start_the_watchdog(
+    cameras: &CameraStage,
+    sched: &Arc<SchedulerStats>,
+    status_line: impl Fn() -> String + Send + 'static,
+) -> Option<tokio::task::JoinHandle<()>> {
+    crate::systemd::watchdog_period().map(|period| {
+        let sched = sched.clone();
+        let (threads, stats) = (cameras.threads.clone(), cameras.stats.clone());
         // A file played once ends its thread (`finished`): that camera is done, not dead.
         let dead = move || {
             let threads = threads.lock().unwrap_or_else(|p| p.into_inner());
@@ -342,82 +514,105 @@ pub async fn run(
             move || sched.turns.load(std::sync::atomic::Ordering::Relaxed),
             dead,
             status_line,
-            capture_cancel.clone(),
+            cameras.cancel.clone(),
         )
-    });
+    })
+}
 
-    let ended = tokio::select! {
-        _ = shutdown.cancelled() => Ended::Stopped,
-        _ = restart.cancelled() => {
-            tracing::warn!("restart requested over MQTT; stopping, to be started again by the supervisor");
-            // Give the reply a moment to reach the broker before the uplink goes.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            shutdown.cancel();
-            Ended::RestartRequested
+/// What runs, for the ordered shutdown.
+struct Running {
+    cameras: CameraStage,
+    scheduler: std::thread::JoinHandle<()>,
+    sched_stats: Arc<SchedulerStats>,
+    writer: WriterStage,
+    uplink: tokio::task::JoinHandle<()>,
+    uplink_cancel: CancellationToken,
+    control: Option<tokio::task::JoinHandle<()>>,
+    housekeeping: Housekeeping,
+    /// The status keeper, the fleet commands, the updater, the probation, the watchdog: aborted.
+    others: [Option<tokio::task::JoinHandle<()>>; 5],
+    store: Store,
+}
+
+impl Running {
+    /// Capture and inference stop first; the writer drains what they made; the uplink goes
+    /// last; the store is closed. Each within SHUTDOWN_DEADLINE of the start of the stop; what
+    /// does not end by then is named in the error.
+    async fn shut_down(self) -> anyhow::Result<()> {
+        tracing::info!("shutting down");
+        crate::systemd::stopping();
+        let Running {
+            cameras,
+            scheduler,
+            sched_stats,
+            writer,
+            uplink,
+            uplink_cancel,
+            control,
+            housekeeping,
+            others,
+            store,
+        } = self;
+        // The watchdog stops with the stop: systemd is told STOPPING.
+        if let Some(w) = &others[4] {
+            w.abort();
         }
-    };
-    tracing::info!("shutting down");
-    crate::systemd::stopping();
-    if let Some(w) = watchdog {
-        w.abort();
-    }
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
-    tokio::spawn(async move {
-        tokio::time::sleep(SNAPSHOTS_AFTER_STOP).await;
-        snapshot_cutoff.cancel();
-    });
-    hub.close();
-    let mut stuck: Vec<String> = Vec::new();
-    let sched_join = tokio::task::spawn_blocking(move || scheduler_thread.join());
-    if tokio::time::timeout_at(deadline, sched_join).await.is_err() {
-        stuck.push("scheduler".into());
-    }
-    if tokio::time::timeout_at(deadline, writer).await.is_err() {
-        stuck.push("store writer".into());
-    }
-    uplink_cancel.cancel();
-    if tokio::time::timeout_at(deadline, uplink).await.is_err() {
-        stuck.push("uplink".into());
-    }
-    if let Some(c) = control {
-        let _ = tokio::time::timeout_at(deadline, c).await;
-    }
-    reporter.abort();
-    // These two end after their current pass (their blocking work cannot be aborted), before
-    // the store is closed.
-    for (name, task) in [("retention", retainer), ("free-space guard", disk_guard)] {
-        if tokio::time::timeout_at(deadline, task).await.is_err() {
-            stuck.push(name.into());
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
+        let cutoff = writer.snapshot_cutoff;
+        tokio::spawn(async move {
+            tokio::time::sleep(SNAPSHOTS_AFTER_STOP).await;
+            cutoff.cancel();
+        });
+        cameras.hub.close();
+        let mut stuck: Vec<String> = Vec::new();
+        let sched_join = tokio::task::spawn_blocking(move || scheduler.join());
+        if tokio::time::timeout_at(deadline, sched_join).await.is_err() {
+            stuck.push("scheduler".into());
         }
-    }
-    if let Some(p) = probation {
-        p.abort();
-    }
-    status_keeper.abort();
-    commander.abort();
-    updater.abort();
-    if let Some(m) = metrics {
-        m.abort();
-    }
-    let camera_threads = std::mem::take(&mut *camera_threads.lock().unwrap_or_else(|p| p.into_inner()));
-    for (i, t) in camera_threads.into_iter().enumerate() {
-        let join = tokio::task::spawn_blocking(move || t.join());
-        if tokio::time::timeout_at(deadline, join).await.is_err() {
-            stuck.push(format!("camera {}", cameras[i].0.id));
+        if tokio::time::timeout_at(deadline, writer.task).await.is_err() {
+            stuck.push("store writer".into());
         }
-    }
-    // With every writer stopped the store is closed cleanly (its counts written down, so the
-    // next start need not count); with one still running, only flushed (the next start counts).
-    let closed = if stuck.is_empty() { store.close().await } else { store.flush().await };
-    if let Err(e) = closed {
-        tracing::error!(error = %e, "final store flush failed");
-    }
-    log_stats(&stats, &sched_stats, &store);
-    if stuck.is_empty() {
-        tracing::info!("stopped cleanly");
-        Ok(ended)
-    } else {
-        anyhow::bail!("shutdown deadline passed; still running: {}", stuck.join(", "))
+        uplink_cancel.cancel();
+        if tokio::time::timeout_at(deadline, uplink).await.is_err() {
+            stuck.push("uplink".into());
+        }
+        if let Some(c) = control {
+            let _ = tokio::time::timeout_at(deadline, c).await;
+        }
+        housekeeping.reporter.abort();
+        // These two end after their current pass (their blocking work cannot be aborted), before
+        // the store is closed.
+        for (name, task) in [("retention", housekeeping.retainer), ("free-space guard", housekeeping.disk_guard)] {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                stuck.push(name.into());
+            }
+        }
+        for task in others.into_iter().flatten() {
+            task.abort();
+        }
+        if let Some(m) = housekeeping.metrics {
+            m.abort();
+        }
+        let threads = std::mem::take(&mut *cameras.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for (i, t) in threads.into_iter().enumerate() {
+            let join = tokio::task::spawn_blocking(move || t.join());
+            if tokio::time::timeout_at(deadline, join).await.is_err() {
+                stuck.push(format!("camera {}", cameras.specs[i].0.id));
+            }
+        }
+        // With every writer stopped the store is closed cleanly (its counts written down, so the
+        // next start need not count); with one still running, only flushed (the next start counts).
+        let closed = if stuck.is_empty() { store.close().await } else { store.flush().await };
+        if let Err(e) = closed {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+        log_stats(&cameras.stats, &sched_stats, &store);
+        if stuck.is_empty() {
+            tracing::info!("stopped cleanly");
+            Ok(())
+        } else {
+            anyhow::bail!("shutdown deadline passed; still running: {}", stuck.join(", "))
+        }
     }
 }
 

@@ -81,10 +81,6 @@ enum Command {
     /// Model bundles: `vigil model pack` turns an ONNX export into a checked bundle.
     #[command(subcommand)]
     Model(model_cli::ModelCommand),
-    /// The operator's side: list devices, show one, send commands, watch events and metrics.
-    Fleet(vigil_ops::fleet::FleetArgs),
-    /// Measure capture and inference throughput against baselines run side by side.
-    Bench(vigil_ops::bench::BenchArgs),
     /// vigil's own binary in its A/B slots: `guard` (systemd's ExecStartPre) and `status`.
     #[command(subcommand)]
     Slots(slots_cli::SlotsCommand),
@@ -121,8 +117,18 @@ fn load_config(path: Option<&Path>, demo: bool) -> Result<Config, ConfigError> {
     Config::load_or_system(path)
 }
 
+/// The operator's commands that `vigil` carried before they moved to `vigil-ops`.
+const MOVED: [&str; 2] = ["fleet", "bench"];
+
 fn main() -> ExitCode {
     vigil_core::build::set_version(VERSION);
+    if let Some(moved) = std::env::args().nth(1).filter(|a| MOVED.contains(&a.as_str())) {
+        eprintln!(
+            "`vigil {moved}` moved to the operator's own binary: run `vigil-ops {moved} …` (package vigil-ops; \
+             in a source checkout, target/*/vigil-ops). The device's binary carries no operator tools."
+        );
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
@@ -145,14 +151,6 @@ fn main() -> ExitCode {
         Command::Events(args) => report(events_cli::run(&args)),
         Command::ModelCheck { config, bundle, backend } => model_check(config.as_deref(), bundle, backend),
         Command::Model(command) => report(model_cli::run(&command)),
-        Command::Fleet(args) => match vigil_ops::fleet::run(&args) {
-            Ok(code) => ExitCode::from(code),
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(EXIT_FAILURE)
-            }
-        },
-        Command::Bench(args) => report(vigil_ops::bench::run(&args)),
         Command::Slots(command) => slots_cli::run(&command),
     }
 }

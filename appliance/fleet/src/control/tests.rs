@@ -113,7 +113,7 @@ async fn queries_are_answered_and_changes_and_garbage_refused() {
     assert_eq!(seqs(&newest), [2, 1], "newest first");
     assert!(newest["next"].is_string(), "one more to come");
     assert_eq!(got["event"]["id"], events[1].id.as_str());
-    assert!(set.contains("read-only") && set.contains("vigil fleet"), "{set}");
+    assert!(set.contains("read-only") && set.contains("vigil-ops fleet"), "{set}");
     assert!(bad.contains("limit must be"), "{bad}");
 
     // A line that is not a request, then one far too long: answered, then hung up on.
