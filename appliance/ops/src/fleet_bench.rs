@@ -164,13 +164,14 @@ pub fn footprint(broker: &Broker) -> (u64, u64, usize) {
     (kib("VmRSS:"), kib("VmHWM:"), fds)
 }
 
-/// The retained messages mosquitto holds (its `$SYS` topic).
+/// The retained messages mosquitto holds: its `$SYS` topic at its next update (every 10 s; the
+/// retained value a new subscription gets first may be older than the fleet).
 pub fn retained(broker: &Broker) -> Option<u64> {
     let out = Command::new("mosquitto_sub")
-        .args(["-p", &broker.port.to_string(), "-t", "$SYS/broker/retained messages/count", "-C", "1", "-W", "15"])
+        .args(["-p", &broker.port.to_string(), "-t", "$SYS/broker/retained messages/count", "-C", "2", "-W", "25"])
         .output()
         .ok()?;
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    String::from_utf8_lossy(&out.stdout).lines().last()?.trim().parse().ok()
 }
 
 /// `rumqttd` on PATH or in cargo's bin directory.
@@ -258,9 +259,10 @@ struct Row {
     exporter: (Duration, usize, u64),
 }
 
-/// `GET /metrics` on the exporter at `port`, once it has every device's metrics (up to 60 s):
-/// the median of five scrapes, the body's size, and the exporter's resident memory (KiB).
-fn scrape(port: u16, devices: usize, pid: u32) -> anyhow::Result<(Duration, usize, u64)> {
+/// `GET /metrics` on the exporter at `port`: with `wait`, until it has every device's metrics
+/// (up to 60 s); then the median of five scrapes, the body's size, and the exporter's resident
+/// memory (KiB).
+fn scrape(port: u16, devices: usize, pid: u32, wait: bool) -> anyhow::Result<(Duration, usize, u64)> {
     use std::io::{Read, Write};
     let get = || -> anyhow::Result<(Duration, String)> {
         let started = Instant::now();
@@ -271,7 +273,7 @@ fn scrape(port: u16, devices: usize, pid: u32) -> anyhow::Result<(Duration, usiz
         Ok((started.elapsed(), text))
     };
     let until = Instant::now() + Duration::from_secs(60);
-    loop {
+    while wait {
         let complete = get().ok().is_some_and(|(_, body)| {
             body.lines().filter(|l| l.starts_with("vigil_device_uptime_seconds{")).count() >= devices
         });
@@ -403,7 +405,12 @@ fn one_size(exe: &Path, dir: &Path, n: usize) -> anyhow::Result<Row> {
     let watch_cost = wait_cost(&mut watch, started, Duration::from_secs(120))?;
     let watched = reader.join().unwrap_or(0);
     println!("  fleet watch +: {watched} messages in {:.2} s", watch_cost.wall.as_secs_f64());
-    let exporter_figures = scrape(http, n, exporter.id());
+    // The exporter is scraped once it holds every device's metrics, with the fleet stopped, so
+    // that the figure is the exporter's and not the simulated fleet's share of the two cores.
+    let complete = scrape(http, n, exporter.id(), true);
+    sim.finish()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let exporter_figures = complete.and_then(|_| scrape(http, n, exporter.id(), false));
     let _ = exporter.kill();
     let _ = exporter.wait();
     let exporter_figures = exporter_figures?;
@@ -413,7 +420,6 @@ fn one_size(exe: &Path, dir: &Path, n: usize) -> anyhow::Result<Row> {
         exporter_figures.1 / 1024,
         exporter_figures.2 as f64 / 1024.0
     );
-    sim.finish()?;
     Ok(Row {
         devices: n,
         list: list_cost,
