@@ -259,30 +259,35 @@ struct Row {
     exporter: (Duration, usize, u64),
 }
 
-/// `GET /metrics` on the exporter at `port`: with `wait`, until it has every device's metrics
-/// (up to 60 s); then the median of five scrapes, the body's size, and the exporter's resident
-/// memory (KiB).
-fn scrape(port: u16, devices: usize, pid: u32, wait: bool) -> anyhow::Result<(Duration, usize, u64)> {
+/// `GET /metrics` on the exporter at `port`: how long it took, and the response.
+fn get_metrics(port: u16) -> anyhow::Result<(Duration, String)> {
     use std::io::{Read, Write};
-    let get = || -> anyhow::Result<(Duration, String)> {
-        let started = Instant::now();
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        write!(s, "GET /metrics HTTP/1.0\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        Ok((started.elapsed(), text))
-    };
+    let started = Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok((started.elapsed(), text))
+}
+
+/// Waits (up to 60 s) until the exporter at `port` has every device's metrics.
+fn wait_for_metrics(port: u16, devices: usize) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs(60);
-    while wait {
-        let complete = get().ok().is_some_and(|(_, body)| {
+    loop {
+        let complete = get_metrics(port).ok().is_some_and(|(_, body)| {
             body.lines().filter(|l| l.starts_with("vigil_device_uptime_seconds{")).count() >= devices
         });
         if complete {
-            break;
+            return Ok(());
         }
         anyhow::ensure!(Instant::now() < until, "the exporter did not have {devices} devices' metrics within 60 s");
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// The median of five scrapes, the body's size, and the exporter's resident memory (KiB).
+fn scrape(port: u16, pid: u32) -> anyhow::Result<(Duration, usize, u64)> {
+    let get = || get_metrics(port);
     let mut times = Vec::new();
     let mut size = 0;
     for _ in 0..5 {
@@ -407,10 +412,10 @@ fn one_size(exe: &Path, dir: &Path, n: usize) -> anyhow::Result<Row> {
     println!("  fleet watch +: {watched} messages in {:.2} s", watch_cost.wall.as_secs_f64());
     // The exporter is scraped once it holds every device's metrics, with the fleet stopped, so
     // that the figure is the exporter's and not the simulated fleet's share of the two cores.
-    let complete = scrape(http, n, exporter.id(), true);
+    let complete = wait_for_metrics(http, n);
     sim.finish()?;
     std::thread::sleep(Duration::from_secs(2));
-    let exporter_figures = complete.and_then(|_| scrape(http, n, exporter.id(), false));
+    let exporter_figures = complete.and_then(|()| scrape(http, exporter.id()));
     let _ = exporter.kill();
     let _ = exporter.wait();
     let exporter_figures = exporter_figures?;
