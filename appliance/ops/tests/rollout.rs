@@ -1,7 +1,9 @@
 //! `vigil-ops fleet ota push` against simulated fleets (`vigil-ops fleet-sim`: each device its
 //! own MQTT connection, retained status and `ota` states) on a real mosquitto: every device
 //! commanded exactly once in a large fleet; the tool killed in the big wave and run again; an
-//! abort at `--max-failures`; the tool's connection cut by the broker mid-rollout.
+//! abort at `--max-failures`; the tool's connection cut by the broker mid-rollout. The kill and
+//! the abort also run on rumqttd, with a rollout and `fleet list`, so that nothing depends on
+//! mosquitto's ways.
 //!
 //! 10 000 devices (each its own connection, on this 2-core machine with the broker and the tool)
 //! for exactly-once delivery; the other scenarios need fewer. All five take about 30 s together.
@@ -24,11 +26,25 @@ struct Fleet {
     sim: Option<Sim>,
 }
 
+/// Which broker a scenario runs on: mosquitto, or a second implementation.
+#[derive(Clone, Copy)]
+enum On {
+    Mosquitto,
+    Rumqttd,
+}
+
 impl Fleet {
     fn start(devices: usize, sim_args: &[&str]) -> Self {
+        Self::start_on(On::Mosquitto, devices, sim_args)
+    }
+
+    fn start_on(on: On, devices: usize, sim_args: &[&str]) -> Self {
         raise_file_limit();
         let dir = tempfile::tempdir().unwrap();
-        let broker = Broker::start(dir.path()).unwrap();
+        let broker = match on {
+            On::Mosquitto => Broker::start(dir.path()).unwrap(),
+            On::Rumqttd => rumqttd(dir.path(), devices + 8).unwrap(),
+        };
         let sim = Sim::start(&exe(), &broker.url(), devices, dir.path(), sim_args).unwrap();
         Self { dir, broker, sim: Some(sim) }
     }
@@ -129,9 +145,19 @@ fn every_device_of_a_large_fleet_is_commanded_exactly_once() {
 
 #[test]
 fn a_rollout_killed_in_the_big_wave_goes_on_when_run_again_and_commands_no_device_twice() {
+    killed_in_the_big_wave(On::Mosquitto);
+}
+
+#[test]
+fn the_same_through_rumqttd() {
+    killed_in_the_big_wave(On::Rumqttd);
+    aborted_at_max_failures(On::Rumqttd);
+}
+
+fn killed_in_the_big_wave(on: On) {
     let n = 2000;
     // Each update takes 5 × 100 ms, so that the kill finds devices at every stage.
-    let mut fleet = Fleet::start(n, &["--step", "100ms"]);
+    let mut fleet = Fleet::start_on(on, n, &["--step", "100ms"]);
     let mut first = fleet.push(&[], "first.err");
     wait_for_line(&fleet, "first.err", "wave 3/3");
     first.kill().unwrap();
@@ -151,9 +177,13 @@ fn a_rollout_killed_in_the_big_wave_goes_on_when_run_again_and_commands_no_devic
 
 #[test]
 fn an_abort_at_max_failures_sends_to_no_further_device() {
+    aborted_at_max_failures(On::Mosquitto);
+}
+
+fn aborted_at_max_failures(on: On) {
     let n = 400;
     // A fifth of the devices roll back: the first two waves (40 devices) hold more than 2.
-    let mut fleet = Fleet::start(n, &["--fail", "0.2"]);
+    let mut fleet = Fleet::start_on(on, n, &["--fail", "0.2"]);
     let mut push = fleet.push(&["--waves", "20,10%,100%", "--max-failures", "2"], "push.err");
     let code = wait(&mut push, Duration::from_secs(120), "the rollout");
     let err = fleet.read("push.err");
