@@ -6,7 +6,7 @@
 //! mosquitto's ways.
 //!
 //! 10 000 devices (each its own connection, on this 2-core machine with the broker and the tool)
-//! for exactly-once delivery; the other scenarios need fewer. All five take about 30 s together.
+//! for exactly-once delivery; the other scenarios need fewer. All six take about 30 s together.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
