@@ -46,13 +46,46 @@ impl FleetView {
             Some(Topic::Status { device }) => self.devices.entry(device.to_owned()).or_default().status = Some(v),
             Some(Topic::Metrics { device }) => {
                 let d = self.devices.entry(device.to_owned()).or_default();
-                d.metrics = Some(v);
+                d.metrics = Some(rendered_part(v));
                 d.metrics_at = Some(Instant::now());
             }
             Some(Topic::Ota { device }) => self.devices.entry(device.to_owned()).or_default().ota = Some(v),
             _ => {}
         }
     }
+}
+
+/// What [`render`] reads of a `metrics` message; the rest (most of `capture`, the scheduler's
+/// batches, ...) is dropped on arrival, so that a large fleet's view stays small.
+fn rendered_part(mut m: Value) -> Value {
+    let keep = |v: &mut Value, keys: &[&str]| {
+        if let Some(o) = v.as_object_mut() {
+            o.retain(|k, _| keys.contains(&k.as_str()));
+        }
+    };
+    keep(&mut m, &["uptime_s", "cameras", "store"]);
+    if let Some(cameras) = m["cameras"].as_array_mut() {
+        for c in cameras {
+            keep(c, &["id", "capture", "inference"]);
+            keep(&mut c["capture"], &["fps_out", "frames_in"]);
+            let inference = &mut c["inference"];
+            keep(
+                inference,
+                &[
+                    "processed",
+                    "deadline_misses",
+                    "dropped_stale",
+                    "dropped_error",
+                    "queue",
+                    "preprocess",
+                    "inference",
+                    "postprocess",
+                    "total",
+                ],
+            );
+        }
+    }
+    m
 }
 
 /// A label value as the text format wants it: `\`, `"` and newlines escaped.
@@ -83,13 +116,14 @@ const CAMERA_STATES: [&str; 6] = ["starting", "streaming", "stalled", "failed", 
 const UPDATE_STATES: [&str; 9] =
     ["downloading", "verifying", "accepting", "activating", "canary", "successful", "failed", "rolled_back", "idle"];
 
+/// The cameras of a device's last `metrics` message.
+fn cameras(d: &DeviceView) -> &[Value] {
+    d.metrics.as_ref().and_then(|m| m["cameras"].as_array()).map_or(&[], Vec::as_slice)
+}
+
 fn render(view: &FleetView) -> String {
     let mut out = String::with_capacity(512 * view.devices.len() + 1024);
     let num = |v: &Value| v.as_f64();
-    let cameras = |d: &DeviceView| -> Vec<Value> {
-        d.metrics.as_ref().and_then(|m| m["cameras"].as_array().cloned()).unwrap_or_default()
-    };
-
     let mut f = Family::head(&mut out, "vigil_device_up", "gauge", "1 while the device's retained status says online.");
     for (id, d) in &view.devices {
         if let Some(s) = &d.status {
@@ -172,7 +206,7 @@ fn render(view: &FleetView) -> String {
         let mut f = Family::head(&mut out, name, kind, help);
         for (id, d) in &view.devices {
             for c in cameras(d) {
-                let v = path.iter().fold(&c, |v, k| &v[*k]);
+                let v = path.iter().fold(c, |v, k| &v[*k]);
                 if let Some(x) = num(v) {
                     f.sample(name, &[("device", id.as_str()), ("camera", c["id"].as_str().unwrap_or(""))], x);
                 }
