@@ -260,6 +260,15 @@ pub struct Current {
     pub roles: BTreeMap<String, Signed<Targets>>,
 }
 
+impl Current {
+    /// The top-level targets role's delegation to `role`.
+    fn delegation(&self, role: &str) -> anyhow::Result<&DelegatedRole> {
+        self.targets.signed.delegations.as_ref().and_then(|d| d.roles.iter().find(|r| r.name == role)).with_context(
+            || format!("the targets role delegates nothing to `{role}`; add it with `vigil-ota delegate`"),
+        )
+    }
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| format!("{} is not TUF metadata vigil-ota can read", path.display()))
@@ -393,15 +402,7 @@ async fn publish(
         let r = cur.root.signed.roles.get(&RoleType::Targets).context("the root gives the targets role no keys")?;
         (r.keyids.clone(), r.threshold, "the targets role".to_owned())
     } else {
-        let d = cur
-            .targets
-            .signed
-            .delegations
-            .as_ref()
-            .and_then(|d| d.roles.iter().find(|r| r.name == role))
-            .with_context(|| {
-                format!("the targets role delegates nothing to `{role}`; add it with `vigil-ota delegate`")
-            })?;
+        let d = cur.delegation(role)?;
         (d.keyids.clone(), d.threshold, format!("delegated role `{role}`"))
     };
     let version = new.version;
@@ -570,15 +571,7 @@ pub async fn add_signed(
     let mut targets = if role == TOP_LEVEL {
         cur.targets.signed.clone()
     } else {
-        let delegation = cur
-            .targets
-            .signed
-            .delegations
-            .as_ref()
-            .and_then(|d| d.roles.iter().find(|r| r.name == role))
-            .with_context(|| {
-                format!("the targets role delegates nothing to `{role}`; add it with `vigil-ota delegate`")
-            })?;
+        let delegation = cur.delegation(role)?;
         if !crate::resolve::covers(&delegation.paths, name) {
             bail!(
                 "`{name}` is outside the paths delegated to `{role}` ({}); devices would ignore it",
