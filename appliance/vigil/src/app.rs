@@ -186,7 +186,8 @@ pub async fn run(
         uplink_cancel,
         control,
         housekeeping,
-        others: [Some(status_keeper), Some(commander), Some(updater), probation, watchdog],
+        watchdog,
+        aborted: [status_keeper, commander, updater].into_iter().chain(probation).collect(),
         store: store.store,
     };
     running.shut_down().await?;
@@ -529,8 +530,10 @@ struct Running {
     uplink_cancel: CancellationToken,
     control: Option<tokio::task::JoinHandle<()>>,
     housekeeping: Housekeeping,
-    /// The status keeper, the fleet commands, the updater, the probation, the watchdog: aborted.
-    others: [Option<tokio::task::JoinHandle<()>>; 5],
+    /// Stopped first: systemd is told STOPPING.
+    watchdog: Option<tokio::task::JoinHandle<()>>,
+    /// The status keeper, the fleet commands, the updater and the probation: aborted at the end.
+    aborted: Vec<tokio::task::JoinHandle<()>>,
     store: Store,
 }
 
@@ -550,11 +553,11 @@ impl Running {
             uplink_cancel,
             control,
             housekeeping,
-            others,
+            watchdog,
+            aborted,
             store,
         } = self;
-        // The watchdog stops with the stop: systemd is told STOPPING.
-        if let Some(w) = &others[4] {
+        if let Some(w) = watchdog {
             w.abort();
         }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
@@ -587,7 +590,7 @@ impl Running {
                 stuck.push(name.into());
             }
         }
-        for task in others.into_iter().flatten() {
+        for task in aborted {
             task.abort();
         }
         if let Some(m) = housekeeping.metrics {
