@@ -11,15 +11,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use rumqttc::{Event, Packet, QoS};
 use serde_json::Value;
 use vigil_core::topic::{self, Topic};
 
-use crate::fleet::{connect, FleetArgs};
+use crate::fleet::{connect, pump, FleetArgs, Net};
 
 /// The latest of what one device published.
 #[derive(Default)]
@@ -327,6 +327,9 @@ fn answer(stream: &mut TcpStream, view: &Mutex<FleetView>) -> std::io::Result<()
     stream.flush()
 }
 
+/// Messages the network thread may hold for the exporter.
+const MESSAGE_QUEUE: usize = 65_536;
+
 /// Runs the exporter until killed.
 pub fn run(fleet: &FleetArgs, listen: SocketAddr) -> anyhow::Result<u8> {
     let listener = TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
@@ -336,14 +339,19 @@ pub fn run(fleet: &FleetArgs, listen: SocketAddr) -> anyhow::Result<u8> {
         let view = view.clone();
         std::thread::Builder::new().name("http".into()).spawn(move || serve(listener, view))?;
     }
-    let (client, mut connection) = connect(fleet, 16)?;
-    let filters = [topic::status("+"), topic::metrics("+"), topic::ota("+")];
+    let (client, connection) = connect(fleet, 16)?;
+    let filters = vec![topic::status("+"), topic::metrics("+"), topic::ota("+")];
+    let (tx, events) = std::sync::mpsc::sync_channel(MESSAGE_QUEUE);
+    {
+        let client = client.clone();
+        std::thread::Builder::new()
+            .name("mqtt".into())
+            .spawn(move || pump(connection, &client, &filters, &tx, &AtomicBool::new(false)))?;
+    }
     let mut complained: Option<SystemTime> = None;
-    loop {
-        match connection.recv() {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                let subs = filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtMostOnce));
-                client.try_subscribe_many(subs)?;
+    for event in events {
+        match event {
+            Net::Connected => {
                 let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
                 v.connected = true;
                 v.connections += 1;
@@ -352,11 +360,11 @@ pub fn run(fleet: &FleetArgs, listen: SocketAddr) -> anyhow::Result<u8> {
                 }
                 complained = None;
             }
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                view.lock().unwrap_or_else(|p| p.into_inner()).on_message(&p.topic, &p.payload);
+            Net::Message(topic, payload) => {
+                view.lock().unwrap_or_else(|p| p.into_inner()).on_message(&topic, &payload);
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
+            Net::Subscribed => {}
+            Net::Down(e) => {
                 let first = view.lock().unwrap_or_else(|p| p.into_inner()).connections == 0;
                 if first {
                     anyhow::bail!("cannot reach the broker at {}: {e}", fleet.broker);
@@ -366,11 +374,10 @@ pub fn run(fleet: &FleetArgs, listen: SocketAddr) -> anyhow::Result<u8> {
                     eprintln!("the broker at {}: {e}; reconnecting", fleet.broker);
                     complained = Some(SystemTime::now());
                 }
-                std::thread::sleep(Duration::from_secs(1));
             }
-            Err(_) => anyhow::bail!("the connection to {} closed", fleet.broker),
         }
     }
+    anyhow::bail!("the connection to {} closed", fleet.broker)
 }
 
 #[cfg(test)]

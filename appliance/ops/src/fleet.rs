@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -107,6 +109,69 @@ pub(crate) fn connect(args: &FleetArgs, queue: usize) -> anyhow::Result<(Client,
         opts.set_transport(Transport::tls_with_config(config.into()));
     }
     Ok(Client::new(opts, queue))
+}
+
+/// What a network thread ([`pump`]) tells its tool.
+pub(crate) enum Net {
+    /// Connected (again): the subscriptions were asked for.
+    Connected,
+    Subscribed,
+    Message(String, Vec<u8>),
+    /// The connection failed or was lost; rumqttc connects again.
+    Down(String),
+}
+
+/// The network thread: polls the connection (pings, reconnections), subscribes on every
+/// connection (clean sessions), and passes on what the tool needs. Ends when the client
+/// disconnects or the tool is gone. `up` is set while the connection is.
+///
+/// A command handed to the client while the connection was down must not go out on the next
+/// one: the rollout sends the devices it reached no trace of again once it has gathered their
+/// states, and a late copy would be a second command. So before each attempt to connect again,
+/// what waits in the client's queue is moved to rumqttc's pending list (`clean`), which a clean
+/// session's CONNACK empties.
+pub(crate) fn pump(
+    mut connection: Connection,
+    client: &Client,
+    filters: &[String],
+    tx: &SyncSender<Net>,
+    up: &AtomicBool,
+) {
+    let mut failed = false;
+    loop {
+        if std::mem::take(&mut failed) {
+            connection.eventloop.clean();
+        }
+        let event = match connection.recv() {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                up.store(true, Ordering::SeqCst);
+                let subs = filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), SUBSCRIBE_QOS));
+                if let Err(e) = client.try_subscribe_many(subs) {
+                    Net::Down(format!("cannot subscribe: {e}"))
+                } else {
+                    Net::Connected
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => Net::Subscribed,
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => Net::Message(p.topic, p.payload.to_vec()),
+            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => return,
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => {
+                up.store(false, Ordering::SeqCst);
+                failed = true;
+                let down = Net::Down(e.to_string());
+                if tx.send(down).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            Err(_) => return,
+        };
+        if tx.send(event).is_err() {
+            return;
+        }
+    }
 }
 
 /// Subscribes to `filters` and calls `on` for each message until it returns false or `until`.

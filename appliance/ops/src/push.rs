@@ -12,14 +12,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use rumqttc::{Client, Connection, Event, Packet, QoS};
+use rumqttc::{Client, QoS};
 use vigil_core::topic::{self, Topic};
 
-use crate::fleet::{connect, FleetArgs};
+use crate::fleet::{connect, pump, FleetArgs, Net};
 use crate::journal::{self, StateFile};
 use crate::rollout::{state_word, DeviceState, DeviceStatus, End, Plan, Rollout, Selection};
 
@@ -221,16 +221,6 @@ fn push(fleet: &FleetArgs, args: &PushArgs) -> anyhow::Result<u8> {
     link.close();
     print!("{}", report(&rollout, &path));
     Ok(rollout.exit_code())
-}
-
-/// What the network thread tells the rollout.
-enum Net {
-    /// Connected (again): the subscriptions were asked for.
-    Connected,
-    Subscribed,
-    Message(String, Vec<u8>),
-    /// The connection failed or was lost; rumqttc connects again.
-    Down(String),
 }
 
 /// Messages the network thread may hold for the rollout; it waits (and so reads no more from
@@ -442,54 +432,6 @@ impl Link {
         }
         if let Some(t) = self.thread.take().filter(|t| t.is_finished()) {
             let _ = t.join();
-        }
-    }
-}
-
-/// The network thread: polls the connection (pings, reconnections), subscribes on every
-/// connection (clean sessions), and passes on what the rollout needs. Ends when the client
-/// disconnects or the rollout is gone.
-///
-/// A command handed to the client while the connection was down must not go out on the next
-/// one: the rollout sends the devices it reached no trace of again once it has gathered their
-/// states, and a late copy would be a second command. So before each attempt to connect again,
-/// what waits in the client's queue is moved to rumqttc's pending list (`clean`), which a clean
-/// session's CONNACK empties.
-fn pump(mut connection: Connection, client: &Client, filters: &[String], tx: &SyncSender<Net>, up: &AtomicBool) {
-    let mut failed = false;
-    loop {
-        if std::mem::take(&mut failed) {
-            connection.eventloop.clean();
-        }
-        let event = match connection.recv() {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                up.store(true, Ordering::SeqCst);
-                let subs =
-                    filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), crate::fleet::SUBSCRIBE_QOS));
-                if let Err(e) = client.try_subscribe_many(subs) {
-                    Net::Down(format!("cannot subscribe: {e}"))
-                } else {
-                    Net::Connected
-                }
-            }
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => Net::Subscribed,
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => Net::Message(p.topic, p.payload.to_vec()),
-            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => return,
-            Ok(Ok(_)) => continue,
-            Ok(Err(e)) => {
-                up.store(false, Ordering::SeqCst);
-                failed = true;
-                let down = Net::Down(e.to_string());
-                if tx.send(down).is_err() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
-            }
-            Err(_) => return,
-        };
-        if tx.send(event).is_err() {
-            return;
         }
     }
 }
