@@ -141,8 +141,14 @@ impl Device {
         self.states(rig, request_id).into_iter().find(is_final).unwrap()
     }
 
+    /// `bin/slots.json`; `{}` where none was ever written (no binary was switched to: the
+    /// package alone runs, as `Slots::load` reads it).
     fn slots(&self) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(self.data.join("bin/slots.json")).unwrap()).unwrap()
+        match std::fs::read(self.data.join("bin/slots.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({}),
+            Err(e) => panic!("bin/slots.json: {e}"),
+        }
     }
 
     fn slot_binary(&self, slot: &str) -> PathBuf {
