@@ -33,12 +33,8 @@ impl TlsBroker {
         let template = std::fs::read_to_string(shipped.join("mosquitto.conf")).expect("the shipped broker config");
         for _ in 0..5 {
             let port = free_port();
-            let conf = template
-                .replace("listener 8883", &format!("listener {port} 127.0.0.1"))
-                .replace("persistence true", "persistence false")
-                .replace("/etc/mosquitto/certs/", &format!("{}/", d.display()))
-                .replace("/etc/mosquitto/vigil.acl", &shipped.join("vigil.acl").display().to_string());
-            assert!(conf.contains(&format!("listener {port}")) && conf.contains("require_certificate true"));
+            let conf = vigil_testkit::shipped_broker_conf(&template, port, d, &shipped.join("vigil.acl"), None);
+            assert!(conf.contains("require_certificate true"));
             std::fs::write(d.join("broker.conf"), conf).expect("write broker.conf");
             let log = std::fs::File::create(d.join("broker.log")).expect("broker log");
             if let Some(child) = spawn_mosquitto(&d.join("broker.conf"), port, log.into()) {

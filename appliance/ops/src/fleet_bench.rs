@@ -7,7 +7,11 @@
 //! 2. `fleet ota push` of a model to every device in the default waves, the devices answering
 //!    at once: commands per second, and every device checked successful in the state file;
 //! 3. `fleet watch +` while every device publishes an event every few seconds: CPU time per
-//!    message.
+//!    message, with the exporter beside it, scraped once it holds every device's metrics.
+//!
+//! The first two run on the shipped broker configuration as it ships (mutual TLS, each device
+//! with a certificate of its own, the ACL); the third on a plain local broker, so that its
+//! figures are the tools' own.
 //!
 //! The first size is the baseline: each figure per device is printed as a ratio to it, which
 //! stays about 1 when the cost is linear. The broker's memory and file descriptors at each size
@@ -21,6 +25,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use vigil_testkit::local_broker_conf;
 pub use vigil_testkit::LocalBroker as Broker;
+
+use crate::fleet_pki::FleetPki;
 
 #[derive(Debug, clap::Args)]
 pub struct FleetBenchArgs {
@@ -86,8 +92,9 @@ pub fn raise_file_limit() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
-/// The shipped fleet broker configuration, for its limits.
+/// The shipped fleet broker configuration and its ACL.
 const SHIPPED_CONF: &str = include_str!("../../config/mosquitto/mosquitto.conf");
+const SHIPPED_ACL: &str = include_str!("../../config/mosquitto/vigil.acl");
 
 /// mosquitto without persistence (`vigil_testkit::LocalBroker`), its log in `dir`.
 pub fn mosquitto(dir: &Path) -> anyhow::Result<Broker> {
@@ -95,23 +102,27 @@ pub fn mosquitto(dir: &Path) -> anyhow::Result<Broker> {
     Broker::mosquitto(dir, |port| local_broker_conf(port) + "persistence false\n", log.into())
 }
 
-/// mosquitto with the shipped fleet broker's limits (`appliance/config/mosquitto`: queue
-/// sizes, packet size, persistence), on a plain loopback listener without the ACL: the
-/// simulated devices speak plain MQTT and have no certificates.
-pub fn mosquitto_shipped_limits(dir: &Path) -> anyhow::Result<Broker> {
-    let mut limits = String::new();
-    for line in SHIPPED_CONF.lines().map(str::trim) {
-        if line.starts_with("listener") {
-            break;
-        }
-        let key = line.split_whitespace().next().unwrap_or("#");
-        if !key.starts_with('#') && !["allow_anonymous", "acl_file", "persistence_location"].contains(&key) {
-            limits += &format!("{line}\n");
-        }
+/// The shipped fleet broker as it ships (`appliance/config/mosquitto`: TLS only, a client
+/// certificate required and its common name the user name, the ACL, its queue and packet
+/// limits, persistence), on a free loopback port, with `pki`'s certificates and persistence in
+/// `dir`. The ACL gains one line: the operator may read `$SYS` (for [`retained`]).
+pub fn mosquitto_shipped(dir: &Path, pki: &FleetPki) -> anyhow::Result<Broker> {
+    let operator = "user operator\ntopic readwrite vigil/#\n";
+    anyhow::ensure!(SHIPPED_ACL.contains(operator), "the shipped ACL no longer has `{operator}`");
+    let acl = dir.join("vigil.acl");
+    std::fs::write(&acl, SHIPPED_ACL.replace(operator, &format!("{operator}topic read $SYS/#\n")))?;
+    use std::os::unix::fs::PermissionsExt;
+    // mosquitto started as root reads its files, and keeps its database, as its own user.
+    for path in [dir, pki.dir(), &acl] {
+        let mode = if path.is_dir() { 0o777 } else { 0o644 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     }
-    limits += &format!("persistence_location {}/\n", dir.display());
     let log = std::fs::File::create(dir.join("mosquitto.log"))?;
-    Broker::mosquitto(dir, |port| format!("listener {port} 127.0.0.1\nallow_anonymous true\n{limits}"), log.into())
+    Broker::mosquitto(
+        dir,
+        |port| vigil_testkit::shipped_broker_conf(SHIPPED_CONF, port, pki.dir(), &acl, Some(dir)),
+        log.into(),
+    )
 }
 
 /// rumqttd (the rumqtt project's broker, installed by `make setup` from crates.io): a second
@@ -165,12 +176,21 @@ pub fn footprint(broker: &Broker) -> (u64, u64, usize) {
 }
 
 /// The retained messages mosquitto holds: its `$SYS` topic at its next update (every 10 s; the
-/// retained value a new subscription gets first may be older than the fleet).
-pub fn retained(broker: &Broker) -> Option<u64> {
-    let out = Command::new("mosquitto_sub")
-        .args(["-p", &broker.port.to_string(), "-t", "$SYS/broker/retained messages/count", "-C", "2", "-W", "25"])
-        .output()
-        .ok()?;
+/// retained value a new subscription gets first may be older than the fleet). Asked as the
+/// operator on a broker with `pki`'s certificates.
+pub fn retained(broker: &Broker, pki: Option<&FleetPki>) -> Option<u64> {
+    let mut sub = Command::new("mosquitto_sub");
+    sub.args(["-h", "127.0.0.1", "-p", &broker.port.to_string()]);
+    if let Some(pki) = pki {
+        let file = |name: &str| pki.dir().join(name);
+        sub.arg("--cafile")
+            .arg(pki.ca())
+            .arg("--cert")
+            .arg(file("operator.pem"))
+            .arg("--key")
+            .arg(file("operator.key"));
+    }
+    let out = sub.args(["-t", "$SYS/broker/retained messages/count", "-C", "2", "-W", "25"]).output().ok()?;
     String::from_utf8_lossy(&out.stdout).lines().last()?.trim().parse().ok()
 }
 
@@ -245,6 +265,27 @@ impl Drop for Sim {
     }
 }
 
+/// Restarts the broker with `devices` connected and waits (up to 10 min) until its log shows
+/// every one connected again: how long that took. The simulated devices try again 0.5 s after
+/// a failure, so they all come back at once, as a fleet does after a broker restart.
+fn reconnection_storm(broker: &mut Broker, dir: &Path, devices: usize) -> anyhow::Result<Duration> {
+    let path = dir.join("mosquitto-restart.log");
+    let started = Instant::now();
+    broker.restart(std::fs::File::create(&path)?.into())?;
+    loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if log.matches("New client connected from").count() >= devices {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "not every device connected again within 10 min of the broker's restart (see {})",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// One size's figures.
 struct Row {
     devices: usize,
@@ -253,6 +294,10 @@ struct Row {
     push: Cost,
     watch: Cost,
     watched: usize,
+    /// The fleet's connections made (mutual TLS), each device's status retained.
+    up: Duration,
+    /// From the broker's restart until every device had connected again.
+    storm: Duration,
     broker: (u64, u64, usize),
     retained: Option<u64>,
     /// The exporter: a scrape's median duration, its size in bytes, resident KiB.
@@ -332,22 +377,30 @@ fn one_size(exe: &Path, dir: &Path, n: usize) -> anyhow::Result<Row> {
     let here = dir.join(format!("n{n}"));
     std::fs::create_dir_all(&here)?;
     println!("== {n} devices");
-    let broker = mosquitto_shipped_limits(&here)?;
-    let url = broker.url();
     let started = Instant::now();
-    let sim = Sim::start(exe, &url, n, &here, &[])?;
+    let pki = FleetPki::make(&here.join("pki"), "sim", n)?;
+    println!("  {n} device certificates made in {:.1} s", started.elapsed().as_secs_f64());
+    let mut broker = mosquitto_shipped(&here, &pki)?;
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let operator = pki.operator_args();
+    let started = Instant::now();
+    let sim_args = pki.sim_args();
+    let sim = Sim::start(exe, &url, n, &here, &sim_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let up = started.elapsed();
     let sim_mib = crate::bench::resident_memory(sim.pid()).map_or(0, |(rss, _)| rss);
     println!(
-        "  fleet up in {:.1} s; fleet-sim resident {sim_mib} MiB ({:.0} KiB per device)",
-        started.elapsed().as_secs_f64(),
+        "  fleet up (mutual TLS) in {:.1} s; fleet-sim resident {sim_mib} MiB ({:.0} KiB per device)",
+        up.as_secs_f64(),
         sim_mib as f64 * 1024.0 / n as f64
     );
     let broker_up = footprint(&broker);
-    let retained = retained(&broker);
+    let retained = retained(&broker, Some(&pki));
 
     let started = Instant::now();
     let mut list = Command::new(exe)
-        .args(["fleet", "--broker", &url, "list"])
+        .args(["fleet", "--broker", &url])
+        .args(&operator)
+        .arg("list")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -360,12 +413,16 @@ fn one_size(exe: &Path, dir: &Path, n: usize) -> anyhow::Result<Row> {
     let state = here.join("push.json");
     let started = Instant::now();
     let mut push = Command::new(exe)
-        .args(["fleet", "--broker", &url, "ota", "push", "shapes", "1.0.1", "--state"])
+        .args(["fleet", "--broker", &url])
+        .args(&operator)
+        .args(["ota", "push", "shapes", "1.0.1", "--state"])
         .arg(&state)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(here.join("push.err"))?)
         .spawn()?;
     let push_cost = wait_cost(&mut push, started, Duration::from_secs(600))?;
+    let storm = reconnection_storm(&mut broker, &here, n)?;
+    println!("  broker restarted: every device connected again (mutual TLS) within {:.1} s", storm.as_secs_f64());
     let rollout = crate::journal::load(&state).map_err(anyhow::Error::msg)?;
     let successful = rollout.devices.values().filter(|d| d.state == crate::rollout::DeviceState::Successful).count();
     let report = sim.finish()?;
@@ -432,6 +489,8 @@ fn one_size(exe: &Path, dir: &Path, n: usize) -> anyhow::Result<Row> {
         push: push_cost,
         watch: watch_cost,
         watched,
+        up,
+        storm,
         broker: broker_up,
         retained,
         exporter: exporter_figures,
@@ -523,12 +582,14 @@ fn print_rows(rows: &[Row]) {
             .collect(),
     );
     table(
-        "mosquitto with the whole fleet connected (the shipped configuration's limits, a plain listener):",
-        &["devices", "resident MiB", "fds", "retained"],
+        "mosquitto as shipped (mutual TLS, the ACL) with the whole fleet connected:",
+        &["devices", "fleet up s", "restart: all back s", "resident MiB", "fds", "retained"],
         rows.iter()
             .map(|r| {
                 vec![
                     r.devices.to_string(),
+                    format!("{:.1}", r.up.as_secs_f64()),
+                    format!("{:.1}", r.storm.as_secs_f64()),
                     mib(r.broker.0),
                     r.broker.2.to_string(),
                     r.retained.map_or("?".to_owned(), |n| n.to_string()),

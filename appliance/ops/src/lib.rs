@@ -8,6 +8,7 @@ pub mod bench;
 pub mod exporter;
 pub mod fleet;
 pub mod fleet_bench;
+pub mod fleet_pki;
 pub mod footprint;
 pub mod journal;
 pub mod push;

@@ -16,9 +16,9 @@
 //! Each command's `sent` record is on disk before the command goes out (`journal.rs`), so a
 //! rollout interrupted anywhere — the operator's machine restarting included — goes on from its
 //! state file: a device the command may have reached is followed through its retained `ota`
-//! topic (every device of a rollout gets the same request id), and sent again only when its topic
-//! shows no trace of it. The same holds after the tool's connection to the broker is lost
-//! ([`Rollout::requeue_sent`]).
+//! topic (every device of a rollout gets the same request id), and sent again only when neither
+//! its topic nor an answer within [`RESEND_GRACE`] shows a trace of it. The same holds after the
+//! tool's connection to the broker is lost ([`Rollout::requeue_sent`]).
 //!
 //! Messages are taken in one at a time; [`Rollout::step`] looks at every device and is meant to
 //! run once per batch of messages (`push.rs` batches them), so a rollout costs O(N) per batch
@@ -38,6 +38,12 @@ pub const SCHEMA: u32 = 1;
 /// How long a device has to answer `ota/apply` (its reply or its first `ota` state) before it
 /// counts as unreached.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a device sent the command by an earlier run (or before the connection was lost) has
+/// to show that it took it, once the retained `ota` topics are gathered again, before it is sent
+/// the command again. A command the broker had accepted may still be queued for the device, or
+/// the device slow to answer: resending at once commanded such devices twice.
+pub const RESEND_GRACE: Duration = Duration::from_secs(10);
 
 /// One wave: how many devices have been sent the update once it has started.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -289,9 +295,16 @@ pub struct Rollout {
     /// Whether each device is online now (from the retained statuses; not kept).
     #[serde(skip)]
     online: BTreeSet<String>,
-    /// Devices to send the command again (a resumed rollout's `sent` devices without a trace).
+    /// Devices to send the command again at the next step.
     #[serde(skip)]
     resend: BTreeSet<String>,
+    /// Devices sent the command by an earlier run or before a reconnection that have shown no
+    /// trace of it: moved to `resend` once [`RESEND_GRACE`] has passed since `unconfirmed_since`
+    /// (the first step after they were gathered).
+    #[serde(skip)]
+    unconfirmed: BTreeSet<String>,
+    #[serde(skip)]
+    unconfirmed_since: Option<SystemTime>,
     /// Lines for the operator, taken with [`Rollout::take_notes`].
     #[serde(skip)]
     notes: Vec<String>,
@@ -384,6 +397,8 @@ impl Rollout {
             changed: BTreeSet::new(),
             online: BTreeSet::new(),
             resend: BTreeSet::new(),
+            unconfirmed: BTreeSet::new(),
+            unconfirmed_since: None,
             notes: Vec::new(),
         };
         for (id, s) in statuses {
@@ -416,8 +431,9 @@ impl Rollout {
     }
 
     /// Goes on with a rollout read from its state file: unreached devices are tried again,
-    /// devices sent the command are sent it again unless their `ota` topic shows it (fed in
-    /// before the next [`Rollout::step`]), and a raised `max_failures` lifts an abort it caused.
+    /// devices sent the command are sent it again unless their `ota` topic (fed in before the
+    /// next [`Rollout::step`]) or an answer within [`RESEND_GRACE`] shows it, and a raised
+    /// `max_failures` lifts an abort it caused.
     pub fn resume(&mut self, max_failures: Option<u32>, device_timeout: Option<Duration>) {
         if let Some(m) = max_failures {
             self.max_failures = m;
@@ -444,11 +460,12 @@ impl Rollout {
                     }
                 }
                 DeviceState::Sent => {
-                    self.resend.insert(id.clone());
+                    self.unconfirmed.insert(id.clone());
                 }
                 _ => {}
             }
         }
+        self.unconfirmed_since = None;
     }
 
     /// Takes in one message from the broker: a device's status, its `ota` state, or its reply.
@@ -506,6 +523,7 @@ impl Rollout {
         }
         d.waiting = false;
         self.resend.remove(id);
+        self.unconfirmed.remove(id);
         self.changed.insert(id.to_owned());
         let phase = v["state"].as_str().unwrap_or("?");
         if let Some(lost) = v["detail"]["frames_lost_at_swap"].as_u64() {
@@ -549,6 +567,7 @@ impl Rollout {
             return;
         }
         self.resend.remove(id);
+        self.unconfirmed.remove(id);
         self.changed.insert(id.to_owned());
         if v["ok"] == true {
             d.state = DeviceState::Updating;
@@ -596,7 +615,8 @@ impl Rollout {
         let device_timeout = Duration::from_secs(self.device_timeout_s);
         for (id, d) in &mut self.devices {
             let since = d.sent_at.and_then(|t| now.duration_since(t).ok()).unwrap_or_default();
-            if d.state == DeviceState::Sent && since >= REPLY_TIMEOUT && !self.resend.contains(id) {
+            let resending = self.resend.contains(id) || self.unconfirmed.contains(id);
+            if d.state == DeviceState::Sent && since >= REPLY_TIMEOUT && !resending {
                 let why = format!(
                     "no answer to ota/apply within {} s (offline, or not subscribed yet): retried at the next run",
                     REPLY_TIMEOUT.as_secs()
@@ -630,6 +650,21 @@ impl Rollout {
             );
             self.notes.push(format!("aborting: {why}"));
             self.aborting = Some(why);
+        }
+        if !self.unconfirmed.is_empty() {
+            let since = *self.unconfirmed_since.get_or_insert_with(|| {
+                self.notes.push(format!(
+                    "{} devices were sent the command before and show no trace of it yet: they are sent it \
+                     again unless they answer within {} s",
+                    self.unconfirmed.len(),
+                    RESEND_GRACE.as_secs()
+                ));
+                now
+            });
+            if now.duration_since(since).unwrap_or_default() >= RESEND_GRACE {
+                self.resend.append(&mut self.unconfirmed);
+                self.unconfirmed_since = None;
+            }
         }
         let mut sends: Vec<String> = self.resend.iter().cloned().collect();
         self.resend.clear();
@@ -709,16 +744,17 @@ impl Rollout {
     }
 
     /// After the connection to the broker was lost and made again: the devices sent the command
-    /// that have not been seen to take it are sent it again at the next [`Rollout::step`] (a
-    /// command handed to the MQTT client may not have left before the connection went, and a
-    /// clean session drops it). Call it once the retained `ota` topics have been gathered again,
-    /// so that those that did take it are followed instead.
+    /// that have not been seen to take it are sent it again unless they answer within
+    /// [`RESEND_GRACE`] (a command handed to the MQTT client may not have left before the
+    /// connection went, and a clean session drops it). Call it once the retained `ota` topics
+    /// have been gathered again, so that those that did take it are followed instead.
     pub fn requeue_sent(&mut self) {
         for (id, d) in &self.devices {
             if d.state == DeviceState::Sent {
-                self.resend.insert(id.clone());
+                self.unconfirmed.insert(id.clone());
             }
         }
+        self.unconfirmed_since = None;
     }
 
     /// The command to `id` was handed to the MQTT client at `now`: its reply timeout runs from
@@ -1026,24 +1062,28 @@ mod tests {
     fn a_resumed_rollout_follows_devices_that_took_the_command_and_sends_it_again_to_the_others() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("push.json");
-        let mut r = rollout(&fleet(3), "2,100%", 0);
-        assert_eq!(r.step(at(0)), ["dev-1", "dev-2"]);
+        let mut r = rollout(&fleet(4), "3,100%", 0);
+        assert_eq!(r.step(at(0)), ["dev-1", "dev-2", "dev-3"]);
         r.save(&path).unwrap();
         let mut again = Rollout::load(&path).unwrap();
         assert_eq!(serde_json::to_value(&again).unwrap(), serde_json::to_value(&r).unwrap());
         again.resume(None, None);
         // Retained `ota` states as a new subscription sees them: dev-1 took this rollout's
-        // command, dev-2 shows an older update.
+        // command, dev-2 shows an older update, dev-3 nothing yet.
         ota(&mut again, "dev-1", "push-1", "downloading", 40);
         ota(&mut again, "dev-2", "push-0", "successful", 40);
-        for id in ["dev-1", "dev-2", "dev-3"] {
+        for id in ["dev-1", "dev-2", "dev-3", "dev-4"] {
             again.on_message(&format!("vigil/{id}/status"), br#"{"state": "online"}"#, at(40));
         }
-        assert_eq!(again.step(at(41)), ["dev-2"], "sent again to dev-2 only, and no new wave");
-        assert_eq!(again.devices["dev-2"].sent_at, Some(at(41)));
-        assert!(again.step(at(70)).is_empty(), "dev-2's reply timeout runs from the new send");
+        assert!(again.step(at(41)).is_empty(), "the earlier commands may still be on their way");
+        // dev-3's command was still queued at the broker: it answers late, and is not sent again.
+        reply(&mut again, "dev-3", true, 45);
+        assert!(again.step(at(50)).is_empty());
+        assert_eq!(again.step(at(51)), ["dev-2"], "sent again to dev-2 only, and no new wave");
+        assert_eq!(again.devices["dev-2"].sent_at, Some(at(51)));
+        assert!(again.step(at(80)).is_empty(), "dev-2's reply timeout runs from the new send");
         assert_eq!(state(&again, "dev-2"), DeviceState::Sent);
-        again.step(at(71));
+        again.step(at(81));
         assert_eq!(state(&again, "dev-2"), DeviceState::Unreached, "no answer to the second send within 30 s");
     }
 
@@ -1076,13 +1116,14 @@ mod tests {
         // `ota` message of this rollout has not arrived yet when the command goes again.
         let mut again: Rollout = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
         again.resume(None, None);
-        assert_eq!(again.step(at(10)), ["dev-1"]);
-        busy(&mut again, "dev-1", 11);
+        assert!(again.step(at(10)).is_empty());
+        assert_eq!(again.step(at(20)), ["dev-1"]);
+        busy(&mut again, "dev-1", 21);
         assert_eq!((state(&again, "dev-1"), again.failures()), (DeviceState::Updating, 0), "not refused");
-        ota(&mut again, "dev-1", "push-1", "canary", 12);
+        ota(&mut again, "dev-1", "push-1", "canary", 22);
         assert!(!again.devices["dev-1"].waiting, "its own update: followed");
-        ota(&mut again, "dev-1", "push-1", "successful", 13);
-        again.step(at(14));
+        ota(&mut again, "dev-1", "push-1", "successful", 23);
+        again.step(at(24));
         assert_eq!((state(&again, "dev-1"), again.end.clone()), (DeviceState::Successful, Some(End::Complete)));
     }
 

@@ -5,6 +5,10 @@
 //! takes, and which devices fail, never answer or are offline, are options; the choice of
 //! devices is a hash of the seed and the device id, so a run can be repeated.
 //!
+//! On an `mqtts://` broker each device presents its own client certificate, whose common name is
+//! its device id, as the shipped fleet broker requires (appliance/config/mosquitto: the CN is
+//! the user name its ACL confines to `vigil/<id>/`); `fleet-bench` and the tests make them.
+//!
 //! It prints `READY <n>` on stdout once every device has connected and its status has been
 //! acknowledged by the broker, and runs until its standard input closes (or SIGTERM), then
 //! writes its report: every command each device received.
@@ -24,9 +28,20 @@ use vigil_core::topic;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
-    /// The broker (plain MQTT): mqtt://host:port.
+    /// The broker: mqtt://host:port, or mqtts://host:port with --ca, --device-certs and
+    /// --device-key.
     #[arg(long, env = "VIGIL_FLEET_BROKER", default_value = "mqtt://127.0.0.1:1883")]
     pub broker: String,
+    /// For mqtts://: the CA certificate (PEM) that the broker's certificate is checked against.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// For mqtts://: the devices' certificates (PEM), one per device in the order of their ids
+    /// (the first for `<prefix>-00001`), each with its device id as common name.
+    #[arg(long)]
+    pub device_certs: Option<PathBuf>,
+    /// For mqtts://: the private key (PEM) of every certificate in --device-certs.
+    #[arg(long)]
+    pub device_key: Option<PathBuf>,
     /// How many devices.
     #[arg(long, default_value_t = 100)]
     pub devices: usize,
@@ -94,6 +109,56 @@ struct Shared {
     seen: Mutex<BTreeMap<String, Seen>>,
     ready: AtomicUsize,
     reconnections: AtomicUsize,
+    tls: Option<Tls>,
+}
+
+/// What devices present on an `mqtts://` broker.
+struct Tls {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    roots: Arc<rustls::RootCertStore>,
+    /// One per device, in the order of their ids.
+    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl Tls {
+    fn load(args: &SimArgs) -> anyhow::Result<Self> {
+        let need = |p: &Option<PathBuf>, name: &str| {
+            p.clone().with_context(|| format!("an mqtts:// broker needs {name} (see fleet-sim --help)"))
+        };
+        let (ca, certs, key) = (
+            need(&args.ca, "--ca")?,
+            need(&args.device_certs, "--device-certs")?,
+            need(&args.device_key, "--device-key")?,
+        );
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut read(&ca)?.as_slice()) {
+            roots.add(cert.with_context(|| ca.display().to_string())?)?;
+        }
+        let certs = rustls_pemfile::certs(&mut read(&certs)?.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| certs.display().to_string())?;
+        anyhow::ensure!(
+            certs.len() >= args.devices,
+            "--device-certs holds {} certificates for {} devices: one per device",
+            certs.len(),
+            args.devices
+        );
+        let key = rustls_pemfile::private_key(&mut read(&key)?.as_slice())
+            .with_context(|| key.display().to_string())?
+            .with_context(|| format!("{} holds no private key", key.display()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Ok(Self { provider, roots: Arc::new(roots), certs, key })
+    }
+
+    /// The TLS client configuration of device `index` (from 0).
+    fn config(&self, index: usize) -> anyhow::Result<rustls::ClientConfig> {
+        Ok(rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(self.roots.clone())
+            .with_client_auth_cert(vec![self.certs[index].clone()], self.key.clone_key())?)
+    }
 }
 
 /// A device id's draw from `[0, 1)` for `what`, from the seed.
@@ -105,11 +170,11 @@ fn draw(seed: u64, id: &str, what: &str) -> f64 {
 
 pub fn run(args: &SimArgs) -> anyhow::Result<u8> {
     let url = vigil_config::BrokerUrl::parse(&args.broker).map_err(|e| anyhow::anyhow!("--broker: {e}"))?;
-    anyhow::ensure!(!url.tls, "fleet-sim speaks plain MQTT only (mqtt://): it is for local brokers");
     for (name, v) in [("--fail", args.fail), ("--silent", args.silent), ("--offline", args.offline)] {
         anyhow::ensure!((0.0..=1.0).contains(&v), "{name} is a share of the devices, from 0 to 1: {v}");
     }
     anyhow::ensure!(args.connect_rate > 0, "--connect-rate must be at least 1");
+    let tls = if url.tls { Some(Tls::load(args)?) } else { None };
     let shared = Arc::new(Shared {
         args: args.clone(),
         host: url.host,
@@ -117,6 +182,7 @@ pub fn run(args: &SimArgs) -> anyhow::Result<u8> {
         seen: Mutex::new(BTreeMap::new()),
         ready: AtomicUsize::new(0),
         reconnections: AtomicUsize::new(0),
+        tls,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
     runtime.block_on(fleet(shared.clone()))?;
@@ -136,9 +202,16 @@ async fn fleet(shared: Arc<Shared>) -> anyhow::Result<()> {
     let gap = Duration::from_secs(1) / shared.args.connect_rate;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 1..=n {
-        let id = format!("{}-{i:05}", shared.args.prefix);
+        let id = device_id(&shared.args.prefix, i);
         shared.seen.lock().unwrap().insert(id.clone(), Seen::default());
-        tasks.spawn(device(shared.clone(), id));
+        let mut opts = MqttOptions::new(id.clone(), shared.host.clone(), shared.port);
+        if let Some(tls) = &shared.tls {
+            let config = tls.config(i - 1).with_context(|| format!("{id}'s TLS client configuration"))?;
+            opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(
+                config,
+            ))));
+        }
+        tasks.spawn(device(shared.clone(), id, opts));
         if !gap.is_zero() {
             tokio::time::sleep(gap).await;
         }
@@ -160,6 +233,11 @@ async fn fleet(shared: Arc<Shared>) -> anyhow::Result<()> {
     }
     tasks.abort_all();
     Ok(())
+}
+
+/// The id of the `i`th device (from 1): `<prefix>-00001`, ….
+pub fn device_id(prefix: &str, i: usize) -> String {
+    format!("{prefix}-{i:05}")
 }
 
 /// The retained status, as vigil publishes it.
@@ -331,10 +409,9 @@ fn metrics_payload(id: &str, uptime_s: u64, frames: u64) -> serde_json::Value {
     })
 }
 
-async fn device(shared: Arc<Shared>, id: String) {
+async fn device(shared: Arc<Shared>, id: String, mut opts: MqttOptions) {
     let args = &shared.args;
     let running = (args.vigil_version.clone(), args.model.clone(), args.model_version.clone());
-    let mut opts = MqttOptions::new(id.clone(), shared.host.clone(), shared.port);
     // A small footprint per connection: thousands share one process.
     opts.set_keep_alive(Duration::from_secs(60)).set_inflight(8).set_max_packet_size(64 << 10, 64 << 10);
     let offline = status(&id, "offline", &running.0, &running.1, &running.2);

@@ -1,18 +1,21 @@
 //! `vigil-ops fleet ota push` against simulated fleets (`vigil-ops fleet-sim`: each device its
 //! own MQTT connection, retained status and `ota` states) on a real mosquitto: every device
 //! commanded exactly once in a large fleet; the tool killed in the big wave and run again; an
-//! abort at `--max-failures`; the tool's connection cut by the broker mid-rollout. The kill and
-//! the abort also run on rumqttd, with a rollout and `fleet list`, so that nothing depends on
-//! mosquitto's ways.
+//! abort at `--max-failures`; the tool's connection cut by the broker mid-rollout. The kill, the
+//! abort and the cut also run on rumqttd, with a rollout and `fleet list`, so that nothing
+//! depends on mosquitto's ways; and a rollout and `fleet list` run on the broker configuration
+//! as shipped (mutual TLS, a certificate per device, the ACL).
 //!
 //! 10 000 devices (each its own connection, on this 2-core machine with the broker and the tool)
-//! for exactly-once delivery; the other scenarios need fewer. All six take about 30 s together.
+//! for exactly-once delivery; the other scenarios need fewer. All seven take about 45 s together
+//! on an idle machine.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vigil_ops::fleet_bench::{raise_file_limit, rumqttd, Broker, Sim};
+use vigil_ops::fleet_bench::{mosquitto_shipped, raise_file_limit, rumqttd, Broker, Sim};
+use vigil_ops::fleet_pki::FleetPki;
 use vigil_ops::journal;
 use vigil_ops::rollout::{DeviceState, End, Rollout};
 
@@ -24,12 +27,16 @@ struct Fleet {
     dir: tempfile::TempDir,
     broker: Broker,
     sim: Option<Sim>,
+    /// The certificates, on the broker as shipped.
+    pki: Option<FleetPki>,
 }
 
-/// Which broker a scenario runs on: mosquitto, or a second implementation.
+/// Which broker a scenario runs on: mosquitto, mosquitto as shipped (mutual TLS, every device
+/// its own certificate, the ACL), or a second implementation.
 #[derive(Clone, Copy)]
 enum On {
     Mosquitto,
+    Shipped,
     Rumqttd,
 }
 
@@ -41,12 +48,36 @@ impl Fleet {
     fn start_on(on: On, devices: usize, sim_args: &[&str]) -> Self {
         raise_file_limit();
         let dir = tempfile::tempdir().unwrap();
-        let broker = match on {
-            On::Mosquitto => Broker::start(dir.path()).unwrap(),
-            On::Rumqttd => rumqttd(dir.path(), devices + 8).unwrap(),
+        let pki = matches!(on, On::Shipped).then(|| FleetPki::make(&dir.path().join("pki"), "sim", devices).unwrap());
+        let broker = match (on, &pki) {
+            (On::Mosquitto, _) => Broker::start(dir.path()).unwrap(),
+            (On::Shipped, Some(pki)) => mosquitto_shipped(dir.path(), pki).unwrap(),
+            (On::Rumqttd, _) => rumqttd(dir.path(), devices + 8).unwrap(),
+            (On::Shipped, None) => unreachable!("made above"),
         };
-        let sim = Sim::start(&exe(), &broker.url(), devices, dir.path(), sim_args).unwrap();
-        Self { dir, broker, sim: Some(sim) }
+        let mut fleet = Self { dir, broker, sim: None, pki };
+        let mut args: Vec<String> = fleet.pki.as_ref().map(FleetPki::sim_args).unwrap_or_default();
+        args.extend(sim_args.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fleet.sim = Some(Sim::start(&exe(), &fleet.url(), devices, fleet.dir.path(), &args).unwrap());
+        fleet
+    }
+
+    fn url(&self) -> String {
+        match self.pki {
+            Some(_) => format!("mqtts://127.0.0.1:{}", self.broker.port),
+            None => self.broker.url(),
+        }
+    }
+
+    /// `vigil-ops fleet` with the broker's options (the operator's certificate where needed).
+    fn tool(&self) -> Command {
+        let mut tool = Command::new(exe());
+        tool.args(["fleet", "--broker", &self.url()]);
+        if let Some(pki) = &self.pki {
+            tool.args(pki.operator_args());
+        }
+        tool
     }
 
     fn state(&self) -> PathBuf {
@@ -59,8 +90,8 @@ impl Fleet {
 
     /// `fleet ota push shapes 1.0.1` with `extra`, its stderr in `log`.
     fn push(&self, extra: &[&str], log: &str) -> Child {
-        Command::new(exe())
-            .args(["fleet", "--broker", &self.broker.url(), "ota", "push", "shapes", "1.0.1", "--state"])
+        self.tool()
+            .args(["ota", "push", "shapes", "1.0.1", "--state"])
             .arg(self.state())
             .args(extra)
             .stdout(Stdio::null())
@@ -152,6 +183,7 @@ fn a_rollout_killed_in_the_big_wave_goes_on_when_run_again_and_commands_no_devic
 fn the_same_through_rumqttd() {
     killed_in_the_big_wave(On::Rumqttd);
     aborted_at_max_failures(On::Rumqttd);
+    connection_cut(On::Rumqttd);
 }
 
 fn killed_in_the_big_wave(on: On) {
@@ -202,8 +234,12 @@ fn aborted_at_max_failures(on: On) {
 
 #[test]
 fn a_rollout_whose_connection_the_broker_cuts_reconnects_and_goes_on() {
+    connection_cut(On::Mosquitto);
+}
+
+fn connection_cut(on: On) {
     let n = 2000;
-    let mut fleet = Fleet::start(n, &["--step", "100ms"]);
+    let mut fleet = Fleet::start_on(on, n, &["--step", "100ms"]);
     let id = format!("operator-{}", std::process::id());
     let mut push = fleet.push(&["--client-id", &id], "push.err");
     wait_for_line(&fleet, "push.err", "wave 3/3");
@@ -232,12 +268,17 @@ fn a_rollout_whose_connection_the_broker_cuts_reconnects_and_goes_on() {
 
 #[test]
 fn a_rollout_and_the_fleet_list_work_the_same_through_a_second_broker_rumqttd() {
-    raise_file_limit();
-    let n = 1000;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = rumqttd(dir.path(), n + 8).unwrap();
-    let mut fleet = Fleet { sim: Some(Sim::start(&exe(), &broker.url(), n, dir.path(), &[]).unwrap()), broker, dir };
-    let out = Command::new(exe()).args(["fleet", "--broker", &fleet.broker.url(), "list"]).output().unwrap();
+    rollout_and_list(On::Rumqttd, 1000);
+}
+
+#[test]
+fn a_rollout_and_the_fleet_list_work_on_the_broker_as_shipped_with_mutual_tls_and_its_acl() {
+    rollout_and_list(On::Shipped, 500);
+}
+
+fn rollout_and_list(on: On, n: usize) {
+    let mut fleet = Fleet::start_on(on, n, &[]);
+    let out = fleet.tool().arg("list").output().unwrap();
     let listed = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(" online ")).count();
     assert_eq!(listed, n, "{}", String::from_utf8_lossy(&out.stderr));
     let mut push = fleet.push(&[], "push.err");

@@ -35,6 +35,29 @@ pub fn local_broker_conf(port: u16) -> String {
     format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n")
 }
 
+/// The shipped fleet broker configuration (appliance/config/mosquitto/mosquitto.conf, given as
+/// `template`) for a test or benchmark: its listener on loopback `port`, its certificates read
+/// from `certs` (the names the template gives them: fleet-ca.pem, broker.pem, broker.key), its
+/// ACL from `acl`, persistence in `persistence` or off. Everything else stays as shipped. Panics
+/// if the template no longer has a setting it replaces: the caller would test something else.
+pub fn shipped_broker_conf(template: &str, port: u16, certs: &Path, acl: &Path, persistence: Option<&Path>) -> String {
+    let mut conf = template.to_owned();
+    let mut replace = |from: &str, to: &str| {
+        assert!(conf.contains(from), "the shipped broker configuration no longer has `{from}`");
+        conf = conf.replace(from, to);
+    };
+    replace("listener 8883", &format!("listener {port} 127.0.0.1"));
+    replace("/etc/mosquitto/certs/", &format!("{}/", certs.display()));
+    replace("/etc/mosquitto/vigil.acl", &acl.display().to_string());
+    match persistence {
+        Some(dir) => {
+            replace("persistence_location /var/lib/mosquitto/", &format!("persistence_location {}/", dir.display()))
+        }
+        None => replace("persistence true", "persistence false"),
+    }
+    conf
+}
+
 /// Starts mosquitto on the configuration `conf` and waits (up to 5 s) for it to listen on
 /// `port`. `None` if it exited or never listened (e.g. another process took the port).
 pub fn spawn_mosquitto(conf: &Path, port: u16, log: Stdio) -> Option<Child> {
@@ -90,6 +113,8 @@ pub fn copy_bundle(from: &Path, to: &Path) -> std::io::Result<()> {
 pub struct LocalBroker {
     child: Child,
     pub port: u16,
+    /// The configuration file of a mosquitto started here (for [`LocalBroker::restart`]).
+    conf: Option<PathBuf>,
 }
 
 impl LocalBroker {
@@ -105,12 +130,22 @@ impl LocalBroker {
         let path = dir.join("mosquitto.conf");
         std::fs::write(&path, conf(port))?;
         let child = spawn_mosquitto(&path, port, log).context("mosquitto did not start")?;
-        Ok(Self { child, port })
+        Ok(Self { child, port, conf: Some(path) })
     }
 
     /// Another broker's process, already listening on `port`.
     pub fn adopt(child: Child, port: u16) -> Self {
-        Self { child, port }
+        Self { child, port, conf: None }
+    }
+
+    /// Kills mosquitto and starts it again on the same port and configuration, its log to
+    /// `log`: a broker restart, every client cut off at once.
+    pub fn restart(&mut self, log: Stdio) -> anyhow::Result<()> {
+        let conf = self.conf.clone().context("only a mosquitto started by LocalBroker::mosquitto restarts")?;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_mosquitto(&conf, self.port, log).context("mosquitto did not start again")?;
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {
