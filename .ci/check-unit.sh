@@ -2,7 +2,9 @@
 # Checks vigil's systemd unit offline (no systemd as PID 1 needed):
 # - `systemd-analyze verify` prints nothing (it exits 0 on unknown keys and typos, so any output
 #   fails); ExecStart and ExecStartPre must exist, so a copy pointing at the built binary is verified;
-# - `systemd-analyze security --offline=yes` rates its exposure at most 2.0.
+# - `systemd-analyze security --offline=yes` rates its exposure at most 2.0;
+# - its ConfigurationDirectoryMode= is the mode the packages give /etc/vigil (the .deb's postinst,
+#   the Yocto recipe): where they differ, systemd logs so at every start.
 set -euo pipefail
 unit=appliance/vigil/package/vigil.service
 binary=${1:-target/debug/vigil}
@@ -27,4 +29,14 @@ if ! awk -v e="$exposure" -v m="$max_exposure" 'BEGIN { exit !(e <= m) }'; then
   grep '✗' <<<"$report" >&2 || true
   exit 1
 fi
-echo "check-unit: $unit verifies cleanly; exposure $exposure (at most $max_exposure)"
+modes=(
+  "$(sed -n 's/^ConfigurationDirectoryMode=\([0-7]*\)$/\1/p' "$unit")"
+  "$(sed -n 's#^ *chmod \([0-7]*\) /etc/vigil$#\1#p' appliance/vigil/package/debian/postinst)"
+  "$(sed -n 's#^ *install -d -m \([0-7]*\) .*{sysconfdir}/vigil$#\1#p' yocto/meta-vigil/recipes-vigil/vigil/vigil_git.bb)"
+)
+if [[ -z ${modes[0]} || ${modes[0]} != "${modes[1]}" || ${modes[0]} != "${modes[2]}" ]]; then
+  echo "check-unit: /etc/vigil's mode: unit ConfigurationDirectoryMode=${modes[0]:-(none)}, .deb postinst" \
+       "${modes[1]:-(none)}, Yocto recipe ${modes[2]:-(none)}: make them one" >&2
+  exit 1
+fi
+echo "check-unit: $unit verifies cleanly; exposure $exposure (at most $max_exposure); /etc/vigil ${modes[0]}"
