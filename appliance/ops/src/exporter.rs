@@ -88,9 +88,16 @@ fn rendered_part(mut m: Value) -> Value {
     m
 }
 
-/// A label value as the text format wants it: `\`, `"` and newlines escaped.
-fn escape(v: &str) -> String {
-    v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
+/// Appends a label value as the text format wants it: `\`, `"` and newlines escaped.
+fn escape_into(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str(r"\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str(r"\n"),
+            c => out.push(c),
+        }
+    }
 }
 
 /// Writes one family's header, then its samples.
@@ -104,9 +111,21 @@ impl Family<'_> {
         Family { out }
     }
 
+    /// One sample, written straight into the text (a scrape of 10 000 devices writes about
+    /// 400 000 of them).
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
-        let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
+        self.out.push_str(name);
+        self.out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                self.out.push(',');
+            }
+            self.out.push_str(k);
+            self.out.push_str("=\"");
+            escape_into(self.out, v);
+            self.out.push('"');
+        }
+        let _ = writeln!(self.out, "}} {value}");
     }
 }
 
@@ -170,7 +189,7 @@ fn render(view: &FleetView) -> String {
     }
     let mut f = Family::head(&mut out, "vigil_camera_state", "gauge", "1 for the camera's current state (status).");
     for (id, d) in &view.devices {
-        let listed = d.status.as_ref().and_then(|s| s["cameras"].as_array().cloned()).unwrap_or_default();
+        let listed = d.status.as_ref().and_then(|s| s["cameras"].as_array()).map_or(&[][..], Vec::as_slice);
         for c in listed {
             let (camera, state) = (c["id"].as_str().unwrap_or(""), c["state"].as_str().unwrap_or(""));
             for s in CAMERA_STATES {
@@ -433,7 +452,7 @@ mod tests {
         view.on_message("vigil/gate-1/metrics", metrics.to_string().as_bytes());
         view.on_message(
             "vigil/gate-2/status",
-            br#"{"state": "offline", "cameras": [{"id": "a\"b", "state": "failed"}]}"#,
+            br#"{"state": "offline", "cameras": [{"id": "a\"b\\c\nd", "state": "failed"}]}"#,
         );
         view.on_message("vigil/gate-2/ota", br#"{"state": "canary", "name": "shapes", "version": "1.0.1"}"#);
         view.on_message("vigil/gate-3/status", b"not json");
@@ -443,7 +462,7 @@ mod tests {
             r#"vigil_device_up{device="gate-2"} 0"#,
             r#"vigil_device_info{device="gate-1",version="0.1.0",model="shapes",model_version="1.0.0",backend="onnxruntime-cpu"} 1"#,
             r#"vigil_camera_state{device="gate-1",camera="door",state="streaming"} 1"#,
-            r#"vigil_camera_state{device="gate-2",camera="a\"b",state="failed"} 1"#,
+            r#"vigil_camera_state{device="gate-2",camera="a\"b\\c\nd",state="failed"} 1"#,
             r#"vigil_inference_deadline_misses_total{device="gate-1",camera="door"} 2"#,
             r#"vigil_latency_seconds{device="gate-1",camera="door",stage="total",quantile="0.99"} 0.0065"#,
             r#"vigil_outbox_messages{device="gate-1"} 3"#,
