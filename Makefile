@@ -63,14 +63,18 @@ unit: trt-headers next-vigil
 	$(WITH_TRT) cargo test -p vigil --features tensorrt --locked --test cuda $(GPU_TESTS)
 
 ## The HIL acceptance suite (docs/hil.md): all of it on the host build (vigil-next as the good
-## binary update), and on the aarch64 build under qemu the scenarios that fit CI's time (its
-## prefix has no RTSP or H.264 plugins: a synthetic camera). Reports (JUnit, JSON, HTML) in
-## target/hil-report/{local,qemu}/.
+## binary update) but binary-ota-hang, and on the aarch64 build under qemu the scenarios that fit
+## CI's time (its prefix has no RTSP or H.264 plugins: a synthetic camera). Reports (JUnit,
+## JSON, HTML) in target/hil-report/{local,qemu}/. binary-ota-hang is binary-ota-crash's code
+## with a binary that sleeps instead of crashing, and waits out three start timeouts (94 s):
+## tests/ab.rs runs that case against the same unit and supervisor, so CI leaves it out here
+## (reported skipped, with this reason); `make hil` with HIL_SKIP= runs it.
 HIL_QEMU_SCENARIOS := broker-outage network-faults power-cut soak
+HIL_SKIP ?= --skip "binary-ota-hang=its case runs in tests/ab.rs (a_binary_that_never_becomes_ready…), against the same unit and supervisor; left out for CI's time"
 hil: trt-headers next-vigil
 	$(WITH_TRT) cargo build --locked -p vigil -p vigil-hil
 	target/debug/vigil-hil run --local target/debug/vigil --next-vigil target/fixtures/vigil-next --soak-s 60 \
-		--out target/hil-report/local
+		$(HIL_SKIP) --out target/hil-report/local
 	target/debug/vigil-hil run --qemu target/cross/$(AARCH64)/release/vigil --soak-s 30 \
 		$(addprefix --scenario ,$(HIL_QEMU_SCENARIOS)) --out target/hil-report/qemu
 

@@ -15,7 +15,8 @@ fail() { echo "check-deb-jetpack: $*" >&2; exit 1; }
 rm -rf "$out" && mkdir -p "$out/target/$target/release"
 cp "$binary" "$out/target/$target/release/vigil"
 deb="$out/vigil_jetpack_arm64.deb"
-CARGO_TARGET_DIR=$out/target cargo deb -p vigil --variant jetpack --target $target --no-build --no-strip \
+# --fast: the same files, compressed less (as in check-deb.sh).
+CARGO_TARGET_DIR=$out/target cargo deb -p vigil --variant jetpack --target $target --no-build --no-strip --fast \
   --output "$deb" >&2
 
 info=$(dpkg-deb -I "$deb")

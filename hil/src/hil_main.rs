@@ -48,6 +48,10 @@ struct RunArgs {
     /// Only this scenario (repeatable).
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
+    /// Leave out a scenario, saying why: `NAME=REASON` (repeatable). It is reported skipped
+    /// with the reason.
+    #[arg(long = "skip", value_parser = parse_skip)]
+    skip: Vec<(String, String)>,
     /// The soak's length in seconds.
     #[arg(long, default_value_t = 60)]
     soak_s: u64,
@@ -67,6 +71,14 @@ struct RunArgs {
     /// Where report.json, junit.xml and report.html go.
     #[arg(long, default_value = "target/hil-report")]
     out: PathBuf,
+}
+
+/// `NAME=REASON` for --skip.
+fn parse_skip(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, why)) if !name.is_empty() && !why.trim().is_empty() => Ok((name.to_owned(), why.trim().to_owned())),
+        _ => Err(format!("`{s}`: give NAME=REASON, the reason saying why the scenario is left out")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -95,6 +107,7 @@ fn main() -> ExitCode {
 fn run(args: RunArgs) -> Result<bool> {
     // Before anything starts.
     suite::check_names(&args.scenarios)?;
+    suite::check_names(&args.skip.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>())?;
     let repo = args.repo.canonicalize().with_context(|| format!("--repo {}", args.repo.display()))?;
     let mut target: Box<dyn Target> = match (&args.local, &args.qemu, &args.lab) {
         (Some(bin), ..) => Box::new(LocalTarget::host(&bin.canonicalize().context("--local")?, &repo)?),
@@ -128,7 +141,12 @@ fn run(args: RunArgs) -> Result<bool> {
         }
         _ => None,
     };
-    let settings = Settings { soak: Duration::from_secs(args.soak_s), only: args.scenarios.clone(), next_vigil };
+    let settings = Settings {
+        soak: Duration::from_secs(args.soak_s),
+        only: args.scenarios.clone(),
+        skip: args.skip.clone(),
+        next_vigil,
+    };
     eprintln!(
         "vigil-hil: {} target; the rig's camera {}, broker {}",
         target.kind(),

@@ -48,6 +48,13 @@ fn bad_input_exits_2_saying_what_to_do() {
     let (code, _, err) = hil(&["run", "--local", "/nonexistent/vigil"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--local"), "{err}");
+
+    let (code, _, err) = hil(&["run", "--local", "/nonexistent/vigil", "--skip", "detection"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("give NAME=REASON"), "{err}");
+    let (code, _, err) = hil(&["run", "--local", "/nonexistent/vigil", "--skip", "dettection=typo"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no scenario named [\"dettection\"]"), "{err}");
 }
 
 /// A vigil that answers `--version` and the guard, and fails at once when run.
@@ -77,12 +84,19 @@ fn a_failing_target_fails_each_scenario_with_its_log_and_exits_1() {
         "power-cut",
         "--scenario",
         "broker-outage",
+        "--scenario",
+        "detection",
+        "--skip",
+        "detection=covered by another test here",
         "--out",
         out.to_str().unwrap(),
     ]);
     assert_eq!(code, Some(1), "{err}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     let scenarios = report["scenarios"].as_array().unwrap();
+    let (skipped, scenarios): (Vec<_>, Vec<_>) = scenarios.iter().partition(|s| s["name"] == "detection");
+    assert_eq!(skipped[0]["status"], "skipped", "{report:#}");
+    assert_eq!(skipped[0]["message"], "left out of this run (--skip): covered by another test here");
     assert_eq!(scenarios.len(), 2, "the second ran after the first failed: {report:#}");
     for s in scenarios {
         assert_eq!(s["status"], "failed", "{s:#}");
@@ -91,7 +105,7 @@ fn a_failing_target_fails_each_scenario_with_its_log_and_exits_1() {
     }
     assert_eq!(report["vigil_version"], "vigil 0.0.1");
     let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
-    assert!(junit.contains("tests=\"2\" failures=\"2\""), "{junit}");
+    assert!(junit.contains("tests=\"3\" failures=\"2\" skipped=\"1\""), "{junit}");
     assert!(junit.contains("boom: this vigil cannot start"), "{junit}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("<b class=\"failed\">2 failed</b>"), "{html}");

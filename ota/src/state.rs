@@ -71,7 +71,7 @@ impl StateDir {
             .open(&path)
             .map_err(OtaError::io("cannot open", &path))?;
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(StateLock { _file: file }),
+            Ok(()) => Ok(StateLock { file }),
             Err(rustix::io::Errno::WOULDBLOCK) => Err(OtaError::Busy(format!(
                 "{} is in use by another vigil or vigil-ota (a refresh, a download); try again when it has finished",
                 self.root.display()
@@ -141,7 +141,17 @@ impl StateDir {
 /// The state directory taken by one user ([`StateDir::lock`]).
 #[derive(Debug)]
 pub struct StateLock {
-    _file: std::fs::File,
+    file: std::fs::File,
+}
+
+impl Drop for StateLock {
+    /// Unlocks before the file is closed. Closing alone releases an flock only once every
+    /// descriptor of the open file is closed, and a process spawned by another thread holds a
+    /// copy of ours until it execs: under load, the next lock of the same directory was refused
+    /// as "in use" (ota/tests/attacks.rs, beside another test binary).
+    fn drop(&mut self) {
+        let _ = rustix::fs::flock(&self.file, rustix::fs::FlockOperation::Unlock);
+    }
 }
 
 /// Replaces `path` with `bytes` durably (the file and its directory entry).
@@ -184,5 +194,20 @@ mod tests {
         std::fs::write(left.join("root.json"), b"root").unwrap();
         s.tidy();
         assert!(!left.exists(), "a crashed refresh's scratch directory is removed");
+    }
+
+    #[test]
+    fn a_second_user_is_refused_and_a_released_lock_is_free_whoever_holds_a_copy_of_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        let lock = s.lock().unwrap();
+        assert!(matches!(s.lock(), Err(OtaError::Busy(_))), "a second user waits");
+        // What a process spawned by another thread holds until it execs: a copy of the
+        // descriptor, on the same open file.
+        let inherited = lock.file.try_clone().unwrap();
+        drop(lock);
+        let again = s.lock();
+        drop(inherited);
+        again.expect("released, though a copy of its descriptor is still open");
     }
 }

@@ -24,6 +24,8 @@ pub struct Settings {
     pub soak: Duration,
     /// Only the scenarios named here (all when empty).
     pub only: Vec<String>,
+    /// Scenarios left out of this run, each with why: reported skipped with that reason.
+    pub skip: Vec<(String, String)>,
     /// A newer vigil for the target and its version: the good binary of the binary updates.
     pub next_vigil: Option<(std::path::PathBuf, String)>,
 }
@@ -383,6 +385,7 @@ pub fn run(
     mut on_done: impl FnMut(&ScenarioReport),
 ) -> Result<SuiteReport> {
     check_names(&settings.only)?;
+    check_names(&settings.skip.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>())?;
     let started = Instant::now();
     let started_at = vigil_core::event::rfc3339(crate::rig::now_ns() as u64);
     target.prepare()?;
@@ -392,14 +395,19 @@ pub fn run(
     for scenario in all().iter().filter(|s| settings.only.is_empty() || settings.only.iter().any(|n| n == s.name)) {
         let missing: Vec<&str> =
             scenario.needs.iter().filter(|c| !capabilities.contains(c)).map(|c| c.name()).collect();
-        let report = if missing.is_empty() {
+        let left_out = settings.skip.iter().find(|(name, _)| name == scenario.name);
+        let report = if missing.is_empty() && left_out.is_none() {
             run_one(scenario, target, rig, settings)
         } else {
+            let message = match left_out {
+                Some((_, why)) => format!("left out of this run (--skip): {why}"),
+                None => format!("the {} target cannot: {}", target.kind(), missing.join(", ")),
+            };
             ScenarioReport {
                 name: scenario.name.into(),
                 summary: scenario.summary.into(),
                 status: Status::Skipped,
-                message: Some(format!("the {} target cannot: {}", target.kind(), missing.join(", "))),
+                message: Some(message),
                 seconds: 0.0,
                 figures: BTreeMap::new(),
                 histograms: Vec::new(),
