@@ -50,11 +50,11 @@ lint: trt-headers
 yocto: setup
 	.ci/check-yocto.sh
 
-## The workspace's tests (tensorrt-sys against the stub; two test binaries at a time, see
-## .ci/run-tests.py), the systemd unit's offline checks, the .deb built, linted, installed,
-## upgraded, removed and purged here, then vigil's CUDA and TensorRT code.
+## The workspace's tests (tensorrt-sys against the stub), the systemd unit's offline checks, the
+## .deb built, linted, installed, upgraded, removed and purged here, then vigil's CUDA and
+## TensorRT code. One test binary at a time: see docs/decisions/0018.
 unit: trt-headers next-vigil
-	$(WITH_TRT) .ci/run-tests.py
+	$(WITH_TRT) cargo test --workspace --locked
 	.ci/check-unit.sh target/debug/vigil
 	.ci/check-deb.sh
 	.ci/check-deb-jetpack.sh

@@ -1,5 +1,7 @@
-//! Fleet commands over a real mosquitto: every command, valid and malformed, answered on
-//! `vigil/<id>/reply/<request id>`; vigil stays up through all the bad ones.
+//! Fleet commands over a real broker: every command, valid and malformed, answered on
+//! `vigil/<id>/reply/<request id>`; vigil stays up through all the bad ones. Each test runs on
+//! mosquitto and again on rumqttd (a second implementation, installed by `make setup`), so that
+//! nothing depends on mosquitto's ways.
 
 mod support;
 
@@ -7,6 +9,40 @@ use std::time::Duration;
 
 use rumqttc::QoS;
 use support::*;
+
+/// Which broker a test runs on.
+#[derive(Clone, Copy)]
+enum On {
+    Mosquitto,
+    Rumqttd,
+}
+
+/// A broker of either kind on a free loopback port, stopped when dropped.
+struct AnyBroker {
+    port: u16,
+    _mosquitto: Option<Broker>,
+    _rumqttd: Option<(vigil_testkit::LocalBroker, tempfile::TempDir)>,
+}
+
+impl AnyBroker {
+    fn start(on: On) -> Self {
+        match on {
+            On::Mosquitto => {
+                let b = Broker::start();
+                Self { port: b.port, _mosquitto: Some(b), _rumqttd: None }
+            }
+            On::Rumqttd => {
+                let dir = tempfile::tempdir().unwrap();
+                let b = vigil_testkit::LocalBroker::rumqttd(dir.path(), 16).unwrap();
+                Self { port: b.port, _mosquitto: None, _rumqttd: Some((b, dir)) }
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
 
 struct Operator {
     device: &'static str,
@@ -72,7 +108,16 @@ fn request(id: &str, args: serde_json::Value) -> Vec<u8> {
 
 #[test]
 fn every_command_is_answered_and_bad_ones_are_refused_with_a_reason() {
-    let broker = Broker::start();
+    every_command_answered(On::Mosquitto);
+}
+
+#[test]
+fn every_command_is_answered_the_same_through_rumqttd() {
+    every_command_answered(On::Rumqttd);
+}
+
+fn every_command_answered(on: On) {
+    let broker = AnyBroker::start(on);
     let dir = tempfile::tempdir().unwrap();
     let clip = looping_clip_uri();
     let ghost = format!("rtsp://127.0.0.1:{}/nothing", free_port());
@@ -157,7 +202,16 @@ fn every_command_is_answered_and_bad_ones_are_refused_with_a_reason() {
 
 #[test]
 fn the_fleet_cli_lists_devices_sends_commands_and_watches_events() {
-    let broker = Broker::start();
+    fleet_cli(On::Mosquitto);
+}
+
+#[test]
+fn the_fleet_cli_works_the_same_through_rumqttd() {
+    fleet_cli(On::Rumqttd);
+}
+
+fn fleet_cli(on: On) {
+    let broker = AnyBroker::start(on);
     let dir = tempfile::tempdir().unwrap();
     let clip = looping_clip_uri();
     let config = write_config(dir.path(), "cli1", &broker.url(), &[("clip", clip)]);
@@ -222,7 +276,16 @@ fn the_fleet_cli_lists_devices_sends_commands_and_watches_events() {
 
 #[test]
 fn config_set_keeps_a_healthy_configuration_and_rolls_back_an_unhealthy_one() {
-    let broker = Broker::start();
+    config_set(On::Mosquitto);
+}
+
+#[test]
+fn config_set_works_the_same_through_rumqttd() {
+    config_set(On::Rumqttd);
+}
+
+fn config_set(on: On) {
+    let broker = AnyBroker::start(on);
     let dir = tempfile::tempdir().unwrap();
     let clip = looping_clip_uri();
     let config = write_config(dir.path(), "cfg", &broker.url(), &[("clip", clip)]);

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vigil_ops::fleet_bench::{mosquitto_shipped, raise_file_limit, rumqttd, Broker, Sim};
+use vigil_ops::fleet_bench::{mosquitto_shipped, raise_file_limit, Broker, Sim};
 use vigil_ops::fleet_pki::FleetPki;
 use vigil_ops::journal;
 use vigil_ops::rollout::{DeviceState, End, Rollout};
@@ -52,7 +52,7 @@ impl Fleet {
         let broker = match (on, &pki) {
             (On::Mosquitto, _) => Broker::start(dir.path()).unwrap(),
             (On::Shipped, Some(pki)) => mosquitto_shipped(dir.path(), pki).unwrap(),
-            (On::Rumqttd, _) => rumqttd(dir.path(), devices + 8).unwrap(),
+            (On::Rumqttd, _) => Broker::rumqttd(dir.path(), devices + 8).unwrap(),
             (On::Shipped, None) => unreachable!("made above"),
         };
         let mut fleet = Self { dir, broker, sim: None, pki };

@@ -133,6 +133,42 @@ impl LocalBroker {
         Ok(Self { child, port, conf: Some(path) })
     }
 
+    /// rumqttd (the rumqtt project's broker, installed by `make setup` from crates.io) for
+    /// `connections` clients, its configuration and log in `dir`: a second implementation, so
+    /// that nothing depends on mosquitto's ways. MQTT 3.1.1 only. rumqttd sends a new
+    /// subscription at most `max_outgoing_packet_count` retained messages and drops the rest, so
+    /// it is set above two retained topics (`status`, `ota`) per client.
+    pub fn rumqttd(dir: &Path, connections: usize) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let conf = dir.join("rumqttd.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "id = 0\n[router]\nid = 0\nmax_connections = {}\nmax_outgoing_packet_count = {}\n\
+                 max_segment_size = 104857600\nmax_segment_count = 10\n[v4.1]\nname = \"v4-1\"\n\
+                 listen = \"127.0.0.1:{port}\"\nnext_connection_delay_ms = 0\n[v4.1.connections]\n\
+                 connection_timeout_ms = 60000\nmax_payload_size = 1000000\nmax_inflight_count = 100\n\
+                 dynamic_filters = true\n",
+                connections + 16,
+                2 * connections + 64
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("rumqttd.log"))?;
+        let exe = rumqttd_exe().context("rumqttd is not installed: make setup installs it (cargo install rumqttd)")?;
+        let mut child =
+            Command::new(exe).arg("--quiet").arg("--config").arg(&conf).stdout(Stdio::null()).stderr(log).spawn()?;
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > until || child.try_wait()?.is_some() {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("rumqttd did not listen on {port} within 10 s (see {})", dir.join("rumqttd.log").display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self::adopt(child, port))
+    }
+
     /// Another broker's process, already listening on `port`.
     pub fn adopt(child: Child, port: u16) -> Self {
         Self { child, port, conf: None }
@@ -162,6 +198,15 @@ impl Drop for LocalBroker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `rumqttd` on PATH or in cargo's bin directory.
+pub fn rumqttd_exe() -> Option<PathBuf> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).chain(home.map(|h| h.join("bin"))).map(|d| d.join("rumqttd")).find(|p| p.is_file())
 }
 
 /// Where `vigil-rtsp-cam` is: next to the running executable or one directory up (cargo puts
