@@ -451,21 +451,16 @@ impl Rollout {
             self.end = None;
         }
         for (id, d) in &mut self.devices {
-            match d.state {
-                DeviceState::Unreached => {
-                    *d = Device { ran: d.ran.take(), ..Device::new(DeviceState::Pending) };
-                    self.changed.insert(id.clone());
-                    if self.end == Some(End::Complete) {
-                        self.end = None;
-                    }
+            if d.state == DeviceState::Unreached {
+                *d = Device { ran: d.ran.take(), ..Device::new(DeviceState::Pending) };
+                self.changed.insert(id.clone());
+                if self.end == Some(End::Complete) {
+                    self.end = None;
                 }
-                DeviceState::Sent => {
-                    self.unconfirmed.insert(id.clone());
-                }
-                _ => {}
             }
         }
-        self.unconfirmed_since = None;
+        // As after a reconnection: the earlier run's commands may still be on their way.
+        self.requeue_sent();
     }
 
     /// Takes in one message from the broker: a device's status, its `ota` state, or its reply.
