@@ -258,16 +258,8 @@ fn a_manifest_that_disagrees_with_itself_lists_every_problem() {
 /// same answer as running it alone.
 #[test]
 fn batched_inference_gives_each_frame_its_own_answer() {
-    use sha2::Digest;
     let dir = tempfile::tempdir().unwrap();
-    copy_bundle(dir.path());
-    let model = std::fs::read(repo_root().join("tests/fixtures/shapes-int8-dynbatch.onnx")).unwrap();
-    std::fs::write(dir.path().join("model.int8.onnx"), &model).unwrap();
-    let manifest = dir.path().join("manifest.toml");
-    let shipped = Bundle::load(&bundle_dir()).unwrap().manifest.model.sha256;
-    let text =
-        std::fs::read_to_string(&manifest).unwrap().replace(&shipped, &hex::encode(sha2::Sha256::digest(&model)));
-    std::fs::write(&manifest, text).unwrap();
+    dynamic_batch_bundle(dir.path());
     let bundle = Bundle::load(dir.path()).expect("the dynamic-batch bundle loads");
     let lib = find_ort_library(None).unwrap();
     let backend = OrtBackend::new(&bundle, &lib, 1, 4).expect("ORT loads the dynamic-batch model");

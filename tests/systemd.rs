@@ -90,3 +90,44 @@ fn a_camera_whose_file_has_ended_does_not_stop_the_watchdog() {
     assert!(pings_after >= 2, "{pings_after} pings in the 5 s after the clip ended: {records:?}");
     assert!(!records.contains(&Record::WatchdogTimeout), "{records:?}");
 }
+
+/// A warm-up slower than the watchdog's period (a cold TensorRT engine, a slow board: seen in a
+/// guest under emulation) runs before READY, while the start deadline is extended: the watchdog,
+/// which starts with READY, never waits on it.
+#[test]
+fn a_warm_up_slower_than_the_watchdog_runs_before_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let bundle = dir.path().join("bundle");
+    dynamic_batch_bundle(&bundle);
+    let config = write_config(dir.path(), "sd-4", &broker.url(), &[("yard", "test://ball".to_owned())]);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&bundle_dir().display().to_string(), bundle.to_str().unwrap());
+    // Warmed at batches of 64 on one thread: seconds of inference.
+    std::fs::write(&config, text + "[inference]\nmax_batch = 64\nthreads = 1\n").unwrap();
+    let mut unit = unit(&config, dir.path());
+    let watchdog = Duration::from_secs(1);
+    unit.watchdog = Some(watchdog);
+    let sup = Supervisor::start(unit, dir.path()).unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("vigil.log")).unwrap_or_default();
+    assert!(sup.wait_for(Duration::from_secs(120), |r| *r == Record::Ready), "{:?}\n{}", sup.records(), log());
+    std::thread::sleep(3 * watchdog);
+    let records = sup.stop();
+    let text = log();
+    // The premise: the warm-up took longer than the watchdog's period.
+    let warm_up_ms: f64 = text
+        .lines()
+        .find(|l| l.contains("inference cost measured"))
+        .and_then(|l| l.split("warm_up_ms=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no warm-up time in the log:\n{text}"));
+    assert!(warm_up_ms > 1.5 * watchdog.as_millis() as f64, "the warm-up took only {warm_up_ms} ms\n{text}");
+    assert!(!records.contains(&Record::WatchdogTimeout), "{records:?}\n{text}");
+    let ready = records.iter().position(|r| *r == Record::Ready).unwrap();
+    let extended = records[..ready].iter().filter(|r| matches!(r, Record::ExtendTimeout(_))).count();
+    assert!(extended >= 2, "the deadline is extended for the model and again for the warm-up: {records:?}");
+    assert_eq!(records.iter().filter(|r| **r == Record::Ready).count(), 1, "{records:?}");
+    assert!(records[ready..].iter().filter(|r| **r == Record::Watchdog).count() >= 2, "{records:?}");
+}

@@ -102,6 +102,20 @@ pub fn copy_bundle(to: &Path) {
     vigil_testkit::copy_bundle(&bundle_dir(), to).expect("copy the shipped bundle");
 }
 
+/// The shipped bundle with the same model made with a dynamic batch dimension (tests/fixtures,
+/// made by models/recipe/dynamic_batch.py), copied to `to`.
+pub fn dynamic_batch_bundle(to: &Path) {
+    use sha2::Digest;
+    copy_bundle(to);
+    let model = std::fs::read(repo_root().join("tests/fixtures/shapes-int8-dynbatch.onnx")).unwrap();
+    std::fs::write(to.join("model.int8.onnx"), &model).unwrap();
+    let manifest = to.join("manifest.toml");
+    let shipped = vigil_infer::Bundle::load(&bundle_dir()).unwrap().manifest.model.sha256;
+    let text =
+        std::fs::read_to_string(&manifest).unwrap().replace(&shipped, &hex::encode(sha2::Sha256::digest(&model)));
+    std::fs::write(&manifest, text).unwrap();
+}
+
 pub fn vigil_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vigil"))
 }

@@ -328,9 +328,13 @@ fn start_the_scheduler(
     let camera_ids: Vec<&str> = cameras.specs.iter().map(|c| &*c.0.id).collect();
     let stats = Arc::new(SchedulerStats::new(&camera_ids));
     let snapshots = SnapshotRequests::default();
+    let mut scheduler =
+        Scheduler::new(detector, cameras.specs.iter().map(|c| c.1).collect(), clock.clone(), stats.clone());
+    // Before READY: the watchdog starts with READY and needs the scheduler's turns.
+    crate::systemd::extending_start(|| crate::worker::warm_up(&mut scheduler));
     let worker = Worker {
         hub: cameras.hub.clone(),
-        scheduler: Scheduler::new(detector, cameras.specs.iter().map(|c| c.1).collect(), clock.clone(), stats.clone()),
+        scheduler,
         cameras: camera_ids.iter().map(|id| rules.camera(id, &config.device_id, model, labels.clone())).collect(),
         stats: stats.clone(),
         events: events_tx,

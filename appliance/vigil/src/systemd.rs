@@ -8,7 +8,8 @@
 //!   finishes its thread: that is not a death) — never from a timer alone, so a deadlocked
 //!   scheduler or a dead camera thread gets the service restarted;
 //! - `EXTEND_TIMEOUT_USEC=` while the model loads (a TensorRT engine build on a first start takes
-//!   minutes on an Orin);
+//!   minutes on an Orin) and while its first inferences run (the warm-up: slow on a cold engine
+//!   or a slow board, and before READY, since the watchdog needs the scheduler's turns);
 //! - `STOPPING=1` when it stops.
 //!
 //! Outside systemd (no `NOTIFY_SOCKET`) nothing is sent.

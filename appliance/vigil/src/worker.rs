@@ -56,21 +56,30 @@ const SWAP_ANSWER_WITHIN: Duration = Duration::from_secs(1);
 /// How often open events are checked for expiry while a camera delivers no frame.
 const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 
+/// Runs the model's first inferences and learns their cost, before the scheduler serves a frame.
+/// A first inference can be slow (a cold TensorRT engine, a slow board): the caller runs this
+/// before READY, while the start deadline is extended, so that the watchdog never waits on it.
+pub fn warm_up(scheduler: &mut Scheduler<Frame, Detector>) {
+    let started = std::time::Instant::now();
+    if let Err(e) = scheduler.warm_up() {
+        tracing::error!(error = %e, "warm-up inference failed; costs will be learnt from live frames");
+    }
+    let key = <Detector as vigil_pipeline::scheduler::Stages<Frame>>::cost_key(scheduler.stages());
+    if let Some(e) = scheduler.policy().cost.estimate(key, 1) {
+        tracing::info!(
+            model = key,
+            mean_ms = ms(e.mean()),
+            planned_ms = ms(e.predict()),
+            warm_up_ms = ms(started.elapsed()),
+            "inference cost measured"
+        );
+    }
+}
+
 impl Worker {
     /// Runs on the calling (dedicated) thread until `cancel` or the hub closes; then ends the
     /// events still open (reason `shutdown`).
     pub fn run(mut self, cancel: &CancellationToken) {
-        if let Err(e) = self.scheduler.warm_up() {
-            tracing::error!(error = %e, "warm-up inference failed; costs will be learnt from live frames");
-        }
-        if let Some(e) = self.scheduler.policy().cost.estimate(self.scheduler.stages().backend_name(), 1) {
-            tracing::info!(
-                backend = self.scheduler.stages().backend_name(),
-                mean_ms = ms(e.mean()),
-                planned_ms = ms(e.predict()),
-                "inference cost measured"
-            );
-        }
         let mut last_expiry = self.clock.now();
         let mut in_flight: Option<SwapInFlight> = None;
         let mut counted = self.outcomes();
