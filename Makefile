@@ -17,7 +17,7 @@ TRT_ENV := target/trt-headers/env.sh
 GPU_TESTS := $(if $(filter 1,$(VIGIL_REQUIRE_GPU)),-- --include-ignored)
 WITH_TRT := source $(TRT_ENV) &&
 
-.PHONY: setup cross-setup trt-headers demo test lint yocto unit hil aarch64 bench jetson-check deb deb-jetpack deb-ops deb-ops-arm64 bench-fleet next-vigil check-ultralytics
+.PHONY: setup cross-setup trt-headers demo test lint yocto unit hil hil-vm vm-image-background aarch64 bench jetson-check deb deb-jetpack deb-ops deb-ops-arm64 bench-fleet next-vigil check-ultralytics
 
 ## Install what is missing (apt, ONNX Runtime wheel); idempotent.
 setup:
@@ -37,7 +37,13 @@ demo: setup
 
 ## Everything CI checks: formatting, lints, the aarch64 build run under qemu, all tests, then the
 ## HIL suite on this machine's targets (its verdicts close the output).
-test: setup cross-setup trt-headers lint yocto aarch64 unit hil
+test: setup cross-setup trt-headers vm-image-background lint yocto aarch64 unit hil hil-vm
+
+## The virtual board's image, built while the lints and the cross build run (it downloads and
+## unpacks packages; nothing timed runs meanwhile): `make hil-vm` waits for it (a lock).
+vm-image-background:
+	mkdir -p target/hil-vm
+	hil/vm/build-image.sh amd64 target/hil-vm/amd64 >target/hil-vm/amd64-build.log 2>&1 &
 
 lint: trt-headers
 	cargo fmt --all -- --check
@@ -77,6 +83,23 @@ hil: trt-headers next-vigil
 		$(HIL_SKIP) --out target/hil-report/local
 	target/debug/vigil-hil run --qemu target/cross/$(AARCH64)/release/vigil --soak-s 30 \
 		$(addprefix --scenario ,$(HIL_QEMU_SCENARIOS)) --out target/hil-report/qemu
+
+## The virtual board (docs/hil.md, "The virtual board"): the .deb installed with apt in a Debian
+## 12 guest under qemu-system (TCG here), systemd 252 as PID 1, power cut by killing qemu. The
+## scenarios only a real PID 1, a real power loss or apt can judge; the image is built from
+## Debian's packages into target/hil-vm/ on first use. The packages are the ones
+## .ci/check-deb.sh builds from the debug binary (made again when that binary is newer).
+HIL_VM_SCENARIOS := power-cut systemd-unit config-set package-upgrade
+hil-vm: trt-headers target/deb-check/vigil_2.deb
+	$(WITH_TRT) cargo build --locked -p vigil-hil
+	target/debug/vigil-hil run --vm --deb target/deb-check/vigil_1.deb --upgrade-deb target/deb-check/vigil_2.deb \
+		$(addprefix --scenario ,$(HIL_VM_SCENARIOS)) --out target/hil-report/vm
+
+target/deb-check/vigil_2.deb: target/debug/vigil
+	.ci/check-deb.sh
+
+target/debug/vigil: | trt-headers
+	$(WITH_TRT) cargo build --locked -p vigil
 
 ## The second vigil tests/ab.rs installs over the air: the same code, reporting the next patch
 ## version (VIGIL_VERSION, see appliance/vigil/build.rs), stripped. Building it relinks only the

@@ -2,7 +2,8 @@
 # Installs what building, running and testing vigil needs on Debian 12 / Ubuntu 22.04 (as root):
 # GStreamer with its software decoders, mosquitto, systemd-analyze (the unit's checks), lintian
 # and cargo-deb (the .deb's checks), OpenSSH (the HIL rig's SSH target is tested against a real
-# sshd), iproute2 (the rig's network namespace), Prometheus (it scrapes the fleet exporter in a
+# sshd), iproute2 (the rig's network namespace), qemu-system-x86 and mmdebstrap (the rig's
+# virtual board, docs/hil.md), Prometheus (it scrapes the fleet exporter in a
 # test; its service is not started), rumqttd (a second MQTT broker, from crates.io) and ONNX
 # Runtime (from the PyPI wheel, in ./.venv). Idempotent: each step is skipped when its result is
 # already there.
@@ -22,6 +23,7 @@ APT_PACKAGES=(
   systemd lintian
   openssh-client openssh-server iproute2
   prometheus
+  qemu-system-x86 qemu-utils mmdebstrap e2fsprogs
 )
 
 missing=()

@@ -14,6 +14,7 @@ use vigil_hil::rig::Rig;
 use vigil_hil::suite::{self, Settings, Status};
 use vigil_hil::target::local::LocalTarget;
 use vigil_hil::target::ssh::SshTarget;
+use vigil_hil::target::vm::{Accel, Arch, VmOptions, VmTarget};
 use vigil_hil::target::Target;
 
 #[derive(Parser)]
@@ -42,6 +43,25 @@ struct RunArgs {
     /// A labgrid environment file describing the lab's boards.
     #[arg(long, group = "target_kind")]
     lab: Option<PathBuf>,
+    /// A virtual board: Debian 12 under qemu-system with systemd as PID 1, `amd64` (the
+    /// default) or `arm64`, its image built from Debian's packages into target/hil-vm/ (needs
+    /// root, mmdebstrap and qemu-system; docs/hil.md).
+    #[arg(long, group = "target_kind", num_args = 0..=1, default_missing_value = "amd64", value_name = "ARCH")]
+    vm: Option<String>,
+    /// The vigil .deb the virtual board installs with apt (needed with --vm).
+    #[arg(long, requires = "vm")]
+    deb: Option<PathBuf>,
+    /// How qemu runs the virtual board: `auto` (KVM where it boots a guest, else TCG), `kvm`, `tcg`.
+    #[arg(long, requires = "vm", default_value = "auto")]
+    vm_accel: String,
+    /// The virtual board's real-time clock at power on (`2000-01-01`: a board without its RTC
+    /// battery); the guest has no time sync.
+    #[arg(long, requires = "vm")]
+    vm_rtc: Option<String>,
+    /// A newer revision of the target's vigil package, for the package's upgrade scenario
+    /// (skipped without it).
+    #[arg(long)]
+    upgrade_deb: Option<PathBuf>,
     /// The board of --lab to run on (needed when it has several).
     #[arg(long, requires = "lab")]
     target: Option<String>,
@@ -109,9 +129,20 @@ fn run(args: RunArgs) -> Result<bool> {
     suite::check_names(&args.scenarios)?;
     suite::check_names(&args.skip.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>())?;
     let repo = args.repo.canonicalize().with_context(|| format!("--repo {}", args.repo.display()))?;
+    let upgrade_deb = args.upgrade_deb.as_ref().map(|p| p.canonicalize().context("--upgrade-deb")).transpose()?;
     let mut target: Box<dyn Target> = match (&args.local, &args.qemu, &args.lab) {
         (Some(bin), ..) => Box::new(LocalTarget::host(&bin.canonicalize().context("--local")?, &repo)?),
         (_, Some(bin), _) => Box::new(LocalTarget::qemu(&bin.canonicalize().context("--qemu")?, &repo)?),
+        _ if args.vm.is_some() => {
+            let deb = args.deb.as_ref().context("--vm needs --deb: the vigil package the virtual board installs")?;
+            Box::new(VmTarget::new(VmOptions {
+                arch: Arch::parse(args.vm.as_deref().unwrap_or("amd64"))?,
+                repo: repo.clone(),
+                deb: deb.canonicalize().with_context(|| format!("--deb {}", deb.display()))?,
+                accel: Accel::parse(&args.vm_accel)?,
+                rtc_base: args.vm_rtc.clone(),
+            })?)
+        }
         (.., Some(lab)) => {
             let lab = Lab::load(lab)?;
             let t = lab.target(args.target.as_deref())?.clone();
@@ -120,7 +151,7 @@ fn run(args: RunArgs) -> Result<bool> {
             }
             Box::new(SshTarget::new(t)?)
         }
-        _ => anyhow::bail!("name a target: --local BINARY, --qemu BINARY or --lab FILE"),
+        _ => anyhow::bail!("name a target: --local BINARY, --qemu BINARY, --vm [ARCH] or --lab FILE"),
     };
     let clip = args.clip.clone().unwrap_or_else(|| repo.join("models/clips/shapes-eval.mp4"));
     let device = format!("hil-{}", target.kind());
@@ -146,6 +177,7 @@ fn run(args: RunArgs) -> Result<bool> {
         only: args.scenarios.clone(),
         skip: args.skip.clone(),
         next_vigil,
+        upgrade_deb,
     };
     eprintln!(
         "vigil-hil: {} target; the rig's camera {}, broker {}",

@@ -242,6 +242,19 @@ pub fn html(r: &SuiteReport) -> String {
             }
             s.push_str("</table>\n");
         }
+        if !sc.boots.is_empty() {
+            s.push_str("<table><tr><th>boot after a power cut</th><th>cut to shell (s)</th><th>cut to vigil active (s)</th></tr>");
+            for b in &sc.boots {
+                let _ = write!(
+                    s,
+                    "<tr><td>{}</td><td>{:.1}</td><td>{:.1}</td></tr>",
+                    xml(&b.id),
+                    b.to_shell_s,
+                    b.to_active_s
+                );
+            }
+            s.push_str("</table>\n");
+        }
         for h in &sc.histograms {
             s.push_str(&histogram_svg(h));
             s.push('\n');
@@ -286,6 +299,7 @@ mod tests {
             series: vec![Series { name: "rss".into(), unit: "MiB".into(), points: vec![(0.0, 50.0), (2.0, 51.0)] }],
             log: (status == Status::Failed).then(|| "line 1 <x> & \u{1b}[31mred\n".to_owned()),
             not_checked: BTreeMap::new(),
+            boots: vec![crate::target::Boot { id: "0b1d".into(), to_shell_s: 25.0, to_active_s: 40.5 }],
         };
         SuiteReport {
             target: "local (vigil)".into(),
@@ -351,5 +365,8 @@ mod tests {
         assert!(page.contains("<b class=\"failed\">1 failed</b>"));
         assert_eq!(page.matches("the target's log").count(), 1, "only the failed scenario's");
         assert!(page.contains("detection &lt;checks&gt;"));
+        assert_eq!(page.matches("<tr><td>0b1d</td><td>25.0</td><td>40.5</td></tr>").count(), 3, "each scenario's boot");
+        let json: serde_json::Value = serde_json::to_value(report()).unwrap();
+        assert_eq!(json["scenarios"][0]["boots"][0]["to_active_s"], 40.5);
     }
 }

@@ -364,6 +364,20 @@ impl Rig {
         self.proxy.set(fault);
     }
 
+    /// Sends the fleet command `name` with `args` as request `request_id` once, and waits for the
+    /// reply: for a command that must not be repeated while it runs (`config/set`, answered
+    /// after its health window, refuses a second change meanwhile). Send it once the device
+    /// has its commands subscribed (after another command's reply).
+    pub fn command_once(
+        &self,
+        name: &str,
+        request_id: &str,
+        args: serde_json::Value,
+        within: Duration,
+    ) -> Result<serde_json::Value> {
+        self.ask(name, request_id, &args, within, within)
+    }
+
     /// Sends the fleet command `name` with `args` as request `request_id`, repeating it until
     /// the device answers (commands are not retained: it may not have subscribed yet), and
     /// returns the reply.
@@ -374,6 +388,18 @@ impl Rig {
         args: serde_json::Value,
         within: Duration,
     ) -> Result<serde_json::Value> {
+        self.ask(name, request_id, &args, within, Duration::from_secs(1))
+    }
+
+    /// Publishes the command every `every` until its reply comes, for at most `within`.
+    fn ask(
+        &self,
+        name: &str,
+        request_id: &str,
+        args: &serde_json::Value,
+        within: Duration,
+        every: Duration,
+    ) -> Result<serde_json::Value> {
         let topic = format!("vigil/{}/cmd/{name}", self.device_id);
         let payload = serde_json::json!({ "request_id": request_id, "args": args }).to_string();
         let reply = format!("reply/{request_id}");
@@ -381,7 +407,7 @@ impl Rig {
         loop {
             self.operator.publish(&topic, rumqttc::QoS::AtLeastOnce, false, payload.clone().into_bytes())?;
             let asked = Instant::now();
-            while asked.elapsed() < Duration::from_secs(1) {
+            while asked.elapsed() < every && Instant::now() < until {
                 if let Some(m) = self.monitor.on(&reply).first() {
                     return serde_json::from_slice(&m.payload).context("the reply is not JSON");
                 }

@@ -31,7 +31,23 @@ fn the_list_names_every_scenario_and_what_it_needs() {
 fn bad_input_exits_2_saying_what_to_do() {
     let (code, _, err) = hil(&["run"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("name a target: --local BINARY, --qemu BINARY or --lab FILE"), "{err}");
+    assert!(err.contains("name a target: --local BINARY, --qemu BINARY, --vm [ARCH] or --lab FILE"), "{err}");
+
+    // The virtual board: refused before anything is built or booted.
+    let (code, _, err) = hil(&["run", "--vm"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--vm needs --deb"), "{err}");
+    let (code, _, err) = hil(&["run", "--vm", "--deb", "/nonexistent/vigil.deb"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--deb /nonexistent/vigil.deb"), "{err}");
+    let deb = tempfile::NamedTempFile::new().unwrap();
+    let deb = deb.path().to_str().unwrap();
+    let (code, _, err) = hil(&["run", "--vm", "riscv", "--deb", deb]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--vm takes amd64 or arm64, not `riscv`"), "{err}");
+    let (code, _, err) = hil(&["run", "--vm", "--deb", deb, "--vm-accel", "hvf"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--vm-accel takes auto, kvm or tcg"), "{err}");
 
     let (code, _, err) =
         hil(&["run", "--local", "/nonexistent/vigil", "--scenario", "detection", "--scenario", "dettection"]);

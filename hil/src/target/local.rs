@@ -34,6 +34,8 @@ pub struct LocalTarget {
     timeout_start: Duration,
     /// The host target's own network namespace, where the machine allows one.
     netns: Option<Netns>,
+    /// The busy loops of [`Target::set_load`].
+    load: Vec<std::process::Child>,
 }
 
 impl LocalTarget {
@@ -107,6 +109,7 @@ impl LocalTarget {
             restart_sec: Duration::from_millis(500),
             timeout_start,
             netns: None,
+            load: Vec::new(),
         })
     }
 
@@ -381,5 +384,21 @@ impl Target for LocalTarget {
 
     fn clock_offset_ns(&mut self) -> Result<i64> {
         Ok(0)
+    }
+
+    fn set_load(&mut self, cores: u32) -> Result<()> {
+        for mut busy in self.load.drain(..) {
+            let _ = busy.kill();
+            let _ = busy.wait();
+        }
+        for _ in 0..cores {
+            self.load.push(Command::new("sh").args(["-c", super::LOAD_LOOP]).spawn().context("cannot start sh")?);
+        }
+        Ok(())
+    }
+
+    fn load(&mut self) -> Result<(f64, u32)> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        Ok((super::load_from_loadavg(&std::fs::read_to_string("/proc/loadavg")?)?, cores))
     }
 }

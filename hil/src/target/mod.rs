@@ -7,6 +7,8 @@
 //!   ([`local::LocalTarget::qemu`]).
 //! - [`ssh::SshTarget`]: a real board over SSH: the `.deb` installed, `systemctl`, the journal,
 //!   power cuts through the lab's power commands, reconnecting after each boot.
+//! - [`vm::VmTarget`]: a virtual board, Debian 12 under `qemu-system` with systemd as PID 1,
+//!   talked to as a board over SSH; power is qemu killed and booted again.
 //!
 //! Scenarios only talk to this interface, so each runs unchanged on every kind; what a kind
 //! cannot do is a [`Capability`] it lacks, and scenarios needing it are skipped there.
@@ -14,6 +16,7 @@
 pub mod local;
 mod netns;
 pub mod ssh;
+pub mod vm;
 
 use anyhow::Result;
 
@@ -29,6 +32,9 @@ pub enum Capability {
     RigCamera,
     /// The rig can take the target's network link down and up ([`Target::set_link`]).
     LinkDown,
+    /// vigil runs as the installed package under a real systemd as PID 1, and the rig has a
+    /// root shell on the target ([`Target::shell`]): a board, or the virtual one.
+    Systemd,
 }
 
 impl Capability {
@@ -38,6 +44,7 @@ impl Capability {
             Self::FillDisk => "fill-disk",
             Self::RigCamera => "rig-camera",
             Self::LinkDown => "link-down",
+            Self::Systemd => "systemd",
         }
     }
 }
@@ -47,6 +54,15 @@ impl Capability {
 pub struct ProcStats {
     pub rss_bytes: u64,
     pub fds: u64,
+}
+
+/// A boot after a power cut: the kernel's boot id, and the seconds from the cut until the
+/// target answered and until vigil was active again.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Boot {
+    pub id: String,
+    pub to_shell_s: f64,
+    pub to_active_s: f64,
 }
 
 /// Where a target's logs were when a scenario started; [`Target::logs_since`] reads from there.
@@ -102,6 +118,15 @@ pub trait Target {
     /// page cache survives, so data written and not yet fsynced is not lost as it is on a
     /// board (docs/hil.md).
     fn power_cut(&mut self) -> Result<()>;
+    /// The boot that followed the last [`Target::power_cut`], where the target has boots.
+    fn last_boot(&self) -> Option<Boot> {
+        None
+    }
+    /// Runs `script` with `sh -c` as root on the target ([`Capability::Systemd`] targets) and
+    /// returns its standard output; a non-zero exit is an error.
+    fn shell(&mut self, _script: &str) -> Result<String> {
+        anyhow::bail!("the {} target has no shell for the rig", self.kind())
+    }
     /// The main process's resident memory and open descriptors; `None` when it is not running.
     fn stats(&mut self) -> Result<Option<ProcStats>>;
     fn log_mark(&mut self) -> Result<LogMark>;
@@ -113,6 +138,11 @@ pub trait Target {
     fn set_link(&mut self, _up: bool) -> Result<()> {
         anyhow::bail!("the {} target cannot take its link down", self.kind())
     }
+    /// Keeps `cores` cores of the target busy with processes of the rig's (0: stops them), as
+    /// another program on the device would.
+    fn set_load(&mut self, cores: u32) -> Result<()>;
+    /// The target's 1-minute load average and its number of cores.
+    fn load(&mut self) -> Result<(f64, u32)>;
     /// Fills the data directory's filesystem until `leave` bytes are free.
     fn fill_disk(&mut self, leave: u64) -> Result<()>;
     /// Removes what [`Target::fill_disk`] wrote.
@@ -120,6 +150,16 @@ pub trait Target {
     /// The target's wall clock minus the rig's, in nanoseconds (latencies are measured across
     /// the two clocks).
     fn clock_offset_ns(&mut self) -> Result<i64>;
+}
+
+/// The shell loop [`Target::set_load`] runs on targets with a shell: it names itself so that it
+/// can be found and stopped.
+pub const LOAD_LOOP: &str = ": vigil-hil-load; while :; do :; done";
+
+/// Parses `/proc/loadavg`'s first figure.
+pub fn load_from_loadavg(text: &str) -> Result<f64> {
+    let first = text.split_whitespace().next().unwrap_or_default();
+    first.parse().map_err(|_| anyhow::anyhow!("/proc/loadavg says {text:?}"))
 }
 
 /// The file [`Target::fill_disk`] writes in the data directory.
@@ -139,5 +179,11 @@ mod tests {
         let status = "Name:\tvigil\nVmPeak:\t  900 kB\nVmRSS:\t  123456 kB\nThreads:\t9\n";
         assert_eq!(super::rss_from_status(status), Some(123456 * 1024));
         assert_eq!(super::rss_from_status("Name:\tvigil\n"), None);
+    }
+
+    #[test]
+    fn the_load_is_read_from_proc_loadavg() {
+        assert_eq!(super::load_from_loadavg("1.52 0.98 0.40 3/412 9876\n").unwrap(), 1.52);
+        assert!(super::load_from_loadavg("").is_err());
     }
 }

@@ -12,6 +12,8 @@ pub struct Netns {
     host_if: String,
     /// The rig's end of the link: what vigil in the namespace reaches the rig at.
     pub host_ip: String,
+    /// The namespace's end of the link: what the rig reaches the namespace at.
+    pub ns_ip: String,
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -25,13 +27,15 @@ fn ip(args: &[&str]) -> Result<()> {
 impl Netns {
     /// A namespace named after this process, with a /30 link to the rig.
     pub fn create() -> Result<Self> {
+        remove_stale();
+        let pid = std::process::id();
         // Interface names have at most 15 bytes.
-        let id = std::process::id() % 100_000;
-        let (name, host_if, ns_if) = (format!("vigil-hil-{id}"), format!("vh{id}r"), format!("vh{id}t"));
+        let id = pid % 100_000;
+        let (name, host_if, ns_if) = (format!("vigil-hil-{pid}"), format!("vh{id}r"), format!("vh{id}t"));
         let net = format!("10.213.{}", (id % 64) * 4);
         let (host_ip, ns_ip) = (format!("{net}.1"), format!("{net}.2"));
         ip(&["netns", "add", &name])?;
-        let made = Self { name, host_if, host_ip };
+        let made = Self { name, host_if, host_ip, ns_ip: ns_ip.clone() };
         let n = made.name.as_str();
         ip(&["link", "add", &made.host_if, "type", "veth", "peer", "name", &ns_if])?;
         ip(&["link", "set", &ns_if, "netns", n])?;
@@ -47,6 +51,20 @@ impl Netns {
     /// silent until TCP or vigil's keepalive gives up).
     pub fn set_link(&self, up: bool) -> Result<()> {
         ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }])
+    }
+}
+
+/// Namespaces (and their links) left by a rig that was killed: its process is gone. Their link
+/// may hold the address a new one wants.
+fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(pid) = name.strip_prefix("vigil-hil-").and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", name]);
+            let _ = ip(&["link", "del", &format!("vh{}r", pid % 100_000)]);
+        }
     }
 }
 

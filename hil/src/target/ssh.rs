@@ -90,11 +90,14 @@ impl SshTarget {
     fn run_input(&self, script: &str, stdin: Option<&[u8]>) -> Result<String> {
         let out = self.run_within(script, stdin, self.lab.ssh.connect_timeout)?;
         if !out.status.success() {
+            // What it printed last, on either stream (a command run with 2>&1 has no stderr).
+            let printed = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let lines: Vec<&str> = printed.lines().filter(|l| !l.trim().is_empty()).collect();
             bail!(
                 "on {}: `{script}` failed ({}): {}",
                 self.lab.name,
                 out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+                lines[lines.len().saturating_sub(20)..].join("\n")
             );
         }
         String::from_utf8(out.stdout).context("the board printed something other than UTF-8")
@@ -150,6 +153,13 @@ impl SshTarget {
         v.trim().parse().with_context(|| format!("NRestarts = {v:?}"))
     }
 
+    /// After a boot: waits for vigil to be active, and counts its restarts from there.
+    pub fn after_boot(&mut self) -> Result<()> {
+        self.wait_active()?;
+        self.restarts_before = self.n_restarts()?;
+        Ok(())
+    }
+
     /// Waits for the unit to be active after a boot (it is enabled, so systemd starts it).
     fn wait_active(&self) -> Result<()> {
         let until = Instant::now() + self.lab.options.boot_timeout;
@@ -180,7 +190,7 @@ impl Target for SshTarget {
     }
 
     fn capabilities(&self) -> Vec<Capability> {
-        let mut c = vec![Capability::FillDisk, Capability::RigCamera];
+        let mut c = vec![Capability::FillDisk, Capability::RigCamera, Capability::Systemd];
         if self.lab.power.is_some() {
             c.push(Capability::PowerCut);
         }
@@ -279,9 +289,11 @@ impl Target for SshTarget {
         let old = self.boot_id()?;
         power.cycle()?;
         self.wait_new_boot(&old)?;
-        self.wait_active()?;
-        self.restarts_before = self.n_restarts()?;
-        Ok(())
+        self.after_boot()
+    }
+
+    fn shell(&mut self, script: &str) -> Result<String> {
+        self.run(script)
     }
 
     fn stats(&mut self) -> Result<Option<ProcStats>> {
@@ -307,6 +319,22 @@ impl Target for SshTarget {
     fn vigil_cli(&mut self, args: &[&str]) -> Result<String> {
         let words: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
         self.run(&format!("VIGIL_LOG=warn vigil {}", words.join(" ")))
+    }
+
+    fn set_load(&mut self, cores: u32) -> Result<()> {
+        let lp = shell_quote(super::LOAD_LOOP);
+        self.run(&format!(
+            "pkill -f 'vigil-hil-load' || true; for _ in $(seq 1 {cores}); do nohup sh -c {lp} >/dev/null 2>&1 & done"
+        ))
+        .map(drop)
+    }
+
+    fn load(&mut self) -> Result<(f64, u32)> {
+        let out = self.run("cat /proc/loadavg; nproc")?;
+        let mut lines = out.lines();
+        let load = super::load_from_loadavg(lines.next().unwrap_or_default())?;
+        let cores = lines.next().unwrap_or_default().trim().parse().with_context(|| format!("nproc said {out:?}"))?;
+        Ok((load, cores))
     }
 
     fn fill_disk(&mut self, leave: u64) -> Result<()> {

@@ -274,6 +274,7 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
         }
         let finished = self.clock.now();
         let mut done = Vec::with_capacity(size);
+        let mut late = Vec::new();
         for (frame, detections, preprocess, postprocess) in decoded {
             let camera = frame.camera();
             let times = FrameTimes {
@@ -288,11 +289,7 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
             let budget = self.policy.budget(camera);
             if times.total > budget {
                 stats.deadline_misses.fetch_add(1, Relaxed);
-                tracing::warn!(camera = %stats.id, total_ms = ms(times.total), budget_ms = ms(budget),
-                    queue_ms = ms(times.queue), preprocess_ms = ms(times.preprocess),
-                    inference_ms = ms(times.inference), postprocess_ms = ms(times.postprocess), batch = size,
-                    predicted_ms = ms(self.policy.cost.predict(self.stages.cost_key(), size)),
-                    "deadline miss: finished past the budget, results discarded");
+                late.push((camera, times, budget));
                 continue;
             }
             stats.record(&times);
@@ -302,7 +299,18 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
         // probes) are put on the same scale as whole batches.
         let around = (finished - start).saturating_sub(inference);
         self.per_frame_overhead.update(around / size as u32);
+        let planned_before = self.policy.cost.predict(self.stages.cost_key(), size);
         self.measured(size, start);
+        // The batch's cost is learnt before the next plan: a late frame raises the estimate,
+        // so that the frames after it are dropped rather than late.
+        let planned_after = self.policy.cost.predict(self.stages.cost_key(), size);
+        for (camera, times, budget) in late {
+            tracing::warn!(camera = %self.stats.cameras[camera].id, total_ms = ms(times.total), budget_ms = ms(budget),
+                queue_ms = ms(times.queue), preprocess_ms = ms(times.preprocess),
+                inference_ms = ms(times.inference), postprocess_ms = ms(times.postprocess), batch = size,
+                planned_before_ms = ms(planned_before), planned_after_ms = ms(planned_after),
+                "deadline miss: finished past the budget, results discarded");
+        }
         done
     }
 }
