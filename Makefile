@@ -88,14 +88,17 @@ hil: trt-headers next-vigil
 ## 12 guest under qemu-system (TCG here), systemd 252 as PID 1, power cut by killing qemu. The
 ## scenarios only a real PID 1, a real power loss or apt can judge; the image is built from
 ## Debian's packages into target/hil-vm/ on first use. The packages are the ones
-## .ci/check-deb.sh builds from the debug binary (made again when that binary is newer).
+## .ci/check-deb.sh builds from the debug binary (`make unit`; made here when missing): after
+## changing vigil, `make unit` or remove target/deb-check/ before `make hil-vm`. (Not a file
+## dependency on target/debug/vigil: `make hil`'s build relinks it, which would check the
+## packages a second time in `make test`, 28 s.)
 HIL_VM_SCENARIOS := power-cut systemd-unit config-set package-upgrade
-hil-vm: trt-headers target/deb-check/vigil_2.deb
+hil-vm: trt-headers | target/deb-check/vigil_2.deb
 	$(WITH_TRT) cargo build --locked -p vigil-hil
 	target/debug/vigil-hil run --vm --deb target/deb-check/vigil_1.deb --upgrade-deb target/deb-check/vigil_2.deb \
 		$(addprefix --scenario ,$(HIL_VM_SCENARIOS)) --out target/hil-report/vm
 
-target/deb-check/vigil_2.deb: target/debug/vigil
+target/deb-check/vigil_2.deb: | target/debug/vigil
 	.ci/check-deb.sh
 
 target/debug/vigil: | trt-headers

@@ -275,6 +275,17 @@ pub fn binary_hang(c: &mut Ctx) -> Result<()> {
     binary_reverted(c, 2, "exec sleep 600")
 }
 
+/// An end systemd counts as clean: the unit's `Restart=always` starts it again all the same, so
+/// that the guard counts its starts.
+pub fn binary_exit_0(c: &mut Ctx) -> Result<()> {
+    binary_reverted(c, 3, "exit 0")
+}
+
+/// Another clean end for systemd (`SIGPIPE`, as when writing to a closed pipe).
+pub fn binary_sigpipe(c: &mut Ctx) -> Result<()> {
+    binary_reverted(c, 4, "kill -PIPE $$")
+}
+
 /// The power cut in each step of a good binary update: the device comes back running a good
 /// binary (the new one once switched; the package's when cut before the switch).
 pub fn binary_power_cut(c: &mut Ctx) -> Result<()> {

@@ -8,8 +8,8 @@ use anyhow::{bail, ensure, Context, Result};
 use vigil_core::event::{Event, Phase};
 
 use super::ota::{
-    binary_crash, binary_good, binary_hang, binary_power_cut, model_canary_rollback, model_good, model_power_cut,
-    model_refused,
+    binary_crash, binary_exit_0, binary_good, binary_hang, binary_power_cut, binary_sigpipe, model_canary_rollback,
+    model_good, model_power_cut, model_refused,
 };
 use super::systemd::{config_set, package_upgrade, systemd_unit};
 use super::{Ctx, Histogram, Scenario, Series};
@@ -110,6 +110,18 @@ pub fn all() -> &'static [Scenario] {
             summary: "A new vigil that never reports READY: put back within 3 starts",
             needs: &[],
             run: binary_hang,
+        },
+        Scenario {
+            name: "binary-ota-exit-0",
+            summary: "A new vigil that exits 0 at start (clean for systemd): started again by Restart=always and put back within 3 starts",
+            needs: &[],
+            run: binary_exit_0,
+        },
+        Scenario {
+            name: "binary-ota-sigpipe",
+            summary: "A new vigil that dies of SIGPIPE at start (clean for systemd): put back within 3 starts",
+            needs: &[],
+            run: binary_sigpipe,
         },
         Scenario {
             name: "binary-ota-power-cut",

@@ -258,6 +258,10 @@ impl Target for SshTarget {
 
     fn reset(&mut self) -> Result<()> {
         self.systemctl("stop")?;
+        // A fresh device has its whole start budget: systemd counts every start, the rig's own
+        // included, against StartLimitBurst= within StartLimitIntervalSec=, and scenarios run
+        // back to back would otherwise share one (reset-failed resets the count).
+        self.systemctl("reset-failed")?;
         let data = shell_quote(&self.data_dir());
         // On a first run the unit has not made it yet (StateDirectory=): nothing to empty.
         self.run(&format!("[ ! -d {data} ] || find {data} -mindepth 1 -delete"))?;

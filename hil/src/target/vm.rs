@@ -117,6 +117,14 @@ pub struct VmTarget {
 impl VmTarget {
     /// Builds (or reuses) the image, makes the run's disks and the network namespace, and boots.
     pub fn new(opts: VmOptions) -> Result<Self> {
+        if opts.arch == Arch::Arm64 && std::env::var_os("VIGIL_VM_ARM64").is_none() {
+            // Not yet run: the only arm64 package is JetPack's, whose NVIDIA dependencies a
+            // Debian guest cannot install, and the image needs qemu-user-static's binfmt.
+            bail!(
+                "the arm64 virtual board has not been brought up yet (docs/hil.md): it needs a generic arm64 .deb; \
+                 set VIGIL_VM_ARM64=1 to try it anyway"
+            );
+        }
         if !opts.deb.is_file() {
             bail!("{} does not exist: build the .deb first (make deb, or .ci/check-deb.sh)", opts.deb.display());
         }
