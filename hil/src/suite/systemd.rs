@@ -62,7 +62,8 @@ pub fn systemd_unit(c: &mut Ctx) -> Result<()> {
     }
     ensure!(
         journal.contains("inference cost measured"),
-        "no `inference cost measured` line: the warm-up did not run before READY\n{journal}"
+        "no `inference cost measured` line: the warm-up did not run (its order against READY is \
+         tests/systemd.rs's)\n{journal}"
     );
 
     // Hardening: the live unit, and the same file judged offline as CI judges it.
