@@ -305,23 +305,20 @@ impl Ctx<'_> {
 
     /// Frames that finished past their budget, per the latest metrics (0 is the promise).
     pub fn late_frames(&self) -> Result<u64> {
-        self.inference_total("deadline_misses")
+        self.inference_total(&["deadline_misses"])
     }
 
-    /// The sum over cameras of an inference counter in the latest metrics.
-    fn inference_total(&self, counter: &str) -> Result<u64> {
+    /// The sum over cameras of the inference counters `counters` in the latest metrics.
+    fn inference_total(&self, counters: &[&str]) -> Result<u64> {
         let m = self.metrics().context("no metrics message from the device")?;
         let cams = m["cameras"].as_array().context("metrics without cameras")?;
-        Ok(cams.iter().map(|c| c["inference"][counter].as_u64().unwrap_or(0)).sum())
+        Ok(cams.iter().flat_map(|c| counters.iter().map(|k| c["inference"][*k].as_u64().unwrap_or(0))).sum())
     }
 
     /// Frames the scheduler took a decision on, per the latest metrics: processed, dropped as
     /// stale, failed, or late.
     pub fn frames_judged(&self) -> Result<u64> {
-        Ok(self.inference_total("processed")?
-            + self.inference_total("dropped_stale")?
-            + self.inference_total("dropped_error")?
-            + self.late_frames()?)
+        self.inference_total(&["processed", "dropped_stale", "dropped_error", "deadline_misses"])
     }
 
     /// The late-frame check, judged by the target's load (recorded with it). With a core to

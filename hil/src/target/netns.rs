@@ -29,10 +29,8 @@ impl Netns {
     pub fn create() -> Result<Self> {
         remove_stale();
         let pid = std::process::id();
-        // Interface names have at most 15 bytes.
-        let id = pid % 100_000;
-        let (name, host_if, ns_if) = (format!("vigil-hil-{pid}"), format!("vh{id}r"), format!("vh{id}t"));
-        let net = format!("10.213.{}", (id % 64) * 4);
+        let (name, host_if, ns_if) = (format!("vigil-hil-{pid}"), link_name(pid, 'r'), link_name(pid, 't'));
+        let net = format!("10.213.{}", (pid % 100_000 % 64) * 4);
         let (host_ip, ns_ip) = (format!("{net}.1"), format!("{net}.2"));
         ip(&["netns", "add", &name])?;
         let made = Self { name, host_if, host_ip, ns_ip: ns_ip.clone() };
@@ -54,6 +52,12 @@ impl Netns {
     }
 }
 
+/// The name of process `pid`'s end of the pair (`r`: the rig's, `t`: the target's); interface
+/// names have at most 15 bytes.
+fn link_name(pid: u32, end: char) -> String {
+    format!("vh{}{end}", pid % 100_000)
+}
+
 /// Namespaces (and their links) left by a rig that was killed: its process is gone. Their link
 /// may hold the address a new one wants.
 fn remove_stale() {
@@ -63,7 +67,7 @@ fn remove_stale() {
         let Some(pid) = name.strip_prefix("vigil-hil-").and_then(|p| p.parse::<u32>().ok()) else { continue };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             let _ = ip(&["netns", "del", name]);
-            let _ = ip(&["link", "del", &format!("vh{}r", pid % 100_000)]);
+            let _ = ip(&["link", "del", &link_name(pid, 'r')]);
         }
     }
 }

@@ -299,10 +299,12 @@ impl<F: HubFrame, S: Stages<F>> Scheduler<F, S> {
         // probes) are put on the same scale as whole batches.
         let around = (finished - start).saturating_sub(inference);
         self.per_frame_overhead.update(around / size as u32);
-        let planned_before = self.policy.cost.predict(self.stages.cost_key(), size);
+        // Looked up only for a late batch's log line: this runs for every batch.
+        let planned_before = (!late.is_empty()).then(|| self.policy.cost.predict(self.stages.cost_key(), size));
         self.measured(size, start);
         // The batch's cost is learnt before the next plan: a late frame raises the estimate,
         // so that the frames after it are dropped rather than late.
+        let Some(planned_before) = planned_before else { return done };
         let planned_after = self.policy.cost.predict(self.stages.cost_key(), size);
         for (camera, times, budget) in late {
             tracing::warn!(camera = %self.stats.cameras[camera].id, total_ms = ms(times.total), budget_ms = ms(budget),
