@@ -1,7 +1,7 @@
 //! vigil's own binary updated over the air into its A/B slots, end to end: a signed binary
 //! target in the TUF repository (real HTTPS server, real mosquitto), `ota/apply` for `vigil`, and
 //! vigil under a supervisor that follows the shipped vigil.service (`ExecStartPre=` guard,
-//! `ExecStart=` launcher, `Restart=always`, its start limit, `Type=notify`, the watchdog),
+//! `ExecStart=` launcher, `Restart=always`, no start limit, `Type=notify`, the watchdog),
 //! with only the times shortened. systemd cannot be PID 1 here (docs/systemd.md).
 //!
 //! The good update is a second real vigil, the same code reporting the next patch version,
@@ -45,7 +45,8 @@ fn bad_version(n: u64) -> String {
 }
 
 /// vigil.service as shipped, running `package` as /usr/bin/vigil on `config`; restarts after
-/// 200 ms (5 s shipped), READY within 30 s, the watchdog at 3 s. Its start limit is the shipped one.
+/// 200 ms (5 s shipped), READY within 30 s, the watchdog at 3 s. Its start limit is the shipped
+/// one (none).
 fn unit(package: &Path, config: &Path, log: &Path) -> Unit {
     let file = repo_root().join("appliance/vigil/package/vigil.service");
     let (package, config) = (package.to_str().unwrap(), config.to_str().unwrap());
@@ -244,7 +245,14 @@ fn reverted_within_the_bound(rig_name: &str, version: &str, run: &str) {
     rig.sign_binary(&bad, version);
     let device = Device::start(&rig, &format!("{rig_name}-device"), &vigil_bin());
     device.apply(&rig, "bad", version);
-    let end = device.outcome(&rig, "bad", Duration::from_secs(240));
+    expect_reverted(&rig, &device, "bad", version);
+}
+
+/// Waits for `request`, the update to the bad binary `version`, to be rolled back, and checks
+/// that it was within the bound: three starts of the bad binary after the switch, then the
+/// package, READY, with no start refused, and the slots empty again.
+fn expect_reverted(rig: &Rig, device: &Device, request: &str, version: &str) {
+    let end = device.outcome(rig, request, Duration::from_secs(240));
     assert_eq!(end["state"], "rolled_back", "{end:#}\n{}", device.log());
     let reason = end["reason"].as_str().unwrap();
     assert!(reason.contains(&format!("vigil {version} did not mark itself good within 3 starts")), "{reason}");
@@ -254,29 +262,45 @@ fn reverted_within_the_bound(rig_name: &str, version: &str, run: &str) {
         let last_start = records.iter().rposition(|r| matches!(r, Record::Spawned { .. }));
         records.iter().rposition(|r| *r == Record::Ready) > last_start
     });
-    assert!(
-        back,
-        "{:?}
-{}",
-        device.sup.records(),
-        device.log()
-    );
+    assert!(back, "{:?}\n{}", device.sup.records(), device.log());
     assert_eq!(running_exe(&device.sup), Some(vigil_bin()), "the package runs again");
     let records = device.sup.records();
-    let switched = records.iter().position(|r| *r == Record::Exited { code: Some(75), signal: None });
+    let switched = records.iter().rposition(|r| *r == Record::Exited { code: Some(75), signal: None });
     let switched = switched.unwrap_or_else(|| panic!("vigil restarted into the new binary: {records:?}"));
     let starts = records[switched..].iter().filter(|r| matches!(r, Record::Spawned { .. })).count();
     assert_eq!(starts, 4, "three starts of the bad binary, then the package: {records:?}");
     assert!(!records.contains(&Record::StartLimitHit), "{records:?}");
     let slots = device.slots();
     assert!(slots["active"].is_null() && slots["trial"].is_null() && slots["reverted"].is_null(), "{slots:#}");
-    assert!(!device.slot_binary("a").exists(), "the bad binary is removed");
+    for slot in ["a", "b"] {
+        assert!(!device.slot_binary(slot).exists(), "the bad binary is removed");
+    }
 }
 
 #[test]
 fn a_binary_that_crashes_at_start_is_reverted_within_the_bound() {
     // Killed by a signal, as a binary that faults before `main` would be.
     reverted_within_the_bound("ab-crash", &bad_version(1), "kill -SEGV $$");
+}
+
+/// Bad binary updates one after another, within minutes: each is reverted within the bound.
+/// With a start limit (the unit had `StartLimitBurst=8` per 10 minutes) the second one's last try
+/// was refused, counted with the first one's starts, and vigil was left failed with the bad
+/// binary in place (docs/systemd.md, "No start limit").
+#[test]
+fn bad_binary_updates_back_to_back_are_each_reverted() {
+    let rig = Rig::new("ab-twice", "");
+    let versions = [bad_version(5), bad_version(6)];
+    for version in &versions {
+        let bad = fake_vigil(&rig.path(""), version, "kill -SEGV $$");
+        rig.sign_binary(&bad, version);
+    }
+    let device = Device::start(&rig, "ab-twice-device", &vigil_bin());
+    for (n, version) in versions.iter().enumerate() {
+        let request = format!("bad-{n}");
+        device.apply(&rig, &request, version);
+        expect_reverted(&rig, &device, &request, version);
+    }
 }
 
 #[test]

@@ -13,7 +13,7 @@
 //! - `INVOCATION_ID`: a new id for each start, the same for its `ExecStartPre=` commands and its
 //!   main process.
 //! - `StartLimitBurst=` starts within `StartLimitIntervalSec=`: one more start is refused and
-//!   the unit gives up (`start-limit-hit`).
+//!   the unit gives up (`start-limit-hit`). `StartLimitIntervalSec=0`: no limit.
 //! - A stop sends `SIGTERM` and waits `TimeoutStopSec`, then `SIGKILL`.
 //!
 //! Not modelled: `NotifyAccess=` (any sender on the socket counts), cgroups (only the main
@@ -283,8 +283,9 @@ impl Run {
     fn run(self) {
         let mut starts: Vec<Instant> = Vec::new();
         loop {
+            // StartLimitIntervalSec=0: no limit.
             starts.retain(|t| t.elapsed() < self.unit.start_limit_interval);
-            if starts.len() >= self.unit.start_limit_burst {
+            if !self.unit.start_limit_interval.is_zero() && starts.len() >= self.unit.start_limit_burst {
                 self.record(Record::StartLimitHit);
                 break;
             }
@@ -502,6 +503,21 @@ mod tests {
         assert_eq!(count(&records, |r| *r == Record::Exited { code: Some(3), signal: None }), 3, "{records:?}");
         std::thread::sleep(Duration::from_millis(100));
         assert!(sup.finished());
+    }
+
+    #[test]
+    fn with_start_limit_interval_zero_a_failing_service_is_started_again_and_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut unit = Unit::new("sh", &["-c", "exit 3"], &dir.path().join("log"));
+        unit.restart_sec = Duration::from_millis(10);
+        unit.start_limit_burst = 3;
+        unit.start_limit_interval = Duration::ZERO;
+        let sup = Supervisor::start(unit, dir.path()).unwrap();
+        let spawned = |r: &Record| matches!(r, Record::Spawned { .. });
+        assert!(sup.wait_for(Duration::from_secs(10), |_| count(&sup.records(), spawned) >= 10), "{:?}", sup.records());
+        assert!(!sup.finished());
+        let records = sup.stop();
+        assert!(!records.contains(&Record::StartLimitHit), "{records:?}");
     }
 
     #[test]

@@ -143,7 +143,7 @@ pub fn all() -> &'static [Scenario] {
         },
         Scenario {
             name: "systemd-unit",
-            summary: "The installed unit under systemd: READY and the status line, no complaint about the unit, its exposure online and offline, the watchdog restarting a frozen vigil, the start limit",
+            summary: "The installed unit under systemd: READY and the status line, no complaint about the unit, its exposure online and offline, the watchdog restarting a frozen vigil, no start limit (a vigil that cannot start is started until it can)",
             needs: &[Capability::Systemd],
             run: systemd_unit,
         },

@@ -258,9 +258,9 @@ impl Target for SshTarget {
 
     fn reset(&mut self) -> Result<()> {
         self.systemctl("stop")?;
-        // A fresh device has its whole start budget: systemd counts every start, the rig's own
-        // included, against StartLimitBurst= within StartLimitIntervalSec=, and scenarios run
-        // back to back would otherwise share one (reset-failed resets the count).
+        // A fresh device has no failed state and no start count: the shipped unit has no start
+        // limit, but a board's drop-in may set one, and scenarios run back to back would then
+        // share it (reset-failed resets the count).
         self.systemctl("reset-failed")?;
         let data = shell_quote(&self.data_dir());
         // On a first run the unit has not made it yet (StateDirectory=): nothing to empty.

@@ -109,8 +109,8 @@ USERADD_PARAM:${PN} = "--system --user-group --groups video,render --home-dir ${
 
 SYSTEMD_SERVICE:${PN} = "vigil.service"
 # Installed, not enabled, as by the .deb (docs/decisions/0008): the template needs a device id,
-# certificates and cameras first, and a unit enabled with it fails into its start limit on every
-# fresh board. A product layer that installs its configuration sets "enable".
+# certificates and cameras first, and a unit enabled with it fails and restarts every 5 s on
+# every fresh board. A product layer that installs its configuration sets "enable".
 SYSTEMD_AUTO_ENABLE:${PN} ?= "disable"
 
 # The binary differs where TensorRT is linked in.
