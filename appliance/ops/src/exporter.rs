@@ -149,6 +149,21 @@ fn render(view: &FleetView) -> String {
             f.sample("vigil_device_up", &[("device", id)], if s["state"] == "online" { 1.0 } else { 0.0 });
         }
     }
+    let mut f = Family::head(
+        &mut out,
+        "vigil_device_store_failing",
+        "gauge",
+        "1 while the device's store refuses writes (its retained status has store_error): events are lost.",
+    );
+    for (id, d) in &view.devices {
+        if let Some(s) = &d.status {
+            f.sample(
+                "vigil_device_store_failing",
+                &[("device", id)],
+                if s["store_error"].is_string() { 1.0 } else { 0.0 },
+            );
+        }
+    }
     let mut f =
         Family::head(&mut out, "vigil_device_info", "gauge", "The vigil version and model a device runs (value 1).");
     for (id, d) in &view.devices {
@@ -452,7 +467,7 @@ mod tests {
         view.on_message("vigil/gate-1/metrics", metrics.to_string().as_bytes());
         view.on_message(
             "vigil/gate-2/status",
-            br#"{"state": "offline", "cameras": [{"id": "a\"b\\c\nd", "state": "failed"}]}"#,
+            br#"{"state": "offline", "store_error": "store I/O failed", "cameras": [{"id": "a\"b\\c\nd", "state": "failed"}]}"#,
         );
         view.on_message("vigil/gate-2/ota", br#"{"state": "canary", "name": "shapes", "version": "1.0.1"}"#);
         view.on_message("vigil/gate-3/status", b"not json");
@@ -460,6 +475,8 @@ mod tests {
         for line in [
             r#"vigil_device_up{device="gate-1"} 1"#,
             r#"vigil_device_up{device="gate-2"} 0"#,
+            r#"vigil_device_store_failing{device="gate-1"} 0"#,
+            r#"vigil_device_store_failing{device="gate-2"} 1"#,
             r#"vigil_device_info{device="gate-1",version="0.1.0",model="shapes",model_version="1.0.0",backend="onnxruntime-cpu"} 1"#,
             r#"vigil_camera_state{device="gate-1",camera="door",state="streaming"} 1"#,
             r#"vigil_camera_state{device="gate-2",camera="a\"b\\c\nd",state="failed"} 1"#,

@@ -55,6 +55,10 @@ pub struct Status {
     /// `vigil-ops fleet ota push` leaves such devices out of waves unless told (docs/ota.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ota_check_interval_s: Option<u64>,
+    /// While the store refuses writes (a failing or read-only data disk): its last error.
+    /// Events detected meanwhile cannot be kept, and are lost (docs/mqtt.md, `status`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -89,6 +93,16 @@ impl SharedStatus {
 
     pub fn get(&self) -> Status {
         self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records that the store refuses writes (`Some(error)`) or takes them again (`None`);
+    /// republishes the retained status when that changed.
+    pub fn set_store_error(&self, error: Option<String>) {
+        self.update(|s| {
+            let changed = s.store_error != error;
+            s.store_error = error;
+            changed
+        });
     }
 
     /// Applies `f`; republishes the retained status if `f` says something changed.
@@ -456,6 +470,7 @@ pub fn new_status(config: &Config, model: Option<StatusModel>) -> Status {
             .map(|c| CameraStatus { id: c.id.clone(), state: CameraState::Starting })
             .collect(),
         ota_check_interval_s: config.ota.as_ref().and_then(|o| o.check_every).map(|d| d.as_secs()),
+        store_error: None,
     }
 }
 

@@ -373,8 +373,12 @@ fn start_the_store_writer(
             cutoff: snapshot_cutoff.clone(),
         },
         store.min_free,
-        uplink.wake.clone(),
-        (config.mqtt.home_assistant.then(|| uplink.ha_states.clone()), uplink.stored.clone()),
+        Told {
+            wake: uplink.wake.clone(),
+            status: uplink.status.clone(),
+            home_assistant: config.mqtt.home_assistant.then(|| uplink.ha_states.clone()),
+            stored: uplink.stored.clone(),
+        },
     ));
     WriterStage { task, snapshot_cutoff }
 }
@@ -626,12 +630,11 @@ impl Running {
 /// `systemctl status`'s line: cameras streaming, the model serving, the broker.
 fn status_line(cameras: &[Arc<CameraStats>], status: &uplink::SharedStatus) -> String {
     let streaming = cameras.iter().filter(|c| c.state() == vigil_core::stats::CameraState::Streaming).count();
-    let model = status
-        .get()
-        .model
-        .map_or("no model".to_owned(), |m| format!("model {} {} on {}", m.name, m.version, m.backend));
+    let now = status.get();
+    let model = now.model.map_or("no model".to_owned(), |m| format!("model {} {} on {}", m.name, m.version, m.backend));
     let broker = if status.has_connected() { "broker reached" } else { "broker not reached yet" };
-    format!("{streaming}/{} cameras streaming; {model}; {broker}", cameras.len())
+    let store = if now.store_error.is_some() { "; the store refuses writes: events lost" } else { "" };
+    format!("{streaming}/{} cameras streaming; {model}; {broker}{store}", cameras.len())
 }
 
 /// Appends `events`; on a full disk makes room (the oldest events go) and tries once more.
@@ -689,6 +692,17 @@ pub(crate) async fn queue_and_flush(store: &Store, wake: &Notify, topic: &str, p
     }
 }
 
+/// Whom the store writer tells what it stored, or that it could not.
+struct Told {
+    /// The uplink, after each durable burst.
+    wake: Arc<Notify>,
+    /// The retained status: `store_error` while the store refuses writes.
+    status: uplink::SharedStatus,
+    home_assistant: Option<HaStates>,
+    /// `vigil events tail`.
+    stored: control::StoredEvents,
+}
+
 /// Makes batches durable, then wakes the uplink: snapshots first (encoded, written and synced),
 /// then the event messages (one sled flush). Drains what is already queued into one flush so that
 /// durability costs one fsync per burst, not per event.
@@ -698,9 +712,9 @@ async fn write_events(
     topic: String,
     snapshots: SaveOptions,
     min_free: u64,
-    wake: Arc<Notify>,
-    (home_assistant, stored): (Option<HaStates>, control::StoredEvents),
+    told: Told,
 ) {
+    let Told { wake, status, home_assistant, stored } = told;
     while let Some(batch) = rx.recv().await {
         let mut burst = batch;
         while burst.len() < 1024 {
@@ -731,12 +745,15 @@ async fn write_events(
         let events = saved.events;
         if let Err(e) = appended {
             tracing::error!(error = %e, events = events.len(), "cannot store events; they are lost");
+            status.set_store_error(Some(e.to_string()));
             continue;
         }
         if let Err(e) = store.flush().await {
             tracing::error!(error = %e, "cannot flush the store; events are not yet durable");
+            status.set_store_error(Some(e.to_string()));
             continue;
         }
+        status.set_store_error(None);
         wake.notify_one();
         if let Some(ha) = &home_assistant {
             ha.record(&events);

@@ -2,6 +2,7 @@
 //! needs (skipped, with the reason, where the target lacks one), each leaving figures, pictures'
 //! data and, when it failed, the target's logs in the report.
 
+mod disk;
 mod ota;
 mod scenarios;
 mod systemd;
@@ -375,8 +376,8 @@ impl Ctx<'_> {
     }
 
     /// Every event in the device's store reached the broker as its stored revision; returns
-    /// the number stored. Called with vigil stopped (the store is read by the CLI).
-    pub fn check_no_event_lost(&mut self) -> Result<usize> {
+    /// the events stored. Called with vigil stopped (the store is read by the CLI).
+    pub fn check_no_event_lost(&mut self) -> Result<Vec<Event>> {
         let config = self.target.config_path();
         let out = self.target.vigil_cli(&["events", "list", "--json", "--config", &config])?;
         let stored: Vec<Event> = out
@@ -410,7 +411,7 @@ impl Ctx<'_> {
                 lost.join(", ")
             );
         }
-        Ok(stored.len())
+        Ok(stored)
     }
 }
 

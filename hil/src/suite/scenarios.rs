@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use vigil_core::event::{Event, Phase};
 
+use super::disk::disk_write_errors;
 use super::ota::{
     binary_crash, binary_exit_0, binary_good, binary_hang, binary_power_cut, binary_sigpipe, model_canary_rollback,
     model_good, model_power_cut, model_refused,
@@ -158,6 +159,12 @@ pub fn all() -> &'static [Scenario] {
             summary: "The package upgraded with apt while vigil runs (configuration, unit and events kept, vigil restarted into it), purged, installed again",
             needs: &[Capability::Systemd],
             run: package_upgrade,
+        },
+        Scenario {
+            name: "disk-write-errors",
+            summary: "The data disk refuses writes (EIO at the block layer) while vigil runs, then is healed and the board power-cycled: vigil never left down, events acknowledged before kept, serving again after",
+            needs: &[Capability::DiskFaults, Capability::PowerCut],
+            run: disk_write_errors,
         },
     ]
 }

@@ -16,7 +16,7 @@ const MAX_EXPOSURE: f64 = 2.0;
 const DROP_IN_DIR: &str = "/run/systemd/system/vigil.service.d";
 
 /// `systemctl show vigil -p NAME --value`.
-fn show(c: &mut Ctx, property: &str) -> Result<String> {
+pub(super) fn show(c: &mut Ctx, property: &str) -> Result<String> {
     Ok(c.target.shell(&format!("systemctl show vigil -p {property} --value"))?.trim().to_owned())
 }
 

@@ -281,7 +281,11 @@ impl Target for LocalTarget {
         self.stop()?;
         let sup = Supervisor::start(self.unit()?, self.dir.path())?;
         let within = self.timeout_start + Duration::from_secs(10);
-        let ready = sup.wait_for(within, |r| *r == Record::Ready || *r == Record::StartLimitHit);
+        // As `systemctl restart` does: the start job ends at READY, or fails when the process
+        // ends first (systemd then starts it again on its own; the unit has no start limit).
+        let ready = sup.wait_for(within, |r| {
+            matches!(r, Record::Ready | Record::StartLimitHit | Record::Exited { .. } | Record::StartTimeout)
+        });
         let records = sup.records();
         self.sup = Some(sup);
         if !ready || !records.contains(&Record::Ready) {

@@ -35,6 +35,9 @@ pub enum Capability {
     /// vigil runs as the installed package under a real systemd as PID 1, and the rig has a
     /// root shell on the target ([`Target::shell`]): a board, or the virtual one.
     Systemd,
+    /// The rig can make vigil's data disk fail at the block layer (device-mapper in the guest:
+    /// writes refused with EIO), and heal it: the virtual board.
+    DiskFaults,
 }
 
 impl Capability {
@@ -45,6 +48,7 @@ impl Capability {
             Self::RigCamera => "rig-camera",
             Self::LinkDown => "link-down",
             Self::Systemd => "systemd",
+            Self::DiskFaults => "disk-faults",
         }
     }
 }

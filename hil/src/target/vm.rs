@@ -354,7 +354,13 @@ impl Target for VmTarget {
     }
 
     fn capabilities(&self) -> Vec<Capability> {
-        let mut c = vec![Capability::PowerCut, Capability::FillDisk, Capability::LinkDown, Capability::Systemd];
+        let mut c = vec![
+            Capability::PowerCut,
+            Capability::FillDisk,
+            Capability::LinkDown,
+            Capability::Systemd,
+            Capability::DiskFaults,
+        ];
         // Under TCG the guest decodes the rig's H.264 at 2 of its 15 fps and its model's cost
         // exceeds the clip's budget: every frame is dropped. It gets a synthetic camera instead.
         if self.accel == Some("kvm") {
