@@ -92,7 +92,7 @@ hil: trt-headers next-vigil
 ## changing vigil, `make unit` or remove target/deb-check/ before `make hil-vm`. (Not a file
 ## dependency on target/debug/vigil: `make hil`'s build relinks it, which would check the
 ## packages a second time in `make test`, 28 s.)
-HIL_VM_SCENARIOS := power-cut systemd-unit config-set package-upgrade disk-write-errors
+HIL_VM_SCENARIOS := power-cut systemd-unit config-set package-upgrade disk-write-errors clock-from-2000
 hil-vm: trt-headers | target/deb-check/vigil_2.deb
 	$(WITH_TRT) cargo build --locked -p vigil-hil
 	target/debug/vigil-hil run --vm --deb target/deb-check/vigil_1.deb --upgrade-deb target/deb-check/vigil_2.deb \

@@ -5,6 +5,7 @@
 
 pub mod fault_proxy;
 pub mod lab;
+pub mod ntp;
 pub mod power;
 pub mod report;
 pub mod rig;

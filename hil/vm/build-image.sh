@@ -46,14 +46,14 @@ ssh-keygen -q -t ed25519 -N '' -C vigil-hil-vm -f "$out/id_ed25519"
 
 # The guest: systemd as PID 1 with networkd (DHCP from qemu's user network), sshd for the rig,
 # the vigil .deb's dependencies (its Depends in appliance/vigil/Cargo.toml, and libssl for the
-# aarch64 build's), dmsetup for I/O errors at the block layer, no time sync (the rig sets the
-# clock: the RTC scenarios need a clock that stays wrong).
+# aarch64 build's), dmsetup for I/O errors at the block layer, systemd-timesyncd installed but
+# masked (the clock stays as the RTC set it until a scenario has it sync from the rig).
 packages=(
     "$kernel" initramfs-tools systemd systemd-sysv systemd-resolved udev dbus kmod
     openssh-server iproute2 procps e2fsprogs dmsetup ca-certificates less
     libgstreamer1.0-0 libgstreamer-plugins-base1.0-0 gstreamer1.0-plugins-base
     gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav libssl3
-    mosquitto-clients
+    mosquitto-clients systemd-timesyncd
 )
 mmdebstrap --mode=root --variant=apt --architectures="$arch" --include="$(IFS=,; echo "${packages[*]}")" \
     --dpkgopt='path-exclude=/usr/share/{doc,man,locale,info}/*' \

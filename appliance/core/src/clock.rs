@@ -48,6 +48,56 @@ pub fn mono_ns(t: Instant) -> u64 {
     u64::try_from(t.saturating_duration_since(mono_epoch()).as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// 2026-01-01T00:00:00Z: no vigil ran earlier, so a wall clock reading earlier is wrong (a board
+/// without an RTC battery boots in 1970, or at the last time it saved).
+pub fn earliest_plausible() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600)
+}
+
+/// `Err(why)` unless the kernel says the wall clock is synchronized: NTP, chrony and
+/// systemd-timesyncd clear the kernel's `STA_UNSYNC` flag once they have set it; setting the
+/// clock by hand (`date -s`) or from an RTC at boot leaves it set.
+pub fn kernel_clock_synchronized() -> Result<(), String> {
+    // SAFETY: adjtimex with `modes = 0` only reads the kernel's clock state into the zeroed
+    // struct we own; rustix and nix do not wrap it.
+    let (state, status) = unsafe {
+        let mut tx: libc::timex = std::mem::zeroed();
+        let state = libc::adjtimex(&mut tx);
+        (state, tx.status)
+    };
+    if state == -1 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EPERM) {
+            return Err("the service's sandbox denies reading the clock's state (adjtimex: EPERM; a unit with \
+                 ProtectClock=yes, or a system call filter without adjtimex and clock_adjtime: see \
+                 docs/systemd.md, \"Hardening\")"
+                .to_owned());
+        }
+        return Err(format!("adjtimex failed: {e}"));
+    }
+    if state == libc::TIME_ERROR || status & libc::STA_UNSYNC != 0 {
+        return Err("the kernel reports the clock as unsynchronized".to_owned());
+    }
+    Ok(())
+}
+
+/// Whether wall times read now can be trusted as labels: the kernel says the clock is
+/// synchronized and it reads no earlier than [`earliest_plausible`]. Asked per frame, so the
+/// kernel is asked at most once a second (a sync that arrives shows within a second).
+pub fn wall_clock_trusted() -> bool {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    static CHECKED_AT: AtomicU64 = AtomicU64::new(u64::MAX);
+    static TRUSTED: AtomicBool = AtomicBool::new(false);
+    let now = mono_ns(Instant::now());
+    let at = CHECKED_AT.load(Relaxed);
+    if at == u64::MAX || now.saturating_sub(at) >= 1_000_000_000 {
+        let trusted = kernel_clock_synchronized().is_ok() && SystemTime::now() >= earliest_plausible();
+        TRUSTED.store(trusted, Relaxed);
+        CHECKED_AT.store(now, Relaxed);
+    }
+    TRUSTED.load(Relaxed)
+}
+
 /// A clock that stands still until advanced; its wall clock follows it, and can be stepped.
 #[derive(Debug)]
 pub struct ManualClock {
@@ -129,6 +179,22 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_floor_is_the_first_of_january_2026() {
+        assert_eq!(humantime::format_rfc3339(earliest_plausible()).to_string(), "2026-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn the_kernel_answers_and_the_cached_answer_agrees() {
+        // Either answer is possible on a build machine; what matters is that it is an answer
+        // and not a failure of the call, and that the cached view says the same.
+        let kernel = kernel_clock_synchronized();
+        if let Err(why) = &kernel {
+            assert!(!why.contains("adjtimex failed"), "{why}");
+        }
+        assert_eq!(wall_clock_trusted(), kernel.is_ok() && SystemTime::now() >= earliest_plausible());
+    }
 
     #[test]
     fn a_manual_clock_moves_only_forward_and_only_when_told() {

@@ -56,6 +56,11 @@ pub struct Event {
     pub model: ModelRef,
     /// JPEG of the best observation, relative to the data directory (`snapshots/<id>.jpg`).
     pub snapshot: Option<String>,
+    /// Set when a time of this event was read from a wall clock that was not synchronized (no
+    /// NTP yet, or a clock before 2026: a board whose RTC lost its time): its times are the
+    /// device's belief, not the time of day. Its durations (`dwell_s`) are right regardless.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clock_unsynchronized: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,5 +199,6 @@ pub fn test_event(n: u32) -> Event {
         frames: 1,
         model: ModelRef { name: "m".into(), version: "1".into(), backend: "b".into() },
         snapshot: None,
+        clock_unsynchronized: false,
     }
 }

@@ -166,6 +166,7 @@ impl RuleSet {
             frames: 0,
             model: model.clone(),
             snapshot: None,
+            clock_unsynchronized: false,
         };
         CameraEvents {
             template,
@@ -196,6 +197,10 @@ pub struct FrameInfo {
     /// Source frame size (detections are in these pixels).
     pub width: u32,
     pub height: u32,
+    /// Whether the wall clock could be trusted when `captured_at_ns` was read
+    /// (`vigil_core::clock::wall_clock_trusted`): events with a time from a frame that says no
+    /// are marked `clock_unsynchronized`.
+    pub wall_trusted: bool,
 }
 
 /// A (rule, track) pair on its way to an event, or in one. `*_ns` are monotonic (durations),
@@ -206,6 +211,8 @@ struct Candidate {
     last_ns: u64,
     first_wall: u64,
     last_wall: u64,
+    /// One of its wall times came from an untrusted clock.
+    wall_untrusted: bool,
     best_score: f32,
     best_box: PixelBox,
     best_frame: FrameRef,
@@ -293,6 +300,7 @@ impl CameraEvents {
                     last_ns: t,
                     first_wall: wall,
                     last_wall: wall,
+                    wall_untrusted: false,
                     best_score: f32::NEG_INFINITY,
                     best_box: pixel_box,
                     best_frame: frame_ref(),
@@ -303,6 +311,7 @@ impl CameraEvents {
                 c.frames += 1;
                 c.last_ns = t;
                 c.last_wall = wall;
+                c.wall_untrusted |= !frame.wall_trusted;
                 if det.score > c.best_score {
                     let take_picture = self.settings.snapshots
                         && (c.best_image.is_none() || det.score >= c.best_score + SNAPSHOT_GAIN);
@@ -437,6 +446,7 @@ impl Open {
         e.zones = c.zones.iter().map(|&z| zones[z].name.clone()).collect();
         e.last = rfc3339(c.last_wall);
         e.last_ns = c.last_wall;
+        e.clock_unsynchronized = c.wall_untrusted;
         // On the monotonic clock: a wall-clock step does not change how long the object stayed.
         e.dwell_s = c.last_ns.saturating_sub(c.first_ns) as f32 / 1e9;
         e.frames = c.frames;

@@ -98,6 +98,7 @@ fn v2_to_v3(db: &sled::Db) -> Result<(), StoreError> {
                     frames: 1,
                     model: old.model,
                     snapshot: None,
+                    clock_unsynchronized: false,
                 };
                 events.insert(&key, serde_json::to_vec(&e).expect("events always serialise"))?;
             }

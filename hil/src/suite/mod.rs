@@ -2,6 +2,7 @@
 //! needs (skipped, with the reason, where the target lacks one), each leaving figures, pictures'
 //! data and, when it failed, the target's logs in the report.
 
+mod clock;
 mod disk;
 mod ota;
 mod scenarios;
@@ -152,6 +153,9 @@ pub struct Ctx<'a> {
     /// The target's clock minus the rig's, measured when the device was started (over SSH each
     /// measurement is a few round trips: too slow to repeat in every wait).
     pub clock_offset_ns: i64,
+    /// `ota.clock` in the suite's configuration: `trusted` (a rig's network has no NTP), or
+    /// `kernel` for a scenario that serves time itself.
+    pub ota_clock: &'static str,
     started: Instant,
 }
 
@@ -181,13 +185,15 @@ impl Ctx<'_> {
             "[[rule]]\nname = \"any\"\nmin_frames = 1\n[[camera]]\nid = \"cam\"\nuri = \"test://ball\"\nlatency_budget_ms = 60000\n"
                 .to_owned()
         };
-        // Updates from the rig's server; the clock taken as right (no NTP on a rig's network);
-        // the canary judges a loop of the clip (15 fps × 12 s), and waits for it as long as the
-        // target's speed needs (emulated, 180 frames take over a minute).
+        // Updates from the rig's server; the clock taken as right (a rig's network has no NTP,
+        // but where a scenario serves it: `ota_clock`); the canary judges a loop of the clip
+        // (15 fps × 12 s), and waits for it as long as the target's speed needs (emulated, 180
+        // frames take over a minute).
         let ota = format!(
-            "[ota]\nserver = \"{}\"\nroot = \"{ota_root}\"\nca = \"{ota_ca}\"\nclock = \"trusted\"\n\
+            "[ota]\nserver = \"{}\"\nroot = \"{ota_root}\"\nca = \"{ota_ca}\"\nclock = \"{}\"\n\
              binary_health_window_s = {}\n{ota_extra}[ota.canary]\nmin_frames = 180\nmax_wait_s = {}\n",
             self.rig.updates.url(),
+            self.ota_clock,
             5 * self.target.slowness(),
             60 * self.target.slowness()
         );
@@ -491,6 +497,7 @@ fn run_one(scenario: &Scenario, target: &mut dyn Target, rig: &mut Rig, settings
         not_checked: BTreeMap::new(),
         boots: Vec::new(),
         clock_offset_ns: 0,
+        ota_clock: "trusted",
         started: Instant::now(),
     };
     let outcome = (scenario.run)(&mut ctx);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use vigil_core::event::{Event, Phase};
 
+use super::clock::clock_from_2000;
 use super::disk::disk_write_errors;
 use super::ota::{
     binary_crash, binary_exit_0, binary_good, binary_hang, binary_power_cut, binary_sigpipe, model_canary_rollback,
@@ -165,6 +166,12 @@ pub fn all() -> &'static [Scenario] {
             summary: "The data disk refuses writes (EIO at the block layer) while vigil runs, then is healed and the board power-cycled: vigil never left down, events acknowledged before kept, serving again after",
             needs: &[Capability::DiskFaults, Capability::PowerCut],
             run: disk_write_errors,
+        },
+        Scenario {
+            name: "clock-from-2000",
+            summary: "The clock starts in 2000 with no time sync (an RTC without its battery), then the target's NTP client syncs from the rig: events marked until then, an update waits for the clock and then goes on",
+            needs: &[Capability::SetClock],
+            run: clock_from_2000,
         },
     ]
 }

@@ -38,6 +38,9 @@ pub enum Capability {
     /// The rig can make vigil's data disk fail at the block layer (device-mapper in the guest:
     /// writes refused with EIO), and heal it: the virtual board.
     DiskFaults,
+    /// The rig may set the target's clock (back to 2000, as an RTC without its battery) and
+    /// serve it time over NTP: the virtual board.
+    SetClock,
 }
 
 impl Capability {
@@ -49,6 +52,7 @@ impl Capability {
             Self::LinkDown => "link-down",
             Self::Systemd => "systemd",
             Self::DiskFaults => "disk-faults",
+            Self::SetClock => "set-clock",
         }
     }
 }

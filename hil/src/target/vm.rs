@@ -360,6 +360,7 @@ impl Target for VmTarget {
             Capability::LinkDown,
             Capability::Systemd,
             Capability::DiskFaults,
+            Capability::SetClock,
         ];
         // Under TCG the guest decodes the rig's H.264 at 2 of its 15 fps and its model's cost
         // exceeds the clip's budget: every frame is dropped. It gets a synthetic camera instead.

@@ -38,7 +38,15 @@ fn engine(c: &Config) -> CameraEvents {
 /// Frame `n` at 10 fps; its wall label and monotonic time agree (no clock step).
 fn frame(n: u64) -> FrameInfo {
     let t = 1_000 * MS + n * FRAME;
-    FrameInfo { seq: n, pts_ns: Some(n * FRAME), captured_at_ns: t, mono_ns: t, width: 100, height: 100 }
+    FrameInfo {
+        seq: n,
+        pts_ns: Some(n * FRAME),
+        captured_at_ns: t,
+        mono_ns: t,
+        width: 100,
+        height: 100,
+        wall_trusted: true,
+    }
 }
 
 /// A 10x10 box whose bottom-centre is at (x, y) in a 100x100 frame.
@@ -275,7 +283,15 @@ fn tracked_through_a_wall_step(step_s: i64) -> Vec<Event> {
         let step = if n >= 30 { i128::from(step_s) * S } else { 0 };
         let wall_now = wall_at_mono_zero + i128::from(mono) + step;
         let label = labels.map(i128::from(mono), i128::from(mono), wall_now) as u64;
-        let info = FrameInfo { seq: n, pts_ns: None, captured_at_ns: label, mono_ns: mono, width: 100, height: 100 };
+        let info = FrameInfo {
+            seq: n,
+            pts_ns: None,
+            captured_at_ns: label,
+            mono_ns: mono,
+            width: 100,
+            height: 100,
+            wall_trusted: true,
+        };
         let dets = if n < 60 { vec![at(0, 0.9, 50.0, 50.0)] } else { Vec::new() };
         out.extend(e.observe(&info, &dets, None).into_iter().map(|m| m.event));
     }
@@ -302,4 +318,34 @@ fn a_wall_clock_step_mid_track_changes_labels_only() {
         }
         assert!(msgs.iter().all(|m| m.start_ns <= m.last_ns));
     }
+}
+
+#[test]
+fn an_event_timed_by_an_unsynchronized_clock_says_so_and_one_after_the_sync_does_not() {
+    let mut e = engine(&config(vec![rule("objects")], vec![]));
+    let mut msgs = Vec::new();
+    // One object from frame 0 to 39, another from 60 to 99; the clock synchronizes at frame 20,
+    // while the first is in view.
+    for n in 0..120u64 {
+        let mut info = frame(n);
+        info.wall_trusted = n >= 20;
+        let dets = match n {
+            0..40 => vec![at(0, 0.9, 20.0, 20.0)],
+            60..100 => vec![at(0, 0.9, 80.0, 80.0)],
+            _ => Vec::new(),
+        };
+        msgs.extend(e.observe(&info, &dets, None).into_iter().map(|m| m.event));
+    }
+    let mut ids: Vec<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 2, "{:?}", phases(&msgs));
+    for m in &msgs {
+        // The first began on the unsynchronized clock: every message of it says so, its end too.
+        let before_sync = m.id == ids[0];
+        assert_eq!(m.clock_unsynchronized, before_sync, "{:?} {} of event {}", m.phase, m.revision, m.id);
+    }
+    let json = serde_json::to_value(&msgs[0]).unwrap();
+    assert_eq!(json["clock_unsynchronized"], true);
+    let last = serde_json::to_value(msgs.last().unwrap()).unwrap();
+    assert!(last.get("clock_unsynchronized").is_none(), "left out when false: {last}");
 }

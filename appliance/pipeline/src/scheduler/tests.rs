@@ -440,7 +440,8 @@ fn a_snapshot_request_gets_the_cropped_picture_unencoded_and_no_request_costs_no
     use vigil_core::image::Image;
 
     let requests = SnapshotRequests::default();
-    let info = FrameInfo { seq: 1, pts_ns: None, captured_at_ns: 42, mono_ns: 7, width: 640, height: 480 };
+    let info =
+        FrameInfo { seq: 1, pts_ns: None, captured_at_ns: 42, mono_ns: 7, width: 640, height: 480, wall_trusted: true };
     // A 640x480 source letterboxed into 64x64 RGB: 64x48 of picture between 8-row borders.
     let pixels = vec![7u8; 64 * 64 * 3];
     let image = SourceImage {
