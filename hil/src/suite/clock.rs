@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use serde_json::Value;
 
+use super::ota::{apply, publish, states_of};
 use super::Ctx;
 use crate::ntp::TimeServer;
 
@@ -17,14 +17,6 @@ const PAST: &str = "2000-01-01 00:00:00";
 /// Update states past the download, and so past the metadata refresh where the clock gates an
 /// update (a refresh that waits for the clock is published as `downloading` with `retrying`).
 const PAST_THE_CLOCK: [&str; 5] = ["verifying", "accepting", "activating", "canary", "successful"];
-
-fn states_of(c: &Ctx, request_id: &str) -> Vec<Value> {
-    let all = c.rig.monitor.on("ota");
-    all.iter()
-        .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
-        .filter(|s| s["request_id"] == request_id)
-        .collect()
-}
 
 /// vigil started with the clock in 2000 and `ota.clock = "kernel"`: its events carry the year
 /// 2000 and say their clock was not synchronized, an update waits for the clock and says why;
@@ -46,12 +38,8 @@ pub fn clock_from_2000(c: &mut Ctx) -> Result<()> {
     }
 
     // An update asked for now waits for the clock, and says so.
-    let bundle = c.rig.bundle.clone();
-    c.rig.updates.publish_model(&c.rig.rt, &bundle, "1.0.1", |m| m)?;
-    let within = c.patience(Duration::from_secs(30));
-    let reply =
-        c.rig.command("ota/apply", "hil-clock", serde_json::json!({ "name": "shapes", "version": "1.0.1" }), within)?;
-    ensure!(reply["ok"] == true, "ota/apply was refused: {reply}");
+    publish(c, "1.0.1", |m| m)?;
+    apply(c, "hil-clock", "shapes", "1.0.1")?;
     c.wait(Duration::from_secs(60), "the update waiting for the clock, saying so", |c| {
         Ok(states_of(c, "hil-clock")
             .iter()

@@ -16,13 +16,13 @@ fn states(c: &Ctx) -> Vec<Value> {
 }
 
 /// States of `request_id` only.
-fn states_of(c: &Ctx, request_id: &str) -> Vec<Value> {
+pub(super) fn states_of(c: &Ctx, request_id: &str) -> Vec<Value> {
     states(c).into_iter().filter(|s| s["request_id"] == request_id).collect()
 }
 
 /// Asks the device to update `name` (`shapes`, the model, or `vigil`) to `version`; the
 /// command must be accepted.
-fn apply(c: &mut Ctx, request_id: &str, name: &str, version: &str) -> Result<()> {
+pub(super) fn apply(c: &mut Ctx, request_id: &str, name: &str, version: &str) -> Result<()> {
     let args = serde_json::json!({ "name": name, "version": version });
     let within = c.patience(Duration::from_secs(30));
     let reply = c.rig.command("ota/apply", request_id, args, within)?;
@@ -108,7 +108,7 @@ fn serving(c: &mut Ctx, since_ns: i64) -> Result<String> {
 }
 
 /// Publishes the shipped bundle as `version`, its manifest changed by `edit`.
-fn publish(c: &mut Ctx, version: &str, edit: impl FnOnce(String) -> String) -> Result<()> {
+pub(super) fn publish(c: &mut Ctx, version: &str, edit: impl FnOnce(String) -> String) -> Result<()> {
     let bundle = c.rig.bundle.clone();
     c.rig.updates.publish_model(&c.rig.rt, &bundle, version, edit)
 }
