@@ -140,30 +140,29 @@ fn cameras(d: &DeviceView) -> &[Value] {
     d.metrics.as_ref().and_then(|m| m["cameras"].as_array()).map_or(&[], Vec::as_slice)
 }
 
+/// A gauge of 1 or 0 per device that has a retained status: whether `flag` holds for it.
+fn status_flag(out: &mut String, view: &FleetView, name: &str, help: &str, flag: impl Fn(&Value) -> bool) {
+    let mut f = Family::head(out, name, "gauge", help);
+    for (id, d) in &view.devices {
+        if let Some(s) = &d.status {
+            f.sample(name, &[("device", id)], if flag(s) { 1.0 } else { 0.0 });
+        }
+    }
+}
+
 fn render(view: &FleetView) -> String {
     let mut out = String::with_capacity(512 * view.devices.len() + 1024);
     let num = |v: &Value| v.as_f64();
-    let mut f = Family::head(&mut out, "vigil_device_up", "gauge", "1 while the device's retained status says online.");
-    for (id, d) in &view.devices {
-        if let Some(s) = &d.status {
-            f.sample("vigil_device_up", &[("device", id)], if s["state"] == "online" { 1.0 } else { 0.0 });
-        }
-    }
-    let mut f = Family::head(
+    status_flag(&mut out, view, "vigil_device_up", "1 while the device's retained status says online.", |s| {
+        s["state"] == "online"
+    });
+    status_flag(
         &mut out,
+        view,
         "vigil_device_store_failing",
-        "gauge",
         "1 while the device's store refuses writes (its retained status has store_error): events are lost.",
+        |s| s["store_error"].is_string(),
     );
-    for (id, d) in &view.devices {
-        if let Some(s) = &d.status {
-            f.sample(
-                "vigil_device_store_failing",
-                &[("device", id)],
-                if s["store_error"].is_string() { 1.0 } else { 0.0 },
-            );
-        }
-    }
     let mut f =
         Family::head(&mut out, "vigil_device_info", "gauge", "The vigil version and model a device runs (value 1).");
     for (id, d) in &view.devices {

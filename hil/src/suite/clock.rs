@@ -62,10 +62,10 @@ pub fn clock_from_2000(c: &mut Ctx) -> Result<()> {
         Ok(c.target.shell("timedatectl show -p NTPSynchronized --value")?.trim() == "yes")
     })?;
     c.figure("synchronized_after_s", synced);
-    let offset_s = c.target.clock_offset_ns()? as f64 / 1e9;
+    c.clock_offset_ns = c.target.clock_offset_ns()?;
+    let offset_s = c.clock_offset_ns as f64 / 1e9;
     c.figure("clock_offset_after_sync_s", offset_s);
     ensure!(offset_s.abs() < 5.0, "the target's clock is {offset_s:.1} s off the rig's after the sync");
-    c.clock_offset_ns = c.target.clock_offset_ns()?;
 
     c.wait(Duration::from_secs(120), "the update going on past the clock", |c| {
         let states = states_of(c, "hil-clock");
