@@ -331,6 +331,9 @@ impl FrameSource {
 
     fn make_frame(&mut self, sample: gst::Sample, timeline: &mut Timeline) -> Result<Frame, CaptureError> {
         let now_mono = Instant::now();
+        // Asked before the wall clock is read: a sync between the two would vouch for a time
+        // read before it.
+        let wall_trusted = vigil_core::clock::wall_clock_trusted();
         let now_wall = SystemTime::now();
         self.last_frame = Some(now_mono);
         self.first_frame.get_or_insert(now_mono);
@@ -379,6 +382,7 @@ impl FrameSource {
             seq,
             pts: pts.map(Duration::from),
             captured_at,
+            wall_trusted,
             captured_mono,
             width: info.width(),
             height: info.height(),

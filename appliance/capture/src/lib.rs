@@ -57,6 +57,9 @@ pub struct Frame {
     /// Wall-clock capture time (UTC), derived from the pipeline clock; never goes backwards for
     /// one camera, even when the system clock is stepped.
     pub captured_at: SystemTime,
+    /// Whether the wall clock could be trusted when `captured_at` was read
+    /// (`vigil_core::clock::wall_clock_trusted`, asked just before).
+    pub wall_trusted: bool,
     /// Monotonic capture instant (the frame's age on the pipeline clock taken off the time it was
     /// pulled): budgets and ages are measured from here.
     pub captured_mono: Instant,

@@ -83,7 +83,9 @@ pub fn kernel_clock_synchronized() -> Result<(), String> {
 
 /// Whether wall times read now can be trusted as labels: the kernel says the clock is
 /// synchronized and it reads no earlier than [`earliest_plausible`]. Asked per frame, so the
-/// kernel is asked at most once a second (a sync that arrives shows within a second).
+/// kernel is asked at most once a second (a sync that arrives shows within a second). Ask it
+/// before reading the time it is to vouch for: a sync in between would vouch for a time read
+/// before the sync.
 pub fn wall_clock_trusted() -> bool {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
     static CHECKED_AT: AtomicU64 = AtomicU64::new(u64::MAX);

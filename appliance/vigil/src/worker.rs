@@ -125,7 +125,7 @@ impl Worker {
                     mono_ns: mono_ns(f.captured_mono),
                     width: f.width,
                     height: f.height,
-                    wall_trusted: vigil_core::clock::wall_clock_trusted(),
+                    wall_trusted: f.wall_trusted,
                 };
                 // The event's picture at the model's resolution, as it always was.
                 let (input_w, input_h) = self.scheduler.stages().input_size();
